@@ -1,0 +1,1 @@
+"""Central service: ingest, store and fleet registry."""

@@ -1,0 +1,261 @@
+"""The central store: readings, alarm events and the fleet registry in one SQLite file.
+
+The primary key of readings and alarm events is ``(gateway, stream, seq)``: a batch the
+gateway resends (it always may: delivery is at-least-once) lands on rows that exist and
+is dropped by ``INSERT OR IGNORE``, which makes delivery effectively-once. Timestamps
+are the edge's; the center never re-stamps a reading.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import sqlite_utils
+
+from edge_agent.contract import AlarmEvent, TelemetryBatch
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS readings (
+    gateway TEXT NOT NULL,
+    stream TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    device TEXT NOT NULL,
+    point TEXT NOT NULL,
+    value,
+    unit TEXT,
+    quality TEXT NOT NULL,
+    reason TEXT,
+    ts REAL NOT NULL,
+    is_bool INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (gateway, stream, seq)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS readings_by_point ON readings (gateway, device, point, ts);
+CREATE TABLE IF NOT EXISTS alarm_events (
+    gateway TEXT NOT NULL,
+    stream TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    alarm_id TEXT NOT NULL,
+    rule TEXT NOT NULL,
+    device TEXT NOT NULL,
+    severity TEXT NOT NULL,
+    state TEXT NOT NULL,
+    value,
+    ts REAL NOT NULL,
+    msg TEXT NOT NULL,
+    body TEXT NOT NULL,
+    PRIMARY KEY (gateway, stream, seq)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS alarm_events_by_alarm ON alarm_events (alarm_id, ts);
+CREATE TABLE IF NOT EXISTS gateways (
+    id TEXT PRIMARY KEY,
+    site TEXT,
+    online INTEGER NOT NULL DEFAULT 0,
+    agent_version TEXT,
+    config_rev TEXT,
+    started REAL,
+    stream TEXT,
+    last_seen REAL,
+    outbox_depth INTEGER,
+    outbox_oldest_age_s REAL,
+    dropped_telemetry INTEGER,
+    state TEXT,
+    health TEXT
+);
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class StoredReading:
+    gateway: str
+    device: str
+    point: str
+    value: Any
+    unit: str | None
+    quality: str
+    reason: str | None
+    ts: float
+    stream: str
+    seq: int
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "gateway": self.gateway,
+            "device": self.device,
+            "point": self.point,
+            "value": self.value,
+            "unit": self.unit,
+            "quality": self.quality,
+            "reason": self.reason,
+            "ts": self.ts,
+            "stream": self.stream,
+            "seq": self.seq,
+        }
+
+
+class Store:
+    def __init__(self, path: Path | str) -> None:
+        # The ingest thread writes, the thread that opened it closes: one connection,
+        # never used by two threads at once.
+        conn = sqlite3.connect(str(path), check_same_thread=False)
+        self.db = sqlite_utils.Database(conn)
+        self.db.execute("PRAGMA journal_mode=WAL")
+        self.db.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL: durable at checkpoint
+        self.db.execute("PRAGMA busy_timeout=5000")
+        self.db.conn.executescript(SCHEMA)
+
+    # --- writes (one transaction per ingest round, committed before acks go out) -------
+
+    def insert_telemetry(self, batch: TelemetryBatch) -> int:
+        gw, stream, seq = batch.gw, batch.stream, batch.seq_first
+        rows = []
+        for i, r in enumerate(batch.readings):
+            v = r.get("v")
+            rows.append(
+                (
+                    gw,
+                    stream,
+                    seq + i,
+                    r["dev"],
+                    r["pt"],
+                    v,
+                    r.get("u"),
+                    r["q"],
+                    r.get("r"),
+                    r["ts"],
+                    1 if isinstance(v, bool) else 0,
+                )
+            )
+        cur = self.db.conn.executemany(
+            "INSERT OR IGNORE INTO readings "
+            "(gateway, stream, seq, device, point, value, unit, quality, reason, ts, is_bool) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            rows,
+        )
+        return int(cur.rowcount)
+
+    def insert_alarm(self, event: AlarmEvent) -> int:
+        cur = self.db.conn.execute(
+            "INSERT OR IGNORE INTO alarm_events (gateway, stream, seq, alarm_id, rule, device, "
+            "severity, state, value, ts, msg, body) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                event.gw,
+                event.stream,
+                event.seq,
+                event.id,
+                event.rule,
+                event.dev,
+                event.severity,
+                event.state,
+                event.value,
+                event.ts,
+                event.msg,
+                json.dumps(event.to_json()),
+            ),
+        )
+        return int(cur.rowcount)
+
+    def seen(self, gateways: Iterable[str], now: float | None = None) -> None:
+        now = time.time() if now is None else now
+        self.db.conn.executemany(
+            "INSERT INTO gateways (id, last_seen) VALUES (?, ?) "
+            "ON CONFLICT(id) DO UPDATE SET last_seen = excluded.last_seen",
+            [(gw, now) for gw in set(gateways)],
+        )
+
+    def update_state(self, gw: str, state: dict[str, Any]) -> None:
+        row: dict[str, Any] = {"id": gw, "online": 1 if state.get("online") else 0}
+        if state.get("online"):
+            row.update(
+                site=state.get("site"),
+                agent_version=state.get("agent_version"),
+                config_rev=state.get("config_rev"),
+                started=state.get("started"),
+                stream=state.get("stream"),
+                state=json.dumps(state),
+            )
+        self.db.table("gateways").upsert(row, pk="id")
+
+    def update_health(self, gw: str, health: dict[str, Any]) -> None:
+        outbox = health.get("outbox") or {}
+        dropped = health.get("dropped") or {}
+        self.db.table("gateways").upsert(
+            {
+                "id": gw,
+                "outbox_depth": outbox.get("depth"),
+                "outbox_oldest_age_s": outbox.get("oldest_age_s"),
+                "dropped_telemetry": dropped.get("telemetry"),
+                "health": json.dumps(health),
+            },
+            pk="id",
+        )
+
+    def commit(self) -> None:
+        self.db.conn.commit()
+
+    # --- queries -----------------------------------------------------------------------
+
+    def gateways(self) -> list[dict[str, Any]]:
+        return [
+            {**row, "online": bool(row["online"])}
+            for row in self.db.query(
+                "SELECT id, site, online, agent_version, config_rev, started, stream, last_seen, "
+                "outbox_depth, outbox_oldest_age_s, dropped_telemetry FROM gateways ORDER BY id"
+            )
+        ]
+
+    def readings(
+        self,
+        gateway: str | None = None,
+        device: str | None = None,
+        point: str | None = None,
+        since: float | None = None,
+        limit: int = 100,
+    ) -> list[StoredReading]:
+        where, args = _filters(gateway=gateway, device=device, point=point)
+        if since is not None:
+            where.append("ts >= ?")
+            args.append(since)
+        sql = (
+            "SELECT gateway, device, point, value, unit, quality, reason, ts, stream, seq, is_bool "
+            "FROM readings"
+            + (" WHERE " + " AND ".join(where) if where else "")
+            + " ORDER BY ts DESC, seq DESC LIMIT ?"
+        )
+        out = []
+        for row in self.db.execute(sql, [*args, limit]).fetchall():
+            *fields, is_bool = row
+            if is_bool and fields[3] is not None:
+                fields[3] = bool(fields[3])
+            out.append(StoredReading(*fields))
+        return out
+
+    def sequence_keys(self, gateway: str) -> set[tuple[str, int]]:
+        """Every ``(stream, seq)`` stored for a gateway: what delivery tests compare against."""
+        rows = self.db.execute(
+            "SELECT stream, seq FROM readings WHERE gateway = ?", [gateway]
+        ).fetchall()
+        return {(str(s), int(q)) for s, q in rows}
+
+    def close(self) -> None:
+        self.db.close()
+
+
+def _filters(**eq: str | None) -> tuple[list[str], list[Any]]:
+    where: list[str] = []
+    args: list[Any] = []
+    for column, value in eq.items():
+        if value is not None:
+            where.append(f"{column} = ?")
+            args.append(value)
+    return where, args
+
+
+def count_rows(store: Store, table: str) -> int:
+    (n,) = store.db.execute(f"SELECT count(*) FROM [{table}]").fetchone()
+    return int(n)

@@ -1,0 +1,1 @@
+"""Command-line front ends: ``fleet`` for operators, ``edge-agent`` for technicians."""

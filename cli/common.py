@@ -1,0 +1,71 @@
+"""What the ``fleet`` commands share: where the broker and the store are, and output."""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from edge_agent.config.models import BrokerUrl
+
+BrokerOpt = Annotated[
+    str,
+    typer.Option("--broker", envvar="EDGEFLEET_BROKER", help="central MQTT broker URL"),
+]
+DbOpt = Annotated[
+    Path, typer.Option("--db", envvar="EDGEFLEET_DB", help="central store (SQLite file)")
+]
+JsonOpt = Annotated[bool, typer.Option("--json", help="print JSON instead of a table")]
+DEFAULT_BROKER = "mqtt://127.0.0.1:1883"
+DEFAULT_DB = Path("central.db")
+
+_DURATION = re.compile(r"^(\d+(?:\.\d+)?)([smhd])$")
+_UNIT_S = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_broker(url: str) -> BrokerUrl:
+    try:
+        return BrokerUrl.parse(url)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--broker") from None
+
+
+def parse_since(text: str | None) -> float | None:
+    """``10m`` → the unix time ten minutes ago."""
+    if text is None:
+        return None
+    m = _DURATION.match(text.strip())
+    if not m:
+        raise typer.BadParameter(
+            "use a number and s, m, h or d, e.g. 30s, 10m, 2h", param_hint="--since"
+        )
+    return time.time() - float(m.group(1)) * _UNIT_S[m.group(2)]
+
+
+def print_json(data: Any) -> None:
+    typer.echo(json.dumps(data, indent=2, ensure_ascii=False))
+
+
+def ago(ts: float | None) -> str:
+    if ts is None:
+        return "never"
+    s = max(0.0, time.time() - ts)
+    if s < 120:
+        return f"{s:.0f} s ago"
+    if s < 7200:
+        return f"{s / 60:.0f} min ago"
+    return f"{s / 3600:.1f} h ago"
+
+
+def require_db(path: Path) -> Path:
+    if not path.exists():
+        typer.echo(
+            f"error: no central store at {path} (is `fleet central run` using another --db?)",
+            err=True,
+        )
+        raise typer.Exit(1)
+    return path

@@ -1,0 +1,1 @@
+"""Protocol drivers: one package per protocol behind the interface in ``drivers.base``."""

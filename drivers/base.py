@@ -1,0 +1,101 @@
+"""What every protocol driver shares: the reading it produces, its config base, its errors.
+
+A driver is three coroutines: ``read()`` returns one reading per configured point,
+``write(point, value)`` sets one point, ``aclose()`` releases the connection. Everything
+above the drivers sees only this module; no library exception crosses it.
+
+Exception tree::
+
+    DriverError                 anything a driver raises
+    ├── DeviceUnavailable       the device cannot be reached at all (connect refused,
+    │                           timeout, serial port gone); every point of it goes ``bad``
+    └── WriteRefused            the device answered a write with an error
+
+A point the device refuses while others read fine is not an exception: it comes back
+as a ``bad`` reading whose ``reason`` says why (``exception 2: illegal data address``).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Protocol
+
+from pydantic import BaseModel, ConfigDict, Field
+
+Value = float | int | bool | str | None
+
+DEVICE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+"""Ids travel in payloads and topic-like contexts: no spaces, slashes or wildcards."""
+
+
+class Quality(StrEnum):
+    GOOD = "good"
+    BAD = "bad"
+    STALE = "stale"
+
+
+@dataclass(frozen=True, slots=True)
+class Reading:
+    """One value of one point at one instant, stamped at the edge when the device answered."""
+
+    device: str
+    point: str
+    value: Value
+    unit: str | None
+    quality: Quality
+    ts: float
+    reason: str | None = None
+
+    @staticmethod
+    def bad(device: str, point: str, unit: str | None, ts: float, reason: str) -> Reading:
+        return Reading(device, point, None, unit, Quality.BAD, ts, reason)
+
+
+def finite_or_none(value: float) -> float | None:
+    """JSON has no NaN or infinity; such a value travels as null with quality kept."""
+    return value if math.isfinite(value) else None
+
+
+class DriverError(Exception):
+    """Base of everything a driver raises."""
+
+
+class DeviceUnavailable(DriverError):
+    """The device could not be reached; ``reason`` is short and fit for a reading."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class WriteRefused(DriverError):
+    """The device answered a write with an error."""
+
+
+class Frozen(BaseModel):
+    """Config models: unknown keys are errors, and nothing changes after load."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class PointBase(Frozen):
+    name: str = Field(pattern=DEVICE_ID.pattern, description="point id, unique within its device")
+    unit: str | None = None
+
+
+class DeviceBase(Frozen):
+    id: str = Field(pattern=DEVICE_ID.pattern, description="device id, unique within the gateway")
+    poll_s: float = Field(default=1.0, gt=0, le=86_400, description="poll period in seconds")
+
+
+class Driver(Protocol):
+    async def read(self) -> list[Reading]:
+        """Read every configured point once; raise DeviceUnavailable if the device is gone."""
+        ...
+
+    async def write(self, point: str, value: Value) -> None: ...
+
+    async def aclose(self) -> None: ...

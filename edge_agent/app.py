@@ -1,0 +1,130 @@
+"""Wires the agent together and runs it until asked to stop.
+
+pollers ──▶ committer ──▶ outbox (SQLite, own thread) ──▶ sender ──▶ uplink (paho)
+                                    ▲                                   │
+                                    └──────── acks from the center ◀────┘
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar
+
+from edge_agent import __version__
+from edge_agent.committer import Committer
+from edge_agent.config import LoadedConfig
+from edge_agent.contract import Channel, encode_state
+from edge_agent.devices import open_driver, point_units
+from edge_agent.health import HealthReporter
+from edge_agent.outbox import Outbox
+from edge_agent.polling import DevicePoller
+from edge_agent.sender import Sender
+from edge_agent.uplink import Uplink
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+async def run_agent(loaded: LoadedConfig, stop: asyncio.Event) -> None:
+    cfg = loaded.config
+    gw = cfg.gateway.id
+    topics = cfg.topics
+    loop = asyncio.get_running_loop()
+    executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="outbox")
+
+    def in_db(fn: Callable[[], T]) -> asyncio.Future[T]:
+        return loop.run_in_executor(executor, fn)
+
+    outbox = await in_db(lambda: Outbox(cfg.outbox.path, int(cfg.outbox.max_mb * 1e6)))
+    state_topic = topics.gw(gw, Channel.STATE)
+    started = time.time()
+    identity = {
+        "agent_version": __version__,
+        "config_rev": loaded.revision,
+        "started": started,
+        "site": cfg.gateway.site,
+        "tags": dict(cfg.gateway.tags),
+        "stream": outbox.stream_id,
+    }
+    uplink = Uplink(
+        loop,
+        client_id=f"edgefleet-gw-{gw}",
+        broker=cfg.central.broker,
+        keepalive_s=cfg.central.keepalive_s,
+        will=(state_topic, encode_state(gw, False)),
+        username=cfg.central.username,
+        password_file=cfg.central.password_file,
+    )
+
+    def announce() -> None:
+        uplink.publish(state_topic, encode_state(gw, True, **identity), retain=True)
+
+    uplink.on_up(announce)
+    sender = Sender(
+        gateway=gw,
+        topics=topics,
+        outbox=outbox,
+        uplink=uplink,
+        in_db=in_db,
+        batch_max=cfg.outbox.batch_max,
+        window=cfg.outbox.window,
+        ack_timeout_s=cfg.outbox.ack_timeout_s,
+    )
+    committer = Committer(outbox, in_db, sender)
+    pollers = [
+        DevicePoller(dev, point_units(dev), open_driver(dev), committer.put) for dev in cfg.devices
+    ]
+    health = HealthReporter(
+        gateway=gw,
+        topics=topics,
+        outbox=outbox,
+        in_db=in_db,
+        uplink=uplink,
+        sender=sender,
+        pollers=pollers,
+        interval_s=cfg.health.interval_s,
+    )
+    log.info(
+        "gateway %s: %d device(s), outbox %s (stream %s), central %s",
+        gw,
+        len(pollers),
+        cfg.outbox.path,
+        outbox.stream_id,
+        cfg.central.broker,
+    )
+    uplink.start()
+    poll_tasks = [asyncio.create_task(p.run(), name=f"poll:{p.device.id}") for p in pollers]
+    service_tasks = [
+        asyncio.create_task(committer.run(), name="committer"),
+        asyncio.create_task(sender.run(), name="sender"),
+        asyncio.create_task(health.run(), name="health"),
+    ]
+    stop_task = asyncio.create_task(stop.wait(), name="stop")
+    try:
+        done, _ = await asyncio.wait(
+            [stop_task, *poll_tasks, *service_tasks], return_when=asyncio.FIRST_COMPLETED
+        )
+        for task in done:
+            if task is not stop_task and task.exception() is not None:
+                raise RuntimeError(f"{task.get_name()} failed") from task.exception()
+    finally:
+        await _cancel(poll_tasks)
+        await committer.commit_pending()  # what was polled is durable before we go
+        await _cancel([*service_tasks, stop_task])
+        goodbye = encode_state(gw, False, **identity, stopped=time.time())
+        await uplink.stop(last_words=(state_topic, goodbye))
+        for p in pollers:
+            await p.driver.aclose()
+        await in_db(outbox.close)
+        executor.shutdown(wait=True)
+        log.info("gateway %s stopped", gw)
+
+
+async def _cancel(tasks: Sequence[asyncio.Task[Any]]) -> None:
+    for t in tasks:
+        t.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)

@@ -1,0 +1,133 @@
+"""``load_config(path)``: read, validate and freeze an agent config, or say every problem.
+
+Problems print as ``file:line: field.path: message``, the form editors and CI logs
+link to. Loading collects all problems rather than stopping at the first, so a
+technician fixes a file in one pass.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+
+from edge_agent.config.models import UNION_TAGS, AgentConfig, cross_checks
+from edge_agent.config.yaml_lines import Located, YamlSyntaxError, line_of, load_located
+
+Loc = tuple[str | int, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Problem:
+    file: str
+    line: int
+    field: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.file}:{self.line}: {self.field}: {self.message}"
+
+
+class ConfigError(Exception):
+    """The file is not a valid agent config; ``problems`` lists each problem found."""
+
+    def __init__(self, problems: list[Problem]) -> None:
+        super().__init__("\n".join(str(p) for p in problems))
+        self.problems = problems
+
+
+@dataclass(frozen=True, slots=True)
+class LoadedConfig:
+    config: AgentConfig
+    path: Path
+    revision: str
+    """First 12 hex digits of the file's SHA-256: which config a gateway runs, at a glance."""
+
+
+def field_path(loc: Loc) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += f".{part}" if out else str(part)
+    return out or "(file)"
+
+
+def _message(err: Any) -> str:
+    msg = str(err["msg"])
+    if err["type"] == "extra_forbidden":
+        return "unknown key (misspelt, or not valid here)"
+    if err["type"] == "missing":
+        return "required key is missing"
+    return msg.removeprefix("Value error, ")
+
+
+def _problems_from_validation(exc: ValidationError, name: str, located: Located) -> list[Problem]:
+    problems = []
+    for err in exc.errors():
+        loc = _tag_free(err["loc"])
+        problems.append(Problem(name, line_of(located.lines, loc), field_path(loc), _message(err)))
+    return problems
+
+
+def _tag_free(loc: tuple[Any, ...]) -> Loc:
+    """Remove union tags from an error location: keep only keys of the file.
+
+    In ``("devices", 0, "modbus", "modbus", "host")`` the first "modbus" is pydantic's
+    tag for the union member, the second the key in the file; the tag is the one
+    that directly follows a list index.
+    """
+    out: list[str | int] = []
+    after_index = False
+    for part in loc:
+        if after_index and isinstance(part, str) and part in UNION_TAGS:
+            after_index = False
+            continue
+        after_index = isinstance(part, int)
+        out.append(part)
+    return tuple(out)
+
+
+def parse_config(text: str, name: str, base_dir: Path) -> AgentConfig:
+    try:
+        located = load_located(text)
+    except YamlSyntaxError as exc:
+        raise ConfigError([Problem(name, exc.line, "(yaml)", exc.message)]) from None
+    problems = [
+        Problem(name, line, field_path(path), "key appears twice; only one can be meant")
+        for path, line in located.duplicates
+    ]
+    data = located.data
+    if not isinstance(data, dict):
+        raise ConfigError([*problems, Problem(name, 1, "(file)", "must be a mapping of keys")])
+    try:
+        cfg = AgentConfig.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(problems + _problems_from_validation(exc, name, located)) from None
+    for path, message in cross_checks(cfg):
+        problems.append(Problem(name, line_of(located.lines, path), field_path(path), message))
+    if problems:
+        raise ConfigError(problems)
+    if not cfg.outbox.path.is_absolute():
+        # Relative paths are relative to the config file, not to wherever systemd started us.
+        cfg = cfg.model_copy(
+            update={"outbox": cfg.outbox.model_copy(update={"path": base_dir / cfg.outbox.path})}
+        )
+    return cfg
+
+
+def load_config(path: Path) -> LoadedConfig:
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise ConfigError([Problem(str(path), 1, "(file)", exc.strerror or str(exc))]) from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise ConfigError([Problem(str(path), 1, "(file)", "not UTF-8 text")]) from None
+    cfg = parse_config(text, str(path), path.resolve().parent)
+    return LoadedConfig(cfg, path, hashlib.sha256(raw).hexdigest()[:12])

@@ -1,0 +1,53 @@
+"""The wire contract between gateways and the center: topics and payloads.
+
+The agent and the central service both import this package; it is the only place
+that knows topic layout and payload shape.
+"""
+
+from edge_agent.contract.payloads import (
+    Ack,
+    AlarmEvent,
+    PayloadError,
+    ReadingEncoder,
+    TelemetryBatch,
+    decode_ack,
+    decode_alarm,
+    decode_health,
+    decode_state,
+    decode_telemetry,
+    encode_ack,
+    encode_alarm,
+    encode_health,
+    encode_state,
+    encode_telemetry,
+    encode_telemetry_raw,
+    merge_ranges,
+    reading_dict,
+)
+from edge_agent.contract.topics import DEFAULT_ROOT, Channel, TopicError, Topics, check_gateway_id
+
+__all__ = [
+    "DEFAULT_ROOT",
+    "Ack",
+    "AlarmEvent",
+    "Channel",
+    "PayloadError",
+    "ReadingEncoder",
+    "TelemetryBatch",
+    "TopicError",
+    "Topics",
+    "check_gateway_id",
+    "decode_ack",
+    "decode_alarm",
+    "decode_health",
+    "decode_state",
+    "decode_telemetry",
+    "encode_ack",
+    "encode_alarm",
+    "encode_health",
+    "encode_state",
+    "encode_telemetry",
+    "encode_telemetry_raw",
+    "merge_ranges",
+    "reading_dict",
+]

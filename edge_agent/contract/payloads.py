@@ -1,0 +1,304 @@
+"""Payloads of the wire contract: encode on one side, decode (and validate) on the other.
+
+Every payload is a UTF-8 JSON object; the JSON Schemas beside this module
+(``schemas/*.json``) describe the same shapes for central systems written by others,
+and the tests validate what travels against them, so the two cannot drift.
+
+Telemetry readings in a batch are numbered implicitly: the i-th reading has
+``seq_first + i``, so ``len(readings) == seq_last - seq_first + 1`` always holds.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from drivers.base import Quality, Reading, Value
+
+JSON = dict[str, Any]
+SeqRange = tuple[int, int]
+Raw = bytes | bytearray
+
+_QUALITIES = frozenset(q.value for q in Quality)
+
+
+class PayloadError(ValueError):
+    """A payload that does not follow the contract; the message says which field."""
+
+
+def dumps(obj: JSON) -> bytes:
+    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode()
+
+
+def loads(payload: Raw) -> JSON:
+    try:
+        obj = json.loads(payload)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise PayloadError(f"not JSON: {exc}") from None
+    if not isinstance(obj, dict):
+        raise PayloadError("payload must be a JSON object")
+    return obj
+
+
+def _field(obj: JSON, name: str, kind: type | tuple[type, ...]) -> Any:
+    value = obj.get(name)
+    if not isinstance(value, kind) or (isinstance(value, bool) and kind in (int, float)):
+        raise PayloadError(f"field {name!r} missing or not {getattr(kind, '__name__', kind)}")
+    return value
+
+
+def wire_value(value: Value) -> Value:
+    """JSON has no NaN or infinity: such floats travel as null (the quality stays)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def reading_dict(r: Reading) -> JSON:
+    d: JSON = {
+        "dev": r.device,
+        "pt": r.point,
+        "v": wire_value(r.value),
+        "u": r.unit,
+        "q": r.quality.value,
+        "ts": r.ts,
+    }
+    if r.reason is not None:
+        d["r"] = r.reason
+    return d
+
+
+# --- telemetry ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class TelemetryBatch:
+    gw: str
+    stream: str
+    seq_first: int
+    seq_last: int
+    readings: list[JSON]
+
+
+def encode_telemetry(gw: str, stream: str, seq_first: int, readings: Sequence[JSON]) -> bytes:
+    return dumps(
+        {
+            "gw": gw,
+            "stream": stream,
+            "seq_first": seq_first,
+            "seq_last": seq_first + len(readings) - 1,
+            "readings": list(readings),
+        }
+    )
+
+
+def decode_telemetry(payload: Raw) -> TelemetryBatch:
+    obj = loads(payload)
+    gw = _field(obj, "gw", str)
+    stream = _field(obj, "stream", str)
+    first = _field(obj, "seq_first", int)
+    last = _field(obj, "seq_last", int)
+    readings = _field(obj, "readings", list)
+    if first < 1 or last - first + 1 != len(readings):
+        raise PayloadError("seq_first..seq_last must number the readings exactly")
+    for i, r in enumerate(readings):
+        if (
+            not isinstance(r, dict)
+            or not isinstance(r.get("dev"), str)
+            or not isinstance(r.get("pt"), str)
+            or r.get("q") not in _QUALITIES
+            or not isinstance(r.get("ts"), int | float)
+        ):
+            raise PayloadError(f"readings[{i}] needs dev, pt (strings), q (good|bad|stale), ts")
+    return TelemetryBatch(gw, stream, first, last, readings)
+
+
+# --- alarms ------------------------------------------------------------------------------
+
+SEVERITIES = ("critical", "major", "minor", "warning")
+ALARM_STATES = ("active", "acknowledged", "cleared", "cleared_unacked", "shelved", "unshelved")
+
+
+@dataclass(frozen=True, slots=True)
+class AlarmEvent:
+    gw: str
+    stream: str
+    seq: int
+    id: str
+    rule: str
+    dev: str
+    severity: str
+    state: str
+    value: Value
+    ts: float
+    msg: str
+    extra: JSON = field(default_factory=dict)
+
+    def to_json(self) -> JSON:
+        return {
+            **self.extra,
+            "gw": self.gw,
+            "stream": self.stream,
+            "seq": self.seq,
+            "id": self.id,
+            "rule": self.rule,
+            "dev": self.dev,
+            "severity": self.severity,
+            "state": self.state,
+            "value": wire_value(self.value),
+            "ts": self.ts,
+            "msg": self.msg,
+        }
+
+
+def encode_alarm(event: AlarmEvent) -> bytes:
+    return dumps(event.to_json())
+
+
+def decode_alarm(payload: Raw) -> AlarmEvent:
+    obj = loads(payload)
+    severity = _field(obj, "severity", str)
+    state = _field(obj, "state", str)
+    if severity not in SEVERITIES:
+        raise PayloadError(f"severity must be one of {', '.join(SEVERITIES)}")
+    if state not in ALARM_STATES:
+        raise PayloadError(f"state must be one of {', '.join(ALARM_STATES)}")
+    known = {"gw", "stream", "seq", "id", "rule", "dev", "severity", "state", "value", "ts", "msg"}
+    return AlarmEvent(
+        gw=_field(obj, "gw", str),
+        stream=_field(obj, "stream", str),
+        seq=_field(obj, "seq", int),
+        id=_field(obj, "id", str),
+        rule=_field(obj, "rule", str),
+        dev=_field(obj, "dev", str),
+        severity=severity,
+        state=state,
+        value=obj.get("value"),
+        ts=float(_field(obj, "ts", (int, float))),
+        msg=_field(obj, "msg", str),
+        extra={k: v for k, v in obj.items() if k not in known},
+    )
+
+
+# --- state (retained) and health ---------------------------------------------------------
+
+
+def encode_state(gw: str, online: bool, **fields: Any) -> bytes:
+    return dumps({"gw": gw, "online": online, **fields})
+
+
+def decode_state(payload: Raw) -> JSON:
+    obj = loads(payload)
+    _field(obj, "online", bool)
+    return obj
+
+
+def encode_health(gw: str, ts: float, **fields: Any) -> bytes:
+    return dumps({"gw": gw, "ts": ts, **fields})
+
+
+def decode_health(payload: Raw) -> JSON:
+    obj = loads(payload)
+    _field(obj, "ts", (int, float))
+    return obj
+
+
+# --- ack (center -> gateway) -------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Ack:
+    """Ranges of one stream the center has committed, per lane; inclusive on both ends."""
+
+    stream: str
+    telemetry: tuple[SeqRange, ...] = ()
+    alarms: tuple[SeqRange, ...] = ()
+
+
+def merge_ranges(seqs: Iterable[SeqRange]) -> tuple[SeqRange, ...]:
+    merged: list[list[int]] = []
+    for a, b in sorted(seqs):
+        if merged and a <= merged[-1][1] + 1:
+            merged[-1][1] = max(merged[-1][1], b)
+        else:
+            merged.append([a, b])
+    return tuple((a, b) for a, b in merged)
+
+
+def encode_ack(ack: Ack) -> bytes:
+    return dumps(
+        {
+            "stream": ack.stream,
+            "telemetry": [list(r) for r in ack.telemetry],
+            "alarms": [list(r) for r in ack.alarms],
+        }
+    )
+
+
+def _ranges(obj: JSON, name: str) -> tuple[SeqRange, ...]:
+    raw = obj.get(name, [])
+    if not isinstance(raw, list):
+        raise PayloadError(f"field {name!r} must be a list of [first, last] pairs")
+    out: list[SeqRange] = []
+    for pair in raw:
+        if (
+            not isinstance(pair, list)
+            or len(pair) != 2
+            or not all(isinstance(x, int) and not isinstance(x, bool) for x in pair)
+            or pair[0] > pair[1]
+        ):
+            raise PayloadError(f"field {name!r} must be a list of [first, last] pairs")
+        out.append((pair[0], pair[1]))
+    return tuple(out)
+
+
+def decode_ack(payload: Raw) -> Ack:
+    obj = loads(payload)
+    return Ack(_field(obj, "stream", str), _ranges(obj, "telemetry"), _ranges(obj, "alarms"))
+
+
+class ReadingEncoder:
+    """Encodes readings to their wire JSON fast: the per-point part is built once.
+
+    Device and point ids are restricted to ``[A-Za-z0-9._-]`` by config validation, so
+    only units, string values and reasons need escaping. The output is exactly what
+    ``reading_dict`` would serialise to.
+    """
+
+    def __init__(self) -> None:
+        self._prefix: dict[tuple[str, str, str | None], str] = {}
+
+    def encode(self, r: Reading) -> str:
+        key = (r.device, r.point, r.unit)
+        prefix = self._prefix.get(key)
+        if prefix is None:
+            prefix = (
+                f'{{"dev":{json.dumps(r.device)},"pt":{json.dumps(r.point)},'
+                f'"u":{json.dumps(r.unit, ensure_ascii=False)},"v":'
+            )
+            self._prefix[key] = prefix
+        v = r.value
+        if v is None or v is True or v is False:
+            text = "null" if v is None else ("true" if v else "false")
+        elif isinstance(v, int):
+            text = str(v)
+        elif isinstance(v, float):
+            text = repr(v) if math.isfinite(v) else "null"
+        else:
+            text = json.dumps(v, ensure_ascii=False)
+        tail = f',"q":"{r.quality.value}","ts":{r.ts!r}'
+        if r.reason is not None:
+            tail += f',"r":{json.dumps(r.reason, ensure_ascii=False)}'
+        return f"{prefix}{text}{tail}}}"
+
+
+def encode_telemetry_raw(gw: str, stream: str, seq_first: int, bodies: Sequence[str]) -> bytes:
+    """A telemetry batch from readings already encoded by ``ReadingEncoder``."""
+    head = (
+        f'{{"gw":{json.dumps(gw)},"stream":{json.dumps(stream)},'
+        f'"seq_first":{seq_first},"seq_last":{seq_first + len(bodies) - 1},"readings":['
+    )
+    return (head + ",".join(bodies) + "]}").encode()

@@ -1,0 +1,65 @@
+"""MQTT topics of the wire contract. Nothing else in the code base builds a topic by hand."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from enum import StrEnum
+
+DEFAULT_ROOT = "edgefleet/v1"
+
+GATEWAY_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+_ROOT = re.compile(r"^[^#+\s]+(/[^#+/\s]+)*$")
+
+
+class Channel(StrEnum):
+    TELEMETRY = "telemetry"
+    ALARMS = "alarms"
+    STATE = "state"
+    HEALTH = "health"
+    ACK = "ack"
+    CMD = "cmd"
+
+
+class TopicError(ValueError):
+    """A topic part would contain a wildcard, a separator or nothing at all."""
+
+
+def check_gateway_id(gateway: str) -> str:
+    if not GATEWAY_ID.match(gateway):
+        raise TopicError(
+            f"gateway id {gateway!r} must be 1-64 letters, digits, '.', '_' or '-' "
+            "(no '/', '+', '#' or spaces: it is a topic level)"
+        )
+    return gateway
+
+
+@dataclass(frozen=True, slots=True)
+class Topics:
+    """The topics of one contract root; ``gw(...)`` builds a gateway's, ``pattern(...)`` all."""
+
+    root: str = DEFAULT_ROOT
+
+    def __post_init__(self) -> None:
+        if not _ROOT.match(self.root) or self.root.endswith("/"):
+            raise TopicError(f"topic root {self.root!r} must be levels without wildcards")
+
+    def gw(self, gateway: str, channel: Channel) -> str:
+        return f"{self.root}/gw/{check_gateway_id(gateway)}/{channel.value}"
+
+    def pattern(self, channel: Channel) -> str:
+        """Subscription filter for a channel across the whole fleet."""
+        return f"{self.root}/gw/+/{channel.value}"
+
+    def parse(self, topic: str) -> tuple[str, Channel] | None:
+        """``(gateway, channel)`` of a contract topic, or None for anything else."""
+        prefix = f"{self.root}/gw/"
+        if not topic.startswith(prefix):
+            return None
+        rest = topic[len(prefix) :].split("/")
+        if len(rest) != 2 or not GATEWAY_ID.match(rest[0]):
+            return None
+        try:
+            return rest[0], Channel(rest[1])
+        except ValueError:
+            return None

@@ -1,0 +1,104 @@
+"""Periodic health report: outbox depth and age, losses, per-device link status, resources."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import time
+from collections.abc import Callable
+
+from edge_agent.contract import Channel, Topics, encode_health
+from edge_agent.outbox import Outbox, OutboxStats
+from edge_agent.polling import DevicePoller
+from edge_agent.sender import RunInDb, Sender
+from edge_agent.uplink import Uplink
+
+_PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
+
+
+def rss_mb() -> float:
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * _PAGE / 1e6
+    except OSError:
+        return 0.0
+
+
+class CpuMeter:
+    def __init__(self) -> None:
+        self._wall = time.monotonic()
+        t = os.times()
+        self._cpu = t.user + t.system
+
+    def percent(self) -> float:
+        t = os.times()
+        wall, cpu = time.monotonic(), t.user + t.system
+        pct = 100.0 * (cpu - self._cpu) / max(wall - self._wall, 1e-6)
+        self._wall, self._cpu = wall, cpu
+        return round(pct, 1)
+
+
+class HealthReporter:
+    def __init__(
+        self,
+        *,
+        gateway: str,
+        topics: Topics,
+        outbox: Outbox,
+        in_db: RunInDb,
+        uplink: Uplink,
+        sender: Sender,
+        pollers: list[DevicePoller],
+        interval_s: float,
+        extra: Callable[[], dict[str, object]] | None = None,
+    ) -> None:
+        self._gw = gateway
+        self._topic = topics.gw(gateway, Channel.HEALTH)
+        self._outbox = outbox
+        self._in_db = in_db
+        self._uplink = uplink
+        self._sender = sender
+        self._pollers = pollers
+        self._interval = interval_s
+        self._cpu = CpuMeter()
+        self._extra = extra
+
+    async def report(self) -> dict[str, object]:
+        stats: OutboxStats = await self._in_db(self._outbox.stats)
+        now = time.time()
+        try:
+            disk_free = shutil.disk_usage(self._outbox.path.parent).free / 1e6
+        except OSError:
+            disk_free = -1.0
+        body: dict[str, object] = {
+            "outbox": {
+                "depth": stats.depth,
+                "alarms_depth": stats.alarms_depth,
+                "oldest_age_s": None
+                if stats.oldest_ts is None
+                else round(now - stats.oldest_ts, 3),
+                "bytes": stats.bytes,
+            },
+            "dropped": {"telemetry": stats.dropped_telemetry},
+            "devices": {p.device.id: p.health.as_json() for p in self._pollers},
+            "uplink": {
+                "connected": self._uplink.connected.is_set(),
+                "reconnects": self._uplink.reconnects,
+                "inflight_batches": self._sender.inflight,
+                "resends": self._sender.resends,
+            },
+            "cpu_percent": self._cpu.percent(),
+            "mem_rss_mb": round(rss_mb(), 1),
+            "disk_free_mb": round(disk_free, 1),
+        }
+        if self._extra is not None:
+            body.update(self._extra())
+        self._uplink.publish(self._topic, encode_health(self._gw, now, **body), qos=0)
+        return body
+
+    async def run(self) -> None:
+        while True:
+            await self._uplink.connected.wait()
+            await self.report()
+            await asyncio.sleep(self._interval)

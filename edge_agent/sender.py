@@ -1,0 +1,242 @@
+"""Moves outbox rows to the broker in batches and forgets them only when the center acks.
+
+Order of service, each time there is room in the window of unacked batches:
+
+1. alarm events, one per message, oldest first;
+2. live telemetry: rows appended since the connection came up;
+3. backlog: rows that were already waiting when it came up, oldest first.
+
+So after an outage operators see the present at once while the past drains behind it.
+A batch unacked for ``ack_timeout_s``, a lost connection, or an ack from the center that
+never comes all lead to the same recovery: forget what is in flight and start again from
+the oldest unacked row. The center's primary key drops what it already has.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from functools import partial
+from typing import Protocol, TypeVar
+
+from edge_agent.contract import Ack, Channel, PayloadError, Topics, decode_ack
+from edge_agent.contract.payloads import encode_telemetry_raw
+from edge_agent.outbox import Lane, Outbox
+from edge_agent.uplink import Uplink
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+class RunInDb(Protocol):
+    """Runs a function on the outbox's own thread and awaits its result."""
+
+    def __call__(self, fn: Callable[[], T], /) -> Awaitable[T]: ...
+
+
+@dataclass(slots=True)
+class InFlight:
+    lane: Lane
+    first: int
+    last: int
+    sent_at: float
+
+
+@dataclass(slots=True)
+class Cursors:
+    """Where each lane's sending stands; ``live_from`` splits backlog from live rows."""
+
+    alarms: int = 1
+    backlog: int = 1
+    live_from: int = 1
+    live: int = 1
+
+
+class Sender:
+    def __init__(
+        self,
+        *,
+        gateway: str,
+        topics: Topics,
+        outbox: Outbox,
+        uplink: Uplink,
+        in_db: RunInDb,
+        batch_max: int,
+        window: int,
+        ack_timeout_s: float,
+    ) -> None:
+        self._gw = gateway
+        self._topics = topics
+        self._outbox = outbox
+        self._uplink = uplink
+        self._in_db = in_db
+        self._batch_max = batch_max
+        self._window = window
+        self._live_reserve = max(1, window // 4)
+        self._ack_timeout = ack_timeout_s
+        self._inflight: dict[tuple[Lane, int], InFlight] = {}
+        self._cursors = Cursors()
+        self._last = {Lane.TELEMETRY: 0, Lane.ALARMS: 0}
+        self._wake = asyncio.Event()
+        self._need_reset = True
+        self.batches_sent = 0
+        self.resends = 0
+        self.acked = 0
+        uplink.subscribe(topics.gw(gateway, Channel.ACK), self.on_ack_payload)
+        uplink.on_up(self._on_up)
+        uplink.on_down(self._on_down)
+
+    @property
+    def inflight(self) -> int:
+        return len(self._inflight)
+
+    def appended(self, lane: Lane, last_seq: int) -> None:
+        """The committer tells us new rows are durable up to ``last_seq``."""
+        self._last[lane] = max(self._last[lane], last_seq)
+        self._wake.set()
+
+    # --- connection and acks ----------------------------------------------------------
+
+    def _on_up(self) -> None:
+        self._need_reset = True
+        self._wake.set()
+
+    def _on_down(self) -> None:
+        self._inflight.clear()
+
+    def on_ack_payload(self, payload: bytes | bytearray) -> None:
+        try:
+            ack = decode_ack(payload)
+        except PayloadError as exc:
+            log.warning("ignoring a malformed ack: %s", exc)
+            return
+        if ack.stream != self._outbox.stream_id:
+            return  # an ack for an outbox file this gateway no longer has
+        asyncio.get_running_loop().create_task(self._apply_ack(ack))
+
+    async def _apply_ack(self, ack: Ack) -> None:
+        for lane, ranges in ((Lane.TELEMETRY, ack.telemetry), (Lane.ALARMS, ack.alarms)):
+            if not ranges:
+                continue
+            self.acked += await self._in_db(partial(self._outbox.delete, lane, ranges))
+            for key, fl in list(self._inflight.items()):
+                if fl.lane is lane and any(a <= fl.first and fl.last <= b for a, b in ranges):
+                    del self._inflight[key]
+        self._wake.set()
+
+    # --- the loop ---------------------------------------------------------------------
+
+    async def run(self) -> None:
+        while True:
+            await self._uplink.connected.wait()
+            if self._need_reset:
+                await self._reset()
+            progressed = await self._fill_window()
+            self._check_timeouts()
+            if not progressed:
+                self._wake.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), timeout=min(0.5, self._ack_timeout))
+
+    async def _reset(self) -> None:
+        """Start again from the oldest unacked row; rows appended from now on are live."""
+        self._need_reset = False
+        self._inflight.clear()
+
+        def positions() -> tuple[int | None, int | None, int, int]:
+            ob = self._outbox
+            return (
+                ob.first_seq(Lane.ALARMS),
+                ob.first_seq(Lane.TELEMETRY),
+                ob.last_seq(Lane.ALARMS),
+                ob.last_seq(Lane.TELEMETRY),
+            )
+
+        first_alarm, first_tel, last_alarm, last_tel = await self._in_db(positions)
+        self._last[Lane.ALARMS] = max(self._last[Lane.ALARMS], last_alarm)
+        self._last[Lane.TELEMETRY] = max(self._last[Lane.TELEMETRY], last_tel)
+        c = self._cursors
+        c.alarms = first_alarm if first_alarm is not None else last_alarm + 1
+        c.live_from = self._last[Lane.TELEMETRY] + 1
+        c.live = c.live_from
+        c.backlog = first_tel if first_tel is not None else c.live_from
+
+    def _check_timeouts(self) -> None:
+        if not self._inflight:
+            return
+        oldest = min(fl.sent_at for fl in self._inflight.values())
+        if time.monotonic() - oldest > self._ack_timeout:
+            log.info(
+                "no ack from the center for %.0f s: resending %d batch(es) from the oldest unacked",
+                self._ack_timeout,
+                len(self._inflight),
+            )
+            self.resends += 1
+            self._need_reset = True
+
+    async def _fill_window(self) -> bool:
+        progressed = False
+        while len(self._inflight) < self._window + self._live_reserve:
+            if not self._uplink.connected.is_set() or self._need_reset:
+                break
+            sent = await self._send_next()
+            if not sent:
+                break
+            progressed = True
+        return progressed
+
+    async def _send_next(self) -> bool:
+        c = self._cursors
+        if c.alarms <= self._last[Lane.ALARMS]:
+            rows = await self._fetch(Lane.ALARMS, c.alarms, None, 1)
+            if rows:
+                seq, body = rows[0]
+                c.alarms = seq + 1
+                return self._publish_alarm(seq, body)
+            c.alarms = self._last[Lane.ALARMS] + 1
+        if c.live <= self._last[Lane.TELEMETRY]:
+            rows = await self._fetch(Lane.TELEMETRY, c.live, None, self._batch_max)
+            if rows:
+                c.live = rows[-1][0] + 1
+                return self._publish_telemetry(rows)
+            c.live = self._last[Lane.TELEMETRY] + 1
+        if c.backlog < c.live_from and len(self._inflight) < self._window:
+            rows = await self._fetch(Lane.TELEMETRY, c.backlog, c.live_from, self._batch_max)
+            if rows:
+                c.backlog = rows[-1][0] + 1
+                return self._publish_telemetry(rows)
+            c.backlog = c.live_from
+        return False
+
+    async def _fetch(
+        self, lane: Lane, start: int, stop: int | None, limit: int
+    ) -> list[tuple[int, str]]:
+        return await self._in_db(lambda: self._outbox.fetch(lane, start, stop, limit))
+
+    def _publish_telemetry(self, rows: list[tuple[int, str]]) -> bool:
+        first, last = rows[0][0], rows[-1][0]
+        payload = encode_telemetry_raw(
+            self._gw, self._outbox.stream_id, first, [body for _, body in rows]
+        )
+        topic = self._topics.gw(self._gw, Channel.TELEMETRY)
+        return self._track(Lane.TELEMETRY, first, last, self._uplink.publish(topic, payload))
+
+    def _publish_alarm(self, seq: int, body: str) -> bool:
+        event = json.loads(body)
+        event.update(gw=self._gw, stream=self._outbox.stream_id, seq=seq)
+        payload = json.dumps(event, separators=(",", ":"), ensure_ascii=False).encode()
+        topic = self._topics.gw(self._gw, Channel.ALARMS)
+        return self._track(Lane.ALARMS, seq, seq, self._uplink.publish(topic, payload))
+
+    def _track(self, lane: Lane, first: int, last: int, ok: bool) -> bool:
+        if not ok:
+            self._need_reset = True  # the session went away under us; start over
+            return False
+        self._inflight[(lane, first)] = InFlight(lane, first, last, time.monotonic())
+        self.batches_sent += 1
+        return True

@@ -1,0 +1,158 @@
+"""The gateway's MQTT v5 session with the central broker (paho-mqtt, its own thread).
+
+paho runs its network loop on a thread; this class turns its callbacks into calls on
+the agent's event loop, so nothing else in the agent touches paho or threads. The
+retained ``state`` topic carries a Last Will that flips the gateway to offline when the
+session dies without a goodbye.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import ssl
+from collections.abc import Callable
+from pathlib import Path
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+from paho.mqtt.reasoncodes import ReasonCode
+
+from edge_agent.config.models import BrokerUrl
+
+log = logging.getLogger(__name__)
+
+
+class Uplink:
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        *,
+        client_id: str,
+        broker: BrokerUrl,
+        keepalive_s: int,
+        will: tuple[str, bytes],
+        username: str | None = None,
+        password_file: Path | None = None,
+        reconnect_max_s: int = 4,
+    ) -> None:
+        self._loop = loop
+        self._broker = broker
+        self._keepalive = keepalive_s
+        self.connected = asyncio.Event()
+        self.reconnects = 0
+        self._subscriptions: dict[str, Callable[[bytes | bytearray], None]] = {}
+        self._on_up: list[Callable[[], None]] = []
+        self._on_down: list[Callable[[], None]] = []
+        self._was_up = False
+        client = mqtt.Client(
+            CallbackAPIVersion.VERSION2,
+            client_id=client_id,
+            protocol=mqtt.MQTTv5,
+        )
+        client.will_set(will[0], will[1], qos=1, retain=True)
+        if username is not None:
+            password = password_file.read_text().strip() if password_file else None
+            client.username_pw_set(username, password)
+        if broker.scheme == "mqtts":
+            client.tls_set_context(ssl.create_default_context())
+        # Short, capped backoff: an operator must never wait minutes for a gateway
+        # to come back after the broker does.
+        client.reconnect_delay_set(min_delay=1, max_delay=reconnect_max_s)
+        client.max_inflight_messages_set(1000)
+        client.on_connect = self._on_connect
+        client.on_disconnect = self._on_disconnect
+        client.on_message = self._on_message
+        self._client = client
+
+    def on_up(self, fn: Callable[[], None]) -> None:
+        self._on_up.append(fn)
+
+    def on_down(self, fn: Callable[[], None]) -> None:
+        self._on_down.append(fn)
+
+    def subscribe(self, topic: str, handler: Callable[[bytes | bytearray], None]) -> None:
+        """Deliver messages on ``topic`` to ``handler`` on the event loop, after every connect."""
+        self._subscriptions[topic] = handler
+
+    def start(self) -> None:
+        props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+        props.SessionExpiryInterval = 0
+        self._client.connect_async(
+            self._broker.host,
+            self._broker.port,
+            keepalive=self._keepalive,
+            clean_start=True,
+            properties=props,
+        )
+        self._client.loop_start()
+
+    def publish(self, topic: str, payload: bytes, *, qos: int = 1, retain: bool = False) -> bool:
+        """Hand a message to the session; False when there is no connection to send it on."""
+        if not self._client.is_connected():
+            return False
+        info = self._client.publish(topic, payload, qos=qos, retain=retain)
+        return info.rc == mqtt.MQTT_ERR_SUCCESS
+
+    async def stop(self, last_words: tuple[str, bytes] | None = None) -> None:
+        """Say goodbye (a retained offline state instead of the Will), then disconnect."""
+        if last_words is not None and self._client.is_connected():
+            info = self._client.publish(last_words[0], last_words[1], qos=1, retain=True)
+            for _ in range(20):
+                if info.is_published():
+                    break
+                await asyncio.sleep(0.05)
+        self._client.disconnect()
+        await asyncio.to_thread(self._client.loop_stop)
+
+    # --- paho thread -------------------------------------------------------------------
+
+    def _on_connect(
+        self,
+        client: mqtt.Client,
+        userdata: object,
+        flags: mqtt.ConnectFlags,
+        reason: ReasonCode,
+        properties: Properties | None,
+    ) -> None:
+        if reason.is_failure:
+            log.warning("broker %s refused the connection: %s", self._broker, reason)
+            return
+        for topic in self._subscriptions:
+            client.subscribe(topic, qos=1)
+        self._loop.call_soon_threadsafe(self._up)
+
+    def _on_disconnect(
+        self,
+        client: mqtt.Client,
+        userdata: object,
+        flags: mqtt.DisconnectFlags,
+        reason: ReasonCode,
+        properties: Properties | None,
+    ) -> None:
+        self._loop.call_soon_threadsafe(self._down, str(reason))
+
+    def _on_message(self, client: mqtt.Client, userdata: object, msg: mqtt.MQTTMessage) -> None:
+        handler = self._subscriptions.get(msg.topic)
+        if handler is not None:
+            self._loop.call_soon_threadsafe(handler, msg.payload)
+
+    # --- event loop --------------------------------------------------------------------
+
+    def _up(self) -> None:
+        if self._was_up:
+            self.reconnects += 1
+        log.info("connected to %s", self._broker)
+        self._was_up = True
+        self.connected.set()
+        for fn in self._on_up:
+            fn()
+
+    def _down(self, reason: str) -> None:
+        if self.connected.is_set():
+            log.warning("lost the broker %s: %s", self._broker, reason)
+        self.connected.clear()
+        for fn in self._on_down:
+            fn()

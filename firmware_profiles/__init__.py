@@ -1,0 +1,1 @@
+"""Device profiles: how to read a device model at a firmware version."""
