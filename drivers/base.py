@@ -28,7 +28,8 @@ from pydantic import BaseModel, ConfigDict, Field
 Value = float | int | bool | str | None
 
 DEVICE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
-"""Ids travel in payloads and topic-like contexts: no spaces, slashes or wildcards."""
+"""Ids travel in payloads and topic-like contexts: no spaces, slashes or wildcards.
+Used as a pydantic pattern (Rust regex, where ``$`` is the end of the text)."""
 
 
 class Quality(StrEnum):

@@ -43,7 +43,9 @@ UNION_TAGS = frozenset(PROTOCOLS)
 
 
 class Gateway(Frozen):
-    id: str = Field(pattern=GATEWAY_ID.pattern, description="unique in the fleet; a topic level")
+    id: str = Field(
+        pattern=f"^{GATEWAY_ID.pattern}$", description="unique in the fleet; a topic level"
+    )
     site: str = ""
     tags: dict[str, str] = Field(default_factory=dict)
 

@@ -45,7 +45,8 @@ def loads(payload: Raw) -> JSON:
 
 def _field(obj: JSON, name: str, kind: type | tuple[type, ...]) -> Any:
     value = obj.get(name)
-    if not isinstance(value, kind) or (isinstance(value, bool) and kind in (int, float)):
+    kinds = kind if isinstance(kind, tuple) else (kind,)
+    if not isinstance(value, kinds) or (isinstance(value, bool) and bool not in kinds):
         raise PayloadError(f"field {name!r} missing or not {getattr(kind, '__name__', kind)}")
     return value
 
@@ -84,6 +85,8 @@ class TelemetryBatch:
 
 
 def encode_telemetry(gw: str, stream: str, seq_first: int, readings: Sequence[JSON]) -> bytes:
+    if not readings:
+        raise ValueError("a telemetry batch carries at least one reading")
     return dumps(
         {
             "gw": gw,
@@ -102,7 +105,7 @@ def decode_telemetry(payload: Raw) -> TelemetryBatch:
     first = _field(obj, "seq_first", int)
     last = _field(obj, "seq_last", int)
     readings = _field(obj, "readings", list)
-    if first < 1 or last - first + 1 != len(readings):
+    if first < 1 or not readings or last - first + 1 != len(readings):
         raise PayloadError("seq_first..seq_last must number the readings exactly")
     for i, r in enumerate(readings):
         if (
@@ -111,6 +114,7 @@ def decode_telemetry(payload: Raw) -> TelemetryBatch:
             or not isinstance(r.get("pt"), str)
             or r.get("q") not in _QUALITIES
             or not isinstance(r.get("ts"), int | float)
+            or isinstance(r.get("ts"), bool)
         ):
             raise PayloadError(f"readings[{i}] needs dev, pt (strings), q (good|bad|stale), ts")
     return TelemetryBatch(gw, stream, first, last, readings)
@@ -248,7 +252,7 @@ def _ranges(obj: JSON, name: str) -> tuple[SeqRange, ...]:
             not isinstance(pair, list)
             or len(pair) != 2
             or not all(isinstance(x, int) and not isinstance(x, bool) for x in pair)
-            or pair[0] > pair[1]
+            or not 1 <= pair[0] <= pair[1]
         ):
             raise PayloadError(f"field {name!r} must be a list of [first, last] pairs")
         out.append((pair[0], pair[1]))

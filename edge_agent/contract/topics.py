@@ -8,8 +8,9 @@ from enum import StrEnum
 
 DEFAULT_ROOT = "edgefleet/v1"
 
-GATEWAY_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
-_ROOT = re.compile(r"^[^#+\s]+(/[^#+/\s]+)*$")
+GATEWAY_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+"""Use with ``fullmatch``: ``$`` would let a trailing newline through."""
+_ROOT = re.compile(r"[^$#+/\s][^#+/\s]*(/[^#+/\s]+)*")
 
 
 class Channel(StrEnum):
@@ -26,7 +27,7 @@ class TopicError(ValueError):
 
 
 def check_gateway_id(gateway: str) -> str:
-    if not GATEWAY_ID.match(gateway):
+    if not GATEWAY_ID.fullmatch(gateway):
         raise TopicError(
             f"gateway id {gateway!r} must be 1-64 letters, digits, '.', '_' or '-' "
             "(no '/', '+', '#' or spaces: it is a topic level)"
@@ -41,7 +42,7 @@ class Topics:
     root: str = DEFAULT_ROOT
 
     def __post_init__(self) -> None:
-        if not _ROOT.match(self.root) or self.root.endswith("/"):
+        if not _ROOT.fullmatch(self.root):
             raise TopicError(f"topic root {self.root!r} must be levels without wildcards")
 
     def gw(self, gateway: str, channel: Channel) -> str:
@@ -57,7 +58,7 @@ class Topics:
         if not topic.startswith(prefix):
             return None
         rest = topic[len(prefix) :].split("/")
-        if len(rest) != 2 or not GATEWAY_ID.match(rest[0]):
+        if len(rest) != 2 or not GATEWAY_ID.fullmatch(rest[0]):
             return None
         try:
             return rest[0], Channel(rest[1])
