@@ -169,6 +169,7 @@ class Ingest:
 
     def stop(self) -> None:
         self._stop.set()
+        self.connected.clear()  # a disconnect we asked for is not worth a warning
         self._client.disconnect()
         self._client.loop_stop()
 

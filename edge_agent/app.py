@@ -26,6 +26,9 @@ from edge_agent.sender import Sender
 from edge_agent.uplink import Uplink
 
 log = logging.getLogger(__name__)
+# Drivers report every device failure once, in their own words, and count the rest;
+# pymodbus would log each retry and failed connect again, at every poll.
+logging.getLogger("pymodbus").setLevel(logging.CRITICAL)
 T = TypeVar("T")
 
 

@@ -3,9 +3,8 @@ configured device needs it (importing asyncua alone costs a process ~25 MB)."""
 
 from __future__ import annotations
 
-from drivers.modbus.config import ModbusDevice
-
 from drivers.base import Driver
+from drivers.modbus.config import ModbusDevice
 from edge_agent.config import DeviceConfig
 
 

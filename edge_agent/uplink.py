@@ -47,6 +47,7 @@ class Uplink:
         self._on_up: list[Callable[[], None]] = []
         self._on_down: list[Callable[[], None]] = []
         self._was_up = False
+        self._stopping = False
         client = mqtt.Client(
             CallbackAPIVersion.VERSION2,
             client_id=client_id,
@@ -98,6 +99,7 @@ class Uplink:
 
     async def stop(self, last_words: tuple[str, bytes] | None = None) -> None:
         """Say goodbye (a retained offline state instead of the Will), then disconnect."""
+        self._stopping = True
         if last_words is not None and self._client.is_connected():
             info = self._client.publish(last_words[0], last_words[1], qos=1, retain=True)
             for _ in range(20):
@@ -151,7 +153,7 @@ class Uplink:
             fn()
 
     def _down(self, reason: str) -> None:
-        if self.connected.is_set():
+        if self.connected.is_set() and not self._stopping:
             log.warning("lost the broker %s: %s", self._broker, reason)
         self.connected.clear()
         for fn in self._on_down:

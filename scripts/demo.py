@@ -69,7 +69,9 @@ def agent_yaml(broker: int, modbus: int) -> str:
     for p in SMOKE_DETECTOR:
         fields = p.model_dump(exclude_defaults=True, exclude_none=True)
         fields.setdefault("type", p.type)
-        body = ", ".join(f"{k}: {v!r}" if isinstance(v, str) else f"{k}: {v}" for k, v in fields.items())
+        body = ", ".join(
+            f"{k}: {v!r}" if isinstance(v, str) else f"{k}: {v}" for k, v in fields.items()
+        )
         lines.append(f"      - {{{body}}}")
     return AGENT_YAML.format(broker=broker, modbus=modbus, points="\n".join(lines))
 
@@ -81,8 +83,9 @@ class Stack:
 
     def spawn(self, name: str, args: list[str]) -> subprocess.Popen[bytes]:
         log = (self.workdir / f"{name}.log").open("ab")
-        proc = subprocess.Popen(args, stdout=log, stderr=log, cwd=self.workdir,
-                                start_new_session=True)
+        proc = subprocess.Popen(
+            args, stdout=log, stderr=log, cwd=self.workdir, start_new_session=True
+        )
         self.procs.append((name, proc))
         return proc
 
@@ -119,17 +122,26 @@ def show(db: Path, duration: float | None, started: float) -> int:
                 latest.setdefault((r.gateway, r.device, r.point), r)
             (seen,) = store.db.execute("SELECT count(*) FROM readings").fetchone()
             gateways = store.gateways()
-            table = Table(title=f"EdgeFleet demo: {seen} readings stored at the center "
-                                f"({time.monotonic() - started:.0f} s)")
+            table = Table(
+                title=f"EdgeFleet demo: {seen} readings stored at the center "
+                f"({time.monotonic() - started:.0f} s)"
+            )
             for col in ("gateway", "online", "device", "point", "value", "unit", "quality", "age"):
                 table.add_column(col)
             online = {g["id"]: g["online"] for g in gateways}
             for (gw, dev, pt), r in sorted(latest.items()):
                 value = r.value  # type: ignore[attr-defined]
                 text = f"{value:.4g}" if isinstance(value, float) else str(value)
-                table.add_row(gw, "yes" if online.get(gw) else "no", dev, pt, text,
-                              r.unit or "", r.quality,  # type: ignore[attr-defined]
-                              f"{time.time() - r.ts:.1f} s")  # type: ignore[attr-defined]
+                table.add_row(
+                    gw,
+                    "yes" if online.get(gw) else "no",
+                    dev,
+                    pt,
+                    text,
+                    r.unit or "",
+                    r.quality,  # type: ignore[attr-defined]
+                    f"{time.time() - r.ts:.1f} s",
+                )  # type: ignore[attr-defined]
             live.update(table, refresh=True)
     print(f"demo: {seen} readings stored at the center")
     return 0 if seen > 0 else 1
@@ -159,10 +171,30 @@ def main() -> int:
         broker = stack.spawn("mosquitto", [mosquitto(), "-c", "mosquitto.conf"])
         wait_port(broker_port, broker, "mosquitto")
         env_db = str(workdir / "central.db")
-        stack.spawn("central", [str(BIN / "fleet"), "central", "run",
-                                "--broker", f"mqtt://127.0.0.1:{broker_port}", "--db", env_db])
-        sim = stack.spawn("device", [sys.executable, "-m", "drivers.simulated.modbus_server",
-                                     "--port", str(modbus_port), "--seed", "1"])
+        stack.spawn(
+            "central",
+            [
+                str(BIN / "fleet"),
+                "central",
+                "run",
+                "--broker",
+                f"mqtt://127.0.0.1:{broker_port}",
+                "--db",
+                env_db,
+            ],
+        )
+        sim = stack.spawn(
+            "device",
+            [
+                sys.executable,
+                "-m",
+                "drivers.simulated.modbus_server",
+                "--port",
+                str(modbus_port),
+                "--seed",
+                "1",
+            ],
+        )
         wait_port(modbus_port, sim, "the simulated smoke detector")
         stack.spawn("agent", [str(BIN / "edge-agent"), "run", "-c", "agent.yaml"])
         print(f"demo: broker mqtt://127.0.0.1:{broker_port}, logs and databases in {workdir}")

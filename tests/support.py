@@ -12,7 +12,7 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 T = TypeVar("T")
 BIN = Path(sys.executable).parent
@@ -24,8 +24,12 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def wait_for(predicate: Callable[[], T], timeout: float = 10.0, interval: float = 0.05,
-             what: str = "condition") -> T:
+def wait_for(
+    predicate: Callable[[], T],
+    timeout: float = 10.0,
+    interval: float = 0.05,
+    what: str = "condition",
+) -> T:
     """Poll ``predicate`` until it returns something truthy; fail after ``timeout`` s."""
     deadline = time.monotonic() + timeout
     while True:
@@ -75,8 +79,11 @@ class Broker:
         return f"mqtt://127.0.0.1:{self.port}"
 
     def start(self) -> Broker:
-        self.proc = subprocess.Popen([mosquitto_binary(), "-c", str(self.conf)],
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.proc = subprocess.Popen(
+            [mosquitto_binary(), "-c", str(self.conf)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         wait_for(lambda: port_open(self.port), 10, what=f"mosquitto on port {self.port}")
         return self
 
@@ -94,8 +101,14 @@ class Broker:
 class Process:
     """One of our console scripts run as a real process, output kept in a log file."""
 
-    def __init__(self, name: str, args: list[str], log: Path, env: dict[str, str] | None = None,
-                 cwd: Path | None = None) -> None:
+    def __init__(
+        self,
+        name: str,
+        args: list[str],
+        log: Path,
+        env: dict[str, str] | None = None,
+        cwd: Path | None = None,
+    ) -> None:
         self.name = name
         self.args = args
         self.log = log
@@ -106,8 +119,9 @@ class Process:
     def start(self) -> Process:
         exe = BIN / self.name
         with self.log.open("ab") as out:
-            self.proc = subprocess.Popen([str(exe), *self.args], stdout=out, stderr=out,
-                                         env=self.env, cwd=self.cwd)
+            self.proc = subprocess.Popen(
+                [str(exe), *self.args], stdout=out, stderr=out, env=self.env, cwd=self.cwd
+            )
         return self
 
     def running(self) -> bool:
@@ -134,7 +148,128 @@ class Process:
         return self.log.read_text(errors="replace") if self.log.exists() else ""
 
 
-def run_cli(name: str, *args: str, env: dict[str, str] | None = None,
-            timeout: float = 30) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([str(BIN / name), *args], capture_output=True, text=True,
-                          timeout=timeout, env={**os.environ, **(env or {})})
+def run_cli(
+    name: str, *args: str, env: dict[str, str] | None = None, timeout: float = 30
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [str(BIN / name), *args],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=timeout,
+        env={**os.environ, **(env or {})},
+    )
+
+
+def agent_config(
+    *,
+    gateway: str,
+    broker_url: str,
+    outbox: Path,
+    devices_yaml: str,
+    ack_timeout_s: float = 2,
+    health_s: float = 1,
+    keepalive_s: int = 2,
+) -> str:
+    """An agent config for tests: short timeouts so that outages in tests stay short."""
+    return (
+        f"gateway: {{id: {gateway}, site: test bench}}\n"
+        f"central: {{url: '{broker_url}', keepalive_s: {keepalive_s}}}\n"
+        f"outbox: {{path: '{outbox}', ack_timeout_s: {ack_timeout_s}}}\n"
+        f"health: {{interval_s: {health_s}}}\n"
+        f"devices:\n{devices_yaml}"
+    )
+
+
+class Central(Process):
+    """``fleet central run`` as a real process with its own store file."""
+
+    def __init__(self, workdir: Path, broker_url: str) -> None:
+        self.db = workdir / "central.db"
+        super().__init__(
+            "fleet",
+            ["central", "run", "--broker", broker_url, "--db", str(self.db)],
+            workdir / "central.log",
+        )
+
+    def start(self) -> Central:
+        super().start()
+        wait_for(self.db.exists, 15, what="the central store file")
+        return self
+
+    def store(self):  # type: ignore[no-untyped-def]
+        from central.store import Store
+
+        return Store(self.db)
+
+
+class Agent(Process):
+    """``edge-agent run`` as a real process."""
+
+    def __init__(self, workdir: Path, config_text: str) -> None:
+        self.config = workdir / "agent.yaml"
+        self.config.write_text(config_text)
+        super().__init__("edge-agent", ["run", "-c", str(self.config)], workdir / "agent.log")
+
+
+def produced_keys(outbox: Path) -> set[tuple[str, int]]:
+    """Every telemetry ``(stream, seq)`` an agent ever committed to this outbox file.
+
+    Sequence numbers come from AUTOINCREMENT without gaps (a rolled-back insert rolls
+    its numbers back too), so 1..last is exactly what was produced.
+    """
+    import sqlite3
+
+    db = sqlite3.connect(outbox)
+    try:
+        (stream,) = db.execute("SELECT value FROM meta WHERE key='stream_id'").fetchone()
+        row = db.execute("SELECT seq FROM sqlite_sequence WHERE name='telemetry'").fetchone()
+    finally:
+        db.close()
+    last = row[0] if row else 0
+    return {(stream, s) for s in range(1, last + 1)}
+
+
+class ThreadedDevice:
+    """A simulated Modbus device served from its own thread and event loop, so that
+    synchronous tests (driving real processes) can change its values as they go."""
+
+    def __init__(self, points: Any, **kwargs: Any) -> None:
+        import asyncio
+        import threading
+
+        from drivers.simulated.modbus_server import SimulatedModbusDevice
+
+        self.device = SimulatedModbusDevice(points, **kwargs)
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
+        self._thread.start()
+
+    def _call(self, coro: Any, timeout: float = 10) -> Any:
+        import asyncio
+
+        return asyncio.run_coroutine_threadsafe(coro, self._loop).result(timeout)
+
+    @property
+    def port(self) -> int:
+        return self.device.port
+
+    def start(self) -> ThreadedDevice:
+        self._call(self.device.start())
+        return self
+
+    def stop(self) -> None:
+        self._call(self.device.stop())
+
+    def set(self, name: str, value: Any) -> None:
+        self._call(self.device.set(name, value))
+
+    def get(self, name: str) -> Any:
+        return self._call(self.device.get(name))
+
+    def close(self) -> None:
+        try:
+            self.stop()
+        finally:
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join(5)

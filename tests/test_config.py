@@ -33,7 +33,12 @@ def test_the_documented_example_loads(tmp_path: Path) -> None:
     assert cfg.gateway.id == "jingan-0001"
     assert cfg.central.broker.port == 1883
     assert cfg.outbox.path == tmp_path / "outbox.db"  # relative to the file, not the cwd
-    assert [p.name for p in cfg.devices[0].points] == ["level", "pressure", "smoke_alarm", "door_closed"]
+    assert [p.name for p in cfg.devices[0].points] == [
+        "level",
+        "pressure",
+        "smoke_alarm",
+        "door_closed",
+    ]
     assert len(loaded.revision) == 12
 
 
@@ -74,21 +79,30 @@ def test_check_command_accepts_a_good_file(tmp_path: Path) -> None:
     assert "ok - gateway jingan-0001, 1 device(s), 4 point(s)" in result.stdout
 
 
+DEVICE_D = (
+    "  - {id: d, modbus: {host: h}, points: [{name: p, table: holding, address: 1, type: int16}]}\n"
+)
+
+
 @pytest.mark.parametrize(
     ("text", "line", "field", "needle"),
     [
         ("gateway: {id: a/b}\n", 1, "gateway.id", "String should match pattern"),
         ("gateway: {id: g}\ngateway: {id: h}\n", 2, "gateway", "appears twice"),
         ("gateway: {id: g}\ncentral: {url: 'http://x'}\n", 2, "central.url", "mqtt://"),
-        ("gateway: {id: g}\ndevices:\n  - {id: d, poll_s: 1, points: []}\n", 3, "devices[0]",
-         "exactly one protocol section"),
+        (
+            "gateway: {id: g}\ndevices:\n  - {id: d, poll_s: 1, points: []}\n",
+            3,
+            "devices[0]",
+            "exactly one protocol section",
+        ),
         ("gateway: [\n", 2, "(yaml)", ""),
         ("devices: []\n", 1, "gateway", "required key is missing"),
         (
-            "gateway: {id: g}\ndevices:\n"
-            "  - {id: d, modbus: {host: h}, points: [{name: p, table: holding, address: 1, type: int16}]}\n"
-            "  - {id: d, modbus: {host: h}, points: [{name: p, table: holding, address: 1, type: int16}]}\n",
-            4, "devices[1].id", "already used",
+            "gateway: {id: g}\ndevices:\n" + DEVICE_D + DEVICE_D,
+            4,
+            "devices[1].id",
+            "already used",
         ),
     ],
 )

@@ -11,10 +11,10 @@ from pathlib import Path
 from typing import Annotated, Any
 from urllib.parse import urlsplit
 
-from drivers.modbus.config import ModbusDevice
 from pydantic import Discriminator, Field, Tag, field_validator
 
 from drivers.base import Frozen
+from drivers.modbus.config import ModbusDevice
 from edge_agent.contract.topics import DEFAULT_ROOT, GATEWAY_ID, Topics
 
 PROTOCOLS = ("modbus",)

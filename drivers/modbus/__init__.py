@@ -1,0 +1,9 @@
+"""Modbus TCP driver: config models, the data-type table, codec, read planning, driver.
+
+Only the config models are exported here: loading a config (the central service does
+too) must not import pymodbus. The driver is ``drivers.modbus.driver.ModbusDriver``.
+"""
+
+from .config import ModbusConnection, ModbusDevice, ModbusPoint
+
+__all__ = ["ModbusConnection", "ModbusDevice", "ModbusPoint"]

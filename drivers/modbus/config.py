@@ -1,0 +1,144 @@
+"""Config models of a Modbus device, checked against the type table in ``types``.
+
+Cross-field problems (a ``float32`` on a coil table, a ``bit`` point without ``bit``) are
+reported at the field that is wrong (``points.3.bit``), not at the point as a whole, so the
+config loader can name the offending line.
+"""
+
+from __future__ import annotations
+
+from typing import Self
+
+from pydantic import Field, ValidationError, model_validator
+from pydantic_core import InitErrorDetails, PydanticCustomError
+
+from drivers.base import DeviceBase, Frozen, PointBase
+
+from .types import (
+    BIT_TABLES,
+    MAX_REGISTERS_PER_READ,
+    TYPES,
+    ModbusType,
+    Order,
+    Table,
+    TypeName,
+)
+
+Problem = tuple[tuple[str | int, ...], str, object]
+"""Where in the model (a loc), what is wrong there, and the offending value."""
+
+
+def _reject(model: str, problems: list[Problem]) -> None:
+    """Raise every problem at once, each at its own field."""
+    if problems:
+        raise ValidationError.from_exception_data(
+            model,
+            [
+                InitErrorDetails(
+                    type=PydanticCustomError("modbus_config", message), loc=loc, input=value
+                )
+                for loc, message, value in problems
+            ],
+        )
+
+
+class ModbusConnection(Frozen):
+    host: str = Field(min_length=1)
+    port: int = Field(default=502, ge=1, le=65535)
+    unit: int = Field(default=1, ge=0, le=247, description="Modbus unit (slave) id")
+    timeout_s: float = Field(default=1.0, gt=0, le=60, description="per request and connect")
+    retries: int = Field(default=1, ge=0, le=10, description="resends of a request that timed out")
+
+
+class ModbusPoint(PointBase):
+    table: Table
+    address: int = Field(ge=0, le=65535, description="0-based, as on the wire")
+    type: TypeName
+    order: Order = "ABCD"
+    bit: int | None = Field(default=None, ge=0, le=15, description="for type bit; 0 = LSB")
+    length: int | None = Field(
+        default=None, ge=1, le=MAX_REGISTERS_PER_READ, description="registers, for type string"
+    )
+    scale: float = Field(default=1.0, allow_inf_nan=False)
+    offset: float = Field(default=0.0, allow_inf_nan=False)
+
+    @property
+    def datatype(self) -> ModbusType:
+        """This point's row of the type table."""
+        return TYPES[self.type]
+
+    @property
+    def count(self) -> int:
+        """Registers (or bits, on coil and discrete tables) the point occupies."""
+        return self.datatype.registers or self.length or 0
+
+    @model_validator(mode="after")
+    def _fits_type(self) -> Self:
+        dt = self.datatype
+        problems: list[Problem] = []
+        if self.table not in dt.tables:
+            hint = "bool" if self.table in BIT_TABLES else "bit (with bit: n) or a register type"
+            message = f"type {self.type} cannot live in table {self.table}; use {hint}"
+            problems.append((("type",), message, self.type))
+        if self.type == "bit" and self.bit is None:
+            problems.append((("bit",), "type bit needs bit: 0..15", None))
+        if self.type != "bit" and self.bit is not None:
+            problems.append((("bit",), "only type bit takes bit", self.bit))
+        if self.type == "string" and self.length is None:
+            problems.append((("length",), "type string needs length (registers)", None))
+        if self.type != "string" and self.length is not None:
+            problems.append((("length",), "only type string takes length", self.length))
+        if self.order not in dt.orders:
+            allowed = " or ".join(sorted(dt.orders))
+            message = f"order {self.order} does not apply to {self.type}; use {allowed}"
+            problems.append((("order",), message, self.order))
+        if not dt.numeric and (self.scale != 1 or self.offset != 0):
+            message = f"scale and offset apply to numbers, not to {self.type}"
+            problems.append((("scale",), message, self.scale))
+        if self.scale == 0:
+            problems.append((("scale",), "scale 0 would turn every value into the offset", 0))
+        if self.address + self.count > 65536:
+            message = f"bad address: {self.count} registers from {self.address} run past 65535"
+            problems.append((("address",), message, self.address))
+        _reject(type(self).__name__, problems)
+        return self
+
+
+class ModbusDevice(DeviceBase):
+    modbus: ModbusConnection
+    points: list[ModbusPoint] = Field(min_length=1)
+    max_gap: int = Field(
+        default=16,
+        ge=0,
+        le=MAX_REGISTERS_PER_READ,
+        description="unwanted registers a coalesced read may span to save a request",
+    )
+    no_gap_reads: bool = Field(default=False, description="never read registers no point uses")
+    max_registers_per_read: int = Field(
+        default=MAX_REGISTERS_PER_READ, ge=1, le=MAX_REGISTERS_PER_READ
+    )
+
+    @property
+    def read_gap(self) -> int:
+        """The hole a coalesced read may span: ``max_gap``, or 0 with ``no_gap_reads``."""
+        return 0 if self.no_gap_reads else self.max_gap
+
+    @model_validator(mode="after")
+    def _points_fit(self) -> Self:
+        problems: list[Problem] = []
+        first: dict[str, int] = {}
+        for i, point in enumerate(self.points):
+            if point.name in first:
+                message = (
+                    f"duplicate point name {point.name!r} (first at points.{first[point.name]})"
+                )
+                problems.append((("points", i, "name"), message, point.name))
+            first.setdefault(point.name, i)
+            if point.table not in BIT_TABLES and point.count > self.max_registers_per_read:
+                message = (
+                    f"{point.count} registers do not fit one read "
+                    f"(max_registers_per_read is {self.max_registers_per_read})"
+                )
+                problems.append((("points", i, "type"), message, point.type))
+        _reject(type(self).__name__, problems)
+        return self

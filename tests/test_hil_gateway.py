@@ -1,0 +1,347 @@
+"""One gateway end to end, every part a real process or a real server:
+pymodbus device -> edge-agent -> outbox -> Mosquitto -> fleet central -> `fleet readings`."""
+
+from __future__ import annotations
+
+import json
+import math
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import paho.mqtt.client as mqtt
+import pytest
+from paho.mqtt.enums import CallbackAPIVersion
+
+from drivers.modbus.config import ModbusPoint
+from edge_agent.contract import Channel, Topics
+from edge_agent.contract.schema import validate
+from tests.support import (
+    Agent,
+    Broker,
+    Central,
+    ThreadedDevice,
+    agent_config,
+    free_port,
+    produced_keys,
+    run_cli,
+    wait_for,
+)
+
+pytestmark = pytest.mark.hil
+GW = "jingan-0001"
+
+POINTS = [
+    {
+        "name": "level",
+        "table": "holding",
+        "address": 103,
+        "type": "uint16",
+        "scale": 0.001,
+        "unit": "m",
+    },
+    {"name": "temp", "table": "holding", "address": 104, "type": "int16", "unit": "°C"},
+    {"name": "count", "table": "holding", "address": 105, "type": "uint32"},
+    {"name": "delta", "table": "holding", "address": 107, "type": "int32", "order": "CDAB"},
+    {
+        "name": "pressure",
+        "table": "input",
+        "address": 0,
+        "type": "float32",
+        "order": "CDAB",
+        "unit": "MPa",
+    },
+    {"name": "flow", "table": "input", "address": 2, "type": "float32"},
+    {"name": "smoke_alarm", "table": "holding", "address": 110, "type": "bit", "bit": 0},
+    {"name": "fault", "table": "holding", "address": 110, "type": "bit", "bit": 3},
+    {"name": "door_closed", "table": "discrete", "address": 0, "type": "bool"},
+    {"name": "siren", "table": "coil", "address": 0, "type": "bool"},
+]
+
+
+def devices_yaml(port: int, poll_s: float = 0.2, dev: str = "tank-1") -> str:
+    points = "\n".join(f"      - {json.dumps(p, ensure_ascii=False)}" for p in POINTS)
+    return (
+        f"  - id: {dev}\n"
+        f"    modbus: {{host: 127.0.0.1, port: {port}, unit: 1, timeout_s: 0.5}}\n"
+        f"    poll_s: {poll_s}\n"
+        f"    points:\n{points}\n"
+    )
+
+
+@pytest.fixture
+def modbus_server() -> Iterator[ThreadedDevice]:
+    device = ThreadedDevice([ModbusPoint.model_validate(p) for p in POINTS]).start()
+    yield device
+    device.close()
+
+
+class WireTap:
+    """A stock MQTT client on the fleet's topics, as a central system would subscribe."""
+
+    def __init__(self, broker: Broker) -> None:
+        self.messages: list[tuple[str, bytes]] = []
+        self._lock = threading.Lock()
+        self.client = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
+        self.client.on_message = self._on_message
+        self.client.connect("127.0.0.1", broker.port)
+        self.client.subscribe("edgefleet/v1/#", qos=1)
+        self.client.loop_start()
+
+    def _on_message(self, client: Any, userdata: Any, msg: mqtt.MQTTMessage) -> None:
+        with self._lock:
+            self.messages.append((msg.topic, bytes(msg.payload)))
+
+    def snapshot(self) -> list[tuple[str, bytes]]:
+        with self._lock:
+            return list(self.messages)
+
+    def close(self) -> None:
+        self.client.loop_stop()
+        self.client.disconnect()
+
+
+def latest(db: Path, point: str) -> dict[str, Any] | None:
+    result = run_cli(
+        "fleet",
+        "readings",
+        "--db",
+        str(db),
+        "--gateway",
+        GW,
+        "--point",
+        point,
+        "--limit",
+        "1",
+        "--json",
+    )
+    assert result.returncode == 0, result.stderr
+    rows = json.loads(result.stdout)
+    return rows[0] if rows else None
+
+
+def value_is(db: Path, point: str, expected: Any, after: float) -> dict[str, Any] | None:
+    row = latest(db, point)
+    if row is None or row["ts"] < after or row["quality"] != "good":
+        return None
+    v = row["value"]
+    if isinstance(expected, float):
+        return row if isinstance(v, float) and math.isclose(v, expected, rel_tol=1e-6) else None
+    return row if v == expected and type(v) is type(expected) else None
+
+
+def test_readings_flow_from_device_to_fleet_query(
+    tmp_path: Path, mqtt_broker: Broker, modbus_server: ThreadedDevice
+) -> None:
+    values = {
+        "level": 12.345,
+        "temp": -12,
+        "count": 4_000_000_000,
+        "delta": -70_000,
+        "pressure": -1.5,
+        "flow": 0.25,
+        "smoke_alarm": False,
+        "fault": True,
+        "door_closed": True,
+        "siren": False,
+    }
+    for name, v in values.items():
+        modbus_server.set(name, v)
+    tap = WireTap(mqtt_broker)
+    central = Central(tmp_path, mqtt_broker.url).start()
+    agent = Agent(
+        tmp_path,
+        agent_config(
+            gateway=GW,
+            broker_url=mqtt_broker.url,
+            outbox=tmp_path / "outbox.db",
+            devices_yaml=devices_yaml(modbus_server.port),
+        ),
+    )
+    try:
+        t0 = time.time()
+        agent.start()
+        for name, v in values.items():
+            wait_for(lambda n=name, v=v: value_is(central.db, n, v, t0), 20, what=f"{name}={v}")
+
+        # the device changes: the center sees the new decoded values, stamped at the edge
+        changed = {
+            "level": 0.5,
+            "temp": -32768,
+            "pressure": 3.25,
+            "smoke_alarm": True,
+            "door_closed": False,
+            "delta": 123_456,
+            "siren": True,
+        }
+        t1 = time.time()
+        for name, v in changed.items():
+            modbus_server.set(name, v)
+        for name, v in changed.items():
+            row = wait_for(
+                lambda n=name, v=v: value_is(central.db, n, v, t1),
+                10,
+                what=f"{name} changed to {v}",
+            )
+            assert t1 <= row["ts"] <= time.time()
+            assert row["gateway"] == GW and row["device"] == "tank-1"
+        assert latest(central.db, "level")["unit"] == "m"  # type: ignore[index]
+
+        gateways = json.loads(
+            run_cli("fleet", "gateways", "list", "--db", str(central.db), "--json").stdout
+        )
+        assert [g["id"] for g in gateways] == [GW]
+        assert gateways[0]["online"] is True
+        assert gateways[0]["agent_version"]
+        wait_for(
+            lambda: (
+                json.loads(
+                    run_cli("fleet", "gateways", "list", "--db", str(central.db), "--json").stdout
+                )[0]["outbox_depth"]
+                is not None
+            ),
+            10,
+            what="health data at the center",
+        )
+    finally:
+        agent.stop()
+        central.stop()
+        tap.close()
+
+    # the agent said goodbye: the retained state is offline
+    gateways = json.loads(
+        run_cli("fleet", "gateways", "list", "--db", str(central.db), "--json").stdout
+    )
+    assert gateways[0]["online"] is False
+
+    # every payload that crossed the broker follows the published contract
+    topics = Topics()
+    seen: set[Channel] = set()
+    for topic, payload in tap.snapshot():
+        parsed = topics.parse(topic)
+        assert parsed is not None, topic
+        if not payload:
+            continue
+        validate(parsed[1], payload)
+        seen.add(parsed[1])
+    assert {Channel.TELEMETRY, Channel.STATE, Channel.HEALTH, Channel.ACK} <= seen
+
+
+def test_central_killed_and_restarted_loses_and_duplicates_nothing(
+    tmp_path: Path, mqtt_broker: Broker, modbus_server: ThreadedDevice
+) -> None:
+    outbox = tmp_path / "outbox.db"
+    central = Central(tmp_path, mqtt_broker.url).start()
+    agent = Agent(
+        tmp_path,
+        agent_config(
+            gateway=GW,
+            broker_url=mqtt_broker.url,
+            outbox=outbox,
+            devices_yaml=devices_yaml(modbus_server.port, 0.05),
+        ),
+    )
+    agent.start()
+    try:
+        wait_for(
+            lambda: central.db.exists() and len(central.store().sequence_keys(GW)) > 100,
+            20,
+            what="readings at the center",
+        )
+        central.kill()  # no goodbye: whatever it had not acked, the agent must resend
+        time.sleep(3)
+        produced_while_down = produced_keys(outbox)
+        central.start()
+        wait_for(
+            lambda: produced_while_down <= central.store().sequence_keys(GW),
+            30,
+            what="every reading produced while central was down",
+        )
+        final = produced_keys(outbox)
+        stored = central.store().sequence_keys(GW)
+        top = max(s for _, s in produced_while_down)
+        # exactly the produced set, up to the mark: nothing lost, nothing invented
+        assert {k for k in stored if k[1] <= top} == {k for k in final if k[1] <= top}
+        assert stored <= final
+        (rows,) = (
+            central.store()
+            .db.execute("SELECT count(*) FROM readings WHERE gateway = ?", [GW])
+            .fetchone()
+        )
+        assert rows == len(stored)
+    finally:
+        agent.stop()
+        central.stop()
+
+
+def test_unreachable_device_is_bad_and_the_others_keep_going(
+    tmp_path: Path, mqtt_broker: Broker, modbus_server: ThreadedDevice
+) -> None:
+    dead_port = free_port()  # nothing listens there
+    devices = devices_yaml(modbus_server.port, 0.2, "tank-1") + devices_yaml(
+        dead_port, 0.2, "dead-1"
+    )
+    central = Central(tmp_path, mqtt_broker.url).start()
+    agent = Agent(
+        tmp_path,
+        agent_config(
+            gateway=GW,
+            broker_url=mqtt_broker.url,
+            outbox=tmp_path / "outbox.db",
+            devices_yaml=devices,
+        ),
+    )
+    try:
+        t0 = time.time()
+        agent.start()
+        wait_for(
+            lambda: value_is(central.db, "level", modbus_server.get("level"), t0),
+            20,
+            what="tank-1 readings",
+        )
+
+        def dead_rows() -> list[dict[str, Any]]:
+            out = run_cli(
+                "fleet",
+                "readings",
+                "--db",
+                str(central.db),
+                "--device",
+                "dead-1",
+                "--json",
+                "--limit",
+                "50",
+            )
+            return list(json.loads(out.stdout))
+
+        rows = wait_for(dead_rows, 20, what="readings of the dead device")
+        assert {r["quality"] for r in rows} == {"bad"}
+        assert all(r["value"] is None and r["reason"] for r in rows)
+        assert {r["point"] for r in rows} >= {"level", "pressure"}
+
+        # the healthy device keeps its poll rate while the dead one fails every poll
+        t1 = time.time()
+        time.sleep(3)
+        out = run_cli(
+            "fleet",
+            "readings",
+            "--db",
+            str(central.db),
+            "--device",
+            "tank-1",
+            "--point",
+            "level",
+            "--since",
+            "10s",
+            "--json",
+            "--limit",
+            "1000",
+        )
+        recent = [r for r in json.loads(out.stdout) if t1 <= r["ts"] <= t1 + 3]
+        assert len(recent) >= 12, f"tank-1 polled {len(recent)} times in 3 s at poll_s 0.2"
+        assert all(r["quality"] == "good" for r in recent)
+    finally:
+        agent.stop()
+        central.stop()
