@@ -143,7 +143,7 @@ def show(db: Path, duration: float | None, started: float) -> int:
                     f"{time.time() - r.ts:.1f} s",
                 )  # type: ignore[attr-defined]
             live.update(table, refresh=True)
-    print(f"demo: {seen} readings stored at the center")
+    print(f"\ndemo: {seen} readings stored at the center")
     return 0 if seen > 0 else 1
 
 
