@@ -52,6 +52,18 @@ CREATE TABLE IF NOT EXISTS alarm_events (
     PRIMARY KEY (gateway, stream, seq)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS alarm_events_by_alarm ON alarm_events (alarm_id, ts);
+CREATE TABLE IF NOT EXISTS losses (
+    gateway TEXT NOT NULL,
+    stream TEXT NOT NULL,
+    first_seq INTEGER NOT NULL,
+    last_seq INTEGER NOT NULL,
+    count INTEGER NOT NULL,
+    ts_first REAL,
+    ts_last REAL,
+    cause TEXT NOT NULL,
+    reported REAL NOT NULL,
+    PRIMARY KEY (gateway, stream, first_seq)
+) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS gateways (
     id TEXT PRIMARY KEY,
     site TEXT,
@@ -140,6 +152,39 @@ class Store:
         return int(cur.rowcount)
 
     def insert_alarm(self, event: AlarmEvent) -> int:
+        dropped = event.extra.get("dropped")
+        if (
+            event.rule == "outbox.dropped"
+            and isinstance(dropped, dict)
+            and all(isinstance(dropped.get(k), int) for k in ("first", "last", "count"))
+        ):
+            self._insert_loss(event, dropped)
+        return self._insert_alarm_event(event)
+
+    def _insert_loss(self, event: AlarmEvent, d: dict[str, Any]) -> None:
+        """The gateway says exactly which readings it had to drop: keep that for operators."""
+        self.db.conn.execute(
+            "INSERT OR IGNORE INTO losses (gateway, stream, first_seq, last_seq, count, "
+            "ts_first, ts_last, cause, reported) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                event.gw,
+                event.stream,
+                d.get("first"),
+                d.get("last"),
+                d.get("count"),
+                d.get("ts_first"),
+                d.get("ts_last"),
+                str(d.get("cause")),
+                event.ts,
+            ),
+        )
+
+    def losses(self, gateway: str | None = None) -> list[dict[str, Any]]:
+        where, args = _filters(gateway=gateway)
+        sql = "SELECT * FROM losses" + (" WHERE " + " AND ".join(where) if where else "")
+        return list(self.db.query(sql + " ORDER BY gateway, stream, first_seq", args))
+
+    def _insert_alarm_event(self, event: AlarmEvent) -> int:
         cur = self.db.conn.execute(
             "INSERT OR IGNORE INTO alarm_events (gateway, stream, seq, alarm_id, rule, device, "
             "severity, state, value, ts, msg, body) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",

@@ -121,10 +121,46 @@ def readings(
 
     table = Table("time (UTC)", "gateway", "device", "point", "value", "unit", "quality")
     for r in rows:
-        stamp = datetime.fromtimestamp(r.ts, UTC).strftime("%Y-%m-%d %H:%M:%S.%f")[:-3]
+        stamp = _utc(r.ts)
         quality = r.quality if r.reason is None else f"{r.quality}: {r.reason}"
         table.add_row(stamp, r.gateway, r.device, r.point, _show(r.value), r.unit or "", quality)
     Console().print(table)
+
+
+@app.command("losses")
+def losses(
+    gateway: Annotated[str | None, typer.Option("--gateway", "-g", help="gateway id")] = None,
+    db: DbOpt = DEFAULT_DB,
+    json_out: JsonOpt = False,
+) -> None:
+    """Readings gateways had to drop (outbox full, too old, disk full): which, and when."""
+    from central.store import Store
+
+    rows = Store(require_db(db)).losses(gateway)
+    if json_out:
+        print_json(rows)
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table("gateway", "stream", "seq", "count", "taken from (UTC)", "to", "cause")
+    for r in rows:
+        table.add_row(
+            r["gateway"],
+            r["stream"],
+            f"{r['first_seq']}..{r['last_seq']}",
+            str(r["count"]),
+            _utc(r["ts_first"]),
+            _utc(r["ts_last"]),
+            r["cause"],
+        )
+    Console().print(table)
+
+
+def _utc(ts: float | None) -> str:
+    if ts is None:
+        return ""
+    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%d %H:%M:%S.%f")[:-3]
 
 
 def _show(value: object) -> str:

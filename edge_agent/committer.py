@@ -9,14 +9,16 @@ disk stalls, pollers wait (and count overruns) instead of growing memory.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 
 from drivers.base import Reading
 from edge_agent.contract import ReadingEncoder
-from edge_agent.outbox import Lane, Outbox
+from edge_agent.outbox import Lane, Outbox, OutboxFull
 from edge_agent.sender import RunInDb, Sender
 
-CAP_CHECK_S = 1.0
+log = logging.getLogger(__name__)
+BOUNDS_CHECK_S = 1.0
 
 
 class Committer:
@@ -28,9 +30,10 @@ class Committer:
         self._sender = sender
         self._queue: asyncio.Queue[list[Reading]] = asyncio.Queue(maxsize=queue_max)
         self._encoder = ReadingEncoder()
-        self._last_cap_check = 0.0
+        self._last_bounds_check = 0.0
         self.committed = 0
-        self.dropped_at_cap = 0
+        self.lost_disk_full = 0
+        self._disk_full = False
 
     async def put(self, readings: list[Reading]) -> None:
         await self._queue.put(readings)
@@ -48,10 +51,29 @@ class Committer:
             return
         encode = self._encoder.encode
         rows = [(r.ts, encode(r)) for r in readings]
-        last = await self._in_db(lambda: self._outbox.append(Lane.TELEMETRY, rows))
+        check_bounds = time.monotonic() - self._last_bounds_check >= BOUNDS_CHECK_S
+        if check_bounds:
+            self._last_bounds_check = time.monotonic()
+        try:
+            last, last_alarm = await self._in_db(lambda: self._commit(rows, check_bounds))
+        except OutboxFull as exc:
+            self.lost_disk_full += len(rows)
+            if not self._disk_full:
+                log.error("outbox disk full, readings are being lost until space returns: %s", exc)
+                self._disk_full = True
+            return
+        if self._disk_full:
+            log.warning("outbox writable again; %d readings were lost", self.lost_disk_full)
+            self._disk_full = False
         self.committed += len(rows)
         self._sender.appended(Lane.TELEMETRY, last)
-        now = time.monotonic()
-        if now - self._last_cap_check >= CAP_CHECK_S:
-            self._last_cap_check = now
-            self.dropped_at_cap += await self._in_db(self._outbox.enforce_cap)
+        self._sender.appended(Lane.ALARMS, last_alarm)
+
+    def _commit(self, rows: list[tuple[float, str]], check_bounds: bool) -> tuple[int, int]:
+        """On the outbox thread: append, then (now and then) enforce bounds."""
+        ob = self._outbox
+        last = ob.append(Lane.TELEMETRY, rows)
+        if check_bounds:
+            ob.enforce_bounds()
+            ob.ensure_ballast()
+        return last, ob.last_seq(Lane.ALARMS)

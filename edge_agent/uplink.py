@@ -1,9 +1,14 @@
 """The gateway's MQTT v5 session with the central broker (paho-mqtt, its own thread).
 
-paho runs its network loop on a thread; this class turns its callbacks into calls on
-the agent's event loop, so nothing else in the agent touches paho or threads. The
+paho's network loop runs on a thread of ours; this class turns its callbacks into calls
+on the agent's event loop, so nothing else in the agent touches paho or threads. The
 retained ``state`` topic carries a Last Will that flips the gateway to offline when the
 session dies without a goodbye.
+
+Reconnecting is ours, not paho's: paho waits whole seconds, doubling, without jitter.
+We retry after 0.25-0.5 s, doubling to ``reconnect_max_s`` (2 s by default), each wait
+drawn at random from the upper half of its step, so the first publish after the broker
+returns comes within about two seconds and a city's gateways do not arrive in lockstep.
 """
 
 from __future__ import annotations
@@ -11,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import ssl
+import threading
 from collections.abc import Callable
 from pathlib import Path
 
@@ -20,6 +26,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
+from drivers.backoff import Backoff
 from edge_agent.config.models import BrokerUrl
 
 log = logging.getLogger(__name__)
@@ -36,7 +43,7 @@ class Uplink:
         will: tuple[str, bytes],
         username: str | None = None,
         password_file: Path | None = None,
-        reconnect_max_s: int = 4,
+        reconnect_max_s: float = 2.0,
     ) -> None:
         self._loop = loop
         self._broker = broker
@@ -47,11 +54,15 @@ class Uplink:
         self._on_up: list[Callable[[], None]] = []
         self._on_down: list[Callable[[], None]] = []
         self._was_up = False
-        self._stopping = False
+        self._stopping = threading.Event()
+        self._backoff = Backoff(first_s=0.5, cap_s=max(0.5, reconnect_max_s))
+        self._thread: threading.Thread | None = None
+        self._unreachable_logged = False
         client = mqtt.Client(
             CallbackAPIVersion.VERSION2,
             client_id=client_id,
             protocol=mqtt.MQTTv5,
+            reconnect_on_failure=False,
         )
         client.will_set(will[0], will[1], qos=1, retain=True)
         if username is not None:
@@ -59,9 +70,6 @@ class Uplink:
             client.username_pw_set(username, password)
         if broker.scheme == "mqtts":
             client.tls_set_context(ssl.create_default_context())
-        # Short, capped backoff: an operator must never wait minutes for a gateway
-        # to come back after the broker does.
-        client.reconnect_delay_set(min_delay=1, max_delay=reconnect_max_s)
         client.max_inflight_messages_set(1000)
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
@@ -79,16 +87,30 @@ class Uplink:
         self._subscriptions[topic] = handler
 
     def start(self) -> None:
+        self._thread = threading.Thread(target=self._network, name="uplink", daemon=True)
+        self._thread.start()
+
+    def _network(self) -> None:
+        """Connect, run paho's loop until the connection drops, wait, and again."""
         props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
         props.SessionExpiryInterval = 0
-        self._client.connect_async(
-            self._broker.host,
-            self._broker.port,
-            keepalive=self._keepalive,
-            clean_start=True,
-            properties=props,
-        )
-        self._client.loop_start()
+        while not self._stopping.is_set():
+            try:
+                self._client.connect(
+                    self._broker.host,
+                    self._broker.port,
+                    keepalive=self._keepalive,
+                    clean_start=True,
+                    properties=props,
+                )
+            except OSError as exc:
+                if not self._unreachable_logged:
+                    log.warning("broker %s unreachable: %s; retrying", self._broker, exc)
+                    self._unreachable_logged = True
+            else:
+                self._client.loop_forever()  # returns when the connection is gone
+            if self._stopping.wait(self._backoff.next()):
+                break
 
     def publish(self, topic: str, payload: bytes, *, qos: int = 1, retain: bool = False) -> bool:
         """Hand a message to the session; False when there is no connection to send it on."""
@@ -99,7 +121,7 @@ class Uplink:
 
     async def stop(self, last_words: tuple[str, bytes] | None = None) -> None:
         """Say goodbye (a retained offline state instead of the Will), then disconnect."""
-        self._stopping = True
+        self._stopping.set()
         if last_words is not None and self._client.is_connected():
             info = self._client.publish(last_words[0], last_words[1], qos=1, retain=True)
             for _ in range(20):
@@ -107,7 +129,8 @@ class Uplink:
                     break
                 await asyncio.sleep(0.05)
         self._client.disconnect()
-        await asyncio.to_thread(self._client.loop_stop)
+        if self._thread is not None:
+            await asyncio.to_thread(self._thread.join, 5)
 
     # --- paho thread -------------------------------------------------------------------
 
@@ -122,6 +145,8 @@ class Uplink:
         if reason.is_failure:
             log.warning("broker %s refused the connection: %s", self._broker, reason)
             return
+        self._backoff.reset()
+        self._unreachable_logged = False
         for topic in self._subscriptions:
             client.subscribe(topic, qos=1)
         self._loop.call_soon_threadsafe(self._up)
@@ -153,7 +178,7 @@ class Uplink:
             fn()
 
     def _down(self, reason: str) -> None:
-        if self.connected.is_set() and not self._stopping:
+        if self.connected.is_set() and not self._stopping.is_set():
             log.warning("lost the broker %s: %s", self._broker, reason)
         self.connected.clear()
         for fn in self._on_down:

@@ -1,11 +1,14 @@
 from __future__ import annotations
 
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.support import Broker
+from drivers.modbus.config import ModbusPoint
+from tests.rig import POINTS
+from tests.support import Broker, ThreadedDevice
 
 
 @pytest.fixture
@@ -16,3 +19,30 @@ def mqtt_broker(tmp_path: Path) -> Iterator[Broker]:
     broker = Broker(d).start()
     yield broker
     broker.stop()
+
+
+@pytest.fixture
+def small_fs(tmp_path: Path) -> Iterator[Path]:
+    """A real 4 MB filesystem (tmpfs) to fill up: what a full disk does to the outbox."""
+    mnt = tmp_path / "small-fs"
+    mnt.mkdir()
+    result = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mnt)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if result.returncode != 0:
+        pytest.fail(f"cannot mount a small tmpfs (the full-disk tests need root): {result.stderr}")
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], check=False)
+
+
+@pytest.fixture
+def modbus_server() -> Iterator[ThreadedDevice]:
+    """A simulated Modbus TCP device serving the rig's register map on 127.0.0.1."""
+    device = ThreadedDevice([ModbusPoint.model_validate(p) for p in POINTS]).start()
+    yield device
+    device.close()

@@ -4,7 +4,7 @@ import json
 import sqlite3
 from pathlib import Path
 
-from edge_agent.outbox import Lane, Outbox
+from edge_agent.outbox import Lane, Outbox, OutboxFull, quick_check
 
 
 def rows(n: int, start_ts: float = 1000.0) -> list[tuple[float, str]]:
@@ -57,18 +57,105 @@ def test_committed_rows_are_in_the_file_for_another_reader(tmp_path: Path) -> No
     assert other.execute("PRAGMA journal_mode").fetchone() == ("wal",)
 
 
-def test_cap_drops_oldest_telemetry_and_keeps_alarms(tmp_path: Path) -> None:
+def test_cap_drops_oldest_telemetry_keeps_alarms_and_says_what_was_lost(tmp_path: Path) -> None:
     ob = Outbox(tmp_path / "o.db", max_bytes=10**8)
     big = "x" * 1000
     ob.append(Lane.ALARMS, [(1.0, big)] * 50)
-    ob.append(Lane.TELEMETRY, [(float(i), big) for i in range(2000)])
+    ob.append(Lane.TELEMETRY, [(1000.0 + i, big) for i in range(2000)])
     ob.max_bytes = ob.used_bytes() // 2
-    dropped = ob.enforce_cap()
-    assert dropped > 0
+    drops = ob.enforce_bounds()
+    assert len(drops) == 1
+    d = drops[0]
+    assert (d.first, d.cause, d.ts_first) == (1, "cap", 1000.0)
+    assert d.last == d.count and d.ts_last == 1000.0 + d.count - 1
     stats = ob.stats()
-    assert stats.alarms_depth == 50
-    assert stats.depth == 2000 - dropped
-    assert stats.dropped_telemetry == dropped
-    first = ob.first_seq(Lane.TELEMETRY)
-    assert first == dropped + 1  # oldest went first
+    assert stats.depth == 2000 - d.count
+    assert stats.dropped_telemetry == d.count
+    assert ob.first_seq(Lane.TELEMETRY) == d.count + 1  # oldest went first
     assert ob.used_bytes() <= ob.max_bytes
+    # the 50 alarms are all there, and one more: the notice of what was dropped
+    assert stats.alarms_depth == 51
+    (_, body) = ob.fetch(Lane.ALARMS, 51, None, 1)[0]
+    notice = json.loads(body)
+    assert notice["rule"] == "outbox.dropped"
+    assert notice["dropped"] == {
+        "lane": "telemetry",
+        "first": 1,
+        "last": d.last,
+        "count": d.count,
+        "ts_first": 1000.0,
+        "ts_last": d.ts_last,
+        "cause": "cap",
+    }
+
+
+def test_age_bound_drops_what_is_too_old(tmp_path: Path) -> None:
+    ob = Outbox(tmp_path / "o.db", max_bytes=10**8, max_age_s=3600)
+    now = 100_000.0
+    ob.append(Lane.TELEMETRY, [(now - 7200 + i, "{}") for i in range(10)])  # too old
+    ob.append(Lane.TELEMETRY, [(now - 60 + i, "{}") for i in range(5)])
+    drops = ob.enforce_bounds(now=now)
+    assert [(d.first, d.last, d.cause) for d in drops] == [(1, 10, "age")]
+    assert ob.first_seq(Lane.TELEMETRY) == 11
+    assert ob.enforce_bounds(now=now) == []
+
+
+def test_a_corrupt_file_is_kept_aside_and_a_new_stream_starts(tmp_path: Path) -> None:
+    path = tmp_path / "outbox.db"
+    ob = Outbox(path, max_bytes=10**8)
+    ob.append(Lane.TELEMETRY, rows(100))
+    old_stream = ob.stream_id
+    ob.close()
+    data = bytearray(path.read_bytes())
+    data[4096:8192] = b"\xff" * 4096  # smash a page
+    path.write_bytes(bytes(data))
+    again = Outbox(path, max_bytes=10**8)
+    assert again.moved_aside is not None and again.moved_aside.exists()
+    assert again.moved_aside.read_bytes()[:16] == b"SQLite format 3\x00"  # kept, not deleted
+    assert again.stream_id != old_stream
+    assert again.append(Lane.TELEMETRY, rows(1)) == 1
+
+
+def test_ballast_is_reserved_beside_the_outbox(tmp_path: Path) -> None:
+    ob = Outbox(tmp_path / "o.db", max_bytes=10**8, ballast_bytes=1_000_000)
+    assert ob.ballast.stat().st_size == 1_000_000
+
+
+def fill(path: Path) -> None:
+    """Write until the filesystem refuses: a disk with no room left."""
+    with path.open("wb", buffering=0) as f:
+        for size in (65536, 4096, 512, 64, 1):
+            try:
+                while True:
+                    f.write(b"\0" * size)
+            except OSError:
+                continue
+
+
+def test_full_disk_gives_back_ballast_drops_oldest_and_recovers(small_fs: Path) -> None:
+    path = small_fs / "outbox.db"
+    ob = Outbox(path, max_bytes=10**8, ballast_bytes=512 * 1024)
+    body = "y" * 200
+    ob.append(Lane.TELEMETRY, [(1.0, body)] * 2000)  # ~0.5 MB of readings waiting
+    filler = small_fs / "filler"
+    fill(filler)
+    # the disk is full: appends still go in, paid for by the ballast and the oldest rows
+    outcomes = []
+    for i in range(200):
+        try:
+            ob.append(Lane.TELEMETRY, [(2.0 + i, body)] * 100)
+            outcomes.append("ok")
+        except OutboxFull:
+            outcomes.append("full")
+    assert not ob.ballast.exists()
+    assert "ok" in outcomes
+    assert ob.stats().dropped_telemetry > 0
+    notices = [json.loads(b) for _, b in ob.fetch(Lane.ALARMS, 1, None, 1000)]
+    assert notices and notices[0]["dropped"]["cause"] == "disk full"
+    # space returns: the outbox carries on, sound, and takes its ballast back
+    filler.unlink()
+    last = ob.append(Lane.TELEMETRY, [(9.0, body)])
+    assert last > 2000
+    assert ob.ensure_ballast() and ob.ballast.exists()
+    ob.close()
+    assert quick_check(path) is None
