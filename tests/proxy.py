@@ -101,6 +101,13 @@ class FaultProxy:
             if self._server is not None:
                 self._server.close()
             self._abort_all()
+            assert self._flowing is not None
+            self._flowing.set()  # let stalled pumps see their aborted sockets and end
+            current = asyncio.current_task()
+            tasks = [t for t in asyncio.all_tasks() if t is not current]
+            for t in tasks:
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
 
         self._call(stop())
         self._loop.call_soon_threadsafe(self._loop.stop)

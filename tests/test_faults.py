@@ -300,3 +300,46 @@ def stored_ts(central: Central) -> list[float]:
         ]
     finally:
         db.close()
+
+
+def test_a_gateway_that_dies_shows_offline_within_the_keepalive_window(stack: dict) -> None:  # type: ignore[type-arg]
+    tmp, central = stack["dir"], stack["central"]
+    agent = make_agent(tmp, stack["broker"].url, stack["device"].port).start()
+
+    def online() -> bool | None:
+        rows = central.store().gateways()
+        return rows[0]["online"] if rows else None
+
+    wait_for(lambda: online() is True, 20, what="the gateway online")
+    agent.kill()  # no goodbye: only the Last Will can tell
+    killed = time.monotonic()
+    wait_for(lambda: online() is False, 10, what="the Last Will")
+    # keepalive_s is 2 in the test config: the broker gives up after 1.5 x 2 s
+    assert time.monotonic() - killed < 2 * 1.5 + 1.5
+
+
+def test_a_gateway_gone_silent_shows_offline_within_the_keepalive_window(stack: dict) -> None:  # type: ignore[type-arg]
+    tmp, central = stack["dir"], stack["central"]
+    proxy = FaultProxy(stack["broker"].port)
+    agent = make_agent(tmp, proxy.url, stack["device"].port).start()
+    try:
+        wait_for(
+            lambda: central.store().gateways() and central.store().gateways()[0]["online"],
+            20,
+            what="the gateway online",
+        )
+        proxy.refusing = True  # and no way back in for now
+        proxy.stall()  # the link hangs: no FIN, no RST; only the keep-alive can tell
+        silent = time.monotonic()
+        wait_for(
+            lambda: central.store().gateways()[0]["online"] is False,
+            10,
+            what="the Last Will after the keep-alive ran out",
+        )
+        took = time.monotonic() - silent
+        # the broker fires the Will 1.5 keep-alives after the last packet it saw (up to one
+        # keep-alive before the stall), checking about once a second
+        assert 1 <= took < 2 * 2.5 + 1.5, f"offline after {took:.1f} s with keepalive 2 s"
+    finally:
+        agent.stop()
+        proxy.close()
