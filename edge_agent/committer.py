@@ -13,6 +13,7 @@ import logging
 import time
 
 from drivers.base import Reading
+from edge_agent.alarms import AlarmService, Rows
 from edge_agent.contract import ReadingEncoder
 from edge_agent.outbox import Lane, Outbox, OutboxFull
 from edge_agent.sender import RunInDb, Sender
@@ -23,8 +24,14 @@ BOUNDS_CHECK_S = 1.0
 
 class Committer:
     def __init__(
-        self, outbox: Outbox, in_db: RunInDb, sender: Sender, queue_max: int = 256
+        self,
+        outbox: Outbox,
+        in_db: RunInDb,
+        sender: Sender,
+        alarms: AlarmService | None = None,
+        queue_max: int = 256,
     ) -> None:
+        self._alarms = alarms
         self._outbox = outbox
         self._in_db = in_db
         self._sender = sender
@@ -49,13 +56,16 @@ class Committer:
             readings.extend(self._queue.get_nowait())
         if not readings:
             return
+        events, alarm_rows = self._alarms.observe(readings) if self._alarms else ([], ([], []))
         encode = self._encoder.encode
         rows = [(r.ts, encode(r)) for r in readings]
         check_bounds = time.monotonic() - self._last_bounds_check >= BOUNDS_CHECK_S
         if check_bounds:
             self._last_bounds_check = time.monotonic()
         try:
-            last, last_alarm = await self._in_db(lambda: self._commit(rows, check_bounds))
+            last, last_alarm = await self._in_db(
+                lambda: self._commit(rows, alarm_rows, check_bounds)
+            )
         except OutboxFull as exc:
             self.lost_disk_full += len(rows)
             if not self._disk_full:
@@ -68,10 +78,17 @@ class Committer:
         self.committed += len(rows)
         self._sender.appended(Lane.TELEMETRY, last)
         self._sender.appended(Lane.ALARMS, last_alarm)
+        if self._alarms is not None and events:
+            self._alarms.committed(events, last_alarm)
 
-    def _commit(self, rows: list[tuple[float, str]], check_bounds: bool) -> tuple[int, int]:
-        """On the outbox thread: append, then (now and then) enforce bounds."""
+    def _commit(
+        self, rows: list[tuple[float, str]], alarm_rows: Rows, check_bounds: bool
+    ) -> tuple[int, int]:
+        """On the outbox thread: alarms first, then the readings, then (now and then)
+        the bounds."""
         ob = self._outbox
+        if alarm_rows[0] or alarm_rows[1]:
+            ob.record_alarms(*alarm_rows)
         last = ob.append(Lane.TELEMETRY, rows)
         if check_bounds:
             ob.enforce_bounds()

@@ -27,7 +27,7 @@ from typing import Protocol, TypeVar
 from edge_agent.contract import Ack, Channel, PayloadError, Topics, decode_ack
 from edge_agent.contract.payloads import encode_telemetry_raw
 from edge_agent.outbox import Lane, Outbox
-from edge_agent.uplink import Uplink
+from edge_agent.uplink import Inbound, Uplink
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -87,7 +87,7 @@ class Sender:
         self.batches_sent = 0
         self.resends = 0
         self.acked = 0
-        uplink.subscribe(topics.gw(gateway, Channel.ACK), self.on_ack_payload)
+        uplink.subscribe(topics.gw(gateway, Channel.ACK), self.on_ack)
         uplink.on_up(self._on_up)
         uplink.on_down(self._on_down)
 
@@ -109,9 +109,9 @@ class Sender:
     def _on_down(self) -> None:
         self._inflight.clear()
 
-    def on_ack_payload(self, payload: bytes | bytearray) -> None:
+    def on_ack(self, message: Inbound) -> None:
         try:
-            ack = decode_ack(payload)
+            ack = decode_ack(message.payload)
         except PayloadError as exc:
             log.warning("ignoring a malformed ack: %s", exc)
             return

@@ -18,6 +18,7 @@ import logging
 import ssl
 import threading
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import paho.mqtt.client as mqtt
@@ -30,6 +31,15 @@ from drivers.backoff import Backoff
 from edge_agent.config.models import BrokerUrl
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class Inbound:
+    """A message from the center, with the MQTT v5 request/response properties."""
+
+    payload: bytes
+    response_topic: str | None = None
+    correlation: bytes | None = None
 
 
 class Uplink:
@@ -50,7 +60,7 @@ class Uplink:
         self._keepalive = keepalive_s
         self.connected = asyncio.Event()
         self.reconnects = 0
-        self._subscriptions: dict[str, Callable[[bytes | bytearray], None]] = {}
+        self._subscriptions: dict[str, Callable[[Inbound], None]] = {}
         self._on_up: list[Callable[[], None]] = []
         self._on_down: list[Callable[[], None]] = []
         self._was_up = False
@@ -82,7 +92,7 @@ class Uplink:
     def on_down(self, fn: Callable[[], None]) -> None:
         self._on_down.append(fn)
 
-    def subscribe(self, topic: str, handler: Callable[[bytes | bytearray], None]) -> None:
+    def subscribe(self, topic: str, handler: Callable[[Inbound], None]) -> None:
         """Deliver messages on ``topic`` to ``handler`` on the event loop, after every connect."""
         self._subscriptions[topic] = handler
 
@@ -117,6 +127,16 @@ class Uplink:
         if not self._client.is_connected():
             return False
         info = self._client.publish(topic, payload, qos=qos, retain=retain)
+        return info.rc == mqtt.MQTT_ERR_SUCCESS
+
+    def reply(self, request: Inbound, payload: bytes) -> bool:
+        """Answer a request on its v5 response topic, with its correlation data."""
+        if request.response_topic is None or not self._client.is_connected():
+            return False
+        props = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
+        if request.correlation is not None:
+            props.CorrelationData = request.correlation
+        info = self._client.publish(request.response_topic, payload, qos=1, properties=props)
         return info.rc == mqtt.MQTT_ERR_SUCCESS
 
     async def stop(self, last_words: tuple[str, bytes] | None = None) -> None:
@@ -163,8 +183,15 @@ class Uplink:
 
     def _on_message(self, client: mqtt.Client, userdata: object, msg: mqtt.MQTTMessage) -> None:
         handler = self._subscriptions.get(msg.topic)
-        if handler is not None:
-            self._loop.call_soon_threadsafe(handler, msg.payload)
+        if handler is None:
+            return
+        props = msg.properties
+        inbound = Inbound(
+            bytes(msg.payload),
+            getattr(props, "ResponseTopic", None),
+            getattr(props, "CorrelationData", None),
+        )
+        self._loop.call_soon_threadsafe(handler, inbound)
 
     # --- event loop --------------------------------------------------------------------
 

@@ -1,0 +1,81 @@
+"""Commands from the center, received on ``…/gw/{gw}/cmd``: verified (signature, expiry,
+replay), carried out, and answered on the MQTT v5 response topic.
+
+A gateway without ``central.command_key`` refuses every command (and says so once): an
+unsigned channel into a building's sirens is not a default anyone should get.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any
+
+from edge_agent.contract import Channel, Topics
+from edge_agent.contract.commands import CommandRejected, encode_reply, verify
+from edge_agent.outbox import Outbox
+from edge_agent.rules.engine import CommandRefused
+from edge_agent.sender import RunInDb
+from edge_agent.uplink import Inbound, Uplink
+
+log = logging.getLogger(__name__)
+Handler = Callable[[str, Mapping[str, Any]], Awaitable[dict[str, Any]]]
+
+
+class CommandChannel:
+    def __init__(
+        self,
+        *,
+        gateway: str,
+        topics: Topics,
+        uplink: Uplink,
+        outbox: Outbox,
+        in_db: RunInDb,
+        public_key: Any | None,
+        handlers: Mapping[str, Handler],
+    ) -> None:
+        self._uplink = uplink
+        self._outbox = outbox
+        self._in_db = in_db
+        self._key = public_key
+        self._handlers = handlers
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._warned_no_key = False
+        self.accepted = 0
+        self.rejected = 0
+        uplink.subscribe(topics.gw(gateway, Channel.CMD), self._received)
+
+    def _received(self, message: Inbound) -> None:
+        task = asyncio.get_running_loop().create_task(self._handle(message))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _handle(self, message: Inbound) -> None:
+        cmd_id = "?"
+        try:
+            if self._key is None:
+                if not self._warned_no_key:
+                    log.warning("command refused: no central.command_key configured")
+                    self._warned_no_key = True
+                raise CommandRejected("this gateway has no command key: commands are refused")
+            command = verify(message.payload, self._key)
+            cmd_id = command["id"]
+            fresh = await self._in_db(
+                lambda: self._outbox.remember_command(cmd_id, command["expires"], time.time())
+            )
+            if not fresh:
+                raise CommandRejected("replayed command")
+            handler = self._handlers.get(command["cmd"])
+            if handler is None:
+                raise CommandRejected(f"unknown command {command['cmd']!r}")
+            result = await handler(command["cmd"], command["args"])
+        except (CommandRejected, CommandRefused, ValueError, KeyError) as exc:
+            self.rejected += 1
+            log.info("command %s refused: %s", cmd_id, exc)
+            self._uplink.reply(message, encode_reply(cmd_id, False, error=str(exc)))
+            return
+        self.accepted += 1
+        log.info("command %s (%s) done", cmd_id, command["cmd"])
+        self._uplink.reply(message, encode_reply(cmd_id, True, result))

@@ -1,0 +1,139 @@
+"""Commands from the center to a gateway: signed (Ed25519), with an expiry, never replayed.
+
+The signature covers the canonical JSON of ``{id, cmd, args, expires}``: keys sorted, no
+insignificant whitespace, UTF-8 (RFC 8785 for the values we use: strings, integers,
+floats Python prints the shortest way). The reply travels on the MQTT v5 response
+topic the command named, with its correlation data.
+
+``cryptography`` is imported only when a key is used: a gateway that takes no commands
+does not pay for it.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import time
+import uuid
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from edge_agent.contract.payloads import PayloadError, dumps, loads
+
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import (
+        Ed25519PrivateKey,
+        Ed25519PublicKey,
+    )
+
+MAX_LIFETIME_S = 24 * 3600
+"""A command valid for longer than this is refused: a stolen one must not live for ever."""
+
+
+class CommandRejected(ValueError):
+    """Unsigned, badly signed, expired, replayed or malformed; the message says which."""
+
+
+def canonical(obj: dict[str, Any]) -> bytes:
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def new_command(cmd: str, args: dict[str, Any], ttl_s: float = 60) -> dict[str, Any]:
+    return {"id": uuid.uuid4().hex, "cmd": cmd, "args": args, "expires": time.time() + ttl_s}
+
+
+def sign(command: dict[str, Any], key: Ed25519PrivateKey) -> bytes:
+    body = {k: command[k] for k in ("id", "cmd", "args", "expires")}
+    sig = base64.b64encode(key.sign(canonical(body))).decode()
+    return dumps({**body, "sig": sig})
+
+
+def verify(
+    payload: bytes | bytearray, key: Ed25519PublicKey, now: float | None = None
+) -> dict[str, Any]:
+    """The command, if its signature, shape and expiry hold; replay is the caller's check."""
+    from cryptography.exceptions import InvalidSignature
+
+    try:
+        obj = loads(payload)
+    except PayloadError as exc:
+        raise CommandRejected(str(exc)) from None
+    sig = obj.pop("sig", None)
+    if not isinstance(sig, str):
+        raise CommandRejected("unsigned command")
+    if set(obj) != {"id", "cmd", "args", "expires"}:
+        raise CommandRejected("a command has exactly id, cmd, args, expires and sig")
+    try:
+        key.verify(base64.b64decode(sig, validate=True), canonical(obj))
+    except (InvalidSignature, ValueError):
+        raise CommandRejected("bad signature") from None
+    if not isinstance(obj["id"], str) or not isinstance(obj["cmd"], str):
+        raise CommandRejected("id and cmd must be strings")
+    if not isinstance(obj["args"], dict):
+        raise CommandRejected("args must be an object")
+    expires = obj["expires"]
+    if not isinstance(expires, int | float) or isinstance(expires, bool):
+        raise CommandRejected("expires must be a number")
+    now = time.time() if now is None else now
+    if expires < now:
+        raise CommandRejected(f"expired {now - expires:.0f} s ago")
+    if expires > now + MAX_LIFETIME_S:
+        raise CommandRejected("expires too far in the future")
+    return obj
+
+
+def encode_reply(cmd_id: str, ok: bool, result: Any = None, error: str | None = None) -> bytes:
+    return dumps({"id": cmd_id, "ok": ok, "result": result, "error": None if ok else error})
+
+
+def decode_reply(payload: bytes | bytearray) -> dict[str, Any]:
+    obj = loads(payload)
+    if not isinstance(obj.get("id"), str) or not isinstance(obj.get("ok"), bool):
+        raise PayloadError("a reply has id (string) and ok (boolean)")
+    return obj
+
+
+# --- keys --------------------------------------------------------------------------------
+
+
+def generate_keys(private_path: Path) -> Path:
+    """A new Ed25519 key pair: the private key (mode 0600) and ``.pub`` beside it."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    key = Ed25519PrivateKey.generate()
+    private_path.parent.mkdir(parents=True, exist_ok=True)
+    pem = key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+    private_path.touch(mode=0o600)
+    private_path.write_bytes(pem)
+    public_path = private_path.with_suffix(".pub")
+    public_path.write_bytes(
+        key.public_key().public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+    )
+    return public_path
+
+
+def load_private_key(path: Path) -> Ed25519PrivateKey:
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    key = serialization.load_pem_private_key(path.read_bytes(), password=None)
+    if not isinstance(key, Ed25519PrivateKey):
+        raise ValueError(f"{path} is not an Ed25519 private key")
+    return key
+
+
+def load_public_key(path: Path) -> Ed25519PublicKey:
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+    key = serialization.load_pem_public_key(path.read_bytes())
+    if not isinstance(key, Ed25519PublicKey):
+        raise ValueError(f"{path} is not an Ed25519 public key")
+    return key

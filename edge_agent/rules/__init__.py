@@ -1,0 +1,1 @@
+"""Local rules and the alarm lifecycle: raised at the edge, even offline."""

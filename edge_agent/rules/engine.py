@@ -1,0 +1,374 @@
+"""The rule engine and the alarm lifecycle (ISA-18.2 / IEC 62682), run at the edge.
+
+One alarm instance per (device, rule), identified as ``device/rule``. Its states::
+
+    normal ──(condition held on_delay_s)──▶ active ──(ack)──▶ acknowledged
+      ▲                                       │                   │
+      │                           (clear held off_delay_s)   (clear held off_delay_s)
+      │                                       ▼                   │
+      └──────────(ack)────────── cleared_unacked                  │
+      └───────────────────────────────────────────────────────────┘
+
+A latched rule stays active (or acknowledged) after its condition clears, until a reset
+from the center. A condition that returns while ``cleared_unacked`` re-triggers the same
+occurrence (counted, not raised anew). Shelving hides annunciation for a while. A point
+whose reading is not good freezes the rules that read it: an offline level sensor must
+not clear a flood alarm.
+
+Every transition is an event (a dict for the outbox's alarm lane) with the edge
+timestamp, the triggering values and the message; ``dirty`` names the instances whose
+state must be persisted with it, so state survives a restart.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from collections.abc import Iterable, Mapping
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from drivers.base import Quality, Reading, Value
+from edge_agent.rules.compile import CompiledRule
+from edge_agent.rules.expr import render
+
+Event = dict[str, Any]
+
+NORMAL = "normal"
+ACTIVE = "active"
+ACKNOWLEDGED = "acknowledged"
+CLEARED_UNACKED = "cleared_unacked"
+CLEARED = "cleared"
+
+
+@dataclass
+class Persisted:
+    """What survives a restart: the lifecycle, and the timers that were running."""
+
+    state: str = NORMAL
+    occurrence: int = 0
+    since: float | None = None
+    acked_by: str | None = None
+    shelved_until: float | None = None
+    shelve_reason: str | None = None
+    retriggers: int = 0
+    pending_since: float | None = None
+    clearing_since: float | None = None
+    annunciated: bool = True
+
+
+@dataclass
+class Instance:
+    rule: CompiledRule
+    p: Persisted = field(default_factory=Persisted)
+    cond: bool = False  # the last evaluation of the alarm condition
+    clear: bool = False  # ... and of the clear condition
+    last_good: float = field(default_factory=time.time)
+    last_change: float = field(default_factory=time.time)
+    last_value: Value = None
+    prev: tuple[float, float] | None = None  # (ts, value) for rate of change
+    offline: bool = False
+
+    @property
+    def key(self) -> str:
+        return self.rule.key
+
+
+class CommandRefused(Exception):
+    """An ack, shelve or reset that does not apply; the message says why."""
+
+
+class RuleEngine:
+    def __init__(
+        self,
+        rules: Iterable[CompiledRule],
+        restored: Mapping[str, Mapping[str, Any]] | None = None,
+        max_new_per_min: int = 30,
+        now: float | None = None,
+    ) -> None:
+        start = time.time() if now is None else now
+        self.instances: dict[str, Instance] = {}
+        self._by_device: dict[str, list[Instance]] = {}
+        for rule in rules:
+            inst = Instance(rule, last_good=start, last_change=start)
+            saved = (restored or {}).get(rule.key)
+            if saved:
+                known = {k: v for k, v in saved.items() if k in Persisted.__dataclass_fields__}
+                inst.p = Persisted(**known)
+            self.instances[rule.key] = inst
+            self._by_device.setdefault(rule.device, []).append(inst)
+        self._values: dict[str, dict[str, Value]] = {}
+        self._quality: dict[str, dict[str, Quality]] = {}
+        self.dirty: set[str] = set()
+        self.max_new_per_min = max_new_per_min
+        self._activations: deque[float] = deque()
+        self._flood_suppressed: dict[str, int] = {}
+        self._flood_since: float | None = None
+        self.evaluations = 0
+
+    # --- input --------------------------------------------------------------------------
+
+    def observe(self, readings: Iterable[Reading]) -> list[Event]:
+        """Feed a poll's readings; return the transitions they cause."""
+        touched: dict[str, float] = {}
+        for r in readings:
+            values = self._values.setdefault(r.device, {})
+            quality = self._quality.setdefault(r.device, {})
+            if r.quality is Quality.GOOD:
+                values[r.point] = r.value
+            quality[r.point] = r.quality
+            touched[r.device] = max(touched.get(r.device, 0.0), r.ts)
+            for inst in self._by_device.get(r.device, ()):
+                self._note(inst, r)
+        events: list[Event] = []
+        for device, ts in touched.items():
+            for inst in self._by_device.get(device, ()):
+                events += self._evaluate(inst, ts)
+        return events
+
+    def _note(self, inst: Instance, r: Reading) -> None:
+        rule = inst.rule
+        watched = rule.points if rule.rule.point is None else {rule.rule.point}
+        if r.point not in watched:
+            return
+        if r.quality is Quality.GOOD:
+            inst.last_good = r.ts
+            inst.offline = False
+            if rule.rule.point == r.point:
+                if r.value != inst.last_value:
+                    inst.last_change = r.ts
+                if isinstance(r.value, int | float) and not isinstance(r.value, bool):
+                    if inst.prev is not None and r.ts > inst.prev[0]:
+                        rate = abs(r.value - inst.prev[1]) / (r.ts - inst.prev[0])
+                        limit = rule.rule.rate.limit_per_s if rule.rule.rate else 0.0
+                        inst.cond, inst.clear = rate > limit, rate <= limit
+                    inst.prev = (r.ts, float(r.value))
+                inst.last_value = r.value
+        elif rule.kind == "offline":
+            inst.offline = True
+
+    # --- evaluation ---------------------------------------------------------------------
+
+    def _evaluate(self, inst: Instance, ts: float) -> list[Event]:
+        rule = inst.rule
+        self.evaluations += 1
+        kind = rule.kind
+        if kind == "condition":
+            quality = self._quality.get(rule.device, {})
+            if any(quality.get(p) is not Quality.GOOD for p in rule.points):
+                return []  # frozen: never decide on bad data
+            values = self._values.get(rule.device, {})
+            assert rule.when is not None
+            inst.cond = rule.when.evaluate(values)
+            inst.clear = rule.clear.evaluate(values) if rule.clear else not inst.cond
+        elif kind == "offline":
+            inst.cond, inst.clear = inst.offline, not inst.offline
+        elif kind == "stale":
+            fresh = ts - inst.last_good < (rule.rule.stale_s or 0)
+            inst.cond, inst.clear = not fresh, fresh
+        elif kind == "stuck":
+            moving = ts - inst.last_change < (rule.rule.stuck_s or 0)
+            inst.cond, inst.clear = not moving, moving
+        return self._step(inst, ts)
+
+    def tick(self, now: float | None = None) -> list[Event]:
+        """Advance timers (on/off delays, staleness, stuck values, shelving) to ``now``."""
+        now = time.time() if now is None else now
+        events: list[Event] = []
+        for inst in self.instances.values():
+            p = inst.p
+            if p.shelved_until is not None and now >= p.shelved_until:
+                events += self._unshelve(inst, now, "shelving expired")
+            if inst.rule.kind in ("stale", "stuck"):
+                events += self._evaluate(inst, now)
+            elif p.pending_since is not None or p.clearing_since is not None:
+                events += self._step(inst, now)
+        events += self._flood_summary(now)
+        return events
+
+    def _step(self, inst: Instance, ts: float) -> list[Event]:
+        p, rule = inst.p, inst.rule.rule
+        if p.state in (NORMAL, CLEARED_UNACKED):
+            if inst.cond:
+                p.clearing_since = None
+                if p.pending_since is None:
+                    p.pending_since = ts
+                    self.dirty.add(inst.key)
+                if ts - p.pending_since >= rule.on_delay_s:
+                    return self._activate(inst, ts)
+            elif p.pending_since is not None:
+                p.pending_since = None
+                self.dirty.add(inst.key)
+            return []
+        # active or acknowledged
+        if rule.latch:
+            return []  # held until a reset from the center
+        if inst.clear:
+            if p.clearing_since is None:
+                p.clearing_since = ts
+                self.dirty.add(inst.key)
+            if ts - p.clearing_since >= rule.off_delay_s:
+                return self._clear(inst, ts)
+        elif p.clearing_since is not None:
+            p.clearing_since = None
+            self.dirty.add(inst.key)
+        return []
+
+    # --- transitions --------------------------------------------------------------------
+
+    def _activate(self, inst: Instance, ts: float) -> list[Event]:
+        p = inst.p
+        p.pending_since = None
+        self.dirty.add(inst.key)
+        if p.state == CLEARED_UNACKED:  # the same occurrence comes back: count, don't re-raise
+            p.state = ACTIVE
+            p.retriggers += 1
+            return self._event(inst, ts, ACTIVE, retrigger=True)
+        p.state, p.occurrence, p.since = ACTIVE, p.occurrence + 1, ts
+        p.acked_by, p.retriggers, p.clearing_since = None, 0, None
+        p.annunciated = self._admit(inst, ts)
+        return self._event(inst, ts, ACTIVE)
+
+    def _clear(self, inst: Instance, ts: float) -> list[Event]:
+        p = inst.p
+        p.clearing_since = None
+        self.dirty.add(inst.key)
+        if p.state == ACKNOWLEDGED:
+            p.state = NORMAL
+            return self._event(inst, ts, CLEARED)
+        p.state = CLEARED_UNACKED
+        return self._event(inst, ts, CLEARED_UNACKED)
+
+    def _admit(self, inst: Instance, ts: float) -> bool:
+        """Flood control: past ``max_new_per_min`` activations in a minute, only critical
+        alarms are annunciated one by one; the rest are summarised once a minute."""
+        window = self._activations
+        while window and ts - window[0] > 60:
+            window.popleft()
+        window.append(ts)
+        if len(window) <= self.max_new_per_min or inst.rule.rule.severity == "critical":
+            return True
+        self._flood_suppressed[inst.rule.rule.id] = (
+            self._flood_suppressed.get(inst.rule.rule.id, 0) + 1
+        )
+        if self._flood_since is None:
+            self._flood_since = ts
+        return False
+
+    def _flood_summary(self, now: float) -> list[Event]:
+        if self._flood_since is None or now - self._flood_since < 60:
+            return []
+        counts, self._flood_suppressed, self._flood_since = self._flood_suppressed, {}, None
+        total = sum(counts.values())
+        return [
+            {
+                "id": "agent/alarm.flood",
+                "rule": "alarm.flood",
+                "dev": "agent",
+                "severity": "warning",
+                "state": ACTIVE,
+                "value": total,
+                "ts": now,
+                "msg": f"alarm flood: {total} alarms summarised in the last minute",
+                "suppressed": counts,
+            }
+        ]
+
+    def _event(self, inst: Instance, ts: float, state: str, **extra: Any) -> list[Event]:
+        p, rule = inst.p, inst.rule
+        if not p.annunciated or (p.shelved_until is not None and ts < p.shelved_until):
+            return []
+        values = self._values.get(rule.device, {})
+        shown = {name: values.get(name) for name in sorted(rule.points)}
+        value = values.get(rule.primary) if rule.primary else inst.last_value
+        context = {
+            **values,
+            "device": rule.device,
+            "rule": rule.rule.id,
+            "severity": rule.rule.severity,
+            "value": value,
+            "state": state,
+        }
+        template = rule.rule.message or f"{rule.rule.id} {{state}} on {{device}}"
+        event: Event = {
+            "id": rule.key,
+            "rule": rule.rule.id,
+            "dev": rule.device,
+            "severity": rule.rule.severity,
+            "state": state,
+            "value": value,
+            "ts": ts,
+            "msg": render(template, context),
+            "occurrence": p.occurrence,
+            "values": shown,
+            "latched": rule.rule.latch,
+            "retriggers": p.retriggers,
+            **extra,
+        }
+        if p.acked_by:
+            event["acked_by"] = p.acked_by
+        return [event]
+
+    # --- commands from the center -------------------------------------------------------
+
+    def acknowledge(self, key: str, by: str, now: float | None = None) -> list[Event]:
+        inst = self._instance(key)
+        now = time.time() if now is None else now
+        p = inst.p
+        if p.state == ACTIVE:
+            p.state, p.acked_by = ACKNOWLEDGED, by
+        elif p.state == CLEARED_UNACKED:
+            p.state, p.acked_by = NORMAL, by
+            self.dirty.add(key)
+            return self._event(inst, now, CLEARED, acknowledged=True)
+        else:
+            raise CommandRefused(f"alarm {key} is {p.state}: nothing to acknowledge")
+        self.dirty.add(key)
+        return self._event(inst, now, ACKNOWLEDGED)
+
+    def reset(self, key: str, by: str, now: float | None = None) -> list[Event]:
+        """Release a latched alarm whose condition has gone."""
+        inst = self._instance(key)
+        now = time.time() if now is None else now
+        if inst.p.state not in (ACTIVE, ACKNOWLEDGED):
+            raise CommandRefused(f"alarm {key} is {inst.p.state}: nothing to reset")
+        if inst.cond:
+            raise CommandRefused(f"alarm {key}: the condition still holds, cannot reset")
+        inst.p.acked_by = inst.p.acked_by or (by if inst.p.state == ACKNOWLEDGED else None)
+        return self._clear(inst, now)
+
+    def shelve(
+        self, key: str, for_s: float, reason: str, by: str, now: float | None = None
+    ) -> list[Event]:
+        inst = self._instance(key)
+        now = time.time() if now is None else now
+        events = self._event(
+            inst, now, "shelved", shelved_until=now + for_s, reason=reason, shelved_by=by
+        )
+        inst.p.shelved_until, inst.p.shelve_reason = now + for_s, reason
+        self.dirty.add(key)
+        return events
+
+    def unshelve(self, key: str, by: str, now: float | None = None) -> list[Event]:
+        inst = self._instance(key)
+        if inst.p.shelved_until is None:
+            raise CommandRefused(f"alarm {key} is not shelved")
+        return self._unshelve(inst, time.time() if now is None else now, f"unshelved by {by}")
+
+    def _unshelve(self, inst: Instance, now: float, why: str) -> list[Event]:
+        inst.p.shelved_until, inst.p.shelve_reason = None, None
+        self.dirty.add(inst.key)
+        return self._event(inst, now, "unshelved", reason=why, current=inst.p.state)
+
+    def _instance(self, key: str) -> Instance:
+        try:
+            return self.instances[key]
+        except KeyError:
+            raise CommandRefused(f"no alarm {key} on this gateway") from None
+
+    # --- persistence --------------------------------------------------------------------
+
+    def take_dirty(self) -> list[tuple[str, dict[str, Any]]]:
+        rows = [(key, asdict(self.instances[key].p)) for key in sorted(self.dirty)]
+        self.dirty.clear()
+        return rows

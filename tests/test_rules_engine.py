@@ -1,0 +1,215 @@
+"""The rule engine and the alarm lifecycle, driven with readings and a clock we control."""
+
+from __future__ import annotations
+
+import random
+from typing import Any
+
+import pytest
+
+from drivers.base import Quality, Reading
+from edge_agent.rules.compile import RuleErrors, compile_rules
+from edge_agent.rules.engine import CommandRefused, RuleEngine
+from edge_agent.rules.model import Rule
+
+DEV = "det-3"
+POINTS = frozenset({"smoke", "smoke_alarm", "temp", "siren", "level"})
+
+
+def engine(*rules: dict[str, Any], now: float = 0.0, **kw: Any) -> RuleEngine:
+    compiled = compile_rules(
+        {DEV: POINTS}, [Rule.model_validate({"device": DEV, **r}) for r in rules], []
+    )
+    return RuleEngine(compiled, now=now, **kw)
+
+
+def feed(
+    e: RuleEngine, ts: float, q: Quality = Quality.GOOD, **values: Any
+) -> list[dict[str, Any]]:
+    readings = [Reading(DEV, k, v, None, q, ts) for k, v in values.items()]
+    return e.observe(readings)
+
+
+def states(events: list[dict[str, Any]]) -> list[str]:
+    return [ev["state"] for ev in events]
+
+
+SMOKE = {
+    "id": "smoke.alarm",
+    "when": "smoke >= 2.4",
+    "clear_when": "smoke < 2.0",
+    "off_delay_s": 5,
+    "severity": "critical",
+    "message": "Smoke {smoke:.1f} %/m at {device}",
+}
+
+
+def test_threshold_raises_with_values_message_and_edge_timestamp() -> None:
+    e = engine(SMOKE)
+    assert feed(e, 1.0, smoke=1.0) == []
+    (ev,) = feed(e, 2.0, smoke=2.6)
+    assert ev["state"] == "active" and ev["ts"] == 2.0
+    assert ev["id"] == "det-3/smoke.alarm" and ev["severity"] == "critical"
+    assert ev["value"] == 2.6 and ev["values"] == {"smoke": 2.6}
+    assert ev["msg"] == "Smoke 2.6 %/m at det-3"
+    assert ev["occurrence"] == 1
+
+
+def test_on_delay_must_hold_and_resets_when_the_condition_drops() -> None:
+    e = engine({**SMOKE, "on_delay_s": 3})
+    assert feed(e, 0.0, smoke=3.0) == []
+    assert feed(e, 2.0, smoke=1.0) == []  # dropped: the timer restarts
+    assert feed(e, 3.0, smoke=3.0) == []
+    assert e.tick(5.9) == []
+    assert states(e.tick(6.0)) == ["active"]
+
+
+def test_hysteresis_and_off_delay_mean_no_flapping_on_a_noisy_signal() -> None:
+    e = engine(SMOKE)
+    rng = random.Random(1)
+    events = []
+    t = 0.0
+    for _ in range(300):  # noise of +-0.3 around the 2.4 threshold
+        t += 0.1
+        events += feed(e, t, smoke=2.4 + rng.uniform(-0.3, 0.3))
+        events += e.tick(t)
+    assert states(events) == ["active"]
+    for _ in range(100):  # falls well below the clear level
+        t += 0.1
+        events += feed(e, t, smoke=1.5)
+        events += e.tick(t)
+    assert states(events) == ["active", "cleared_unacked"]
+    assert events[1]["ts"] >= events[0]["ts"] + 5  # the off-delay held
+
+
+def test_deadband_clears_on_the_return_side() -> None:
+    e = engine({"id": "lvl", "when": "level >= 25", "deadband": 5})
+    assert states(feed(e, 1, level=26)) == ["active"]
+    assert feed(e, 2, level=21) == []  # below the limit but inside the deadband
+    assert states(feed(e, 3, level=19.9)) == ["cleared_unacked"]
+
+
+def test_acknowledge_then_clear_and_clear_then_acknowledge() -> None:
+    e = engine(SMOKE)
+    feed(e, 1, smoke=3)
+    assert states(e.acknowledge("det-3/smoke.alarm", "ops", now=2)) == ["acknowledged"]
+    feed(e, 3, smoke=1)
+    assert states(e.tick(8.1)) == ["cleared"]
+    feed(e, 10, smoke=3)
+    feed(e, 11, smoke=1)
+    assert states(e.tick(16.5)) == ["cleared_unacked"]
+    (ev,) = e.acknowledge("det-3/smoke.alarm", "ops", now=17)
+    assert ev["state"] == "cleared" and ev["acked_by"] == "ops" and ev["occurrence"] == 2
+    with pytest.raises(CommandRefused):
+        e.acknowledge("det-3/smoke.alarm", "ops")
+
+
+def test_retrigger_is_counted_not_raised_anew() -> None:
+    e = engine({**SMOKE, "off_delay_s": 0})
+    feed(e, 1, smoke=3)
+    feed(e, 2, smoke=1)
+    (ev,) = feed(e, 3, smoke=3)
+    assert ev["state"] == "active" and ev["retrigger"] is True
+    assert ev["occurrence"] == 1 and ev["retriggers"] == 1
+
+
+def test_latched_alarm_waits_for_a_reset_which_needs_the_condition_gone() -> None:
+    e = engine({**SMOKE, "latch": True})
+    feed(e, 1, smoke=3)
+    with pytest.raises(CommandRefused, match="still holds"):
+        e.reset("det-3/smoke.alarm", "ops", now=2)
+    feed(e, 3, smoke=1)
+    assert e.tick(100) == []  # still latched
+    assert states(e.reset("det-3/smoke.alarm", "ops", now=101)) == ["cleared_unacked"]
+
+
+def test_bad_quality_freezes_the_rule_it_never_clears_an_alarm() -> None:
+    e = engine({**SMOKE, "off_delay_s": 0})
+    feed(e, 1, smoke=3)
+    assert feed(e, 2, q=Quality.BAD, smoke=None) == []
+    assert e.tick(50) == []
+    assert states(feed(e, 51, smoke=1)) == ["cleared_unacked"]
+
+
+def test_stale_stuck_rate_and_offline_rules() -> None:
+    e = engine(
+        {"id": "silent", "stale_s": 10, "point": "level"},
+        {"id": "stuck", "stuck_s": 30, "point": "temp"},
+        {"id": "rise", "rate": {"per_min": 6}, "point": "temp"},
+        {"id": "gone", "offline": True, "on_delay_s": 2},
+    )
+    feed(e, 0, level=1.0, temp=20.0)
+    assert {ev["rule"] for ev in e.tick(10.5)} == {"silent"}
+    assert states(feed(e, 11, level=1.0)) == ["cleared_unacked"]
+    feed(e, 20, level=1.0)
+    feed(e, 28, level=1.0)
+    assert {ev["rule"] for ev in e.tick(30.5)} == {"stuck"}
+    rise = feed(e, 31, temp=20.5)  # 0.5 degrees in 31 s: 1/min, fine; and it moved
+    assert [(ev["rule"], ev["state"]) for ev in rise] == [("stuck", "cleared_unacked")]
+    assert [(ev["rule"], ev["state"]) for ev in feed(e, 41, temp=22.5, level=1.0)] == [
+        ("rise", "active")
+    ]
+    assert feed(e, 42, q=Quality.BAD, level=None, temp=None) == []
+    assert [ev["rule"] for ev in e.tick(44.5)] == ["gone"]
+
+
+def test_shelving_hides_annunciation_until_it_expires() -> None:
+    e = engine({**SMOKE, "off_delay_s": 0})
+    assert states(e.shelve("det-3/smoke.alarm", 10, "sensor being cleaned", "ops", now=0)) == [
+        "shelved"
+    ]
+    assert feed(e, 1, smoke=3) == []
+    (ev,) = e.tick(10.5)
+    assert ev["state"] == "unshelved" and ev["current"] == "active"
+
+
+def test_flood_control_summarises_all_but_critical() -> None:
+    rules = [{"id": f"r{i}", "when": f"level >= {i}", "severity": "minor"} for i in range(10)]
+    e = engine(
+        *rules, {"id": "fire", "when": "smoke >= 1", "severity": "critical"}, max_new_per_min=3
+    )
+    events = feed(e, 1, level=100, smoke=5)
+    assert sorted(ev["rule"] for ev in events) == ["fire", "r0", "r1", "r2"]
+    (summary,) = e.tick(62)
+    assert summary["rule"] == "alarm.flood" and summary["value"] == 7
+
+
+def test_state_survives_a_restart() -> None:
+    e = engine({**SMOKE, "on_delay_s": 30})
+    feed(e, 1, smoke=3)  # the on-delay timer starts
+    saved = dict(e.take_dirty())
+    again = engine({**SMOKE, "on_delay_s": 30}, restored=saved)
+    assert again.instances["det-3/smoke.alarm"].p.pending_since == 1
+    feed(again, 20, smoke=3)
+    assert states(again.tick(31)) == ["active"]
+
+
+@pytest.mark.parametrize(
+    ("rule", "field", "needle"),
+    [
+        ({"id": "x", "when": "smoke >= (2"}, "when", "syntax error"),
+        ({"id": "x", "when": "smok > 2"}, "when", "unknown point smok"),
+        ({"id": "x", "when": "__import__('os')"}, "when", "may be called"),
+        ({"id": "x", "when": "smoke > 1", "clear_when": "smoek < 1"}, "clear_when", "unknown"),
+        ({"id": "x", "when": "smoke > 1", "message": "{nope}"}, "message", "not a point"),
+        ({"id": "x", "when": "smoke > 1 and temp > 2", "deadband": 1}, "when", "deadband"),
+    ],
+)
+def test_rule_errors_name_the_field(rule: dict[str, Any], field: str, needle: str) -> None:
+    with pytest.raises(RuleErrors) as info:
+        compile_rules({DEV: POINTS}, [Rule.model_validate({"device": DEV, **rule})], [])
+    (err,) = info.value.errors
+    assert err.loc == ("rules", 0, field)
+    assert needle in err.message
+
+
+def test_packs_apply_to_devices_that_have_their_points() -> None:
+    devices = {
+        "det-1": frozenset({"smoke_alarm", "pre_alarm", "obscuration", "fault"}),
+        "lift-7": frozenset({"running", "door_open", "door_zone", "person_in_car", "speed"}),
+    }
+    rules = compile_rules(devices, [], ["smoke", "elevator", "water"])
+    keys = {r.key for r in rules}
+    assert {"det-1/smoke.alarm", "det-1/smoke.prealarm", "lift-7/lift.trapped"} <= keys
+    assert not any(k.startswith("det-1/lift.") or k.startswith("lift-7/smoke.") for k in keys)
+    assert not any("water" in k for k in keys)
