@@ -52,6 +52,23 @@ CREATE TABLE IF NOT EXISTS alarm_events (
     PRIMARY KEY (gateway, stream, seq)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS alarm_events_by_alarm ON alarm_events (alarm_id, ts);
+CREATE TABLE IF NOT EXISTS alarms (
+    gateway TEXT NOT NULL,
+    alarm_id TEXT NOT NULL,
+    rule TEXT NOT NULL,
+    device TEXT NOT NULL,
+    severity TEXT NOT NULL,
+    state TEXT NOT NULL,
+    value,
+    since REAL,
+    ts REAL NOT NULL,
+    msg TEXT NOT NULL,
+    occurrence INTEGER,
+    acked_by TEXT,
+    shelved_until REAL,
+    events INTEGER NOT NULL DEFAULT 1,
+    PRIMARY KEY (gateway, alarm_id)
+) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS losses (
     gateway TEXT NOT NULL,
     stream TEXT NOT NULL,
@@ -159,7 +176,10 @@ class Store:
             and all(isinstance(dropped.get(k), int) for k in ("first", "last", "count"))
         ):
             self._insert_loss(event, dropped)
-        return self._insert_alarm_event(event)
+        stored = self._insert_alarm_event(event)
+        if stored:
+            self._update_alarm(event)
+        return stored
 
     def _insert_loss(self, event: AlarmEvent, d: dict[str, Any]) -> None:
         """The gateway says exactly which readings it had to drop: keep that for operators."""
@@ -183,6 +203,62 @@ class Store:
         where, args = _filters(gateway=gateway)
         sql = "SELECT * FROM losses" + (" WHERE " + " AND ".join(where) if where else "")
         return list(self.db.query(sql + " ORDER BY gateway, stream, first_seq", args))
+
+    def _update_alarm(self, event: AlarmEvent) -> None:
+        """The current state of each alarm, as its latest transition left it."""
+        x = event.extra
+        if "action" in x:
+            return  # an action's result is history, not a transition
+        state = event.state
+        shelved_until = x.get("shelved_until") if state == "shelved" else None
+        if state in ("shelved", "unshelved"):
+            self.db.conn.execute(
+                "UPDATE alarms SET shelved_until = ?, events = events + 1 "
+                "WHERE gateway = ? AND alarm_id = ?",
+                (shelved_until, event.gw, event.id),
+            )
+            return
+        since = event.ts if state == "active" and not x.get("retrigger") else None
+        self.db.conn.execute(
+            "INSERT INTO alarms (gateway, alarm_id, rule, device, severity, state, value, since, "
+            "ts, msg, occurrence, acked_by) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+            "ON CONFLICT (gateway, alarm_id) DO UPDATE SET state = excluded.state, "
+            "value = excluded.value, ts = excluded.ts, msg = excluded.msg, "
+            "severity = excluded.severity, occurrence = excluded.occurrence, "
+            "acked_by = excluded.acked_by, since = coalesce(excluded.since, alarms.since), "
+            "events = alarms.events + 1 WHERE excluded.ts >= alarms.ts",
+            (
+                event.gw,
+                event.id,
+                event.rule,
+                event.dev,
+                event.severity,
+                state,
+                event.value,
+                since,
+                event.ts,
+                event.msg,
+                x.get("occurrence"),
+                x.get("acked_by"),
+            ),
+        )
+
+    def alarms(
+        self, gateway: str | None = None, states: list[str] | None = None
+    ) -> list[dict[str, Any]]:
+        where, args = _filters(gateway=gateway)
+        if states:
+            where.append(f"state IN ({', '.join('?' for _ in states)})")
+            args += states
+        sql = "SELECT * FROM alarms" + (" WHERE " + " AND ".join(where) if where else "")
+        return list(self.db.query(sql + " ORDER BY ts DESC", args))
+
+    def alarm_history(self, gateway: str, alarm_id: str) -> list[dict[str, Any]]:
+        rows = self.db.query(
+            "SELECT body FROM alarm_events WHERE gateway = ? AND alarm_id = ? ORDER BY stream, seq",
+            [gateway, alarm_id],
+        )
+        return [json.loads(r["body"]) for r in rows]
 
     def _insert_alarm_event(self, event: AlarmEvent) -> int:
         cur = self.db.conn.execute(

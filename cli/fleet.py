@@ -6,7 +6,9 @@ import logging
 import signal
 import sys
 import threading
+import time
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -33,8 +35,22 @@ app = typer.Typer(
 )
 central_app = typer.Typer(help="The central service.", no_args_is_help=True)
 gateways_app = typer.Typer(help="Gateways of the fleet.", no_args_is_help=True)
+alarms_app = typer.Typer(
+    help="Alarms raised at the edge: list, history, ack, shelve, reset.", no_args_is_help=True
+)
+keys_app = typer.Typer(help="The center's command-signing key.", no_args_is_help=True)
 app.add_typer(central_app, name="central")
 app.add_typer(gateways_app, name="gateways")
+app.add_typer(alarms_app, name="alarms")
+app.add_typer(keys_app, name="keys")
+
+KeyOpt = Annotated[
+    Path,
+    typer.Option("--key", envvar="EDGEFLEET_KEY", help="the center's Ed25519 private key"),
+]
+GatewayArg = Annotated[str, typer.Option("--gateway", "-g", help="gateway id")]
+AlarmArg = Annotated[str, typer.Argument(help="alarm id, as listed: device/rule")]
+ByOpt = Annotated[str, typer.Option("--by", help="who does it (kept in the alarm history)")]
 
 RootOpt = Annotated[
     str,
@@ -155,6 +171,158 @@ def losses(
             r["cause"],
         )
     Console().print(table)
+
+
+@keys_app.command("init")
+def keys_init(key: KeyOpt = Path("center.key")) -> None:
+    """Create the center's signing key pair; give the .pub file to every gateway
+    (central.command_key in its config)."""
+    from edge_agent.contract.commands import generate_keys
+
+    if key.exists():
+        typer.echo(f"error: {key} exists; not overwriting a key gateways trust", err=True)
+        raise typer.Exit(1)
+    public = generate_keys(key)
+    typer.echo(f"private key {key} (keep it on the center), public key {public}")
+
+
+@alarms_app.command("list")
+def alarms_list(
+    gateway: Annotated[str | None, typer.Option("--gateway", "-g", help="gateway id")] = None,
+    state: Annotated[list[str] | None, typer.Option(help="only alarms in this state")] = None,
+    db: DbOpt = DEFAULT_DB,
+    json_out: JsonOpt = False,
+) -> None:
+    """Current alarms, as their latest transition left them, newest first."""
+    from central.store import Store
+
+    rows = Store(require_db(db)).alarms(gateway, state)
+    if json_out:
+        print_json(rows)
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table("since (UTC)", "gateway", "alarm", "severity", "state", "value", "message")
+    for r in rows:
+        table.add_row(
+            _utc(r["since"]),
+            r["gateway"],
+            r["alarm_id"],
+            r["severity"],
+            r["state"],
+            _show(r["value"]),
+            r["msg"],
+        )
+    Console().print(table)
+
+
+@alarms_app.command("history")
+def alarms_history(
+    alarm: AlarmArg, gateway: GatewayArg, db: DbOpt = DEFAULT_DB, json_out: JsonOpt = False
+) -> None:
+    """Every transition and action of one alarm, with the edge's timestamps."""
+    from central.store import Store
+
+    events = Store(require_db(db)).alarm_history(gateway, alarm)
+    if json_out:
+        print_json(events)
+        return
+    for e in events:
+        extra = f" action={e['action']}" if "action" in e else ""
+        typer.echo(f"{_utc(e['ts'])}  {e['state']:<16} {e['msg']}{extra}")
+
+
+def _command(
+    broker: str,
+    topic_root: str,
+    gateway: str,
+    cmd: str,
+    args: dict[str, object],
+    key: Path,
+    json_out: bool,
+) -> None:
+    from central.commands import CommandFailed, send_command
+
+    if not key.exists():
+        typer.echo(f"error: no signing key at {key} (fleet keys init creates one)", err=True)
+        raise typer.Exit(1)
+    try:
+        reply = send_command(parse_broker(broker), Topics(topic_root), gateway, cmd, args, key)
+    except CommandFailed as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from None
+    if json_out:
+        print_json(reply)
+    elif reply.get("ok"):
+        typer.echo(f"{gateway}: {cmd} done: {reply.get('result')}")
+    else:
+        typer.echo(f"{gateway}: {cmd} refused: {reply.get('error')}", err=True)
+    if not reply.get("ok"):
+        raise typer.Exit(1)
+
+
+@alarms_app.command("ack")
+def alarms_ack(
+    alarm: AlarmArg,
+    gateway: GatewayArg,
+    by: ByOpt = "operator",
+    broker: BrokerOpt = DEFAULT_BROKER,
+    topic_root: RootOpt = DEFAULT_ROOT,
+    key: KeyOpt = Path("center.key"),
+    json_out: JsonOpt = False,
+) -> None:
+    """Acknowledge an alarm on its gateway (a signed command)."""
+    _command(broker, topic_root, gateway, "alarm.ack", {"alarm": alarm, "by": by}, key, json_out)
+
+
+@alarms_app.command("reset")
+def alarms_reset(
+    alarm: AlarmArg,
+    gateway: GatewayArg,
+    by: ByOpt = "operator",
+    broker: BrokerOpt = DEFAULT_BROKER,
+    topic_root: RootOpt = DEFAULT_ROOT,
+    key: KeyOpt = Path("center.key"),
+    json_out: JsonOpt = False,
+) -> None:
+    """Release a latched alarm whose condition has gone."""
+    _command(broker, topic_root, gateway, "alarm.reset", {"alarm": alarm, "by": by}, key, json_out)
+
+
+@alarms_app.command("shelve")
+def alarms_shelve(
+    alarm: AlarmArg,
+    gateway: GatewayArg,
+    reason: Annotated[str, typer.Option(help="why (kept in the history)")],
+    for_: Annotated[str, typer.Option("--for", help="how long: 30m, 2h")] = "1h",
+    by: ByOpt = "operator",
+    broker: BrokerOpt = DEFAULT_BROKER,
+    topic_root: RootOpt = DEFAULT_ROOT,
+    key: KeyOpt = Path("center.key"),
+    json_out: JsonOpt = False,
+) -> None:
+    """Suppress an alarm's annunciation for a while, with a reason."""
+    since = parse_since(for_)
+    assert since is not None
+    args = {"alarm": alarm, "by": by, "reason": reason, "for_s": round(time.time() - since, 3)}
+    _command(broker, topic_root, gateway, "alarm.shelve", args, key, json_out)
+
+
+@alarms_app.command("unshelve")
+def alarms_unshelve(
+    alarm: AlarmArg,
+    gateway: GatewayArg,
+    by: ByOpt = "operator",
+    broker: BrokerOpt = DEFAULT_BROKER,
+    topic_root: RootOpt = DEFAULT_ROOT,
+    key: KeyOpt = Path("center.key"),
+    json_out: JsonOpt = False,
+) -> None:
+    """End a shelving early."""
+    _command(
+        broker, topic_root, gateway, "alarm.unshelve", {"alarm": alarm, "by": by}, key, json_out
+    )
 
 
 def _utc(ts: float | None) -> str:
