@@ -11,7 +11,10 @@ from typing import Annotated
 
 import typer
 
-from edge_agent.config import ConfigError, LoadedConfig, load_config
+from cli.browse import browse
+from cli.common import load_or_exit
+from cli.probe import probe_app
+from cli.rules import rules_app
 
 app = typer.Typer(
     name="edge-agent",
@@ -26,24 +29,12 @@ ConfigOpt = Annotated[
         "--config", "-c", help="agent config file (YAML)", envvar="EDGEFLEET_AGENT_CONFIG"
     ),
 ]
-EXIT_CONFIG = 2  # systemd's unit does not restart on 2: a bad file cannot crash-loop
-
-
-def _load_or_exit(path: Path) -> LoadedConfig:
-    try:
-        return load_config(path)
-    except ConfigError as exc:
-        for problem in exc.problems:
-            typer.echo(str(problem), err=True)
-        n = len(exc.problems)
-        typer.echo(f"{path}: {n} problem{'s' if n != 1 else ''}", err=True)
-        raise typer.Exit(EXIT_CONFIG) from None
 
 
 @app.command()
 def check(config: ConfigOpt) -> None:
     """Validate a config file without running anything; exit 2 if it has problems."""
-    loaded = _load_or_exit(config)
+    loaded = load_or_exit(config)
     cfg = loaded.config
     points = sum(len(d.points) for d in cfg.devices)
     typer.echo(
@@ -58,7 +49,7 @@ def run(
     log_level: Annotated[str, typer.Option(help="debug, info, warning or error")] = "info",
 ) -> None:
     """Run the agent: poll devices, keep every reading in the outbox, publish to the center."""
-    loaded = _load_or_exit(config)
+    loaded = load_or_exit(config)
     logging.basicConfig(
         level=log_level.upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
@@ -74,6 +65,11 @@ def run(
         await run_agent(loaded, stop)
 
     asyncio.run(main())
+
+
+app.command()(browse)
+app.add_typer(probe_app, name="probe")
+app.add_typer(rules_app, name="rules")
 
 
 def main() -> None:

@@ -10,6 +10,7 @@ from typing import Annotated, Any
 
 import typer
 
+from edge_agent.config import ConfigError, LoadedConfig, load_config
 from edge_agent.config.models import BrokerUrl
 
 BrokerOpt = Annotated[
@@ -25,6 +26,21 @@ DEFAULT_DB = Path("central.db")
 
 _DURATION = re.compile(r"^(\d+(?:\.\d+)?)([smhd])$")
 _UNIT_S = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+EXIT_CONFIG = 2  # systemd's unit does not restart on 2: a bad file cannot crash-loop
+
+
+def load_or_exit(path: Path) -> LoadedConfig:
+    """The config, or every problem printed as file:line: field: message and exit 2."""
+    try:
+        return load_config(path)
+    except ConfigError as exc:
+        for problem in exc.problems:
+            typer.echo(str(problem), err=True)
+        n = len(exc.problems)
+        typer.echo(f"{path}: {n} problem{'s' if n != 1 else ''}", err=True)
+        raise typer.Exit(EXIT_CONFIG) from None
 
 
 def parse_broker(url: str) -> BrokerUrl:

@@ -52,6 +52,8 @@ CREATE TABLE IF NOT EXISTS alarms (
     ts REAL NOT NULL,
     body TEXT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS alarm_state (key TEXT PRIMARY KEY, body TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS seen_commands (id TEXT PRIMARY KEY, expires REAL NOT NULL);
 """
 CAP_LOW_WATER = 0.9
 """Past the cap, drop down to this fraction of it: one drop round per ~10 % of growth."""
@@ -255,6 +257,33 @@ class Outbox:
             self._db.executemany(f"INSERT INTO {lane.value}(ts, body) VALUES (?, ?)", rows)
             (last,) = self._db.execute("SELECT last_insert_rowid()").fetchone()
         return int(last)
+
+    def record_alarms(
+        self, events: Sequence[tuple[float, str]], states: Sequence[tuple[str, str]]
+    ) -> int:
+        """Alarm events and the alarm states they leave behind, in one transaction, so a
+        restart resumes exactly where the published history stops."""
+        with self._tx():
+            if events:
+                self._db.executemany("INSERT INTO alarms(ts, body) VALUES (?, ?)", events)
+            if states:
+                self._db.executemany(
+                    "INSERT OR REPLACE INTO alarm_state(key, body) VALUES (?, ?)", states
+                )
+        return self.last_seq(Lane.ALARMS)
+
+    def alarm_states(self) -> dict[str, dict[str, object]]:
+        rows = self._db.execute("SELECT key, body FROM alarm_state").fetchall()
+        return {str(k): json.loads(b) for k, b in rows}
+
+    def remember_command(self, cmd_id: str, expires: float, now: float) -> bool:
+        """False if ``cmd_id`` was seen before (a replay); forget ids past their expiry."""
+        with self._tx():
+            self._db.execute("DELETE FROM seen_commands WHERE expires < ?", (now,))
+            cur = self._db.execute(
+                "INSERT OR IGNORE INTO seen_commands(id, expires) VALUES (?, ?)", (cmd_id, expires)
+            )
+        return cur.rowcount == 1
 
     def last_seq(self, lane: Lane) -> int:
         row = self._db.execute("SELECT seq FROM sqlite_sequence WHERE name=?", (lane.value,))
