@@ -136,6 +136,10 @@ class Store:
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL: durable at checkpoint
         self.db.execute("PRAGMA busy_timeout=5000")
+        # A big page cache keeps the readings index in memory; fewer, larger checkpoints
+        # cost fewer fsyncs at tens of thousands of rows a second.
+        self.db.execute("PRAGMA cache_size=-65536")
+        self.db.execute("PRAGMA wal_autocheckpoint=10000")
         self.db.conn.executescript(SCHEMA)
 
     # --- writes (one transaction per ingest round, committed before acks go out) -------

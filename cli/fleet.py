@@ -262,32 +262,27 @@ def _command(
         raise typer.Exit(1)
 
 
-@alarms_app.command("ack")
-def alarms_ack(
-    alarm: AlarmArg,
-    gateway: GatewayArg,
-    by: ByOpt = "operator",
-    broker: BrokerOpt = DEFAULT_BROKER,
-    topic_root: RootOpt = DEFAULT_ROOT,
-    key: KeyOpt = Path("center.key"),
-    json_out: JsonOpt = False,
-) -> None:
-    """Acknowledge an alarm on its gateway (a signed command)."""
-    _command(broker, topic_root, gateway, "alarm.ack", {"alarm": alarm, "by": by}, key, json_out)
+def _alarm_command(name: str, cmd: str, doc: str) -> None:
+    """ack, reset and unshelve take the same arguments: one definition, three commands."""
+
+    def command(
+        alarm: AlarmArg,
+        gateway: GatewayArg,
+        by: ByOpt = "operator",
+        broker: BrokerOpt = DEFAULT_BROKER,
+        topic_root: RootOpt = DEFAULT_ROOT,
+        key: KeyOpt = Path("center.key"),
+        json_out: JsonOpt = False,
+    ) -> None:
+        _command(broker, topic_root, gateway, cmd, {"alarm": alarm, "by": by}, key, json_out)
+
+    command.__doc__ = doc
+    alarms_app.command(name)(command)
 
 
-@alarms_app.command("reset")
-def alarms_reset(
-    alarm: AlarmArg,
-    gateway: GatewayArg,
-    by: ByOpt = "operator",
-    broker: BrokerOpt = DEFAULT_BROKER,
-    topic_root: RootOpt = DEFAULT_ROOT,
-    key: KeyOpt = Path("center.key"),
-    json_out: JsonOpt = False,
-) -> None:
-    """Release a latched alarm whose condition has gone."""
-    _command(broker, topic_root, gateway, "alarm.reset", {"alarm": alarm, "by": by}, key, json_out)
+_alarm_command("ack", "alarm.ack", "Acknowledge an alarm on its gateway (a signed command).")
+_alarm_command("reset", "alarm.reset", "Release a latched alarm whose condition has gone.")
+_alarm_command("unshelve", "alarm.unshelve", "End a shelving early.")
 
 
 @alarms_app.command("shelve")
@@ -307,22 +302,6 @@ def alarms_shelve(
     assert since is not None
     args = {"alarm": alarm, "by": by, "reason": reason, "for_s": round(time.time() - since, 3)}
     _command(broker, topic_root, gateway, "alarm.shelve", args, key, json_out)
-
-
-@alarms_app.command("unshelve")
-def alarms_unshelve(
-    alarm: AlarmArg,
-    gateway: GatewayArg,
-    by: ByOpt = "operator",
-    broker: BrokerOpt = DEFAULT_BROKER,
-    topic_root: RootOpt = DEFAULT_ROOT,
-    key: KeyOpt = Path("center.key"),
-    json_out: JsonOpt = False,
-) -> None:
-    """End a shelving early."""
-    _command(
-        broker, topic_root, gateway, "alarm.unshelve", {"alarm": alarm, "by": by}, key, json_out
-    )
 
 
 def _utc(ts: float | None) -> str:

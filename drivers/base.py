@@ -19,9 +19,8 @@ from __future__ import annotations
 
 import math
 import re
-from dataclasses import dataclass
 from enum import StrEnum
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -38,9 +37,11 @@ class Quality(StrEnum):
     STALE = "stale"
 
 
-@dataclass(frozen=True, slots=True)
-class Reading:
-    """One value of one point at one instant, stamped at the edge when the device answered."""
+class Reading(NamedTuple):
+    """One value of one point at one instant, stamped at the edge when the device answered.
+
+    A named tuple, not a frozen dataclass: immutable all the same, and three times cheaper
+    to create, which counts at tens of thousands of readings a second."""
 
     device: str
     point: str
