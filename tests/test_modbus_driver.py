@@ -20,6 +20,7 @@ import yaml
 
 from drivers.base import DeviceUnavailable, Quality, Reading, Value, WriteRefused
 from drivers.modbus import ModbusDevice, ModbusPoint
+from drivers.modbus.config import bus_conflicts
 from drivers.modbus.driver import ModbusDriver
 from drivers.modbus.plan import ReadBlock, plan_reads
 from drivers.simulated.modbus_server import (
@@ -173,6 +174,62 @@ async def test_bits_of_registers_coils_and_discrete_inputs(
         "in0": False, "in1": True, "in30": True,
     }  # fmt: skip
     assert dict(sim.requests) == {4: 1, 1: 1, 2: 2}  # discrete 30 is past max_gap
+
+
+def same_readings(fast: list[Reading], probed: list[Reading]) -> bool:
+    """Equal but for the stamps (two polls), NaN equal to NaN, an int not a float."""
+
+    def key(r: Reading) -> tuple[object, ...]:
+        return (r.device, r.point, r.unit, r.quality, r.reason)
+
+    return len(fast) == len(probed) and all(
+        key(a) == key(b) and same(a.value, b.value) for a, b in zip(fast, probed, strict=True)
+    )
+
+
+async def test_read_decodes_as_the_probe_does_through_splits_and_refusals(
+    modbus_server: StartServer, driver: MakeDriver
+) -> None:
+    """``read`` decodes whole blocks at once, ``read_raw`` point by point with the codec:
+    the same readings, also after a refused block was split and for a point refused."""
+    points = [*sparse_map(), point("ghost", "holding", 46, "uint16")]
+    sim = await modbus_server(sparse_map(), sparse=True)
+    await sim.set("energy", -70000)
+    await sim.set("serial", "SN-42")
+    await sim.set("fault", True)
+    await sim.set("total", float("nan"))
+    await sim.set("hours", 123456)
+    reader = driver(sim.port, points, max_gap=16)
+
+    first = await reader.read()  # splits as it goes
+    probed = await reader.read_raw()
+
+    assert same_readings(first, [each.reading for each in probed])
+    assert same_readings(await reader.read(), [each.reading for each in probed])
+    assert by_name(first)["ghost"].reason == "exception 2: illegal data address"
+    assert [r.point for r in first if r.quality is not Quality.GOOD] == ["ghost"]
+
+
+async def test_a_point_the_codec_refuses_reads_bad_and_its_block_still_reads(
+    modbus_server: StartServer, driver: MakeDriver
+) -> None:
+    points = [
+        point("before", "holding", 0, "uint16"),
+        point("label", "holding", 1, "string", length=2),
+        point("after", "holding", 3, "float32", order="CDAB", scale=2.0),
+    ]
+    sim = await modbus_server(points)
+    await sim.set_raw("holding", 0, [7, 0x41FF, 0x0000, 0x0000, 0x3FC0])
+    reader = driver(sim.port, points)
+
+    got = by_name(await reader.read())
+
+    assert got["label"].quality is Quality.BAD and got["label"].value is None
+    assert got["label"].reason == "label: not ASCII: b'A\\xff\\x00\\x00'"
+    assert got["before"].value == 7 and type(got["before"].value) is int
+    assert got["after"].value == 3.0 and got["after"].quality is Quality.GOOD
+    assert same_readings(list(got.values()), [p.reading for p in await reader.read_raw()])
+    assert sum(sim.requests.values()) == 2  # one block, once per poll
 
 
 # -- requests ----------------------------------------------------------------------------
@@ -436,9 +493,15 @@ async def test_a_write_the_device_refuses(modbus_server: StartServer, driver: Ma
 def test_the_sample_config_describes_the_simulated_smoke_detector() -> None:
     entries = yaml.safe_load((REPO / "drivers/modbus/sample.yaml").read_text())
     devices = [ModbusDevice.model_validate(entry) for entry in entries]
-    assert len(devices) == 1
     assert tuple(devices[0].points) == SMOKE_DETECTOR
     assert devices[0].modbus.port == 5020
+    transports = {(d.modbus.bus, d.modbus.framing) for d in devices}
+    assert transports == {
+        ("127.0.0.1:5020", "tcp"),
+        ("/dev/ttyUSB0", "rtu"),
+        ("10.0.0.9:4001", "rtu"),
+    }
+    assert bus_conflicts(devices) == []
 
 
 def test_the_smoke_detector_model_is_deterministic_and_plausible() -> None:

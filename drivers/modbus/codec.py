@@ -10,6 +10,10 @@ are returned as such; the wire contract turns them into null.
 
 Every error is a ``ValueError`` naming the point: the driver turns one into a ``bad``
 reading (decode) or a ``WriteRefused`` (encode).
+
+The driver's polls decode whole blocks with ``blockcodec``, compiled from the same type
+table; ``decode`` here is the reference it must agree with, bit for bit
+(``tests/test_modbus_blockcodec.py``), and what the probe and any refused point go through.
 """
 
 from __future__ import annotations

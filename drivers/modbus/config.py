@@ -7,9 +7,10 @@ config loader can name the offending line.
 
 from __future__ import annotations
 
-from typing import Self
+from collections.abc import Iterable
+from typing import Literal, Self
 
-from pydantic import Field, ValidationError, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from drivers.base import DeviceBase, Frozen, PointBase
@@ -42,12 +43,93 @@ def _reject(model: str, problems: list[Problem]) -> None:
         )
 
 
+Framer = Literal["tcp", "rtu"]
+Parity = Literal["N", "E", "O"]
+
+_PARITY_WORDS = {"none": "N", "even": "E", "odd": "O"}
+_SERIAL_ONLY = ("baudrate", "parity", "stopbits", "bytesize")
+
+
 class ModbusConnection(Frozen):
-    host: str = Field(min_length=1)
+    """Where a device is: a TCP endpoint (``host``) or a serial line (``serial``), and its unit.
+
+    ``framer: rtu`` with ``host`` is RTU over TCP (a serial server passing RTU frames through
+    a socket). Serial defaults are the Modbus serial-line specification's: 19200 baud, even
+    parity, one stop bit, 8 data bits.
+    """
+
+    host: str | None = Field(default=None, min_length=1, description="Modbus TCP endpoint")
     port: int = Field(default=502, ge=1, le=65535)
+    framer: Framer | None = Field(
+        default=None, description="tcp (MBAP header) or rtu; default tcp with host, rtu on serial"
+    )
+    serial: str | None = Field(
+        default=None, min_length=1, description="serial port for Modbus RTU, e.g. /dev/ttyUSB0"
+    )
+    baudrate: int = Field(default=19200, ge=300, le=4_000_000)
+    parity: Parity = "E"
+    stopbits: Literal[1, 2] = 1
+    bytesize: Literal[7, 8] = 8
     unit: int = Field(default=1, ge=0, le=247, description="Modbus unit (slave) id")
     timeout_s: float = Field(default=1.0, gt=0, le=60, description="per request and connect")
     retries: int = Field(default=1, ge=0, le=10, description="resends of a request that timed out")
+
+    @field_validator("parity", mode="before")
+    @classmethod
+    def _parity_word(cls, value: object) -> object:
+        """Technicians write ``even`` or ``e`` as often as ``E``."""
+        if isinstance(value, str):
+            return _PARITY_WORDS.get(value.lower(), value.upper())
+        return value
+
+    @property
+    def framing(self) -> Framer:
+        """The framer in force: as configured, else tcp with ``host`` and rtu on ``serial``."""
+        return self.framer or ("tcp" if self.serial is None else "rtu")
+
+    @property
+    def bus(self) -> str:
+        """The bus as a technician names it: the serial port, or ``host:port``."""
+        return self.serial if self.serial is not None else f"{self.host}:{self.port}"
+
+    @property
+    def bus_settings(self) -> dict[str, object]:
+        """What every device on this bus must agree on (a bus has one speed and framing)."""
+        if self.serial is not None:
+            return {name: getattr(self, name) for name in _SERIAL_ONLY}
+        return {"framer": self.framing}
+
+    @model_validator(mode="after")
+    def _one_transport(self) -> Self:
+        problems: list[Problem] = []
+        given = self.model_fields_set
+        if self.host is None and self.serial is None:
+            message = "give host (Modbus TCP) or serial (a serial port, Modbus RTU)"
+            problems.append((("host",), message, None))
+        if self.host is not None and self.serial is not None:
+            message = "host and serial exclude each other: a device is on one bus"
+            problems.append((("serial",), message, self.serial))
+        if self.serial is not None:
+            if "port" in given:
+                message = "port is the TCP port of host; a serial device has none"
+                problems.append((("port",), message, self.port))
+            if self.framer == "tcp":
+                message = "a serial line carries rtu frames; framer tcp needs host"
+                problems.append((("framer",), message, self.framer))
+        elif self.host is not None:
+            problems += [
+                ((name,), f"{name} applies to a serial line (serial: ...), not to host", None)
+                for name in _SERIAL_ONLY
+                if name in given
+            ]
+        if self.bytesize != 8:
+            message = "Modbus RTU frames carry 8 data bits; 7 is Modbus ASCII, not supported"
+            problems.append((("bytesize",), message, self.bytesize))
+        if self.unit == 0 and self.framing == "rtu":
+            message = "unit 0 is a broadcast on RTU that no device answers; use 1..247"
+            problems.append((("unit",), message, 0))
+        _reject(type(self).__name__, problems)
+        return self
 
 
 class ModbusPoint(PointBase):
@@ -142,3 +224,27 @@ class ModbusDevice(DeviceBase):
                 problems.append((("points", i, "type"), message, point.type))
         _reject(type(self).__name__, problems)
         return self
+
+
+def bus_conflicts(devices: Iterable[object]) -> list[tuple[tuple[str | int, ...], str]]:
+    """Devices on one bus that disagree on its settings, as ``(path, message)`` pairs.
+
+    ``devices`` is a gateway's whole device list (other protocols are skipped), so paths
+    are ``("devices", i, "modbus", field)``. Each device is checked against the first one
+    on the same bus: one serial line has one speed and framing, one TCP endpoint one framer.
+    """
+    first: dict[str, tuple[int, dict[str, object]]] = {}
+    problems: list[tuple[tuple[str | int, ...], str]] = []
+    for i, device in enumerate(devices):
+        if not isinstance(device, ModbusDevice):
+            continue
+        conn = device.modbus
+        j, settings = first.setdefault(conn.bus, (i, conn.bus_settings))
+        for name, value in conn.bus_settings.items():
+            if settings[name] != value:
+                message = (
+                    f"{conn.bus} has {name} {settings[name]} in devices[{j}]; "
+                    f"devices on one bus must agree"
+                )
+                problems.append((("devices", i, "modbus", name), message))
+    return problems

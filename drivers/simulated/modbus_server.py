@@ -1,24 +1,15 @@
-"""A simulated Modbus TCP device on pymodbus' own server, for tests, test rigs and the demo.
+"""A simulated Modbus device (one unit) for tests, test rigs and the demo.
 
 The device is built from the same ``ModbusPoint`` list a driver is configured with, and
 values are set through the driver's own codec, so a test says "pressure is -1.5" instead of
 spelling out registers (raw access exists for tests that must pin the wire format).
-
-It is built on ``SimDevice``/``SimData``: in pymodbus 3.16 the older
-``ModbusDeviceContext``/``ModbusSequentialDataBlock``/``ModbusSparseDataBlock`` are deprecated
-shims that build exactly that, log a warning each, and disagree about addresses (the
-sequential block is 1-based, the sparse one 0-based).
-
-Two layouts:
-
-* dense (default): each table holds every address from 0 to the end of its last point, so
-  coalesced reads across holes succeed, as on most devices;
-* sparse: registers hold only the addresses points use; any read touching another one is
-  answered with exception 2, as some devices do. pymodbus' bit blocks have no holes, so
-  coils and discrete inputs read ``False`` between points in both layouts.
+``SimulatedModbusDevice`` is a ``SimulatedModbusBus`` (``modbus_bus.py``: transports,
+layouts, silent units) with one unit, and keeps that unit's API on itself.
 
 ``python -m drivers.simulated.modbus_server --port 5020 [--seed N]`` serves the smoke
-detector below, values moving every second, until Ctrl-C or SIGTERM.
+detector below, values moving every second, until Ctrl-C or SIGTERM; ``--framer rtu``
+serves RTU over TCP, ``--serial /dev/pts/N`` RTU on a serial port (one end of a ``socat``
+pair), and ``--unit`` may be given several times for several detectors on one bus.
 """
 
 from __future__ import annotations
@@ -29,23 +20,15 @@ import random
 import signal
 import sys
 from collections import Counter
-from collections.abc import Iterable, Iterator, Sequence
-from contextlib import contextmanager, suppress
-from types import TracebackType
-from typing import Self, cast
-
-from pymodbus.constants import ExcCodes
-from pymodbus.pdu import ModbusPDU
-from pymodbus.server import ModbusTcpServer
-from pymodbus.simulator import DataType, SimData, SimDevice
+from collections.abc import Sequence
+from contextlib import suppress
+from typing import Literal
 
 from drivers.base import Value
-from drivers.modbus.codec import decode, decode_bits, encode
 from drivers.modbus.config import ModbusPoint
-from drivers.modbus.types import BIT_TABLES, Table
+from drivers.modbus.types import Table
 
-_FUNCTION_CODE: dict[Table, int] = {"coil": 1, "discrete": 2, "holding": 3, "input": 4}
-"""pymodbus' datastore picks a table by function code; the read code names each table."""
+from .modbus_bus import SimulatedModbusBus, SimulatedUnit
 
 
 def _p(**fields: object) -> ModbusPoint:
@@ -117,8 +100,8 @@ class SmokeDetectorModel:
         }
 
 
-class SimulatedModbusDevice:
-    """One Modbus TCP device serving ``points``; counts the requests it receives.
+class SimulatedModbusDevice(SimulatedModbusBus):
+    """One Modbus device serving ``points`` as ``unit``; counts the requests it receives.
 
     ``requests`` counts received requests by function code (3 = read holding registers).
     Setting ``fail_with`` to an exception code makes the device answer every request with
@@ -133,160 +116,47 @@ class SimulatedModbusDevice:
         port: int = 0,
         unit: int = 1,
         sparse: bool = False,
+        framer: Literal["tcp", "rtu"] = "tcp",
+        serial: str | None = None,
     ) -> None:
-        self.points = {point.name: point for point in points}
-        self.host = host
-        self.unit = unit
+        super().__init__(
+            {unit: points}, host=host, port=port, sparse=sparse, framer=framer, serial=serial
+        )
+        self.unit_id = unit
         self.sparse = sparse
-        self.requests: Counter[int] = Counter()
-        self.fail_with: int | None = None
-        self._port = port
-        self._server: ModbusTcpServer | None = None
-        self._local = False  # our own get/set run through the datastore too; never fail them
+        self._unit = self.units[unit]
 
     @property
-    def port(self) -> int:
-        """The port listened on; the one the OS picked when constructed with port 0."""
-        return self._port
+    def points(self) -> dict[str, ModbusPoint]:
+        return self._unit.points
 
-    async def start(self) -> None:
-        device = SimDevice(
-            id=self.unit,
-            simdata=_layout(list(self.points.values()), self.sparse),
-            action=self._action,
-        )
-        self._server = ModbusTcpServer(
-            device, address=(self.host, self._port), trace_pdu=self._count
-        )
-        await self._server.serve_forever(background=True)
-        listener = cast(asyncio.Server, self._server.transport)
-        self._port = listener.sockets[0].getsockname()[1]
+    @property
+    def requests(self) -> Counter[int]:
+        return self._unit.requests
 
-    async def stop(self) -> None:
-        """Stop listening and drop every client connection."""
-        if self._server is not None:
-            await self._server.shutdown()  # type: ignore[no-untyped-call]  # unannotated upstream
-            self._server = None
+    @property
+    def fail_with(self) -> int | None:
+        return self._unit.fail_with
 
-    async def __aenter__(self) -> Self:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.stop()
+    @fail_with.setter
+    def fail_with(self, code: int | None) -> None:
+        self._unit.fail_with = code
 
     async def set(self, name: str, value: Value) -> None:
-        """Make point ``name`` read as ``value``, encoded by the driver's codec."""
-        point = self.points[name]
-        current = await self.get_raw(point.table, point.address, 1) if point.type == "bit" else []
-        registers = encode(point, value, [int(word) for word in current])
-        if point.table in BIT_TABLES:
-            await self.set_raw(point.table, point.address, [bool(registers[0])])
-        else:
-            await self.set_raw(point.table, point.address, registers)
+        await self._unit.set(name, value)
 
     async def get(self, name: str) -> Value:
-        """What point ``name`` holds now, e.g. after a driver wrote it."""
-        point = self.points[name]
-        raw = await self.get_raw(point.table, point.address, point.count)
-        if point.table in BIT_TABLES:
-            return decode_bits(point, [bool(bit) for bit in raw])
-        return decode(point, [int(word) for word in raw])
+        return await self._unit.get(name)
 
     async def set_raw(self, table: Table, address: int, values: list[int] | list[bool]) -> None:
-        """Store registers (or bits) as they go on the wire, bypassing the codec."""
-        with self._own_access():
-            await self._running().async_setValues(self.unit, _FUNCTION_CODE[table], address, values)
+        await self._unit.set_raw(table, address, values)
 
     async def get_raw(self, table: Table, address: int, count: int) -> list[int] | list[bool]:
-        with self._own_access():
-            return await self._running().async_getValues(
-                self.unit, _FUNCTION_CODE[table], address, count
-            )
-
-    def _running(self) -> ModbusTcpServer:
-        if self._server is None:
-            raise RuntimeError("the simulated device is not started")
-        return self._server
-
-    @contextmanager
-    def _own_access(self) -> Iterator[None]:
-        """Our own reads and writes pass ``_action`` too; ``fail_with`` must not hit them.
-
-        A flag is enough: pymodbus' datastore path has no real suspension point, so no
-        client request is served between setting and clearing it.
-        """
-        self._local = True
-        try:
-            yield
-        finally:
-            self._local = False
-
-    def _count(self, sending: bool, pdu: ModbusPDU) -> ModbusPDU:
-        if not sending:
-            self.requests[pdu.function_code] += 1
-        return pdu
-
-    async def _action(
-        self,
-        function_code: int,
-        start_address: int,
-        address: int,
-        count: int,
-        registers: list[int],
-        values: list[int] | list[bool] | None,
-    ) -> ExcCodes | None:
-        """pymodbus calls this for every access that passed its address check."""
-        if self.fail_with is None or self._local:
-            return None
-        return ExcCodes(self.fail_with)
-
-
-def _layout(
-    points: Sequence[ModbusPoint], sparse: bool
-) -> tuple[list[SimData], list[SimData], list[SimData], list[SimData]]:
-    """pymodbus' four separate tables, in its order: coils, discrete inputs, holding, input."""
-    return (
-        _table(points, "coil", sparse),
-        _table(points, "discrete", sparse),
-        _table(points, "holding", sparse),
-        _table(points, "input", sparse),
-    )
-
-
-def _table(points: Sequence[ModbusPoint], table: Table, sparse: bool) -> list[SimData]:
-    spans = _spans(point for point in points if point.table == table)
-    bits = table in BIT_TABLES
-    if not spans:
-        # pymodbus needs at least one entry per table: a bit word of zeros, or a register
-        # that refuses every access.
-        return [SimData(0, values=[False], datatype=DataType.BITS)] if bits else [SimData(0)]
-    if not sparse:
-        spans = [(0, spans[-1][1])]
-    if bits:
-        return [SimData(a, values=[False] * (b - a), datatype=DataType.BITS) for a, b in spans]
-    return [SimData(a, values=[0] * (b - a), datatype=DataType.REGISTERS) for a, b in spans]
-
-
-def _spans(points: Iterable[ModbusPoint]) -> list[tuple[int, int]]:
-    """The address ranges points occupy, merged where they touch or overlap."""
-    spans: list[tuple[int, int]] = []
-    for point in sorted(points, key=lambda p: p.address):
-        start, end = point.address, point.address + point.count
-        if spans and start <= spans[-1][1]:
-            spans[-1] = (spans[-1][0], max(spans[-1][1], end))
-        else:
-            spans.append((start, end))
-    return spans
+        return await self._unit.get_raw(table, address, count)
 
 
 async def animate(
-    device: SimulatedModbusDevice,
+    device: SimulatedModbusDevice | SimulatedUnit,
     model: SmokeDetectorModel,
     *,
     period_s: float = 1.0,
@@ -301,33 +171,58 @@ async def animate(
         await asyncio.sleep(period_s)
 
 
-async def _serve(host: str, port: int, unit: int, seed: int) -> None:
+async def _serve(args: argparse.Namespace) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
-    async with SimulatedModbusDevice(SMOKE_DETECTOR, host=host, port=port, unit=unit) as device:
-        await device.set("model", "SD-2000")
-        moving = asyncio.create_task(animate(device, SmokeDetectorModel(seed)))
-        print(f"smoke detector on {host}:{device.port} unit {unit}; Ctrl-C stops", flush=True)
+    units: list[int] = args.unit or [1]
+    bus = SimulatedModbusBus(
+        {unit: SMOKE_DETECTOR for unit in units},
+        host=args.host,
+        port=args.port,
+        framer=args.framer,
+        serial=args.serial,
+        baudrate=args.baudrate,
+        parity=args.parity,
+        stopbits=args.stopbits,
+    )
+    async with bus:
+        moving = []
+        for unit in units:
+            await bus.unit(unit).set("model", "SD-2000")
+            model = SmokeDetectorModel(args.seed + unit - units[0])
+            moving.append(asyncio.create_task(animate(bus.unit(unit), model)))
+        where = args.serial or f"{args.host}:{bus.port}"
+        framing = "" if bus.framer == "tcp" else " (rtu)"
+        listed = ",".join(map(str, units))
+        print(f"smoke detector on {where}{framing} unit {listed}; Ctrl-C stops", flush=True)
         await stop.wait()
-        moving.cancel()
-        with suppress(asyncio.CancelledError):
-            await moving
+        for task in moving:
+            task.cancel()
+            with suppress(asyncio.CancelledError):
+                await task
     print("stopped", flush=True)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m drivers.simulated.modbus_server",
-        description="Serve a simulated smoke detector over Modbus TCP until Ctrl-C.",
+        description="Serve simulated smoke detectors over Modbus until Ctrl-C.",
     )
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on")
     parser.add_argument("--port", type=int, default=5020, help="TCP port; 0 picks a free one")
-    parser.add_argument("--unit", type=int, default=1, help="Modbus unit id to answer")
+    parser.add_argument("--framer", choices=("tcp", "rtu"), default="tcp", help="rtu: RTU over TCP")
+    parser.add_argument("--serial", help="serve RTU on this serial port instead of TCP")
+    parser.add_argument("--baudrate", type=int, default=19200, help="with --serial")
+    parser.add_argument("--parity", choices=("N", "E", "O"), default="N", help="with --serial")
+    parser.add_argument("--stopbits", type=int, choices=(1, 2), default=1, help="with --serial")
+    parser.add_argument(
+        "--unit", type=int, action="append", help="unit id to answer (repeat for several)"
+    )
     parser.add_argument("--seed", type=int, default=0, help="seed of the value dynamics")
     args = parser.parse_args(argv)
-    asyncio.run(_serve(args.host, args.port, args.unit, args.seed))
+    asyncio.run(_serve(args))
     return 0
 
 
