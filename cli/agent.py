@@ -14,7 +14,9 @@ import typer
 from cli.browse import browse
 from cli.common import load_or_exit
 from cli.probe import probe_app
+from cli.profiles import profiles_app
 from cli.rules import rules_app
+from cli.sim import sim_app
 
 app = typer.Typer(
     name="edge-agent",
@@ -70,6 +72,8 @@ def run(
 app.command()(browse)
 app.add_typer(probe_app, name="probe")
 app.add_typer(rules_app, name="rules")
+app.add_typer(profiles_app, name="profiles")
+app.add_typer(sim_app, name="sim")
 
 
 def main() -> None:

@@ -1,8 +1,10 @@
 """Wires the agent together and runs it until asked to stop.
 
 pollers ──▶ committer ──▶ outbox (SQLite, own thread) ──▶ sender ──▶ uplink (paho)
-                                    ▲                                   │
-                                    └──────── acks from the center ◀────┘
+               │  ▲                 ▲                                   │
+      rule engine  │                └──────── acks from the center ◀────┤
+               │  │                                                     │
+               ▼  └── alarm service (clock, actions) ◀── commands ◀─────┘
 """
 
 from __future__ import annotations
@@ -14,10 +16,14 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
+from drivers.modbus.bus import ModbusBuses
 from edge_agent import __version__
+from edge_agent.alarms import AlarmService
+from edge_agent.commands import CommandChannel
 from edge_agent.committer import Committer
 from edge_agent.config import LoadedConfig
 from edge_agent.contract import Channel, encode_state
+from edge_agent.contract.commands import load_public_key
 from edge_agent.devices import open_driver, point_units
 from edge_agent.health import HealthReporter
 from edge_agent.outbox import Outbox
@@ -42,7 +48,15 @@ async def run_agent(loaded: LoadedConfig, stop: asyncio.Event) -> None:
     def in_db(fn: Callable[[], T]) -> asyncio.Future[T]:
         return loop.run_in_executor(executor, fn)
 
-    outbox = await in_db(lambda: Outbox(cfg.outbox.path, int(cfg.outbox.max_mb * 1e6)))
+    ob = cfg.outbox
+    outbox = await in_db(
+        lambda: Outbox(
+            ob.path,
+            max_bytes=int(ob.max_mb * 1e6),
+            max_age_s=ob.max_age,
+            ballast_bytes=int(min(ob.ballast_mb, ob.max_mb / 4) * 1e6),
+        )
+    )
     state_topic = topics.gw(gw, Channel.STATE)
     started = time.time()
     identity = {
@@ -61,6 +75,7 @@ async def run_agent(loaded: LoadedConfig, stop: asyncio.Event) -> None:
         will=(state_topic, encode_state(gw, False)),
         username=cfg.central.username,
         password_file=cfg.central.password_file,
+        reconnect_max_s=cfg.central.reconnect_max_s,
     )
 
     def announce() -> None:
@@ -77,9 +92,30 @@ async def run_agent(loaded: LoadedConfig, stop: asyncio.Event) -> None:
         window=cfg.outbox.window,
         ack_timeout_s=cfg.outbox.ack_timeout_s,
     )
-    committer = Committer(outbox, in_db, sender)
+    modbus_buses = ModbusBuses()  # devices on one serial line or endpoint share it
+    drivers = {dev.id: open_driver(dev, modbus_buses) for dev in cfg.devices}
+    engine = await AlarmService.restore(
+        cfg.compiled_rules(), outbox, in_db, cfg.alarms.max_new_per_min
+    )
+    alarms = AlarmService(engine, outbox, in_db, sender, drivers)
+    command_key = (
+        load_public_key(cfg.central.command_key) if cfg.central.command_key is not None else None
+    )
+    CommandChannel(
+        gateway=gw,
+        topics=topics,
+        uplink=uplink,
+        outbox=outbox,
+        in_db=in_db,
+        public_key=command_key,
+        handlers={
+            name: alarms.command
+            for name in ("alarm.ack", "alarm.reset", "alarm.shelve", "alarm.unshelve")
+        },
+    )
+    committer = Committer(outbox, in_db, sender, alarms)
     pollers = [
-        DevicePoller(dev, point_units(dev), open_driver(dev), committer.put) for dev in cfg.devices
+        DevicePoller(dev, point_units(dev), drivers[dev.id], committer.put) for dev in cfg.devices
     ]
     health = HealthReporter(
         gateway=gw,
@@ -92,9 +128,10 @@ async def run_agent(loaded: LoadedConfig, stop: asyncio.Event) -> None:
         interval_s=cfg.health.interval_s,
     )
     log.info(
-        "gateway %s: %d device(s), outbox %s (stream %s), central %s",
+        "gateway %s: %d device(s), %d rule(s), outbox %s (stream %s), central %s",
         gw,
         len(pollers),
+        len(engine.instances),
         cfg.outbox.path,
         outbox.stream_id,
         cfg.central.broker,
@@ -105,6 +142,7 @@ async def run_agent(loaded: LoadedConfig, stop: asyncio.Event) -> None:
         asyncio.create_task(committer.run(), name="committer"),
         asyncio.create_task(sender.run(), name="sender"),
         asyncio.create_task(health.run(), name="health"),
+        asyncio.create_task(alarms.run(), name="alarms"),
     ]
     stop_task = asyncio.create_task(stop.wait(), name="stop")
     try:

@@ -3,18 +3,34 @@ configured device needs it (importing asyncua alone costs a process ~25 MB)."""
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from drivers.base import Driver
 from drivers.modbus.config import ModbusDevice
+from drivers.mqtt.config import MqttDevice
+from drivers.opcua.config import OpcUaDevice
 from edge_agent.config import DeviceConfig
 
+if TYPE_CHECKING:
+    from drivers.modbus.bus import ModbusBuses
 
-def open_driver(device: DeviceConfig) -> Driver:
+
+def open_driver(device: DeviceConfig, modbus_buses: ModbusBuses | None = None) -> Driver:
+    """``modbus_buses``: one per agent run, so that Modbus devices on one bus share it."""
     match device:
         case ModbusDevice():
             from drivers.modbus.driver import ModbusDriver
 
-            driver: Driver = ModbusDriver(device)
+            driver: Driver = ModbusDriver(device, modbus_buses)
             return driver
+        case OpcUaDevice():
+            from drivers.opcua.driver import OpcUaDriver
+
+            return OpcUaDriver(device)
+        case MqttDevice():
+            from drivers.mqtt.driver import MqttDriver
+
+            return MqttDriver(device)
     raise TypeError(f"no driver for {type(device).__name__}")  # pragma: no cover
 
 

@@ -6,7 +6,8 @@ import asyncio
 import os
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from typing import Protocol, runtime_checkable
 
 from edge_agent.contract import Channel, Topics, encode_health
 from edge_agent.outbox import Outbox, OutboxStats
@@ -37,6 +38,27 @@ class CpuMeter:
         pct = 100.0 * (cpu - self._cpu) / max(wall - self._wall, 1e-6)
         self._wall, self._cpu = wall, cpu
         return round(pct, 1)
+
+
+@runtime_checkable
+class ReportsDevices(Protocol):
+    """A driver behind which one config entry stands for several devices (an MQTT topic
+    filter with ``{id}``): it reports each device's link and counters itself."""
+
+    def device_health(self) -> dict[str, dict[str, object]]: ...
+
+
+def device_report(pollers: Sequence[DevicePoller]) -> dict[str, object]:
+    """Per device id: the poller's counters, and what a multi-device driver adds."""
+    out: dict[str, object] = {}
+    for p in pollers:
+        base = p.health.as_json()
+        if isinstance(p.driver, ReportsDevices):
+            for dev, fields in p.driver.device_health().items():
+                out[dev] = {**base, **fields}
+        else:
+            out[p.device.id] = base
+    return out
 
 
 class HealthReporter:
@@ -81,7 +103,7 @@ class HealthReporter:
                 "bytes": stats.bytes,
             },
             "dropped": {"telemetry": stats.dropped_telemetry},
-            "devices": {p.device.id: p.health.as_json() for p in self._pollers},
+            "devices": device_report(self._pollers),
             "uplink": {
                 "connected": self._uplink.connected.is_set(),
                 "reconnects": self._uplink.reconnects,

@@ -29,9 +29,11 @@ class DeviceHealth:
     errors: int = 0
     bad_points: int = 0
     down_since: float | None = field(default=None, repr=False)
+    driver: Callable[[], dict[str, object]] | None = field(default=None, repr=False)
+    """The driver's own counters (requests, timeouts, backoffs …), if it keeps any."""
 
     def as_json(self) -> dict[str, object]:
-        return {
+        body: dict[str, object] = {
             "link": self.link,
             "reason": self.reason,
             "polls": self.polls,
@@ -39,6 +41,9 @@ class DeviceHealth:
             "errors": self.errors,
             "bad_points": self.bad_points,
         }
+        if self.driver is not None:
+            body["driver"] = self.driver()
+        return body
 
 
 class DevicePoller:
@@ -49,7 +54,8 @@ class DevicePoller:
         self._points = points
         self.driver = driver
         self._sink = sink
-        self.health = DeviceHealth()
+        counters = getattr(driver, "health", None)  # optional: not part of the Driver protocol
+        self.health = DeviceHealth(driver=counters if callable(counters) else None)
 
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
@@ -76,22 +82,29 @@ class DevicePoller:
             if self.health.reason != f"internal error: {exc!r}":
                 log.exception("device %s: driver failed", self.device.id)
             return self._all_bad(f"internal error: {exc!r}")
-        self._link_up()
         bad = sum(1 for r in readings if r.quality is not Quality.GOOD)
+        if readings and all(r.quality is Quality.STALE for r in readings):
+            # a driver that keeps its own session (OPC-UA, MQTT) says "down" this way
+            self._link_down(readings[0].reason or "stale")
+        else:
+            self._link_up()
         self.health.bad_points = bad
         return readings
 
     def _all_bad(self, reason: str) -> list[Reading]:
+        self.health.errors += 1
+        self.health.bad_points = len(self._points)
+        self._link_down(reason)
+        ts = time.time()
+        return [Reading.bad(self.device.id, name, unit, ts, reason) for name, unit in self._points]
+
+    def _link_down(self, reason: str) -> None:
         h = self.health
-        h.errors += 1
-        h.bad_points = len(self._points)
         if h.link != "down" or h.reason != reason:
             log.warning("device %s unavailable: %s", self.device.id, reason)
             if h.link != "down":
                 h.down_since = time.monotonic()
         h.link, h.reason = "down", reason
-        ts = time.time()
-        return [Reading.bad(self.device.id, name, unit, ts, reason) for name, unit in self._points]
 
     def _link_up(self) -> None:
         h = self.health

@@ -1,5 +1,10 @@
-"""The README's demo: a broker, the central service, a simulated smoke detector and one
-agent, all on loopback, with the readings shown live as they arrive at the center.
+"""The README's demo: a broker, the central service, a simulated city of three gateways
+(smoke detectors wired and wireless, an underpass, a fire main, a lift, a pump station,
+each device from a firmware profile, with a scenario playing) and one agent per gateway,
+all on loopback, with readings and alarms shown live as they arrive at the center.
+
+The devices come from ``edge-agent sim run drivers/simulated/demo-sim.yaml``, which also
+writes each gateway's agent config; the agents' logs go to ``agent.log`` in the workdir.
 
 Run it through ``scripts/demo`` (which installs what is missing first). Ctrl-C stops
 everything; ``--duration`` stops by itself (used by the test that keeps this honest).
@@ -16,6 +21,12 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from rich.table import Table
+
+    from central.store import Store, StoredReading
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
@@ -47,33 +58,18 @@ def mosquitto() -> str:
     raise SystemExit("demo: mosquitto is not installed (scripts/setup installs it with apt-get)")
 
 
-AGENT_YAML = """\
-# Written by the demo: one gateway reading one simulated smoke detector.
-gateway: {{id: demo-0001, site: "Demo street 1", tags: {{district: demo}}}}
-central: {{url: "mqtt://127.0.0.1:{broker}", topic_root: edgefleet/v1, keepalive_s: 5}}
-outbox: {{path: ./outbox.db, max_mb: 64}}
-health: {{interval_s: 5}}
-devices:
-  - id: det-1
-    modbus: {{host: 127.0.0.1, port: {modbus}, unit: 1, timeout_s: 0.5}}
-    poll_s: 1
-    points:
-{points}
-"""
+SIM_FILE = ROOT / "drivers" / "simulated" / "demo-sim.yaml"
 
 
-def agent_yaml(broker: int, modbus: int) -> str:
-    from drivers.simulated.modbus_server import SMOKE_DETECTOR
-
-    lines = []
-    for p in SMOKE_DETECTOR:
-        fields = p.model_dump(exclude_defaults=True, exclude_none=True)
-        fields.setdefault("type", p.type)
-        body = ", ".join(
-            f"{k}: {v!r}" if isinstance(v, str) else f"{k}: {v}" for k, v in fields.items()
-        )
-        lines.append(f"      - {{{body}}}")
-    return AGENT_YAML.format(broker=broker, modbus=modbus, points="\n".join(lines))
+def wait_file(path: Path, proc: subprocess.Popen[bytes], what: str, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise SystemExit(f"demo: {what} exited early (code {proc.returncode}); see its log")
+        if path.exists():
+            return
+        time.sleep(0.1)
+    raise SystemExit(f"demo: {what} did not write {path.name} within {timeout:.0f} s")
 
 
 class Stack:
@@ -101,7 +97,8 @@ class Stack:
 
 
 def show(db: Path, duration: float | None, started: float) -> int:
-    """Render the newest reading of every point until Ctrl-C (or ``duration``)."""
+    """Render each device's newest readings, and the alarms, until Ctrl-C (or ``duration``)."""
+    from rich.console import Group
     from rich.live import Live
     from rich.table import Table
 
@@ -110,15 +107,15 @@ def show(db: Path, duration: float | None, started: float) -> int:
     store: Store | None = None
     seen = 0
     deadline = None if duration is None else time.monotonic() + duration
-    with Live(auto_refresh=False, transient=False) as live:
+    with Live(auto_refresh=False, transient=False, vertical_overflow="visible") as live:
         while deadline is None or time.monotonic() < deadline:
             time.sleep(1)
             if store is None:
                 if not db.exists():
                     continue
                 store = Store(db)
-            latest: dict[tuple[str, str, str], object] = {}
-            for r in store.readings(limit=500):
+            latest: dict[tuple[str, str, str], StoredReading] = {}
+            for r in store.readings(limit=3000):
                 latest.setdefault((r.gateway, r.device, r.point), r)
             (seen,) = store.db.execute("SELECT count(*) FROM readings").fetchone()
             gateways = store.gateways()
@@ -126,25 +123,40 @@ def show(db: Path, duration: float | None, started: float) -> int:
                 title=f"EdgeFleet demo: {seen} readings stored at the center "
                 f"({time.monotonic() - started:.0f} s)"
             )
-            for col in ("gateway", "online", "device", "point", "value", "unit", "quality", "age"):
+            for col in ("gateway", "online", "device", "latest values", "age"):
                 table.add_column(col)
             online = {g["id"]: g["online"] for g in gateways}
-            for (gw, dev, pt), r in sorted(latest.items()):
-                value = r.value  # type: ignore[attr-defined]
-                text = f"{value:.4g}" if isinstance(value, float) else str(value)
+            devices: dict[tuple[str, str], list[StoredReading]] = {}
+            for (gw, dev, _), r in sorted(latest.items()):
+                devices.setdefault((gw, dev), []).append(r)
+            for (gw, dev), rows in devices.items():
                 table.add_row(
                     gw,
                     "yes" if online.get(gw) else "no",
                     dev,
-                    pt,
-                    text,
-                    r.unit or "",
-                    r.quality,  # type: ignore[attr-defined]
-                    f"{time.time() - r.ts:.1f} s",
-                )  # type: ignore[attr-defined]
-            live.update(table, refresh=True)
+                    " ".join(_value(r) for r in rows),
+                    f"{time.time() - max(r.ts for r in rows):.1f} s",
+                )
+            live.update(Group(table, _alarms(store)), refresh=True)
     print(f"\ndemo: {seen} readings stored at the center")
     return 0 if seen > 0 else 1
+
+
+def _value(r: StoredReading) -> str:
+    text = f"{r.value:.4g}" if isinstance(r.value, float) else str(r.value)
+    text = text if r.quality == "good" else f"[red]{r.quality}[/]"
+    return f"{r.point}={text}{r.unit or ''}"
+
+
+def _alarms(store: Store) -> Table:
+    """The alarms the gateways raised, newest first (empty until the rules fire)."""
+    from rich.table import Table
+
+    table = Table("gateway", "alarm", "severity", "state", "message", title="alarms")
+    rows = store.alarms()[:12]
+    for a in rows:
+        table.add_row(a["gateway"], a["alarm_id"], a["severity"], a["state"], a["msg"])
+    return table
 
 
 def _interrupt(signum: int, frame: object) -> None:
@@ -155,15 +167,16 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--duration", type=float, help="stop after this many seconds")
     ap.add_argument("--workdir", type=Path, default=ROOT / ".demo")
+    ap.add_argument("--speed", type=float, help="simulated seconds per second (default 4)")
     args = ap.parse_args()
     workdir: Path = args.workdir
     shutil.rmtree(workdir, ignore_errors=True)
     workdir.mkdir(parents=True)
-    broker_port, modbus_port = free_port(), free_port()
+    broker_port = free_port()
+    broker_url = f"mqtt://127.0.0.1:{broker_port}"
     (workdir / "mosquitto.conf").write_text(
         f"listener {broker_port} 127.0.0.1\nallow_anonymous true\npersistence false\n"
     )
-    (workdir / "agent.yaml").write_text(agent_yaml(broker_port, modbus_port))
     stack = Stack(workdir)
     started = time.monotonic()
     signal.signal(signal.SIGTERM, _interrupt)
@@ -183,21 +196,21 @@ def main() -> int:
                 env_db,
             ],
         )
+        # The simulated devices: one broker plays the central one and the gateways' local one.
+        configs = workdir / "configs"
+        speed = [] if args.speed is None else ["--speed", str(args.speed)]
         sim = stack.spawn(
-            "device",
+            "devices",
             [
-                sys.executable,
-                "-m",
-                "drivers.simulated.modbus_server",
-                "--port",
-                str(modbus_port),
-                "--seed",
-                "1",
+                *(str(BIN / "edge-agent"), "sim", "run", str(SIM_FILE), *speed),
+                *("--broker", broker_url, "--central", broker_url),
+                *("--write-configs", str(configs)),
             ],
         )
-        wait_port(modbus_port, sim, "the simulated smoke detector")
-        stack.spawn("agent", [str(BIN / "edge-agent"), "run", "-c", "agent.yaml"])
-        print(f"demo: broker mqtt://127.0.0.1:{broker_port}, logs and databases in {workdir}")
+        wait_file(configs / "endpoints.json", sim, "the device simulator")
+        for config in sorted(configs.glob("*.yaml")):
+            stack.spawn("agent", [str(BIN / "edge-agent"), "run", "-c", str(config)])
+        print(f"demo: broker {broker_url}, logs and databases in {workdir}")
         print(f"demo: try `mosquitto_sub -p {broker_port} -t 'edgefleet/v1/#' -v` in another shell")
         return show(Path(env_db), args.duration, started)
     except KeyboardInterrupt:

@@ -213,3 +213,14 @@ def test_packs_apply_to_devices_that_have_their_points() -> None:
     assert {"det-1/smoke.alarm", "det-1/smoke.prealarm", "lift-7/lift.trapped"} <= keys
     assert not any(k.startswith("det-1/lift.") or k.startswith("lift-7/smoke.") for k in keys)
     assert not any("water" in k for k in keys)
+
+
+def test_rules_of_a_device_template_apply_to_each_device_as_it_reports() -> None:
+    """An MQTT entry with id "smoke-{id}" stands for every detector heard on its topic."""
+    rules = compile_rules({"smoke-{id}": frozenset({"smoke_alarm"})}, [], ["smoke"])
+    e = RuleEngine(rules, now=0)
+    assert e.instances == {}
+    alarm = Reading("smoke-7", "smoke_alarm", True, None, Quality.GOOD, 1.0)
+    (ev,) = e.observe([alarm, Reading("other", "smoke_alarm", True, None, Quality.GOOD, 1.0)])
+    assert ev["id"] == "smoke-7/smoke.alarm" and ev["dev"] == "smoke-7"
+    assert set(e.instances) == {"smoke-7/smoke.alarm"}

@@ -10,12 +10,15 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from edge_agent.config.models import UNION_TAGS, AgentConfig, cross_checks
 from edge_agent.config.yaml_lines import Located, YamlSyntaxError, line_of, load_located
+
+if TYPE_CHECKING:
+    from edge_agent.profiles import ExpandedConfig
 
 Loc = tuple[str | int, ...]
 
@@ -66,11 +69,21 @@ def _message(err: Any) -> str:
     return msg.removeprefix("Value error, ")
 
 
-def _problems_from_validation(exc: ValidationError, name: str, located: Located) -> list[Problem]:
+def _problems_from_validation(
+    exc: ValidationError, name: str, located: Located, expanded: ExpandedConfig | None = None
+) -> list[Problem]:
     problems = []
     for err in exc.errors():
         loc = _tag_free(err["loc"])
-        problems.append(Problem(name, line_of(located.lines, loc), field_path(loc), _message(err)))
+        message = _message(err)
+        if expanded is not None:  # devices built from a profile: point at what the file says
+            where = expanded.locate(loc)
+            if where is None:
+                continue
+            loc, inherited = where
+            if inherited is not None:
+                message = f"{message} (profile point {inherited})"
+        problems.append(Problem(name, line_of(located.lines, loc), field_path(loc), message))
     return problems
 
 
@@ -104,20 +117,51 @@ def parse_config(text: str, name: str, base_dir: Path) -> AgentConfig:
     data = located.data
     if not isinstance(data, dict):
         raise ConfigError([*problems, Problem(name, 1, "(file)", "must be a mapping of keys")])
+    # Profiles import this module (for Problem), so it is imported here, not at the top.
+    from edge_agent.profiles import expand_profiles
+
+    expanded = expand_profiles(data, base_dir)
+    problems += expanded.profile_problems
+    problems += [
+        Problem(name, line_of(located.lines, loc), field_path(loc), message)
+        for loc, message in expanded.problems
+    ]
     try:
-        cfg = AgentConfig.model_validate(data)
+        cfg = AgentConfig.model_validate(expanded.data)
     except ValidationError as exc:
-        raise ConfigError(problems + _problems_from_validation(exc, name, located)) from None
+        raise ConfigError(
+            problems + _problems_from_validation(exc, name, located, expanded)
+        ) from None
+    if expanded.devices:
+        cfg = cfg.model_copy(update={"device_profiles": expanded.device_profiles(cfg.devices)})
     for path, message in cross_checks(cfg):
         problems.append(Problem(name, line_of(located.lines, path), field_path(path), message))
     if problems:
         raise ConfigError(problems)
-    if not cfg.outbox.path.is_absolute():
-        # Relative paths are relative to the config file, not to wherever systemd started us.
-        cfg = cfg.model_copy(
-            update={"outbox": cfg.outbox.model_copy(update={"path": base_dir / cfg.outbox.path})}
-        )
-    return cfg
+    return anchor_paths(cfg, base_dir)
+
+
+M = TypeVar("M")
+
+
+def anchor_paths(value: M, base_dir: Path) -> M:
+    """Every relative path in the config, anywhere, made relative to the config file's
+    folder, not to wherever systemd happened to start us."""
+    if isinstance(value, Path):
+        return value if value.is_absolute() else base_dir / value
+    if isinstance(value, BaseModel):
+        update = {}
+        for name in type(value).model_fields:
+            old = getattr(value, name)
+            new = anchor_paths(old, base_dir)
+            if new is not old:
+                update[name] = new
+        return value.model_copy(update=update) if update else value
+    if isinstance(value, list):
+        items = [anchor_paths(v, base_dir) for v in value]
+        changed = any(a is not b for a, b in zip(items, value, strict=True))
+        return items if changed else value  # type: ignore[return-value]
+    return value
 
 
 def load_config(path: Path) -> LoadedConfig:

@@ -7,17 +7,22 @@ its protocol by the key it carries (``modbus:``), and the union below picks the 
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Annotated, Any
 from urllib.parse import urlsplit
 
-from pydantic import Discriminator, Field, Tag, field_validator
+from pydantic import BeforeValidator, Discriminator, Field, Tag, field_validator
 
 from drivers.base import Frozen
-from drivers.modbus.config import ModbusDevice
+from drivers.modbus.config import ModbusDevice, bus_conflicts
+from drivers.mqtt.config import MqttDevice
+from drivers.opcua.config import OpcUaDevice
 from edge_agent.contract.topics import DEFAULT_ROOT, GATEWAY_ID, Topics
+from edge_agent.rules.compile import CompiledRule, RuleErrors, compile_rules
+from edge_agent.rules.model import Rule
 
-PROTOCOLS = ("modbus",)
+PROTOCOLS = ("modbus", "opcua", "mqtt")
 
 
 def _protocol_of(device: Any) -> str | None:
@@ -31,7 +36,9 @@ def _protocol_of(device: Any) -> str | None:
 
 
 DeviceConfig = Annotated[
-    Annotated[ModbusDevice, Tag("modbus")],
+    Annotated[ModbusDevice, Tag("modbus")]
+    | Annotated[OpcUaDevice, Tag("opcua")]
+    | Annotated[MqttDevice, Tag("mqtt")],
     Discriminator(
         _protocol_of,
         custom_error_type="device_protocol",
@@ -78,6 +85,12 @@ class Central(Frozen):
     username: str | None = None
     password_file: Path | None = None
     keepalive_s: int = Field(default=10, ge=2, le=3600)
+    command_key: Path | None = Field(
+        default=None, description="the center's Ed25519 public key; without it, no commands"
+    )
+    reconnect_max_s: float = Field(
+        default=2.0, ge=0.5, le=300, description="cap of the jittered reconnect backoff"
+    )
 
     @field_validator("url")
     @classmethod
@@ -96,9 +109,26 @@ class Central(Frozen):
         return BrokerUrl.parse(self.url)
 
 
+def parse_duration(value: object) -> object:
+    """``90s``, ``15m``, ``12h``, ``7d`` or a number of seconds."""
+    if isinstance(value, str):
+        m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*", value)
+        if not m:
+            raise ValueError("a duration: a number with s, m, h or d (90s, 15m, 12h, 7d)")
+        return float(m.group(1)) * {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}[m.group(2)]
+    return value
+
+
+Duration = Annotated[float, BeforeValidator(parse_duration), Field(gt=0)]
+
+
 class Outbox(Frozen):
     path: Path = Path("outbox.db")
     max_mb: float = Field(default=256, gt=0)
+    max_age: Duration = Field(default=7 * 86400, description="telemetry older than this is dropped")
+    ballast_mb: float = Field(
+        default=8, ge=0, description="space held back so a full disk cannot block recovery"
+    )
     batch_max: int = Field(default=1000, ge=1, le=10_000, description="readings per message")
     ack_timeout_s: float = Field(default=10, gt=0, description="resend a batch unacked this long")
     window: int = Field(default=64, ge=1, le=10_000, description="unacked batches in flight")
@@ -108,12 +138,51 @@ class Health(Frozen):
     interval_s: float = Field(default=10, gt=0)
 
 
+class Alarms(Frozen):
+    max_new_per_min: int = Field(
+        default=30, ge=1, description="flood control: past this, non-critical alarms are summarised"
+    )
+
+
+class DeviceProfile(Frozen):
+    """The profile a device entry was built from: set by the loader, not a key of the file."""
+
+    ref: str = Field(description="vendor/model@firmware as the device named it")
+    file: str = Field(description="the profile file it was read from")
+    rules: list[Rule] = Field(default_factory=list, description="the profile's default rules")
+
+
 class AgentConfig(Frozen):
     gateway: Gateway
+    profile_dirs: list[Path] = Field(
+        default_factory=list,
+        description="folders searched for device profiles before the shipped firmware_profiles/",
+    )
+    device_profiles: dict[str, DeviceProfile] = Field(
+        default_factory=dict, description="by device id: set by the loader from devices[].profile"
+    )
     central: Central = Central()
     outbox: Outbox = Outbox()
     health: Health = Health()
+    alarms: Alarms = Alarms()
     devices: list[DeviceConfig] = Field(default_factory=list)
+    rule_packs: list[str] = Field(default_factory=list, description="smoke, water, elevator")
+    rules: list[Rule] = Field(default_factory=list)
+
+    @field_validator("device_profiles", mode="before")
+    @classmethod
+    def _not_in_files(cls, v: object) -> object:
+        if v:
+            raise ValueError("set from devices[].profile by the loader; not a key of the file")
+        return v
+
+    def device_points(self) -> dict[str, frozenset[str]]:
+        return {d.id: frozenset(p.name for p in d.points) for d in self.devices}
+
+    def compiled_rules(self) -> list[CompiledRule]:
+        """Every rule bound to its device(s); raises RuleError with the config location."""
+        profile_rules = {dev: p.rules for dev, p in self.device_profiles.items()}
+        return compile_rules(self.device_points(), self.rules, self.rule_packs, profile_rules)
 
     @property
     def topics(self) -> Topics:
@@ -133,4 +202,10 @@ def cross_checks(cfg: AgentConfig) -> list[tuple[tuple[str | int, ...], str]]:
                 )
             )
         seen.setdefault(dev.id, i)
+    problems += bus_conflicts(cfg.devices)  # one serial line has one speed and framing
+    if not problems:
+        try:
+            cfg.compiled_rules()
+        except RuleErrors as exc:
+            problems += [(e.loc, e.message) for e in exc.errors]
     return problems

@@ -22,10 +22,11 @@ state must be persisted with it, so state survives a restart.
 
 from __future__ import annotations
 
+import re
 import time
 from collections import deque
 from collections.abc import Iterable, Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from drivers.base import Quality, Reading, Value
@@ -33,6 +34,7 @@ from edge_agent.rules.compile import CompiledRule
 from edge_agent.rules.expr import render
 
 Event = dict[str, Any]
+TEMPLATE = "{id}"
 
 NORMAL = "normal"
 ACTIVE = "active"
@@ -89,14 +91,20 @@ class RuleEngine:
         start = time.time() if now is None else now
         self.instances: dict[str, Instance] = {}
         self._by_device: dict[str, list[Instance]] = {}
+        self._restored = restored or {}
+        # A device entry like "{id}" or "smoke-{id}" (one per sensor heard on a topic) has
+        # its rules instantiated for each device as it first reports.
+        self._templates: list[tuple[re.Pattern[str], list[CompiledRule]]] = []
+        self._untemplated: set[str] = set()
+        templates: dict[str, list[CompiledRule]] = {}
         for rule in rules:
-            inst = Instance(rule, last_good=start, last_change=start)
-            saved = (restored or {}).get(rule.key)
-            if saved:
-                known = {k: v for k, v in saved.items() if k in Persisted.__dataclass_fields__}
-                inst.p = Persisted(**known)
-            self.instances[rule.key] = inst
-            self._by_device.setdefault(rule.device, []).append(inst)
+            if TEMPLATE in rule.device:
+                templates.setdefault(rule.device, []).append(rule)
+            else:
+                self._add(rule, start)
+        for device, group in templates.items():
+            pattern = re.escape(device).replace(re.escape(TEMPLATE), "(.+)")
+            self._templates.append((re.compile(pattern), group))
         self._values: dict[str, dict[str, Value]] = {}
         self._quality: dict[str, dict[str, Quality]] = {}
         self.dirty: set[str] = set()
@@ -105,6 +113,26 @@ class RuleEngine:
         self._flood_suppressed: dict[str, int] = {}
         self._flood_since: float | None = None
         self.evaluations = 0
+
+    def _add(self, rule: CompiledRule, start: float) -> Instance:
+        inst = Instance(rule, last_good=start, last_change=start)
+        saved = self._restored.get(rule.key)
+        if saved:
+            known = {k: v for k, v in saved.items() if k in Persisted.__dataclass_fields__}
+            inst.p = Persisted(**known)
+        self.instances[rule.key] = inst
+        self._by_device.setdefault(rule.device, []).append(inst)
+        return inst
+
+    def _instances_of(self, device: str, ts: float) -> list[Instance]:
+        found = self._by_device.get(device)
+        if found is not None or device in self._untemplated:
+            return found or []
+        for pattern, group in self._templates:
+            if pattern.fullmatch(device):
+                return [self._add(replace(rule, device=device), ts) for rule in group]
+        self._untemplated.add(device)
+        return []
 
     # --- input --------------------------------------------------------------------------
 
@@ -118,7 +146,7 @@ class RuleEngine:
                 values[r.point] = r.value
             quality[r.point] = r.quality
             touched[r.device] = max(touched.get(r.device, 0.0), r.ts)
-            for inst in self._by_device.get(r.device, ()):
+            for inst in self._instances_of(r.device, r.ts):
                 self._note(inst, r)
         events: list[Event] = []
         for device, ts in touched.items():

@@ -1,0 +1,267 @@
+"""Config models of MQTT devices: a local broker, a topic filter, and where each point's
+value sits in the payload.
+
+One entry can stand for many devices: with ``id: "{id}"`` (or ``"smoke-{id}"``) and
+``id_from: 1``, every topic matching ``sensors/+/up`` is a device of its own, named by the
+topic's level 1. Nothing here imports paho; ``jmespath`` is pure Python and checks a
+point's ``path`` when the config is loaded, not when the first message arrives.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Literal, Self
+from urllib.parse import urlsplit
+
+import jmespath
+from jmespath.exceptions import JMESPathError
+from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic_core import InitErrorDetails, PydanticCustomError
+
+from drivers.base import DEVICE_ID, DeviceBase, Frozen, PointBase
+
+Problem = tuple[tuple[str | int, ...], str, object]
+
+ID_TEMPLATE = re.compile(r"^[A-Za-z0-9._-]{0,40}\{id\}[A-Za-z0-9._-]{0,40}$")
+"""A device id with ``{id}`` where the topic level goes: ``{id}``, ``smoke-{id}``."""
+
+MAX_PAYLOAD_LIMIT = 16 * 1024 * 1024
+"""The highest ``max_payload_bytes`` accepted; the broker is told the same limit per packet."""
+
+TRUE_WORDS = frozenset({"true", "on", "yes", "1", "alarm", "active", "fire", "triggered", "wet"})
+FALSE_WORDS = frozenset({"false", "off", "no", "0", "normal", "inactive", "ok", "clear", "dry"})
+"""Boolean words as wireless sensors and bridges send them, compared case-insensitively.
+Words that mean opposite things on different devices (open/closed, high/low) are left
+out: a point that uses them says so in ``true_words``/``false_words``."""
+
+
+def _reject(model: str, problems: list[Problem]) -> None:
+    """Raise every problem at once, each at its own field, so the loader can name its line."""
+    if problems:
+        raise ValidationError.from_exception_data(
+            model,
+            [
+                InitErrorDetails(
+                    type=PydanticCustomError("mqtt_config", message), loc=loc, input=value
+                )
+                for loc, message, value in problems
+            ],
+        )
+
+
+def topic_levels(topic_filter: str) -> list[str]:
+    """The levels of a topic filter, checked: ``+`` and ``#`` are whole levels, ``#`` last."""
+    if not topic_filter:
+        raise ValueError("a topic filter cannot be empty")
+    levels = topic_filter.split("/")
+    for i, level in enumerate(levels):
+        if ("+" in level or "#" in level) and level not in ("+", "#"):
+            raise ValueError(f"{topic_filter!r}: a wildcard (+ or #) must be a whole level")
+        if level == "#" and i != len(levels) - 1:
+            raise ValueError(f"{topic_filter!r}: # may only be the last level")
+    return levels
+
+
+class MqttConnection(Frozen):
+    url: str = Field(description="the local broker: mqtt://host[:port] or mqtts://host[:port]")
+    topic: str = Field(description="topic filter to subscribe to, e.g. sensors/+/up")
+    id_from: int | None = Field(
+        default=None, ge=0, le=31, description="topic level (0-based) that names the device"
+    )
+    qos: Literal[0, 1, 2] = 1
+    version: Literal["5", "3.1.1"] = Field(default="5", description="MQTT protocol version")
+    client_id: str = Field(default="", description="empty: the broker assigns one")
+    username: str | None = Field(default=None, min_length=1)
+    password_file: Path | None = Field(default=None, description="file holding the password")
+    ca_file: Path | None = Field(default=None, description="mqtts: CA bundle (default: system)")
+    cert_file: Path | None = Field(default=None, description="mqtts: client certificate")
+    key_file: Path | None = Field(default=None, description="mqtts: client certificate's key")
+    keepalive_s: int = Field(default=30, ge=2, le=3600)
+    max_payload_bytes: int = Field(
+        default=64 * 1024,
+        ge=16,
+        le=MAX_PAYLOAD_LIMIT,
+        description="bigger payloads are counted as oversized and dropped unread",
+    )
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, v: str) -> str:
+        broker_address(v)
+        return v
+
+    @field_validator("topic")
+    @classmethod
+    def _topic(cls, v: str) -> str:
+        topic_levels(v)
+        return v
+
+    @model_validator(mode="after")
+    def _fits(self) -> Self:
+        problems: list[Problem] = []
+        if (self.username is None) != (self.password_file is None):
+            problems.append((("username",), "username and password_file go together", None))
+        tls = broker_address(self.url)[0]
+        for key in ("ca_file", "cert_file", "key_file"):
+            if getattr(self, key) is not None and not tls:
+                problems.append(((key,), f"{key} needs an mqtts:// url", getattr(self, key)))
+        if (self.cert_file is None) != (self.key_file is None):
+            problems.append((("cert_file",), "cert_file and key_file go together", None))
+        if self.id_from is not None:
+            levels = topic_levels(self.topic)
+            under_hash = levels[-1] == "#" and self.id_from >= len(levels) - 1
+            if not under_hash and (self.id_from >= len(levels) or levels[self.id_from] != "+"):
+                message = (
+                    f"level {self.id_from} of {self.topic!r} is not a + wildcard "
+                    "(levels count from 0)"
+                )
+                problems.append((("id_from",), message, self.id_from))
+        _reject(type(self).__name__, problems)
+        return self
+
+    @property
+    def tls(self) -> bool:
+        return broker_address(self.url)[0]
+
+    @property
+    def host(self) -> str:
+        return broker_address(self.url)[1]
+
+    @property
+    def port(self) -> int:
+        return broker_address(self.url)[2]
+
+
+def broker_address(url: str) -> tuple[bool, str, int]:
+    """``(tls, host, port)`` of an ``mqtt://`` or ``mqtts://`` URL."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("mqtt", "mqtts") or not parts.hostname:
+        raise ValueError(f"{url!r}: expected mqtt://host[:port] or mqtts://host[:port]")
+    if parts.username or parts.password:
+        raise ValueError(f"{url!r}: put credentials in username and password_file, not the URL")
+    try:
+        port = parts.port or (8883 if parts.scheme == "mqtts" else 1883)
+    except ValueError:
+        raise ValueError(f"{url!r}: port must be a number from 1 to 65535") from None
+    return parts.scheme == "mqtts", parts.hostname, port
+
+
+PointType = Literal["number", "int", "float", "bool", "string"]
+
+
+class MqttPoint(PointBase):
+    path: str | None = Field(
+        default=None,
+        description="JMESPath into a JSON payload (flags.battery_low); none: the whole payload",
+    )
+    type: PointType = "number"
+    scale: float = Field(default=1.0, allow_inf_nan=False)
+    offset: float = Field(default=0.0, allow_inf_nan=False)
+    true_words: list[str] | None = Field(default=None, description="bool: replaces TRUE_WORDS")
+    false_words: list[str] | None = Field(default=None, description="bool: replaces FALSE_WORDS")
+
+    @field_validator("path")
+    @classmethod
+    def _path(cls, v: str | None) -> str | None:
+        if v is not None:
+            try:
+                jmespath.compile(v)
+            except JMESPathError as exc:
+                raise ValueError(f"bad JMESPath {v!r}: {exc}") from None
+        return v
+
+    @model_validator(mode="after")
+    def _fits_type(self) -> Self:
+        problems: list[Problem] = []
+        numeric = self.type in ("number", "int", "float")
+        if not numeric and (self.scale != 1 or self.offset != 0):
+            message = f"scale and offset apply to numbers, not to {self.type}"
+            problems.append((("scale",), message, self.scale))
+        if self.scale == 0:
+            problems.append((("scale",), "scale 0 would turn every value into the offset", 0))
+        for key in ("true_words", "false_words"):
+            if getattr(self, key) is not None and self.type != "bool":
+                problems.append(((key,), f"{key} applies to type bool", getattr(self, key)))
+        if self.true_words and self.false_words:
+            both = {w.lower() for w in self.true_words} & {w.lower() for w in self.false_words}
+            if both:
+                message = f"words both true and false: {', '.join(sorted(both))}"
+                problems.append((("false_words",), message, sorted(both)))
+        _reject(type(self).__name__, problems)
+        return self
+
+    @property
+    def words(self) -> tuple[frozenset[str], frozenset[str]]:
+        """The (true, false) words of a bool point, lower case."""
+        true = TRUE_WORDS if self.true_words is None else {w.lower() for w in self.true_words}
+        false = FALSE_WORDS if self.false_words is None else {w.lower() for w in self.false_words}
+        return frozenset(true), frozenset(false)
+
+
+class MqttDevice(DeviceBase):
+    id: str = Field(
+        description='device id, or a template such as "{id}" filled from the topic (id_from)'
+    )
+    mqtt: MqttConnection
+    points: list[MqttPoint] = Field(min_length=1)
+    heartbeat_s: float | None = Field(
+        default=None,
+        gt=0,
+        le=7 * 86_400,
+        description="how often the device reports at least; none: never marked stale",
+    )
+    missed_heartbeats: int = Field(
+        default=2, ge=1, le=100, description="stale after this many heartbeats without a message"
+    )
+    queue_max: int = Field(
+        default=100, ge=1, le=100_000, description="readings kept per device between two polls"
+    )
+    max_devices: int = Field(
+        default=1000, ge=1, le=100_000, description="devices one {id} entry may create"
+    )
+
+    @field_validator("id")
+    @classmethod
+    def _id(cls, v: str) -> str:
+        if not (DEVICE_ID.match(v) or ID_TEMPLATE.match(v)):
+            raise ValueError(
+                f"{v!r}: a device id (letters, digits, . _ -, up to 64) or a template "
+                'with {id}, such as "{id}" or "smoke-{id}"'
+            )
+        return v
+
+    @property
+    def templated(self) -> bool:
+        return "{id}" in self.id
+
+    def device_id(self, level: str) -> str | None:
+        """The id of the device a topic level names, or None if it makes no valid id."""
+        name = self.id.replace("{id}", level)
+        return name if DEVICE_ID.match(name) and "\n" not in name else None
+
+    @property
+    def stale_after_s(self) -> float | None:
+        if self.heartbeat_s is None:
+            return None
+        return self.heartbeat_s * self.missed_heartbeats
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Self:
+        problems: list[Problem] = []
+        if self.templated and self.mqtt.id_from is None:
+            message = "an id with {id} needs mqtt.id_from: the topic level that names the device"
+            problems.append((("id",), message, self.id))
+        if not self.templated and self.mqtt.id_from is not None:
+            message = 'id_from names devices from the topic: give the id as a template ("{id}")'
+            problems.append((("mqtt", "id_from"), message, self.mqtt.id_from))
+        first: dict[str, int] = {}
+        for i, point in enumerate(self.points):
+            if point.name in first:
+                message = (
+                    f"duplicate point name {point.name!r} (first at points[{first[point.name]}])"
+                )
+                problems.append((("points", i, "name"), message, point.name))
+            first.setdefault(point.name, i)
+        _reject(type(self).__name__, problems)
+        return self
