@@ -22,7 +22,8 @@ import re
 from enum import StrEnum
 from typing import NamedTuple, Protocol
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic_core import InitErrorDetails, PydanticCustomError
 
 Value = float | int | bool | str | None
 
@@ -75,6 +76,23 @@ class DeviceUnavailable(DriverError):
 
 class WriteRefused(DriverError):
     """The device answered a write with an error."""
+
+
+Problem = tuple[tuple[str | int, ...], str, object]
+"""Where in a model (a loc), what is wrong there, and the offending value."""
+
+
+def reject(model: str, problems: list[Problem], kind: str = "config") -> None:
+    """Raise every problem at once, each at its own field, so the config loader can name
+    the line of each. For validators that check several fields together."""
+    if problems:
+        raise ValidationError.from_exception_data(
+            model,
+            [
+                InitErrorDetails(type=PydanticCustomError(kind, message), loc=loc, input=value)
+                for loc, message, value in problems
+            ],
+        )
 
 
 class Frozen(BaseModel):

@@ -273,3 +273,15 @@ class ThreadedDevice:
         finally:
             self._loop.call_soon_threadsafe(self._loop.stop)
             self._thread.join(5)
+
+
+def fill_disk(path: Path) -> None:
+    """Write ``path`` until the filesystem refuses: a disk with no room left. Smaller and
+    smaller writes take the last blocks too; bounded by the filesystem's size."""
+    with path.open("wb", buffering=0) as f:
+        for size in (65536, 4096, 512, 64, 1):
+            try:
+                while True:
+                    f.write(b"\0" * size)
+            except OSError:
+                continue

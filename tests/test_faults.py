@@ -30,6 +30,7 @@ from tests.support import (
     Central,
     ThreadedDevice,
     agent_config,
+    fill_disk,
     produced_keys,
     wait_for,
 )
@@ -266,13 +267,7 @@ def test_full_disk_does_not_crash_the_agent_nor_corrupt_the_outbox(
     filler = small_fs / "filler"
     try:
         wait_for(lambda: len(stored(central)) > 200, 20, what="readings flowing")
-        with filler.open("wb", buffering=0) as f:
-            for size in (65536, 4096, 512, 64, 1):
-                try:
-                    while True:
-                        f.write(b"\0" * size)
-                except OSError:
-                    continue
+        fill_disk(filler)
         time.sleep(3)
         assert agent.running(), agent.output()[-2000:]
         filler.unlink()

@@ -5,6 +5,7 @@ import sqlite3
 from pathlib import Path
 
 from edge_agent.outbox import Lane, Outbox, OutboxFull, quick_check
+from tests.support import fill_disk
 
 
 def rows(n: int, start_ts: float = 1000.0) -> list[tuple[float, str]]:
@@ -121,24 +122,13 @@ def test_ballast_is_reserved_beside_the_outbox(tmp_path: Path) -> None:
     assert ob.ballast.stat().st_size == 1_000_000
 
 
-def fill(path: Path) -> None:
-    """Write until the filesystem refuses: a disk with no room left."""
-    with path.open("wb", buffering=0) as f:
-        for size in (65536, 4096, 512, 64, 1):
-            try:
-                while True:
-                    f.write(b"\0" * size)
-            except OSError:
-                continue
-
-
 def test_full_disk_gives_back_ballast_drops_oldest_and_recovers(small_fs: Path) -> None:
     path = small_fs / "outbox.db"
     ob = Outbox(path, max_bytes=10**8, ballast_bytes=512 * 1024)
     body = "y" * 200
     ob.append(Lane.TELEMETRY, [(1.0, body)] * 2000)  # ~0.5 MB of readings waiting
     filler = small_fs / "filler"
-    fill(filler)
+    fill_disk(filler)
     # the disk is full: appends still go in, paid for by the ballast and the oldest rows
     outcomes = []
     for i in range(200):

@@ -10,10 +10,9 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Literal, Self
 
-from pydantic import Field, ValidationError, field_validator, model_validator
-from pydantic_core import InitErrorDetails, PydanticCustomError
+from pydantic import Field, field_validator, model_validator
 
-from drivers.base import DeviceBase, Frozen, PointBase
+from drivers.base import DeviceBase, Frozen, PointBase, Problem, reject
 
 from .types import (
     BIT_TABLES,
@@ -24,24 +23,6 @@ from .types import (
     Table,
     TypeName,
 )
-
-Problem = tuple[tuple[str | int, ...], str, object]
-"""Where in the model (a loc), what is wrong there, and the offending value."""
-
-
-def _reject(model: str, problems: list[Problem]) -> None:
-    """Raise every problem at once, each at its own field."""
-    if problems:
-        raise ValidationError.from_exception_data(
-            model,
-            [
-                InitErrorDetails(
-                    type=PydanticCustomError("modbus_config", message), loc=loc, input=value
-                )
-                for loc, message, value in problems
-            ],
-        )
-
 
 Framer = Literal["tcp", "rtu"]
 Parity = Literal["N", "E", "O"]
@@ -128,7 +109,7 @@ class ModbusConnection(Frozen):
         if self.unit == 0 and self.framing == "rtu":
             message = "unit 0 is a broadcast on RTU that no device answers; use 1..247"
             problems.append((("unit",), message, 0))
-        _reject(type(self).__name__, problems)
+        reject(type(self).__name__, problems)
         return self
 
 
@@ -182,7 +163,7 @@ class ModbusPoint(PointBase):
         if self.address + self.count > 65536:
             message = f"bad address: {self.count} registers from {self.address} run past 65535"
             problems.append((("address",), message, self.address))
-        _reject(type(self).__name__, problems)
+        reject(type(self).__name__, problems)
         return self
 
 
@@ -222,7 +203,7 @@ class ModbusDevice(DeviceBase):
                     f"(max_registers_per_read is {self.max_registers_per_read})"
                 )
                 problems.append((("points", i, "type"), message, point.type))
-        _reject(type(self).__name__, problems)
+        reject(type(self).__name__, problems)
         return self
 
 

@@ -16,12 +16,9 @@ from urllib.parse import urlsplit
 
 import jmespath
 from jmespath.exceptions import JMESPathError
-from pydantic import Field, ValidationError, field_validator, model_validator
-from pydantic_core import InitErrorDetails, PydanticCustomError
+from pydantic import Field, field_validator, model_validator
 
-from drivers.base import DEVICE_ID, DeviceBase, Frozen, PointBase
-
-Problem = tuple[tuple[str | int, ...], str, object]
+from drivers.base import DEVICE_ID, DeviceBase, Frozen, PointBase, Problem, reject
 
 ID_TEMPLATE = re.compile(r"^[A-Za-z0-9._-]{0,40}\{id\}[A-Za-z0-9._-]{0,40}$")
 """A device id with ``{id}`` where the topic level goes: ``{id}``, ``smoke-{id}``."""
@@ -34,20 +31,6 @@ FALSE_WORDS = frozenset({"false", "off", "no", "0", "normal", "inactive", "ok", 
 """Boolean words as wireless sensors and bridges send them, compared case-insensitively.
 Words that mean opposite things on different devices (open/closed, high/low) are left
 out: a point that uses them says so in ``true_words``/``false_words``."""
-
-
-def _reject(model: str, problems: list[Problem]) -> None:
-    """Raise every problem at once, each at its own field, so the loader can name its line."""
-    if problems:
-        raise ValidationError.from_exception_data(
-            model,
-            [
-                InitErrorDetails(
-                    type=PydanticCustomError("mqtt_config", message), loc=loc, input=value
-                )
-                for loc, message, value in problems
-            ],
-        )
 
 
 def topic_levels(topic_filter: str) -> list[str]:
@@ -117,7 +100,7 @@ class MqttConnection(Frozen):
                     "(levels count from 0)"
                 )
                 problems.append((("id_from",), message, self.id_from))
-        _reject(type(self).__name__, problems)
+        reject(type(self).__name__, problems)
         return self
 
     @property
@@ -188,7 +171,7 @@ class MqttPoint(PointBase):
             if both:
                 message = f"words both true and false: {', '.join(sorted(both))}"
                 problems.append((("false_words",), message, sorted(both)))
-        _reject(type(self).__name__, problems)
+        reject(type(self).__name__, problems)
         return self
 
     @property
@@ -263,5 +246,5 @@ class MqttDevice(DeviceBase):
                 )
                 problems.append((("points", i, "name"), message, point.name))
             first.setdefault(point.name, i)
-        _reject(type(self).__name__, problems)
+        reject(type(self).__name__, problems)
         return self

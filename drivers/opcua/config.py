@@ -25,10 +25,9 @@ from pathlib import Path
 from typing import Literal, Self
 from urllib.parse import urlsplit
 
-from pydantic import Field, ValidationError, field_validator, model_validator
-from pydantic_core import InitErrorDetails, PydanticCustomError
+from pydantic import Field, field_validator, model_validator
 
-from drivers.base import DeviceBase, Frozen, PointBase
+from drivers.base import DeviceBase, Frozen, PointBase, Problem, reject
 
 MAX_UINT32 = 2**32 - 1
 MAX_NAMESPACE = 65535
@@ -37,22 +36,6 @@ NODE_ID_HELP = (
     "(or nsu=<namespace uri>; instead of ns=), e.g. ns=2;s=Pump1.Level"
 )
 PATH_HELP = "expected <ns>:<name> steps from the Root folder, e.g. 0:Objects/2:Pump1/2:Level"
-
-Problem = tuple[tuple[str | int, ...], str, object]
-
-
-def _reject(model: str, problems: list[Problem]) -> None:
-    """Raise every problem at once, each at its own field, so the loader can name its line."""
-    if problems:
-        raise ValidationError.from_exception_data(
-            model,
-            [
-                InitErrorDetails(
-                    type=PydanticCustomError("opcua_config", message), loc=loc, input=value
-                )
-                for loc, message, value in problems
-            ],
-        )
 
 
 IdKind = Literal["i", "s", "g", "b"]
@@ -272,7 +255,7 @@ class OpcUaPoint(PointBase):
             raise ValueError("a point needs exactly one of node (a node id) or path")
         if self.array == "flatten" and len(self.name) + 1 + len(str(ARRAY_MAX - 1)) > 64:
             message = f"name too long to flatten: {self.name}.<index> must fit 64 characters"
-            _reject(type(self).__name__, [(("name",), message, self.name)])
+            reject(type(self).__name__, [(("name",), message, self.name)])
         return self
 
     @property
@@ -297,7 +280,7 @@ class OpcUaDevice(DeviceBase):
                 message = f"duplicate point name {point.name!r} ({where})"
                 problems.append((("points", i, "name"), message, point.name))
             first.setdefault(point.name, i)
-        _reject(type(self).__name__, problems)
+        reject(type(self).__name__, problems)
         return self
 
     def sampling_ms(self, point: OpcUaPoint) -> float:
