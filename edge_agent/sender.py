@@ -78,6 +78,10 @@ class Sender:
         self._batch_max = batch_max
         self._window = window
         self._live_reserve = max(1, window // 4)
+        # The backlog keeps fewer batches in flight than live data may: everything in
+        # flight queues at the broker and the center ahead of the next live batch, so a
+        # short backlog queue is what keeps live data under a second behind in a drain.
+        self._backlog_window = max(1, window // 4)
         self._ack_timeout = ack_timeout_s
         self._inflight: dict[tuple[Lane, int], InFlight] = {}
         self._cursors = Cursors()
@@ -205,7 +209,7 @@ class Sender:
                 c.live = rows[-1][0] + 1
                 return self._publish_telemetry(rows)
             c.live = self._last[Lane.TELEMETRY] + 1
-        if c.backlog < c.live_from and len(self._inflight) < self._window:
+        if c.backlog < c.live_from and len(self._inflight) < self._backlog_window:
             rows = await self._fetch(Lane.TELEMETRY, c.backlog, c.live_from, self._batch_max)
             if rows:
                 c.backlog = rows[-1][0] + 1
