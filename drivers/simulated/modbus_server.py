@@ -27,8 +27,9 @@ from typing import Literal
 from drivers.base import Value
 from drivers.modbus.config import ModbusPoint
 from drivers.modbus.types import Table
+from drivers.simulated.animate import animate
 
-from .modbus_bus import SimulatedModbusBus, SimulatedUnit
+from .modbus_bus import SimulatedModbusBus
 
 
 def _p(**fields: object) -> ModbusPoint:
@@ -153,22 +154,6 @@ class SimulatedModbusDevice(SimulatedModbusBus):
 
     async def get_raw(self, table: Table, address: int, count: int) -> list[int] | list[bool]:
         return await self._unit.get_raw(table, address, count)
-
-
-async def animate(
-    device: SimulatedModbusDevice | SimulatedUnit,
-    model: SmokeDetectorModel,
-    *,
-    period_s: float = 1.0,
-    ticks: int | None = None,
-) -> None:
-    """Apply ``model.step()`` to ``device`` every ``period_s``, ``ticks`` times or forever."""
-    done = 0
-    while ticks is None or done < ticks:
-        for name, value in model.step().items():
-            await device.set(name, value)
-        done += 1
-        await asyncio.sleep(period_s)
 
 
 async def _serve(args: argparse.Namespace) -> None:

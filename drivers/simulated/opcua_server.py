@@ -53,6 +53,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
 from drivers.opcua.pki import generate
+from drivers.simulated.animate import animate
 
 NAMESPACE = "urn:edgefleet:sim:pump-station"
 SERVER_URI = "urn:edgefleet:sim:server"
@@ -320,22 +321,6 @@ class PumpStationModel:
             )
         out["Station.WellLevels"] = [round(v, 1) for v in self._level] + [0.0, 0.0]
         return out
-
-
-async def animate(
-    station: SimulatedPumpStation,
-    model: PumpStationModel,
-    *,
-    period_s: float = 1.0,
-    ticks: int | None = None,
-) -> None:
-    """Apply ``model.step()`` to ``station`` every ``period_s``, ``ticks`` times or forever."""
-    done = 0
-    while ticks is None or done < ticks:
-        for key, value in model.step().items():
-            await station.set(key, value)
-        done += 1
-        await asyncio.sleep(period_s)
 
 
 async def _serve(args: argparse.Namespace) -> None:
