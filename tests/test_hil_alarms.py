@@ -13,6 +13,7 @@ import pytest
 
 from drivers.modbus.config import ModbusPoint
 from edge_agent.contract import Channel, Topics
+from edge_agent.contract.schema import validate
 from tests.proxy import FaultProxy
 from tests.rig import GW, WireTap
 from tests.support import Agent, Broker, Central, ThreadedDevice, run_cli, wait_for
@@ -230,8 +231,13 @@ def test_alarm_raised_and_cleared_offline_arrives_with_its_history_ahead_of_back
         assert raised_at <= events[0]["ts"] <= raised_at + POLL_S + 0.3  # original timestamps
         assert cleared_at + 1 <= events[1]["ts"] <= cleared_at + 1 + POLL_S + 0.3
         # after the reconnect, alarms went out before the backlogged telemetry
-        topics = [t for t, _, _ in tap.timed()]
+        seen = tap.timed()
         tap.close()
+        topics = [t for t, _, _ in seen]
+        for topic, payload, _ in seen:  # the events follow the published contract
+            parsed = Topics().parse(topic)
+            if parsed is not None and payload:
+                validate(parsed[1], payload)
         alarm_topic = Topics().gw(GW, Channel.ALARMS)
         telemetry_topic = Topics().gw(GW, Channel.TELEMETRY)
         assert alarm_topic in topics and telemetry_topic in topics

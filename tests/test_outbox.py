@@ -4,6 +4,8 @@ import json
 import sqlite3
 from pathlib import Path
 
+from edge_agent.contract import Channel
+from edge_agent.contract.schema import validate
 from edge_agent.outbox import Lane, Outbox, OutboxFull, quick_check
 from tests.support import fill_disk
 
@@ -79,6 +81,8 @@ def test_cap_drops_oldest_telemetry_keeps_alarms_and_says_what_was_lost(tmp_path
     (_, body) = ob.fetch(Lane.ALARMS, 51, None, 1)[0]
     notice = json.loads(body)
     assert notice["rule"] == "outbox.dropped"
+    wire = json.dumps({**notice, "gw": "gw-1", "stream": ob.stream_id, "seq": 51}).encode()
+    validate(Channel.ALARMS, wire)  # what the sender publishes follows the contract
     assert notice["dropped"] == {
         "lane": "telemetry",
         "first": 1,
