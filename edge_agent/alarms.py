@@ -49,6 +49,7 @@ class AlarmService:
         self._last_action: dict[tuple[str, str], float] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self.actions_run = 0
+        self.engine_errors = 0
 
     @staticmethod
     async def restore(
@@ -64,8 +65,17 @@ class AlarmService:
     # --- called by the committer with each poll's readings -----------------------------
 
     def observe(self, readings: list[Reading]) -> tuple[list[Event], Rows]:
-        events = self.engine.observe(readings)
+        try:
+            events = self.engine.observe(readings)
+        except Exception:  # a rule bug must never cost the readings themselves
+            self._engine_failed("evaluating readings")
+            events = []
         return events, self.rows(events)
+
+    def _engine_failed(self, doing: str) -> None:
+        self.engine_errors += 1
+        if self.engine_errors == 1:
+            log.exception("rule engine failed while %s; counting further failures", doing)
 
     def rows(self, events: list[Event]) -> Rows:
         states = [(k, json.dumps(s)) for k, s in self.engine.take_dirty()]
@@ -83,7 +93,12 @@ class AlarmService:
     async def run(self) -> None:
         while True:
             await asyncio.sleep(TICK_S)
-            await self.record(self.engine.tick())
+            try:
+                events = self.engine.tick()
+            except Exception:
+                self._engine_failed("advancing its clock")
+                continue
+            await self.record(events)
 
     async def record(self, events: list[Event]) -> None:
         alarm_rows, states = self.rows(events)

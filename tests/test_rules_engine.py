@@ -224,3 +224,17 @@ def test_rules_of_a_device_template_apply_to_each_device_as_it_reports() -> None
     (ev,) = e.observe([alarm, Reading("other", "smoke_alarm", True, None, Quality.GOOD, 1.0)])
     assert ev["id"] == "smoke-7/smoke.alarm" and ev["dev"] == "smoke-7"
     assert set(e.instances) == {"smoke-7/smoke.alarm"}
+
+
+def test_unchanged_inputs_are_not_evaluated_again_but_delays_still_run() -> None:
+    e = engine({**SMOKE, "on_delay_s": 2})
+    feed(e, 0, smoke=3.0, temp=20.0)
+    assert e.expressions_evaluated == 1
+    feed(e, 1, smoke=3.0, temp=21.0)  # only a point the rule does not read moved
+    assert e.expressions_evaluated == 1
+    assert states(feed(e, 2, smoke=3.0, temp=22.0)) == ["active"]  # the delay ran out
+    feed(e, 3, smoke=1.0)
+    assert e.expressions_evaluated == 2
+    feed(e, 4, q=Quality.BAD, smoke=None)
+    feed(e, 5, smoke=1.0)  # good again with the same value: its quality moved
+    assert e.expressions_evaluated == 3

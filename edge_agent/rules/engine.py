@@ -26,6 +26,7 @@ import re
 import time
 from collections import deque
 from collections.abc import Iterable, Mapping
+from collections.abc import Set as AbstractSet
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
@@ -35,6 +36,8 @@ from edge_agent.rules.expr import render
 
 Event = dict[str, Any]
 TEMPLATE = "{id}"
+_UNSEEN = object()
+_NOTHING: frozenset[str] = frozenset()
 
 NORMAL = "normal"
 ACTIVE = "active"
@@ -70,6 +73,8 @@ class Instance:
     last_value: Value = None
     prev: tuple[float, float] | None = None  # (ts, value) for rate of change
     offline: bool = False
+    evaluated: bool = False  # the condition was looked at once at least
+    decided: bool = False  # ... and its inputs were good: cond and clear hold
 
     @property
     def key(self) -> str:
@@ -113,6 +118,7 @@ class RuleEngine:
         self._flood_suppressed: dict[str, int] = {}
         self._flood_since: float | None = None
         self.evaluations = 0
+        self.expressions_evaluated = 0
 
     def _add(self, rule: CompiledRule, start: float) -> Instance:
         inst = Instance(rule, last_good=start, last_change=start)
@@ -139,9 +145,14 @@ class RuleEngine:
     def observe(self, readings: Iterable[Reading]) -> list[Event]:
         """Feed a poll's readings; return the transitions they cause."""
         touched: dict[str, float] = {}
+        changed: dict[str, set[str]] = {}
         for r in readings:
             values = self._values.setdefault(r.device, {})
             quality = self._quality.setdefault(r.device, {})
+            if quality.get(r.point) is not r.quality or (
+                r.quality is Quality.GOOD and values.get(r.point, _UNSEEN) != r.value
+            ):
+                changed.setdefault(r.device, set()).add(r.point)
             if r.quality is Quality.GOOD:
                 values[r.point] = r.value
             quality[r.point] = r.quality
@@ -150,8 +161,9 @@ class RuleEngine:
                 self._note(inst, r)
         events: list[Event] = []
         for device, ts in touched.items():
+            moved = changed.get(device, _NOTHING)
             for inst in self._by_device.get(device, ()):
-                events += self._evaluate(inst, ts)
+                events += self._evaluate(inst, ts, moved)
         return events
 
     def _note(self, inst: Instance, r: Reading) -> None:
@@ -177,16 +189,26 @@ class RuleEngine:
 
     # --- evaluation ---------------------------------------------------------------------
 
-    def _evaluate(self, inst: Instance, ts: float) -> list[Event]:
+    def _evaluate(
+        self, inst: Instance, ts: float, moved: AbstractSet[str] | None = None
+    ) -> list[Event]:
+        """Decide the rule's condition at ``ts``; ``moved`` names the points whose value or
+        quality changed since the last reading (None: decide anyway)."""
         rule = inst.rule
         self.evaluations += 1
         kind = rule.kind
         if kind == "condition":
+            if inst.evaluated and moved is not None and rule.points.isdisjoint(moved):
+                return self._step(inst, ts) if inst.decided else []  # same inputs, same answer
+            inst.evaluated = True
             quality = self._quality.get(rule.device, {})
             if any(quality.get(p) is not Quality.GOOD for p in rule.points):
+                inst.decided = False
                 return []  # frozen: never decide on bad data
             values = self._values.get(rule.device, {})
             assert rule.when is not None
+            inst.decided = True
+            self.expressions_evaluated += 1
             inst.cond = rule.when.evaluate(values)
             inst.clear = rule.clear.evaluate(values) if rule.clear else not inst.cond
         elif kind == "offline":
