@@ -126,6 +126,14 @@ async def run_agent(loaded: LoadedConfig, stop: asyncio.Event) -> None:
         sender=sender,
         pollers=pollers,
         interval_s=cfg.health.interval_s,
+        extra=lambda: {
+            "alarms": {
+                "rules": len(engine.instances),
+                "engine_errors": alarms.engine_errors,
+                "actions_run": alarms.actions_run,
+            },
+            "lost_disk_full": committer.lost_disk_full,
+        },
     )
     log.info(
         "gateway %s: %d device(s), %d rule(s), outbox %s (stream %s), central %s",
