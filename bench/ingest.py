@@ -1,0 +1,113 @@
+"""Central ingest alone: telemetry batches published as fast as the broker takes them
+(QoS 1, 1,000 readings each, from several simulated gateways), stored and acknowledged by
+`fleet central run`. Reports rows/s into the central store (target 100,000/s) against
+the central table's raw insert rate measured in the same run.
+
+    .venv/bin/python -m bench.ingest [--readings 1000000] [--gateways 10]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sqlite3
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
+
+from bench.drain import raw_insert_rate
+from bench.results import machine, merge, timestamp
+from drivers.base import Quality, Reading
+from edge_agent.contract import Channel, ReadingEncoder, Topics
+from edge_agent.contract.payloads import encode_telemetry_raw
+from tests.support import Broker, Central, wait_for
+
+BATCH = 1000
+
+
+def batches(gateways: int, readings: int) -> list[tuple[str, bytes, int]]:
+    """Pre-encoded telemetry messages, so the publisher costs nothing during the run."""
+    encoder = ReadingEncoder()
+    topics = Topics()
+    per_gw = readings // gateways
+    out = []
+    for g in range(gateways):
+        gw = f"bench-{g:03d}"
+        for first in range(1, per_gw + 1, BATCH):
+            bodies = [
+                encoder.encode(
+                    Reading("dev", f"p{i % 50}", float(i), "u", Quality.GOOD, 1.7e9 + i / 100)
+                )
+                for i in range(first, min(per_gw, first + BATCH - 1) + 1)
+            ]
+            payload = encode_telemetry_raw(gw, f"s{g}", first, bodies)
+            out.append((topics.gw(gw, Channel.TELEMETRY), payload, len(bodies)))
+    return out
+
+
+def run(readings: int, gateways: int) -> dict[str, Any]:
+    with tempfile.TemporaryDirectory() as name:
+        tmp = Path(name)
+        raw = raw_insert_rate(tmp)
+        messages = batches(gateways, readings)
+        total = sum(n for _, _, n in messages)
+        broker = Broker(tmp, extra_conf="max_queued_messages 100000\n").start()
+        central = Central(tmp, broker.url).start()
+        client = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
+        client.max_inflight_messages_set(64)
+        client.max_queued_messages_set(0)
+        client.connect("127.0.0.1", broker.port)
+        client.loop_start()
+        db: sqlite3.Connection | None = None
+        try:
+            time.sleep(1)  # central subscribed
+            db = sqlite3.connect(central.db)
+            t0 = time.monotonic()
+            for topic, payload, _ in messages:
+                client.publish(topic, payload, qos=1)
+
+            def stored() -> bool:
+                assert db is not None
+                (n,) = db.execute("SELECT count(*) FROM readings").fetchone()
+                return bool(n >= total)
+
+            wait_for(stored, 300, interval=0.1, what=f"{total} rows at the center")
+            took = time.monotonic() - t0
+        finally:
+            if db is not None:
+                db.close()
+            client.loop_stop()
+            client.disconnect()
+            central.stop()
+            broker.stop()
+    return {
+        "readings": total,
+        "gateways": gateways,
+        "batch": BATCH,
+        "seconds": round(took, 2),
+        "rows_per_s": round(total / took),
+        "central_raw_insert_per_s": round(raw),
+        "vs_raw_insert": round(total / took / raw, 2),
+        "target_rows_per_s": 100_000,
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--readings", type=int, default=1_000_000)
+    ap.add_argument("--gateways", type=int, default=10)
+    args = ap.parse_args()
+    r = run(args.readings, args.gateways)
+    print(
+        f"central ingest: {r['readings']} readings from {r['gateways']} gateways in "
+        f"{r['seconds']} s = {r['rows_per_s']} rows/s "
+        f"(raw insert {r['central_raw_insert_per_s']}/s, ratio {r['vs_raw_insert']})"
+    )
+    merge({"ingest": {"at": timestamp(), "machine": machine(), **r}})
+
+
+if __name__ == "__main__":
+    main()
