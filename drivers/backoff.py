@@ -9,6 +9,8 @@ and a fleet spreads out over the step.
 from __future__ import annotations
 
 import random
+import threading
+from collections.abc import Callable
 
 
 class Backoff:
@@ -31,3 +33,29 @@ class Backoff:
     def reset(self) -> None:
         self._step = self.first_s
         self.failures = 0
+
+
+def keep_connected(
+    connect: Callable[[], object],
+    serve: Callable[[], object],
+    stopping: threading.Event,
+    backoff: Backoff,
+    failed: Callable[[str], None],
+) -> None:
+    """The reconnect loop of a thread that owns a connection: ``connect``, ``serve`` until
+    the connection drops, wait ``backoff``, and again, until ``stopping`` is set. No
+    exception ends the thread; each is handed to ``failed`` as a short reason."""
+    while not stopping.is_set():
+        try:
+            connect()
+        except (OSError, ValueError) as exc:
+            failed(f"unreachable: {exc}")
+        except Exception as exc:  # anything else must not end the thread either: retry
+            failed(f"failed: {type(exc).__name__}: {exc}")
+        else:
+            try:
+                serve()
+            except Exception as exc:
+                failed(f"failed: {type(exc).__name__}: {exc}")
+        if stopping.wait(backoff.next()):
+            break

@@ -27,7 +27,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
-from drivers.backoff import Backoff
+from drivers.backoff import Backoff, keep_connected
 from edge_agent.config.models import BrokerUrl
 
 log = logging.getLogger(__name__)
@@ -104,23 +104,23 @@ class Uplink:
         """Connect, run paho's loop until the connection drops, wait, and again."""
         props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
         props.SessionExpiryInterval = 0
-        while not self._stopping.is_set():
-            try:
-                self._client.connect(
-                    self._broker.host,
-                    self._broker.port,
-                    keepalive=self._keepalive,
-                    clean_start=True,
-                    properties=props,
-                )
-            except OSError as exc:
-                if not self._unreachable_logged:
-                    log.warning("broker %s unreachable: %s; retrying", self._broker, exc)
-                    self._unreachable_logged = True
-            else:
-                self._client.loop_forever()  # returns when the connection is gone
-            if self._stopping.wait(self._backoff.next()):
-                break
+
+        def connect() -> None:
+            self._client.connect(
+                self._broker.host,
+                self._broker.port,
+                keepalive=self._keepalive,
+                clean_start=True,
+                properties=props,
+            )
+
+        def failed(reason: str) -> None:
+            if not self._unreachable_logged:
+                log.warning("broker %s %s; retrying", self._broker, reason)
+                self._unreachable_logged = True
+
+        # loop_forever returns when the connection is gone
+        keep_connected(connect, self._client.loop_forever, self._stopping, self._backoff, failed)
 
     def publish(self, topic: str, payload: bytes, *, qos: int = 1, retain: bool = False) -> bool:
         """Hand a message to the session; False when there is no connection to send it on."""

@@ -211,6 +211,24 @@ class Agent(Process):
         self.config.write_text(config_text)
         super().__init__("edge-agent", ["run", "-c", str(self.config)], workdir / "agent.log")
 
+    @classmethod
+    def for_devices(
+        cls,
+        workdir: Path,
+        broker_url: str,
+        devices_yaml: str,
+        gateway: str,
+        outbox: Path | None = None,
+    ) -> Agent:
+        """An agent with the test config (short timeouts) for these devices."""
+        text = agent_config(
+            gateway=gateway,
+            broker_url=broker_url,
+            outbox=outbox or workdir / "outbox.db",
+            devices_yaml=devices_yaml,
+        )
+        return cls(workdir, text)
+
 
 def produced_keys(outbox: Path) -> set[tuple[str, int]]:
     """Every telemetry ``(stream, seq)`` an agent ever committed to this outbox file.

@@ -18,7 +18,6 @@ from tests.support import (
     Broker,
     Central,
     ThreadedDevice,
-    agent_config,
     free_port,
     produced_keys,
     run_cli,
@@ -47,15 +46,7 @@ def test_readings_flow_from_device_to_fleet_query(
         modbus_server.set(name, v)
     tap = WireTap(mqtt_broker)
     central = Central(tmp_path, mqtt_broker.url).start()
-    agent = Agent(
-        tmp_path,
-        agent_config(
-            gateway=GW,
-            broker_url=mqtt_broker.url,
-            outbox=tmp_path / "outbox.db",
-            devices_yaml=devices_yaml(modbus_server.port),
-        ),
-    )
+    agent = Agent.for_devices(tmp_path, mqtt_broker.url, devices_yaml(modbus_server.port), GW)
     try:
         t0 = time.time()
         agent.start()
@@ -130,14 +121,8 @@ def test_central_killed_and_restarted_loses_and_duplicates_nothing(
 ) -> None:
     outbox = tmp_path / "outbox.db"
     central = Central(tmp_path, mqtt_broker.url).start()
-    agent = Agent(
-        tmp_path,
-        agent_config(
-            gateway=GW,
-            broker_url=mqtt_broker.url,
-            outbox=outbox,
-            devices_yaml=devices_yaml(modbus_server.port, 0.05),
-        ),
+    agent = Agent.for_devices(
+        tmp_path, mqtt_broker.url, devices_yaml(modbus_server.port, 0.05), GW, outbox=outbox
     )
     agent.start()
     try:
@@ -180,15 +165,7 @@ def test_unreachable_device_is_bad_and_the_others_keep_going(
         dead_port, 0.2, "dead-1"
     )
     central = Central(tmp_path, mqtt_broker.url).start()
-    agent = Agent(
-        tmp_path,
-        agent_config(
-            gateway=GW,
-            broker_url=mqtt_broker.url,
-            outbox=tmp_path / "outbox.db",
-            devices_yaml=devices,
-        ),
-    )
+    agent = Agent.for_devices(tmp_path, mqtt_broker.url, devices, GW)
     try:
         t0 = time.time()
         agent.start()

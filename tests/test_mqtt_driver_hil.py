@@ -15,7 +15,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from edge_agent.contract import Channel, Topics
 from edge_agent.contract.schema import validate
 from tests.rig import WireTap
-from tests.support import Agent, Broker, Central, agent_config, run_cli, wait_for
+from tests.support import Agent, Broker, Central, run_cli, wait_for
 
 pytestmark = pytest.mark.hil
 GW = "wireless-0001"
@@ -85,15 +85,7 @@ def test_garbage_truncated_and_1mb_payloads_are_counted_and_good_ones_all_arrive
     )
     central = Central(tmp_path, mqtt_broker.url).start()
     tap = WireTap(mqtt_broker)
-    agent = Agent(
-        tmp_path,
-        agent_config(
-            gateway=GW,
-            broker_url=mqtt_broker.url,
-            outbox=tmp_path / "outbox.db",
-            devices_yaml=devices,
-        ),
-    )
+    agent = Agent.for_devices(tmp_path, mqtt_broker.url, devices, GW)
     bridge = Detectors(mqtt_broker)
     try:
         agent.start()
@@ -174,15 +166,7 @@ def test_a_silent_detector_goes_stale_then_comes_back_on_its_next_message(
     )
     central = Central(tmp_path, mqtt_broker.url).start()
     tap = WireTap(mqtt_broker)
-    agent = Agent(
-        tmp_path,
-        agent_config(
-            gateway=GW,
-            broker_url=mqtt_broker.url,
-            outbox=tmp_path / "outbox.db",
-            devices_yaml=devices,
-        ),
-    )
+    agent = Agent.for_devices(tmp_path, mqtt_broker.url, devices, GW)
     bridge = Detectors(mqtt_broker)
     try:
         agent.start()

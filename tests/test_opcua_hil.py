@@ -23,7 +23,6 @@ from tests.support import (
     Agent,
     Broker,
     Central,
-    agent_config,
     free_port,
     port_open,
     run_cli,
@@ -244,15 +243,7 @@ def test_opcua_readings_reach_the_center_across_a_plc_restart(
         "      - {name: ghost, node: 'ns=2;s=Pump9.Level'}\n"
     )
     central = Central(tmp_path, mqtt_broker.url).start()
-    agent = Agent(
-        tmp_path,
-        agent_config(
-            gateway=GW,
-            broker_url=mqtt_broker.url,
-            outbox=tmp_path / "outbox.db",
-            devices_yaml=devices,
-        ),
-    )
+    agent = Agent.for_devices(tmp_path, mqtt_broker.url, devices, GW)
     try:
         agent.start()
 

@@ -54,7 +54,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
-from drivers.backoff import Backoff
+from drivers.backoff import Backoff, keep_connected
 from drivers.base import Quality, Reading, Value, WriteRefused
 
 from .codec import Bad, Malformed, PayloadReader
@@ -344,25 +344,15 @@ class MqttDriver:
             props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
             props.SessionExpiryInterval = 0
             props.MaximumPacketSize = 16 * conn.max_payload_bytes + 65536
-        while not self._stopping.is_set():
-            try:
-                if conn.username is not None:
-                    password = (
-                        conn.password_file.read_text().strip() if conn.password_file else None
-                    )
-                    client.username_pw_set(conn.username, password)
-                client.connect(conn.host, conn.port, keepalive=conn.keepalive_s, properties=props)
-            except (OSError, ValueError) as exc:
-                self._down(f"unreachable: {exc}")
-            except Exception as exc:  # anything else must not end the thread: retry
-                self._down(f"failed: {type(exc).__name__}: {exc}")
-            else:
-                try:
-                    client.loop_forever()  # returns when the connection is gone
-                except Exception as exc:
-                    self._down(f"failed: {type(exc).__name__}: {exc}")
-            if self._stopping.wait(self._backoff.next()):
-                break
+
+        def connect() -> None:
+            if conn.username is not None:
+                password = conn.password_file.read_text().strip() if conn.password_file else None
+                client.username_pw_set(conn.username, password)
+            client.connect(conn.host, conn.port, keepalive=conn.keepalive_s, properties=props)
+
+        # loop_forever returns when the connection is gone
+        keep_connected(connect, client.loop_forever, self._stopping, self._backoff, self._down)
 
     def _on_connect(
         self,

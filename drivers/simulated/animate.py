@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import signal
 from collections.abc import Mapping
+from contextlib import suppress
 from typing import Any, Protocol
 
 
@@ -25,3 +27,21 @@ async def animate(
             await device.set(name, value)
         done += 1
         await asyncio.sleep(period_s)
+
+
+def stop_on_signals() -> asyncio.Event:
+    """An event set by Ctrl-C or SIGTERM: how every simulator's command line ends."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop.set)
+    return stop
+
+
+async def until_stopped(stop: asyncio.Event, moving: list[asyncio.Task[None]]) -> None:
+    """Serve until ``stop``, then end the value loops cleanly."""
+    await stop.wait()
+    for task in moving:
+        task.cancel()
+        with suppress(asyncio.CancelledError):
+            await task

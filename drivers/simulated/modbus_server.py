@@ -17,17 +17,15 @@ from __future__ import annotations
 import argparse
 import asyncio
 import random
-import signal
 import sys
 from collections import Counter
 from collections.abc import Sequence
-from contextlib import suppress
 from typing import Literal
 
 from drivers.base import Value
 from drivers.modbus.config import ModbusPoint
 from drivers.modbus.types import Table
-from drivers.simulated.animate import animate
+from drivers.simulated.animate import animate, stop_on_signals, until_stopped
 
 from .modbus_bus import SimulatedModbusBus
 
@@ -157,10 +155,7 @@ class SimulatedModbusDevice(SimulatedModbusBus):
 
 
 async def _serve(args: argparse.Namespace) -> None:
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(signum, stop.set)
+    stop = stop_on_signals()
     units: list[int] = args.unit or [1]
     bus = SimulatedModbusBus(
         {unit: SMOKE_DETECTOR for unit in units},
@@ -182,11 +177,7 @@ async def _serve(args: argparse.Namespace) -> None:
         framing = "" if bus.framer == "tcp" else " (rtu)"
         listed = ",".join(map(str, units))
         print(f"smoke detector on {where}{framing} unit {listed}; Ctrl-C stops", flush=True)
-        await stop.wait()
-        for task in moving:
-            task.cancel()
-            with suppress(asyncio.CancelledError):
-                await task
+        await until_stopped(stop, moving)
     print("stopped", flush=True)
 
 

@@ -31,10 +31,8 @@ import argparse
 import asyncio
 import random
 import shutil
-import signal
 import sys
 from collections.abc import Mapping, Sequence
-from contextlib import suppress
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -53,7 +51,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
 from drivers.opcua.pki import generate
-from drivers.simulated.animate import animate
+from drivers.simulated.animate import animate, stop_on_signals, until_stopped
 
 NAMESPACE = "urn:edgefleet:sim:pump-station"
 SERVER_URI = "urn:edgefleet:sim:server"
@@ -324,10 +322,7 @@ class PumpStationModel:
 
 
 async def _serve(args: argparse.Namespace) -> None:
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(signum, stop.set)
+    stop = stop_on_signals()
     users = dict(u.split(":", 1) for u in args.user)
     station = SimulatedPumpStation(
         host=args.host,
@@ -340,10 +335,7 @@ async def _serve(args: argparse.Namespace) -> None:
         moving = asyncio.create_task(animate(station, PumpStationModel(args.seed)))
         secure = f", certificate {station.certificate}" if args.secure else ""
         print(f"pump station on {station.endpoint}{secure}; Ctrl-C stops", flush=True)
-        await stop.wait()
-        moving.cancel()
-        with suppress(asyncio.CancelledError):
-            await moving
+        await until_stopped(stop, [moving])
     print("stopped", flush=True)
 
 
