@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 import time
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -60,6 +61,23 @@ def parse_since(text: str | None) -> float | None:
             "use a number and s, m, h or d, e.g. 30s, 10m, 2h", param_hint="--since"
         )
     return time.time() - float(m.group(1)) * _UNIT_S[m.group(2)]
+
+
+def show(
+    data: Any, json_out: bool, headers: Sequence[str], rows: Callable[[], Iterable[Sequence[str]]]
+) -> None:
+    """Print ``data`` as JSON, or as a table of ``headers`` and ``rows()``; rich is
+    imported only when a table is drawn."""
+    if json_out:
+        print_json(data)
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(*headers)
+    for row in rows():
+        table.add_row(*row)
+    Console().print(table)
 
 
 def print_json(data: Any) -> None:

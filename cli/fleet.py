@@ -24,6 +24,7 @@ from cli.common import (
     parse_since,
     print_json,
     require_db,
+    show,
 )
 from edge_agent.contract import DEFAULT_ROOT, Topics
 
@@ -93,24 +94,23 @@ def gateways_list(db: DbOpt = DEFAULT_DB, json_out: JsonOpt = False) -> None:
     from central.store import Store
 
     rows = Store(require_db(db)).gateways()
-    if json_out:
-        print_json(rows)
-        return
-    from rich.console import Console
-    from rich.table import Table
-
-    table = Table("gateway", "site", "online", "agent", "config", "last seen", "backlog")
-    for r in rows:
-        table.add_row(
-            r["id"],
-            r["site"] or "",
-            "[green]yes[/]" if r["online"] else "[red]no[/]",
-            r["agent_version"] or "",
-            r["config_rev"] or "",
-            ago(r["last_seen"]),
-            "" if r["outbox_depth"] is None else str(r["outbox_depth"]),
-        )
-    Console().print(table)
+    show(
+        rows,
+        json_out,
+        ("gateway", "site", "online", "agent", "config", "last seen", "backlog"),
+        lambda: (
+            (
+                r["id"],
+                r["site"] or "",
+                "[green]yes[/]" if r["online"] else "[red]no[/]",
+                r["agent_version"] or "",
+                r["config_rev"] or "",
+                ago(r["last_seen"]),
+                "" if r["outbox_depth"] is None else str(r["outbox_depth"]),
+            )
+            for r in rows
+        ),
+    )
 
 
 @app.command("readings")
@@ -129,18 +129,23 @@ def readings(
     from central.store import Store
 
     rows = Store(require_db(db)).readings(gateway, device, point, parse_since(since), limit)
-    if json_out:
-        print_json([r.to_json() for r in rows])
-        return
-    from rich.console import Console
-    from rich.table import Table
-
-    table = Table("time (UTC)", "gateway", "device", "point", "value", "unit", "quality")
-    for r in rows:
-        stamp = _utc(r.ts)
-        quality = r.quality if r.reason is None else f"{r.quality}: {r.reason}"
-        table.add_row(stamp, r.gateway, r.device, r.point, _show(r.value), r.unit or "", quality)
-    Console().print(table)
+    show(
+        [r.to_json() for r in rows],
+        json_out,
+        ("time (UTC)", "gateway", "device", "point", "value", "unit", "quality"),
+        lambda: (
+            (
+                _utc(r.ts),
+                r.gateway,
+                r.device,
+                r.point,
+                _show(r.value),
+                r.unit or "",
+                r.quality if r.reason is None else f"{r.quality}: {r.reason}",
+            )
+            for r in rows
+        ),
+    )
 
 
 @app.command("losses")
@@ -153,24 +158,23 @@ def losses(
     from central.store import Store
 
     rows = Store(require_db(db)).losses(gateway)
-    if json_out:
-        print_json(rows)
-        return
-    from rich.console import Console
-    from rich.table import Table
-
-    table = Table("gateway", "stream", "seq", "count", "taken from (UTC)", "to", "cause")
-    for r in rows:
-        table.add_row(
-            r["gateway"],
-            r["stream"],
-            f"{r['first_seq']}..{r['last_seq']}",
-            str(r["count"]),
-            _utc(r["ts_first"]),
-            _utc(r["ts_last"]),
-            r["cause"],
-        )
-    Console().print(table)
+    show(
+        rows,
+        json_out,
+        ("gateway", "stream", "seq", "count", "taken from (UTC)", "to", "cause"),
+        lambda: (
+            (
+                r["gateway"],
+                r["stream"],
+                f"{r['first_seq']}..{r['last_seq']}",
+                str(r["count"]),
+                _utc(r["ts_first"]),
+                _utc(r["ts_last"]),
+                r["cause"],
+            )
+            for r in rows
+        ),
+    )
 
 
 @keys_app.command("init")
@@ -197,24 +201,23 @@ def alarms_list(
     from central.store import Store
 
     rows = Store(require_db(db)).alarms(gateway, state)
-    if json_out:
-        print_json(rows)
-        return
-    from rich.console import Console
-    from rich.table import Table
-
-    table = Table("since (UTC)", "gateway", "alarm", "severity", "state", "value", "message")
-    for r in rows:
-        table.add_row(
-            _utc(r["since"]),
-            r["gateway"],
-            r["alarm_id"],
-            r["severity"],
-            r["state"],
-            _show(r["value"]),
-            r["msg"],
-        )
-    Console().print(table)
+    show(
+        rows,
+        json_out,
+        ("since (UTC)", "gateway", "alarm", "severity", "state", "value", "message"),
+        lambda: (
+            (
+                _utc(r["since"]),
+                r["gateway"],
+                r["alarm_id"],
+                r["severity"],
+                r["state"],
+                _show(r["value"]),
+                r["msg"],
+            )
+            for r in rows
+        ),
+    )
 
 
 @alarms_app.command("history")

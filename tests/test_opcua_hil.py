@@ -26,6 +26,7 @@ from tests.support import (
     free_port,
     port_open,
     run_cli,
+    terminate,
     wait_for,
 )
 
@@ -65,13 +66,7 @@ class PlcProcess:
             self.proc = None
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
+        terminate(self.proc)
         self.proc = None
 
 
