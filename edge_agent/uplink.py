@@ -145,7 +145,11 @@ class Uplink:
         if last_words is not None and self._client.is_connected():
             info = self._client.publish(last_words[0], last_words[1], qos=1, retain=True)
             for _ in range(20):
-                if info.is_published():
+                try:
+                    if info.is_published():
+                        break
+                except RuntimeError:  # the broker went first; the Will says the same
+                    log.info("uplink: broker gone before the goodbye was delivered")
                     break
                 await asyncio.sleep(0.05)
         self._client.disconnect()

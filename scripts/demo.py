@@ -86,14 +86,17 @@ class Stack:
         return proc
 
     def stop(self) -> None:
-        for _, proc in reversed(self.procs):
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-        for _, proc in reversed(self.procs):
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+        """Stop the clients first, the broker (started first) last, so agents can say goodbye."""
+        clients, broker = self.procs[1:], self.procs[:1]
+        for group in (clients, broker):
+            for _, proc in reversed(group):
+                if proc.poll() is None:
+                    proc.send_signal(signal.SIGTERM)
+            for _, proc in reversed(group):
+                try:
+                    proc.wait(10)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
 
 
 def show(db: Path, duration: float | None, started: float) -> int:
