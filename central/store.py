@@ -222,7 +222,8 @@ class Store:
                 (shelved_until, event.gw, event.id),
             )
             return
-        since = event.ts if state == "active" and not x.get("retrigger") else None
+        new = state == "active" and not x.get("retrigger") and not x.get("reannounced")
+        since = event.ts if new else None
         self.db.conn.execute(
             "INSERT INTO alarms (gateway, alarm_id, rule, device, severity, state, value, since, "
             "ts, msg, occurrence, acked_by) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "

@@ -25,7 +25,9 @@ def rules_test(
 
     cfg = load_or_exit(config).config
     try:
-        events = replay_file(cfg.compiled_rules(), replay, tail_s=tail)
+        events = replay_file(
+            cfg.compiled_rules(), replay, tail_s=tail, settings=cfg.alarms.model_dump()
+        )
     except (OSError, ReplayError) as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(1) from None

@@ -14,6 +14,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from drivers.base import Driver, DriverError, Reading
+from edge_agent.config.models import Alarms
 from edge_agent.outbox import Lane, Outbox
 from edge_agent.rules.compile import CompiledRule
 from edge_agent.rules.engine import ACTIVE, CLEARED, CLEARED_UNACKED, Event, RuleEngine
@@ -53,10 +54,10 @@ class AlarmService:
 
     @staticmethod
     async def restore(
-        rules: list[CompiledRule], outbox: Outbox, in_db: RunInDb, max_new_per_min: int
+        rules: list[CompiledRule], outbox: Outbox, in_db: RunInDb, settings: Alarms
     ) -> RuleEngine:
         saved = await in_db(outbox.alarm_states)
-        engine = RuleEngine(rules, restored=saved, max_new_per_min=max_new_per_min)
+        engine = RuleEngine(rules, restored=saved, **settings.model_dump())
         active = [k for k, s in saved.items() if s.get("state") not in (None, "normal")]
         if active:
             log.info("restored %d alarm(s) not normal: %s", len(active), ", ".join(active))
@@ -131,7 +132,7 @@ class AlarmService:
     def _act(self, event: Event) -> None:
         key = str(event.get("id"))
         inst = self.engine.instances.get(key)
-        if inst is None or event.get("retrigger"):
+        if inst is None or event.get("retrigger") or event.get("reannounced"):
             return
         state = event.get("state")
         actions = inst.rule.rule.actions

@@ -94,9 +94,7 @@ async def run_agent(loaded: LoadedConfig, stop: asyncio.Event) -> None:
     )
     modbus_buses = ModbusBuses()  # devices on one serial line or endpoint share it
     drivers = {dev.id: open_driver(dev, modbus_buses) for dev in cfg.devices}
-    engine = await AlarmService.restore(
-        cfg.compiled_rules(), outbox, in_db, cfg.alarms.max_new_per_min
-    )
+    engine = await AlarmService.restore(cfg.compiled_rules(), outbox, in_db, cfg.alarms)
     alarms = AlarmService(engine, outbox, in_db, sender, drivers)
     command_key = (
         load_public_key(cfg.central.command_key) if cfg.central.command_key is not None else None

@@ -174,6 +174,66 @@ def test_flood_control_summarises_all_but_critical() -> None:
     assert summary["rule"] == "alarm.flood" and summary["value"] == 7
 
 
+def test_chattering_alarm_is_held_active_with_a_diagnostic_until_quiet() -> None:
+    e = engine({**SMOKE, "off_delay_s": 0}, chatter_count=3, chatter_window_s=60)
+    seen: list[dict[str, Any]] = []
+    for i in range(3):  # active -> clear three times within a minute
+        seen += feed(e, 10 * i, smoke=3)
+        seen += feed(e, 10 * i + 5, smoke=1)
+    assert [(ev["rule"], ev["state"]) for ev in seen] == [
+        ("smoke.alarm", "active"),
+        ("smoke.alarm", "cleared_unacked"),
+        ("smoke.alarm", "active"),
+        ("smoke.alarm", "cleared_unacked"),
+        ("smoke.alarm", "active"),
+        ("smoke.alarm.chattering", "active"),  # the third activation: a diagnostic
+    ]
+    chatter = seen[-1]
+    assert chatter["severity"] == "warning" and chatter["of"] == "det-3/smoke.alarm"
+    assert chatter["id"] == "det-3/smoke.alarm.chattering" and chatter["value"] == 3
+    # held active: clearing again and again inside the window announces nothing
+    quiet: list[dict[str, Any]] = []
+    for t in (30, 31, 40, 41):
+        quiet += feed(e, t, smoke=3 if t % 2 == 0 else 1)
+    assert quiet == []
+    assert e.instances["det-3/smoke.alarm"].p.state == "active"
+    assert e.tick(100) == []  # clear since 41: not yet a whole window
+    done = e.tick(101.5)
+    assert [(ev["rule"], ev["state"]) for ev in done] == [
+        ("smoke.alarm", "cleared_unacked"),
+        ("smoke.alarm.chattering", "cleared"),
+    ]
+
+
+def test_alarm_that_clears_slowly_is_not_chattering() -> None:
+    e = engine({**SMOKE, "off_delay_s": 0}, chatter_count=3, chatter_window_s=60)
+    seen: list[dict[str, Any]] = []
+    for i in range(4):  # one activation every 40 s: never 3 within 60 s
+        seen += feed(e, 40 * i, smoke=3) + feed(e, 40 * i + 5, smoke=1)
+    assert not any(ev["rule"].endswith("chattering") for ev in seen)
+    assert states(seen) == ["active", "cleared_unacked"] * 4
+
+
+def test_unacknowledged_critical_alarm_is_announced_again() -> None:
+    minor = {"id": "temp.high", "when": "temp > 50", "severity": "minor"}
+    e = engine(SMOKE, minor, reannunciate_critical_s=300)
+    assert states(feed(e, 0, smoke=3, temp=60)) == ["active", "active"]
+    assert e.tick(299) == []
+    (again,) = e.tick(300)  # only the critical one, once per period
+    assert again["rule"] == "smoke.alarm" and again["reannounced"] == 1
+    assert again["ts"] == 300 and again["occurrence"] == 1
+    assert e.tick(301) == [] and e.tick(599) == []
+    assert e.tick(600)[0]["reannounced"] == 2
+    e.acknowledge("det-3/smoke.alarm", "ops", now=601)
+    assert e.tick(1200) == []  # acknowledged: somebody is on it
+
+
+def test_reannunciation_can_be_switched_off() -> None:
+    e = engine(SMOKE, reannunciate_critical_s=0)
+    feed(e, 0, smoke=3)
+    assert e.tick(10_000) == []
+
+
 def test_state_survives_a_restart() -> None:
     e = engine({**SMOKE, "on_delay_s": 30})
     feed(e, 1, smoke=3)  # the on-delay timer starts

@@ -142,6 +142,15 @@ class Alarms(Frozen):
     max_new_per_min: int = Field(
         default=30, ge=1, description="flood control: past this, non-critical alarms are summarised"
     )
+    chatter_count: int = Field(
+        default=3, ge=0, description="activations within chatter_window_s that make a chatter"
+    )
+    chatter_window_s: float = Field(
+        default=60, gt=0, description="the chatter window; a chattering alarm clears after it"
+    )
+    reannunciate_critical_s: float = Field(
+        default=300, ge=0, description="announce an unacknowledged critical alarm again; 0: never"
+    )
 
 
 class DeviceProfile(Frozen):

@@ -15,6 +15,13 @@ occurrence (counted, not raised anew). Shelving hides annunciation for a while. 
 whose reading is not good freezes the rules that read it: an offline level sensor must
 not clear a flood alarm.
 
+Alarm-load handling follows DOMAIN.md §5.2: an alarm that activates ``chatter_count``
+times within ``chatter_window_s`` is chattering; a warning diagnostic ``<id>.chattering``
+is raised once and the alarm is held active (no further transitions) until its clear
+condition has held for the whole window. An unacknowledged critical alarm is announced
+again every ``reannunciate_critical_s`` (the event carries ``reannounced``: how many
+times), so a fire nobody has acknowledged is not forgotten on a busy console.
+
 Every transition is an event (a dict for the outbox's alarm lane) with the edge
 timestamp, the triggering values and the message; ``dirty`` names the instances whose
 state must be persisted with it, so state survives a restart.
@@ -75,6 +82,10 @@ class Instance:
     offline: bool = False
     evaluated: bool = False  # the condition was looked at once at least
     decided: bool = False  # ... and its inputs were good: cond and clear hold
+    activations: deque[float] = field(default_factory=deque)  # within the chatter window
+    chattering: bool = False
+    announced: float | None = None  # the last (re-)annunciation of an unacked critical alarm
+    reannounced: int = 0
 
     @property
     def key(self) -> str:
@@ -92,6 +103,10 @@ class RuleEngine:
         restored: Mapping[str, Mapping[str, Any]] | None = None,
         max_new_per_min: int = 30,
         now: float | None = None,
+        *,
+        chatter_count: int = 3,
+        chatter_window_s: float = 60.0,
+        reannunciate_critical_s: float = 300.0,
     ) -> None:
         start = time.time() if now is None else now
         self.instances: dict[str, Instance] = {}
@@ -114,6 +129,9 @@ class RuleEngine:
         self._quality: dict[str, dict[str, Quality]] = {}
         self.dirty: set[str] = set()
         self.max_new_per_min = max_new_per_min
+        self.chatter_count = chatter_count
+        self.chatter_window_s = chatter_window_s
+        self.reannunciate_critical_s = reannunciate_critical_s
         self._activations: deque[float] = deque()
         self._flood_suppressed: dict[str, int] = {}
         self._flood_since: float | None = None
@@ -233,8 +251,19 @@ class RuleEngine:
                 events += self._evaluate(inst, now)
             elif p.pending_since is not None or p.clearing_since is not None:
                 events += self._step(inst, now)
+            if p.state == ACTIVE and inst.rule.rule.severity == "critical":
+                events += self._reannunciate(inst, now)
         events += self._flood_summary(now)
         return events
+
+    def _reannunciate(self, inst: Instance, now: float) -> list[Event]:
+        every = self.reannunciate_critical_s
+        last = inst.announced if inst.announced is not None else inst.p.since
+        if every <= 0 or last is None or now - last < every:
+            return []
+        inst.announced = now
+        inst.reannounced += 1
+        return self._event(inst, now, ACTIVE, reannounced=inst.reannounced)
 
     def _step(self, inst: Instance, ts: float) -> list[Event]:
         p, rule = inst.p, inst.rule.rule
@@ -257,7 +286,8 @@ class RuleEngine:
             if p.clearing_since is None:
                 p.clearing_since = ts
                 self.dirty.add(inst.key)
-            if ts - p.clearing_since >= rule.off_delay_s:
+            hold = max(rule.off_delay_s, self.chatter_window_s if inst.chattering else 0)
+            if ts - p.clearing_since >= hold:
                 return self._clear(inst, ts)
         elif p.clearing_since is not None:
             p.clearing_since = None
@@ -270,24 +300,72 @@ class RuleEngine:
         p = inst.p
         p.pending_since = None
         self.dirty.add(inst.key)
+        inst.announced, inst.reannounced = ts, 0
+        chatter = self._chatter(inst, ts)
         if p.state == CLEARED_UNACKED:  # the same occurrence comes back: count, don't re-raise
             p.state = ACTIVE
             p.retriggers += 1
-            return self._event(inst, ts, ACTIVE, retrigger=True)
+            return self._event(inst, ts, ACTIVE, retrigger=True) + chatter
         p.state, p.occurrence, p.since = ACTIVE, p.occurrence + 1, ts
         p.acked_by, p.retriggers, p.clearing_since = None, 0, None
         p.annunciated = self._admit(inst, ts)
-        return self._event(inst, ts, ACTIVE)
+        return self._event(inst, ts, ACTIVE) + chatter
 
     def _clear(self, inst: Instance, ts: float) -> list[Event]:
         p = inst.p
         p.clearing_since = None
         self.dirty.add(inst.key)
+        quiet = self._chatter_over(inst, ts) if inst.chattering else []
         if p.state == ACKNOWLEDGED:
             p.state = NORMAL
-            return self._event(inst, ts, CLEARED)
+            return self._event(inst, ts, CLEARED) + quiet
         p.state = CLEARED_UNACKED
-        return self._event(inst, ts, CLEARED_UNACKED)
+        return self._event(inst, ts, CLEARED_UNACKED) + quiet
+
+    def _chatter(self, inst: Instance, ts: float) -> list[Event]:
+        """Count an activation; the one that makes the alarm chatter raises the diagnostic."""
+        window = inst.activations
+        window.append(ts)
+        while window and ts - window[0] > self.chatter_window_s:
+            window.popleft()
+        if inst.chattering or self.chatter_count <= 0 or len(window) < self.chatter_count:
+            return []
+        inst.chattering = True
+        rule = inst.rule
+        return [
+            self._diagnostic(
+                inst,
+                ts,
+                ACTIVE,
+                value=len(window),
+                msg=f"{rule.rule.id} on {rule.device} is chattering: {len(window)} activations "
+                f"in {self.chatter_window_s:g} s; held active until quiet for "
+                f"{self.chatter_window_s:g} s",
+            )
+        ]
+
+    def _chatter_over(self, inst: Instance, ts: float) -> list[Event]:
+        inst.chattering = False
+        inst.activations.clear()
+        rule = inst.rule
+        msg = f"{rule.rule.id} on {rule.device} no longer chattering"
+        return [self._diagnostic(inst, ts, CLEARED, value=0, msg=msg)]
+
+    @staticmethod
+    def _diagnostic(inst: Instance, ts: float, state: str, *, value: int, msg: str) -> Event:
+        rule = inst.rule
+        return {
+            "id": f"{rule.key}.chattering",
+            "rule": f"{rule.rule.id}.chattering",
+            "dev": rule.device,
+            "severity": "warning",
+            "state": state,
+            "value": value,
+            "ts": ts,
+            "msg": msg,
+            "diagnostic": "chattering",
+            "of": rule.key,
+        }
 
     def _admit(self, inst: Instance, ts: float) -> bool:
         """Flood control: past ``max_new_per_min`` activations in a minute, only critical

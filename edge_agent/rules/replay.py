@@ -10,10 +10,10 @@ would on the gateway, not only when the next sample comes.
 from __future__ import annotations
 
 import csv
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TextIO
+from typing import Any, TextIO
 
 from drivers.base import Quality, Reading, Value
 from edge_agent.rules.compile import CompiledRule
@@ -63,16 +63,21 @@ def read_series(f: TextIO, name: str) -> Iterator[Sample]:
 
 
 def replay(
-    rules: list[CompiledRule], samples: Iterable[Sample], step_s: float = 0.1, tail_s: float = 0.0
+    rules: list[CompiledRule],
+    samples: Iterable[Sample],
+    step_s: float = 0.1,
+    tail_s: float = 0.0,
+    settings: Mapping[str, Any] | None = None,
 ) -> list[Event]:
-    """Every event the rules produce over the series, in time order."""
+    """Every event the rules produce over the series, in time order; ``settings`` are the
+    gateway's ``alarms`` settings (flood, chatter, re-annunciation)."""
     engine: RuleEngine | None = None
     events: list[Event] = []
     clock = 0.0
     for sample in sorted(samples, key=lambda s: s.reading.ts):
         ts = sample.reading.ts
         if engine is None:
-            engine, clock = RuleEngine(rules, now=ts), ts
+            engine, clock = RuleEngine(rules, now=ts, **(settings or {})), ts
         while clock + step_s < ts:
             clock += step_s
             events += engine.tick(clock)
@@ -86,6 +91,11 @@ def replay(
     return events
 
 
-def replay_file(rules: list[CompiledRule], path: Path, tail_s: float = 0.0) -> list[Event]:
+def replay_file(
+    rules: list[CompiledRule],
+    path: Path,
+    tail_s: float = 0.0,
+    settings: Mapping[str, Any] | None = None,
+) -> list[Event]:
     with path.open(newline="") as f:
-        return replay(rules, list(read_series(f, str(path))), tail_s=tail_s)
+        return replay(rules, list(read_series(f, str(path))), tail_s=tail_s, settings=settings)

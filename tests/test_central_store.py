@@ -1,0 +1,46 @@
+"""The center's current-alarm table: what each kind of alarm event does to it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from central.store import Store
+from edge_agent.contract.payloads import AlarmEvent
+
+
+def event(seq: int, state: str, ts: float, **extra: Any) -> AlarmEvent:
+    return AlarmEvent(
+        gw="gw-1",
+        stream="s1",
+        seq=seq,
+        id="det-3/smoke.alarm",
+        rule="smoke.alarm",
+        dev="det-3",
+        severity="critical",
+        state=state,
+        value=3.0,
+        ts=ts,
+        msg="smoke",
+        extra={"occurrence": 1, **extra},
+    )
+
+
+def test_reminders_and_retriggers_keep_the_time_the_alarm_was_raised(tmp_path: Path) -> None:
+    store = Store(tmp_path / "central.db")
+    try:
+        store.insert_alarm(event(1, "active", 100.0))
+        store.insert_alarm(event(2, "active", 400.0, reannounced=1))
+        store.insert_alarm(event(3, "cleared_unacked", 450.0))
+        store.insert_alarm(event(4, "active", 460.0, retrigger=True))
+        store.commit()
+        (alarm,) = store.alarms()
+        assert alarm["since"] == 100.0 and alarm["ts"] == 460.0 and alarm["state"] == "active"
+        assert alarm["events"] == 4
+        assert len(store.alarm_history("gw-1", "det-3/smoke.alarm")) == 4
+        store.insert_alarm(event(5, "cleared_unacked", 500.0))
+        store.insert_alarm(event(6, "active", 900.0, occurrence=2))  # a new occurrence
+        store.commit()
+        assert store.alarms()[0]["since"] == 900.0
+    finally:
+        store.close()
