@@ -258,7 +258,13 @@ def test_duplicate_point_names_are_named() -> None:
 
 
 def test_device_errors_name_the_field() -> None:
-    assert errors(LEVEL, modbus={"host": "h", "unit": 248})[0][0] == ("modbus", "unit")
+    assert errors(LEVEL, modbus={"host": "h", "unit": 256})[0][0] == ("modbus", "unit")
+    assert errors(LEVEL, modbus={"serial": "/dev/ttyS1", "unit": 248}) == [
+        (("modbus", "unit"), "RTU units are 1..247 (248..255 are reserved); 0 and 255 are for TCP")
+    ]
+    rtu_over_tcp = {"host": "h", "framer": "rtu", "unit": 255}
+    assert errors(LEVEL, modbus=rtu_over_tcp)[0][0] == ("modbus", "unit")
+    assert device(LEVEL, modbus={"host": "h", "unit": 255}).modbus.unit == 255  # TCP: "this device"
     assert errors(LEVEL, modbus={"host": "h", "baud": 9600})[0][0] == ("modbus", "baud")
     assert errors(LEVEL, max_registers_per_read=126)[0][0] == ("max_registers_per_read",)
     assert errors()[0][0] == ("points",)

@@ -51,7 +51,13 @@ class ModbusConnection(Frozen):
     parity: Parity = "E"
     stopbits: Literal[1, 2] = 1
     bytesize: Literal[7, 8] = 8
-    unit: int = Field(default=1, ge=0, le=247, description="Modbus unit (slave) id")
+    unit: int = Field(
+        default=1,
+        ge=0,
+        le=255,
+        description="Modbus unit (slave) id: 1..247 on RTU; on TCP also 0 or 255 (the "
+        "Modbus TCP guide's 'this device' id)",
+    )
     timeout_s: float = Field(default=1.0, gt=0, le=60, description="per request and connect")
     retries: int = Field(default=1, ge=0, le=10, description="resends of a request that timed out")
 
@@ -106,9 +112,13 @@ class ModbusConnection(Frozen):
         if self.bytesize != 8:
             message = "Modbus RTU frames carry 8 data bits; 7 is Modbus ASCII, not supported"
             problems.append((("bytesize",), message, self.bytesize))
-        if self.unit == 0 and self.framing == "rtu":
-            message = "unit 0 is a broadcast on RTU that no device answers; use 1..247"
-            problems.append((("unit",), message, 0))
+        if self.framing == "rtu" and not 1 <= self.unit <= 247:
+            message = (
+                "unit 0 is a broadcast on RTU that no device answers; use 1..247"
+                if self.unit == 0
+                else "RTU units are 1..247 (248..255 are reserved); 0 and 255 are for TCP"
+            )
+            problems.append((("unit",), message, self.unit))
         reject(type(self).__name__, problems)
         return self
 

@@ -8,7 +8,10 @@ driver is configured with, and values are set through the driver's own codec.
 What a test can do to a unit: ``fail_with`` an exception code (every request is answered
 with it), or make it ``silent`` (requests arrive and are counted, no answer goes out: a
 unit that is powered off or has a broken wire). Requests to a unit the bus does not serve
-go unanswered too, as on a real RS-485 line.
+go unanswered too, as on a real RS-485 line. A unit alone on a Modbus TCP port is a device
+addressed by its IP: it also answers unit 0 and 255 (``TCP_DEVICE_UNITS``), as the Modbus
+TCP implementation guide asks, so masters that send 255 (libmodbus, many PLCs) or 0 (some
+HMIs) read it too.
 
 ``requests`` counts received requests per unit; ``exchanges`` records, in order, each
 request received and each answer sent, so a test can see that a master never sent a
@@ -33,13 +36,14 @@ from collections import Counter, deque
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from types import TracebackType
-from typing import Literal, Self, cast
+from typing import Final, Literal, Self, cast
 
 from pymodbus.constants import ExcCodes
 from pymodbus.framer import FramerType
 from pymodbus.pdu import ModbusPDU
 from pymodbus.server import ModbusSerialServer, ModbusTcpServer
 from pymodbus.simulator import DataType, SimData, SimDevice
+from pymodbus.simulator.simcore import SimCore
 
 from drivers.base import Value
 from drivers.modbus.codec import decode, decode_bits, encode
@@ -48,6 +52,10 @@ from drivers.modbus.types import BIT_TABLES, Table
 
 _FUNCTION_CODE: dict[Table, int] = {"coil": 1, "discrete": 2, "holding": 3, "input": 4}
 """pymodbus' datastore picks a table by function code; the read code names each table."""
+
+TCP_DEVICE_UNITS: Final = frozenset({0, 255})
+"""Unit ids that reach a device alone on a Modbus TCP port besides its own: the Modbus TCP
+implementation guide has a client address such a device with 255 and accepts 0."""
 
 Server = ModbusTcpServer | ModbusSerialServer
 Exchange = tuple[float, Literal["request", "answer"], int]
@@ -155,6 +163,9 @@ class SimulatedModbusBus:
         self.received: Counter[int] = Counter()
         """Requests received by unit id, served or not."""
         self.exchanges: deque[Exchange] = deque(maxlen=100_000)
+        alone = len(self.units) == 1 and self.framer == "tcp"
+        self._tcp_device = next(iter(self.units.values())) if alone else None
+        """The unit alone on a Modbus TCP port: a device that also answers TCP_DEVICE_UNITS."""
         self._port = port
         self._server: Server | None = None
 
@@ -197,6 +208,8 @@ class SimulatedModbusBus:
                 trace_pdu=self._received,
                 trace_packet=self._sending,
             )
+        if self._tcp_device is not None:
+            self._server.context = _TcpDeviceCore(devices, self._tcp_device.unit)
         await self._server.serve_forever(background=True)
         if self.serial is None:
             listener = cast(asyncio.Server, self._server.transport)
@@ -225,11 +238,18 @@ class SimulatedModbusBus:
             raise RuntimeError("the simulated bus is not started")
         return self._server
 
+    def _served(self, dev_id: int) -> SimulatedUnit | None:
+        """The unit that answers requests to ``dev_id``, if any."""
+        unit = self.units.get(dev_id)
+        if unit is None and dev_id in TCP_DEVICE_UNITS:
+            return self._tcp_device
+        return unit
+
     def _received(self, sending: bool, pdu: ModbusPDU) -> ModbusPDU:
         if not sending:
             self.exchanges.append((time.monotonic(), "request", pdu.dev_id))
             self.received[pdu.dev_id] += 1
-            if (unit := self.units.get(pdu.dev_id)) is not None:
+            if (unit := self._served(pdu.dev_id)) is not None:
                 unit.requests[pdu.function_code] += 1
         return pdu
 
@@ -238,11 +258,36 @@ class SimulatedModbusBus:
         if not sending:
             return frame
         dev_id = frame[0] if self.framer == "rtu" else frame[6]  # after the MBAP header
-        unit = self.units.get(dev_id)
+        unit = self._served(dev_id)
         if unit is None or unit.silent:
             return b""
         self.exchanges.append((time.monotonic(), "answer", dev_id))
         return frame
+
+
+class _TcpDeviceCore(SimCore):
+    """pymodbus' datastore, with requests to ``TCP_DEVICE_UNITS`` looked up in ``unit``.
+
+    Only the lookup changes: pymodbus answers with the unit id of the request, as the guide
+    asks, and ids that are neither the unit's own nor these still reach the catch-all.
+    """
+
+    def __init__(self, devices: list[SimDevice], unit: int) -> None:
+        super().__init__(devices)
+        self._unit = unit
+
+    def _lookup(self, device_id: int) -> int:
+        return self._unit if device_id in TCP_DEVICE_UNITS else device_id
+
+    async def async_getValues(
+        self, device_id: int, func_code: int, address: int, count: int = 1
+    ) -> list[int] | list[bool] | ExcCodes:
+        return await super().async_getValues(self._lookup(device_id), func_code, address, count)
+
+    async def async_setValues(
+        self, device_id: int, func_code: int, address: int, values: list[int] | list[bool]
+    ) -> ExcCodes | None:
+        return await super().async_setValues(self._lookup(device_id), func_code, address, values)
 
 
 def _layout(
