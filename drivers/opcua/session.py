@@ -25,6 +25,7 @@ import inspect
 import logging
 import math
 import time
+import traceback
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar, cast
@@ -598,6 +599,16 @@ def translate(exc: Exception, conn: OpcUaConnection, identity: Identity | None) 
         return exc
     if isinstance(exc, PkiError):
         return SessionError(str(exc), exc.reason)
+    if _channel_refused(exc):
+        if conn.security.enabled and identity is not None:
+            return SessionError(
+                "the server refused to open a secure channel (it answered with a fault, as "
+                "servers do for a client certificate they do not trust): give "
+                f"{identity.cert} to the server's administrator to trust (application URI "
+                f"{identity.application_uri}); the agent keeps retrying",
+                "secure channel refused",
+            )
+        return SessionError("the server refused to open a secure channel", "secure channel refused")
     if isinstance(exc, UaStatusCodeError) and exc.code is not None:
         name = status_name(exc.code)
         if name in CERTIFICATE_REFUSALS and conn.security.enabled and identity is not None:
@@ -625,6 +636,18 @@ def translate(exc: Exception, conn: OpcUaConnection, identity: Identity | None) 
             )
         return SessionError(name)
     return SessionError(_describe(exc))
+
+
+def _channel_refused(exc: Exception) -> bool:
+    """The server answered OpenSecureChannel with a ServiceFault instead of a response.
+
+    node-opcua does so for a client certificate it does not trust (BadSecurityChecksFailed);
+    asyncua 2.1 then fails an assertion in ``open_secure_channel`` and the status code is lost.
+    """
+    if not isinstance(exc, AssertionError):
+        return False
+    frames = traceback.extract_tb(exc.__traceback__)
+    return bool(frames) and frames[-1].name == "open_secure_channel"
 
 
 def _describe(exc: BaseException) -> str:
