@@ -222,8 +222,10 @@ class Store:
                 (shelved_until, event.gw, event.id),
             )
             return
-        new = state == "active" and not x.get("retrigger") and not x.get("reannounced")
-        since = event.ts if new else None
+        since = x.get("since")  # when the occurrence began, on every event of a rule's alarm
+        if not isinstance(since, int | float) or isinstance(since, bool):
+            new = state == "active" and not x.get("retrigger") and not x.get("reannounced")
+            since = event.ts if new else None
         self.db.conn.execute(
             "INSERT INTO alarms (gateway, alarm_id, rule, device, severity, state, value, since, "
             "ts, msg, occurrence, acked_by) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "

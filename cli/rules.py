@@ -26,7 +26,7 @@ def rules_test(
     cfg = load_or_exit(config).config
     try:
         events = replay_file(
-            cfg.compiled_rules(), replay, tail_s=tail, settings=cfg.alarms.model_dump()
+            cfg.compiled_rules(), replay, tail_s=tail, settings=cfg.alarms.engine_options()
         )
     except (OSError, ReplayError) as exc:
         typer.echo(f"error: {exc}", err=True)

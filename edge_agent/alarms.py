@@ -57,7 +57,7 @@ class AlarmService:
         rules: list[CompiledRule], outbox: Outbox, in_db: RunInDb, settings: Alarms
     ) -> RuleEngine:
         saved = await in_db(outbox.alarm_states)
-        engine = RuleEngine(rules, restored=saved, **settings.model_dump())
+        engine = RuleEngine(rules, restored=saved, **settings.engine_options())
         active = [k for k, s in saved.items() if s.get("state") not in (None, "normal")]
         if active:
             log.info("restored %d alarm(s) not normal: %s", len(active), ", ".join(active))

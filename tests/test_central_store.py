@@ -44,3 +44,13 @@ def test_reminders_and_retriggers_keep_the_time_the_alarm_was_raised(tmp_path: P
         assert store.alarms()[0]["since"] == 900.0
     finally:
         store.close()
+
+
+def test_since_comes_from_the_event_when_the_activation_was_never_stored(tmp_path: Path) -> None:
+    store = Store(tmp_path / "central.db")
+    try:  # a fresh center hears a reminder first: the alarm began at 100, not 400
+        store.insert_alarm(event(2, "active", 400.0, reannounced=1, since=100.0))
+        store.commit()
+        assert store.alarms()[0]["since"] == 100.0
+    finally:
+        store.close()

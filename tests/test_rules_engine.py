@@ -234,6 +234,73 @@ def test_reannunciation_can_be_switched_off() -> None:
     assert e.tick(10_000) == []
 
 
+def chatter(e: RuleEngine) -> list[dict[str, Any]]:
+    """Active at 0, 10 and 20, clear in between: the third activation is a chatter."""
+    seen: list[dict[str, Any]] = []
+    for i in range(3):
+        seen += feed(e, 10 * i, smoke=3) + feed(e, 10 * i + 5, smoke=1)
+    return seen
+
+
+def test_a_restart_keeps_the_chatter_hold_and_clears_its_diagnostic() -> None:
+    e = engine({**SMOKE, "off_delay_s": 0})
+    assert chatter(e)[-1]["rule"] == "smoke.alarm.chattering"
+    again = engine({**SMOKE, "off_delay_s": 0}, restored=dict(e.take_dirty()))
+    assert feed(again, 26, smoke=1) == []  # still held after the restart
+    assert again.tick(80) == []
+    assert [(ev["rule"], ev["state"]) for ev in again.tick(86)] == [
+        ("smoke.alarm", "cleared_unacked"),
+        ("smoke.alarm.chattering", "cleared"),  # never left active at the center
+    ]
+
+
+def test_a_bad_reading_stops_the_clear_timer_it_never_clears_an_alarm() -> None:
+    e = engine({**SMOKE, "off_delay_s": 30})
+    feed(e, 0, smoke=3)
+    assert feed(e, 5, smoke=1) == []  # the off-delay starts
+    feed(e, 6, q=Quality.BAD, smoke=None)  # the sensor goes bad
+    assert e.tick(40) == [] and e.instances["det-3/smoke.alarm"].p.state == "active"
+    assert feed(e, 41, smoke=1) == []  # good again: the off-delay starts over
+    assert states(e.tick(71)) == ["cleared_unacked"]
+
+
+def test_a_shelved_alarm_that_chatters_raises_no_diagnostic_but_is_held() -> None:
+    e = engine({**SMOKE, "off_delay_s": 0})
+    e.shelve("det-3/smoke.alarm", 1000, "detector being cleaned", "ops", now=0)
+    assert chatter(e) == []
+    assert e.instances["det-3/smoke.alarm"].p.chattering
+    assert e.tick(86) == []  # cleared while shelved: nothing to say, not even the diagnostic
+
+
+def test_the_diagnostic_cannot_be_acted_on_and_only_latched_alarms_reset() -> None:
+    e = engine({**SMOKE, "off_delay_s": 0})
+    chatter(e)
+    with pytest.raises(CommandRefused, match=r"clears by itself once det-3/smoke\.alarm is quiet"):
+        e.acknowledge("det-3/smoke.alarm.chattering", "ops", now=30)
+    with pytest.raises(CommandRefused, match="not latched"):
+        e.reset("det-3/smoke.alarm", "ops", now=30)
+
+
+def test_rule_ids_cannot_take_the_diagnostic_suffix() -> None:
+    with pytest.raises(ValueError, match="diagnostics"):
+        Rule.model_validate({"id": "smoke.chattering", "device": DEV, "when": "smoke > 1"})
+
+
+def test_reminders_skip_shelved_time_and_survive_a_restart() -> None:
+    e = engine(SMOKE, reannunciate_critical_s=300)
+    feed(e, 0, smoke=3)
+    assert e.tick(300)[0]["reannounced"] == 1
+    e.shelve("det-3/smoke.alarm", 400, "drill", "ops", now=310)
+    assert e.tick(600) == []  # shelved: no reminder, not counted
+    e.unshelve("det-3/smoke.alarm", "ops", now=700)
+    assert e.tick(900)[0]["reannounced"] == 2
+    again = engine(SMOKE, restored=dict(e.take_dirty()), reannunciate_critical_s=300)
+    feed(again, 901, smoke=3)
+    assert again.tick(1000) == []  # the last reminder was at 900, before the restart
+    (ev,) = again.tick(1200)
+    assert ev["reannounced"] == 3 and ev["since"] == 0
+
+
 def test_state_survives_a_restart() -> None:
     e = engine({**SMOKE, "on_delay_s": 30})
     feed(e, 1, smoke=3)  # the on-delay timer starts

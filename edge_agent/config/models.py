@@ -143,7 +143,10 @@ class Alarms(Frozen):
         default=30, ge=1, description="flood control: past this, non-critical alarms are summarised"
     )
     chatter_count: int = Field(
-        default=3, ge=0, description="activations within chatter_window_s that make a chatter"
+        default=3,
+        ge=0,
+        description="activations within chatter_window_s (inclusive) that make an alarm "
+        "chatter; 0: never",
     )
     chatter_window_s: float = Field(
         default=60, gt=0, description="the chatter window; a chattering alarm clears after it"
@@ -151,6 +154,22 @@ class Alarms(Frozen):
     reannunciate_critical_s: float = Field(
         default=300, ge=0, description="announce an unacknowledged critical alarm again; 0: never"
     )
+
+    @field_validator("chatter_count")
+    @classmethod
+    def _chatter_count(cls, v: int) -> int:
+        if v == 1:
+            raise ValueError("1 would make every alarm chatter on its first activation: 0 or 2+")
+        return v
+
+    def engine_options(self) -> dict[str, Any]:
+        """The rule engine's keyword arguments for these settings."""
+        return {
+            "max_new_per_min": self.max_new_per_min,
+            "chatter_count": self.chatter_count,
+            "chatter_window_s": self.chatter_window_s,
+            "reannunciate_critical_s": self.reannunciate_critical_s,
+        }
 
 
 class DeviceProfile(Frozen):

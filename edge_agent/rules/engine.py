@@ -40,6 +40,7 @@ from typing import Any
 from drivers.base import Quality, Reading, Value
 from edge_agent.rules.compile import CompiledRule
 from edge_agent.rules.expr import render
+from edge_agent.rules.model import DIAGNOSTIC_SUFFIX
 
 Event = dict[str, Any]
 TEMPLATE = "{id}"
@@ -67,6 +68,10 @@ class Persisted:
     pending_since: float | None = None
     clearing_since: float | None = None
     annunciated: bool = True
+    chattering: bool = False  # held active until quiet for the chatter window
+    chatter_announced: bool = False  # ... and its diagnostic went out (so must its clear)
+    announced: float | None = None  # the last (re-)annunciation of an unacked critical alarm
+    reannounced: int = 0
 
 
 @dataclass
@@ -83,9 +88,6 @@ class Instance:
     evaluated: bool = False  # the condition was looked at once at least
     decided: bool = False  # ... and its inputs were good: cond and clear hold
     activations: deque[float] = field(default_factory=deque)  # within the chatter window
-    chattering: bool = False
-    announced: float | None = None  # the last (re-)annunciation of an unacked critical alarm
-    reannounced: int = 0
 
     @property
     def key(self) -> str:
@@ -222,6 +224,7 @@ class RuleEngine:
             quality = self._quality.get(rule.device, {})
             if any(quality.get(p) is not Quality.GOOD for p in rule.points):
                 inst.decided = False
+                self._stop_timers(inst)
                 return []  # frozen: never decide on bad data
             values = self._values.get(rule.device, {})
             assert rule.when is not None
@@ -239,6 +242,13 @@ class RuleEngine:
             inst.cond, inst.clear = not moving, moving
         return self._step(inst, ts)
 
+    def _stop_timers(self, inst: Instance) -> None:
+        """Bad data neither raises nor clears: the on- and off-delays start again on good."""
+        p = inst.p
+        if p.pending_since is not None or p.clearing_since is not None:
+            p.pending_since = p.clearing_since = None
+            self.dirty.add(inst.key)
+
     def tick(self, now: float | None = None) -> list[Event]:
         """Advance timers (on/off delays, staleness, stuck values, shelving) to ``now``."""
         now = time.time() if now is None else now
@@ -249,7 +259,9 @@ class RuleEngine:
                 events += self._unshelve(inst, now, "shelving expired")
             if inst.rule.kind in ("stale", "stuck"):
                 events += self._evaluate(inst, now)
-            elif p.pending_since is not None or p.clearing_since is not None:
+            elif (p.pending_since is not None or p.clearing_since is not None) and (
+                inst.decided or inst.rule.kind != "condition"
+            ):
                 events += self._step(inst, now)
             if p.state == ACTIVE and inst.rule.rule.severity == "critical":
                 events += self._reannunciate(inst, now)
@@ -257,13 +269,20 @@ class RuleEngine:
         return events
 
     def _reannunciate(self, inst: Instance, now: float) -> list[Event]:
-        every = self.reannunciate_critical_s
-        last = inst.announced if inst.announced is not None else inst.p.since
+        p, every = inst.p, self.reannunciate_critical_s
+        last = p.announced if p.announced is not None else p.since
         if every <= 0 or last is None or now - last < every:
             return []
-        inst.announced = now
-        inst.reannounced += 1
-        return self._event(inst, now, ACTIVE, reannounced=inst.reannounced)
+        p.announced = now
+        self.dirty.add(inst.key)
+        if not p.annunciated or self._shelved(p, now):
+            return []  # a shelved alarm is not reminded of either; nor counted
+        p.reannounced += 1
+        return self._event(inst, now, ACTIVE, reannounced=p.reannounced)
+
+    @staticmethod
+    def _shelved(p: Persisted, ts: float) -> bool:
+        return p.shelved_until is not None and ts < p.shelved_until
 
     def _step(self, inst: Instance, ts: float) -> list[Event]:
         p, rule = inst.p, inst.rule.rule
@@ -286,7 +305,7 @@ class RuleEngine:
             if p.clearing_since is None:
                 p.clearing_since = ts
                 self.dirty.add(inst.key)
-            hold = max(rule.off_delay_s, self.chatter_window_s if inst.chattering else 0)
+            hold = max(rule.off_delay_s, self.chatter_window_s if p.chattering else 0)
             if ts - p.clearing_since >= hold:
                 return self._clear(inst, ts)
         elif p.clearing_since is not None:
@@ -300,7 +319,7 @@ class RuleEngine:
         p = inst.p
         p.pending_since = None
         self.dirty.add(inst.key)
-        inst.announced, inst.reannounced = ts, 0
+        p.announced, p.reannounced = ts, 0
         chatter = self._chatter(inst, ts)
         if p.state == CLEARED_UNACKED:  # the same occurrence comes back: count, don't re-raise
             p.state = ACTIVE
@@ -315,7 +334,7 @@ class RuleEngine:
         p = inst.p
         p.clearing_since = None
         self.dirty.add(inst.key)
-        quiet = self._chatter_over(inst, ts) if inst.chattering else []
+        quiet = self._chatter_over(inst, ts) if p.chattering else []
         if p.state == ACKNOWLEDGED:
             p.state = NORMAL
             return self._event(inst, ts, CLEARED) + quiet
@@ -323,14 +342,18 @@ class RuleEngine:
         return self._event(inst, ts, CLEARED_UNACKED) + quiet
 
     def _chatter(self, inst: Instance, ts: float) -> list[Event]:
-        """Count an activation; the one that makes the alarm chatter raises the diagnostic."""
-        window = inst.activations
+        """Count an activation; the one that makes the alarm chatter raises the diagnostic
+        (unless the alarm itself is shelved or summarised by flood control)."""
+        p, window = inst.p, inst.activations
         window.append(ts)
         while window and ts - window[0] > self.chatter_window_s:
             window.popleft()
-        if inst.chattering or self.chatter_count <= 0 or len(window) < self.chatter_count:
+        if p.chattering or self.chatter_count <= 0 or len(window) < self.chatter_count:
             return []
-        inst.chattering = True
+        p.chattering = True
+        p.chatter_announced = p.annunciated and not self._shelved(p, ts)
+        if not p.chatter_announced:
+            return []
         rule = inst.rule
         return [
             self._diagnostic(
@@ -345,8 +368,11 @@ class RuleEngine:
         ]
 
     def _chatter_over(self, inst: Instance, ts: float) -> list[Event]:
-        inst.chattering = False
+        p = inst.p
+        announced, p.chattering, p.chatter_announced = p.chatter_announced, False, False
         inst.activations.clear()
+        if not announced:
+            return []
         rule = inst.rule
         msg = f"{rule.rule.id} on {rule.device} no longer chattering"
         return [self._diagnostic(inst, ts, CLEARED, value=0, msg=msg)]
@@ -355,8 +381,8 @@ class RuleEngine:
     def _diagnostic(inst: Instance, ts: float, state: str, *, value: int, msg: str) -> Event:
         rule = inst.rule
         return {
-            "id": f"{rule.key}.chattering",
-            "rule": f"{rule.rule.id}.chattering",
+            "id": rule.key + DIAGNOSTIC_SUFFIX,
+            "rule": rule.rule.id + DIAGNOSTIC_SUFFIX,
             "dev": rule.device,
             "severity": "warning",
             "state": state,
@@ -404,7 +430,7 @@ class RuleEngine:
 
     def _event(self, inst: Instance, ts: float, state: str, **extra: Any) -> list[Event]:
         p, rule = inst.p, inst.rule
-        if not p.annunciated or (p.shelved_until is not None and ts < p.shelved_until):
+        if not p.annunciated or self._shelved(p, ts):
             return []
         values = self._values.get(rule.device, {})
         shown = {name: values.get(name) for name in sorted(rule.points)}
@@ -428,6 +454,7 @@ class RuleEngine:
             "ts": ts,
             "msg": render(template, context),
             "occurrence": p.occurrence,
+            "since": p.since,
             "values": shown,
             "latched": rule.rule.latch,
             "retriggers": p.retriggers,
@@ -458,6 +485,8 @@ class RuleEngine:
         """Release a latched alarm whose condition has gone."""
         inst = self._instance(key)
         now = time.time() if now is None else now
+        if not inst.rule.rule.latch:
+            raise CommandRefused(f"alarm {key} is not latched: it clears by itself")
         if inst.p.state not in (ACTIVE, ACKNOWLEDGED):
             raise CommandRefused(f"alarm {key} is {inst.p.state}: nothing to reset")
         if inst.cond:
@@ -492,6 +521,12 @@ class RuleEngine:
         try:
             return self.instances[key]
         except KeyError:
+            alarm = key.removesuffix(DIAGNOSTIC_SUFFIX)
+            if alarm != key and alarm in self.instances:
+                raise CommandRefused(
+                    f"{key} is the gateway's diagnostic about alarm {alarm}: it clears by "
+                    f"itself once {alarm} is quiet; act on {alarm} instead"
+                ) from None
             raise CommandRefused(f"no alarm {key} on this gateway") from None
 
     # --- persistence --------------------------------------------------------------------

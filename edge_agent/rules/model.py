@@ -25,6 +25,8 @@ from drivers.base import DEVICE_ID, Frozen, Value
 
 Severity = Literal["critical", "major", "minor", "warning"]
 RULE_ID = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"
+DIAGNOSTIC_SUFFIX = ".chattering"
+"""An alarm id plus this names the gateway's chattering diagnostic about that alarm."""
 
 
 class WriteAction(Frozen):
@@ -106,6 +108,10 @@ class Rule(Frozen):
             raise ValueError("give clear_when or deadband, not both")
         if (self.clear_when is not None or self.deadband is not None) and self.when is None:
             raise ValueError("clear_when and deadband go with when")
+        if self.id.endswith(DIAGNOSTIC_SUFFIX):
+            raise ValueError(
+                f"rule ids ending in {DIAGNOSTIC_SUFFIX} are the gateway's own diagnostics"
+            )
         return self
 
     @property
