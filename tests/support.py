@@ -47,7 +47,9 @@ def port_open(port: int) -> bool:
         return s.connect_ex(("127.0.0.1", port)) == 0
 
 
-def terminate(proc: subprocess.Popen[bytes] | None, timeout: float = 5) -> None:
+def terminate(
+    proc: subprocess.Popen[bytes] | subprocess.Popen[str] | None, timeout: float = 5
+) -> None:
     """SIGTERM, and SIGKILL if it has not gone within ``timeout`` seconds."""
     if proc is None or proc.poll() is not None:
         return

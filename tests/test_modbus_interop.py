@@ -48,7 +48,7 @@ from drivers.modbus.bus import ModbusBuses
 from drivers.modbus.driver import ModbusDriver
 from drivers.simulated.modbus_bus import SimulatedModbusBus
 from drivers.simulated.modbus_server import SimulatedModbusDevice
-from tests.support import free_port, run_cli, wait_for
+from tests.support import free_port, run_cli, terminate, wait_for
 from tests.test_modbus_rtu import serial_line, socat
 
 ORDERS = ("ABCD", "BADC", "CDAB", "DCBA")
@@ -871,12 +871,7 @@ def serial_server(line_end: str, workdir: Path) -> Iterator[int]:
         wait_for(lambda: "listening on" in log.read_text(), 10, what="socat listening")
         yield port
     finally:
-        proc.terminate()
-        try:
-            proc.wait(5)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
+        terminate(proc)
 
 
 @pytest.mark.filterwarnings(MODBUS_TK_WARNING)

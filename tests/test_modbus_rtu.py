@@ -24,7 +24,7 @@ from drivers.modbus import ModbusDevice, ModbusPoint
 from drivers.modbus.bus import ModbusBuses
 from drivers.modbus.driver import ModbusDriver
 from drivers.simulated.modbus_bus import Exchange, SimulatedModbusBus
-from tests.support import wait_for
+from tests.support import terminate, wait_for
 
 UNITS = (1, 2, 7)
 
@@ -95,12 +95,7 @@ def serial_line(workdir: Path) -> Iterator[tuple[str, str]]:
         wait_for(lambda: devices.exists() and master.exists(), 10, what="socat's pty pair")
         yield str(devices), str(master)
     finally:
-        proc.terminate()
-        try:
-            proc.wait(5)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
+        terminate(proc)
         log.close()
 
 

@@ -27,7 +27,7 @@ from edge_agent.contract import Channel, Topics
 from edge_agent.contract.commands import load_private_key, new_command, sign
 from edge_agent.contract.schema import CMD_REPLY, validate
 from tests.rig import GW, devices_yaml
-from tests.support import Agent, Broker, ThreadedDevice, run_cli
+from tests.support import Agent, Broker, ThreadedDevice, run_cli, terminate
 
 pytestmark = pytest.mark.hil
 
@@ -133,13 +133,7 @@ class StockSub:
             time.sleep(0.05)
 
     def close(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
+        terminate(self.proc)
         self._reader.join(5)
 
 

@@ -11,25 +11,21 @@ import asyncio
 import logging
 import threading
 import time
-from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
+from collections.abc import AsyncIterator, Coroutine, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
 
 from drivers.base import DeviceUnavailable, Quality, Reading, WriteRefused
-from drivers.opcua import OpcUaDevice
-from drivers.opcua.driver import OpcUaDriver
 from drivers.opcua.pki import agent_identity
 from drivers.simulated.opcua_server import SimulatedPumpStation
 from edge_agent.polling import DevicePoller
+from tests.opcua_support import MakeDriver, driver_factory, has, latest, read_until
 from tests.support import free_port
 
 T = TypeVar("T")
 
-MakeDriver = Callable[..., OpcUaDriver]
-FAST = {"reconnect_min_s": 0.1, "reconnect_max_s": 0.5, "timeout_s": 2.0, "keepalive_s": 2.0}
-"""Short timeouts and backoff, so that outages in tests stay short."""
 
 POINTS = [
     {"name": "level", "node": "ns=2;s=Pump1.Level", "unit": "mm"},
@@ -144,59 +140,8 @@ async def secure_server(secure_station: ThreadedStation) -> ThreadedStation:
 
 @pytest.fixture
 async def driver() -> AsyncIterator[MakeDriver]:
-    """Builds drivers for an endpoint and points; all closed after the test."""
-    made: list[OpcUaDriver] = []
-
-    def make(
-        endpoint: str, points: list[dict[str, Any]] = POINTS, poll_s: float = 0.2, **opcua: Any
-    ) -> OpcUaDriver:
-        device = OpcUaDevice.model_validate(
-            {
-                "id": "pumps",
-                "poll_s": poll_s,
-                "opcua": {"endpoint": endpoint, **FAST, **opcua},
-                "points": points,
-            }
-        )
-        made.append(OpcUaDriver(device))
-        return made[-1]
-
-    yield make
-    for d in made:
-        await d.aclose()
-
-
-async def read_until(
-    driver: OpcUaDriver,
-    done: Callable[[list[Reading]], bool],
-    within: float = 5.0,
-    every: float = 0.02,
-) -> list[Reading]:
-    """Call read() every ``every`` s, keeping all readings, until ``done(all)``; bounded."""
-    seen: list[Reading] = []
-    deadline = time.monotonic() + within
-    for _ in range(int(within / every) + 1):
-        seen.extend(await driver.read())
-        if done(seen):
-            return seen
-        if time.monotonic() > deadline:
-            break
-        await asyncio.sleep(every)
-    raise AssertionError(f"not done after {within} s; last readings: {seen[-5:]}")
-
-
-def has(point: str, value: Any = None, quality: Quality = Quality.GOOD) -> Callable[..., bool]:
-    def check(seen: list[Reading]) -> bool:
-        return any(
-            r.point == point and r.quality is quality and (value is None or r.value == value)
-            for r in seen
-        )
-
-    return check
-
-
-def latest(seen: list[Reading]) -> dict[str, Reading]:
-    return {r.point: r for r in seen}
+    async with driver_factory("pumps", POINTS) as make:
+        yield make
 
 
 # -- subscribe and poll ------------------------------------------------------------------

@@ -34,17 +34,24 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
-from drivers.base import Quality, Reading, WriteRefused
+from drivers.base import Quality, WriteRefused
 from drivers.opcua import OpcUaDevice
 from drivers.opcua.driver import OpcUaDriver
 from drivers.opcua.pki import agent_identity
 from drivers.simulated.opcua_server import NAMESPACE as SIM_NAMESPACE
+from tests.opcua_support import (
+    FAST,
+    MakeDriver,
+    all_of,
+    driver_factory,
+    has,
+    latest,
+    read_until,
+)
 from tests.support import free_port, run_cli, terminate
 from tests.test_opcua_driver import ThreadedStation
 
 INTEROP = Path(__file__).resolve().parent / "interop"
-FAST = {"reconnect_min_s": 0.1, "reconnect_max_s": 0.5, "timeout_s": 2.0, "keepalive_s": 2.0}
-"""Short timeouts and backoff, so that outages in tests stay short."""
 USER, PASSWORD = "ops", "s3cret"
 
 # browse name -> (node id in the server's own namespace, value it starts with, as a reading)
@@ -245,68 +252,10 @@ def server(node_server: NodeOpcUaServer) -> NodeOpcUaServer:
     return node_server
 
 
-MakeDriver = Callable[..., OpcUaDriver]
-
-
 @pytest.fixture
 async def driver() -> AsyncIterator[MakeDriver]:
-    """Builds drivers for an endpoint and points; all closed after the test."""
-    made: list[OpcUaDriver] = []
-
-    def make(
-        endpoint: str, points: list[dict[str, Any]], poll_s: float = 0.2, **opcua: Any
-    ) -> OpcUaDriver:
-        device = OpcUaDevice.model_validate(
-            {
-                "id": "plant",
-                "poll_s": poll_s,
-                "opcua": {"endpoint": endpoint, **FAST, **opcua},
-                "points": points,
-            }
-        )
-        made.append(OpcUaDriver(device))
-        return made[-1]
-
-    yield make
-    for d in made:
-        await d.aclose()
-
-
-async def read_until(
-    driver: OpcUaDriver,
-    done: Callable[[list[Reading]], bool],
-    within: float = 5.0,
-    every: float = 0.02,
-) -> list[Reading]:
-    """Call read() every ``every`` s, keeping all readings, until ``done(all)``; bounded."""
-    seen: list[Reading] = []
-    deadline = time.monotonic() + within
-    for _ in range(int(within / every) + 1):
-        seen.extend(await driver.read())
-        if done(seen):
-            return seen
-        if time.monotonic() > deadline:
-            break
-        await asyncio.sleep(every)
-    raise AssertionError(f"not done after {within} s; last readings: {seen[-5:]}")
-
-
-def has(point: str, value: Any = None, quality: Quality = Quality.GOOD) -> Callable[..., bool]:
-    def check(seen: list[Reading]) -> bool:
-        return any(
-            r.point == point and r.quality is quality and (value is None or r.value == value)
-            for r in seen
-        )
-
-    return check
-
-
-def all_of(*checks: Callable[[list[Reading]], bool]) -> Callable[[list[Reading]], bool]:
-    return lambda seen: all(check(seen) for check in checks)
-
-
-def latest(seen: list[Reading]) -> dict[str, Reading]:
-    return {r.point: r for r in seen}
+    async with driver_factory("plant") as make:
+        yield make
 
 
 async def namespace_index(endpoint: str, uri: str) -> int:
