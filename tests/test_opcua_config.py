@@ -249,10 +249,16 @@ def test_loading_a_config_does_not_import_asyncua(tmp_path: Path) -> None:
 def test_status_codes_become_quality_and_reason() -> None:
     assert judge(0, "Good") == (Quality.GOOD, None)
     assert judge(0x00A00000, "GoodClamped") == (Quality.GOOD, "GoodClamped")
-    assert judge(0x408F0000, "UncertainLastUsableValue") == (
-        Quality.GOOD,
+    assert judge(0x40900000, "UncertainLastUsableValue") == (
+        Quality.STALE,
         "UncertainLastUsableValue",
-    )
+    )  # the PLC lost its sensor: not a live value, rules must not act on it
+    assert judge(0x408F0000, "UncertainNoCommunicationLastUsableValue")[0] is Quality.STALE
+    assert judge(0x42090000, "UncertainSimulatedValue")[0] is Quality.STALE
+    assert judge(0x40930000, "UncertainSensorNotAccurate") == (
+        Quality.GOOD,
+        "UncertainSensorNotAccurate",
+    )  # live, if less accurate
     assert judge(0x80340000, "BadNodeIdUnknown") == (Quality.BAD, "BadNodeIdUnknown")
 
 

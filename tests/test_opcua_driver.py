@@ -12,6 +12,7 @@ import logging
 import threading
 import time
 from collections.abc import AsyncIterator, Coroutine, Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -73,8 +74,8 @@ class ThreadedStation:
     def reads(self) -> list[int]:
         return self.station.reads
 
-    async def set(self, key: str, value: Any) -> None:
-        await self._call(self.station.set(key, value))
+    async def set(self, key: str, value: Any, source_time: datetime | None = None) -> None:
+        await self._call(self.station.set(key, value, source_time))
 
     async def set_status(self, key: str, status: str) -> None:
         await self._call(self.station.set_status(key, status))
@@ -145,6 +146,25 @@ async def driver() -> AsyncIterator[MakeDriver]:
 
 
 # -- subscribe and poll ------------------------------------------------------------------
+
+
+async def test_a_server_clock_far_off_is_not_believed(
+    opcua_server: ThreadedStation, driver: MakeDriver, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A PLC whose backup battery died wakes up in 2000: its changes are stamped on arrival
+    (the outbox would drop them as 26 years old), and the log says so once."""
+    sim = opcua_server
+    pumps = driver(sim.endpoint, poll_s=0.2)
+    await read_until(pumps, has("level"))
+    wrong = datetime(2000, 1, 1, tzinfo=UTC)
+    for i in range(2):
+        wall = time.time()
+        await sim.set("Pump1.Level", 3000.0 + i, source_time=wrong)
+        seen = await read_until(pumps, has("level", 3000.0 + i), within=2, every=0.01)
+        reading = next(r for r in seen if r.point == "level" and r.value == 3000.0 + i)
+        assert abs(reading.ts - wall) < 1.0
+    said = [r for r in caplog.records if "clock is" in r.getMessage()]
+    assert len(said) == 1 and "off the gateway's" in said[0].getMessage()
 
 
 async def test_subscribed_changes_arrive_within_one_sampling_interval(
@@ -288,12 +308,16 @@ async def test_status_codes_become_quality(
     assert (bad.value, bad.reason) == (None, "BadSensorFailure")
     again = await read_until(pumps, has("level", quality=Quality.BAD), within=1)
     assert latest(again)["level"].reason == "BadSensorFailure"  # repeated while it stays bad
-    await sim.set_status("Pump1.Level", "UncertainLastUsableValue")
-    seen = await read_until(pumps, has("level", 1000.0))
-    uncertain = latest(seen)["level"]
-    assert (uncertain.quality, uncertain.reason) == (Quality.GOOD, "UncertainLastUsableValue")
+    await sim.set_status("Pump1.Level", "UncertainLastUsableValue")  # the PLC lost its sensor
+    seen = await read_until(pumps, has("level", 1000.0, quality=Quality.STALE))
+    remembered = latest(seen)["level"]
+    assert (remembered.quality, remembered.reason) == (Quality.STALE, "UncertainLastUsableValue")
     later = await pumps.read()
     assert "level" not in {r.point for r in later}  # no longer bad: not repeated
+    await sim.set_status("Pump1.Level", "UncertainEngineeringUnitsExceeded")  # live, if odd
+    seen = await read_until(pumps, has("level", 1000.0))
+    live = latest(seen)["level"]
+    assert (live.quality, live.reason) == (Quality.GOOD, "UncertainEngineeringUnitsExceeded")
 
 
 async def test_absolute_deadband(opcua_server: ThreadedStation, driver: MakeDriver) -> None:

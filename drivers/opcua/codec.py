@@ -11,8 +11,11 @@ so) unless the point says ``array: flatten``: then each element is a reading of 
 named ``<point>.<index>``. ByteString, structures and matrices are refused.
 
 Status codes (severity in the top two bits): Good -> ``good``; Uncertain -> ``good`` with the
-code name as reason (the value is kept: it is the server's best value); Bad -> ``bad`` with the
-code name as reason and no value.
+code name as reason (the value is kept: it is the server's best value), except the codes that
+say the value is not a live measurement (last usable value, no communication, substitute,
+initial, simulated, transducer in manual): those are ``stale``, value kept, so rules freeze
+on them as on any other non-good reading (an offline level sensor must not clear a flood
+alarm, DOMAIN.md §6); Bad -> ``bad`` with the code name as reason and no value.
 """
 
 from __future__ import annotations
@@ -27,6 +30,17 @@ from drivers.base import Quality, Value
 from .config import ARRAY_MAX, OpcUaPoint
 
 SEVERITY_GOOD, SEVERITY_UNCERTAIN = 0, 1
+NOT_LIVE = frozenset(
+    {
+        0x408F,  # UncertainNoCommunicationLastUsableValue
+        0x4090,  # UncertainLastUsableValue
+        0x4091,  # UncertainSubstituteValue
+        0x4092,  # UncertainInitialValue
+        0x4208,  # UncertainTransducerInManual
+        0x4209,  # UncertainSimulatedValue
+    }
+)
+"""Uncertain codes (top 16 bits) whose value is not a live measurement of the process."""
 
 
 def judge(code: int, name: str) -> tuple[Quality, str | None]:
@@ -35,7 +49,7 @@ def judge(code: int, name: str) -> tuple[Quality, str | None]:
     if severity == SEVERITY_GOOD:
         return Quality.GOOD, (None if code >> 16 == 0 else name)
     if severity == SEVERITY_UNCERTAIN:
-        return Quality.GOOD, name
+        return (Quality.STALE if code >> 16 in NOT_LIVE else Quality.GOOD), name
     return Quality.BAD, name
 
 

@@ -114,6 +114,8 @@ DEAD_SESSION = frozenset(
 NOTIFICATIONS_PER_PUBLISH = 1000
 """The most data changes the server may put in one publish response."""
 MIN_PUBLISHING_MS = 10.0
+CLOCK_TOLERANCE_S = 300.0
+"""A source timestamp further than this from the gateway's clock is not believed."""
 
 
 class SessionError(Exception):
@@ -177,6 +179,7 @@ class Session:
         self.targets = [Target(point) for point in device.points]
         self.by_name = {t.point.name: t for t in self.targets}
         self._changes = changes
+        self._clock_warned = False
         self._dead = asyncio.Event()
         self._death = ""
         self._max_read = self.conn.max_nodes_per_request
@@ -435,8 +438,23 @@ class Session:
             if timestamps == "source" and not first:
                 stamp = value.SourceTimestamp or value.ServerTimestamp
                 if stamp is not None:
-                    ts = codec.unix(stamp)
+                    ts = self._source_time(codec.unix(stamp), ts)
             self._changes(target.point, self.readings(target.point, value, ts))
+
+    def _source_time(self, source: float, now: float) -> float:
+        """The server's timestamp, unless its clock is clearly wrong (a PLC whose backup
+        battery died wakes up in 2000): then the gateway's, said once per session."""
+        if abs(source - now) <= CLOCK_TOLERANCE_S:
+            return source
+        if not self._clock_warned:
+            self._clock_warned = True
+            log.warning(
+                "opcua %s: the server's clock is %+.0f s off the gateway's; stamping its "
+                "changes with the gateway's clock (timestamps: edge says so for good)",
+                self.device.id,
+                source - now,
+            )
+        return now
 
     # -- liveness -------------------------------------------------------------------------
 

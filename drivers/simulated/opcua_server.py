@@ -263,10 +263,16 @@ class SimulatedPumpStation:
     def node(self, key: str) -> Node:
         return self._nodes[key]
 
-    async def set(self, key: str, value: Any) -> None:
-        """Set a variable as the PLC would: the value keeps the variable's own type."""
+    async def set(self, key: str, value: Any, source_time: datetime | None = None) -> None:
+        """Set a variable as the PLC would: the value keeps the variable's own type;
+        ``source_time`` plays a PLC whose clock is wrong."""
         vtype = getattr(ua.VariantType, self.specs[key].variant)
-        await self._nodes[key].write_value(ua.Variant(value, vtype))
+        variant = ua.Variant(value, vtype)
+        if source_time is None:
+            await self._nodes[key].write_value(variant)
+        else:
+            stamp = ua.DateTime.fromtimestamp(source_time.timestamp(), UTC)
+            await self._nodes[key].write_value(ua.DataValue(variant, SourceTimestamp=stamp))
         self._values[key] = value
 
     async def set_status(self, key: str, status: str) -> None:
