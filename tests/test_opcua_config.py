@@ -8,6 +8,7 @@ import subprocess
 import sys
 import uuid
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -366,32 +367,66 @@ def test_an_unknown_server_certificate_is_filed_under_rejected(tmp_path: Path) -
     trust.check(der)  # trusted now, without any restart
 
 
-def test_a_server_certificate_issued_by_a_trusted_ca_is_trusted(tmp_path: Path) -> None:
+def make_ca_and_leaf(
+    *, ca_is_ca: bool = True, ca_days: float = 1, leaf_days: float = 1
+) -> tuple[x509.Certificate, x509.Certificate]:
+    """A CA and a server certificate it signed; negative days: already expired."""
     now = dt.datetime.now(dt.UTC)
     ca_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "Plant CA")])
+
+    def window(days: float) -> tuple[dt.datetime, dt.datetime]:
+        return (now - dt.timedelta(days=2), now + dt.timedelta(days=days))
+
+    start, end = window(ca_days)
     ca = (
         x509.CertificateBuilder()
         .subject_name(ca_name)
         .issuer_name(ca_name)
         .public_key(ca_key.public_key())
         .serial_number(1)
-        .not_valid_before(now)
-        .not_valid_after(now + dt.timedelta(days=1))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .not_valid_before(start)
+        .not_valid_after(end)
+        .add_extension(x509.BasicConstraints(ca=ca_is_ca, path_length=None), critical=True)
         .sign(ca_key, hashes.SHA256())
     )
     leaf_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    start, end = window(leaf_days)
     leaf = (
         x509.CertificateBuilder()
         .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "plc-7")]))
         .issuer_name(ca_name)
         .public_key(leaf_key.public_key())
         .serial_number(2)
-        .not_valid_before(now)
-        .not_valid_after(now + dt.timedelta(days=1))
+        .not_valid_before(start)
+        .not_valid_after(end)
         .sign(ca_key, hashes.SHA256())
     )
+    return ca, leaf
+
+
+@pytest.mark.parametrize(
+    ("options", "reason"),
+    [
+        ({"ca_is_ca": False}, "server certificate not trusted"),  # not a CA: cannot vouch
+        ({"ca_days": -1}, "server certificate not trusted"),  # the CA has expired
+        ({"leaf_days": -1}, "server certificate expired"),
+    ],
+)
+def test_a_ca_vouches_only_while_valid_and_only_for_valid_certificates(
+    tmp_path: Path, options: dict[str, Any], reason: str
+) -> None:
+    ca, leaf = make_ca_and_leaf(**options)
+    trusted = tmp_path / "pki/trusted"
+    trusted.mkdir(parents=True)
+    (trusted / "plant-ca.pem").write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+    with pytest.raises(PkiError) as info:
+        TrustList(tmp_path / "pki").check(leaf.public_bytes(serialization.Encoding.DER))
+    assert info.value.reason == reason
+
+
+def test_a_server_certificate_issued_by_a_trusted_ca_is_trusted(tmp_path: Path) -> None:
+    ca, leaf = make_ca_and_leaf()
     trusted = tmp_path / "pki/trusted"
     trusted.mkdir(parents=True)
     (trusted / "plant-ca.pem").write_bytes(ca.public_bytes(serialization.Encoding.PEM))

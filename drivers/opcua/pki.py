@@ -213,6 +213,22 @@ def _uris(cert: x509.Certificate) -> list[str]:
     return list(san.value.get_values_for_type(x509.UniformResourceIdentifier))
 
 
+def _can_issue(ca: x509.Certificate, now: dt.datetime) -> bool:
+    """A CA certificate valid now, marked as a CA, and (if it says) allowed to sign."""
+    if not ca.not_valid_before_utc <= now <= ca.not_valid_after_utc:
+        return False
+    try:
+        if not ca.extensions.get_extension_for_class(x509.BasicConstraints).value.ca:
+            return False
+    except x509.ExtensionNotFound:
+        return False
+    try:
+        usage = ca.extensions.get_extension_for_class(x509.KeyUsage).value
+    except x509.ExtensionNotFound:
+        return True
+    return usage.key_cert_sign
+
+
 def _common_name(cert: x509.Certificate) -> str:
     names = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
     return str(names[0].value) if names else "unnamed"
@@ -228,7 +244,16 @@ class TrustList:
     def check(self, der: bytes) -> None:
         """Return if the server certificate ``der`` is trusted; else file it and say so."""
         cert = load_certificate(der)
-        if self._trusted(cert):
+        now = dt.datetime.now(dt.UTC)
+        if not cert.not_valid_before_utc <= now <= cert.not_valid_after_utc:
+            raise PkiError(
+                f"the server's certificate ({_common_name(cert)}) is valid from "
+                f"{cert.not_valid_before_utc:%Y-%m-%d %H:%M} to "
+                f"{cert.not_valid_after_utc:%Y-%m-%d %H:%M} UTC, not now: renew it on the "
+                "server (or set the clock right, on whichever side is wrong)",
+                "server certificate expired",
+            )
+        if self._trusted(cert, now):
             return
         self.rejected_dir.mkdir(parents=True, exist_ok=True)
         self.trusted_dir.mkdir(parents=True, exist_ok=True)
@@ -244,7 +269,9 @@ class TrustList:
             "server certificate not trusted",
         )
 
-    def _trusted(self, cert: x509.Certificate) -> bool:
+    def _trusted(self, cert: x509.Certificate, now: dt.datetime) -> bool:
+        """Pinned (the very certificate is in ``trusted/``), or directly issued by a CA
+        there that is valid now and allowed to sign certificates."""
         if not self.trusted_dir.is_dir():
             return False
         wanted = cert.public_bytes(serialization.Encoding.DER)
@@ -258,6 +285,8 @@ class TrustList:
             if known.public_bytes(serialization.Encoding.DER) == wanted:
                 return True
             if known.subject == cert.issuer and known.subject != cert.subject:
+                if not _can_issue(known, now):
+                    continue
                 try:
                     cert.verify_directly_issued_by(known)
                 except (ValueError, TypeError, InvalidSignature):
