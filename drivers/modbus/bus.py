@@ -21,9 +21,21 @@ Failures, and what they mean::
     unit backed off               -> UnitBackedOff(last reason), without touching the bus
 
 A connect that failed while a device waited for its turn is not tried again for it: the
-devices queued behind a dead endpoint fail at once instead of one timeout each. On TCP, a
-timeout also drops the connection when no unit answered on it since the previous timeout
-(a half-open socket); while other units answer, the connection is fine and stays.
+devices queued behind a dead endpoint fail at once instead of one timeout each. On Modbus
+TCP, a timeout also drops the connection when no unit answered on it since the previous
+timeout (a half-open socket); while other units answer, the connection is fine and stays.
+
+RTU (a serial line, or ``framer: rtu`` over TCP) has no transaction id, so an answer that
+comes after its request timed out would pass for the answer to the next request.
+``Link.send`` refuses answers of the wrong shape (``WrongAnswer``); beyond that, a timeout
+or a wrong answer makes an RTU line *stale*, and before its next frame the bus lets the
+line settle: it waits until nothing has come in for ``stale_guard_s`` (a quarter of the
+``timeout_s`` that ran out, at least the 3.5-character silence, at most 1 s; never more
+than four guards in all), so a late answer arrives while no request waits for it and is
+dropped, and pymodbus' receive buffer is cleared. RTU over TCP also drops the connection
+at once and connects again, so that a serial server or gateway that queues requests
+forgets the ones it still holds for us. A wrong answer on Modbus TCP drops the connection
+as well.
 """
 
 from __future__ import annotations
@@ -45,6 +57,7 @@ from .transport import (
     LinkLost,
     NoAnswer,
     Request,
+    WrongAnswer,
     exception_reason,
 )
 
@@ -68,6 +81,17 @@ def rtu_silence_s(baudrate: int) -> float:
     return 1.75e-3 if baudrate > 19200 else 3.5 * 11 / baudrate
 
 
+STALE_GUARD_FRACTION = 0.25
+STALE_GUARD_MAX_S = 1.0
+STALE_LIMIT_GUARDS = 4
+
+
+def stale_guard_s(timeout_s: float, silence_s: float) -> float:
+    """How long a stale RTU line must stay quiet before the next frame: a quarter of the
+    timeout that ran out, at least the inter-frame silence, at most 1 s."""
+    return min(max(silence_s, STALE_GUARD_FRACTION * timeout_s), STALE_GUARD_MAX_S)
+
+
 class ModbusBus:
     """One serial line or TCP endpoint, its connection, and the state of each unit on it."""
 
@@ -83,6 +107,8 @@ class ModbusBus:
         self._connect_failed: tuple[float, str] | None = None
         self._quiet_s = rtu_silence_s(conn.baudrate) if conn.serial is not None else 0.0
         self._last_frame = 0.0
+        self._rtu = conn.framing == "rtu"  # no transaction id: see the module docstring
+        self._stale: tuple[float, float] | None = None  # (since, guard_s) on a stale RTU line
 
     def unit(self, unit: int) -> UnitState:
         return self._units.setdefault(unit, UnitState(unit))
@@ -102,10 +128,10 @@ class ModbusBus:
         asked = time.monotonic()
         try:
             async with self._lock:
-                link = await self._connected(conn, asked, stats)
+                await self._connected(conn, asked, stats)
                 stats.requests += 1
                 tries = 1 if probe else conn.retries + 1
-                answer = await self._tries(link, conn, request, tries, stats)
+                answer = await self._tries(conn, request, tries, stats, asked)
                 if answer is None:
                     stats.timeouts += 1
                     stats.errors += 1
@@ -138,17 +164,25 @@ class ModbusBus:
         self._drop()
 
     async def _tries(
-        self, link: Link, conn: ModbusConnection, request: Request, tries: int, stats: ModbusStats
+        self,
+        conn: ModbusConnection,
+        request: Request,
+        tries: int,
+        stats: ModbusStats,
+        asked: float,
     ) -> Answer | None:
         """The answer within ``tries`` of ``timeout_s`` each, or None if the unit is silent."""
         for attempt in range(tries):
             if attempt:
                 stats.retries += 1
+            link = await self._connected(conn, asked, stats)  # again, if a stale line dropped it
+            await self._settle(link)
             await self._keep_quiet()
             try:
                 async with asyncio.timeout(conn.timeout_s):
                     return await link.send(request, conn.unit)
-            except (TimeoutError, NoAnswer):
+            except (TimeoutError, NoAnswer) as exc:
+                self._went_stale(conn, wrong=isinstance(exc, WrongAnswer))
                 continue
             except LinkLost:
                 self._drop()
@@ -159,6 +193,20 @@ class ModbusBus:
             finally:
                 self._last_frame = time.monotonic()
         return None
+
+    def _went_stale(self, conn: ModbusConnection, *, wrong: bool) -> None:
+        """A try got no answer, or a wrong one: on RTU an answer may still be on its way."""
+        if self._rtu:
+            self._stale = (time.monotonic(), stale_guard_s(conn.timeout_s, self._quiet_s))
+        if (self._rtu or wrong) and self.conn.serial is None:
+            self._drop()  # a gateway may still hold our requests: make it forget them
+
+    async def _settle(self, link: Link) -> None:
+        """Before the first frame on a stale RTU line: let a late answer come and go."""
+        if self._stale is not None:
+            since, guard_s = self._stale
+            await link.settle(since, guard_s, STALE_LIMIT_GUARDS * guard_s)
+            self._stale = None
 
     async def _keep_quiet(self) -> None:
         """RTU devices tell frames apart by silence: keep it before sending the next one."""

@@ -167,20 +167,23 @@ class ModbusDriver:
         """One request per block of the plan: each kept block, when it was answered, and how.
 
         A block refused with exception 2 is split and its pieces asked in its place; the
-        plan keeps the pieces, so a refused block is not tried again.
+        plan keeps the pieces, so a refused block is not tried again, also when the poll
+        ends early (the unit stops answering, the poll is cancelled).
         """
         answered: list[tuple[_Planned, float, Answer]] = []
         pending = deque(self._plan)
-        while pending:  # ends: each split yields strictly smaller blocks
-            planned = pending.popleft()
-            block = planned.block
-            answer = await self._send(Read(block.table, block.address, block.count))
-            ts = time.time()  # when this block's answer arrived, not when it is decoded
-            if answer.exception == ILLEGAL_DATA_ADDRESS and (pieces := split(block)):
-                pending.extendleft(reversed([self._compiled(piece) for piece in pieces]))
-                continue
-            answered.append((planned, ts, answer))
-        self._plan = [planned for planned, _, _ in answered]  # remembered, splits and all
+        try:
+            while pending:  # ends: each split yields strictly smaller blocks
+                block = pending[0].block  # stays pending until answered
+                answer = await self._send(Read(block.table, block.address, block.count))
+                ts = time.time()  # when this block's answer arrived, not when it is decoded
+                planned = pending.popleft()
+                if answer.exception == ILLEGAL_DATA_ADDRESS and (pieces := split(block)):
+                    pending.extendleft(reversed([self._compiled(piece) for piece in pieces]))
+                    continue
+                answered.append((planned, ts, answer))
+        finally:  # remembered, splits and all, however the poll ended
+            self._plan = [planned for planned, _, _ in answered] + list(pending)
         return answered
 
     def _compiled(self, block: ReadBlock) -> _Planned:

@@ -5,7 +5,18 @@ pymodbus' exceptions are translated here, once::
 
     pymodbus ConnectionException, or the link dropping while a request waits  -> LinkLost
     pymodbus ModbusIOException (no, or no matching, answer)                   -> NoAnswer
+    an answer that is not one to this request (see below)                     -> WrongAnswer
     any other pymodbus ModbusException                                        -> LinkError
+
+RTU frames carry no transaction id: pymodbus takes the first frame from the right unit as
+the answer, so a late answer to an earlier request would pass for the answer to the next
+one. ``Link.send`` therefore checks every answer against its request: the function code
+(or its exception form, ``code | 0x80``); for a register read the register count; for a
+bit read at least the bits asked; for writes (5, 6, 16) the echoed address and value or
+quantity. An answer that fails is ``WrongAnswer`` (a ``NoAnswer``), never data. Such an
+answer can still pass when it has the very shape of the current request; what the bus does
+after a timeout on RTU (``bus.py``) keeps that window small. ``Link.last_received`` and
+``Link.settle()`` are for that.
 
 Timeouts and retries are not pymodbus' business: the client is built with no retries and a
 ceiling timeout, and the bus bounds every connect and every try with the unit's own
@@ -16,6 +27,7 @@ pymodbus' background reconnect is off too: the bus decides when to connect again
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
@@ -39,6 +51,7 @@ EXCEPTION_NAMES = {
     4: "server device failure",
     5: "acknowledge",
     6: "server device busy",
+    7: "negative acknowledge",
     8: "memory parity error",
     10: "gateway path unavailable",
     11: "gateway target device failed to respond",
@@ -46,6 +59,9 @@ EXCEPTION_NAMES = {
 ILLEGAL_DATA_ADDRESS = 2
 GATEWAY_FAILURES = frozenset({10, 11})
 """A gateway answering for a device it cannot reach means the device is unavailable."""
+
+FUNCTION_CODES: dict[Table, int] = {"coil": 1, "discrete": 2, "holding": 3, "input": 4}
+"""The read function of each table."""
 
 
 def exception_reason(code: int) -> str:
@@ -59,6 +75,10 @@ class LinkLost(Exception):
 
 class NoAnswer(Exception):
     """pymodbus gave up on a request: no answer, or one that did not match it."""
+
+
+class WrongAnswer(NoAnswer):
+    """An answer that is not one to the request sent: a late answer to another request."""
 
 
 class LinkError(Exception):
@@ -95,7 +115,20 @@ class Answer:
     exception: int = 0
 
 
-def make_client(conn: ModbusConnection, on_link: Callable[[bool], None]) -> Client:
+def function_code(request: Request) -> int:
+    """The function ``request`` is sent with."""
+    if isinstance(request, Read):
+        return FUNCTION_CODES[request.table]
+    if request.table == "coil":
+        return 5
+    return 6 if len(request.values) == 1 else 16
+
+
+def make_client(
+    conn: ModbusConnection,
+    on_link: Callable[[bool], None],
+    on_packet: Callable[[bool, bytes], bytes] | None = None,
+) -> Client:
     """The one place a transport is chosen: TCP, RTU over TCP, or RTU on a serial port."""
     if conn.serial is not None:
         return AsyncModbusSerialClient(
@@ -109,6 +142,7 @@ def make_client(conn: ModbusConnection, on_link: Callable[[bool], None]) -> Clie
             retries=0,
             reconnect_delay=0,
             trace_connect=on_link,
+            trace_packet=on_packet,
         )
     assert conn.host is not None  # the config allows exactly one of host and serial
     return AsyncModbusTcpClient(
@@ -119,6 +153,7 @@ def make_client(conn: ModbusConnection, on_link: Callable[[bool], None]) -> Clie
         retries=0,
         reconnect_delay=0,
         trace_connect=on_link,
+        trace_packet=on_packet,
     )
 
 
@@ -126,16 +161,39 @@ class Link:
     """One connection, and a future that resolves when the peer drops it.
 
     pymodbus notices a dropped connection but lets a request on it wait out its timeout;
-    racing each request against ``lost`` reports the drop at once.
+    racing each request against ``lost`` reports the drop at once. ``last_received`` is
+    when bytes last came in (``time.monotonic()``; 0 before any), answers or not.
     """
 
     def __init__(self, conn: ModbusConnection) -> None:
         self.lost: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self.client = make_client(conn, self._on_link)
+        self.last_received = 0.0
+        self.client = make_client(conn, self._on_link, self._on_packet)
 
     def _on_link(self, up: bool) -> None:
         if not up and not self.lost.done():
             self.lost.set_result(None)
+
+    def _on_packet(self, sending: bool, data: bytes) -> bytes:
+        if not sending:
+            self.last_received = time.monotonic()
+        return data
+
+    async def settle(self, since: float, guard_s: float, limit_s: float) -> None:
+        """Let the line go quiet, then forget whatever pymodbus holds of a frame.
+
+        Waits until nothing has come in for ``guard_s``, counted from ``since`` (when the
+        line went stale) or from the last byte, whichever is later; never past ``since +
+        limit_s``. An answer arriving meanwhile finds no request waiting and is dropped.
+        """
+        deadline = since + limit_s
+        while True:
+            now = time.monotonic()
+            until = min(max(since, self.last_received) + guard_s, deadline)
+            if now >= until:
+                break
+            await asyncio.sleep(until - now)
+        self.client.ctx.recv_buffer = b""
 
     @property
     def up(self) -> bool:
@@ -152,7 +210,8 @@ class Link:
         return None if await self.client.connect() else "connect failed"
 
     async def send(self, request: Request, unit: int) -> Answer:
-        """The unit's answer to ``request``; raises LinkLost, NoAnswer or LinkError."""
+        """The unit's answer to ``request``; raises LinkLost, NoAnswer (WrongAnswer for an
+        answer to some other request) or LinkError."""
         try:
             response = await self._exchange(_call(self.client, request, unit))
         except ConnectionException:
@@ -161,13 +220,7 @@ class Link:
             raise NoAnswer from None
         except ModbusException as exc:
             raise LinkError(str(exc)) from None
-        if response.isError():
-            return Answer(exception=response.exception_code)
-        if isinstance(request, Write):
-            return Answer()
-        if request.table in ("coil", "discrete"):
-            return Answer(bits=tuple(response.bits[: request.count]))
-        return Answer(registers=tuple(response.registers))
+        return answer_to(request, response)
 
     async def _exchange(self, request: Awaitable[ModbusPDU]) -> ModbusPDU:
         pending = asyncio.ensure_future(request)
@@ -185,6 +238,34 @@ class Link:
         """Close, and fail a request still waiting on this link (pymodbus would not)."""
         self.client.close()
         self._on_link(False)
+
+
+def answer_to(request: Request, response: ModbusPDU) -> Answer:
+    """``response`` as the answer to ``request``; WrongAnswer if it cannot be one."""
+    code = function_code(request)
+    if response.function_code == code | 0x80:
+        return Answer(exception=response.exception_code)
+    if response.function_code != code:
+        raise WrongAnswer(f"function {response.function_code} answered function {code}")
+    if isinstance(request, Read):
+        if request.table in ("coil", "discrete"):
+            if len(response.bits) < request.count:
+                raise WrongAnswer(f"{len(response.bits)} bits answered {request.count}")
+            return Answer(bits=tuple(response.bits[: request.count]))
+        if len(response.registers) != request.count:
+            raise WrongAnswer(f"{len(response.registers)} registers answered {request.count}")
+        return Answer(registers=tuple(response.registers))
+    if response.address != request.address:
+        raise WrongAnswer(f"address {response.address} echoed for {request.address}")
+    if code == 5:
+        echoed = tuple(response.bits[:1]) == (bool(request.values[0]),)
+    elif code == 6:
+        echoed = tuple(response.registers) == request.values
+    else:
+        echoed = response.count == len(request.values)
+    if not echoed:
+        raise WrongAnswer(f"function {code} echoed other values than sent")
+    return Answer()
 
 
 def _call(client: Client, request: Request, unit: int) -> Awaitable[ModbusPDU]:
