@@ -93,7 +93,8 @@ async def run_agent(loaded: LoadedConfig, stop: asyncio.Event) -> None:
         ack_timeout_s=cfg.outbox.ack_timeout_s,
     )
     modbus_buses = ModbusBuses()  # devices on one serial line or endpoint share it
-    drivers = {dev.id: open_driver(dev, modbus_buses) for dev in cfg.devices}
+    ids = [dev.id for dev in cfg.devices]  # an id taken from a topic must not be one of these
+    drivers = {dev.id: open_driver(dev, modbus_buses, gateway_ids=ids) for dev in cfg.devices}
     engine = await AlarmService.restore(cfg.compiled_rules(), outbox, in_db, cfg.alarms)
     alarms = AlarmService(engine, outbox, in_db, sender, drivers)
     command_key = (

@@ -3,6 +3,7 @@ configured device needs it (importing asyncua alone costs a process ~25 MB)."""
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from typing import TYPE_CHECKING
 
 from drivers.base import Driver
@@ -15,8 +16,15 @@ if TYPE_CHECKING:
     from drivers.modbus.bus import ModbusBuses
 
 
-def open_driver(device: DeviceConfig, modbus_buses: ModbusBuses | None = None) -> Driver:
-    """``modbus_buses``: one per agent run, so that Modbus devices on one bus share it."""
+def open_driver(
+    device: DeviceConfig,
+    modbus_buses: ModbusBuses | None = None,
+    *,
+    gateway_ids: Collection[str] = (),
+) -> Driver:
+    """``modbus_buses``: one per agent run, so that Modbus devices on one bus share it.
+    ``gateway_ids``: the ids of every device configured on the gateway; an MQTT entry that
+    makes ids from topics (``"{id}"``) refuses to make one of these."""
     match device:
         case ModbusDevice():
             from drivers.modbus.driver import ModbusDriver
@@ -30,7 +38,7 @@ def open_driver(device: DeviceConfig, modbus_buses: ModbusBuses | None = None) -
         case MqttDevice():
             from drivers.mqtt.driver import MqttDriver
 
-            return MqttDriver(device)
+            return MqttDriver(device, taken_ids=gateway_ids)
     raise TypeError(f"no driver for {type(device).__name__}")  # pragma: no cover
 
 

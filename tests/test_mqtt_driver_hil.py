@@ -221,3 +221,40 @@ def test_a_silent_detector_goes_stale_then_comes_back_on_its_next_message(
         agent.stop()
         central.stop()
         tap.close()
+
+
+def test_an_unpaired_surrogate_in_a_payload_reaches_the_center_as_valid_text(
+    tmp_path: Path, mqtt_broker: Broker
+) -> None:
+    # {"label": "\ud800"} is valid JSON, but no UTF-8 encoder (SQLite's, the wire's) takes it
+    devices = (
+        "  - id: tag-1\n"
+        f"    mqtt: {{url: '{mqtt_broker.url}', topic: 'sensors/tag-1/up'}}\n"
+        "    poll_s: 0.2\n"
+        "    points:\n"
+        "      - {name: label, type: string, path: label}\n"
+        "      - {name: level, unit: cm, path: level}\n"
+    )
+    central = Central(tmp_path, mqtt_broker.url).start()
+    agent = Agent.for_devices(tmp_path, mqtt_broker.url, devices, GW)
+    bridge = Detectors(mqtt_broker)
+    try:
+        agent.start()
+        wait_for(lambda: "subscribed to sensors/tag-1/up" in agent.output(), 15, what="subscribed")
+        bridge.send("sensors/tag-1/up", b'{"label": "\\ud800ok", "level": "\\udfff"}')
+        bridge.send("sensors/tag-1/up", b'{"label": "after", "level": 4}')
+        rows = wait_for(
+            lambda: (r := readings(central.db, "tag-1", "label")) and len(r) >= 2 and r,
+            15,
+            what="both labels at the center",
+        )
+        assert sorted(r["value"] for r in rows) == ["?ok", "after"]
+        levels = readings(central.db, "tag-1", "level")
+        bad = [r for r in levels if r["quality"] == "bad"]
+        assert len(bad) == 1 and bad[0]["reason"] == "expected a number, got '\\udfff'"
+        assert [r["value"] for r in levels if r["quality"] == "good"] == [4]
+        assert agent.running() and "Traceback" not in agent.output()
+    finally:
+        bridge.close()
+        agent.stop()
+        central.stop()

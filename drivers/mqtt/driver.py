@@ -11,9 +11,14 @@ device entry; for MQTT that period is how often arrived readings are handed on a
 liveness is checked, never a request to the device. A reading keeps the time its message
 arrived, so ``poll_s`` costs latency, not accuracy.
 
-One entry, many devices: with ``id: "{id}"`` and ``id_from`` every topic level seen makes
-a device of its own (up to ``max_devices``), and every reading carries that device's id.
-``device_health()`` reports each of them for the agent's health data.
+One entry, many devices: with ``id: "{id}"`` and ``id_from`` every topic level that sends
+a readable payload makes a device of its own (up to ``max_devices``), and every reading
+carries that device's id. ``device_health()`` reports each of them for the agent's health
+data. Garbage on a topic level no device has yet makes no device: it is counted for the
+entry (``stats.stray``, totals by kind), so a fuzzer or a broken bridge cannot use up
+``max_devices`` and lock out a real detector. A made id that another device configured
+on the gateway already has (``tank-1`` from ``{id}``) is refused and counted
+(``stats.collided``): readings of two devices must never mix under one id.
 
 Never raising: ``read()`` does not raise for broker or payload problems (an entry may stand
 for hundreds of devices; one bad one, or the broker, must not turn them all ``bad``).
@@ -28,8 +33,17 @@ Instead:
   ``stale`` reading per point (value null, the silence as reason) and its link goes
   ``down``; its next readable message brings it back. A device that only sends garbage is
   not heard: liveness means data, not radio;
-* the local broker unreachable or refusing: logged once, retried with backoff, shown as
+* the local broker unreachable or refusing, the connection or the subscription (a SUBACK
+  with a failure code, e.g. an ACL): logged once, retried with backoff (a refused
+  subscription by disconnecting, so the next connect subscribes again), shown as
   ``broker: down`` in each device's health; silence then makes devices stale as above.
+
+Retained messages are not data: on every (re)connect a broker re-sends the last retained
+uplink of every topic, hours old maybe, and taking it as "heard now" would keep a dead
+detector alive for as long as the link keeps dropping. With MQTT v5 the broker is asked not
+to send them (retain handling 2); a retained message that arrives all the same (MQTT
+3.1.1) is ignored and counted (``stats.retained``). A bridge that publishes with the retain
+flag set still works: a message that reaches an existing subscription arrives unflagged.
 
 Memory is bounded: per device at most ``queue_max`` readings wait (the oldest go first,
 counted as ``dropped``), at most ``max_devices`` devices per entry, and with MQTT v5 the
@@ -45,7 +59,7 @@ import ssl
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 
 import paho.mqtt.client as mqtt
@@ -53,6 +67,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
+from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from drivers.backoff import Backoff, keep_connected
 from drivers.base import Quality, Reading, Value, WriteRefused
@@ -63,6 +78,7 @@ from .config import MqttDevice
 log = logging.getLogger(__name__)
 
 COUNTERS = ("messages", "malformed", "oversized", "unexpected", "dropped")
+UNREADABLE = ("malformed", "oversized", "unexpected")
 
 
 @dataclass(slots=True)
@@ -87,13 +103,25 @@ class MqttStats:
     connects: int = 0
     unnamed: int = 0  # topic level not a valid device id
     refused: int = 0  # new devices past max_devices
+    collided: int = 0  # made id of a device configured otherwise on the gateway
+    retained: int = 0  # retained messages: old, not the device heard now
+    stray: dict[str, int] = field(default_factory=lambda: dict.fromkeys(UNREADABLE, 0))
+    """Unreadable payloads on topic levels that are no device (yet), by kind."""
 
 
 class MqttDriver:
     """One device entry: one subscription, one or many devices; see the module docstring."""
 
-    def __init__(self, device: MqttDevice, *, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        device: MqttDevice,
+        *,
+        taken_ids: Collection[str] = (),
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        """``taken_ids``: ids of the gateway's other devices, which no topic may make."""
         self.device = device
+        self._taken = frozenset(taken_ids) - {device.id}
         self.conn = device.mqtt
         self.name = f"{device.id} on {device.mqtt.topic}" if device.templated else device.id
         """How logs name the entry: a template alone ("{id}") says little."""
@@ -110,6 +138,7 @@ class MqttDriver:
         self._thread: threading.Thread | None = None
         self._client: mqtt.Client | None = None
         self._backoff = Backoff(first_s=0.5, cap_s=5.0)
+        self._sub_refused = False  # the network thread's: we hung up after a refused SUBACK
 
     # --- the Driver interface ----------------------------------------------------------
 
@@ -165,9 +194,20 @@ class MqttDriver:
 
     # --- messages (paho's thread, or a test calling receive directly) --------------------
 
-    def receive(self, topic: str, payload: bytes) -> None:
-        """Take one message: name its device, check and read it, queue the readings."""
+    def receive(self, topic: str, payload: bytes, *, retained: bool = False) -> None:
+        """Take one message: name its device, check and read it, queue the readings.
+        ``retained``: the broker's stored copy, sent because we subscribed: ignored."""
         ts, now = time.time(), self._clock()
+        if retained:
+            with self._lock:
+                self.stats.retained += 1
+            self._log_entry_once(
+                "retained",
+                "retained message on %r ignored (an old uplink, not the device heard now); "
+                "such messages are counted",
+                topic,
+            )
+            return
         dev_id = self._name(topic)
         if dev_id is None:
             with self._lock:
@@ -176,40 +216,64 @@ class MqttDriver:
                 "unnamed", "topic %r names no valid device id; such messages are counted", topic
             )
             return
-        problem: tuple[str, str] | None = None
+        if dev_id in self._taken:
+            with self._lock:
+                self.stats.collided += 1
+            self._log_entry_once(
+                "collided",
+                "topic %r makes the id %r, which another device on this gateway has; "
+                "such messages are ignored and counted",
+                topic,
+                dev_id,
+            )
+            return
+        values, problem = self._read(payload)
         back_after: float | None = None
         with self._lock:
             dev = self._devices.get(dev_id)
-            if dev is None:
-                if len(self._devices) >= self.device.max_devices:
-                    self.stats.refused += 1
-                    dev = None
-                else:
+            if dev is None and not values:  # garbage makes no device
+                assert problem is not None
+                self.stats.stray[problem[0]] += 1
+            elif dev is None and len(self._devices) >= self.device.max_devices:
+                self.stats.refused += 1
+            else:
+                if dev is None:
                     dev = self._devices[dev_id] = self._new_device(dev_id)
                     log.info("mqtt device %s: first message on %s", dev_id, topic)
-            if dev is not None:
                 dev.counts["messages"] += 1
-                problem = self._take(dev, payload, ts)
-                if problem is None or problem[0] == "unexpected-field":
+                if problem is not None:
+                    dev.counts[problem[0]] += 1
+                if values:
+                    self._queue(dev, values, ts)
                     back_after = self._heard(dev, now, ts)
         if dev is None:
-            self._log_entry_once(
-                "refused",
-                "more than max_devices (%d) devices; new ones are ignored and counted",
-                self.device.max_devices,
-            )
+            if problem is not None and not values:
+                kind, detail = problem
+                self._log_entry_once(
+                    f"stray-{kind}",
+                    "%s payload on %s, which is no device yet: %s; no device is made of "
+                    "such messages, they are counted",
+                    kind,
+                    topic,
+                    detail,
+                )
+            else:
+                self._log_entry_once(
+                    "refused",
+                    "more than max_devices (%d) devices; new ones are ignored and counted",
+                    self.device.max_devices,
+                )
             return
         if back_after is not None:
             log.info("mqtt device %s back after %.0f s", dev_id, back_after)
         if problem is not None:
             kind, detail = problem
-            counter = "unexpected" if kind == "unexpected-field" else kind
-            if counter not in dev.logged:
-                dev.logged.add(counter)
+            if kind not in dev.logged:
+                dev.logged.add(kind)
                 log.warning(
                     "mqtt device %s: %s payload on %s: %s; further ones are counted",
                     dev_id,
-                    counter,
+                    kind,
                     topic,
                     detail,
                 )
@@ -244,38 +308,18 @@ class MqttDriver:
     def _new_device(self, dev_id: str) -> _Device:
         return _Device(dev_id, deque(maxlen=self.device.queue_max))
 
-    def _take(self, dev: _Device, payload: bytes, ts: float) -> tuple[str, str] | None:
-        """Queue the readings of one payload; the problem with it, if any."""
-        limit = self.conn.max_payload_bytes
-        if len(payload) > limit:
-            dev.counts["oversized"] += 1
-            return "oversized", f"{len(payload)} bytes, over max_payload_bytes {limit}"
-        try:
-            values = self._reader.read(payload)
-        except Malformed as exc:
-            dev.counts["malformed"] += 1
-            return "malformed", str(exc)
-        if not values:
-            dev.counts["unexpected"] += 1
-            return "unexpected", "none of the configured points is in it"
+    def _queue(self, dev: _Device, values: dict[str, Value | Bad], ts: float) -> None:
         units = {p.name: p.unit for p in self.device.points}
         readings: list[Reading] = []
-        bad: list[str] = []
         for name, value in values.items():
             if isinstance(value, Bad):
                 readings.append(Reading.bad(dev.id, name, units[name], ts, value.reason))
-                bad.append(f"{name}: {value.reason}")
             else:
                 readings.append(Reading(dev.id, name, value, units[name], Quality.GOOD, ts))
         overflow = len(dev.queue) + len(readings) - self.device.queue_max
         if overflow > 0:
             dev.counts["dropped"] += min(overflow, len(dev.queue) + len(readings))
         dev.queue.extend(readings)
-        if bad:
-            dev.counts["unexpected"] += 1
-            more = f"; and {len(bad) - 2} more" if len(bad) > 2 else ""
-            return "unexpected-field", "; ".join(bad[:2]) + more
-        return None
 
     def _heard(self, dev: _Device, now: float, ts: float) -> float | None:
         """Note a readable message; how long the device was silent if it was stale."""
@@ -285,6 +329,26 @@ class MqttDriver:
             back = now - since
         dev.state, dev.last_heard, dev.last_seen_ts = "up", now, ts
         return back
+
+    # --- no lock needed --------------------------------------------------------------------
+
+    def _read(self, payload: bytes) -> tuple[dict[str, Value | Bad], tuple[str, str] | None]:
+        """The values of one payload (none if it cannot be read) and the problem with it:
+        ``(counter, detail)``, the counter one of ``UNREADABLE``."""
+        limit = self.conn.max_payload_bytes
+        if len(payload) > limit:
+            return {}, ("oversized", f"{len(payload)} bytes, over max_payload_bytes {limit}")
+        try:
+            values = self._reader.read(payload)
+        except Malformed as exc:
+            return {}, ("malformed", str(exc))
+        if not values:
+            return {}, ("unexpected", "none of the configured points is in it")
+        bad = [f"{name}: {v.reason}" for name, v in values.items() if isinstance(v, Bad)]
+        if bad:
+            more = f"; and {len(bad) - 2} more" if len(bad) > 2 else ""
+            return values, ("unexpected", "; ".join(bad[:2]) + more)
+        return values, None
 
     def _silence(self, dev: _Device) -> str:
         since = dev.last_heard if dev.last_heard is not None else self._started
@@ -332,6 +396,7 @@ class MqttDriver:
                 context.load_cert_chain(str(conn.cert_file), str(conn.key_file))
             client.tls_set_context(context)
         client.on_connect = self._on_connect
+        client.on_subscribe = self._on_subscribe
         client.on_disconnect = self._on_disconnect
         client.on_message = self._on_message
         return client
@@ -362,13 +427,41 @@ class MqttDriver:
         reason: ReasonCode,
         properties: Properties | None,
     ) -> None:
+        if self._stopping.is_set():  # aclose() ran while we were connecting
+            client.disconnect()
+            return
         if reason.is_failure:
             self._down(f"refused the connection: {reason}")
             return
-        client.subscribe(self.conn.topic, qos=self.conn.qos)
-        self._backoff.reset()
         with self._lock:
             self.stats.connects += 1
+        if self.conn.version == "5":  # retained copies are old data: do not send them
+            options = SubscribeOptions(
+                qos=self.conn.qos, retainHandling=SubscribeOptions.RETAIN_DO_NOT_SEND
+            )
+            client.subscribe(self.conn.topic, options=options)
+        else:
+            client.subscribe(self.conn.topic, qos=self.conn.qos)
+
+    def _on_subscribe(
+        self,
+        client: mqtt.Client,
+        userdata: object,
+        mid: int,
+        reasons: list[ReasonCode],
+        properties: Properties | None,
+    ) -> None:
+        """The link is up once the broker has granted the subscription, not at CONNACK."""
+        refused = next((r for r in reasons if r.is_failure), None)
+        if refused is not None:
+            # logged once (the link stays down while refused); hang up so that the reconnect
+            # loop subscribes again after its backoff: an ACL may be fixed at any time
+            self._down(f"refused the subscription to {self.conn.topic}: {refused}")
+            self._sub_refused = True
+            client.disconnect()
+            return
+        self._backoff.reset()
+        with self._lock:
             was = self.stats.link
             self.stats.link, self.stats.reason = "up", None
         if was != "up":
@@ -382,12 +475,14 @@ class MqttDriver:
         reason: ReasonCode,
         properties: Properties | None,
     ) -> None:
-        if not self._stopping.is_set():
+        if self._sub_refused:  # we hung up: keep "refused the subscription" as the reason
+            self._sub_refused = False
+        elif not self._stopping.is_set():
             self._down(f"connection lost: {reason}")
 
     def _on_message(self, client: mqtt.Client, userdata: object, msg: mqtt.MQTTMessage) -> None:
         try:
-            self.receive(msg.topic, bytes(msg.payload))
+            self.receive(msg.topic, bytes(msg.payload), retained=bool(msg.retain))
         except Exception:  # never let one message stop paho's loop, and with it every device
             # msg.topic itself raises on a topic that is not UTF-8: do not touch it again
             self._log_entry_once("receive", "a message could not be handled (counted)")
