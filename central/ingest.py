@@ -10,12 +10,26 @@ Order matters for the delivery guarantee. For each round of messages:
 The session is persistent (clean start off, long session expiry), so messages that
 arrive while the central service is down wait at the broker; what the broker could not
 keep, the gateways resend when our acks do not come.
+
+What can fail, and what then:
+
+- one message the store cannot take (it breaks the contract, or holds something SQLite
+  cannot bind): each message is stored inside its own SAVEPOINT, so its writes alone are
+  undone; it is rejected (counted, logged once per gateway), still PUBACKed so that the
+  broker does not redeliver it forever, and not acked; the rest of the round commits;
+- the store itself (disk full, I/O error, locked beyond busy_timeout): the round is
+  rolled back, nothing is PUBACKed or acked, and the round is tried again after
+  ``STORE_RETRY_S``; after ``STORE_TRIES`` failures in a row the ingest thread stops;
+- the ingest thread stops for any reason: ``run_central`` returns 1 and ``fleet central
+  run`` exits with it, for its supervisor (systemd) to restart it. The broker keeps
+  every message that was not PUBACKed for the next start.
 """
 
 from __future__ import annotations
 
 import logging
 import queue
+import sqlite3
 import threading
 import time
 from collections import defaultdict
@@ -47,6 +61,8 @@ log = logging.getLogger(__name__)
 SESSION_EXPIRY_S = 7 * 24 * 3600
 ROUND_MAX_MESSAGES = 500
 GATHER_S = 0.02
+STORE_TRIES = 5  # rounds the store fails in a row before the service gives up (exit 1)
+STORE_RETRY_S = 1.0  # pause before trying a failed round again
 
 
 @dataclass
@@ -57,6 +73,21 @@ class IngestStats:
     alarms_stored: int = 0
     rejected: int = 0
     rejected_by_gateway: dict[str, int] = field(default_factory=lambda: defaultdict(int))
+    store_failures: int = 0
+
+
+class StoreFailed(RuntimeError):
+    """The store failed ``STORE_TRIES`` rounds in a row: the service cannot go on."""
+
+
+def store_fault(exc: BaseException) -> bool:
+    """An error of the store itself (disk, locks, corruption) or of the machine, as opposed
+    to one message it cannot take: never a reason to reject the message."""
+    if isinstance(exc, MemoryError):
+        return True
+    return isinstance(exc, sqlite3.DatabaseError) and not isinstance(
+        exc, sqlite3.IntegrityError | sqlite3.DataError | sqlite3.ProgrammingError
+    )
 
 
 @dataclass
@@ -68,6 +99,10 @@ class _Round:
         default_factory=lambda: defaultdict(list)
     )
     seen: set[str] = field(default_factory=set)
+    readings_stored: int = 0
+    duplicates: int = 0
+    alarms_stored: int = 0
+    rejected: list[tuple[str, Channel, Exception]] = field(default_factory=list)
 
 
 class Ingest:
@@ -155,13 +190,39 @@ class Ingest:
         self._client.loop_start()
 
     def run(self) -> None:
-        """Ingest until ``stop()``; call from the thread that owns the store."""
+        """Ingest until ``stop()``; call from the thread that owns the store. Raises
+        ``StoreFailed`` when the store keeps failing, and whatever else stops ingest."""
         while not self._stop.is_set():
             try:
                 first = self._inbox.get(timeout=0.2)
             except queue.Empty:
                 continue
-            self.ingest_round(self._gather(first))
+            self.ingest_retrying(self._gather(first))
+
+    def ingest_retrying(self, msgs: list[mqtt.MQTTMessage]) -> None:
+        """``ingest_round``, tried again while the store fails, up to ``STORE_TRIES``."""
+        for attempt in range(1, STORE_TRIES + 1):
+            try:
+                self.ingest_round(msgs)
+                return
+            except Exception as exc:
+                if not store_fault(exc):
+                    raise
+                self.stats.store_failures += 1
+                if attempt == STORE_TRIES:
+                    raise StoreFailed(
+                        f"the store failed {STORE_TRIES} times in a row, last: {exc}"
+                    ) from exc
+                log.warning(
+                    "store failed: %s; %d messages rolled back, not acked; try %d of %d in %.0f s",
+                    exc,
+                    len(msgs),
+                    attempt + 1,
+                    STORE_TRIES,
+                    STORE_RETRY_S,
+                )
+            if self._stop.wait(STORE_RETRY_S):
+                return  # not acked: the broker redelivers them to the next run
 
     def _gather(self, first: mqtt.MQTTMessage) -> list[mqtt.MQTTMessage]:
         """Take what arrives within ``GATHER_S`` of the first message into one round: one
@@ -186,16 +247,33 @@ class Ingest:
         self._client.loop_stop()
 
     def ingest_round(self, msgs: list[mqtt.MQTTMessage]) -> None:
+        """Store the round in one transaction, commit, then PUBACK and ack. A message the
+        store cannot take is rejected alone; an error of the store (``store_fault``) rolls
+        the whole round back and is raised, with nothing acked."""
         rnd = _Round()
-        for msg in msgs:
-            self._store_one(msg, rnd)
-        if rnd.seen:
-            self.store.seen(rnd.seen)
-        self.store.commit()
+        try:
+            self.store.begin()
+            for msg in msgs:
+                self._store_one(msg, rnd)
+            if rnd.seen:
+                self.store.seen(rnd.seen)
+            self.store.commit()
+        except BaseException:
+            try:
+                self.store.rollback()
+            except sqlite3.Error as err:  # the next round's begin() tries again
+                log.warning("rolling back a failed round failed too: %s", err)
+            raise
         for msg in msgs:
             if msg.qos > 0:
                 self._client.ack(msg.mid, msg.qos)
-        self.stats.messages += len(msgs)
+        st = self.stats
+        st.messages += len(msgs)
+        st.readings_stored += rnd.readings_stored
+        st.duplicates += rnd.duplicates
+        st.alarms_stored += rnd.alarms_stored
+        for gw, channel, error in rnd.rejected:
+            self._reject(gw, channel, error)
         for gw, stream in set(rnd.telemetry) | set(rnd.alarms):
             ack = Ack(
                 stream,
@@ -206,33 +284,40 @@ class Ingest:
 
     def _store_one(self, msg: mqtt.MQTTMessage, rnd: _Round) -> None:
         parsed = self.topics.parse(msg.topic)
-        if parsed is None:
+        if parsed is None or parsed[1] not in _STORED:
             return
         gw, channel = parsed
         try:
-            if channel is Channel.TELEMETRY:
-                batch = decode_telemetry(msg.payload)
-                self._same_gateway(gw, batch.gw)
-                stored = self.store.insert_telemetry(batch)
-                self.stats.readings_stored += stored
-                self.stats.duplicates += len(batch.readings) - stored
-                rnd.telemetry[(gw, batch.stream)].append((batch.seq_first, batch.seq_last))
-            elif channel is Channel.ALARMS:
-                event = decode_alarm(msg.payload)
-                self._same_gateway(gw, event.gw)
-                self.stats.alarms_stored += self.store.insert_alarm(event)
-                rnd.alarms[(gw, event.stream)].append((event.seq, event.seq))
-            elif channel is Channel.STATE:
-                if msg.payload:  # an empty retained message clears a decommissioned gateway
-                    self.store.update_state(gw, decode_state(msg.payload))
-            elif channel is Channel.HEALTH:
-                self.store.update_health(gw, decode_health(msg.payload))
-            else:
-                return
-        except PayloadError as exc:
-            self._reject(gw, channel, exc)
+            with self.store.savepoint():
+                self._store_message(gw, channel, msg.payload, rnd)
+        except Exception as exc:
+            if store_fault(exc):
+                raise
+            rnd.rejected.append((gw, channel, exc))
             return
         rnd.seen.add(gw)
+
+    def _store_message(
+        self, gw: str, channel: Channel, payload: bytes | bytearray, rnd: _Round
+    ) -> None:
+        """Decode and store one message; ``rnd`` learns of it only once it is all stored."""
+        if channel is Channel.TELEMETRY:
+            batch = decode_telemetry(payload)
+            self._same_gateway(gw, batch.gw)
+            stored = self.store.insert_telemetry(batch)
+            rnd.readings_stored += stored
+            rnd.duplicates += len(batch.readings) - stored
+            rnd.telemetry[(gw, batch.stream)].append((batch.seq_first, batch.seq_last))
+        elif channel is Channel.ALARMS:
+            event = decode_alarm(payload)
+            self._same_gateway(gw, event.gw)
+            rnd.alarms_stored += self.store.insert_alarm(event)
+            rnd.alarms[(gw, event.stream)].append((event.seq, event.seq))
+        elif channel is Channel.STATE:
+            if payload:  # an empty retained message clears a decommissioned gateway
+                self.store.update_state(gw, decode_state(payload))
+        else:
+            self.store.update_health(gw, decode_health(payload))
 
     def _same_gateway(self, topic_gw: str, payload_gw: str) -> None:
         if topic_gw != payload_gw:
@@ -240,21 +325,51 @@ class Ingest:
                 f"payload says gateway {payload_gw!r} on gateway {topic_gw!r}'s topic"
             )
 
-    def _reject(self, gw: str, channel: Channel, exc: PayloadError) -> None:
+    def _reject(self, gw: str, channel: Channel, exc: Exception) -> None:
         self.stats.rejected += 1
         count = self.stats.rejected_by_gateway[gw] = self.stats.rejected_by_gateway[gw] + 1
         if count == 1:  # log once per gateway, count the rest
-            log.warning("rejected a %s message from %s: %s", channel.value, gw, exc)
+            why = str(exc) if isinstance(exc, PayloadError) else f"{type(exc).__name__}: {exc}"
+            log.warning(
+                "rejected a %s message from %s (not stored, not acked; later ones are only "
+                "counted): %s",
+                channel.value,
+                gw,
+                why,
+            )
 
 
-def run_central(store: Store, ingest: Ingest, stop: threading.Event) -> None:
+_STORED = frozenset({Channel.TELEMETRY, Channel.ALARMS, Channel.STATE, Channel.HEALTH})
+
+
+def run_central(store: Store, ingest: Ingest, stop: threading.Event) -> int:
+    """Run ingest on its own thread until ``stop`` is set: 0. If the ingest thread ends
+    by itself (the store keeps failing, or anything else), stop everything and return 1,
+    so that the process exits non-zero and its supervisor restarts it."""
+    ended = threading.Event()
+
+    def work() -> None:
+        try:
+            ingest.run()
+        except BaseException:
+            log.critical("central ingest stopped; exiting to be restarted", exc_info=True)
+        finally:
+            ended.set()
+
     ingest.start()
-    worker = threading.Thread(target=ingest.run, name="ingest", daemon=True)
+    worker = threading.Thread(target=work, name="ingest", daemon=True)
     worker.start()
+    failed = False
     try:
-        while not stop.wait(0.5):
-            pass
+        while not stop.wait(0.2):
+            if ended.is_set():
+                failed = True
+                break
     finally:
         ingest.stop()
         worker.join(timeout=5)
-        store.close()
+        try:
+            store.close()
+        except sqlite3.Error as exc:
+            log.warning("closing the store failed: %s", exc)
+    return 1 if failed else 0

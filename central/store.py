@@ -4,6 +4,15 @@ The primary key of readings and alarm events is ``(gateway, stream, seq)``: a ba
 gateway resends (it always may: delivery is at-least-once) lands on rows that exist and
 is dropped by ``INSERT OR IGNORE``, which makes delivery effectively-once. Timestamps
 are the edge's; the center never re-stamps a reading.
+
+Values are stored as they came: numbers, strings, booleans (0/1, ``is_bool = 1``) and
+null. An integer beyond SQLite's signed 64 bits (a uint64 point such as a counter, or its
+0xFFFFFFFFFFFFFFFF "not available" marker) is stored exactly, as its decimal digits in
+TEXT, with ``is_bool = 2`` in ``readings`` so that ``readings()`` gives the integer back.
+
+Commits are durable when they return (WAL with ``synchronous=FULL``: the WAL is fsynced
+at every commit), because the center acks what it has committed and the gateway then
+deletes it: nothing acked may be lost to a power cut.
 """
 
 from __future__ import annotations
@@ -11,7 +20,8 @@ from __future__ import annotations
 import json
 import sqlite3
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,7 +42,7 @@ CREATE TABLE IF NOT EXISTS readings (
     quality TEXT NOT NULL,
     reason TEXT,
     ts REAL NOT NULL,
-    is_bool INTEGER NOT NULL DEFAULT 0,
+    is_bool INTEGER NOT NULL DEFAULT 0, -- what value holds: 1 a boolean, 2 a big integer as TEXT
     PRIMARY KEY (gateway, stream, seq)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS readings_by_point ON readings (gateway, device, point, ts);
@@ -98,6 +108,20 @@ CREATE TABLE IF NOT EXISTS gateways (
 );
 """
 
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+VALUE_BOOL, VALUE_BIG_INT = 1, 2  # readings.is_bool
+
+
+def cell(value: Any) -> Any:
+    """``value`` as SQLite can bind it: an integer beyond 64 bits as its exact decimal text,
+    a list or object (an unexpected extra field of an alarm event) as JSON text."""
+    kind = type(value)
+    if kind is int:
+        return value if INT64_MIN <= value <= INT64_MAX else str(value)
+    if value is None or kind is bool or kind is float or kind is str:
+        return value
+    return json.dumps(value)
+
 
 @dataclass(frozen=True, slots=True)
 class StoredReading:
@@ -134,7 +158,11 @@ class Store:
         conn = sqlite3.connect(str(path), check_same_thread=False)
         self.db = sqlite_utils.Database(conn)
         self.db.execute("PRAGMA journal_mode=WAL")
-        self.db.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL: durable at checkpoint
+        # FULL: the WAL is fsynced at every commit, and the center acks only what it has
+        # committed, after which the gateway deletes it. (NORMAL would fsync only at
+        # checkpoints: a power cut could lose rows already acked.) One commit per ingest
+        # round of up to hundreds of batches keeps the fsyncs few.
+        self.db.execute("PRAGMA synchronous=FULL")
         self.db.execute("PRAGMA busy_timeout=5000")
         # A big page cache keeps the readings index in memory; fewer, larger checkpoints
         # cost fewer fsyncs at tens of thousands of rows a second.
@@ -144,26 +172,46 @@ class Store:
 
     # --- writes (one transaction per ingest round, committed before acks go out) -------
 
+    def begin(self) -> None:
+        """Start a round's transaction. IMMEDIATE takes the write lock now, waiting up to
+        busy_timeout for it, rather than failing half-way through the round. A transaction
+        a failed round left open is rolled back first: none of it was acked."""
+        if self.db.conn.in_transaction:
+            self.db.conn.rollback()
+        self.db.conn.execute("BEGIN IMMEDIATE")
+
+    @contextmanager
+    def savepoint(self) -> Iterator[None]:
+        """One message inside the round: on an error, undo its writes only, and re-raise."""
+        conn = self.db.conn
+        conn.execute("SAVEPOINT message")
+        try:
+            yield
+        except BaseException:
+            # An I/O error or a full disk may have rolled back the whole transaction and
+            # its savepoints: then ROLLBACK TO fails too, and the round fails as a whole.
+            conn.execute("ROLLBACK TO message")
+            conn.execute("RELEASE message")
+            raise
+        conn.execute("RELEASE message")
+
+    def rollback(self) -> None:
+        self.db.conn.rollback()
+
     def insert_telemetry(self, batch: TelemetryBatch) -> int:
         gw, stream, seq = batch.gw, batch.stream, batch.seq_first
         rows = []
         for i, r in enumerate(batch.readings):
-            v = r.get("v")
-            rows.append(
-                (
-                    gw,
-                    stream,
-                    seq + i,
-                    r["dev"],
-                    r["pt"],
-                    v,
-                    r.get("u"),
-                    r["q"],
-                    r.get("r"),
-                    r["ts"],
-                    1 if isinstance(v, bool) else 0,
-                )
-            )
+            v: Any = r.get("v")
+            kind = v.__class__
+            if kind is bool:
+                tag = VALUE_BOOL
+            elif kind is int and not INT64_MIN <= v <= INT64_MAX:
+                v, tag = str(v), VALUE_BIG_INT
+            else:
+                tag = 0
+            u, q, why, ts = r.get("u"), r["q"], r.get("r"), r["ts"]
+            rows.append((gw, stream, seq + i, r["dev"], r["pt"], v, u, q, why, ts, tag))
         cur = self.db.conn.executemany(
             "INSERT OR IGNORE INTO readings "
             "(gateway, stream, seq, device, point, value, unit, quality, reason, ts, is_bool) "
@@ -193,11 +241,11 @@ class Store:
             (
                 event.gw,
                 event.stream,
-                d.get("first"),
-                d.get("last"),
-                d.get("count"),
-                d.get("ts_first"),
-                d.get("ts_last"),
+                cell(d.get("first")),
+                cell(d.get("last")),
+                cell(d.get("count")),
+                cell(d.get("ts_first")),
+                cell(d.get("ts_last")),
                 str(d.get("cause")),
                 event.ts,
             ),
@@ -219,7 +267,7 @@ class Store:
             self.db.conn.execute(
                 "UPDATE alarms SET shelved_until = ?, events = events + 1 "
                 "WHERE gateway = ? AND alarm_id = ?",
-                (shelved_until, event.gw, event.id),
+                (cell(shelved_until), event.gw, event.id),
             )
             return
         since = x.get("since")  # when the occurrence began, on every event of a rule's alarm
@@ -241,12 +289,12 @@ class Store:
                 event.dev,
                 event.severity,
                 state,
-                event.value,
-                since,
+                cell(event.value),
+                cell(since),
                 event.ts,
                 event.msg,
-                x.get("occurrence"),
-                x.get("acked_by"),
+                cell(x.get("occurrence")),
+                cell(x.get("acked_by")),
             ),
         )
 
@@ -280,7 +328,7 @@ class Store:
                 event.dev,
                 event.severity,
                 event.state,
-                event.value,
+                cell(event.value),
                 event.ts,
                 event.msg,
                 json.dumps(event.to_json()),
@@ -300,24 +348,26 @@ class Store:
         row: dict[str, Any] = {"id": gw, "online": 1 if state.get("online") else 0}
         if state.get("online"):
             row.update(
-                site=state.get("site"),
-                agent_version=state.get("agent_version"),
-                config_rev=state.get("config_rev"),
-                started=state.get("started"),
-                stream=state.get("stream"),
+                site=cell(state.get("site")),
+                agent_version=cell(state.get("agent_version")),
+                config_rev=cell(state.get("config_rev")),
+                started=cell(state.get("started")),
+                stream=cell(state.get("stream")),
                 state=json.dumps(state),
             )
         self.db.table("gateways").upsert(row, pk="id")
 
     def update_health(self, gw: str, health: dict[str, Any]) -> None:
-        outbox = health.get("outbox") or {}
-        dropped = health.get("dropped") or {}
+        outbox = health.get("outbox")
+        outbox = outbox if isinstance(outbox, dict) else {}
+        dropped = health.get("dropped")
+        dropped = dropped if isinstance(dropped, dict) else {}
         self.db.table("gateways").upsert(
             {
                 "id": gw,
-                "outbox_depth": outbox.get("depth"),
-                "outbox_oldest_age_s": outbox.get("oldest_age_s"),
-                "dropped_telemetry": dropped.get("telemetry"),
+                "outbox_depth": cell(outbox.get("depth")),
+                "outbox_oldest_age_s": cell(outbox.get("oldest_age_s")),
+                "dropped_telemetry": cell(dropped.get("telemetry")),
                 "health": json.dumps(health),
             },
             pk="id",
@@ -357,9 +407,11 @@ class Store:
         )
         out = []
         for row in self.db.execute(sql, [*args, limit]).fetchall():
-            *fields, is_bool = row
-            if is_bool and fields[3] is not None:
+            *fields, tag = row
+            if tag == VALUE_BOOL and fields[3] is not None:
                 fields[3] = bool(fields[3])
+            elif tag == VALUE_BIG_INT and isinstance(fields[3], str):
+                fields[3] = int(fields[3])
             out.append(StoredReading(*fields))
         return out
 

@@ -85,7 +85,9 @@ def central_run(
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
     logging.getLogger("central").info("central service: broker %s, store %s", url, db)
-    run_central(store, ingest, stop)
+    code = run_central(store, ingest, stop)
+    if code:  # ingest stopped by itself: exit non-zero, so that systemd restarts us
+        raise typer.Exit(code)
 
 
 @gateways_app.command("list")

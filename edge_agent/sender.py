@@ -7,9 +7,17 @@ Order of service, each time there is room in the window of unacked batches:
 3. backlog: rows that were already waiting when it came up, oldest first.
 
 So after an outage operators see the present at once while the past drains behind it.
+The backlog has a share of its own: up to ``window // 4`` backlog batches are in flight
+whatever live data does, and live data and alarms take at most ``window`` batches while
+a backlog waits (``window + window // 4`` once there is none), so the backlog drains
+however busy the live lane is, and no more than ``window + window // 4`` batches are ever
+unacked.
+
 A batch unacked for ``ack_timeout_s``, a lost connection, or an ack from the center that
 never comes all lead to the same recovery: forget what is in flight and start again from
-the oldest unacked row. The center's primary key drops what it already has.
+the oldest unacked row. The center's primary key drops what it already has. Rows leave
+the outbox only when the center acks them; an acked batch whose rows could not be deleted
+(a full disk) stays in flight, so the ack timeout sends it again.
 """
 
 from __future__ import annotations
@@ -45,6 +53,7 @@ class InFlight:
     first: int
     last: int
     sent_at: float
+    backlog: bool = False
 
 
 @dataclass(slots=True)
@@ -77,10 +86,11 @@ class Sender:
         self._in_db = in_db
         self._batch_max = batch_max
         self._window = window
-        self._live_reserve = max(1, window // 4)
         # The backlog keeps fewer batches in flight than live data may: everything in
         # flight queues at the broker and the center ahead of the next live batch, so a
         # short backlog queue is what keeps live data under a second behind in a drain.
+        # The share is the backlog's own, counted apart from live data and alarms, so a
+        # busy live lane cannot starve it.
         self._backlog_window = max(1, window // 4)
         self._ack_timeout = ack_timeout_s
         self._inflight: dict[tuple[Lane, int], InFlight] = {}
@@ -88,6 +98,8 @@ class Sender:
         self._last = {Lane.TELEMETRY: 0, Lane.ALARMS: 0}
         self._wake = asyncio.Event()
         self._need_reset = True
+        self._acks: set[asyncio.Task[None]] = set()
+        self._closing = False
         self.batches_sent = 0
         self.resends = 0
         self.acked = 0
@@ -98,6 +110,10 @@ class Sender:
     @property
     def inflight(self) -> int:
         return len(self._inflight)
+
+    @property
+    def backlog_inflight(self) -> int:
+        return sum(1 for fl in self._inflight.values() if fl.backlog)
 
     def appended(self, lane: Lane, last_seq: int) -> None:
         """The committer tells us new rows are durable up to ``last_seq``."""
@@ -121,31 +137,76 @@ class Sender:
             return
         if ack.stream != self._outbox.stream_id:
             return  # an ack for an outbox file this gateway no longer has
-        asyncio.get_running_loop().create_task(self._apply_ack(ack))
+        if self._closing:
+            return  # stopping: the outbox may be closed; the rows are sent again next time
+        task = asyncio.get_running_loop().create_task(self._apply_ack(ack), name="sender-ack")
+        self._acks.add(task)
+        task.add_done_callback(self._acks.discard)
 
     async def _apply_ack(self, ack: Ack) -> None:
         for lane, ranges in ((Lane.TELEMETRY, ack.telemetry), (Lane.ALARMS, ack.alarms)):
             if not ranges:
                 continue
-            self.acked += await self._in_db(partial(self._outbox.delete, lane, ranges))
+            try:
+                deleted, forgotten = await self._in_db(partial(self._forget, lane, ranges))
+            except Exception:
+                log.exception("outbox: deleting acknowledged %s rows failed", lane.value)
+                deleted, forgotten = 0, False
+            self.acked += deleted
+            if not forgotten:
+                # The rows are still in the outbox and the cursors are past them: keep the
+                # batches in flight, so the ack timeout sends them again (after ack_timeout_s,
+                # not at once: a disk that is full now is likely still full in a moment).
+                log.warning(
+                    "acknowledged %s rows %s kept in the outbox: resending them after %.0f s",
+                    lane.value,
+                    list(ranges),
+                    self._ack_timeout,
+                )
+                continue
             for key, fl in list(self._inflight.items()):
                 if fl.lane is lane and any(a <= fl.first and fl.last <= b for a, b in ranges):
                     del self._inflight[key]
         self._wake.set()
 
+    def _forget(self, lane: Lane, ranges: tuple[tuple[int, int], ...]) -> tuple[int, bool]:
+        """On the outbox thread: delete acked rows; (rows deleted, none of them left)."""
+        deleted = self._outbox.delete(lane, ranges)
+        if deleted:
+            return deleted, True  # one transaction: all of them are gone
+        # 0 is a repeated ack (nothing left to delete) or a delete that failed (disk full)
+        left = any(self._outbox.fetch(lane, a, b + 1, 1) for a, b in ranges)
+        return 0, not left
+
+    async def aclose(self) -> None:
+        """Stop taking acks and let those under way finish, before the outbox is closed."""
+        self._closing = True
+        if not self._acks:
+            return
+        _, pending = await asyncio.wait(set(self._acks), timeout=5)
+        for task in pending:
+            task.cancel()
+        await asyncio.gather(*pending, return_exceptions=True)
+
     # --- the loop ---------------------------------------------------------------------
 
     async def run(self) -> None:
-        while True:
-            await self._uplink.connected.wait()
-            if self._need_reset:
-                await self._reset()
-            progressed = await self._fill_window()
-            self._check_timeouts()
-            if not progressed:
-                self._wake.clear()
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), timeout=min(0.5, self._ack_timeout))
+        """Send until cancelled; the acks under way are finished (``aclose``) on the way out."""
+        try:
+            while True:
+                await self._uplink.connected.wait()
+                if self._need_reset:
+                    await self._reset()
+                progressed = await self._fill_window()
+                self._check_timeouts()
+                if not progressed:
+                    self._wake.clear()
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(
+                            self._wake.wait(), timeout=min(0.5, self._ack_timeout)
+                        )
+        finally:
+            await self.aclose()
 
     async def _reset(self) -> None:
         """Start again from the oldest unacked row; rows appended from now on are live."""
@@ -185,7 +246,7 @@ class Sender:
 
     async def _fill_window(self) -> bool:
         progressed = False
-        while len(self._inflight) < self._window + self._live_reserve:
+        while len(self._inflight) < self._window + self._backlog_window:
             if not self._uplink.connected.is_set() or self._need_reset:
                 break
             sent = await self._send_next()
@@ -194,26 +255,38 @@ class Sender:
             progressed = True
         return progressed
 
+    def _room(self) -> tuple[bool, bool]:
+        """(room for alarms and live data, room for the backlog) in the window."""
+        backlog = self.backlog_inflight
+        other = len(self._inflight) - backlog
+        if self._cursors.backlog < self._cursors.live_from:
+            # a backlog waits: its share stays free for it, whatever live data does
+            other_max = self._window
+        else:
+            other_max = self._window + self._backlog_window - backlog
+        return other < other_max, backlog < self._backlog_window
+
     async def _send_next(self) -> bool:
         c = self._cursors
-        if c.alarms <= self._last[Lane.ALARMS]:
+        room, backlog_room = self._room()
+        if room and c.alarms <= self._last[Lane.ALARMS]:
             rows = await self._fetch(Lane.ALARMS, c.alarms, None, 1)
             if rows:
                 seq, body = rows[0]
                 c.alarms = seq + 1
                 return self._publish_alarm(seq, body)
             c.alarms = self._last[Lane.ALARMS] + 1
-        if c.live <= self._last[Lane.TELEMETRY]:
+        if room and c.live <= self._last[Lane.TELEMETRY]:
             rows = await self._fetch(Lane.TELEMETRY, c.live, None, self._batch_max)
             if rows:
                 c.live = rows[-1][0] + 1
                 return self._publish_telemetry(rows)
             c.live = self._last[Lane.TELEMETRY] + 1
-        if c.backlog < c.live_from and len(self._inflight) < self._backlog_window:
+        if backlog_room and c.backlog < c.live_from:
             rows = await self._fetch(Lane.TELEMETRY, c.backlog, c.live_from, self._batch_max)
             if rows:
                 c.backlog = rows[-1][0] + 1
-                return self._publish_telemetry(rows)
+                return self._publish_telemetry(rows, backlog=True)
             c.backlog = c.live_from
         return False
 
@@ -222,13 +295,14 @@ class Sender:
     ) -> list[tuple[int, str]]:
         return await self._in_db(lambda: self._outbox.fetch(lane, start, stop, limit))
 
-    def _publish_telemetry(self, rows: list[tuple[int, str]]) -> bool:
+    def _publish_telemetry(self, rows: list[tuple[int, str]], *, backlog: bool = False) -> bool:
         first, last = rows[0][0], rows[-1][0]
         payload = encode_telemetry_raw(
             self._gw, self._outbox.stream_id, first, [body for _, body in rows]
         )
         topic = self._topics.gw(self._gw, Channel.TELEMETRY)
-        return self._track(Lane.TELEMETRY, first, last, self._uplink.publish(topic, payload))
+        ok = self._uplink.publish(topic, payload)
+        return self._track(Lane.TELEMETRY, first, last, ok, backlog=backlog)
 
     def _publish_alarm(self, seq: int, body: str) -> bool:
         event = json.loads(body)
@@ -237,10 +311,10 @@ class Sender:
         topic = self._topics.gw(self._gw, Channel.ALARMS)
         return self._track(Lane.ALARMS, seq, seq, self._uplink.publish(topic, payload))
 
-    def _track(self, lane: Lane, first: int, last: int, ok: bool) -> bool:
+    def _track(self, lane: Lane, first: int, last: int, ok: bool, *, backlog: bool = False) -> bool:
         if not ok:
             self._need_reset = True  # the session went away under us; start over
             return False
-        self._inflight[(lane, first)] = InFlight(lane, first, last, time.monotonic())
+        self._inflight[(lane, first)] = InFlight(lane, first, last, time.monotonic(), backlog)
         self.batches_sent += 1
         return True

@@ -192,8 +192,8 @@ def agent_config(
 class Central(Process):
     """``fleet central run`` as a real process with its own store file."""
 
-    def __init__(self, workdir: Path, broker_url: str) -> None:
-        self.db = workdir / "central.db"
+    def __init__(self, workdir: Path, broker_url: str, db: Path | None = None) -> None:
+        self.db = db or workdir / "central.db"
         super().__init__(
             "fleet",
             ["central", "run", "--broker", broker_url, "--db", str(self.db)],

@@ -23,6 +23,10 @@ SeqRange = tuple[int, int]
 Raw = bytes | bytearray
 
 _QUALITIES = frozenset(q.value for q in Quality)
+# What JSON decodes a scalar ``v`` (or an alarm's ``value``) to; exact types, for speed.
+_SCALARS = frozenset({type(None), bool, int, float, str})
+# Sequence numbers are SQLite INTEGERs at both ends: signed 64 bits, and at least 1.
+SEQ_MAX = 2**63 - 1
 
 
 class PayloadError(ValueError):
@@ -98,7 +102,17 @@ def encode_telemetry(gw: str, stream: str, seq_first: int, readings: Sequence[JS
     )
 
 
+def _is_time(ts: object) -> bool:
+    """A finite number of seconds (an integer only as far as SQLite's 64 bits reach)."""
+    if type(ts) is float:
+        return math.isfinite(ts)
+    return type(ts) is int and -SEQ_MAX <= ts <= SEQ_MAX
+
+
 def decode_telemetry(payload: Raw) -> TelemetryBatch:
+    """Validate a batch down to every field the center stores, so that nothing in it can
+    make the store fail: ``v`` a scalar (any integer, also past 64 bits: a uint64 point),
+    ``u`` and ``r`` strings or null, ``ts`` a finite number, seqs within 1..2**63-1."""
     obj = loads(payload)
     gw = _field(obj, "gw", str)
     stream = _field(obj, "stream", str)
@@ -107,16 +121,27 @@ def decode_telemetry(payload: Raw) -> TelemetryBatch:
     readings = _field(obj, "readings", list)
     if first < 1 or not readings or last - first + 1 != len(readings):
         raise PayloadError("seq_first..seq_last must number the readings exactly")
+    if last > SEQ_MAX:
+        raise PayloadError(f"seq_last must be at most {SEQ_MAX}")
+    scalars, qualities = _SCALARS, _QUALITIES
     for i, r in enumerate(readings):
         if (
-            not isinstance(r, dict)
-            or not isinstance(r.get("dev"), str)
-            or not isinstance(r.get("pt"), str)
-            or r.get("q") not in _QUALITIES
-            or not isinstance(r.get("ts"), int | float)
-            or isinstance(r.get("ts"), bool)
+            type(r) is not dict
+            or type(r.get("dev")) is not str
+            or type(r.get("pt")) is not str
+            or r.get("q") not in qualities
+            or not _is_time(r.get("ts"))
         ):
-            raise PayloadError(f"readings[{i}] needs dev, pt (strings), q (good|bad|stale), ts")
+            raise PayloadError(
+                f"readings[{i}] needs dev, pt (strings), q (good|bad|stale), ts (a finite number)"
+            )
+        if type(r.get("v")) not in scalars:
+            raise PayloadError(f"readings[{i}].v must be a number, boolean, string or null")
+        u, reason = r.get("u"), r.get("r")
+        if (u is not None and type(u) is not str) or (
+            reason is not None and type(reason) is not str
+        ):
+            raise PayloadError(f"readings[{i}]: u and r must be strings or null")
     return TelemetryBatch(gw, stream, first, last, readings)
 
 
@@ -170,18 +195,27 @@ def decode_alarm(payload: Raw) -> AlarmEvent:
         raise PayloadError(f"severity must be one of {', '.join(SEVERITIES)}")
     if state not in ALARM_STATES:
         raise PayloadError(f"state must be one of {', '.join(ALARM_STATES)}")
+    seq = _field(obj, "seq", int)
+    if not 1 <= seq <= SEQ_MAX:
+        raise PayloadError(f"field 'seq' must be within 1..{SEQ_MAX}")
+    value = obj.get("value")
+    if type(value) not in _SCALARS:
+        raise PayloadError("field 'value' must be a number, boolean, string or null")
+    ts = _field(obj, "ts", (int, float))
+    if not _is_time(ts):
+        raise PayloadError("field 'ts' must be a finite number")
     known = {"gw", "stream", "seq", "id", "rule", "dev", "severity", "state", "value", "ts", "msg"}
     return AlarmEvent(
         gw=_field(obj, "gw", str),
         stream=_field(obj, "stream", str),
-        seq=_field(obj, "seq", int),
+        seq=seq,
         id=_field(obj, "id", str),
         rule=_field(obj, "rule", str),
         dev=_field(obj, "dev", str),
         severity=severity,
         state=state,
-        value=obj.get("value"),
-        ts=float(_field(obj, "ts", (int, float))),
+        value=value,
+        ts=float(ts),
         msg=_field(obj, "msg", str),
         extra={k: v for k, v in obj.items() if k not in known},
     )

@@ -1,0 +1,331 @@
+"""The sender against a real outbox and a fake center that acks after a round trip.
+
+No broker: the uplink is a stand-in that hands every message to the fake center at once,
+and the center acks each telemetry batch ``RTT`` seconds later (a cellular round trip:
+broker, center, commit, ack). Every wait is bounded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import gc
+import json
+import time
+from collections.abc import AsyncIterator, Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, TypeVar, cast
+
+import pytest
+
+from edge_agent.contract import Ack, Topics, decode_telemetry, encode_ack
+from edge_agent.outbox import Lane, Outbox
+from edge_agent.sender import Sender
+from edge_agent.uplink import Inbound, Uplink
+
+T = TypeVar("T")
+RTT = 0.5
+BODY = json.dumps({"dev": "d", "pt": "p", "u": None, "v": 1, "q": "good", "ts": 1.0})
+
+
+class FakeUplink:
+    def __init__(self) -> None:
+        self.connected = asyncio.Event()
+        self.handlers: dict[str, Callable[[Inbound], None]] = {}
+        self.ups: list[Callable[[], None]] = []
+        self.downs: list[Callable[[], None]] = []
+        self.on_publish: Callable[[str, bytes], None] = lambda topic, payload: None
+
+    def subscribe(self, topic: str, handler: Callable[[Inbound], None]) -> None:
+        self.handlers[topic] = handler
+
+    def on_up(self, fn: Callable[[], None]) -> None:
+        self.ups.append(fn)
+
+    def on_down(self, fn: Callable[[], None]) -> None:
+        self.downs.append(fn)
+
+    def publish(self, topic: str, payload: bytes, *, qos: int = 1, retain: bool = False) -> bool:
+        self.on_publish(topic, payload)
+        return True
+
+    def up(self) -> None:
+        self.connected.set()
+        for fn in self.ups:
+            fn()
+
+
+class Rig:
+    """A real Sender and Outbox (on their own thread, as in the agent), a fake center."""
+
+    def __init__(self, tmp: Path, *, window: int, batch_max: int, ack_timeout_s: float) -> None:
+        self.loop = asyncio.get_running_loop()
+        self.executor = ThreadPoolExecutor(max_workers=1)
+        self.outbox = Outbox(tmp / "outbox.db", max_bytes=10**9)
+        self.uplink = FakeUplink()
+        self.uplink.on_publish = self._center
+        self.gate = asyncio.Event()  # clear it to hold every outbox call at the door
+        self.gate.set()
+        self.busy = 0  # outbox calls started and not finished
+        self.closed = False
+        self.calls_after_close = 0
+        self.auto_ack = True
+        self.lose_acks_until = 0.0  # time.monotonic() before which the center's acks are lost
+        self.stop_live = asyncio.Event()
+        self.delivered: set[int] = set()  # telemetry seqs the center has acked
+        self.published: list[tuple[int, int]] = []
+        self.sender = Sender(
+            gateway="gw-1",
+            topics=Topics("edgefleet/v1"),
+            outbox=self.outbox,
+            uplink=cast(Uplink, self.uplink),
+            in_db=self.in_db,
+            batch_max=batch_max,
+            window=window,
+            ack_timeout_s=ack_timeout_s,
+        )
+        self.task: asyncio.Task[None] | None = None
+
+    def in_db(self, fn: Callable[[], T]) -> Any:
+        return self._in_db(fn)
+
+    async def _in_db(self, fn: Callable[[], T]) -> T:
+        if self.closed:
+            self.calls_after_close += 1
+        self.busy += 1
+        try:
+            await self.gate.wait()
+            return await self.loop.run_in_executor(self.executor, fn)
+        finally:
+            self.busy -= 1
+
+    def start(self) -> None:
+        self.task = asyncio.create_task(self.sender.run())
+        self.uplink.up()
+
+    async def stop_sender(self) -> None:
+        assert self.task is not None
+        self.task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self.task
+
+    async def close_outbox(self) -> None:
+        self.closed = True
+        await self.loop.run_in_executor(self.executor, self.outbox.close)
+
+    def _center(self, topic: str, payload: bytes) -> None:
+        if not topic.endswith("/telemetry"):
+            return
+        batch = decode_telemetry(payload)
+        self.published.append((batch.seq_first, batch.seq_last))
+        if not self.auto_ack:
+            return
+        if time.monotonic() < self.lose_acks_until:
+            return
+        self.loop.call_later(RTT, self.ack, batch.seq_first, batch.seq_last)
+
+    def ack(self, first: int, last: int) -> None:
+        self.delivered.update(range(first, last + 1))
+        ack = Ack(self.outbox.stream_id, telemetry=((first, last),))
+        self.sender.on_ack(Inbound(encode_ack(ack)))
+
+    async def commit(self, n: int) -> int:
+        last = await self.in_db(lambda: self.outbox.append(Lane.TELEMETRY, rows(n)))
+        self.sender.appended(Lane.TELEMETRY, last)
+        return int(last)
+
+    async def live(self, every_s: float, committed: list[int]) -> None:
+        """One reading every ``every_s``, a device polled steadily, until ``stop_live``."""
+        while not self.stop_live.is_set():
+            committed.append(await self.commit(1))
+            await asyncio.sleep(every_s)
+
+    async def left_in_outbox(self) -> int:
+        stats = await self.in_db(self.outbox.stats)
+        return int(stats.depth)
+
+    async def outbox_empties(self, timeout_s: float) -> bool:
+        for _ in range(int(timeout_s / 0.05)):
+            if await self.left_in_outbox() == 0:
+                return True
+            await asyncio.sleep(0.05)
+        return await self.left_in_outbox() == 0
+
+
+def rows(n: int) -> list[tuple[float, str]]:
+    return [(time.time(), BODY)] * n
+
+
+@pytest.fixture
+async def make_rig(tmp_path: Path) -> AsyncIterator[Callable[..., Rig]]:
+    rigs: list[Rig] = []
+
+    def make(**kw: Any) -> Rig:
+        rig = Rig(tmp_path / f"rig{len(rigs)}", **kw)
+        rigs.append(rig)
+        return rig
+
+    yield make
+    for rig in rigs:
+        rig.gate.set()
+        if rig.task is not None and not rig.task.done():
+            await rig.stop_sender()
+        if not rig.closed:
+            await rig.close_outbox()
+        rig.executor.shutdown(wait=True)
+
+
+async def wait_until(cond: Callable[[], bool], timeout_s: float, tick: Callable[[], None]) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        tick()
+        if cond():
+            return True
+        await asyncio.sleep(0.01)
+    return cond()
+
+
+def covered(delivered: set[int], seqs: Iterable[int]) -> int:
+    return sum(1 for s in seqs if s in delivered)
+
+
+async def test_backlog_drains_beside_steady_live_data(make_rig: Callable[..., Rig]) -> None:
+    """Live data fills far more than a quarter of the window (50 commits/s x 0.5 s round
+    trip = 25 batches wanted in flight); the backlog still has its own quarter and drains."""
+    rig = make_rig(window=16, batch_max=10, ack_timeout_s=30)
+    backlog = range(1, 201)  # 20 batches waiting from an outage
+    await rig.commit(len(backlog))
+    rig.start()
+    committed: list[int] = []
+    live = asyncio.create_task(rig.live(0.02, committed))
+    peak = {"total": 0, "backlog": 0}
+
+    def sample() -> None:
+        peak["total"] = max(peak["total"], rig.sender.inflight)
+        peak["backlog"] = max(peak["backlog"], rig.sender.backlog_inflight)
+
+    try:
+        # 4 backlog batches per round trip: 20 batches in about 2.5 s
+        drained = await wait_until(
+            lambda: covered(rig.delivered, backlog) == len(backlog), 10, sample
+        )
+    finally:
+        rig.stop_live.set()
+        await live
+    assert drained, (
+        f"backlog starved behind live data: {covered(rig.delivered, backlog)}/{len(backlog)} "
+        f"delivered in 10 s, {len(committed)} live readings committed"
+    )
+    assert covered(rig.delivered, committed) > 0  # live data kept flowing meanwhile
+    assert peak["backlog"] <= 16 // 4
+    assert peak["total"] <= 16 + 16 // 4
+    assert rig.sender.resends == 0
+
+
+async def test_lost_acks_resend_everything_while_live_data_flows(
+    make_rig: Callable[..., Rig],
+) -> None:
+    """The center's acks are lost for the first 1.2 s: after the ack timeout everything
+    unacked (the old backlog and a window of live data) is backlog again, and it must reach
+    the center while live data keeps the window busy."""
+    rig = make_rig(window=16, batch_max=10, ack_timeout_s=1.0)
+    await rig.commit(100)
+    rig.lose_acks_until = time.monotonic() + 1.2
+    rig.start()
+    committed: list[int] = []
+    live = asyncio.create_task(rig.live(0.02, committed))
+    try:
+        await asyncio.sleep(1.2)
+        unacked = range(1, max(committed) + 1)  # everything committed while acks were lost
+        recovered = await wait_until(
+            lambda: covered(rig.delivered, unacked) == len(unacked), 8, lambda: None
+        )
+        missing = sorted(set(unacked) - rig.delivered)
+        assert recovered, (
+            f"resends {rig.sender.resends}; {len(missing)} of {len(unacked)} rows never "
+            f"delivered while live data flowed, first {missing[:5]}"
+        )
+        assert rig.sender.resends > 0
+    finally:
+        rig.stop_live.set()
+        await live
+    # once the device stops, every row ever committed reaches the center and leaves the outbox
+    everything = set(range(1, max(committed) + 1))
+    assert await wait_until(lambda: everything <= rig.delivered, 8, lambda: None)
+    assert await rig.outbox_empties(5)
+
+
+async def test_acked_rows_whose_delete_failed_are_sent_again(
+    make_rig: Callable[..., Rig], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A full disk makes the delete of acked rows fail (Outbox.delete keeps them and
+    returns 0): the sender must not forget them, and sends them again."""
+    rig = make_rig(window=16, batch_max=10, ack_timeout_s=1.0)
+    await rig.commit(30)
+    real_delete = rig.outbox.delete
+    failures = [0]
+
+    def delete_disk_full(lane: Lane, ranges: Iterable[tuple[int, int]]) -> int:
+        if failures[0] == 0:
+            failures[0] += 1
+            return 0  # what Outbox.delete does when even the ballast did not make room
+        return real_delete(lane, ranges)
+
+    monkeypatch.setattr(rig.outbox, "delete", delete_disk_full)
+    rig.start()
+    emptied = await rig.outbox_empties(6)
+    assert failures[0] == 1
+    assert emptied, (
+        f"acked rows stuck in the outbox after a failed delete; resends {rig.sender.resends}"
+    )
+    assert rig.sender.resends >= 1
+    # the batch whose delete failed went out twice; the others once
+    assert len(rig.published) == 4
+
+
+async def test_stopping_finishes_an_ack_under_way_before_the_outbox_closes(
+    make_rig: Callable[..., Rig],
+) -> None:
+    rig = make_rig(window=16, batch_max=10, ack_timeout_s=30)
+    rig.auto_ack = False
+    await rig.commit(10)
+    rig.start()
+    assert await wait_until(lambda: bool(rig.published), 5, lambda: None)
+    rig.gate.clear()  # the outbox thread is busy: the ack's delete waits
+    rig.ack(1, 10)
+    for _ in range(5):
+        await asyncio.sleep(0)
+    assert rig.busy == 1
+    rig.loop.call_later(0.2, rig.gate.set)
+    await rig.stop_sender()
+    # the sender's stop path waited for the ack: nothing is left to touch the outbox
+    assert rig.busy == 0
+    assert await rig.left_in_outbox() == 0
+    await rig.close_outbox()
+
+
+async def test_an_ack_arriving_after_the_sender_stopped_never_touches_the_closed_outbox(
+    make_rig: Callable[..., Rig],
+) -> None:
+    loop = asyncio.get_running_loop()
+    errors: list[dict[str, Any]] = []
+    old_handler = loop.get_exception_handler()
+    loop.set_exception_handler(lambda _loop, context: errors.append(context))
+    try:
+        rig = make_rig(window=16, batch_max=10, ack_timeout_s=30)
+        rig.auto_ack = False
+        await rig.commit(10)
+        rig.start()
+        assert await wait_until(lambda: bool(rig.published), 5, lambda: None)
+        await rig.stop_sender()
+        rig.ack(1, 10)  # the paho thread delivers one more ack during the shutdown
+        await rig.close_outbox()
+        for _ in range(10):
+            await asyncio.sleep(0.01)
+        gc.collect()
+        await asyncio.sleep(0.01)
+    finally:
+        loop.set_exception_handler(old_handler)
+    assert rig.calls_after_close == 0
+    assert not errors, [str(e.get("message")) + repr(e.get("exception")) for e in errors]
