@@ -58,6 +58,7 @@ def run(
         stream=sys.stderr,
     )
     from edge_agent.app import run_agent
+    from edge_agent.outbox import OutboxUnavailable
 
     async def main() -> None:
         stop = asyncio.Event()
@@ -66,7 +67,12 @@ def run(
             loop.add_signal_handler(sig, stop.set)
         await run_agent(loaded, stop)
 
-    asyncio.run(main())
+    try:
+        asyncio.run(main())
+    except OutboxUnavailable as exc:
+        # not exit 2: systemd starts us again, and the disk may have room by then
+        typer.echo(f"edge-agent: not starting: {exc}", err=True)
+        raise typer.Exit(1) from None
 
 
 app.command()(browse)

@@ -11,11 +11,12 @@ import json
 import logging
 import time
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 from drivers.base import Driver, DriverError, Reading
 from edge_agent.config.models import Alarms
-from edge_agent.outbox import Lane, Outbox
+from edge_agent.outbox import Lane, Outbox, OutboxFull
 from edge_agent.rules.compile import CompiledRule
 from edge_agent.rules.engine import ACTIVE, CLEARED, CLEARED_UNACKED, Event, RuleEngine
 from edge_agent.rules.model import Action
@@ -23,14 +24,30 @@ from edge_agent.sender import RunInDb, Sender
 
 log = logging.getLogger(__name__)
 TICK_S = 0.1
-
-Rows = tuple[list[tuple[float, str]], list[tuple[str, str]]]
+HELD_MAX = 10_000
+"""Alarm events kept in memory while a full disk refuses them; past this the oldest go."""
 
 
 def encode_event(event: Event) -> tuple[float, str]:
     return float(event["ts"]), json.dumps(
         event, separators=(",", ":"), ensure_ascii=False, default=str
     )
+
+
+@dataclass(slots=True)
+class AlarmWrite:
+    """What one commit must make durable: events (their actions not run yet: ``new``;
+    already run, or none to run: ``held``) and the alarm states as the engine has them."""
+
+    new: list[Event] = field(default_factory=list)
+    held: list[Event] = field(default_factory=list)
+    states: list[tuple[str, str]] = field(default_factory=list)
+
+    def __bool__(self) -> bool:
+        return bool(self.new or self.held or self.states)
+
+    def rows(self) -> list[tuple[float, str]]:
+        return [encode_event(e) for e in (*self.held, *self.new)]
 
 
 class AlarmService:
@@ -51,6 +68,9 @@ class AlarmService:
         self._tasks: set[asyncio.Task[None]] = set()
         self.actions_run = 0
         self.engine_errors = 0
+        self._held: list[Event] = []  # refused by a full disk: written with the next commit
+        self.lost_disk_full = 0  # alarm events given up (past HELD_MAX) on a full disk
+        self._disk_full = False
 
     @staticmethod
     async def restore(
@@ -65,28 +85,52 @@ class AlarmService:
 
     # --- called by the committer with each poll's readings -----------------------------
 
-    def observe(self, readings: list[Reading]) -> tuple[list[Event], Rows]:
+    def observe(self, readings: list[Reading]) -> list[Event]:
         try:
-            events = self.engine.observe(readings)
+            return self.engine.observe(readings)
         except Exception:  # a rule bug must never cost the readings themselves
             self._engine_failed("evaluating readings")
-            events = []
-        return events, self.rows(events)
+            return []
 
     def _engine_failed(self, doing: str) -> None:
         self.engine_errors += 1
         if self.engine_errors == 1:
             log.exception("rule engine failed while %s; counting further failures", doing)
 
-    def rows(self, events: list[Event]) -> Rows:
-        states = [(k, json.dumps(s)) for k, s in self.engine.take_dirty()]
-        return [encode_event(e) for e in events], states
+    def take(self, events: list[Event], acted: bool = False) -> AlarmWrite:
+        """Events to commit, with those a full disk refused before and the dirty states.
+        Exactly one of ``committed`` or ``not_committed`` must follow."""
+        write = AlarmWrite(
+            new=[] if acted else list(events),
+            held=[*self._held, *(events if acted else [])],
+            states=[(k, json.dumps(s)) for k, s in self.engine.take_dirty()],
+        )
+        self._held = []
+        return write
 
-    def committed(self, events: list[Event], last_alarm_seq: int) -> None:
-        """Events are durable: let the sender go, and act on them."""
+    def committed(self, write: AlarmWrite, last_alarm_seq: int) -> None:
+        """The events are durable: let the sender go, and act on the new ones."""
+        if self._disk_full:
+            log.warning("alarm events are durable again")
+            self._disk_full = False
         if last_alarm_seq:
             self._sender.appended(Lane.ALARMS, last_alarm_seq)
-        for event in events:
+        for event in write.new:
+            self._act(event)
+
+    def not_committed(self, write: AlarmWrite, why: object, act: bool = True) -> None:
+        """A full disk refused the write: keep the events for the next commit and the
+        states dirty, and act now anyway: a siren must not wait for disk space."""
+        self.engine.dirty.update(key for key, _ in write.states)
+        self._held[:0] = [*write.held, *write.new]  # taken before anything held since
+        if len(self._held) > HELD_MAX:
+            lost = len(self._held) - HELD_MAX
+            del self._held[:lost]
+            self.lost_disk_full += lost
+        if not self._disk_full:
+            log.error("disk full: alarm events kept in memory until there is room: %s", why)
+            self._disk_full = True
+        for event in write.new if act else ():
             self._act(event)
 
     # --- the clock ----------------------------------------------------------------------
@@ -101,12 +145,20 @@ class AlarmService:
                 continue
             await self.record(events)
 
-    async def record(self, events: list[Event]) -> None:
-        alarm_rows, states = self.rows(events)
-        if not alarm_rows and not states:
+    async def record(self, events: list[Event], acted: bool = False) -> None:
+        write = self.take(events, acted)
+        if not write:
             return
-        last = await self._in_db(lambda: self._outbox.record_alarms(alarm_rows, states))
-        self.committed(events, last if alarm_rows else 0)
+        rows = write.rows()
+        try:
+            last = await self._in_db(lambda: self._outbox.record_alarms(rows, write.states))
+        except OutboxFull as exc:
+            self.not_committed(write, exc)
+            return
+        except BaseException as exc:
+            self.not_committed(write, exc, act=False)
+            raise
+        self.committed(write, last if rows else 0)
 
     # --- commands from the center -------------------------------------------------------
 
@@ -194,6 +246,4 @@ class AlarmService:
         return result
 
     async def record_history(self, event: Event) -> None:
-        row = encode_event(event)
-        last = await self._in_db(lambda: self._outbox.record_alarms([row], []))
-        self._sender.appended(Lane.ALARMS, last)
+        await self.record([event], acted=True)  # a result: nothing more to act on

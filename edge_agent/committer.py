@@ -11,15 +11,24 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from dataclasses import dataclass
 
 from drivers.base import Reading
-from edge_agent.alarms import AlarmService, Rows
+from edge_agent.alarms import AlarmService, AlarmWrite
 from edge_agent.contract import ReadingEncoder
 from edge_agent.outbox import Lane, Outbox, OutboxFull
 from edge_agent.sender import RunInDb, Sender
 
 log = logging.getLogger(__name__)
 BOUNDS_CHECK_S = 1.0
+
+
+@dataclass(frozen=True, slots=True)
+class _Outcome:
+    last: int | None  # telemetry seq, None: the readings were lost to a full disk
+    last_alarm: int
+    alarms_ok: bool
+    full: str | None  # what the full disk said
 
 
 class Committer:
@@ -56,41 +65,66 @@ class Committer:
             readings.extend(self._queue.get_nowait())
         if not readings:
             return
-        events, alarm_rows = self._alarms.observe(readings) if self._alarms else ([], ([], []))
+        alarms = self._alarms
+        write = alarms.take(alarms.observe(readings)) if alarms else AlarmWrite()
         encode = self._encoder.encode
         rows = [(r.ts, encode(r)) for r in readings]
         check_bounds = time.monotonic() - self._last_bounds_check >= BOUNDS_CHECK_S
         if check_bounds:
             self._last_bounds_check = time.monotonic()
         try:
-            last, last_alarm = await self._in_db(
-                lambda: self._commit(rows, alarm_rows, check_bounds)
-            )
-        except OutboxFull as exc:
+            alarm_rows = write.rows()
+            out = await self._in_db(lambda: self._commit(rows, write, alarm_rows, check_bounds))
+        except BaseException as exc:
+            if alarms is not None:
+                alarms.not_committed(write, exc, act=False)
+            raise
+        # alarms first: their fate does not hang on the readings'
+        if alarms is not None:
+            if out.alarms_ok:
+                alarms.committed(write, out.last_alarm)
+            else:
+                alarms.not_committed(write, out.full)
+        self._sender.appended(Lane.ALARMS, out.last_alarm)  # drop notices, if nothing else
+        if out.last is None:
             self.lost_disk_full += len(rows)
             if not self._disk_full:
-                log.error("outbox disk full, readings are being lost until space returns: %s", exc)
+                log.error(
+                    "outbox disk full, readings are being lost until space returns: %s", out.full
+                )
                 self._disk_full = True
             return
         if self._disk_full:
             log.warning("outbox writable again; %d readings were lost", self.lost_disk_full)
             self._disk_full = False
         self.committed += len(rows)
-        self._sender.appended(Lane.TELEMETRY, last)
-        self._sender.appended(Lane.ALARMS, last_alarm)
-        if self._alarms is not None and events:
-            self._alarms.committed(events, last_alarm)
+        self._sender.appended(Lane.TELEMETRY, out.last)
 
     def _commit(
-        self, rows: list[tuple[float, str]], alarm_rows: Rows, check_bounds: bool
-    ) -> tuple[int, int]:
+        self,
+        rows: list[tuple[float, str]],
+        write: AlarmWrite,
+        alarm_rows: list[tuple[float, str]],
+        check_bounds: bool,
+    ) -> _Outcome:
         """On the outbox thread: alarms first, then the readings, then (now and then)
-        the bounds."""
+        the bounds. A full disk costs readings (counted), never the agent: alarms get
+        the room first, and readings are not even tried while alarms wait for it."""
         ob = self._outbox
-        if alarm_rows[0] or alarm_rows[1]:
-            ob.record_alarms(*alarm_rows)
-        last = ob.append(Lane.TELEMETRY, rows)
+        full: str | None = None
+        alarms_ok = True
+        last: int | None = None
+        if write:
+            try:
+                ob.record_alarms(alarm_rows, write.states)
+            except OutboxFull as exc:
+                alarms_ok, full = False, str(exc)
+        if alarms_ok:
+            try:
+                last = ob.append(Lane.TELEMETRY, rows)
+            except OutboxFull as exc:
+                full = str(exc)
         if check_bounds:
             ob.enforce_bounds()
             ob.ensure_ballast()
-        return last, ob.last_seq(Lane.ALARMS)
+        return _Outcome(last, ob.last_seq(Lane.ALARMS), alarms_ok, full)

@@ -14,10 +14,17 @@ so the center learns exactly which sequence numbers were lost, and when they wer
 A full disk must not stop the agent from deleting rows and recovering: a ballast file of
 ``ballast_bytes`` is kept beside the outbox and given back to the filesystem when SQLite
 reports the disk full, so that deletes (which need room in the WAL) can proceed.
+Readings may take all of it but a quarter (``ALARM_RESERVE``); alarm events and states
+take the rest, and the oldest telemetry is dropped in growing rounds until they fit:
+readings are given up for alarms, never the other way round.
 
-At open, ``PRAGMA quick_check`` runs; a corrupt file is moved aside (kept, never
-deleted: it may hold the only copy of an outage's readings) and a new one, with a new
-stream, takes its place.
+At open, ``PRAGMA quick_check`` runs; a corrupt file (SQLite says corrupt or not a
+database, or the check finds problems) is moved aside (kept, never deleted: it may hold
+the only copy of an outage's readings) and a new one, with a new stream, takes its place;
+the new stream's first alarm-lane event, ``outbox.corrupt``, tells the center. A file
+that cannot be opened for any other reason (disk full, I/O error, locked) is not corrupt:
+the ballast is given back and the open tried again; failing that, ``OutboxUnavailable``
+is raised and the file is left exactly as it is.
 
 The class is synchronous and not thread-safe: the agent runs all calls on one worker
 thread, so SQLite's fsyncs never block the event loop.
@@ -66,8 +73,20 @@ class Lane(StrEnum):
     TELEMETRY = "telemetry"
 
 
+ALARM_ROOM_ROUNDS = 6
+"""Drop rounds an alarm write may take on a full disk, each 8 times the last (64 rows first)."""
+ALARM_RESERVE = 0.25
+"""Share of the ballast readings may not take: kept for alarms (and deletes), which get the
+room to drop telemetry from it once readings have spent the rest."""
+
+
 class OutboxFull(Exception):
     """The disk is full even after giving back the ballast and dropping old telemetry."""
+
+
+class OutboxUnavailable(Exception):
+    """The outbox file is sound (or cannot be told corrupt) but cannot be opened now: the
+    disk is full or failing, or another process holds it. The file is left as it is."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,23 +139,83 @@ class Dropped:
         )
 
 
+def _error_code(exc: sqlite3.Error) -> int | None:
+    code = getattr(exc, "sqlite_errorcode", None)
+    return code if isinstance(code, int) else None
+
+
 def _is_disk_full(exc: sqlite3.Error) -> bool:
-    return getattr(exc, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL or "full" in str(exc)
+    code = _error_code(exc)
+    if code == sqlite3.SQLITE_IOERR_SHMSIZE:  # no room to grow the -shm beside the WAL
+        return True
+    if code is not None and code & 0xFF == sqlite3.SQLITE_FULL:
+        return True
+    return "full" in str(exc)
+
+
+def _is_corrupt(exc: sqlite3.Error) -> bool:
+    """SQLite says the file is damaged or not a database: never a full disk or a lock."""
+    code = _error_code(exc)
+    if code is not None:
+        return code & 0xFF in (sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB)
+    text = str(exc)
+    return "malformed" in text or "not a database" in text
 
 
 def quick_check(path: Path) -> str | None:
-    """None when the file is sound, else what SQLite found wrong."""
+    """None when the file is sound, else what SQLite found wrong.
+
+    Raises ``sqlite3.Error`` when the check itself cannot run (disk full, I/O error,
+    locked): that says nothing about the file, which must then not be taken for corrupt.
+    """
     try:
         db = sqlite3.connect(path)
         try:
             rows = db.execute("PRAGMA quick_check").fetchall()
         finally:
             db.close()
-    except sqlite3.DatabaseError as exc:
-        return str(exc)
+    except sqlite3.Error as exc:
+        if _is_corrupt(exc):
+            return str(exc)
+        raise
     if rows == [("ok",)]:
         return None
     return "; ".join(str(r[0]) for r in rows[:3])
+
+
+def _stream_of(path: Path) -> str | None:
+    """The stream id a (possibly damaged) outbox file names, if it can still be read."""
+    try:
+        db = sqlite3.connect(path)
+        try:
+            row = db.execute("SELECT value FROM meta WHERE key='stream_id'").fetchone()
+        finally:
+            db.close()
+    except sqlite3.Error:
+        return None
+    return None if row is None else str(row[0])
+
+
+def corrupt_notice(why: str, kept: Path, old_stream: str | None, new_stream: str) -> str:
+    """The alarm-lane event that tells the center a corrupt outbox was set aside: whatever
+    it still held (readings, alarms) will not arrive."""
+    return json.dumps(
+        {
+            "id": "outbox.corrupt",
+            "rule": "outbox.corrupt",
+            "dev": "agent",
+            "severity": "major",
+            "state": "active",
+            "value": None,
+            "ts": time.time(),
+            "msg": (
+                f"outbox file was corrupt ({why}): kept as {kept.name}, what it still held "
+                f"(stream {old_stream or 'unknown'}) is not delivered; new stream {new_stream}"
+            ),
+            "corrupt": {"old_stream": old_stream, "kept_as": str(kept), "problem": why},
+        },
+        separators=(",", ":"),
+    )
 
 
 def move_aside(path: Path, why: str) -> Path:
@@ -164,17 +243,60 @@ class Outbox:
         self.ballast = path.with_name(path.name + ".ballast")
         self.ballast_bytes = ballast_bytes
         path.parent.mkdir(parents=True, exist_ok=True)
-        if path.exists() and (problem := quick_check(path)) is not None:
-            self.moved_aside: Path | None = move_aside(path, problem)
-        else:
-            self.moved_aside = None
-        self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=FULL")
-        self._db.executescript(SCHEMA)
-        self.stream_id = self._stream_id()
+        self.moved_aside: Path | None = None
+        self._corrupt: tuple[str, str | None, Path] | None = None  # why, old stream, kept as
+        self._db, self.stream_id = self._open()
         self._dropped = int(self._meta("dropped_telemetry") or 0)
         self.ensure_ballast()
+
+    # --- open ----------------------------------------------------------------------------
+
+    def _open(self) -> tuple[sqlite3.Connection, str]:
+        """Check, set aside if corrupt, open. Only SQLite's word "corrupt" (or a failed
+        check) sets a file aside; anything else gets the ballast back and one more try,
+        then ``OutboxUnavailable``: a healthy backlog is never abandoned."""
+        retried = False
+        while True:  # at most: one set-aside, one retry
+            try:
+                if self.moved_aside is None and self.path.exists():
+                    problem = quick_check(self.path)
+                    if problem is not None:
+                        self._set_aside(problem)
+                return self._connect()
+            except sqlite3.Error as exc:
+                if _is_corrupt(exc) and self.moved_aside is None:
+                    self._set_aside(str(exc))
+                    continue
+                if retried:
+                    raise OutboxUnavailable(
+                        f"cannot open the outbox {self.path}: {exc}. The file is kept as it "
+                        f"is; make room under {self.path.parent} (or stop what holds the "
+                        "file) and start again"
+                    ) from exc
+                retried = True
+                log.warning("outbox %s: cannot open (%s), trying once more", self.path, exc)
+                if (_error_code(exc) or 0) & 0xFF not in (
+                    sqlite3.SQLITE_BUSY,
+                    sqlite3.SQLITE_LOCKED,
+                ):
+                    self._release_ballast()  # full, or an I/O error a full disk can cause
+
+    def _set_aside(self, why: str) -> None:
+        old_stream = _stream_of(self.path)
+        self.moved_aside = move_aside(self.path, why)
+        self._corrupt = (why, old_stream, self.moved_aside)
+
+    def _connect(self) -> tuple[sqlite3.Connection, str]:
+        db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        try:
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=FULL")
+            db.executescript(SCHEMA)
+            self._db = db
+            return db, self._stream_id()
+        except BaseException:
+            db.close()
+            raise
 
     # --- meta ----------------------------------------------------------------------------
 
@@ -194,6 +316,13 @@ class Outbox:
             with self._tx():
                 self._set_meta("stream_id", stream)
                 self._set_meta("created", repr(time.time()))
+                if self._corrupt is not None:
+                    # the new stream's first alarm says what became of the old one
+                    why, old, kept = self._corrupt
+                    notice = corrupt_notice(why, kept, old, stream)
+                    self._db.execute(
+                        "INSERT INTO alarms(ts, body) VALUES (?, ?)", (time.time(), notice)
+                    )
         return stream
 
     def _tx(self) -> _Transaction:
@@ -202,31 +331,52 @@ class Outbox:
     # --- ballast -------------------------------------------------------------------------
 
     def ensure_ballast(self) -> bool:
-        """(Re)create the ballast file; False while the disk has no room for it."""
+        """(Re)create the ballast file; False while the disk has no room for it. What is
+        left of it (the alarms' reserve) is kept while the rest cannot be had back."""
         if self.ballast_bytes <= 0:
             return True
         try:
-            if self.ballast.exists() and self.ballast.stat().st_size >= self.ballast_bytes:
-                return True
-            with open(self.ballast, "wb") as f:
-                f.write(b"\0" * self.ballast_bytes)  # written, not sparse: the blocks are ours
+            size = self.ballast.stat().st_size
+        except FileNotFoundError:
+            size = 0
+        if size >= self.ballast_bytes:
+            return True
+        try:
+            with open(self.ballast, "ab") as f:
+                # written, not sparse: the blocks are ours
+                f.write(b"\0" * (self.ballast_bytes - size))
                 f.flush()
                 os.fsync(f.fileno())
             return True
         except OSError:
-            self.ballast.unlink(missing_ok=True)
+            try:
+                if size:
+                    os.truncate(self.ballast, size)
+                else:
+                    self.ballast.unlink(missing_ok=True)
+            except OSError:
+                pass
             return False
 
-    def _release_ballast(self) -> bool:
-        if self.ballast.exists():
+    def _release_ballast(self, keep: int = 0) -> bool:
+        """Give the ballast back to the filesystem, all of it or all but ``keep`` bytes."""
+        try:
+            size = self.ballast.stat().st_size
+        except FileNotFoundError:
+            return False
+        if size <= keep:
+            return False
+        if keep:
+            os.truncate(self.ballast, keep)
+        else:
             self.ballast.unlink()
-            log.warning(
-                "disk full under %s: released the %d-byte ballast",
-                self.path.parent,
-                self.ballast_bytes,
-            )
-            return True
-        return False
+        log.warning(
+            "disk full under %s: released %d bytes of ballast (%d kept)",
+            self.path.parent,
+            size - keep,
+            keep,
+        )
+        return True
 
     # --- rows ----------------------------------------------------------------------------
 
@@ -234,23 +384,46 @@ class Outbox:
         """Commit ``(ts, json_body)`` rows in one transaction; return the last seq given.
 
         On a full disk: give back the ballast, drop the oldest telemetry to make room,
-        and try once more; if that fails too, raise ``OutboxFull`` (nothing was written).
+        and try once more (alarms: in growing rounds, see ``_make_room``); if that fails
+        too, raise ``OutboxFull`` (nothing was written).
         """
         if not rows:
             return self.last_seq(lane)
+        if lane is Lane.ALARMS:
+            return self._make_room(lambda: self._insert(lane, rows), 64, ALARM_ROOM_ROUNDS)
+        keep = int(self.ballast_bytes * ALARM_RESERVE)
+        return self._make_room(lambda: self._insert(lane, rows), len(rows), 1, keep)
+
+    def _make_room(self, fn: Callable[[], T], need: int, rounds: int, keep: int = 0) -> T:
+        """Run ``fn`` (one transaction). On a full disk give back the ballast (all but
+        ``keep`` bytes), then, up to ``rounds`` times, drop the oldest telemetry (``need``
+        rows, 8 times more each round) and run ``fn`` again. ``OutboxFull`` if there was
+        no room even so."""
         try:
-            return self._insert(lane, rows)
+            return fn()
         except sqlite3.OperationalError as exc:
             if not _is_disk_full(exc):
                 raise
-        self._release_ballast()
-        try:
-            self._drop_oldest(max(1, len(rows)), "disk full")
-            return self._insert(lane, rows)
-        except sqlite3.OperationalError as exc:
-            if _is_disk_full(exc):
-                raise OutboxFull(str(exc)) from None
-            raise
+            last = exc
+        self._release_ballast(keep)
+        n = max(1, need)
+        for _ in range(rounds):
+            try:
+                self._drop_oldest(n, "disk full")
+            except sqlite3.OperationalError as exc:
+                if not _is_disk_full(exc):
+                    raise
+                last = exc  # the drop found no room either; what is free may still do
+            try:
+                return fn()
+            except sqlite3.OperationalError as exc:
+                if not _is_disk_full(exc):
+                    raise
+                last = exc
+            if self.first_seq(Lane.TELEMETRY) is None:
+                break  # no telemetry left to give up
+            n *= 8
+        raise OutboxFull(str(last))
 
     def _insert(self, lane: Lane, rows: Sequence[tuple[float, str]]) -> int:
         with self._tx():
@@ -262,15 +435,25 @@ class Outbox:
         self, events: Sequence[tuple[float, str]], states: Sequence[tuple[str, str]]
     ) -> int:
         """Alarm events and the alarm states they leave behind, in one transaction, so a
-        restart resumes exactly where the published history stops."""
-        with self._tx():
-            if events:
-                self._db.executemany("INSERT INTO alarms(ts, body) VALUES (?, ?)", events)
-            if states:
-                self._db.executemany(
-                    "INSERT OR REPLACE INTO alarm_state(key, body) VALUES (?, ?)", states
-                )
-        return self.last_seq(Lane.ALARMS)
+        restart resumes exactly where the published history stops.
+
+        On a full disk, room is made as for ``append`` to the alarm lane: the ballast,
+        then the oldest telemetry in growing rounds; ``OutboxFull`` (nothing written) only
+        when even that was not enough."""
+
+        def write() -> int:
+            with self._tx():
+                if events:
+                    self._db.executemany("INSERT INTO alarms(ts, body) VALUES (?, ?)", events)
+                if states:
+                    self._db.executemany(
+                        "INSERT OR REPLACE INTO alarm_state(key, body) VALUES (?, ?)", states
+                    )
+            return self.last_seq(Lane.ALARMS)
+
+        if not events and not states:
+            return self.last_seq(Lane.ALARMS)
+        return self._make_room(write, 64 + 4 * len(events), ALARM_ROOM_ROUNDS)
 
     def alarm_states(self) -> dict[str, dict[str, object]]:
         rows = self._db.execute("SELECT key, body FROM alarm_state").fetchall()
@@ -363,11 +546,18 @@ class Outbox:
         dropped: list[Dropped] = []
         if self.max_age_s is not None:
             cutoff = (time.time() if now is None else now) - self.max_age_s
-            (n,) = self._db.execute(
-                "SELECT count(*) FROM telemetry WHERE seq <= "
-                "(SELECT max(seq) FROM telemetry WHERE ts < ?)",
-                (cutoff,),
+            # Only the oldest run in which every row is too old: one reading stamped by a
+            # wrong clock (a PLC's, a gateway's before NTP) must not take the newer ones
+            # with it; it goes once everything before it is old too.
+            young = self._db.execute(
+                "SELECT seq FROM telemetry WHERE ts >= ? ORDER BY seq LIMIT 1", (cutoff,)
             ).fetchone()
+            if young is None:
+                (n,) = self._db.execute("SELECT count(*) FROM telemetry").fetchone()
+            else:
+                (n,) = self._db.execute(
+                    "SELECT count(*) FROM telemetry WHERE seq < ?", (young[0],)
+                ).fetchone()
             if n:
                 dropped += self._drop_oldest(int(n), "age")
         used = self.used_bytes()
@@ -394,8 +584,9 @@ class Outbox:
             self._db.execute(
                 "INSERT INTO alarms(ts, body) VALUES (?, ?)", (time.time(), drop.notice())
             )
-            self._dropped += count
-            self._set_meta("dropped_telemetry", str(self._dropped))
+            total = self._dropped + count
+            self._set_meta("dropped_telemetry", str(total))
+        self._dropped = total  # only once the drop is committed: a failed one lost nothing
         log.warning(
             "outbox %s: dropped telemetry seq %d..%d (%d readings)", cause, first, last, count
         )
