@@ -106,6 +106,7 @@ class Uplink:
         props.SessionExpiryInterval = 0
 
         def connect() -> None:
+            self._forget_unsent()
             self._client.connect(
                 self._broker.host,
                 self._broker.port,
@@ -121,6 +122,20 @@ class Uplink:
 
         # loop_forever returns when the connection is gone
         keep_connected(connect, self._client.loop_forever, self._stopping, self._backoff, failed)
+
+    def _forget_unsent(self) -> None:
+        """Start each session empty, as Clean Start says the client must [MQTT-3.1.2-4].
+
+        paho 2.x keeps the QoS 1 messages that were in flight when a connection died and
+        sends them again right after the next CONNACK, before anything the sender chooses:
+        old telemetry would overtake the alarms the sender puts first. The sender resends
+        everything unacked itself, in lane order, so paho's copies are only out-of-order
+        duplicates. paho has no public call for this; its attributes are pinned by <3.
+        """
+        client = self._client
+        with client._out_message_mutex:
+            client._out_messages.clear()
+            client._inflight_messages = 0
 
     def publish(self, topic: str, payload: bytes, *, qos: int = 1, retain: bool = False) -> bool:
         """Hand a message to the session; False when there is no connection to send it on."""

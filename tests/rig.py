@@ -63,9 +63,15 @@ class WireTap:
         self._lock = threading.Lock()
         self.client = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
         self.client.on_message = self._on_message
+        subscribed = threading.Event()
+        self.client.on_subscribe = lambda *_: subscribed.set()
         self.client.connect("127.0.0.1", broker.port)
         self.client.subscribe("edgefleet/v1/#", qos=1)
         self.client.loop_start()
+        # a tap that is not listening yet would miss what a test then makes happen
+        if not subscribed.wait(10):
+            self.close()
+            raise AssertionError("the wire tap's subscription was not granted within 10 s")
 
     def _on_message(self, client: Any, userdata: Any, msg: mqtt.MQTTMessage) -> None:
         with self._lock:

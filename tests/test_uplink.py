@@ -7,6 +7,8 @@ import socket
 
 from edge_agent.config.models import BrokerUrl
 from edge_agent.uplink import Uplink
+from tests.proxy import FaultProxy
+from tests.rig import WireTap
 from tests.support import Broker
 
 
@@ -26,3 +28,44 @@ async def test_stop_survives_the_connection_dying_under_the_goodbye(mqtt_broker:
     # paho still thinks it is connected, but the goodbye cannot be written.
     sock.shutdown(socket.SHUT_WR)
     await asyncio.wait_for(uplink.stop(last_words=("t/state", b"bye")), 10)  # no exception
+
+
+async def test_a_message_in_flight_when_the_link_died_is_not_sent_again_by_paho(
+    mqtt_broker: Broker,
+) -> None:
+    """The sender resends what was not acked, in lane order (alarms first); paho must not
+    slip its own copy of an old message in ahead of them after the reconnect."""
+    proxy = FaultProxy(mqtt_broker.port)
+    tap = WireTap(mqtt_broker)
+    uplink = Uplink(
+        asyncio.get_running_loop(),
+        client_id="gw-resend",
+        broker=BrokerUrl.parse(proxy.url),
+        keepalive_s=5,
+        will=("edgefleet/v1/gw/gw-resend/state", b"offline"),
+        reconnect_max_s=0.5,
+    )
+    try:
+        uplink.start()
+        await asyncio.wait_for(uplink.connected.wait(), 10)
+        proxy.stall()
+        assert uplink.publish("edgefleet/v1/gw/gw-resend/telemetry", b"old")  # in flight
+        await asyncio.sleep(0.2)
+        proxy.cut()
+        proxy.resume()
+        for _ in range(100):  # the uplink notices the cut, then reconnects
+            if not uplink.connected.is_set():
+                break
+            await asyncio.sleep(0.05)
+        await asyncio.wait_for(uplink.connected.wait(), 10)
+        assert uplink.publish("edgefleet/v1/gw/gw-resend/alarms", b"new")
+        for _ in range(100):
+            if any(payload == b"new" for _, payload in tap.snapshot()):
+                break
+            await asyncio.sleep(0.05)
+        payloads = [payload for _, payload in tap.snapshot()]
+        assert b"new" in payloads and b"old" not in payloads
+    finally:
+        await uplink.stop()
+        tap.close()
+        proxy.close()
