@@ -42,7 +42,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -169,11 +169,7 @@ def quick_check(path: Path) -> str | None:
     locked): that says nothing about the file, which must then not be taken for corrupt.
     """
     try:
-        db = sqlite3.connect(path)
-        try:
-            rows = db.execute("PRAGMA quick_check").fetchall()
-        finally:
-            db.close()
+        rows = _query(path, "PRAGMA quick_check")
     except sqlite3.Error as exc:
         if _is_corrupt(exc):
             return str(exc)
@@ -186,14 +182,19 @@ def quick_check(path: Path) -> str | None:
 def _stream_of(path: Path) -> str | None:
     """The stream id a (possibly damaged) outbox file names, if it can still be read."""
     try:
-        db = sqlite3.connect(path)
-        try:
-            row = db.execute("SELECT value FROM meta WHERE key='stream_id'").fetchone()
-        finally:
-            db.close()
+        rows = _query(path, "SELECT value FROM meta WHERE key='stream_id'")
     except sqlite3.Error:
         return None
-    return None if row is None else str(row[0])
+    return str(rows[0][0]) if rows else None
+
+
+def _query(path: Path, sql: str) -> list[Any]:
+    """Run one query on a file of its own connection, closed whatever happens."""
+    db = sqlite3.connect(path)
+    try:
+        return db.execute(sql).fetchall()
+    finally:
+        db.close()
 
 
 def corrupt_notice(why: str, kept: Path, old_stream: str | None, new_stream: str) -> str:

@@ -311,3 +311,14 @@ def fill_disk(path: Path) -> None:
                     f.write(b"\0" * size)
             except OSError:
                 continue
+
+
+def rtu_crc(frame: bytes) -> bytes:
+    """The Modbus RTU CRC of ``frame`` (polynomial 0xA001), low byte first, as the
+    serial-line specification gives it: written here, not taken from a Modbus library."""
+    crc = 0xFFFF
+    for byte in frame:
+        crc ^= byte
+        for _ in range(8):
+            crc = (crc >> 1) ^ 0xA001 if crc & 1 else crc >> 1
+    return crc.to_bytes(2, "little")

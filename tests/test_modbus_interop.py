@@ -48,7 +48,7 @@ from drivers.modbus.bus import ModbusBuses
 from drivers.modbus.driver import ModbusDriver
 from drivers.simulated.modbus_bus import SimulatedModbusBus
 from drivers.simulated.modbus_server import SimulatedModbusDevice
-from tests.support import free_port, run_cli, terminate, wait_for
+from tests.support import free_port, rtu_crc, run_cli, terminate, wait_for
 from tests.test_modbus_rtu import serial_line, socat
 
 ORDERS = ("ABCD", "BADC", "CDAB", "DCBA")
@@ -797,16 +797,6 @@ def same(got: dict[str, Value], want: dict[str, Value]) -> bool:
     )
 
 
-def crc16(frame: bytes) -> int:
-    """The RTU CRC (polynomial 0xA001), as the serial-line specification gives it."""
-    crc = 0xFFFF
-    for byte in frame:
-        crc ^= byte
-        for _ in range(8):
-            crc = (crc >> 1) ^ 0xA001 if crc & 1 else crc >> 1
-    return crc
-
-
 @pytest.mark.filterwarnings(MODBUS_TK_WARNING)
 async def test_our_driver_polls_and_writes_modbus_tk_rtu_slaves_on_one_line(
     tmp_path: Path,
@@ -841,7 +831,7 @@ async def test_our_driver_polls_and_writes_modbus_tk_rtu_slaves_on_one_line(
     assert list(slave.get_values("high", 10, 2)) == wire("f", 1e-3, "ABCD")
     assert slave.get_values("coils", 2, 1) == (1,)
     assert after["setpoint"] == pytest.approx(-21.5) and after["fault"] is True
-    assert all(crc16(f[:-2]) == int.from_bytes(f[-2:], "little") for f in frames)
+    assert all(rtu_crc(f[:-2]) == f[-2:] for f in frames)
     asked = [(f[0], f[1], *struct.unpack(">HH", f[2:6])) for f in frames]
     assert [(a, n) for u, fc, a, n in asked if (u, fc) == (1, 3)] == [
         (0, 16),  # over the hole: refused with exception 2, and split
@@ -892,5 +882,5 @@ async def test_our_driver_reads_rtu_over_tcp_through_a_serial_server(tmp_path: P
         finally:
             await reader.aclose()
     assert list(server.get_slave(3).get_values("low", 0, 2)) == wire("I", 123_456_789, "CDAB")
-    assert all(crc16(f[:-2]) == int.from_bytes(f[-2:], "little") for f in frames)
+    assert all(rtu_crc(f[:-2]) == f[-2:] for f in frames)
     assert [f[1] for f in frames] == [3, 3, 3, 4, 1, 3, 3, 4, 1, 16]  # refused once, split

@@ -31,21 +31,12 @@ from drivers.modbus.transport import (
     WrongAnswer,
     exception_reason,
 )
+from tests.support import rtu_crc
 from tests.test_modbus_rtu import serial_line
 
 Script = Callable[[int, bytes], tuple[float, bytes | None]]
 """(number of the request, from 1, over all connections; its PDU with the unit id in front,
 no CRC) -> (seconds to wait, the answer the same way, or None for no answer)."""
-
-
-def crc16(frame: bytes) -> bytes:
-    """Modbus RTU CRC, low byte first, from the serial-line specification."""
-    crc = 0xFFFF
-    for byte in frame:
-        crc ^= byte
-        for _ in range(8):
-            crc = (crc >> 1) ^ 0xA001 if crc & 1 else crc >> 1
-    return struct.pack("<H", crc)
 
 
 def registers(unit: int, fc: int, values: list[int]) -> bytes:
@@ -89,7 +80,7 @@ class ScriptedDevice:
                 head = await read_exactly(7)
                 rest = head[6] + 2 if head[1] in (15, 16) else 1
                 frame = head + await read_exactly(rest)
-                assert crc16(frame[:-2]) == frame[-2:], frame.hex()
+                assert rtu_crc(frame[:-2]) == frame[-2:], frame.hex()
                 self.requests.append(frame[:-2])
                 queue.put_nowait((len(self.requests), frame[:-2]))
         except (asyncio.IncompleteReadError, ConnectionError):
@@ -105,7 +96,7 @@ class ScriptedDevice:
             await asyncio.sleep(delay)
             if answer is not None:
                 try:
-                    write(answer + crc16(answer))
+                    write(answer + rtu_crc(answer))
                 except (OSError, RuntimeError):
                     return  # the master hung up: what we had for it is lost with it
 
