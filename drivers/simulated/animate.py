@@ -6,7 +6,30 @@ import asyncio
 import signal
 from collections.abc import Mapping
 from contextlib import suppress
-from typing import Any, Protocol
+from types import TracebackType
+from typing import Any, Protocol, Self
+
+
+class Served:
+    """A simulator that serves between ``start()`` and ``stop()``; ``async with`` does both."""
+
+    async def start(self) -> None:
+        raise NotImplementedError
+
+    async def stop(self) -> None:
+        raise NotImplementedError
+
+    async def __aenter__(self) -> Self:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.stop()
 
 
 class Settable(Protocol):

@@ -35,8 +35,7 @@ import time
 from collections import Counter, deque
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from types import TracebackType
-from typing import Final, Literal, Self, cast
+from typing import Final, Literal, cast
 
 from pymodbus.constants import ExcCodes
 from pymodbus.framer import FramerType
@@ -49,6 +48,7 @@ from drivers.base import Value
 from drivers.modbus.codec import decode, decode_bits, encode
 from drivers.modbus.config import ModbusPoint
 from drivers.modbus.types import BIT_TABLES, Table
+from drivers.simulated.animate import Served
 
 _FUNCTION_CODE: dict[Table, int] = {"coil": 1, "discrete": 2, "holding": 3, "input": 4}
 """pymodbus' datastore picks a table by function code; the read code names each table."""
@@ -139,7 +139,7 @@ class SimulatedUnit:
         return ExcCodes(self.fail_with)
 
 
-class SimulatedModbusBus:
+class SimulatedModbusBus(Served):
     """Units on one simulated bus: a TCP port (``framer`` tcp or rtu) or a serial port."""
 
     def __init__(
@@ -220,18 +220,6 @@ class SimulatedModbusBus:
         if self._server is not None:
             await self._server.shutdown()  # type: ignore[no-untyped-call]  # unannotated upstream
             self._server = None
-
-    async def __aenter__(self) -> Self:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.stop()
 
     def running(self) -> Server:
         if self._server is None:

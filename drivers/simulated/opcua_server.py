@@ -36,8 +36,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from types import TracebackType
-from typing import Any, Self
+from typing import Any
 
 from asyncua import ua
 from asyncua.common.callback import CallbackType
@@ -51,7 +50,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
 from drivers.opcua.pki import generate
-from drivers.simulated.animate import animate, stop_on_signals, until_stopped
+from drivers.simulated.animate import Served, animate, stop_on_signals, until_stopped
 
 NAMESPACE = "urn:edgefleet:sim:pump-station"
 SERVER_URI = "urn:edgefleet:sim:server"
@@ -131,7 +130,7 @@ class _Users(UserManager):
         return None
 
 
-class SimulatedPumpStation:
+class SimulatedPumpStation(Served):
     """The pump station as an OPC-UA server on ``host:port``; ``endpoint`` is its URL."""
 
     def __init__(
@@ -247,18 +246,6 @@ class SimulatedPumpStation:
         if self._server is not None:
             server, self._server = self._server, None
             await server.stop()
-
-    async def __aenter__(self) -> Self:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.stop()
 
     def node(self, key: str) -> Node:
         return self._nodes[key]
