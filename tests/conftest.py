@@ -1,7 +1,7 @@
 from __future__ import annotations
 
 import subprocess
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from pathlib import Path
 
 import pytest
@@ -46,3 +46,24 @@ def modbus_server() -> Iterator[ThreadedDevice]:
     device = ThreadedDevice([ModbusPoint.model_validate(p) for p in POINTS]).start()
     yield device
     device.close()
+
+
+LOG_TAIL_LINES = 60
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> Generator[None, pytest.TestReport, None]:
+    """When a test fails, show the tail of every log its processes wrote (agent, central,
+    broker, simulators), so that a failure seen once in CI can be understood from CI's output."""
+    outcome = yield
+    report = outcome.get_result()
+    if report.passed or report.skipped:
+        return
+    tmp = getattr(item, "funcargs", {}).get("tmp_path")
+    if not isinstance(tmp, Path) or not tmp.exists():
+        return
+    for log in sorted(tmp.rglob("*.log")):
+        lines = log.read_text(errors="replace").splitlines()[-LOG_TAIL_LINES:]
+        report.sections.append((f"tail of {log.relative_to(tmp)}", "\n".join(lines)))
