@@ -233,7 +233,8 @@ class AlarmService:
         try:
             if driver is None:
                 raise DriverError(f"no device {target.device}")
-            await asyncio.wait_for(driver.write(target.point, target.value), timeout=10)
+            async with asyncio.timeout(10):  # not wait_for: see Sender.run
+                await driver.write(target.point, target.value)
         except (DriverError, TimeoutError) as exc:
             result.update(ok=False, error=str(exc) or type(exc).__name__)
             log.warning(

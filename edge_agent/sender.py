@@ -201,10 +201,12 @@ class Sender:
                 self._check_timeouts()
                 if not progressed:
                     self._wake.clear()
+                    # asyncio.timeout, not wait_for: before Python 3.12, wait_for drops a
+                    # cancellation that meets the wake-up in one loop turn, and the agent's
+                    # stop would wait for a sender that runs on
                     with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(
-                            self._wake.wait(), timeout=min(0.5, self._ack_timeout)
-                        )
+                        async with asyncio.timeout(min(0.5, self._ack_timeout)):
+                            await self._wake.wait()
         finally:
             await self.aclose()
 

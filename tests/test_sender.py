@@ -329,3 +329,24 @@ async def test_an_ack_arriving_after_the_sender_stopped_never_touches_the_closed
         loop.set_exception_handler(old_handler)
     assert rig.calls_after_close == 0
     assert not errors, [str(e.get("message")) + repr(e.get("exception")) for e in errors]
+
+
+async def test_a_stop_that_meets_a_wake_up_is_never_swallowed(
+    make_rig: Callable[..., Rig],
+) -> None:
+    """The sender is cancelled just as new rows wake it. Before Python 3.12,
+    ``asyncio.wait_for`` returns the inner result and drops the cancellation when both land
+    in the same loop turn, so the agent's sender ran on and its stop hung; every moment of
+    the wake-up is tried, one sender each."""
+    for turns in range(6):
+        rig = make_rig(window=16, batch_max=10, ack_timeout_s=30)
+        rig.auto_ack = False
+        rig.start()
+        await asyncio.sleep(0.1)  # the sender has found nothing to send and waits for work
+        assert rig.task is not None and not rig.task.done()
+        rig.sender.appended(Lane.TELEMETRY, 0)  # wakes it, with nothing new to send
+        for _ in range(turns):
+            await asyncio.sleep(0)
+        rig.task.cancel()
+        done, _ = await asyncio.wait({rig.task}, timeout=2)
+        assert done, f"the sender ignored its stop {turns} loop turn(s) after a wake-up"

@@ -154,7 +154,10 @@ class SimFleet:
         done = 0
         while not stop.is_set() and (ticks is None or done < ticks):
             with suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), max(0.0, next_at - loop.time()))
+                # asyncio.timeout, not wait_for: before Python 3.12 wait_for can drop a
+                # cancellation that meets the stop
+                async with asyncio.timeout_at(next_at):
+                    await stop.wait()
             if stop.is_set():
                 break
             await self.tick()
