@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
@@ -160,9 +160,9 @@ async def run_agent(loaded: LoadedConfig, stop: asyncio.Event) -> None:
             if task is not stop_task and task.exception() is not None:
                 raise RuntimeError(f"{task.get_name()} failed") from task.exception()
     finally:
-        await _cancel(poll_tasks)
+        await cancel_all(poll_tasks)
         await committer.commit_pending()  # what was polled is durable before we go
-        await _cancel([*service_tasks, stop_task])
+        await cancel_all([*service_tasks, stop_task])
         goodbye = encode_state(gw, False, **identity, stopped=time.time())
         await uplink.stop(last_words=(state_topic, goodbye))
         for p in pollers:
@@ -172,7 +172,27 @@ async def run_agent(loaded: LoadedConfig, stop: asyncio.Event) -> None:
         log.info("gateway %s stopped", gw)
 
 
-async def _cancel(tasks: Sequence[asyncio.Task[Any]]) -> None:
+async def cancel_all(tasks: Iterable[asyncio.Task[Any]], *, grace_s: float = 5.0) -> None:
+    """Cancel ``tasks`` and wait for them, cancelling again those that swallowed it.
+
+    Before Python 3.12, ``asyncio.wait_for`` (which pymodbus and asyncua use inside) drops
+    a cancellation that meets its result in one loop turn: such a task runs on to its next
+    wait, where a second cancel stops it. After ``grace_s`` the stop goes on without the
+    stragglers and names them, rather than hang the agent's shutdown.
+    """
+    tasks = list(tasks)
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + grace_s
+    pending = {t for t in tasks if not t.done()}
+    while pending:
+        left = deadline - loop.time()
+        if left <= 0:
+            names = sorted(t.get_name() for t in pending)
+            log.error("stopping without %s: cancelled, and still running", ", ".join(names))
+            return
+        for t in pending:
+            t.cancel()
+        _, pending = await asyncio.wait(pending, timeout=min(0.5, left))
     for t in tasks:
-        t.cancel()
-    await asyncio.gather(*tasks, return_exceptions=True)
+        if not t.cancelled():
+            t.exception()  # retrieved: a task that failed was reported when it failed
