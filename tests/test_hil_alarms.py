@@ -102,8 +102,20 @@ def test_fire_raises_writes_the_siren_and_clears_with_hysteresis(
         detector.set("smoke", 3.1)
         wait_for(lambda: alarm_state(central) == "active", 10, what="the smoke alarm")
         (raised,) = [e for e in history(central) if e["state"] == "active" and "action" not in e]
-        # raised within on_delay (0) + one poll interval of the crossing, stamped at the edge
-        assert crossed <= raised["ts"] <= crossed + POLL_S + 0.25
+
+        def since_crossing() -> list[Any]:
+            rows = central.store().readings(GW, "det-3", "smoke", since=crossed, limit=1000)
+            return rows if any(r.value >= 2.4 for r in rows) else []
+
+        readings = wait_for(since_crossing, 10, what="the reading that crossed")
+        first_high = min((r for r in readings if r.value >= 2.4), key=lambda r: r.ts)
+        # Raised at the edge by the first poll that read the crossing (on_delay 0), stamped
+        # when that reading was evaluated, a millisecond or so after it was read...
+        assert all(r.value < 2.4 for r in readings if r.ts < first_high.ts)
+        assert first_high.ts <= raised["ts"] < first_high.ts + POLL_S / 2
+        # ...so within one poll interval of the crossing on a gateway that keeps its poll
+        # rate. The slack is for a loaded CI machine; bench.alarm_latency measures latency.
+        assert crossed <= raised["ts"] <= crossed + POLL_S + 1.0
         assert raised["value"] == pytest.approx(3.1) and raised["severity"] == "critical"
         assert raised["msg"] == "Smoke 3.1 %/m at det-3"
         wait_for(lambda: detector.get("siren") is True, 5, what="the siren coil written")
