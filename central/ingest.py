@@ -15,8 +15,10 @@ What can fail, and what then:
 
 - one message the store cannot take (it breaks the contract, or holds something SQLite
   cannot bind): each message is stored inside its own SAVEPOINT, so its writes alone are
-  undone; it is rejected (counted, logged once per gateway), still PUBACKed so that the
-  broker does not redeliver it forever, and not acked; the rest of the round commits;
+  undone; it is rejected (counted, logged once per gateway), kept whole in the
+  ``rejected`` table (a dead letter, ``fleet rejected``), PUBACKed so that the broker does
+  not redeliver it forever, and acked when it names its outbox rows beyond doubt, so that
+  the gateway does not resend it either; the rest of the round commits;
 - the store itself (disk full, I/O error, locked beyond busy_timeout): the round is
   rolled back, nothing is PUBACKed or acked, and the round is tried again after
   ``STORE_RETRY_S``; after ``STORE_TRIES`` failures in a row the ingest thread stops;
@@ -54,6 +56,7 @@ from edge_agent.contract import (
     decode_telemetry,
     encode_ack,
     merge_ranges,
+    named_rows,
 )
 
 log = logging.getLogger(__name__)
@@ -294,8 +297,33 @@ class Ingest:
             if store_fault(exc):
                 raise
             rnd.rejected.append((gw, channel, exc))
+            self._dead_letter(gw, channel, msg, exc, rnd)
             return
         rnd.seen.add(gw)
+
+    def _dead_letter(
+        self, gw: str, channel: Channel, msg: mqtt.MQTTMessage, exc: Exception, rnd: _Round
+    ) -> None:
+        """Keep a rejected message whole in the store and, when it names the outbox rows it
+        was sent for, ack them: the gateway would otherwise send it, and everything behind
+        it, again at every ack timeout until its outbox drops it."""
+        rows = None
+        if channel in (Channel.TELEMETRY, Channel.ALARMS):
+            rows = named_rows(msg.payload, alarm=channel is Channel.ALARMS)
+            if rows is not None and rows.gw != gw:
+                rows = None  # another gateway's rows are not this one's to ack
+        try:
+            with self.store.savepoint():
+                self.store.insert_rejected(gw, msg.topic, bytes(msg.payload), _why(exc), rows)
+        except Exception as err:
+            if store_fault(err):
+                raise
+            log.warning("could not keep a rejected message from %s: %s", gw, _why(err))
+            return
+        if rows is None:
+            return
+        acked = rnd.alarms if channel is Channel.ALARMS else rnd.telemetry
+        acked[(gw, rows.stream)].append((rows.first, rows.last))
 
     def _store_message(
         self, gw: str, channel: Channel, payload: bytes | bytearray, rnd: _Round
@@ -329,14 +357,17 @@ class Ingest:
         self.stats.rejected += 1
         count = self.stats.rejected_by_gateway[gw] = self.stats.rejected_by_gateway[gw] + 1
         if count == 1:  # log once per gateway, count the rest
-            why = str(exc) if isinstance(exc, PayloadError) else f"{type(exc).__name__}: {exc}"
             log.warning(
-                "rejected a %s message from %s (not stored, not acked; later ones are only "
-                "counted): %s",
+                "rejected a %s message from %s (kept as a dead letter, see fleet rejected; "
+                "later ones are only counted): %s",
                 channel.value,
                 gw,
-                why,
+                _why(exc),
             )
+
+
+def _why(exc: Exception) -> str:
+    return str(exc) if isinstance(exc, PayloadError) else f"{type(exc).__name__}: {exc}"
 
 
 _STORED = frozenset({Channel.TELEMETRY, Channel.ALARMS, Channel.STATE, Channel.HEALTH})

@@ -17,6 +17,7 @@ deletes it: nothing acked may be lost to a power cut.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import sqlite3
 import time
@@ -28,7 +29,8 @@ from typing import Any
 
 import sqlite_utils
 
-from edge_agent.contract import AlarmEvent, TelemetryBatch
+from edge_agent.contract import AlarmEvent, NamedRows, TelemetryBatch
+from edge_agent.sqlite_wal import use_wal
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS readings (
@@ -90,6 +92,20 @@ CREATE TABLE IF NOT EXISTS losses (
     cause TEXT NOT NULL,
     reported REAL NOT NULL,
     PRIMARY KEY (gateway, stream, first_seq)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS rejected (
+    gateway TEXT NOT NULL,
+    digest TEXT NOT NULL, -- sha256 of topic and payload: a message sent again is one row
+    topic TEXT NOT NULL,
+    error TEXT NOT NULL,
+    payload BLOB NOT NULL,
+    stream TEXT, -- the outbox rows it was sent for, when it names them (then they are acked)
+    seq_first INTEGER,
+    seq_last INTEGER,
+    first_seen REAL NOT NULL,
+    last_seen REAL NOT NULL,
+    times INTEGER NOT NULL DEFAULT 1,
+    PRIMARY KEY (gateway, digest)
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS gateways (
     id TEXT PRIMARY KEY,
@@ -157,7 +173,7 @@ class Store:
         # never used by two threads at once.
         conn = sqlite3.connect(str(path), check_same_thread=False)
         self.db = sqlite_utils.Database(conn)
-        self.db.execute("PRAGMA journal_mode=WAL")
+        use_wal(conn)
         # FULL: the WAL is fsynced at every commit, and the center acks only what it has
         # committed, after which the gateway deletes it. (NORMAL would fsync only at
         # checkpoints: a power cut could lose rows already acked.) One commit per ingest
@@ -250,6 +266,38 @@ class Store:
                 event.ts,
             ),
         )
+
+    def insert_rejected(
+        self, gateway: str, topic: str, payload: bytes, error: str, rows: NamedRows | None
+    ) -> None:
+        """Keep a message the store could not take, whole, as a dead letter for operators
+        (``fleet rejected``); the same message sent again counts ``times``."""
+        digest = hashlib.sha256(topic.encode() + b"\0" + payload).hexdigest()
+        now = time.time()
+        self.db.conn.execute(
+            "INSERT INTO rejected (gateway, digest, topic, error, payload, stream, seq_first, "
+            "seq_last, first_seen, last_seen) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+            "ON CONFLICT (gateway, digest) DO UPDATE SET last_seen = excluded.last_seen, "
+            "times = rejected.times + 1",
+            (
+                gateway,
+                digest,
+                topic,
+                error.encode("utf-8", "backslashreplace").decode(),
+                payload,
+                rows.stream if rows else None,
+                rows.first if rows else None,
+                rows.last if rows else None,
+                now,
+                now,
+            ),
+        )
+
+    def rejected(self, gateway: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
+        """Dead letters, newest first; ``payload`` as bytes."""
+        where, args = _filters(gateway=gateway)
+        sql = "SELECT * FROM rejected" + (" WHERE " + " AND ".join(where) if where else "")
+        return list(self.db.query(sql + " ORDER BY last_seen DESC LIMIT ?", [*args, limit]))
 
     def losses(self, gateway: str | None = None) -> list[dict[str, Any]]:
         where, args = _filters(gateway=gateway)

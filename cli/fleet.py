@@ -179,6 +179,40 @@ def losses(
     )
 
 
+@app.command("rejected")
+def rejected(
+    gateway: Annotated[str | None, typer.Option("--gateway", "-g", help="gateway id")] = None,
+    limit: Annotated[int, typer.Option(help="at most this many, newest first")] = 100,
+    db: DbOpt = DEFAULT_DB,
+    json_out: JsonOpt = False,
+) -> None:
+    """Messages the center could not store (dead letters): why, and what they held."""
+    from central.store import Store
+
+    rows = Store(require_db(db)).rejected(gateway, limit)
+    for r in rows:  # JSON has no bytes: the payload as text, undecodable bytes escaped
+        r["payload"] = bytes(r["payload"]).decode("utf-8", "backslashreplace")
+        del r["digest"]
+    show(
+        rows,
+        json_out,
+        ("gateway", "topic", "outbox rows", "times", "last seen (UTC)", "error"),
+        lambda: (
+            (
+                r["gateway"],
+                r["topic"],
+                f"{r['stream']} {r['seq_first']}..{r['seq_last']} (acked)"
+                if r["stream"]
+                else "unknown (not acked)",
+                str(r["times"]),
+                _utc(r["last_seen"]),
+                r["error"],
+            )
+            for r in rows
+        ),
+    )
+
+
 @keys_app.command("init")
 def keys_init(key: KeyOpt = Path("center.key")) -> None:
     """Create the center's signing key pair; give the .pub file to every gateway

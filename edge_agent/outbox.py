@@ -44,6 +44,8 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any, TypeVar
 
+from edge_agent.sqlite_wal import use_wal
+
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
@@ -290,7 +292,7 @@ class Outbox:
     def _connect(self) -> tuple[sqlite3.Connection, str]:
         db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
         try:
-            db.execute("PRAGMA journal_mode=WAL")
+            use_wal(db)
             db.execute("PRAGMA synchronous=FULL")
             db.executescript(SCHEMA)
             self._db = db

@@ -19,6 +19,7 @@ from edge_agent.contract import (
     Ack,
     AlarmEvent,
     Channel,
+    NamedRows,
     PayloadError,
     TopicError,
     Topics,
@@ -34,6 +35,7 @@ from edge_agent.contract import (
     encode_state,
     encode_telemetry,
     merge_ranges,
+    named_rows,
     reading_dict,
 )
 from edge_agent.contract.schema import CMD_REPLY, SCHEMA_FILES, SchemaName, load_schema, validate
@@ -663,3 +665,41 @@ def test_asyncapi_message_examples_validate(asyncapi: dict[str, Any]) -> None:
             validate(name, as_bytes(example["payload"]))
             checked += 1
     assert checked >= 5
+
+
+# --- the rows a rejected message names (the center acks them) --------------------------------
+
+
+def _tel(**kw: Any) -> bytes:
+    obj = {"gw": "g", "stream": "s", "seq_first": 4, "seq_last": 5, "readings": [{}, {}]}
+    return json.dumps({**obj, **kw}).encode()
+
+
+def _alarm(**kw: Any) -> bytes:
+    return json.dumps({"gw": "g", "stream": "s", **kw}).encode()
+
+
+@pytest.mark.parametrize(
+    ("payload", "alarm", "expected"),
+    [
+        (_tel(), False, NamedRows("g", "s", 4, 5)),
+        (_tel(readings=[[1], "x"]), False, NamedRows("g", "s", 4, 5)),  # bad inside, count ok
+        (_tel(seq_last=9), False, None),  # the count does not match the range
+        (_tel(seq_first=0, seq_last=1), False, None),
+        (_tel(seq_first=2**63, seq_last=2**63 + 1), False, None),
+        (_tel(seq_first=True), False, None),
+        (_tel(stream=""), False, None),
+        (_tel(stream="\ud800"), False, None),  # nothing one could store or ack
+        (_tel(readings={}), False, None),
+        (b"\xff", False, None),
+        (b"[" * 100_000, False, None),  # deeper than the JSON decoder goes
+        (
+            json.dumps({"gw": "g", "stream": "s", "seq": 7}).encode(),
+            True,
+            NamedRows("g", "s", 7, 7),
+        ),
+        (json.dumps({"gw": "g", "stream": "s", "seq": 7.0}).encode(), True, None),
+    ],
+)
+def test_named_rows_only_beyond_doubt(payload: bytes, alarm: bool, expected: object) -> None:
+    assert named_rows(payload, alarm=alarm) == expected

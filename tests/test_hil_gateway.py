@@ -218,3 +218,60 @@ def test_unreachable_device_is_bad_and_the_others_keep_going(
     finally:
         agent.stop()
         central.stop()
+
+
+def test_a_batch_the_center_cannot_store_is_kept_acked_and_never_sent_again(
+    tmp_path: Path, mqtt_broker: Broker, modbus_server: ThreadedDevice
+) -> None:
+    """A reading the center refuses (here a list value, written into the outbox by hand
+    as a buggy firmware might) sits in a backlog batch. Without an ack the gateway would
+    send it, and everything behind it, again at every ack timeout until its outbox dropped
+    it: the center keeps the batch as a dead letter and acks its rows instead."""
+    import sqlite3
+
+    from edge_agent.outbox import Lane, Outbox
+
+    outbox_path = tmp_path / "outbox.db"
+    outbox = Outbox(outbox_path, max_bytes=10**8)
+    now = time.time()
+    good = json.dumps({"dev": "tank-1", "pt": "level", "v": 1.0, "q": "good", "ts": now})
+    poison = json.dumps({"dev": "tank-1", "pt": "level", "v": [1, 2], "q": "good", "ts": now})
+    last = outbox.append(Lane.TELEMETRY, [(now, good), (now, poison), (now, good)])
+    stream = outbox.stream_id
+    outbox.close()
+
+    central = Central(tmp_path, mqtt_broker.url).start()
+    agent = Agent.for_devices(
+        tmp_path, mqtt_broker.url, devices_yaml(modbus_server.port), GW, outbox_path
+    ).start()
+    try:
+
+        def backlog_left() -> int:
+            db = sqlite3.connect(outbox_path)
+            try:
+                (n,) = db.execute(
+                    "SELECT count(*) FROM telemetry WHERE seq <= ?", (last,)
+                ).fetchone()
+                return int(n)
+            finally:
+                db.close()
+
+        wait_for(lambda: backlog_left() == 0, 20, what="the backlog acked and deleted")
+        (dead,) = central.store().rejected(GW)
+        assert dead["stream"] == stream and dead["seq_first"] <= 2 <= dead["seq_last"]
+        assert dead["error"].startswith("readings[1].v must be")
+        # later readings flow as usual, and the dead letter is not sent again
+        wait_for(lambda: central.store().readings(GW, "tank-1", "level", limit=1), 10)
+        time.sleep(3 * 2)  # three of the test config's 2 s ack timeouts
+        (dead,) = central.store().rejected(GW)
+        assert dead["times"] == 1
+
+        out = run_cli("fleet", "rejected", "--db", str(central.db), "--json")
+        assert out.returncode == 0, out.stderr
+        (shown,) = json.loads(out.stdout)
+        assert '"v": [1, 2]' in shown["payload"] or '"v":[1,2]' in shown["payload"]
+        table = run_cli("fleet", "rejected", "--db", str(central.db))
+        assert "(acked)" in table.stdout and GW in table.stdout
+    finally:
+        agent.stop()
+        central.stop()

@@ -7,6 +7,7 @@ that knows topic layout and payload shape.
 from edge_agent.contract.payloads import (
     Ack,
     AlarmEvent,
+    NamedRows,
     PayloadError,
     ReadingEncoder,
     TelemetryBatch,
@@ -22,6 +23,7 @@ from edge_agent.contract.payloads import (
     encode_telemetry,
     encode_telemetry_raw,
     merge_ranges,
+    named_rows,
     reading_dict,
 )
 from edge_agent.contract.topics import DEFAULT_ROOT, Channel, TopicError, Topics, check_gateway_id
@@ -31,6 +33,7 @@ __all__ = [
     "Ack",
     "AlarmEvent",
     "Channel",
+    "NamedRows",
     "PayloadError",
     "ReadingEncoder",
     "TelemetryBatch",
@@ -49,5 +52,6 @@ __all__ = [
     "encode_telemetry",
     "encode_telemetry_raw",
     "merge_ranges",
+    "named_rows",
     "reading_dict",
 ]

@@ -183,6 +183,44 @@ class AlarmEvent:
         }
 
 
+@dataclass(frozen=True, slots=True)
+class NamedRows:
+    """The outbox rows a message was sent for: gateway, stream and seq range."""
+
+    gw: str
+    stream: str
+    first: int
+    last: int
+
+
+def named_rows(payload: Raw, *, alarm: bool) -> NamedRows | None:
+    """The outbox rows a telemetry batch (or, with ``alarm``, an alarm event) names, read
+    from a payload that may break the contract elsewhere; None unless it names them beyond
+    doubt: a JSON object with string ``gw`` and ``stream`` and, for a batch, seqs in range
+    that number its ``readings`` list exactly (a garbled count acks nothing).
+
+    The center keeps a message it cannot store as a dead letter and acks these rows, so
+    that the gateway stops sending it (and everything behind it) again."""
+    try:
+        obj = loads(payload)
+        gw, stream = _field(obj, "gw", str), _field(obj, "stream", str)
+        if alarm:
+            first = last = _field(obj, "seq", int)
+        else:
+            first, last = _field(obj, "seq_first", int), _field(obj, "seq_last", int)
+            if last - first + 1 != len(_field(obj, "readings", list)):
+                return None
+    except (PayloadError, RecursionError):
+        return None
+    if not (gw and stream and 1 <= first <= last <= SEQ_MAX):
+        return None
+    try:
+        gw.encode(), stream.encode()  # a lone surrogate names nothing one could store
+    except UnicodeEncodeError:
+        return None
+    return NamedRows(gw, stream, first, last)
+
+
 def encode_alarm(event: AlarmEvent) -> bytes:
     return dumps(event.to_json())
 
