@@ -126,6 +126,12 @@ class AlarmService:
         if len(self._held) > HELD_MAX:
             lost = len(self._held) - HELD_MAX
             del self._held[:lost]
+            if not self.lost_disk_full:
+                log.error(
+                    "disk full: more than %d alarm events held in memory; giving up the "
+                    "oldest (counted in health data: alarms.events_lost_disk_full)",
+                    HELD_MAX,
+                )
             self.lost_disk_full += lost
         if not self._disk_full:
             log.error("disk full: alarm events kept in memory until there is room: %s", why)

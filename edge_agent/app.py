@@ -130,6 +130,7 @@ async def run_agent(loaded: LoadedConfig, stop: asyncio.Event) -> None:
                 "rules": len(engine.instances),
                 "engine_errors": alarms.engine_errors,
                 "actions_run": alarms.actions_run,
+                "events_lost_disk_full": alarms.lost_disk_full,
             },
             "lost_disk_full": committer.lost_disk_full,
         },

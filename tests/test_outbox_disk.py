@@ -320,3 +320,20 @@ def test_a_drop_that_cannot_commit_is_not_counted(small_fs: Path) -> None:
     filler.unlink()
     ob.close()
     assert Outbox(path, max_bytes=10**9).stats().dropped_telemetry == gone
+
+
+def test_alarm_events_held_past_the_cap_are_counted_and_reported(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A disk full for so long that more alarm events wait in memory than HELD_MAX: the
+    oldest are given up, counted for health data, and said once."""
+    from edge_agent.alarms import HELD_MAX, AlarmWrite
+
+    alarms = AlarmService(RuleEngine([]), None, None, None, {})  # type: ignore[arg-type]
+    events = [{"id": f"d/r{i}", "state": "active"} for i in range(HELD_MAX + 5)]
+    alarms.not_committed(AlarmWrite(held=events[:HELD_MAX]), "disk full", act=False)
+    assert alarms.lost_disk_full == 0
+    alarms.not_committed(AlarmWrite(held=events[HELD_MAX:]), "disk full", act=False)
+    alarms.not_committed(AlarmWrite(held=[{"id": "d/late"}]), "disk full", act=False)
+    assert alarms.lost_disk_full == 6
+    assert sum("giving up the oldest" in r.message for r in caplog.records) == 1
