@@ -72,11 +72,13 @@ def show(
         print_json(data)
         return
     from rich.console import Console
+    from rich.markup import escape
     from rich.table import Table
 
     table = Table(*headers)
     for row in rows():
-        table.add_row(*row)
+        # cells hold what gateways and sensors sent: text, never rich markup
+        table.add_row(*(escape(cell) for cell in row))
     Console().print(table)
 
 

@@ -163,6 +163,9 @@ async def run_agent(loaded: LoadedConfig, stop: asyncio.Event) -> None:
     finally:
         await cancel_all(poll_tasks)
         await committer.commit_pending()  # what was polled is durable before we go
+        # acks under way delete their rows now, before anything cancels or closes: a
+        # cancel (or cancel_all's second one) must not cut their wait short
+        await sender.aclose()
         await cancel_all([*service_tasks, stop_task])
         goodbye = encode_state(gw, False, **identity, stopped=time.time())
         await uplink.stop(last_words=(state_topic, goodbye))
@@ -178,8 +181,8 @@ async def cancel_all(tasks: Iterable[asyncio.Task[Any]], *, grace_s: float = 5.0
 
     Before Python 3.12, ``asyncio.wait_for`` (which pymodbus and asyncua use inside) drops
     a cancellation that meets its result in one loop turn: such a task runs on to its next
-    wait, where a second cancel stops it. After ``grace_s`` the stop goes on without the
-    stragglers and names them, rather than hang the agent's shutdown.
+    wait, where a second cancel, a second later, stops it. After ``grace_s`` the stop goes
+    on without the stragglers and names them, rather than hang the agent's shutdown.
     """
     tasks = list(tasks)
     loop = asyncio.get_running_loop()
@@ -193,7 +196,7 @@ async def cancel_all(tasks: Iterable[asyncio.Task[Any]], *, grace_s: float = 5.0
             return
         for t in pending:
             t.cancel()
-        _, pending = await asyncio.wait(pending, timeout=min(0.5, left))
+        _, pending = await asyncio.wait(pending, timeout=min(1.0, left))
     for t in tasks:
         if not t.cancelled():
             t.exception()  # retrieved: a task that failed was reported when it failed

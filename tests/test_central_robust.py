@@ -31,7 +31,7 @@ from edge_agent.contract import (
     decode_alarm,
     decode_telemetry,
 )
-from tests.support import Broker, Central, fill_disk, wait_for
+from tests.support import Broker, Central, fill_disk, run_cli, wait_for
 
 pytestmark = pytest.mark.hil
 
@@ -310,6 +310,28 @@ def test_a_dead_letter_acks_only_rows_it_names_beyond_doubt(
     assert gateways.telemetry_acked("gw-e") == {(9, 9)} and "gw-x" not in gateways.acks
 
 
+def test_a_number_too_long_for_python_is_rejected_and_ingest_goes_on(
+    ingest: Ingest, gateways: Gateways
+) -> None:
+    """json.loads raises a plain ValueError for an integer of more than 4,300 digits: one
+    such message, which anybody allowed on one gateway's topic can send, must not end
+    the ingest of the whole fleet (it did, in the dead letter's second look at it)."""
+    huge = batch("gw-f", 1).replace(b'"v": 1.5', b'"v": 1' + b"0" * 5000)
+    ingest.ingest_round(
+        [
+            message("gw-f", Channel.TELEMETRY, huge),
+            message("gw-f", Channel.ALARMS, b'{"seq": 1' + b"0" * 5000 + b"}"),
+            message("gw-b", Channel.TELEMETRY, batch("gw-b", 1, reading(42))),
+        ]
+    )
+    assert ingest.store.sequence_keys("gw-b") == {("s-gw-b", 1)}
+    dead = ingest.store.rejected("gw-f")
+    assert len(dead) == 2 and all(r["stream"] is None for r in dead)
+    assert all(r["error"].startswith("not JSON") for r in dead)
+    wait_for(lambda: gateways.telemetry_acked("gw-b") == {(1, 1)}, 10, what="B acked")
+    assert "gw-f" not in gateways.acks
+
+
 def test_bad_payloads_are_rejected_once_never_redelivered_and_others_flow(
     tmp_path: Path, mqtt_broker: Broker, gateways: Gateways
 ) -> None:
@@ -502,3 +524,18 @@ def test_the_service_and_a_query_opening_a_new_store_together_both_succeed(
     while not errors.empty():
         found.append(errors.get(timeout=1))
     assert found == []
+
+
+def test_fleet_tables_show_what_gateways_sent_as_text_not_markup(tmp_path: Path) -> None:
+    """Error texts quote payloads: a gateway id like ``[/x]`` is rich markup, and the table
+    of every dead letter failed on it ("closing tag ... doesn't match")."""
+    db = tmp_path / "central.db"
+    store = Store(db)
+    store.insert_rejected(
+        "gw-a", "edgefleet/v1/gw/gw-a/telemetry", b"{}", "payload says gateway '[/x]'", None
+    )
+    store.db.conn.commit()
+    store.close()
+    out = run_cli("fleet", "rejected", "--db", str(db), env={"COLUMNS": "200"})
+    assert out.returncode == 0, out.stderr
+    assert "[/x]" in out.stdout and "not acked" in out.stdout

@@ -22,7 +22,7 @@ async def stubborn(swallow: int) -> None:
 async def test_a_task_that_swallowed_a_cancel_is_cancelled_again() -> None:
     tasks = [asyncio.create_task(stubborn(n), name=f"t{n}") for n in (0, 1, 3)]
     await asyncio.sleep(0)
-    await asyncio.wait_for(cancel_all(tasks, grace_s=5), 4)
+    await asyncio.wait_for(cancel_all(tasks, grace_s=10), 8)
     assert all(t.cancelled() for t in tasks)
 
 
@@ -42,8 +42,8 @@ async def test_a_task_that_never_stops_is_named_and_left_behind(
     loop = asyncio.get_running_loop()
     started = loop.time()
     with caplog.at_level(logging.ERROR, logger="edge_agent.app"):
-        await cancel_all([forever, quick], grace_s=0.6)
-    assert loop.time() - started < 1.5
+        await cancel_all([forever, quick], grace_s=1.5)
+    assert loop.time() - started < 2.5
     assert quick.cancelled() and not forever.done()
     assert "stopping without poll:lift-1" in caplog.text
     released.set()
