@@ -43,7 +43,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
-from central.store import Store
+from central.store import REJECTED_KEEP, Store
 from edge_agent.config.models import BrokerUrl
 from edge_agent.contract import (
     Ack,
@@ -125,6 +125,7 @@ class Ingest:
         self._broker = broker
         self._inbox: queue.Queue[mqtt.MQTTMessage] = queue.Queue()
         self._stop = threading.Event()
+        self._pruned_dead_letters: set[str] = set()  # gateways told of, once each
         client = mqtt.Client(
             CallbackAPIVersion.VERSION2,
             client_id=client_id,
@@ -314,7 +315,16 @@ class Ingest:
                 rows = None  # another gateway's rows are not this one's to ack
         try:
             with self.store.savepoint():
-                self.store.insert_rejected(gw, msg.topic, bytes(msg.payload), _why(exc), rows)
+                pruned = self.store.insert_rejected(
+                    gw, msg.topic, bytes(msg.payload), _why(exc), rows
+                )
+            if pruned and gw not in self._pruned_dead_letters:
+                self._pruned_dead_letters.add(gw)
+                log.warning(
+                    "%s has more dead letters than the store keeps (%d): the oldest make room",
+                    gw,
+                    REJECTED_KEEP,
+                )
         except Exception as err:
             if store_fault(err):
                 raise

@@ -125,6 +125,9 @@ CREATE TABLE IF NOT EXISTS gateways (
 """
 
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+REJECTED_KEEP = 1000
+"""Dead letters kept per gateway (the newest): a gateway sending garbage cannot fill the
+center's disk with it."""
 VALUE_BOOL, VALUE_BIG_INT = 1, 2  # readings.is_bool
 
 
@@ -269,9 +272,10 @@ class Store:
 
     def insert_rejected(
         self, gateway: str, topic: str, payload: bytes, error: str, rows: NamedRows | None
-    ) -> None:
+    ) -> int:
         """Keep a message the store could not take, whole, as a dead letter for operators
-        (``fleet rejected``); the same message sent again counts ``times``."""
+        (``fleet rejected``); the same message sent again counts ``times``. A gateway keeps
+        its newest ``REJECTED_KEEP`` dead letters: return how many older ones made room."""
         digest = hashlib.sha256(topic.encode() + b"\0" + payload).hexdigest()
         now = time.time()
         self.db.conn.execute(
@@ -292,6 +296,12 @@ class Store:
                 now,
             ),
         )
+        pruned = self.db.conn.execute(
+            "DELETE FROM rejected WHERE gateway = ? AND digest IN (SELECT digest FROM rejected "
+            "WHERE gateway = ? ORDER BY last_seen DESC LIMIT -1 OFFSET ?)",
+            (gateway, gateway, REJECTED_KEEP),
+        )
+        return pruned.rowcount
 
     def rejected(self, gateway: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
         """Dead letters, newest first; ``payload`` as bytes."""

@@ -539,3 +539,23 @@ def test_fleet_tables_show_what_gateways_sent_as_text_not_markup(tmp_path: Path)
     out = run_cli("fleet", "rejected", "--db", str(db), env={"COLUMNS": "200"})
     assert out.returncode == 0, out.stderr
     assert "[/x]" in out.stdout and "not acked" in out.stdout
+
+
+def test_a_gateway_keeps_only_its_newest_dead_letters(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import central.store
+
+    monkeypatch.setattr(central.store, "REJECTED_KEEP", 3)
+    store = Store(tmp_path / "central.db")
+    try:
+        pruned = []
+        for i in range(5):
+            pruned.append(store.insert_rejected("gw-a", "t", b"%d" % i, "bad", None))
+            time.sleep(0.01)  # last_seen orders them
+        store.insert_rejected("gw-b", "t", b"0", "bad", None)
+        assert pruned == [0, 0, 0, 1, 1]
+        assert [bytes(r["payload"]) for r in store.rejected("gw-a")] == [b"4", b"3", b"2"]
+        assert len(store.rejected("gw-b")) == 1
+    finally:
+        store.close()
