@@ -202,8 +202,23 @@ class Central(Process):
 
     def start(self) -> Central:
         super().start()
-        wait_for(self.db.exists, 15, what="the central store file")
+        wait_for(self._store_made, 15, what="the central store")
         return self
+
+    def _store_made(self) -> bool:
+        """The service has made its store: the file and, last of its schema, ``gateways``."""
+        import sqlite3
+
+        if not self.db.exists():
+            return False
+        db = sqlite3.connect(self.db)
+        try:
+            found = db.execute("SELECT 1 FROM sqlite_master WHERE name = 'gateways'").fetchone()
+            return found is not None
+        except sqlite3.OperationalError:  # locked while the service sets it up
+            return False
+        finally:
+            db.close()
 
     def store(self):  # type: ignore[no-untyped-def]
         from central.store import Store
