@@ -114,7 +114,7 @@ async def test_a_silent_unit_is_backed_off_probed_and_welcomed_back(
                 started = time.monotonic()
                 with pytest.raises(UnitBackedOff) as refused:
                     await flaky.read()
-                assert time.monotonic() - started < 0.05
+                assert time.monotonic() - started < 0.15  # below one 0.2 s try: no request
                 assert refused.value.reason == "timeout"
                 assert {r.quality for r in await healthy.read()} == {Quality.GOOD}
             assert tcp_bus.received[2] == 2
