@@ -41,6 +41,7 @@ import uuid
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
+from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -144,6 +145,16 @@ class Dropped:
 def _error_code(exc: sqlite3.Error) -> int | None:
     code = getattr(exc, "sqlite_errorcode", None)
     return code if isinstance(code, int) else None
+
+
+def _unless_disk_full(fn: Callable[[], T]) -> T | sqlite3.OperationalError:
+    """``fn()``, or the disk-full error it raised instead; any other error is raised."""
+    try:
+        return fn()
+    except sqlite3.OperationalError as exc:
+        if not _is_disk_full(exc):
+            raise
+        return exc
 
 
 def _is_disk_full(exc: sqlite3.Error) -> bool:
@@ -402,27 +413,20 @@ class Outbox:
         ``keep`` bytes), then, up to ``rounds`` times, drop the oldest telemetry (``need``
         rows, 8 times more each round) and run ``fn`` again. ``OutboxFull`` if there was
         no room even so."""
-        try:
-            return fn()
-        except sqlite3.OperationalError as exc:
-            if not _is_disk_full(exc):
-                raise
-            last = exc
+        result = _unless_disk_full(fn)
+        if not isinstance(result, sqlite3.OperationalError):
+            return result
+        last = result
         self._release_ballast(keep)
         n = max(1, need)
         for _ in range(rounds):
-            try:
-                self._drop_oldest(n, "disk full")
-            except sqlite3.OperationalError as exc:
-                if not _is_disk_full(exc):
-                    raise
-                last = exc  # the drop found no room either; what is free may still do
-            try:
-                return fn()
-            except sqlite3.OperationalError as exc:
-                if not _is_disk_full(exc):
-                    raise
-                last = exc
+            dropped = _unless_disk_full(partial(self._drop_oldest, n, "disk full"))
+            if isinstance(dropped, sqlite3.OperationalError):
+                last = dropped  # the drop found no room either; what is free may still do
+            result = _unless_disk_full(fn)
+            if not isinstance(result, sqlite3.OperationalError):
+                return result
+            last = result
             if self.first_seq(Lane.TELEMETRY) is None:
                 break  # no telemetry left to give up
             n *= 8
