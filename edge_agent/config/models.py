@@ -7,7 +7,6 @@ its protocol by the key it carries (``modbus:``), and the union below picks the 
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 from typing import Annotated, Any
 from urllib.parse import urlsplit
@@ -19,6 +18,7 @@ from drivers.modbus.config import ModbusDevice, bus_conflicts
 from drivers.mqtt.config import MqttDevice
 from drivers.opcua.config import OpcUaDevice
 from edge_agent.contract.topics import DEFAULT_ROOT, GATEWAY_ID, Topics
+from edge_agent.durations import parse_duration
 from edge_agent.rules.compile import CompiledRule, RuleErrors, compile_rules
 from edge_agent.rules.model import Rule
 
@@ -109,17 +109,12 @@ class Central(Frozen):
         return BrokerUrl.parse(self.url)
 
 
-def parse_duration(value: object) -> object:
-    """``90s``, ``15m``, ``12h``, ``7d`` or a number of seconds."""
-    if isinstance(value, str):
-        m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*", value)
-        if not m:
-            raise ValueError("a duration: a number with s, m, h or d (90s, 15m, 12h, 7d)")
-        return float(m.group(1)) * {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}[m.group(2)]
-    return value
+def _duration(value: object) -> object:
+    """Text through the one duration parser (``7d``); a YAML number is seconds already."""
+    return parse_duration(value) if isinstance(value, str) else value
 
 
-Duration = Annotated[float, BeforeValidator(parse_duration), Field(gt=0)]
+Duration = Annotated[float, BeforeValidator(_duration), Field(gt=0)]
 
 
 class Outbox(Frozen):
