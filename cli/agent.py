@@ -12,8 +12,8 @@ from typing import Annotated
 import typer
 
 from cli.browse import browse
-from cli.common import load_or_exit
 from cli.probe import probe_app
+from cli.problems import load_config_or_exit
 from cli.profiles import profiles_app
 from cli.rules import rules_app
 from cli.sim import sim_app
@@ -36,7 +36,7 @@ ConfigOpt = Annotated[
 @app.command()
 def check(config: ConfigOpt) -> None:
     """Validate a config file without running anything; exit 2 if it has problems."""
-    loaded = load_or_exit(config)
+    loaded = load_config_or_exit(config)
     cfg = loaded.config
     points = sum(len(d.points) for d in cfg.devices)
     typer.echo(
@@ -51,7 +51,7 @@ def run(
     log_level: Annotated[str, typer.Option(help="debug, info, warning or error")] = "info",
 ) -> None:
     """Run the agent: poll devices, keep every reading in the outbox, publish to the center."""
-    loaded = load_or_exit(config)
+    loaded = load_config_or_exit(config)
     logging.basicConfig(
         level=log_level.upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",

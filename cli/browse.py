@@ -13,10 +13,11 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 from pydantic import ValidationError
 
-from cli.common import JsonOpt, print_json
+from cli.output import Cell, JsonOpt, Styled, print_json, print_rich, text
 from drivers.opcua.config import NodeRef, OpcUaConnection
 
 if TYPE_CHECKING:
+    from rich.text import Text
     from rich.tree import Tree
 
     from drivers.opcua.browse import BrowsedNode
@@ -74,15 +75,12 @@ def browse(
     if as_json:
         print_json(result.as_json())
         return
-    from rich.console import Console
     from rich.tree import Tree
 
     tree = Tree(_label(result.root))
     _grow(tree, result.root)
-    console = Console()
-    console.print(tree)
     more = " (truncated: raise --max-nodes or start lower with --node)" if result.truncated else ""
-    console.print(f"{result.nodes} node(s) on {result.endpoint}{more}")
+    print_rich(tree, text(f"{result.nodes} node(s) on {result.endpoint}{more}"))
 
 
 def _default_mode(policy: str) -> str:
@@ -103,15 +101,18 @@ def _grow(tree: Tree, node: BrowsedNode) -> None:
         _grow(tree.add(_label(child)), child)
 
 
-def _label(node: BrowsedNode) -> str:
-    from rich.markup import escape
-
-    text = f"[bold]{escape(node.display_name or node.browse_name)}[/]  [dim]{node.node_id}[/]"
+def _label(node: BrowsedNode) -> Text:
+    # names, types, values and status come from the server: text, never markup
+    parts: list[Cell] = [
+        Styled(node.display_name or node.browse_name, "bold"),
+        "  ",
+        Styled(node.node_id, "dim"),
+    ]
     if node.node_class == "Variable":
-        text += f"  [cyan]{escape(node.data_type or '?')}[/] = {escape(_value(node.value))}"
+        parts += ["  ", Styled(node.data_type or "?", "cyan"), " = ", _value(node.value)]
         if node.status:
-            text += f"  [red]{node.status}[/]"
-    return text
+            parts += ["  ", Styled(node.status, "red")]
+    return text(*parts)
 
 
 def _value(value: Any) -> str:

@@ -6,27 +6,18 @@ import logging
 import signal
 import sys
 import threading
-import time
-from datetime import UTC, datetime
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from cli.common import (
-    DEFAULT_BROKER,
-    DEFAULT_DB,
-    BrokerOpt,
-    DbOpt,
-    JsonOpt,
-    ago,
-    parse_broker,
-    parse_since,
-    print_json,
-    require_db,
-    show,
-)
+from cli.durations import length_option, since_option
+from cli.output import JsonOpt, Styled, ago, print_json, show, utc
+from cli.store_options import DEFAULT_DB, DbOpt, require_db
 from edge_agent.contract import DEFAULT_ROOT, Topics
+
+if TYPE_CHECKING:
+    from edge_agent.config.models import BrokerUrl
 
 app = typer.Typer(
     name="fleet",
@@ -52,6 +43,23 @@ KeyOpt = Annotated[
 GatewayArg = Annotated[str, typer.Option("--gateway", "-g", help="gateway id")]
 AlarmArg = Annotated[str, typer.Argument(help="alarm id, as listed: device/rule")]
 ByOpt = Annotated[str, typer.Option("--by", help="who does it (kept in the alarm history)")]
+
+BrokerOpt = Annotated[
+    str,
+    typer.Option("--broker", envvar="EDGEFLEET_BROKER", help="central MQTT broker URL"),
+]
+DEFAULT_BROKER = "mqtt://127.0.0.1:1883"
+
+
+def parse_broker(url: str) -> BrokerUrl:
+    # imported here: the config models cost a few hundred ms, which --help need not pay
+    from edge_agent.config.models import BrokerUrl
+
+    try:
+        return BrokerUrl.parse(url)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--broker") from None
+
 
 RootOpt = Annotated[
     str,
@@ -104,7 +112,7 @@ def gateways_list(db: DbOpt = DEFAULT_DB, json_out: JsonOpt = False) -> None:
             (
                 r["id"],
                 r["site"] or "",
-                "[green]yes[/]" if r["online"] else "[red]no[/]",
+                Styled("yes", "green") if r["online"] else Styled("no", "red"),
                 r["agent_version"] or "",
                 r["config_rev"] or "",
                 ago(r["last_seen"]),
@@ -130,14 +138,14 @@ def readings(
     """Readings stored at the center, newest first, with the edge's timestamps."""
     from central.store import Store
 
-    rows = Store(require_db(db)).readings(gateway, device, point, parse_since(since), limit)
+    rows = Store(require_db(db)).readings(gateway, device, point, since_option(since), limit)
     show(
         [r.to_json() for r in rows],
         json_out,
         ("time (UTC)", "gateway", "device", "point", "value", "unit", "quality"),
         lambda: (
             (
-                _utc(r.ts),
+                utc(r.ts),
                 r.gateway,
                 r.device,
                 r.point,
@@ -170,8 +178,8 @@ def losses(
                 r["stream"],
                 f"{r['first_seq']}..{r['last_seq']}",
                 str(r["count"]),
-                _utc(r["ts_first"]),
-                _utc(r["ts_last"]),
+                utc(r["ts_first"]),
+                utc(r["ts_last"]),
                 r["cause"],
             )
             for r in rows
@@ -205,7 +213,7 @@ def rejected(
                 if r["stream"]
                 else "unknown (not acked)",
                 str(r["times"]),
-                _utc(r["last_seen"]),
+                utc(r["last_seen"]),
                 r["error"],
             )
             for r in rows
@@ -243,7 +251,7 @@ def alarms_list(
         ("since (UTC)", "gateway", "alarm", "severity", "state", "value", "message"),
         lambda: (
             (
-                _utc(r["since"]),
+                utc(r["since"]),
                 r["gateway"],
                 r["alarm_id"],
                 r["severity"],
@@ -269,7 +277,7 @@ def alarms_history(
         return
     for e in events:
         extra = f" action={e['action']}" if "action" in e else ""
-        typer.echo(f"{_utc(e['ts'])}  {e['state']:<16} {e['msg']}{extra}")
+        typer.echo(f"{utc(e['ts'])}  {e['state']:<16} {e['msg']}{extra}")
 
 
 def _command(
@@ -337,16 +345,9 @@ def alarms_shelve(
     json_out: JsonOpt = False,
 ) -> None:
     """Suppress an alarm's annunciation for a while, with a reason."""
-    since = parse_since(for_)
-    assert since is not None
-    args = {"alarm": alarm, "by": by, "reason": reason, "for_s": round(time.time() - since, 3)}
+    for_s = length_option(for_, "--for")
+    args = {"alarm": alarm, "by": by, "reason": reason, "for_s": round(for_s, 3)}
     _command(broker, topic_root, gateway, "alarm.shelve", args, key, json_out)
-
-
-def _utc(ts: float | None) -> str:
-    if ts is None:
-        return ""
-    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%d %H:%M:%S.%f")[:-3]
 
 
 def _show(value: object) -> str:

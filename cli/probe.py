@@ -21,11 +21,11 @@ from typing import TYPE_CHECKING, Annotated, NoReturn
 import typer
 from pydantic import ValidationError
 
-from cli.common import JsonOpt, print_json
+from cli.output import Column, JsonOpt, print_json, print_rich, table
+from cli.problems import load_config_or_exit
 from drivers.base import DeviceUnavailable
 from drivers.modbus.config import ModbusDevice
 from drivers.modbus.types import BIT_TABLES, TYPES
-from edge_agent.config import ConfigError, load_config
 
 if TYPE_CHECKING:
     from drivers.modbus.driver import ProbedPoint
@@ -116,12 +116,7 @@ async def _read_once(device: ModbusDevice) -> list[ProbedPoint]:
 
 
 def _configured(path: Path, device_id: str) -> ModbusDevice:
-    try:
-        cfg = load_config(path).config
-    except ConfigError as exc:
-        for problem in exc.problems:
-            typer.echo(str(problem), err=True)
-        raise typer.Exit(EXIT_USAGE) from None
+    cfg = load_config_or_exit(path).config
     found = next((d for d in cfg.devices if d.id == device_id), None)
     if found is None:
         known = ", ".join(d.id for d in cfg.devices) or "none"
@@ -210,14 +205,12 @@ def _as_json(device: ModbusDevice, probed: list[ProbedPoint]) -> dict[str, objec
 
 
 def _render(device: ModbusDevice, probed: list[ProbedPoint]) -> None:
-    from rich.console import Console
-    from rich.table import Table
-
-    title = f"{device.id}: unit {device.modbus.unit} on {device.modbus.bus}"
-    table = Table(title=title)
-    for column in ("point", "table", "address", "hex", "decimal", "value", "unit", "quality"):
-        numbers = column in ("address", "decimal")
-        table.add_column(column, justify="right" if numbers else "left", overflow="fold")
+    numbers = ("address", "decimal")
+    columns = [
+        Column(name, justify="right" if name in numbers else "left", fold=True)
+        for name in ("point", "table", "address", "hex", "decimal", "value", "unit", "quality")
+    ]
+    rows: list[tuple[str, ...]] = []
     for p in probed:
         bits = p.point.table in BIT_TABLES
         raw = _raw(p)
@@ -225,14 +218,17 @@ def _render(device: ModbusDevice, probed: list[ProbedPoint]) -> None:
         quality = p.reading.quality.value
         if p.reading.reason:
             quality = f"{quality}: {p.reading.reason}"
-        table.add_row(
-            p.point.name,
-            p.point.table,
-            str(p.point.address),
-            hex_words,
-            " ".join(str(word) for word in raw),
-            "" if p.reading.value is None else repr(p.reading.value),
-            p.reading.unit or "",
-            quality,
+        rows.append(
+            (
+                p.point.name,
+                p.point.table,
+                str(p.point.address),
+                hex_words,
+                " ".join(str(word) for word in raw),
+                "" if p.reading.value is None else repr(p.reading.value),
+                p.reading.unit or "",
+                quality,
+            )
         )
-    Console().print(table)
+    title = f"{device.id}: unit {device.modbus.unit} on {device.modbus.bus}"
+    print_rich(table(columns, rows, title=title))

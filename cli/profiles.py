@@ -7,7 +7,13 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
+from cli.output import Column, JsonOpt, Styled, print_json, print_rich, table, text
+from cli.problems import exit_with_problems
+
 if TYPE_CHECKING:
+    from rich.table import Table
+    from rich.text import Text
+
     from edge_agent.profiles import ProfileLibrary
 
 profiles_app = typer.Typer(
@@ -23,8 +29,6 @@ DirsOpt = Annotated[
         envvar="EDGEFLEET_PROFILE_DIRS",
     ),
 ]
-JsonOpt = Annotated[bool, typer.Option("--json", help="print JSON instead of a table")]
-EXIT_INVALID = 2
 
 
 def _library(dirs: list[Path] | None) -> ProfileLibrary:
@@ -39,32 +43,33 @@ def profiles_list(dirs: DirsOpt = None, json_out: JsonOpt = False) -> None:
     if any profile file has problems (each printed as file:line: field: message)."""
     from edge_agent.profiles import describe
 
-    loaded, problems = _library(dirs).load_all()
+    library = _library(dirs)
+    loaded, problems = library.load_all()
     if json_out:
-        from cli.common import print_json
-
         print_json(describe(loaded))
     else:
-        from rich.console import Console
-        from rich.table import Table
-
-        table = Table("profile", "protocol", "firmware", "points", "rules", "title")
-        table.columns[0].no_wrap = True
-        for lp in loaded:
-            prof = lp.profile
-            table.add_row(
-                prof.ref(),
-                prof.protocol,
-                ", ".join(prof.firmware),
-                str(len(prof.points)),
-                str(len(prof.rules)),
-                prof.title,
+        columns = (
+            Column("profile", no_wrap=True),
+            "protocol",
+            "firmware",
+            "points",
+            "rules",
+            "title",
+        )
+        rows = [
+            (
+                lp.profile.ref(),
+                lp.profile.protocol,
+                ", ".join(lp.profile.firmware),
+                str(len(lp.profile.points)),
+                str(len(lp.profile.rules)),
+                lp.profile.title,
             )
-        Console().print(table)
-    for p in problems:
-        typer.echo(str(p), err=True)
-    if problems:
-        raise typer.Exit(EXIT_INVALID)
+            for lp in loaded
+        ]
+        print_rich(table(columns, rows))
+    if problems:  # after the profiles that do load: one broken file hides none of them
+        exit_with_problems(", ".join(str(d) for d in library.dirs), problems)
 
 
 @profiles_app.command("show")
@@ -79,41 +84,39 @@ def profiles_show(
     try:
         loaded = _library(dirs).find(ref)
     except ProfileError as exc:
-        for p in exc.problems:
-            typer.echo(p.message if p.file == "(profile)" else str(p), err=True)
-        raise typer.Exit(EXIT_INVALID) from None
+        # a reference that matches no file is a problem of the reference, not of a file
+        lookup = [p.message if p.file == "(profile)" else p for p in exc.problems]
+        exit_with_problems(ref, lookup)
     profile = loaded.profile
     if json_out:
-        from cli.common import print_json
-
         print_json({"ref": ref, "file": loaded.file, **profile.model_dump(mode="json")})
         return
-    from rich.console import Console
-    from rich.table import Table
-
-    console = Console()
-    console.print(f"[bold]{ref}[/] {profile.title}")
-    console.print(f"protocol {profile.protocol}; firmware {', '.join(profile.firmware)}")
-    console.print(f"source: {profile.source}")
-    console.print(f"file: {loaded.file}")
+    about = [
+        text(Styled(ref, "bold"), " ", profile.title),
+        text(f"protocol {profile.protocol}; firmware {', '.join(profile.firmware)}"),
+        text(f"source: {profile.source}"),
+        text(f"file: {loaded.file}"),
+    ]
     if profile.connection or profile.device:
-        console.print(
-            f"defaults: {profile.protocol}: {profile.connection} device: {profile.device}"
+        about.append(
+            text(f"defaults: {profile.protocol}: {profile.connection} device: {profile.device}")
         )
-    table = Table("point", "unit", "where", title="points")
+    points: list[tuple[str, ...]] = []
     for point in profile.points:
         where = {k: v for k, v in point.items() if k not in ("name", "unit")}
-        table.add_row(str(point["name"]), str(point.get("unit") or ""), _inline(where))
-    console.print(table)
+        points.append((str(point["name"]), str(point.get("unit") or ""), _inline(where)))
+    shown: list[Table | Text] = [*about, table(("point", "unit", "where"), points, title="points")]
     if profile.rules:
-        rules = Table("rule", "severity", "condition", "delays", title="default rules")
+        rules: list[tuple[str, ...]] = []
         for rule in profile.rules:
             condition = rule.when or (
                 "offline" if rule.offline else f"{rule.kind} {rule.point or ''}".strip()
             )
             delays = f"on {rule.on_delay_s:g} s, off {rule.off_delay_s:g} s"
-            rules.add_row(rule.id, rule.severity, condition, delays)
-        console.print(rules)
+            rules.append((rule.id, rule.severity, condition, delays))
+        columns = ("rule", "severity", "condition", "delays")
+        shown.append(table(columns, rules, title="default rules"))
+    print_rich(*shown)
 
 
 def _inline(fields: dict[str, object]) -> str:

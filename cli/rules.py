@@ -20,10 +20,10 @@ def rules_test(
     json_out: Annotated[bool, typer.Option("--json", help="print JSON")] = False,
 ) -> None:
     """Print which alarms the series would raise, clear or re-trigger, and when."""
-    from cli.common import load_or_exit
+    from cli.problems import load_config_or_exit
     from edge_agent.rules.replay import ReplayError, replay_file
 
-    cfg = load_or_exit(config).config
+    cfg = load_config_or_exit(config).config
     try:
         events = replay_file(
             cfg.compiled_rules(), replay, tail_s=tail, settings=cfg.alarms.engine_options()

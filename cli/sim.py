@@ -11,6 +11,8 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
+from cli.problems import exit_with_problems
+
 if TYPE_CHECKING:
     from edge_agent.simfleet import SimPlan
 
@@ -22,7 +24,6 @@ sim_app = typer.Typer(
 SimFile = Annotated[Path, typer.Argument(help="sim file (YAML): gateways and their devices")]
 SeedOpt = Annotated[int | None, typer.Option(help="seed of the value dynamics (default: file's)")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="print JSON")]
-EXIT_INVALID = 2
 
 
 def _plan(path: Path, **overrides: object) -> SimPlan:
@@ -31,11 +32,7 @@ def _plan(path: Path, **overrides: object) -> SimPlan:
     try:
         return load_sim(path, **overrides)  # type: ignore[arg-type]
     except SimConfigError as exc:
-        for problem in exc.problems:
-            typer.echo(str(problem), err=True)
-        n = len(exc.problems)
-        typer.echo(f"{path}: {n} problem{'s' if n != 1 else ''}", err=True)
-        raise typer.Exit(EXIT_INVALID) from None
+        exit_with_problems(path, exc.problems)
 
 
 @sim_app.command("run")
@@ -110,7 +107,7 @@ def sim_timeline(
         typer.echo(f"error: {exc.args[0]}", err=True)
         raise typer.Exit(1) from None
     if json_out:
-        from cli.common import print_json
+        from cli.output import print_json
 
         print_json([tick_json(t) for t in ticks_out])
         return
@@ -140,7 +137,7 @@ def sim_scenarios(json_out: JsonOpt = False) -> None:
             }
         )
     if json_out:
-        from cli.common import print_json
+        from cli.output import print_json
 
         print_json(rows)
         return

@@ -1,0 +1,127 @@
+"""How commands print what they found: JSON, or a table of cells.
+
+A cell is one of two things, and its type says which:
+
+- ``str``: text that came from outside (a gateway's site, a sensor's value, a message,
+  a profile's title). It is printed as it is, character for character: a gateway that
+  sends ``[red]x[/]`` as its site is shown ``[red]x[/]``, never in red.
+- ``Styled``: a word the program chose, drawn in a rich style (``online`` as a green
+  ``yes``).
+
+Rich is imported only when a table is drawn, so that ``fleet --help`` and every
+``--json`` run stay quick.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Annotated, Any, Literal
+
+import typer
+
+if TYPE_CHECKING:
+    from rich.console import RenderableType
+    from rich.table import Table
+    from rich.text import Text
+
+JsonOpt = Annotated[bool, typer.Option("--json", help="print JSON instead of a table")]
+
+
+@dataclass(frozen=True, slots=True)
+class Styled:
+    """A cell the program wrote itself, drawn in a rich ``style`` (``"green"``, ``"bold"``)."""
+
+    text: str
+    style: str
+
+
+Cell = str | Styled
+"""A table cell: sent text (``str``, shown literally) or the program's own word (``Styled``)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Column:
+    """A column header, with how its cells are laid out when that is not the default."""
+
+    header: str
+    justify: Literal["left", "right"] = "left"
+    no_wrap: bool = False
+    fold: bool = False
+    """Break a long cell anywhere (raw registers) rather than at spaces."""
+
+
+def text(*parts: Cell) -> Text:
+    """The parts as one rich ``Text``: each ``str`` literal, each ``Styled`` in its style."""
+    from rich.text import Text
+
+    out = Text()
+    for part in parts:
+        if isinstance(part, Styled):
+            out.append(part.text, style=part.style)
+        else:
+            out.append(part)
+    return out
+
+
+def table(
+    columns: Sequence[str | Column], rows: Iterable[Sequence[Cell]], *, title: str | None = None
+) -> Table:
+    """A rich table of ``rows``; no cell is ever read as markup."""
+    from rich.table import Table
+
+    out = Table(title=title)
+    for col in columns:
+        c = col if isinstance(col, Column) else Column(col)
+        overflow: Literal["fold", "ellipsis"] = "fold" if c.fold else "ellipsis"
+        out.add_column(c.header, justify=c.justify, no_wrap=c.no_wrap, overflow=overflow)
+    for row in rows:
+        out.add_row(*(text(cell) for cell in row))
+    return out
+
+
+def print_rich(*renderables: RenderableType) -> None:
+    """Print on stdout, as wide as the terminal (``COLUMNS``) allows."""
+    from rich.console import Console
+
+    console = Console()
+    for r in renderables:
+        console.print(r)
+
+
+def show(
+    data: Any,
+    json_out: bool,
+    columns: Sequence[str | Column],
+    rows: Callable[[], Iterable[Sequence[Cell]]],
+) -> None:
+    """Print ``data`` as JSON, or as a table of ``columns`` and ``rows()``."""
+    if json_out:
+        print_json(data)
+        return
+    print_rich(table(columns, rows()))
+
+
+def print_json(data: Any) -> None:
+    typer.echo(json.dumps(data, indent=2, ensure_ascii=False))
+
+
+def utc(ts: float | None) -> str:
+    """An edge timestamp as UTC to the millisecond; empty when there is none."""
+    if ts is None:
+        return ""
+    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%d %H:%M:%S.%f")[:-3]
+
+
+def ago(ts: float | None) -> str:
+    if ts is None:
+        return "never"
+    s = max(0.0, time.time() - ts)
+    if s < 120:
+        return f"{s:.0f} s ago"
+    if s < 7200:
+        return f"{s / 60:.0f} min ago"
+    return f"{s / 3600:.1f} h ago"
