@@ -11,6 +11,7 @@ markup or emoji.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from collections.abc import Iterator, Mapping
@@ -35,6 +36,7 @@ from edge_agent.contract.payloads import (
     named_rows,
 )
 from tests.support import ThreadedDevice
+from tests.test_opcua_driver import ThreadedStation
 
 WIDE = {"COLUMNS": "200", "FORCE_COLOR": None, "NO_COLOR": None}
 """A wide terminal, so that rich neither truncates nor wraps a cell; no colour codes."""
@@ -507,6 +509,19 @@ def test_probe_table_shows_raw_registers_and_values_as_the_device_sent_them(
         ["pump", "coil", "4", "1", "1", "True", "", "good"],
         ["ghost", "holding", "11", "", "", "", "", "bad: exception 2: illegal data address"],
     ]
+
+
+def test_browse_tree_shows_names_and_values_as_the_server_sent_them() -> None:
+    station = ThreadedStation()
+    try:
+        asyncio.run(station.set("Station.Name", SENT))  # a PLC's text that is markup to rich
+        out = agent("browse", station.endpoint, "--node", "ns=2;s=Station").stdout
+    finally:
+        station.close()
+    lines = out.splitlines()
+    assert lines[0] == "Station  ns=2;s=Station"
+    assert f"├── Name  ns=2;s=Station.Name  String = {SENT!r}" in lines
+    assert lines[-1] == f"{len(lines) - 1} node(s) on {station.endpoint}"
 
 
 def test_a_config_with_problems_is_reported_the_same_way_by_every_command(
