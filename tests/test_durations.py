@@ -1,0 +1,75 @@
+"""The one duration parser, and the three places that read durations through it: the
+config's ``Duration`` fields, ``fleet readings --since`` and ``fleet alarms shelve --for``."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+import typer
+
+from cli.durations import length_option, since_option
+from edge_agent.config import ConfigError, parse_config
+from edge_agent.durations import DURATION_FORMS, parse_duration
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"),
+    [
+        ("90s", 90),
+        ("15m", 900),
+        ("12h", 43_200),
+        ("7d", 604_800),
+        ("1.5h", 5400),
+        ("90", 90),  # no unit: seconds
+        ("0.25", 0.25),
+        (" 2 h ", 7200),
+        ("0s", 0),
+    ],
+)
+def test_the_forms_people_write(text: str, seconds: float) -> None:
+    assert parse_duration(text) == seconds
+
+
+@pytest.mark.parametrize("text", ["", "h", "2x", "-5m", "1e3s", "2 hours", "1h30m", "five"])
+def test_anything_else_is_refused_with_the_forms(text: str) -> None:
+    with pytest.raises(ValueError, match=r"^a duration: a number with s, m, h or d \(90s, "):
+        parse_duration(text)
+    assert DURATION_FORMS == "a duration: a number with s, m, h or d (90s, 15m, 12h, 7d)"
+
+
+def max_age(value: str) -> float:
+    text = f"gateway: {{id: gw-1}}\noutbox: {{max_age: {value}}}\n"
+    return parse_config(text, "agent.yaml", Path(".")).outbox.max_age
+
+
+def test_the_config_reads_durations_and_keeps_yaml_numbers_as_seconds() -> None:
+    assert max_age("7d") == 604_800
+    assert max_age("'90'") == 90  # text without a unit: seconds
+    assert max_age("3600") == 3600  # a YAML number: seconds already
+    with pytest.raises(ConfigError) as bad:
+        max_age("soon")
+    assert [str(p) for p in bad.value.problems] == [
+        f"agent.yaml:2: outbox.max_age: {DURATION_FORMS}"
+    ]
+    with pytest.raises(ConfigError) as zero:
+        max_age("0s")
+    assert "outbox.max_age: Input should be greater than 0" in str(zero.value)
+
+
+def test_since_is_a_time_and_for_is_a_length() -> None:
+    before = time.time()
+    since = since_option("10m")
+    assert since is not None and before - 600 <= since <= time.time() - 600
+    assert since_option(None) is None
+    assert length_option("2h", "--for") == 7200
+
+
+def test_a_wrong_value_names_the_option_it_was_given_to() -> None:
+    with pytest.raises(typer.BadParameter) as raised:
+        length_option("a while", "--for")
+    assert raised.value.format_message() == f"Invalid value for --for: {DURATION_FORMS}"
+    with pytest.raises(typer.BadParameter) as raised:
+        since_option("soon")
+    assert raised.value.format_message() == f"Invalid value for --since: {DURATION_FORMS}"
