@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 from pydantic import ValidationError
 
-from cli.output import Cell, JsonOpt, Styled, print_json, print_rich, text
+from cli.output import JsonOpt, Part, Styled, print_json, print_rich, text
 from drivers.opcua.config import NodeRef, OpcUaConnection
 
 if TYPE_CHECKING:
@@ -103,7 +103,7 @@ def _grow(tree: Tree, node: BrowsedNode) -> None:
 
 def _label(node: BrowsedNode) -> Text:
     # names, types, values and status come from the server: text, never markup
-    parts: list[Cell] = [
+    parts: list[Part] = [
         Styled(node.display_name or node.browse_name, "bold"),
         "  ",
         Styled(node.node_id, "dim"),

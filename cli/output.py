@@ -39,8 +39,10 @@ class Styled:
     style: str
 
 
-Cell = str | Styled
-"""A table cell: sent text (``str``, shown literally) or the program's own word (``Styled``)."""
+Part = str | Styled
+Cell = Part | tuple[Part, ...]
+"""A table cell: sent text (``str``, shown literally), the program's own word (``Styled``),
+or both in one cell (``("smoke=", Styled("bad", "red"))``)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,7 +56,7 @@ class Column:
     """Break a long cell anywhere (raw registers) rather than at spaces."""
 
 
-def text(*parts: Cell) -> Text:
+def text(*parts: Part) -> Text:
     """The parts as one rich ``Text``: each ``str`` literal, each ``Styled`` in its style."""
     from rich.text import Text
 
@@ -79,7 +81,7 @@ def table(
         overflow: Literal["fold", "ellipsis"] = "fold" if c.fold else "ellipsis"
         out.add_column(c.header, justify=c.justify, no_wrap=c.no_wrap, overflow=overflow)
     for row in rows:
-        out.add_row(*(text(cell) for cell in row))
+        out.add_row(*(text(*cell) if isinstance(cell, tuple) else text(cell) for cell in row))
     return out
 
 

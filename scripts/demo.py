@@ -23,6 +23,8 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from cli.output import Part, Styled, table
+
 if TYPE_CHECKING:
     from rich.table import Table
 
@@ -103,7 +105,6 @@ def show(db: Path, duration: float | None, started: float) -> int:
     """Render each device's newest readings, and the alarms, until Ctrl-C (or ``duration``)."""
     from rich.console import Group
     from rich.live import Live
-    from rich.table import Table
 
     from central.store import Store
 
@@ -122,44 +123,48 @@ def show(db: Path, duration: float | None, started: float) -> int:
                 latest.setdefault((r.gateway, r.device, r.point), r)
             (seen,) = store.db.execute("SELECT count(*) FROM readings").fetchone()
             gateways = store.gateways()
-            table = Table(
-                title=f"EdgeFleet demo: {seen} readings stored at the center "
-                f"({time.monotonic() - started:.0f} s)"
-            )
-            for col in ("gateway", "online", "device", "latest values", "age"):
-                table.add_column(col)
             online = {g["id"]: g["online"] for g in gateways}
             devices: dict[tuple[str, str], list[StoredReading]] = {}
             for (gw, dev, _), r in sorted(latest.items()):
                 devices.setdefault((gw, dev), []).append(r)
-            for (gw, dev), rows in devices.items():
-                table.add_row(
+            rows = [
+                (
                     gw,
                     "yes" if online.get(gw) else "no",
                     dev,
-                    " ".join(_value(r) for r in rows),
-                    f"{time.time() - max(r.ts for r in rows):.1f} s",
+                    _values(readings),
+                    f"{time.time() - max(r.ts for r in readings):.1f} s",
                 )
-            live.update(Group(table, _alarms(store)), refresh=True)
+                for (gw, dev), readings in devices.items()
+            ]
+            title = (
+                f"EdgeFleet demo: {seen} readings stored at the center "
+                f"({time.monotonic() - started:.0f} s)"
+            )
+            columns = ("gateway", "online", "device", "latest values", "age")
+            live.update(Group(table(columns, rows, title=title), _alarms(store)), refresh=True)
     print(f"\ndemo: {seen} readings stored at the center")
     return 0 if seen > 0 else 1
 
 
-def _value(r: StoredReading) -> str:
-    text = f"{r.value:.4g}" if isinstance(r.value, float) else str(r.value)
-    text = text if r.quality == "good" else f"[red]{r.quality}[/]"
-    return f"{r.point}={text}{r.unit or ''}"
+def _values(readings: list[StoredReading]) -> tuple[Part, ...]:
+    """``point=value`` for each reading, as the sensor sent it; a bad quality in red."""
+    parts: list[Part] = []
+    for r in readings:
+        value = f"{r.value:.4g}" if isinstance(r.value, float) else str(r.value)
+        good = r.quality == "good"
+        parts += [" " if parts else "", f"{r.point}=", value if good else Styled(r.quality, "red")]
+        parts.append(r.unit or "")
+    return tuple(parts)
 
 
 def _alarms(store: Store) -> Table:
     """The alarms the gateways raised, newest first (empty until the rules fire)."""
-    from rich.table import Table
-
-    table = Table("gateway", "alarm", "severity", "state", "message", title="alarms")
-    rows = store.alarms()[:12]
-    for a in rows:
-        table.add_row(a["gateway"], a["alarm_id"], a["severity"], a["state"], a["msg"])
-    return table
+    rows = [
+        (a["gateway"], a["alarm_id"], a["severity"], a["state"], a["msg"])
+        for a in store.alarms()[:12]
+    ]
+    return table(("gateway", "alarm", "severity", "state", "message"), rows, title="alarms")
 
 
 def _interrupt(signum: int, frame: object) -> None:

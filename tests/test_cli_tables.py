@@ -24,9 +24,10 @@ from click.testing import Result
 from typer.testing import CliRunner
 
 from central.store import Store
+from cli import output
 from cli.agent import app as agent_app
 from cli.fleet import app as fleet_app
-from cli.output import utc
+from cli.output import Styled, utc
 from drivers.modbus import ModbusPoint
 from edge_agent.contract.payloads import (
     decode_alarm,
@@ -94,6 +95,16 @@ def tables(output: str) -> list[Drawn]:
 def table(output: str) -> Drawn:
     (only,) = tables(output)
     return only
+
+
+def test_a_cell_of_parts_keeps_sent_text_literal_and_styles_the_programs_words() -> None:
+    from rich.console import Console
+
+    console = Console(width=80, force_terminal=True, color_system="standard")
+    with console.capture() as captured:
+        console.print(output.table(("values",), [(("label=", SENT, " ", Styled("bad", "red")),)]))
+    drawn = captured.get()
+    assert f"label={SENT} \x1b[31mbad\x1b[0m" in drawn
 
 
 # --- a central store, filled as ingest fills it --------------------------------------------
