@@ -1,12 +1,14 @@
 """How commands print what they found: JSON, or a table of cells.
 
-A cell is one of two things, and its type says which:
+What a cell holds, its type says:
 
 - ``str``: text that came from outside (a gateway's site, a sensor's value, a message,
   a profile's title). It is printed as it is, character for character: a gateway that
-  sends ``[red]x[/]`` as its site is shown ``[red]x[/]``, never in red.
+  sends ``[red]x[/]`` as its site is shown ``[red]x[/]``, never in red, and ``:fire:``
+  stays those six characters (rich's ``escape()`` would have let it become an emoji).
 - ``Styled``: a word the program chose, drawn in a rich style (``online`` as a green
   ``yes``).
+- a tuple of both, for a cell that mixes them (``smoke=``, then a red ``bad``).
 
 Rich is imported only when a table is drawn, so that ``fleet --help`` and every
 ``--json`` run stay quick.
@@ -72,10 +74,10 @@ def text(*parts: Part) -> Text:
 def table(
     columns: Sequence[str | Column], rows: Iterable[Sequence[Cell]], *, title: str | None = None
 ) -> Table:
-    """A rich table of ``rows``; no cell is ever read as markup."""
+    """A rich table of ``rows``; no cell, nor the title, is ever read as markup."""
     from rich.table import Table
 
-    out = Table(title=title)
+    out = Table(title=None if title is None else text(title))
     for col in columns:
         c = col if isinstance(col, Column) else Column(col)
         overflow: Literal["fold", "ellipsis"] = "fold" if c.fold else "ellipsis"
