@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 if TYPE_CHECKING:
-    from edge_agent.profiles import ProfileLibrary
+    from edge_agent.config.profiles import ProfileLibrary
 
 profiles_app = typer.Typer(
     help="Device profiles: how to read a device model at a firmware version.",
@@ -28,7 +28,7 @@ EXIT_INVALID = 2
 
 
 def _library(dirs: list[Path] | None) -> ProfileLibrary:
-    from edge_agent.profiles import ProfileLibrary
+    from edge_agent.config.profiles import ProfileLibrary
 
     return ProfileLibrary(dirs or [])
 
@@ -37,7 +37,7 @@ def _library(dirs: list[Path] | None) -> ProfileLibrary:
 def profiles_list(dirs: DirsOpt = None, json_out: JsonOpt = False) -> None:
     """List every profile: vendor/model@firmware, protocol, versions, points, rules; exit 2
     if any profile file has problems (each printed as file:line: field: message)."""
-    from edge_agent.profiles import describe
+    from edge_agent.config.profiles import describe
 
     loaded, problems = _library(dirs).load_all()
     if json_out:
@@ -74,7 +74,7 @@ def profiles_show(
     json_out: JsonOpt = False,
 ) -> None:
     """Show one profile: where its map comes from, its points, rules and simulation."""
-    from edge_agent.profiles import ProfileError
+    from edge_agent.config.profiles import ProfileError
 
     try:
         loaded = _library(dirs).find(ref)

@@ -47,11 +47,11 @@ from drivers.mqtt.config import MqttPoint, topic_levels
 from drivers.simulated.fleet import SimFleet, SimSpec
 from drivers.simulated.mqtt_publisher import publishable
 from drivers.simulated.scenario import Scenario, ScenarioRun, Tick, scenario_file, timeline
-from edge_agent.config.loader import Problem, field_path
 from edge_agent.config.models import BrokerUrl
+from edge_agent.config.problems import Problem, ProblemsError, field_path
+from edge_agent.config.profiles import LoadedProfile, ProfileError, ProfileLibrary
 from edge_agent.config.yaml_lines import YamlSyntaxError, line_of, load_located
 from edge_agent.contract.topics import GATEWAY_ID
-from edge_agent.profiles import LoadedProfile, ProfileError, ProfileLibrary
 
 Loc = tuple[str | int, ...]
 
@@ -123,10 +123,8 @@ class SimStartError(Exception):
     """A simulator could not start (a port in use, a serial line that refuses its settings)."""
 
 
-class SimConfigError(Exception):
-    def __init__(self, problems: list[Problem]) -> None:
-        super().__init__("\n".join(str(p) for p in problems))
-        self.problems = problems
+class SimConfigError(ProblemsError):
+    """The sim file cannot be run; ``problems`` lists each problem found, at its line."""
 
 
 @dataclass(frozen=True, slots=True)

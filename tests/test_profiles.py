@@ -11,7 +11,7 @@ import pytest
 
 from drivers.modbus.config import ModbusDevice
 from edge_agent.config import ConfigError, load_config
-from edge_agent.profiles import BUILTIN, ProfileError, ProfileLibrary, load_profile
+from edge_agent.config.profiles import BUILTIN, ProfileError, ProfileLibrary, load_profile
 from tests.support import run_cli
 
 SHIPPED = sorted(BUILTIN.glob("*/*/*.yaml"))

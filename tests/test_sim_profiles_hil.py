@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from edge_agent.profiles import BUILTIN, LoadedProfile, load_profile
+from edge_agent.config.profiles import BUILTIN, LoadedProfile, load_profile
 from tests.support import Agent, Broker, Central, Process, free_port, run_cli, wait_for
 
 pytestmark = pytest.mark.hil

@@ -14,9 +14,9 @@ A profile is a YAML file at ``firmware_profiles/<vendor>/<model>/<firmware>.yaml
     rules: [...]                    # default rules (edge_agent.rules.model.Rule, no device)
     simulation: {...}               # how a simulator moves each point (drivers.simulated.dynamics)
 
-A device in an agent config names one with ``profile: acme/sd-2000@1.4``; the loader
-(``edge_agent.config.loader``) builds the device from the profile before validating it,
-and lets the device override single points by name. Profiles are searched in the config's
+A device in an agent config names one with ``profile: acme/sd-2000@1.4``; config loading
+builds the device from the profile before validating it (``expand``), and lets the device
+override single points by name. Profiles are searched in the config's
 ``profile_dirs`` first, then in the shipped ``firmware_profiles/``; only the files of the
 named vendor and model are read, so a broken profile elsewhere does not stop a gateway.
 
@@ -26,7 +26,7 @@ Every problem is a ``Problem`` with the profile file's line, as for agent config
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -40,13 +40,19 @@ from drivers.modbus.config import ModbusDevice
 from drivers.mqtt.config import MqttDevice
 from drivers.opcua.config import OpcUaDevice
 from drivers.simulated.dynamics import PointSim, check_simulation
-from edge_agent.config.loader import Problem, field_path
-from edge_agent.config.models import DeviceProfile
-from edge_agent.config.yaml_lines import YamlSyntaxError, line_of, load_located
+from edge_agent.config.problems import (
+    Loc,
+    Problem,
+    ProblemsError,
+    error_message,
+    field_path,
+    load_mapping,
+    validation_problems,
+)
+from edge_agent.config.yaml_lines import line_of
 from edge_agent.rules.compile import RuleError, compile_rule
 from edge_agent.rules.model import Rule
 
-Loc = tuple[str | int, ...]
 Protocol = Literal["modbus", "opcua", "mqtt"]
 
 BUILTIN = Path(str(resources.files("firmware_profiles")))
@@ -159,7 +165,7 @@ class Profile(Frozen):
                     loc = ("connection", *loc[1:])
                 elif loc and loc[0] not in ("points",):
                     loc = ("device", *loc)
-                out.append((loc, _message(err), err.get("input")))
+                out.append((loc, error_message(err), err.get("input")))
             return out
         return []
 
@@ -185,14 +191,6 @@ class Profile(Frozen):
         return list(device.points)  # type: ignore[attr-defined]
 
 
-def _message(err: Any) -> str:
-    if err["type"] == "extra_forbidden":
-        return "unknown key (misspelt, or not valid here)"
-    if err["type"] == "missing":
-        return "required key is missing"
-    return str(err["msg"]).removeprefix("Value error, ")
-
-
 @dataclass(frozen=True, slots=True)
 class LoadedProfile:
     profile: Profile
@@ -203,12 +201,8 @@ class LoadedProfile:
         return str(self.path)
 
 
-class ProfileError(Exception):
+class ProfileError(ProblemsError):
     """A profile could not be used; ``problems`` says where and why."""
-
-    def __init__(self, problems: list[Problem]) -> None:
-        super().__init__("\n".join(str(p) for p in problems))
-        self.problems = problems
 
 
 def parse_ref(ref: str) -> tuple[str, str, str]:
@@ -226,24 +220,11 @@ def load_profile(path: Path, name: str | None = None) -> LoadedProfile:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         raise ProfileError([Problem(shown, 1, "(file)", str(exc))]) from None
-    try:
-        located = load_located(text)
-    except YamlSyntaxError as exc:
-        raise ProfileError([Problem(shown, exc.line, "(yaml)", exc.message)]) from None
-    problems = [
-        Problem(shown, line, field_path(p), "key appears twice; only one can be meant")
-        for p, line in located.duplicates
-    ]
-    if not isinstance(located.data, dict):
-        raise ProfileError([*problems, Problem(shown, 1, "(file)", "must be a mapping of keys")])
+    located, problems = load_mapping(text, shown, ProfileError)
     try:
         profile = Profile.model_validate(located.data)
     except ValidationError as exc:
-        for err in exc.errors():
-            loc: Loc = tuple(err["loc"])
-            line = line_of(located.lines, loc)
-            problems.append(Problem(shown, line, field_path(loc), _message(err)))
-        raise ProfileError(problems) from None
+        raise ProfileError(problems + validation_problems(exc, shown, located)) from None
     parts = path.parts
     vendor, model, stem = parts[-3], parts[-2], path.stem
     where = [
@@ -324,96 +305,6 @@ class ProfileLibrary:
         return loaded, problems
 
 
-# --- building devices from profiles (the config loader's side) -----------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class Expansion:
-    """A device entry built from its profile, and how to point errors back at the file.
-
-    ``remap`` sends a location in the built device to the location in the file: a point
-    the device overrides goes to the override, any other profile point to ``profile:``.
-    """
-
-    data: dict[str, Any]
-    profile: LoadedProfile | None
-    ref: str | None
-    remap: dict[Loc, Loc]
-    problems: list[tuple[Loc, str]]
-    """Problems in the agent config, at their location there."""
-    profile_problems: list[Problem]
-    """Problems in the profile file the device named, at their line there."""
-
-
-def expand_device(device: Mapping[str, Any], index: int, library: ProfileLibrary) -> Expansion:
-    """The device entry at ``devices[index]`` with its profile applied (if it names one)."""
-    here: Loc = ("devices", index)
-    ref = device.get("profile")
-    if ref is None:
-        return Expansion(dict(device), None, None, {}, [], [])
-    if not isinstance(ref, str):
-        problem = ((*here, "profile"), "expected vendor/model@firmware, e.g. acme/sd-2000@1.4")
-        return Expansion(dict(device), None, None, {}, [problem], [])
-    try:
-        loaded = library.find(ref)
-    except ProfileError as exc:
-        lookup = [p for p in exc.problems if p.file == "(profile)"]
-        in_files = [p for p in exc.problems if p.file != "(profile)"]
-        here_problems = [((*here, "profile"), p.message) for p in lookup]
-        if in_files:
-            files = sorted({p.file for p in in_files})
-            message = f"profile {ref} has problems in {', '.join(files)}"
-            here_problems.append(((*here, "profile"), message))
-        return Expansion(dict(device), None, ref, {}, here_problems, in_files)
-    profile = loaded.profile
-    data = {k: v for k, v in device.items() if k != "profile"}
-    problems: list[tuple[Loc, str]] = []
-    for other in DEVICE_MODELS:
-        if other != profile.protocol and other in data:
-            message = f"{ref} is a {profile.protocol} device; a {other} section does not apply"
-            problems.append(((*here, other), message))
-    if problems:  # built anyway, the device would only repeat this in other words
-        return Expansion(dict(device), None, ref, {}, problems, [])
-    section = data.get(profile.protocol)
-    if section is None or isinstance(section, dict):  # anything else: validation says so
-        data[profile.protocol] = {**profile.connection, **(section or {})}
-    for key, value in profile.device.items():
-        data.setdefault(key, value)
-    merged = [dict(p) for p in profile.points]
-    by_name = {str(p["name"]): j for j, p in enumerate(merged)}
-    remap: dict[Loc, Loc] = {(*here, "points", j): (*here, "profile") for j in range(len(merged))}
-    overrides = device.get("points")
-    if overrides is not None and not isinstance(overrides, list):
-        problems.append(((*here, "points"), "overrides of profile points are a list"))
-        overrides = []
-    for k, override in enumerate(overrides or []):
-        name = override.get("name") if isinstance(override, dict) else None
-        if not isinstance(name, str) or not isinstance(override, dict):
-            message = "an override names the profile point it changes"
-            problems.append(((*here, "points", k), message))
-            continue
-        j = by_name.get(name)
-        if j is None:
-            known = ", ".join(by_name)
-            message = f"{name!r} is not a point of profile {ref} (its points: {known})"
-            problems.append(((*here, "points", k, "name"), message))
-            continue
-        merged[j].update(override)
-        remap[(*here, "points", j)] = (*here, "points", k)
-    data["points"] = merged
-    return Expansion(data, loaded, ref, remap, problems, [])
-
-
-def remap_loc(loc: Loc, remap: Mapping[Loc, Loc]) -> tuple[Loc, bool]:
-    """Where ``loc`` stands in the file, and whether it fell on a profile's own points."""
-    for end in range(len(loc), 0, -1):
-        target = remap.get(loc[:end])
-        if target is not None:
-            inherited = target[-1] == "profile"
-            return (target if inherited else (*target, *loc[end:])), inherited
-    return loc, False
-
-
 def describe(profiles: Sequence[LoadedProfile]) -> list[dict[str, object]]:
     """One line of facts per profile, for ``edge-agent profiles list``."""
     return [
@@ -431,64 +322,3 @@ def describe(profiles: Sequence[LoadedProfile]) -> list[dict[str, object]]:
         }
         for lp in profiles
     ]
-
-
-@dataclass(frozen=True, slots=True)
-class ExpandedConfig:
-    """An agent config's raw data with every ``profile:`` device built from its profile."""
-
-    data: dict[str, Any]
-    devices: dict[int, Expansion]
-    """By device index: the expansion of each device that names a profile."""
-
-    @property
-    def problems(self) -> list[tuple[Loc, str]]:
-        return [p for e in self.devices.values() for p in e.problems]
-
-    @property
-    def profile_problems(self) -> list[Problem]:
-        return [p for e in self.devices.values() for p in e.profile_problems]
-
-    def device_profiles(self, devices: Sequence[DeviceBase]) -> dict[str, DeviceProfile]:
-        """By device id, the profile each device was built from (for the rule engine)."""
-        return {
-            devices[i].id: DeviceProfile(
-                ref=e.ref or "", file=e.profile.file, rules=list(e.profile.profile.rules)
-            )
-            for i, e in self.devices.items()
-            if e.profile is not None and i < len(devices)
-        }
-
-    def locate(self, loc: Loc) -> tuple[Loc, str | None] | None:
-        """Where a validation error at ``loc`` belongs in the file, and the profile point it
-        fell on (if it did); None for an error of a device whose profile was not found (its
-        own problem says so already)."""
-        if len(loc) < 2 or loc[0] != "devices" or not isinstance(loc[1], int):
-            return loc, None
-        expansion = self.devices.get(loc[1])
-        if expansion is None:
-            return loc, None
-        if expansion.profile is None:
-            return None
-        where, inherited = remap_loc(loc, expansion.remap)
-        return where, (f"{expansion.ref}: {field_path(loc[2:])}" if inherited else None)
-
-
-def expand_profiles(data: Mapping[str, Any], base_dir: Path) -> ExpandedConfig:
-    """Apply ``profile:`` to every device naming one, searching ``profile_dirs`` first."""
-    dirs = data.get("profile_dirs")
-    extra = [base_dir / str(d) for d in dirs] if isinstance(dirs, list) else []
-    library = ProfileLibrary(extra)
-    devices = data.get("devices")
-    if not isinstance(devices, list):
-        return ExpandedConfig(dict(data), {})
-    built: list[Any] = []
-    expansions: dict[int, Expansion] = {}
-    for i, device in enumerate(devices):
-        if isinstance(device, dict) and "profile" in device:
-            expansion = expand_device(device, i, library)
-            expansions[i] = expansion
-            built.append(expansion.data)
-        else:
-            built.append(device)
-    return ExpandedConfig({**data, "devices": built}, expansions)
