@@ -13,9 +13,10 @@ from pydantic import ValidationError
 
 from drivers.mqtt.config import MqttDevice
 from drivers.mqtt.driver import MqttDriver
-from drivers.simulated.dynamics import DeviceSim, PointSim
+from drivers.simulated.dynamics import DeviceSim
 from drivers.simulated.mqtt_publisher import SimulatedMqttDevice
 from drivers.simulated.scenario import Effect, Garbage, load_scenario, scenario_names
+from drivers.simulation import PointSim
 from edge_agent.config.profiles import ProfileLibrary
 from edge_agent.simfleet import SimConfigError, device_timeline, load_sim, tick_json
 from tests.support import run_cli

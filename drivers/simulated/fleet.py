@@ -27,8 +27,9 @@ from drivers.base import Value
 from drivers.modbus.config import ModbusPoint
 from drivers.mqtt.config import MqttPoint
 from drivers.opcua.config import NodeRef, OpcUaPoint
+from drivers.simulation import PointSim
 
-from .dynamics import DeviceSim, PointSim
+from .dynamics import DeviceSim
 from .modbus_bus import SimulatedModbusBus, SimulatedUnit
 from .mqtt_publisher import MqttPublisher, SimulatedMqttDevice
 from .scenario import Effect, Scenario, ScenarioRun

@@ -12,7 +12,7 @@ A profile is a YAML file at ``firmware_profiles/<vendor>/<model>/<firmware>.yaml
     connection: {unit: 1}           # defaults inside its protocol section
     points: [...]                   # the same schema as the protocol's inline points
     rules: [...]                    # default rules (edge_agent.rules.model.Rule, no device)
-    simulation: {...}               # how a simulator moves each point (drivers.simulated.dynamics)
+    simulation: {...}               # how a simulator moves each point (drivers.simulation)
 
 A device in an agent config names one with ``profile: acme/sd-2000@1.4``; config loading
 builds the device from the profile before validating it (``expand``), and lets the device
@@ -39,7 +39,7 @@ from drivers.base import DeviceBase, Frozen
 from drivers.modbus.config import ModbusDevice
 from drivers.mqtt.config import MqttDevice
 from drivers.opcua.config import OpcUaDevice
-from drivers.simulated.dynamics import PointSim, check_simulation
+from drivers.simulation import PointSim, check_simulation
 from edge_agent.config.problems import (
     Loc,
     Problem,
