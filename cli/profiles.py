@@ -102,8 +102,8 @@ def profiles_show(
         )
     table = Table("point", "unit", "where", title="points")
     for point in profile.points:
-        where = {k: v for k, v in point.items() if k not in ("name", "unit")}
-        table.add_row(str(point["name"]), str(point.get("unit") or ""), _inline(where))
+        where = point.model_dump(exclude={"name", "unit"}, exclude_unset=True)
+        table.add_row(point.name, point.unit or "", _inline(where))
     console.print(table)
     if profile.rules:
         rules = Table("rule", "severity", "condition", "delays", title="default rules")

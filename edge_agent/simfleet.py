@@ -299,7 +299,7 @@ def _spec(
     scenario: Scenario | None,
 ) -> SimSpec:
     profile = loaded.profile
-    points = profile.typed_points()
+    points = profile.points
     topic = None
     if profile.protocol == "mqtt":
         problem = publishable([p for p in points if isinstance(p, MqttPoint)])

@@ -193,7 +193,7 @@ class Recorder:
 
 def test_simulated_garbage_is_what_the_driver_counts_and_good_messages_still_read() -> None:
     profile = ProfileLibrary().find("acme/ws-100@2.1").profile
-    points = profile.typed_points()
+    points = profile.points
     recorder = Recorder()
     device = SimulatedMqttDevice("ws-1", points, "ws100/ws-1/up", recorder, publish_s=5)  # type: ignore[arg-type]
     sim = DeviceSim("ws-1", profile.simulation)
@@ -295,7 +295,7 @@ async def test_a_silent_modbus_unit_times_out_and_answers_again() -> None:
             "events": [{"at": 2, "silent": True}, {"at": 4, "silent": False}],
         }
     )
-    spec = SimSpec("det-1", "modbus", profile.typed_points(), profile.simulation, silent)
+    spec = SimSpec("det-1", "modbus", profile.points, profile.simulation, silent)
     fleet = SimFleet([spec], seed=1)
     await fleet.start()  # tick 1
     endpoint = fleet.endpoint("det-1")

@@ -161,6 +161,6 @@ def test_every_point_of_the_profile_arrives_at_the_center(bench: Bench, path: Pa
             lo = spec.min if spec.min is not None else -math.inf
             hi = spec.max if spec.max is not None else math.inf
             assert lo - 1e-6 <= value <= hi + 1e-6, (name, value)
-    units = {p["name"]: p.get("unit") for p in profile.points}
+    units = {p.name: p.unit for p in profile.points}
     assert all(rows[n]["unit"] == units[n] for n in names)
     assert "Traceback" not in bench.agent.output()

@@ -20,6 +20,7 @@ from edge_agent.config.problems import Loc, Problem, field_path
 from edge_agent.config.profiles import (
     DEVICE_MODELS,
     LoadedProfile,
+    PointConfig,
     ProfileError,
     ProfileLibrary,
 )
@@ -77,8 +78,11 @@ def expand_device(device: Mapping[str, Any], index: int, library: ProfileLibrary
         data[profile.protocol] = {**profile.connection, **(section or {})}
     for key, value in profile.device.items():
         data.setdefault(key, value)
-    merged = [dict(p) for p in profile.points]
-    by_name = {str(p["name"]): j for j, p in enumerate(merged)}
+    # The profile's points are typed and checked; an override is merged onto the keys its
+    # point was given, and the merged point is validated once, with the device, where the
+    # override stands in the file.
+    merged: list[PointConfig | dict[str, Any]] = list(profile.points)
+    by_name = {p.name: j for j, p in enumerate(profile.points)}
     remap: dict[Loc, Loc] = {(*here, "points", j): (*here, "profile") for j in range(len(merged))}
     overrides = device.get("points")
     if overrides is not None and not isinstance(overrides, list):
@@ -96,7 +100,9 @@ def expand_device(device: Mapping[str, Any], index: int, library: ProfileLibrary
             message = f"{name!r} is not a point of profile {ref} (its points: {known})"
             problems.append(((*here, "points", k, "name"), message))
             continue
-        merged[j].update(override)
+        point = merged[j]
+        given = point if isinstance(point, dict) else point.model_dump(exclude_unset=True)
+        merged[j] = {**given, **override}
         remap[(*here, "points", j)] = (*here, "points", k)
     data["points"] = merged
     return Expansion(data, loaded, ref, remap, problems, [])

@@ -32,13 +32,22 @@ from importlib import resources
 from pathlib import Path
 from typing import Annotated, Any, Literal, Self
 
-from pydantic import BeforeValidator, Field, ValidationError, model_validator
-from pydantic_core import InitErrorDetails, PydanticCustomError
+from pydantic import (
+    BeforeValidator,
+    Field,
+    SerializationInfo,
+    TypeAdapter,
+    ValidationError,
+    ValidationInfo,
+    field_serializer,
+    field_validator,
+    model_validator,
+)
 
-from drivers.base import DeviceBase, Frozen
-from drivers.modbus.config import ModbusDevice
-from drivers.mqtt.config import MqttDevice
-from drivers.opcua.config import OpcUaDevice
+from drivers.base import DeviceBase, Frozen, reject
+from drivers.modbus.config import ModbusDevice, ModbusPoint
+from drivers.mqtt.config import MqttDevice, MqttPoint
+from drivers.opcua.config import OpcUaDevice, OpcUaPoint
 from drivers.simulation import PointSim, check_simulation
 from edge_agent.config.problems import (
     Loc,
@@ -67,12 +76,23 @@ DEVICE_MODELS: dict[str, type[DeviceBase]] = {
     "opcua": OpcUaDevice,
     "mqtt": MqttDevice,
 }
+PointConfig = ModbusPoint | OpcUaPoint | MqttPoint
+"""A profile's point: the point model of the profile's protocol."""
+_POINT_LISTS: dict[str, TypeAdapter[list[Any]]] = {
+    "modbus": TypeAdapter(Annotated[list[ModbusPoint], Field(min_length=1)]),
+    "opcua": TypeAdapter(Annotated[list[OpcUaPoint], Field(min_length=1)]),
+    "mqtt": TypeAdapter(Annotated[list[MqttPoint], Field(min_length=1)]),
+}
+_ANY_POINTS: TypeAdapter[list[Any]] = TypeAdapter(
+    Annotated[list[dict[str, Any]], Field(min_length=1)]
+)
 _PLACEHOLDERS: dict[str, dict[str, object]] = {
     "modbus": {"host": "127.0.0.1"},
     "opcua": {"endpoint": "opc.tcp://127.0.0.1:4840"},
     "mqtt": {"url": "mqtt://127.0.0.1:1883", "topic": "profile/check"},
 }
-"""What a site supplies (the device's address), filled in to check a profile on its own."""
+"""What a site supplies (the device's address), filled in to check a profile's device and
+connection defaults on their own; its points are already checked, and are not again."""
 RESERVED = frozenset({"id", "points", "profile", *DEVICE_MODELS})
 """Device keys a profile's ``device:`` defaults may not set."""
 
@@ -104,9 +124,26 @@ class Profile(Frozen):
     connection: dict[str, Any] = Field(
         default_factory=dict, description="defaults inside the protocol section"
     )
-    points: list[dict[str, Any]] = Field(min_length=1)
+    points: list[PointConfig] = Field(min_length=1, description="as the protocol's points")
     rules: list[Rule] = Field(default_factory=list)
     simulation: dict[str, PointSim] = Field(default_factory=dict)
+
+    @field_validator("points", mode="wrap")
+    @classmethod
+    def _protocol_points(cls, value: object, _: object, info: ValidationInfo) -> list[Any]:
+        """Each point validated once, as its protocol's point model (a Modbus profile's
+        points are ModbusPoints); a device built from the profile takes them as they are."""
+        protocol = info.data.get("protocol")
+        if protocol is None:  # wrong, and reported: no point model to check them against
+            return _ANY_POINTS.validate_python(value)
+        return _POINT_LISTS[protocol].validate_python(value)
+
+    @field_serializer("points")
+    def _points_as_written(
+        self, points: list[PointConfig], info: SerializationInfo
+    ) -> list[dict[str, Any]]:
+        """A point dumps with the keys the profile gives, as ``profiles show`` prints it."""
+        return [p.model_dump(mode=info.mode, exclude_unset=True) for p in points]
 
     @model_validator(mode="after")
     def _consistent(self) -> Self:
@@ -119,7 +156,7 @@ class Profile(Frozen):
         if len(set(self.firmware)) != len(self.firmware):
             problems.append((("firmware",), "a version is listed twice", self.firmware))
         problems += self._device_problems()
-        names = [str(p.get("name")) for p in self.points]
+        names = self.point_names
         seen: dict[str, int] = {}
         for i, rule in enumerate(self.rules):
             if rule.device is not None:
@@ -135,20 +172,12 @@ class Profile(Frozen):
                 problems.append((exc.loc, exc.message, None))
         for key, message in check_simulation(self.simulation, names):
             problems.append((("simulation", key), message, key))
-        if problems:
-            raise ValidationError.from_exception_data(
-                type(self).__name__,
-                [
-                    InitErrorDetails(
-                        type=PydanticCustomError("profile", message), loc=loc, input=value
-                    )
-                    for loc, message, value in problems
-                ],
-            )
+        reject(type(self).__name__, problems, "profile")
         return self
 
     def _device_problems(self) -> list[tuple[Loc, str, object]]:
-        """Check points and defaults as a device would be built from them, at profile locs."""
+        """Check the defaults, and the points together (names unique, each fits one read),
+        as a device would be built from them, at profile locs."""
         sample: dict[str, Any] = {
             "id": "{id}" if "id_from" in self.connection else "profile-check",
             self.protocol: {**_PLACEHOLDERS[self.protocol], **self.connection},
@@ -178,17 +207,7 @@ class Profile(Frozen):
 
     @property
     def point_names(self) -> list[str]:
-        return [str(p["name"]) for p in self.points]
-
-    def typed_points(self) -> list[Any]:
-        """The points as the protocol's point models (ModbusPoint, OpcUaPoint, MqttPoint)."""
-        sample = {
-            "id": "{id}" if "id_from" in self.connection else "profile-check",
-            self.protocol: {**_PLACEHOLDERS[self.protocol], **self.connection},
-            "points": self.points,
-        }
-        device = DEVICE_MODELS[self.protocol].model_validate(sample)
-        return list(device.points)  # type: ignore[attr-defined]
+        return [p.name for p in self.points]
 
 
 @dataclass(frozen=True, slots=True)
