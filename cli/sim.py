@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 if TYPE_CHECKING:
-    from edge_agent.simfleet import SimPlan
+    from sim.plan import SimPlan
 
 sim_app = typer.Typer(
     help="Simulated devices over their real protocols, with scripted scenarios.",
@@ -26,7 +26,8 @@ EXIT_INVALID = 2
 
 
 def _plan(path: Path, **overrides: object) -> SimPlan:
-    from edge_agent.simfleet import SimConfigError, load_sim
+    from sim.plan import load_sim
+    from sim.simfile import SimConfigError
 
     try:
         return load_sim(path, **overrides)  # type: ignore[arg-type]
@@ -68,7 +69,7 @@ def sim_run(
     )
     logging.getLogger("pymodbus").setLevel(logging.CRITICAL)
     logging.getLogger("asyncua").setLevel(logging.ERROR)
-    from edge_agent.simfleet import serve
+    from sim.serve import serve
 
     def say(text: str) -> None:
         typer.echo(text)
@@ -81,7 +82,7 @@ def sim_run(
             loop.add_signal_handler(sig, stop.set)
         await serve(plan, stop, write_configs=write_configs, duration_s=duration, announce=say)
 
-    from edge_agent.simfleet import SimStartError
+    from sim.serve import SimStartError
 
     try:
         asyncio.run(main())
@@ -101,7 +102,7 @@ def sim_timeline(
 ) -> None:
     """Print the values a device would show tick by tick (no server started): the same
     seed gives the same timeline, so a test can assert on it."""
-    from edge_agent.simfleet import device_timeline, tick_json
+    from sim.plan import device_timeline, tick_json
 
     plan = _plan(sim_file, seed=seed)
     try:

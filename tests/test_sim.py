@@ -18,10 +18,11 @@ from drivers.simulated.mqtt_publisher import SimulatedMqttDevice
 from drivers.simulated.scenario import Effect, Garbage, load_scenario, scenario_names
 from drivers.simulation import PointSim
 from edge_agent.config.profiles import ProfileLibrary
-from edge_agent.simfleet import SimConfigError, device_timeline, load_sim, tick_json
-from tests.support import run_cli
+from sim.plan import device_timeline, load_sim, scenario_fits, tick_json
+from sim.simfile import SimConfigError
+from tests.support import Broker, run_cli
 
-DEMO = Path(__file__).resolve().parent.parent / "drivers" / "simulated" / "demo-sim.yaml"
+DEMO = Path(__file__).resolve().parent.parent / "sim" / "demo-sim.yaml"
 
 
 def sims(**specs: dict[str, Any]) -> dict[str, PointSim]:
@@ -174,8 +175,6 @@ def test_silence_and_garbage_are_effects_for_the_transport(tmp_path: Path) -> No
 
 def test_every_shipped_scenario_loads_and_fits_some_profile() -> None:
     profiles, _ = ProfileLibrary().load_all()
-    from edge_agent.simfleet import scenario_fits
-
     for name in scenario_names():
         scenario = load_scenario(name)
         assert any(not scenario_fits(scenario, lp) for lp in profiles), name
@@ -330,3 +329,47 @@ async def test_a_silent_modbus_unit_times_out_and_answers_again() -> None:
     finally:
         await driver.aclose()
         await fleet.stop()
+
+
+async def test_a_written_agent_config_loads_back_into_the_config_it_was_built_from(
+    tmp_path: Path, mqtt_broker: Broker
+) -> None:
+    from edge_agent.config import load_config
+    from sim.configs import agent_config, write_agent_configs
+
+    f = tmp_path / "sim.yaml"
+    f.write_text(
+        f"broker: {mqtt_broker.url}\ncentral: {mqtt_broker.url}\nrule_packs: [smoke]\n"
+        "gateways:\n  - id: gw-1\n    topic_prefix: site-1\n    devices:\n"
+        "      - {id: det-1, profile: acme/sd-2000@1.4, poll_s: 2}\n"
+        '      - {id: "rtu-{n}", count: 2, unit: 5, port: 0, profile: acme/sd-2000@1.4}\n'
+        '      - {id: "ws-{n}", count: 2, profile: acme/ws-100@2.1, publish_s: 2}\n'
+        "  - id: gw-2\n    devices:\n"
+        "      - {id: ws-9, profile: acme/ws-100@2.1, topic: own/ws-9}\n"
+    )
+    plan = load_sim(f)
+    fleet = plan.fleet()
+    await fleet.start()
+    try:
+        built = [agent_config(plan, fleet, gw) for gw in plan.file.gateways]
+        written = write_agent_configs(plan, fleet, tmp_path / "configs")
+    finally:
+        await fleet.stop()
+    assert [p.name for p in written] == ["gw-1.yaml", "gw-2.yaml"]
+    assert all("points:" not in p.read_text() for p in written)  # the profile gives them
+    gw1, gw2 = (load_config(p).config for p in written)
+    assert [d.id for d in gw1.devices] == ["det-1", "rtu-1", "rtu-2", "{id}"]
+    for cfg, made in ((gw1, built[0]), (gw2, built[1])):
+        assert cfg.devices == made.devices  # points, sections and own keys, as built
+        assert {k: p.ref for k, p in cfg.device_profiles.items()} == {
+            k: p.ref for k, p in made.device_profiles.items()
+        }
+    assert gw1.central.url == mqtt_broker.url and gw1.central.keepalive_s == 5
+    assert gw1.outbox.path == tmp_path / "configs" / "gw-1.outbox.db"
+    assert gw1.rule_packs == ["smoke"] and gw1.gateway.site == "simulated by sim.yaml"
+    assert gw1.devices[0].poll_s == 2 and gw1.devices[1].poll_s == 1  # not set: the default
+    templated: Any = gw1.devices[3]
+    assert (templated.mqtt.topic, templated.mqtt.id_from) == ("site-1/ws100/+/up", 2)
+    (ws9,) = gw2.devices
+    assert isinstance(ws9, MqttDevice) and not ws9.templated
+    assert ws9.mqtt.topic == "own/ws-9" and ws9.mqtt.id_from is None

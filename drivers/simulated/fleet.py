@@ -7,7 +7,7 @@ simulated time it applies each device's due scenario events, steps its values an
 them to its transport; ``speed`` runs simulated time faster than the wall clock (a
 ten-minute flood in one minute at ``speed: 10``).
 
-It knows nothing of profiles or agent configs: ``edge_agent.simfleet`` resolves a
+It knows nothing of profiles or agent configs: the ``sim`` package resolves a
 ``sim.yaml`` into specs and writes the matching agent configs. A failure of one device
 (a value its register cannot hold, a server that will not restart) is logged once and
 never stops the others.

@@ -30,7 +30,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Annotated, Any, Literal, Self
+from typing import Annotated, Any, Literal, Self, TypeVar
 
 from pydantic import (
     BeforeValidator,
@@ -44,7 +44,7 @@ from pydantic import (
     model_validator,
 )
 
-from drivers.base import DeviceBase, Frozen, reject
+from drivers.base import DeviceBase, Frozen, PointBase, reject
 from drivers.modbus.config import ModbusDevice, ModbusPoint
 from drivers.mqtt.config import MqttDevice, MqttPoint
 from drivers.opcua.config import OpcUaDevice, OpcUaPoint
@@ -78,6 +78,7 @@ DEVICE_MODELS: dict[str, type[DeviceBase]] = {
 }
 PointConfig = ModbusPoint | OpcUaPoint | MqttPoint
 """A profile's point: the point model of the profile's protocol."""
+P = TypeVar("P", bound=PointBase)
 _POINT_LISTS: dict[str, TypeAdapter[list[Any]]] = {
     "modbus": TypeAdapter(Annotated[list[ModbusPoint], Field(min_length=1)]),
     "opcua": TypeAdapter(Annotated[list[OpcUaPoint], Field(min_length=1)]),
@@ -208,6 +209,13 @@ class Profile(Frozen):
     @property
     def point_names(self) -> list[str]:
         return [p.name for p in self.points]
+
+    def points_as(self, model: type[P]) -> list[P]:
+        """The points, typed as ``model``: this profile's point model (TypeError if not)."""
+        typed: list[P] = [p for p in self.points if isinstance(p, model)]
+        if len(typed) != len(self.points):
+            raise TypeError(f"{self.ref()} is a {self.protocol} profile, not {model.__name__}s")
+        return typed
 
 
 @dataclass(frozen=True, slots=True)
