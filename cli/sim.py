@@ -11,6 +11,8 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
+from cli.common import print_json
+
 if TYPE_CHECKING:
     from sim.plan import SimPlan
 
@@ -26,8 +28,10 @@ EXIT_INVALID = 2
 
 
 def _plan(path: Path, **overrides: object) -> SimPlan:
-    from sim.plan import load_sim
-    from sim.simfile import SimConfigError
+    # The simulators load pymodbus, paho and asyncua: only the sim commands pay for them,
+    # never `edge-agent run` or `check`, which import this module too.
+    from sim.plan import load_sim  # noqa: PLC0415
+    from sim.simfile import SimConfigError  # noqa: PLC0415
 
     try:
         return load_sim(path, **overrides)  # type: ignore[arg-type]
@@ -69,7 +73,8 @@ def sim_run(
     )
     logging.getLogger("pymodbus").setLevel(logging.CRITICAL)
     logging.getLogger("asyncua").setLevel(logging.ERROR)
-    from sim.serve import serve
+    # lazy, as in _plan: the simulators' libraries load for sim commands only
+    from sim.serve import SimStartError, serve  # noqa: PLC0415
 
     def say(text: str) -> None:
         typer.echo(text)
@@ -81,8 +86,6 @@ def sim_run(
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
         await serve(plan, stop, write_configs=write_configs, duration_s=duration, announce=say)
-
-    from sim.serve import SimStartError
 
     try:
         asyncio.run(main())
@@ -102,7 +105,8 @@ def sim_timeline(
 ) -> None:
     """Print the values a device would show tick by tick (no server started): the same
     seed gives the same timeline, so a test can assert on it."""
-    from sim.plan import device_timeline, tick_json
+    # lazy, as in _plan: the simulators' libraries load for sim commands only
+    from sim.plan import device_timeline, tick_json  # noqa: PLC0415
 
     plan = _plan(sim_file, seed=seed)
     try:
@@ -111,8 +115,6 @@ def sim_timeline(
         typer.echo(f"error: {exc.args[0]}", err=True)
         raise typer.Exit(1) from None
     if json_out:
-        from cli.common import print_json
-
         print_json([tick_json(t) for t in ticks_out])
         return
     for t in ticks_out:
@@ -126,7 +128,8 @@ def sim_timeline(
 @sim_app.command("scenarios")
 def sim_scenarios(json_out: JsonOpt = False) -> None:
     """List the shipped scenarios and the points they move."""
-    from drivers.simulated.scenario import load_scenario, scenario_names
+    # lazy, as in _plan: the simulators load for sim commands only
+    from drivers.simulated.scenario import load_scenario, scenario_names  # noqa: PLC0415
 
     rows = []
     for name in scenario_names():
@@ -141,8 +144,6 @@ def sim_scenarios(json_out: JsonOpt = False) -> None:
             }
         )
     if json_out:
-        from cli.common import print_json
-
         print_json(rows)
         return
     for r in rows:

@@ -5,19 +5,27 @@ from __future__ import annotations
 
 import asyncio
 import json
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 from pydantic import ValidationError
 
+from drivers.base import DeviceUnavailable
+from drivers.modbus.config import ModbusDevice
+from drivers.modbus.driver import ModbusDriver
 from drivers.mqtt.config import MqttDevice
 from drivers.mqtt.driver import MqttDriver
 from drivers.simulated.dynamics import DeviceSim
+from drivers.simulated.fleet import SimFleet, SimSpec
 from drivers.simulated.mqtt_publisher import SimulatedMqttDevice
-from drivers.simulated.scenario import Effect, Garbage, load_scenario, scenario_names
+from drivers.simulated.scenario import Effect, Garbage, Scenario, load_scenario, scenario_names
 from drivers.simulation import PointSim
+from edge_agent.config import load_config
 from edge_agent.config.profiles import ProfileLibrary
+from sim.configs import agent_config, write_agent_configs
 from sim.plan import device_timeline, load_sim, scenario_fits, tick_json
 from sim.simfile import SimConfigError
 from tests.support import Broker, run_cli
@@ -280,12 +288,6 @@ def test_count_makes_numbered_devices_and_mqtt_topics_carry_the_id(tmp_path: Pat
 
 
 async def test_a_silent_modbus_unit_times_out_and_answers_again() -> None:
-    from drivers.base import DeviceUnavailable
-    from drivers.modbus.config import ModbusDevice
-    from drivers.modbus.driver import ModbusDriver
-    from drivers.simulated.fleet import SimFleet, SimSpec
-    from drivers.simulated.scenario import Scenario
-
     profile = ProfileLibrary().find("acme/sd-2000@1.4").profile
     silent = Scenario.model_validate(
         {
@@ -334,9 +336,6 @@ async def test_a_silent_modbus_unit_times_out_and_answers_again() -> None:
 async def test_a_written_agent_config_loads_back_into_the_config_it_was_built_from(
     tmp_path: Path, mqtt_broker: Broker
 ) -> None:
-    from edge_agent.config import load_config
-    from sim.configs import agent_config, write_agent_configs
-
     f = tmp_path / "sim.yaml"
     f.write_text(
         f"broker: {mqtt_broker.url}\ncentral: {mqtt_broker.url}\nrule_packs: [smoke]\n"
@@ -373,3 +372,24 @@ async def test_a_written_agent_config_loads_back_into_the_config_it_was_built_fr
     (ws9,) = gw2.devices
     assert isinstance(ws9, MqttDevice) and not ws9.templated
     assert ws9.mqtt.topic == "own/ws-9" and ws9.mqtt.id_from is None
+
+
+def test_the_agent_and_its_config_loading_do_not_import_the_simulators(tmp_path: Path) -> None:
+    f = tmp_path / "agent.yaml"
+    f.write_text(
+        "gateway: {id: gw-1}\ndevices:\n"
+        "  - {id: det-1, profile: acme/sd-2000@1.4, modbus: {host: 127.0.0.1}}\n"
+    )
+    code = (
+        "import sys\n"
+        "import cli.agent, edge_agent.app, edge_agent.config\n"
+        "from edge_agent.config import load_config\n"
+        f"cfg = load_config(__import__('pathlib').Path({str(f)!r})).config\n"
+        "assert cfg.device_profiles['det-1'].ref == 'acme/sd-2000@1.4'\n"
+        "print(sorted(m for m in sys.modules if m == 'sim' or m.startswith(('sim.', "
+        "'drivers.simulated'))))\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
+    )
+    assert out.stdout.strip() == "[]", out.stdout

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from edge_agent.config.profiles import BUILTIN, LoadedProfile, load_profile
 from tests.support import Agent, Broker, Central, Process, free_port, run_cli, wait_for
@@ -107,8 +108,6 @@ def good_points(bench: Bench, dev: str) -> set[str]:
 
 
 def test_modbus_rtu_units_share_a_bus_and_a_serial_line_works(bench: Bench) -> None:
-    import yaml
-
     config = yaml.safe_load(bench.config)
     modbus = {d["id"]: d["modbus"] for d in config["devices"] if "modbus" in d}
     assert modbus["rtu-1"]["port"] == modbus["rtu-2"]["port"]

@@ -213,7 +213,8 @@ class SimFleet:
         if spec.protocol == "modbus":
             return self._buses[spec.bus].unit(spec.unit)
         if spec.protocol == "opcua":
-            from .opcua_server import SimulatedPumpStation
+            # asyncua loads only when a device serves OPC-UA: a Modbus and MQTT fleet skips it
+            from .opcua_server import SimulatedPumpStation  # noqa: PLC0415
 
             points_ua = [p for p in spec.points if isinstance(p, OpcUaPoint)]
             nodes, keys = opcua_nodes(points_ua, spec.sims)
@@ -283,7 +284,8 @@ def opcua_nodes(
     type; another becomes ``<Object>.<Name>`` from an ``ns=2;s=Object.Name`` id (or
     ``Device.<point>``), typed by its simulation's ``variant`` or its rest value.
     """
-    from .opcua_server import PUMP_STATION, SimNode
+    # asyncua loads only when a device serves OPC-UA, as in SimFleet._serve
+    from .opcua_server import PUMP_STATION, SimNode  # noqa: PLC0415
 
     stock = {node.node_id: node for node in PUMP_STATION}
     nodes: list[SimNode] = []
