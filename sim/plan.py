@@ -29,7 +29,7 @@ from drivers.simulated.scenario import (
 )
 from edge_agent.config.problems import Loc, Problem, error_message, field_path
 from edge_agent.config.profiles import LoadedProfile, ProfileError, ProfileLibrary
-from edge_agent.config.yaml_lines import line_of, load_located
+from edge_agent.config.yaml_lines import load_located
 from sim.simfile import SimConfigError, SimDevice, SimFile, SimGateway, read_sim_file
 
 
@@ -87,10 +87,7 @@ def load_sim(
             here: Loc = ("gateways", g, "devices", i)
 
             def problem(key: str, message: str, here: Loc = here) -> None:
-                loc = (*here, key)
-                problems.append(
-                    Problem(name, line_of(located.lines, loc), field_path(loc), message)
-                )
+                problems.append(Problem.at(name, located, (*here, key), message))
 
             try:
                 loaded = library.find(dev.profile)
@@ -149,8 +146,7 @@ def _scenario(name: str, base: Path) -> Scenario:
     except ValidationError as exc:
         err = exc.errors()[0]
         loc: Loc = tuple(err["loc"])
-        where = f"{file}:{line_of(located.lines, loc)}: {field_path(loc)}"
-        raise ValueError(f"{where}: {error_message(err)}") from None
+        raise ValueError(str(Problem.at(str(file), located, loc, error_message(err)))) from None
 
 
 def scenario_fits(scenario: Scenario, loaded: LoadedProfile) -> list[str]:

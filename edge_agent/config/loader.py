@@ -21,10 +21,9 @@ from edge_agent.config.problems import (
     Problem,
     ProblemsError,
     error_message,
-    field_path,
     load_mapping,
 )
-from edge_agent.config.yaml_lines import Located, line_of
+from edge_agent.config.yaml_lines import Located
 
 
 class ConfigError(ProblemsError):
@@ -52,7 +51,7 @@ def _problems_from_validation(
         loc, inherited = where
         if inherited is not None:
             message = f"{message} (profile point {inherited})"
-        problems.append(Problem(name, line_of(located.lines, loc), field_path(loc), message))
+        problems.append(Problem.at(name, located, loc, message))
     return problems
 
 
@@ -78,10 +77,7 @@ def parse_config(text: str, name: str, base_dir: Path) -> AgentConfig:
     located, problems = load_mapping(text, name, ConfigError)
     expanded = expand_profiles(located.data, base_dir)
     problems += expanded.profile_problems
-    problems += [
-        Problem(name, line_of(located.lines, loc), field_path(loc), message)
-        for loc, message in expanded.problems
-    ]
+    problems += [Problem.at(name, located, loc, message) for loc, message in expanded.problems]
     try:
         cfg = AgentConfig.model_validate(expanded.data)
     except ValidationError as exc:
@@ -91,7 +87,7 @@ def parse_config(text: str, name: str, base_dir: Path) -> AgentConfig:
     if expanded.devices:
         cfg = cfg.model_copy(update={"device_profiles": expanded.device_profiles(cfg.devices)})
     for path, message in cross_checks(cfg):
-        problems.append(Problem(name, line_of(located.lines, path), field_path(path), message))
+        problems.append(Problem.at(name, located, path, message))
     if problems:
         raise ConfigError(problems)
     return anchor_paths(cfg, base_dir)

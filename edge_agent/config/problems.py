@@ -41,6 +41,11 @@ class Problem:
     def __str__(self) -> str:
         return f"{self.file}:{self.line}: {self.field}: {self.message}"
 
+    @classmethod
+    def at(cls, file: str, located: Located, loc: Loc, message: str) -> Problem:
+        """The problem at ``loc`` of a file read with its lines (a missing key: its parent's)."""
+        return cls(file, line_of(located.lines, loc), field_path(loc), message)
+
 
 class ProblemsError(Exception):
     """A file could not be used; ``problems`` lists each problem found, at its line."""
@@ -93,11 +98,5 @@ def load_mapping(text: str, file: str, error: type[E]) -> tuple[Located, list[Pr
 def validation_problems(exc: ValidationError, file: str, located: Located) -> list[Problem]:
     """Each error of a model validated from ``located.data``, at its line."""
     return [
-        Problem(
-            file,
-            line_of(located.lines, tuple(err["loc"])),
-            field_path(tuple(err["loc"])),
-            error_message(err),
-        )
-        for err in exc.errors()
+        Problem.at(file, located, tuple(err["loc"]), error_message(err)) for err in exc.errors()
     ]

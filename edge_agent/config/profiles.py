@@ -54,11 +54,9 @@ from edge_agent.config.problems import (
     Problem,
     ProblemsError,
     error_message,
-    field_path,
     load_mapping,
     validation_problems,
 )
-from edge_agent.config.yaml_lines import line_of
 from edge_agent.rules.compile import RuleError, compile_rule
 from edge_agent.rules.model import Rule
 
@@ -261,10 +259,10 @@ def load_profile(path: Path, name: str | None = None) -> LoadedProfile:
     for loc, got, want, what in where:
         if got != want:
             message = f"{got!r} is not {what} {want!r}"
-            problems.append(Problem(shown, line_of(located.lines, loc), field_path(loc), message))
+            problems.append(Problem.at(shown, located, loc, message))
     if stem not in profile.firmware:
         message = f"the file is named {stem}.yaml, but {stem!r} is not among the versions listed"
-        problems.append(Problem(shown, line_of(located.lines, ("firmware",)), "firmware", message))
+        problems.append(Problem.at(shown, located, ("firmware",), message))
     if problems:
         raise ProfileError(problems)
     return LoadedProfile(profile, path)
