@@ -44,7 +44,7 @@ from pydantic import (
     model_validator,
 )
 
-from drivers.base import DeviceBase, Frozen, PointBase, reject
+from drivers.base import DeviceBase, Frozen, PointBase, Violation, reject
 from drivers.modbus.config import ModbusDevice, ModbusPoint
 from drivers.mqtt.config import MqttDevice, MqttPoint
 from drivers.opcua.config import OpcUaDevice, OpcUaPoint
@@ -146,7 +146,7 @@ class Profile(Frozen):
 
     @model_validator(mode="after")
     def _consistent(self) -> Self:
-        problems: list[tuple[Loc, str, object]] = []
+        problems: list[Violation] = []
         for key in self.device:
             if key in RESERVED:
                 where = "the device entry" if key == "id" else "its own section"
@@ -174,7 +174,7 @@ class Profile(Frozen):
         reject(type(self).__name__, problems, "profile")
         return self
 
-    def _device_problems(self) -> list[tuple[Loc, str, object]]:
+    def _device_problems(self) -> list[Violation]:
         """Check the defaults, and the points together (names unique, each fits one read),
         as a device would be built from them, at profile locs."""
         sample: dict[str, Any] = {
@@ -186,7 +186,7 @@ class Profile(Frozen):
         try:
             DEVICE_MODELS[self.protocol].model_validate(sample)
         except ValidationError as exc:
-            out: list[tuple[Loc, str, object]] = []
+            out: list[Violation] = []
             for err in exc.errors():
                 loc: Loc = tuple(err["loc"])
                 if loc and loc[0] == self.protocol:
