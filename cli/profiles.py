@@ -14,7 +14,7 @@ if TYPE_CHECKING:
     from rich.table import Table
     from rich.text import Text
 
-    from edge_agent.profiles import ProfileLibrary
+    from edge_agent.config.profiles import ProfileLibrary
 
 profiles_app = typer.Typer(
     help="Device profiles: how to read a device model at a firmware version.",
@@ -32,7 +32,7 @@ DirsOpt = Annotated[
 
 
 def _library(dirs: list[Path] | None) -> ProfileLibrary:
-    from edge_agent.profiles import ProfileLibrary
+    from edge_agent.config.profiles import ProfileLibrary
 
     return ProfileLibrary(dirs or [])
 
@@ -41,7 +41,7 @@ def _library(dirs: list[Path] | None) -> ProfileLibrary:
 def profiles_list(dirs: DirsOpt = None, json_out: JsonOpt = False) -> None:
     """List every profile: vendor/model@firmware, protocol, versions, points, rules; exit 2
     if any profile file has problems (each printed as file:line: field: message)."""
-    from edge_agent.profiles import describe
+    from edge_agent.config.profiles import describe
 
     library = _library(dirs)
     loaded, problems = library.load_all()
@@ -79,7 +79,7 @@ def profiles_show(
     json_out: JsonOpt = False,
 ) -> None:
     """Show one profile: where its map comes from, its points, rules and simulation."""
-    from edge_agent.profiles import ProfileError
+    from edge_agent.config.profiles import ProfileError
 
     try:
         loaded = _library(dirs).find(ref)
@@ -103,8 +103,8 @@ def profiles_show(
         )
     points: list[tuple[str, ...]] = []
     for point in profile.points:
-        where = {k: v for k, v in point.items() if k not in ("name", "unit")}
-        points.append((str(point["name"]), str(point.get("unit") or ""), _inline(where)))
+        where = point.model_dump(exclude={"name", "unit"}, exclude_unset=True)
+        points.append((point.name, point.unit or "", _inline(where)))
     shown: list[Table | Text] = [*about, table(("point", "unit", "where"), points, title="points")]
     if profile.rules:
         rules: list[tuple[str, ...]] = []

@@ -11,10 +11,11 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
+from cli.output import print_json
 from cli.problems import exit_with_problems
 
 if TYPE_CHECKING:
-    from edge_agent.simfleet import SimPlan
+    from sim.plan import SimPlan
 
 sim_app = typer.Typer(
     help="Simulated devices over their real protocols, with scripted scenarios.",
@@ -27,7 +28,10 @@ JsonOpt = Annotated[bool, typer.Option("--json", help="print JSON")]
 
 
 def _plan(path: Path, **overrides: object) -> SimPlan:
-    from edge_agent.simfleet import SimConfigError, load_sim
+    # The simulators load pymodbus, paho and asyncua: only the sim commands pay for them,
+    # never `edge-agent run` or `check`, which import this module too.
+    from sim.plan import load_sim  # noqa: PLC0415
+    from sim.simfile import SimConfigError  # noqa: PLC0415
 
     try:
         return load_sim(path, **overrides)  # type: ignore[arg-type]
@@ -65,7 +69,8 @@ def sim_run(
     )
     logging.getLogger("pymodbus").setLevel(logging.CRITICAL)
     logging.getLogger("asyncua").setLevel(logging.ERROR)
-    from edge_agent.simfleet import serve
+    # lazy, as in _plan: the simulators' libraries load for sim commands only
+    from sim.serve import SimStartError, serve  # noqa: PLC0415
 
     def say(text: str) -> None:
         typer.echo(text)
@@ -77,8 +82,6 @@ def sim_run(
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
         await serve(plan, stop, write_configs=write_configs, duration_s=duration, announce=say)
-
-    from edge_agent.simfleet import SimStartError
 
     try:
         asyncio.run(main())
@@ -98,7 +101,8 @@ def sim_timeline(
 ) -> None:
     """Print the values a device would show tick by tick (no server started): the same
     seed gives the same timeline, so a test can assert on it."""
-    from edge_agent.simfleet import device_timeline, tick_json
+    # lazy, as in _plan: the simulators' libraries load for sim commands only
+    from sim.plan import device_timeline, tick_json  # noqa: PLC0415
 
     plan = _plan(sim_file, seed=seed)
     try:
@@ -107,8 +111,6 @@ def sim_timeline(
         typer.echo(f"error: {exc.args[0]}", err=True)
         raise typer.Exit(1) from None
     if json_out:
-        from cli.output import print_json
-
         print_json([tick_json(t) for t in ticks_out])
         return
     for t in ticks_out:
@@ -122,7 +124,8 @@ def sim_timeline(
 @sim_app.command("scenarios")
 def sim_scenarios(json_out: JsonOpt = False) -> None:
     """List the shipped scenarios and the points they move."""
-    from drivers.simulated.scenario import load_scenario, scenario_names
+    # lazy, as in _plan: the simulators load for sim commands only
+    from drivers.simulated.scenario import load_scenario, scenario_names  # noqa: PLC0415
 
     rows = []
     for name in scenario_names():
@@ -137,8 +140,6 @@ def sim_scenarios(json_out: JsonOpt = False) -> None:
             }
         )
     if json_out:
-        from cli.output import print_json
-
         print_json(rows)
         return
     for r in rows:

@@ -78,12 +78,14 @@ class WriteRefused(DriverError):
     """The device answered a write with an error."""
 
 
-Problem = tuple[tuple[str | int, ...], str, object]
-"""Where in a model (a loc), what is wrong there, and the offending value."""
+Violation = tuple[tuple[str | int, ...], str, object]
+"""A check a model's values fail: where in the model (a loc), what is wrong there, and the
+offending value. ``reject`` raises them as pydantic errors; the config loader then reports
+each as a ``Problem`` (``edge_agent.config.problems``) at its line in the file."""
 
 
-def reject(model: str, problems: list[Problem], kind: str = "config") -> None:
-    """Raise every problem at once, each at its own field, so the config loader can name
+def reject(model: str, problems: list[Violation], kind: str = "config") -> None:
+    """Raise every violation at once, each at its own field, so the config loader can name
     the line of each. For validators that check several fields together."""
     if problems:
         raise ValidationError.from_exception_data(

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from drivers.base import Driver, DriverError, Reading
-from edge_agent.config.models import Alarms
+from edge_agent.config.models import AlarmsConfig
 from edge_agent.outbox import Lane, Outbox, OutboxFull
 from edge_agent.rules.compile import CompiledRule
 from edge_agent.rules.engine import ACTIVE, CLEARED, CLEARED_UNACKED, Event, RuleEngine
@@ -74,7 +74,7 @@ class AlarmService:
 
     @staticmethod
     async def restore(
-        rules: list[CompiledRule], outbox: Outbox, in_db: RunInDb, settings: Alarms
+        rules: list[CompiledRule], outbox: Outbox, in_db: RunInDb, settings: AlarmsConfig
     ) -> RuleEngine:
         saved = await in_db(outbox.alarm_states)
         engine = RuleEngine(rules, restored=saved, **settings.engine_options())

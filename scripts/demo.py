@@ -3,7 +3,7 @@
 each device from a firmware profile, with a scenario playing) and one agent per gateway,
 all on loopback, with readings and alarms shown live as they arrive at the center.
 
-The devices come from ``edge-agent sim run drivers/simulated/demo-sim.yaml``, which also
+The devices come from ``edge-agent sim run sim/demo-sim.yaml``, which also
 writes each gateway's agent config; the agents' logs go to ``agent.log`` in the workdir.
 
 Run it through ``scripts/demo`` (which installs what is missing first). Ctrl-C stops
@@ -60,7 +60,7 @@ def mosquitto() -> str:
     raise SystemExit("demo: mosquitto is not installed (scripts/setup installs it with apt-get)")
 
 
-SIM_FILE = ROOT / "drivers" / "simulated" / "demo-sim.yaml"
+SIM_FILE = ROOT / "sim" / "demo-sim.yaml"
 
 
 def wait_file(path: Path, proc: subprocess.Popen[bytes], what: str, timeout: float = 60) -> None:

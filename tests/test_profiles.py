@@ -9,9 +9,11 @@ from typing import Any
 
 import pytest
 
-from drivers.modbus.config import ModbusDevice
+from drivers.modbus.config import ModbusDevice, ModbusPoint
+from drivers.mqtt.config import MqttPoint
+from drivers.opcua.config import OpcUaPoint
 from edge_agent.config import ConfigError, load_config
-from edge_agent.profiles import BUILTIN, ProfileError, ProfileLibrary, load_profile
+from edge_agent.config.profiles import BUILTIN, ProfileError, ProfileLibrary, load_profile
 from tests.support import run_cli
 
 SHIPPED = sorted(BUILTIN.glob("*/*/*.yaml"))
@@ -27,7 +29,8 @@ def test_every_shipped_profile_passes_the_schema(path: Path) -> None:
     names = profile.point_names
     assert set(profile.simulation) <= set(names)
     assert profile.simulation, "a profile the simulator cannot serve is not covered end to end"
-    assert len(profile.typed_points()) == len(names)
+    point_model = {"modbus": ModbusPoint, "opcua": OpcUaPoint, "mqtt": MqttPoint}
+    assert all(type(p) is point_model[profile.protocol] for p in profile.points), names
     assert all(rule.device is None for rule in profile.rules)
 
 

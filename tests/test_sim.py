@@ -5,22 +5,32 @@ from __future__ import annotations
 
 import asyncio
 import json
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 from pydantic import ValidationError
 
+from drivers.base import DeviceUnavailable
+from drivers.modbus.config import ModbusDevice
+from drivers.modbus.driver import ModbusDriver
 from drivers.mqtt.config import MqttDevice
 from drivers.mqtt.driver import MqttDriver
-from drivers.simulated.dynamics import DeviceSim, PointSim
+from drivers.simulated.dynamics import DeviceSim
+from drivers.simulated.fleet import SimFleet, SimSpec
 from drivers.simulated.mqtt_publisher import SimulatedMqttDevice
-from drivers.simulated.scenario import Effect, Garbage, load_scenario, scenario_names
-from edge_agent.profiles import ProfileLibrary
-from edge_agent.simfleet import SimConfigError, device_timeline, load_sim, tick_json
-from tests.support import run_cli
+from drivers.simulated.scenario import Effect, Garbage, Scenario, load_scenario, scenario_names
+from drivers.simulation import PointSim
+from edge_agent.config import load_config
+from edge_agent.config.profiles import ProfileLibrary
+from sim.configs import agent_config, write_agent_configs
+from sim.plan import device_timeline, load_sim, scenario_fits, tick_json
+from sim.simfile import SimConfigError
+from tests.support import Broker, run_cli
 
-DEMO = Path(__file__).resolve().parent.parent / "drivers" / "simulated" / "demo-sim.yaml"
+DEMO = Path(__file__).resolve().parent.parent / "sim" / "demo-sim.yaml"
 
 
 def sims(**specs: dict[str, Any]) -> dict[str, PointSim]:
@@ -173,8 +183,6 @@ def test_silence_and_garbage_are_effects_for_the_transport(tmp_path: Path) -> No
 
 def test_every_shipped_scenario_loads_and_fits_some_profile() -> None:
     profiles, _ = ProfileLibrary().load_all()
-    from edge_agent.simfleet import scenario_fits
-
     for name in scenario_names():
         scenario = load_scenario(name)
         assert any(not scenario_fits(scenario, lp) for lp in profiles), name
@@ -192,7 +200,7 @@ class Recorder:
 
 def test_simulated_garbage_is_what_the_driver_counts_and_good_messages_still_read() -> None:
     profile = ProfileLibrary().find("acme/ws-100@2.1").profile
-    points = profile.typed_points()
+    points = profile.points
     recorder = Recorder()
     device = SimulatedMqttDevice("ws-1", points, "ws100/ws-1/up", recorder, publish_s=5)  # type: ignore[arg-type]
     sim = DeviceSim("ws-1", profile.simulation)
@@ -280,12 +288,6 @@ def test_count_makes_numbered_devices_and_mqtt_topics_carry_the_id(tmp_path: Pat
 
 
 async def test_a_silent_modbus_unit_times_out_and_answers_again() -> None:
-    from drivers.base import DeviceUnavailable
-    from drivers.modbus.config import ModbusDevice
-    from drivers.modbus.driver import ModbusDriver
-    from drivers.simulated.fleet import SimFleet, SimSpec
-    from drivers.simulated.scenario import Scenario
-
     profile = ProfileLibrary().find("acme/sd-2000@1.4").profile
     silent = Scenario.model_validate(
         {
@@ -294,7 +296,7 @@ async def test_a_silent_modbus_unit_times_out_and_answers_again() -> None:
             "events": [{"at": 2, "silent": True}, {"at": 4, "silent": False}],
         }
     )
-    spec = SimSpec("det-1", "modbus", profile.typed_points(), profile.simulation, silent)
+    spec = SimSpec("det-1", "modbus", profile.points, profile.simulation, silent)
     fleet = SimFleet([spec], seed=1)
     await fleet.start()  # tick 1
     endpoint = fleet.endpoint("det-1")
@@ -329,3 +331,65 @@ async def test_a_silent_modbus_unit_times_out_and_answers_again() -> None:
     finally:
         await driver.aclose()
         await fleet.stop()
+
+
+async def test_a_written_agent_config_loads_back_into_the_config_it_was_built_from(
+    tmp_path: Path, mqtt_broker: Broker
+) -> None:
+    f = tmp_path / "sim.yaml"
+    f.write_text(
+        f"broker: {mqtt_broker.url}\ncentral: {mqtt_broker.url}\nrule_packs: [smoke]\n"
+        "gateways:\n  - id: gw-1\n    topic_prefix: site-1\n    devices:\n"
+        "      - {id: det-1, profile: acme/sd-2000@1.4, poll_s: 2}\n"
+        '      - {id: "rtu-{n}", count: 2, unit: 5, port: 0, profile: acme/sd-2000@1.4}\n'
+        '      - {id: "ws-{n}", count: 2, profile: acme/ws-100@2.1, publish_s: 2}\n'
+        "  - id: gw-2\n    devices:\n"
+        "      - {id: ws-9, profile: acme/ws-100@2.1, topic: own/ws-9}\n"
+    )
+    plan = load_sim(f)
+    fleet = plan.fleet()
+    await fleet.start()
+    try:
+        built = [agent_config(plan, fleet, gw) for gw in plan.file.gateways]
+        written = write_agent_configs(plan, fleet, tmp_path / "configs")
+    finally:
+        await fleet.stop()
+    assert [p.name for p in written] == ["gw-1.yaml", "gw-2.yaml"]
+    assert all("points:" not in p.read_text() for p in written)  # the profile gives them
+    gw1, gw2 = (load_config(p).config for p in written)
+    assert [d.id for d in gw1.devices] == ["det-1", "rtu-1", "rtu-2", "{id}"]
+    for cfg, made in ((gw1, built[0]), (gw2, built[1])):
+        assert cfg.devices == made.devices  # points, sections and own keys, as built
+        assert {k: p.ref for k, p in cfg.device_profiles.items()} == {
+            k: p.ref for k, p in made.device_profiles.items()
+        }
+    assert gw1.central.url == mqtt_broker.url and gw1.central.keepalive_s == 5
+    assert gw1.outbox.path == tmp_path / "configs" / "gw-1.outbox.db"
+    assert gw1.rule_packs == ["smoke"] and gw1.gateway.site == "simulated by sim.yaml"
+    assert gw1.devices[0].poll_s == 2 and gw1.devices[1].poll_s == 1  # not set: the default
+    templated: Any = gw1.devices[3]
+    assert (templated.mqtt.topic, templated.mqtt.id_from) == ("site-1/ws100/+/up", 2)
+    (ws9,) = gw2.devices
+    assert isinstance(ws9, MqttDevice) and not ws9.templated
+    assert ws9.mqtt.topic == "own/ws-9" and ws9.mqtt.id_from is None
+
+
+def test_the_agent_and_its_config_loading_do_not_import_the_simulators(tmp_path: Path) -> None:
+    f = tmp_path / "agent.yaml"
+    f.write_text(
+        "gateway: {id: gw-1}\ndevices:\n"
+        "  - {id: det-1, profile: acme/sd-2000@1.4, modbus: {host: 127.0.0.1}}\n"
+    )
+    code = (
+        "import sys\n"
+        "import cli.agent, edge_agent.app, edge_agent.config\n"
+        "from edge_agent.config import load_config\n"
+        f"cfg = load_config(__import__('pathlib').Path({str(f)!r})).config\n"
+        "assert cfg.device_profiles['det-1'].ref == 'acme/sd-2000@1.4'\n"
+        "print(sorted(m for m in sys.modules if m == 'sim' or m.startswith(('sim.', "
+        "'drivers.simulated'))))\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
+    )
+    assert out.stdout.strip() == "[]", out.stdout

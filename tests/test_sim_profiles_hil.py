@@ -15,8 +15,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
-from edge_agent.profiles import BUILTIN, LoadedProfile, load_profile
+from edge_agent.config.profiles import BUILTIN, LoadedProfile, load_profile
 from tests.support import Agent, Broker, Central, Process, free_port, run_cli, wait_for
 
 pytestmark = pytest.mark.hil
@@ -107,8 +108,6 @@ def good_points(bench: Bench, dev: str) -> set[str]:
 
 
 def test_modbus_rtu_units_share_a_bus_and_a_serial_line_works(bench: Bench) -> None:
-    import yaml
-
     config = yaml.safe_load(bench.config)
     modbus = {d["id"]: d["modbus"] for d in config["devices"] if "modbus" in d}
     assert modbus["rtu-1"]["port"] == modbus["rtu-2"]["port"]
@@ -161,6 +160,6 @@ def test_every_point_of_the_profile_arrives_at_the_center(bench: Bench, path: Pa
             lo = spec.min if spec.min is not None else -math.inf
             hi = spec.max if spec.max is not None else math.inf
             assert lo - 1e-6 <= value <= hi + 1e-6, (name, value)
-    units = {p["name"]: p.get("unit") for p in profile.points}
+    units = {p.name: p.unit for p in profile.points}
     assert all(rows[n]["unit"] == units[n] for n in names)
     assert "Traceback" not in bench.agent.output()

@@ -12,7 +12,7 @@ from typing import Literal, Self
 
 from pydantic import Field, field_validator, model_validator
 
-from drivers.base import DeviceBase, Frozen, PointBase, Problem, reject
+from drivers.base import DeviceBase, Frozen, PointBase, Violation, reject
 
 from .types import (
     BIT_TABLES,
@@ -88,7 +88,7 @@ class ModbusConnection(Frozen):
 
     @model_validator(mode="after")
     def _one_transport(self) -> Self:
-        problems: list[Problem] = []
+        problems: list[Violation] = []
         given = self.model_fields_set
         if self.host is None and self.serial is None:
             message = "give host (Modbus TCP) or serial (a serial port, Modbus RTU)"
@@ -148,7 +148,7 @@ class ModbusPoint(PointBase):
     @model_validator(mode="after")
     def _fits_type(self) -> Self:
         dt = self.datatype
-        problems: list[Problem] = []
+        problems: list[Violation] = []
         if self.table not in dt.tables:
             hint = "bool" if self.table in BIT_TABLES else "bit (with bit: n) or a register type"
             message = f"type {self.type} cannot live in table {self.table}; use {hint}"
@@ -198,7 +198,7 @@ class ModbusDevice(DeviceBase):
 
     @model_validator(mode="after")
     def _points_fit(self) -> Self:
-        problems: list[Problem] = []
+        problems: list[Violation] = []
         first: dict[str, int] = {}
         for i, point in enumerate(self.points):
             if point.name in first:

@@ -18,7 +18,7 @@ import jmespath
 from jmespath.exceptions import JMESPathError
 from pydantic import Field, field_validator, model_validator
 
-from drivers.base import DEVICE_ID, DeviceBase, Frozen, PointBase, Problem, reject
+from drivers.base import DEVICE_ID, DeviceBase, Frozen, PointBase, Violation, reject
 
 ID_TEMPLATE = re.compile(r"^[A-Za-z0-9._-]{0,40}\{id\}[A-Za-z0-9._-]{0,40}$")
 """A device id with ``{id}`` where the topic level goes: ``{id}``, ``smoke-{id}``."""
@@ -82,7 +82,7 @@ class MqttConnection(Frozen):
 
     @model_validator(mode="after")
     def _fits(self) -> Self:
-        problems: list[Problem] = []
+        problems: list[Violation] = []
         if (self.username is None) != (self.password_file is None):
             problems.append((("username",), "username and password_file go together", None))
         tls = broker_address(self.url)[0]
@@ -156,7 +156,7 @@ class MqttPoint(PointBase):
 
     @model_validator(mode="after")
     def _fits_type(self) -> Self:
-        problems: list[Problem] = []
+        problems: list[Violation] = []
         numeric = self.type in ("number", "int", "float")
         if not numeric and (self.scale != 1 or self.offset != 0):
             message = f"scale and offset apply to numbers, not to {self.type}"
@@ -231,7 +231,7 @@ class MqttDevice(DeviceBase):
 
     @model_validator(mode="after")
     def _consistent(self) -> Self:
-        problems: list[Problem] = []
+        problems: list[Violation] = []
         if self.templated and self.mqtt.id_from is None:
             message = "an id with {id} needs mqtt.id_from: the topic level that names the device"
             problems.append((("id",), message, self.id))

@@ -27,7 +27,7 @@ from urllib.parse import urlsplit
 
 from pydantic import Field, field_validator, model_validator
 
-from drivers.base import DeviceBase, Frozen, PointBase, Problem, reject
+from drivers.base import DeviceBase, Frozen, PointBase, Violation, reject
 
 MAX_UINT32 = 2**32 - 1
 MAX_NAMESPACE = 65535
@@ -272,7 +272,7 @@ class OpcUaDevice(DeviceBase):
 
     @model_validator(mode="after")
     def _unique(self) -> Self:
-        problems: list[Problem] = []
+        problems: list[Violation] = []
         first: dict[str, int] = {}
         for i, point in enumerate(self.points):
             if point.name in first:

@@ -7,7 +7,7 @@ simulated time it applies each device's due scenario events, steps its values an
 them to its transport; ``speed`` runs simulated time faster than the wall clock (a
 ten-minute flood in one minute at ``speed: 10``).
 
-It knows nothing of profiles or agent configs: ``edge_agent.simfleet`` resolves a
+It knows nothing of profiles or agent configs: the ``sim`` package resolves a
 ``sim.yaml`` into specs and writes the matching agent configs. A failure of one device
 (a value its register cannot hold, a server that will not restart) is logged once and
 never stops the others.
@@ -27,8 +27,9 @@ from drivers.base import Value
 from drivers.modbus.config import ModbusPoint
 from drivers.mqtt.config import MqttPoint
 from drivers.opcua.config import NodeRef, OpcUaPoint
+from drivers.simulation import PointSim
 
-from .dynamics import DeviceSim, PointSim
+from .dynamics import DeviceSim
 from .modbus_bus import SimulatedModbusBus, SimulatedUnit
 from .mqtt_publisher import MqttPublisher, SimulatedMqttDevice
 from .scenario import Effect, Scenario, ScenarioRun
@@ -212,7 +213,8 @@ class SimFleet:
         if spec.protocol == "modbus":
             return self._buses[spec.bus].unit(spec.unit)
         if spec.protocol == "opcua":
-            from .opcua_server import SimulatedPumpStation
+            # asyncua loads only when a device serves OPC-UA: a Modbus and MQTT fleet skips it
+            from .opcua_server import SimulatedPumpStation  # noqa: PLC0415
 
             points_ua = [p for p in spec.points if isinstance(p, OpcUaPoint)]
             nodes, keys = opcua_nodes(points_ua, spec.sims)
@@ -282,7 +284,8 @@ def opcua_nodes(
     type; another becomes ``<Object>.<Name>`` from an ``ns=2;s=Object.Name`` id (or
     ``Device.<point>``), typed by its simulation's ``variant`` or its rest value.
     """
-    from .opcua_server import PUMP_STATION, SimNode
+    # asyncua loads only when a device serves OPC-UA, as in SimFleet._serve
+    from .opcua_server import PUMP_STATION, SimNode  # noqa: PLC0415
 
     stock = {node.node_id: node for node in PUMP_STATION}
     nodes: list[SimNode] = []

@@ -1,7 +1,13 @@
-"""Agent configuration: models, and the loader that reports problems with line numbers."""
+"""Agent configuration: models, device profiles, and the loader that reports problems with
+line numbers.
 
-from edge_agent.config.loader import ConfigError, LoadedConfig, Problem, load_config, parse_config
+Imports run one way: ``loader`` → ``expand`` (devices built from profiles) → ``profiles``
+(the profile format and library) → ``models`` → ``problems`` → ``yaml_lines``.
+"""
+
+from edge_agent.config.loader import ConfigError, LoadedConfig, load_config, parse_config
 from edge_agent.config.models import AgentConfig, BrokerUrl, DeviceConfig
+from edge_agent.config.problems import Problem
 
 __all__ = [
     "AgentConfig",

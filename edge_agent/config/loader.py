@@ -10,36 +10,24 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
+from edge_agent.config.expand import ExpandedConfig, expand_profiles
 from edge_agent.config.models import UNION_TAGS, AgentConfig, cross_checks
-from edge_agent.config.yaml_lines import Located, YamlSyntaxError, line_of, load_located
-
-if TYPE_CHECKING:
-    from edge_agent.profiles import ExpandedConfig
-
-Loc = tuple[str | int, ...]
-
-
-@dataclass(frozen=True, slots=True)
-class Problem:
-    file: str
-    line: int
-    field: str
-    message: str
-
-    def __str__(self) -> str:
-        return f"{self.file}:{self.line}: {self.field}: {self.message}"
+from edge_agent.config.problems import (
+    Loc,
+    Problem,
+    ProblemsError,
+    error_message,
+    load_mapping,
+)
+from edge_agent.config.yaml_lines import Located
 
 
-class ConfigError(Exception):
+class ConfigError(ProblemsError):
     """The file is not a valid agent config; ``problems`` lists each problem found."""
-
-    def __init__(self, problems: list[Problem]) -> None:
-        super().__init__("\n".join(str(p) for p in problems))
-        self.problems = problems
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,40 +38,20 @@ class LoadedConfig:
     """First 12 hex digits of the file's SHA-256: which config a gateway runs, at a glance."""
 
 
-def field_path(loc: Loc) -> str:
-    out = ""
-    for part in loc:
-        if isinstance(part, int):
-            out += f"[{part}]"
-        else:
-            out += f".{part}" if out else str(part)
-    return out or "(file)"
-
-
-def _message(err: Any) -> str:
-    msg = str(err["msg"])
-    if err["type"] == "extra_forbidden":
-        return "unknown key (misspelt, or not valid here)"
-    if err["type"] == "missing":
-        return "required key is missing"
-    return msg.removeprefix("Value error, ")
-
-
 def _problems_from_validation(
-    exc: ValidationError, name: str, located: Located, expanded: ExpandedConfig | None = None
+    exc: ValidationError, name: str, located: Located, expanded: ExpandedConfig
 ) -> list[Problem]:
     problems = []
     for err in exc.errors():
         loc = _tag_free(err["loc"])
-        message = _message(err)
-        if expanded is not None:  # devices built from a profile: point at what the file says
-            where = expanded.locate(loc)
-            if where is None:
-                continue
-            loc, inherited = where
-            if inherited is not None:
-                message = f"{message} (profile point {inherited})"
-        problems.append(Problem(name, line_of(located.lines, loc), field_path(loc), message))
+        message = error_message(err)
+        where = expanded.locate(loc)  # devices built from a profile: point at what the file says
+        if where is None:
+            continue
+        loc, inherited = where
+        if inherited is not None:
+            message = f"{message} (profile point {inherited})"
+        problems.append(Problem.at(name, located, loc, message))
     return problems
 
 
@@ -106,26 +74,10 @@ def _tag_free(loc: tuple[Any, ...]) -> Loc:
 
 
 def parse_config(text: str, name: str, base_dir: Path) -> AgentConfig:
-    try:
-        located = load_located(text)
-    except YamlSyntaxError as exc:
-        raise ConfigError([Problem(name, exc.line, "(yaml)", exc.message)]) from None
-    problems = [
-        Problem(name, line, field_path(path), "key appears twice; only one can be meant")
-        for path, line in located.duplicates
-    ]
-    data = located.data
-    if not isinstance(data, dict):
-        raise ConfigError([*problems, Problem(name, 1, "(file)", "must be a mapping of keys")])
-    # Profiles import this module (for Problem), so it is imported here, not at the top.
-    from edge_agent.profiles import expand_profiles
-
-    expanded = expand_profiles(data, base_dir)
+    located, problems = load_mapping(text, name, ConfigError)
+    expanded = expand_profiles(located.data, base_dir)
     problems += expanded.profile_problems
-    problems += [
-        Problem(name, line_of(located.lines, loc), field_path(loc), message)
-        for loc, message in expanded.problems
-    ]
+    problems += [Problem.at(name, located, loc, message) for loc, message in expanded.problems]
     try:
         cfg = AgentConfig.model_validate(expanded.data)
     except ValidationError as exc:
@@ -135,7 +87,7 @@ def parse_config(text: str, name: str, base_dir: Path) -> AgentConfig:
     if expanded.devices:
         cfg = cfg.model_copy(update={"device_profiles": expanded.device_profiles(cfg.devices)})
     for path, message in cross_checks(cfg):
-        problems.append(Problem(name, line_of(located.lines, path), field_path(path), message))
+        problems.append(Problem.at(name, located, path, message))
     if problems:
         raise ConfigError(problems)
     return anchor_paths(cfg, base_dir)

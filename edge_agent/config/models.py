@@ -3,6 +3,8 @@
 Unknown keys are errors everywhere (a misspelt key silently ignored is a sensor
 silently not read). Protocol sections come from the driver packages; a device names
 its protocol by the key it carries (``modbus:``), and the union below picks the model.
+A section's model is named for its key with ``Config`` (``outbox:`` is ``OutboxConfig``),
+so that it does not collide with the runtime class it configures (``Outbox``).
 """
 
 from __future__ import annotations
@@ -49,7 +51,7 @@ UNION_TAGS = frozenset(PROTOCOLS)
 """Tags pydantic puts into error locations; they are not keys of the file."""
 
 
-class Gateway(Frozen):
+class GatewayConfig(Frozen):
     id: str = Field(
         pattern=f"^{GATEWAY_ID.pattern}$", description="unique in the fleet; a topic level"
     )
@@ -117,7 +119,7 @@ def _duration(value: object) -> object:
 Duration = Annotated[float, BeforeValidator(_duration), Field(gt=0)]
 
 
-class Outbox(Frozen):
+class OutboxConfig(Frozen):
     path: Path = Path("outbox.db")
     max_mb: float = Field(default=256, gt=0)
     max_age: Duration = Field(default=7 * 86400, description="telemetry older than this is dropped")
@@ -129,11 +131,11 @@ class Outbox(Frozen):
     window: int = Field(default=64, ge=1, le=10_000, description="unacked batches in flight")
 
 
-class Health(Frozen):
+class HealthConfig(Frozen):
     interval_s: float = Field(default=10, gt=0)
 
 
-class Alarms(Frozen):
+class AlarmsConfig(Frozen):
     max_new_per_min: int = Field(
         default=30, ge=1, description="flood control: past this, non-critical alarms are summarised"
     )
@@ -176,7 +178,7 @@ class DeviceProfile(Frozen):
 
 
 class AgentConfig(Frozen):
-    gateway: Gateway
+    gateway: GatewayConfig
     profile_dirs: list[Path] = Field(
         default_factory=list,
         description="folders searched for device profiles before the shipped firmware_profiles/",
@@ -185,9 +187,9 @@ class AgentConfig(Frozen):
         default_factory=dict, description="by device id: set by the loader from devices[].profile"
     )
     central: Central = Central()
-    outbox: Outbox = Outbox()
-    health: Health = Health()
-    alarms: Alarms = Alarms()
+    outbox: OutboxConfig = OutboxConfig()
+    health: HealthConfig = HealthConfig()
+    alarms: AlarmsConfig = AlarmsConfig()
     devices: list[DeviceConfig] = Field(default_factory=list)
     rule_packs: list[str] = Field(default_factory=list, description="smoke, water, elevator")
     rules: list[Rule] = Field(default_factory=list)

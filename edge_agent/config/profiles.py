@@ -12,11 +12,11 @@ A profile is a YAML file at ``firmware_profiles/<vendor>/<model>/<firmware>.yaml
     connection: {unit: 1}           # defaults inside its protocol section
     points: [...]                   # the same schema as the protocol's inline points
     rules: [...]                    # default rules (edge_agent.rules.model.Rule, no device)
-    simulation: {...}               # how a simulator moves each point (drivers.simulated.dynamics)
+    simulation: {...}               # how a simulator moves each point (drivers.simulation)
 
-A device in an agent config names one with ``profile: acme/sd-2000@1.4``; the loader
-(``edge_agent.config.loader``) builds the device from the profile before validating it,
-and lets the device override single points by name. Profiles are searched in the config's
+A device in an agent config names one with ``profile: acme/sd-2000@1.4``; config loading
+builds the device from the profile before validating it (``expand``), and lets the device
+override single points by name. Profiles are searched in the config's
 ``profile_dirs`` first, then in the shipped ``firmware_profiles/``; only the files of the
 named vendor and model are read, so a broken profile elsewhere does not stop a gateway.
 
@@ -26,27 +26,40 @@ Every problem is a ``Problem`` with the profile file's line, as for agent config
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Annotated, Any, Literal, Self
+from typing import Annotated, Any, Literal, Self, TypeVar
 
-from pydantic import BeforeValidator, Field, ValidationError, model_validator
-from pydantic_core import InitErrorDetails, PydanticCustomError
+from pydantic import (
+    BeforeValidator,
+    Field,
+    SerializationInfo,
+    TypeAdapter,
+    ValidationError,
+    ValidationInfo,
+    field_serializer,
+    field_validator,
+    model_validator,
+)
 
-from drivers.base import DeviceBase, Frozen
-from drivers.modbus.config import ModbusDevice
-from drivers.mqtt.config import MqttDevice
-from drivers.opcua.config import OpcUaDevice
-from drivers.simulated.dynamics import PointSim, check_simulation
-from edge_agent.config.loader import Problem, field_path
-from edge_agent.config.models import DeviceProfile
-from edge_agent.config.yaml_lines import YamlSyntaxError, line_of, load_located
+from drivers.base import DeviceBase, Frozen, PointBase, Violation, reject
+from drivers.modbus.config import ModbusDevice, ModbusPoint
+from drivers.mqtt.config import MqttDevice, MqttPoint
+from drivers.opcua.config import OpcUaDevice, OpcUaPoint
+from drivers.simulation import PointSim, check_simulation
+from edge_agent.config.problems import (
+    Loc,
+    Problem,
+    ProblemsError,
+    error_message,
+    load_mapping,
+    validation_problems,
+)
 from edge_agent.rules.compile import RuleError, compile_rule
 from edge_agent.rules.model import Rule
 
-Loc = tuple[str | int, ...]
 Protocol = Literal["modbus", "opcua", "mqtt"]
 
 BUILTIN = Path(str(resources.files("firmware_profiles")))
@@ -61,12 +74,24 @@ DEVICE_MODELS: dict[str, type[DeviceBase]] = {
     "opcua": OpcUaDevice,
     "mqtt": MqttDevice,
 }
+PointConfig = ModbusPoint | OpcUaPoint | MqttPoint
+"""A profile's point: the point model of the profile's protocol."""
+P = TypeVar("P", bound=PointBase)
+_POINT_LISTS: dict[str, TypeAdapter[list[Any]]] = {
+    "modbus": TypeAdapter(Annotated[list[ModbusPoint], Field(min_length=1)]),
+    "opcua": TypeAdapter(Annotated[list[OpcUaPoint], Field(min_length=1)]),
+    "mqtt": TypeAdapter(Annotated[list[MqttPoint], Field(min_length=1)]),
+}
+_ANY_POINTS: TypeAdapter[list[Any]] = TypeAdapter(
+    Annotated[list[dict[str, Any]], Field(min_length=1)]
+)
 _PLACEHOLDERS: dict[str, dict[str, object]] = {
     "modbus": {"host": "127.0.0.1"},
     "opcua": {"endpoint": "opc.tcp://127.0.0.1:4840"},
     "mqtt": {"url": "mqtt://127.0.0.1:1883", "topic": "profile/check"},
 }
-"""What a site supplies (the device's address), filled in to check a profile on its own."""
+"""What a site supplies (the device's address), filled in to check a profile's device and
+connection defaults on their own; its points are already checked, and are not again."""
 RESERVED = frozenset({"id", "points", "profile", *DEVICE_MODELS})
 """Device keys a profile's ``device:`` defaults may not set."""
 
@@ -98,13 +123,30 @@ class Profile(Frozen):
     connection: dict[str, Any] = Field(
         default_factory=dict, description="defaults inside the protocol section"
     )
-    points: list[dict[str, Any]] = Field(min_length=1)
+    points: list[PointConfig] = Field(min_length=1, description="as the protocol's points")
     rules: list[Rule] = Field(default_factory=list)
     simulation: dict[str, PointSim] = Field(default_factory=dict)
 
+    @field_validator("points", mode="wrap")
+    @classmethod
+    def _protocol_points(cls, value: object, _: object, info: ValidationInfo) -> list[Any]:
+        """Each point validated once, as its protocol's point model (a Modbus profile's
+        points are ModbusPoints); a device built from the profile takes them as they are."""
+        protocol = info.data.get("protocol")
+        if protocol is None:  # wrong, and reported: no point model to check them against
+            return _ANY_POINTS.validate_python(value)
+        return _POINT_LISTS[protocol].validate_python(value)
+
+    @field_serializer("points")
+    def _points_as_written(
+        self, points: list[PointConfig], info: SerializationInfo
+    ) -> list[dict[str, Any]]:
+        """A point dumps with the keys the profile gives, as ``profiles show`` prints it."""
+        return [p.model_dump(mode=info.mode, exclude_unset=True) for p in points]
+
     @model_validator(mode="after")
     def _consistent(self) -> Self:
-        problems: list[tuple[Loc, str, object]] = []
+        problems: list[Violation] = []
         for key in self.device:
             if key in RESERVED:
                 where = "the device entry" if key == "id" else "its own section"
@@ -113,7 +155,7 @@ class Profile(Frozen):
         if len(set(self.firmware)) != len(self.firmware):
             problems.append((("firmware",), "a version is listed twice", self.firmware))
         problems += self._device_problems()
-        names = [str(p.get("name")) for p in self.points]
+        names = self.point_names
         seen: dict[str, int] = {}
         for i, rule in enumerate(self.rules):
             if rule.device is not None:
@@ -129,20 +171,12 @@ class Profile(Frozen):
                 problems.append((exc.loc, exc.message, None))
         for key, message in check_simulation(self.simulation, names):
             problems.append((("simulation", key), message, key))
-        if problems:
-            raise ValidationError.from_exception_data(
-                type(self).__name__,
-                [
-                    InitErrorDetails(
-                        type=PydanticCustomError("profile", message), loc=loc, input=value
-                    )
-                    for loc, message, value in problems
-                ],
-            )
+        reject(type(self).__name__, problems, "profile")
         return self
 
-    def _device_problems(self) -> list[tuple[Loc, str, object]]:
-        """Check points and defaults as a device would be built from them, at profile locs."""
+    def _device_problems(self) -> list[Violation]:
+        """Check the defaults, and the points together (names unique, each fits one read),
+        as a device would be built from them, at profile locs."""
         sample: dict[str, Any] = {
             "id": "{id}" if "id_from" in self.connection else "profile-check",
             self.protocol: {**_PLACEHOLDERS[self.protocol], **self.connection},
@@ -152,14 +186,14 @@ class Profile(Frozen):
         try:
             DEVICE_MODELS[self.protocol].model_validate(sample)
         except ValidationError as exc:
-            out: list[tuple[Loc, str, object]] = []
+            out: list[Violation] = []
             for err in exc.errors():
                 loc: Loc = tuple(err["loc"])
                 if loc and loc[0] == self.protocol:
                     loc = ("connection", *loc[1:])
                 elif loc and loc[0] not in ("points",):
                     loc = ("device", *loc)
-                out.append((loc, _message(err), err.get("input")))
+                out.append((loc, error_message(err), err.get("input")))
             return out
         return []
 
@@ -172,25 +206,14 @@ class Profile(Frozen):
 
     @property
     def point_names(self) -> list[str]:
-        return [str(p["name"]) for p in self.points]
+        return [p.name for p in self.points]
 
-    def typed_points(self) -> list[Any]:
-        """The points as the protocol's point models (ModbusPoint, OpcUaPoint, MqttPoint)."""
-        sample = {
-            "id": "{id}" if "id_from" in self.connection else "profile-check",
-            self.protocol: {**_PLACEHOLDERS[self.protocol], **self.connection},
-            "points": self.points,
-        }
-        device = DEVICE_MODELS[self.protocol].model_validate(sample)
-        return list(device.points)  # type: ignore[attr-defined]
-
-
-def _message(err: Any) -> str:
-    if err["type"] == "extra_forbidden":
-        return "unknown key (misspelt, or not valid here)"
-    if err["type"] == "missing":
-        return "required key is missing"
-    return str(err["msg"]).removeprefix("Value error, ")
+    def points_as(self, model: type[P]) -> list[P]:
+        """The points, typed as ``model``: this profile's point model (TypeError if not)."""
+        typed: list[P] = [p for p in self.points if isinstance(p, model)]
+        if len(typed) != len(self.points):
+            raise TypeError(f"{self.ref()} is a {self.protocol} profile, not {model.__name__}s")
+        return typed
 
 
 @dataclass(frozen=True, slots=True)
@@ -203,12 +226,8 @@ class LoadedProfile:
         return str(self.path)
 
 
-class ProfileError(Exception):
+class ProfileError(ProblemsError):
     """A profile could not be used; ``problems`` says where and why."""
-
-    def __init__(self, problems: list[Problem]) -> None:
-        super().__init__("\n".join(str(p) for p in problems))
-        self.problems = problems
 
 
 def parse_ref(ref: str) -> tuple[str, str, str]:
@@ -226,24 +245,11 @@ def load_profile(path: Path, name: str | None = None) -> LoadedProfile:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         raise ProfileError([Problem(shown, 1, "(file)", str(exc))]) from None
-    try:
-        located = load_located(text)
-    except YamlSyntaxError as exc:
-        raise ProfileError([Problem(shown, exc.line, "(yaml)", exc.message)]) from None
-    problems = [
-        Problem(shown, line, field_path(p), "key appears twice; only one can be meant")
-        for p, line in located.duplicates
-    ]
-    if not isinstance(located.data, dict):
-        raise ProfileError([*problems, Problem(shown, 1, "(file)", "must be a mapping of keys")])
+    located, problems = load_mapping(text, shown, ProfileError)
     try:
         profile = Profile.model_validate(located.data)
     except ValidationError as exc:
-        for err in exc.errors():
-            loc: Loc = tuple(err["loc"])
-            line = line_of(located.lines, loc)
-            problems.append(Problem(shown, line, field_path(loc), _message(err)))
-        raise ProfileError(problems) from None
+        raise ProfileError(problems + validation_problems(exc, shown, located)) from None
     parts = path.parts
     vendor, model, stem = parts[-3], parts[-2], path.stem
     where = [
@@ -253,10 +259,10 @@ def load_profile(path: Path, name: str | None = None) -> LoadedProfile:
     for loc, got, want, what in where:
         if got != want:
             message = f"{got!r} is not {what} {want!r}"
-            problems.append(Problem(shown, line_of(located.lines, loc), field_path(loc), message))
+            problems.append(Problem.at(shown, located, loc, message))
     if stem not in profile.firmware:
         message = f"the file is named {stem}.yaml, but {stem!r} is not among the versions listed"
-        problems.append(Problem(shown, line_of(located.lines, ("firmware",)), "firmware", message))
+        problems.append(Problem.at(shown, located, ("firmware",), message))
     if problems:
         raise ProfileError(problems)
     return LoadedProfile(profile, path)
@@ -324,96 +330,6 @@ class ProfileLibrary:
         return loaded, problems
 
 
-# --- building devices from profiles (the config loader's side) -----------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class Expansion:
-    """A device entry built from its profile, and how to point errors back at the file.
-
-    ``remap`` sends a location in the built device to the location in the file: a point
-    the device overrides goes to the override, any other profile point to ``profile:``.
-    """
-
-    data: dict[str, Any]
-    profile: LoadedProfile | None
-    ref: str | None
-    remap: dict[Loc, Loc]
-    problems: list[tuple[Loc, str]]
-    """Problems in the agent config, at their location there."""
-    profile_problems: list[Problem]
-    """Problems in the profile file the device named, at their line there."""
-
-
-def expand_device(device: Mapping[str, Any], index: int, library: ProfileLibrary) -> Expansion:
-    """The device entry at ``devices[index]`` with its profile applied (if it names one)."""
-    here: Loc = ("devices", index)
-    ref = device.get("profile")
-    if ref is None:
-        return Expansion(dict(device), None, None, {}, [], [])
-    if not isinstance(ref, str):
-        problem = ((*here, "profile"), "expected vendor/model@firmware, e.g. acme/sd-2000@1.4")
-        return Expansion(dict(device), None, None, {}, [problem], [])
-    try:
-        loaded = library.find(ref)
-    except ProfileError as exc:
-        lookup = [p for p in exc.problems if p.file == "(profile)"]
-        in_files = [p for p in exc.problems if p.file != "(profile)"]
-        here_problems = [((*here, "profile"), p.message) for p in lookup]
-        if in_files:
-            files = sorted({p.file for p in in_files})
-            message = f"profile {ref} has problems in {', '.join(files)}"
-            here_problems.append(((*here, "profile"), message))
-        return Expansion(dict(device), None, ref, {}, here_problems, in_files)
-    profile = loaded.profile
-    data = {k: v for k, v in device.items() if k != "profile"}
-    problems: list[tuple[Loc, str]] = []
-    for other in DEVICE_MODELS:
-        if other != profile.protocol and other in data:
-            message = f"{ref} is a {profile.protocol} device; a {other} section does not apply"
-            problems.append(((*here, other), message))
-    if problems:  # built anyway, the device would only repeat this in other words
-        return Expansion(dict(device), None, ref, {}, problems, [])
-    section = data.get(profile.protocol)
-    if section is None or isinstance(section, dict):  # anything else: validation says so
-        data[profile.protocol] = {**profile.connection, **(section or {})}
-    for key, value in profile.device.items():
-        data.setdefault(key, value)
-    merged = [dict(p) for p in profile.points]
-    by_name = {str(p["name"]): j for j, p in enumerate(merged)}
-    remap: dict[Loc, Loc] = {(*here, "points", j): (*here, "profile") for j in range(len(merged))}
-    overrides = device.get("points")
-    if overrides is not None and not isinstance(overrides, list):
-        problems.append(((*here, "points"), "overrides of profile points are a list"))
-        overrides = []
-    for k, override in enumerate(overrides or []):
-        name = override.get("name") if isinstance(override, dict) else None
-        if not isinstance(name, str) or not isinstance(override, dict):
-            message = "an override names the profile point it changes"
-            problems.append(((*here, "points", k), message))
-            continue
-        j = by_name.get(name)
-        if j is None:
-            known = ", ".join(by_name)
-            message = f"{name!r} is not a point of profile {ref} (its points: {known})"
-            problems.append(((*here, "points", k, "name"), message))
-            continue
-        merged[j].update(override)
-        remap[(*here, "points", j)] = (*here, "points", k)
-    data["points"] = merged
-    return Expansion(data, loaded, ref, remap, problems, [])
-
-
-def remap_loc(loc: Loc, remap: Mapping[Loc, Loc]) -> tuple[Loc, bool]:
-    """Where ``loc`` stands in the file, and whether it fell on a profile's own points."""
-    for end in range(len(loc), 0, -1):
-        target = remap.get(loc[:end])
-        if target is not None:
-            inherited = target[-1] == "profile"
-            return (target if inherited else (*target, *loc[end:])), inherited
-    return loc, False
-
-
 def describe(profiles: Sequence[LoadedProfile]) -> list[dict[str, object]]:
     """One line of facts per profile, for ``edge-agent profiles list``."""
     return [
@@ -431,64 +347,3 @@ def describe(profiles: Sequence[LoadedProfile]) -> list[dict[str, object]]:
         }
         for lp in profiles
     ]
-
-
-@dataclass(frozen=True, slots=True)
-class ExpandedConfig:
-    """An agent config's raw data with every ``profile:`` device built from its profile."""
-
-    data: dict[str, Any]
-    devices: dict[int, Expansion]
-    """By device index: the expansion of each device that names a profile."""
-
-    @property
-    def problems(self) -> list[tuple[Loc, str]]:
-        return [p for e in self.devices.values() for p in e.problems]
-
-    @property
-    def profile_problems(self) -> list[Problem]:
-        return [p for e in self.devices.values() for p in e.profile_problems]
-
-    def device_profiles(self, devices: Sequence[DeviceBase]) -> dict[str, DeviceProfile]:
-        """By device id, the profile each device was built from (for the rule engine)."""
-        return {
-            devices[i].id: DeviceProfile(
-                ref=e.ref or "", file=e.profile.file, rules=list(e.profile.profile.rules)
-            )
-            for i, e in self.devices.items()
-            if e.profile is not None and i < len(devices)
-        }
-
-    def locate(self, loc: Loc) -> tuple[Loc, str | None] | None:
-        """Where a validation error at ``loc`` belongs in the file, and the profile point it
-        fell on (if it did); None for an error of a device whose profile was not found (its
-        own problem says so already)."""
-        if len(loc) < 2 or loc[0] != "devices" or not isinstance(loc[1], int):
-            return loc, None
-        expansion = self.devices.get(loc[1])
-        if expansion is None:
-            return loc, None
-        if expansion.profile is None:
-            return None
-        where, inherited = remap_loc(loc, expansion.remap)
-        return where, (f"{expansion.ref}: {field_path(loc[2:])}" if inherited else None)
-
-
-def expand_profiles(data: Mapping[str, Any], base_dir: Path) -> ExpandedConfig:
-    """Apply ``profile:`` to every device naming one, searching ``profile_dirs`` first."""
-    dirs = data.get("profile_dirs")
-    extra = [base_dir / str(d) for d in dirs] if isinstance(dirs, list) else []
-    library = ProfileLibrary(extra)
-    devices = data.get("devices")
-    if not isinstance(devices, list):
-        return ExpandedConfig(dict(data), {})
-    built: list[Any] = []
-    expansions: dict[int, Expansion] = {}
-    for i, device in enumerate(devices):
-        if isinstance(device, dict) and "profile" in device:
-            expansion = expand_device(device, i, library)
-            expansions[i] = expansion
-            built.append(expansion.data)
-        else:
-            built.append(device)
-    return ExpandedConfig({**data, "devices": built}, expansions)
