@@ -82,7 +82,7 @@ def _devices(
             # the simulator's publish period is its heartbeat, in wall seconds
             own["heartbeat_s"] = round(spec.publish_s / sim.speed, 3)
             group = profile.ref()
-            if group in templated:
+            if group in templated and d.source.topic is None:
                 if group in done:
                     continue
                 done.add(group)

@@ -393,3 +393,28 @@ def test_the_agent_and_its_config_loading_do_not_import_the_simulators(tmp_path:
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
     )
     assert out.stdout.strip() == "[]", out.stdout
+
+
+async def test_a_wireless_device_with_its_own_topic_is_written_beside_its_profiles_template(
+    tmp_path: Path, mqtt_broker: Broker
+) -> None:
+    # the templated entry covers the topic-less detectors only: one that publishes on a
+    # topic of its own must get an entry of its own, or no agent reads it
+    f = tmp_path / "sim.yaml"
+    f.write_text(
+        f"broker: {mqtt_broker.url}\ncentral: {mqtt_broker.url}\n"
+        "gateways:\n  - id: gw-1\n    devices:\n"
+        '      - {id: "ws-{n}", count: 2, profile: acme/ws-100@2.1}\n'
+        "      - {id: ws-own, profile: acme/ws-100@2.1, topic: own/ws-own}\n"
+    )
+    plan = load_sim(f)
+    fleet = plan.fleet()
+    await fleet.start()
+    try:
+        (written,) = write_agent_configs(plan, fleet, tmp_path / "configs")
+    finally:
+        await fleet.stop()
+    devices = load_config(written).config.devices
+    assert [d.id for d in devices] == ["{id}", "ws-own"]
+    own: Any = devices[1]
+    assert own.mqtt.topic == "own/ws-own" and not own.templated
