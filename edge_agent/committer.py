@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 from drivers.base import Reading
 from edge_agent.alarms import AlarmService, AlarmWrite
-from edge_agent.contract import ReadingEncoder
+from edge_agent.contract import AlarmEvent, ReadingEncoder
 from edge_agent.outbox import Lane, Outbox, OutboxFull
 from edge_agent.sender import RunInDb, Sender
 
@@ -73,7 +73,7 @@ class Committer:
         if check_bounds:
             self._last_bounds_check = time.monotonic()
         try:
-            alarm_rows = write.rows()
+            alarm_rows = write.events()
             out = await self._in_db(lambda: self._commit(rows, write, alarm_rows, check_bounds))
         except BaseException as exc:
             if alarms is not None:
@@ -104,7 +104,7 @@ class Committer:
         self,
         rows: list[tuple[float, str]],
         write: AlarmWrite,
-        alarm_rows: list[tuple[float, str]],
+        alarm_rows: list[AlarmEvent],
         check_bounds: bool,
     ) -> _Outcome:
         """On the outbox thread: alarms first, then the readings, then (now and then)

@@ -45,6 +45,14 @@ from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
 
+from edge_agent.contract.alarms import (
+    AlarmEvent,
+    AlarmState,
+    CorruptOutbox,
+    DroppedRows,
+    Severity,
+    encode_alarm_body,
+)
 from edge_agent.sqlite_wal import use_wal
 
 log = logging.getLogger(__name__)
@@ -101,45 +109,23 @@ class OutboxStats:
     dropped_telemetry: int
 
 
-@dataclass(frozen=True, slots=True)
-class Dropped:
-    """One drop round: telemetry seq ``first..last``, taken from ``ts_first`` to ``ts_last``."""
-
-    first: int
-    last: int
-    count: int
-    ts_first: float
-    ts_last: float
-    cause: str  # "cap" | "age" | "disk full"
-
-    def notice(self) -> str:
-        """The alarm-lane event that tells the center what was lost."""
-        when = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(self.ts_first))
-        return json.dumps(
-            {
-                "id": "outbox.dropped",
-                "rule": "outbox.dropped",
-                "dev": "agent",
-                "severity": "warning",
-                "state": "active",
-                "value": self.count,
-                "ts": time.time(),
-                "msg": (
-                    f"outbox {self.cause}: dropped {self.count} oldest readings "
-                    f"(seq {self.first}..{self.last}, taken from {when} UTC)"
-                ),
-                "dropped": {
-                    "lane": "telemetry",
-                    "first": self.first,
-                    "last": self.last,
-                    "count": self.count,
-                    "ts_first": self.ts_first,
-                    "ts_last": self.ts_last,
-                    "cause": self.cause,
-                },
-            },
-            separators=(",", ":"),
-        )
+def dropped_notice(d: DroppedRows) -> AlarmEvent:
+    """The alarm-lane event that tells the center which readings were lost, and when."""
+    when = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(d.ts_first or 0))
+    return AlarmEvent(
+        id="outbox.dropped",
+        rule="outbox.dropped",
+        dev="agent",
+        severity=Severity.WARNING,
+        state=AlarmState.ACTIVE,
+        value=d.count,
+        ts=time.time(),
+        msg=(
+            f"outbox {d.cause}: dropped {d.count} oldest readings "
+            f"(seq {d.first}..{d.last}, taken from {when} UTC)"
+        ),
+        dropped=d,
+    )
 
 
 def _error_code(exc: sqlite3.Error) -> int | None:
@@ -210,25 +196,22 @@ def _query(path: Path, sql: str) -> list[Any]:
         db.close()
 
 
-def corrupt_notice(why: str, kept: Path, old_stream: str | None, new_stream: str) -> str:
+def corrupt_notice(why: str, kept: Path, old_stream: str | None, new_stream: str) -> AlarmEvent:
     """The alarm-lane event that tells the center a corrupt outbox was set aside: whatever
     it still held (readings, alarms) will not arrive."""
-    return json.dumps(
-        {
-            "id": "outbox.corrupt",
-            "rule": "outbox.corrupt",
-            "dev": "agent",
-            "severity": "major",
-            "state": "active",
-            "value": None,
-            "ts": time.time(),
-            "msg": (
-                f"outbox file was corrupt ({why}): kept as {kept.name}, what it still held "
-                f"(stream {old_stream or 'unknown'}) is not delivered; new stream {new_stream}"
-            ),
-            "corrupt": {"old_stream": old_stream, "kept_as": str(kept), "problem": why},
-        },
-        separators=(",", ":"),
+    return AlarmEvent(
+        id="outbox.corrupt",
+        rule="outbox.corrupt",
+        dev="agent",
+        severity=Severity.MAJOR,
+        state=AlarmState.ACTIVE,
+        value=None,
+        ts=time.time(),
+        msg=(
+            f"outbox file was corrupt ({why}): kept as {kept.name}, what it still held "
+            f"(stream {old_stream or 'unknown'}) is not delivered; new stream {new_stream}"
+        ),
+        corrupt=CorruptOutbox(old_stream=old_stream, kept_as=str(kept), problem=why),
     )
 
 
@@ -335,7 +318,8 @@ class Outbox:
                     why, old, kept = self._corrupt
                     notice = corrupt_notice(why, kept, old, stream)
                     self._db.execute(
-                        "INSERT INTO alarms(ts, body) VALUES (?, ?)", (time.time(), notice)
+                        "INSERT INTO alarms(ts, body) VALUES (?, ?)",
+                        (notice.ts, encode_alarm_body(notice)),
                     )
         return stream
 
@@ -438,9 +422,7 @@ class Outbox:
             (last,) = self._db.execute("SELECT last_insert_rowid()").fetchone()
         return int(last)
 
-    def record_alarms(
-        self, events: Sequence[tuple[float, str]], states: Sequence[tuple[str, str]]
-    ) -> int:
+    def record_alarms(self, events: Sequence[AlarmEvent], states: Sequence[tuple[str, str]]) -> int:
         """Alarm events and the alarm states they leave behind, in one transaction, so a
         restart resumes exactly where the published history stops.
 
@@ -448,10 +430,12 @@ class Outbox:
         then the oldest telemetry in growing rounds; ``OutboxFull`` (nothing written) only
         when even that was not enough."""
 
+        rows = [(e.ts, encode_alarm_body(e)) for e in events]
+
         def write() -> int:
             with self._tx():
-                if events:
-                    self._db.executemany("INSERT INTO alarms(ts, body) VALUES (?, ?)", events)
+                if rows:
+                    self._db.executemany("INSERT INTO alarms(ts, body) VALUES (?, ?)", rows)
                 if states:
                     self._db.executemany(
                         "INSERT OR REPLACE INTO alarm_state(key, body) VALUES (?, ?)", states
@@ -545,12 +529,12 @@ class Outbox:
         (size,) = self._db.execute("PRAGMA page_size").fetchone()
         return int((pages - free) * size)
 
-    def enforce_bounds(self, now: float | None = None) -> list[Dropped]:
+    def enforce_bounds(self, now: float | None = None) -> list[DroppedRows]:
         """Drop telemetry past ``max_age_s`` or the size cap, oldest first; alarms stay."""
         return self._with_room(lambda: self._enforce_bounds(now), [], "bounds not enforced")
 
-    def _enforce_bounds(self, now: float | None) -> list[Dropped]:
-        dropped: list[Dropped] = []
+    def _enforce_bounds(self, now: float | None) -> list[DroppedRows]:
+        dropped: list[DroppedRows] = []
         if self.max_age_s is not None:
             cutoff = (time.time() if now is None else now) - self.max_age_s
             # Only the oldest run in which every row is too old: one reading stamped by a
@@ -576,7 +560,7 @@ class Outbox:
                 dropped += self._drop_oldest(max(1, int(count * share) + 1), "cap")
         return dropped
 
-    def _drop_oldest(self, n: int, cause: str) -> list[Dropped]:
+    def _drop_oldest(self, n: int, cause: str) -> list[DroppedRows]:
         with self._tx():
             row = self._db.execute(
                 "SELECT min(seq), max(seq), count(*), min(ts), max(ts) FROM "
@@ -587,9 +571,11 @@ class Outbox:
                 return []
             first, last, count, ts_first, ts_last = row
             self._db.execute("DELETE FROM telemetry WHERE seq BETWEEN ? AND ?", (first, last))
-            drop = Dropped(first, last, count, ts_first, ts_last, cause)
+            drop = DroppedRows(first, last, count, ts_first, ts_last, cause)
+            notice = dropped_notice(drop)
             self._db.execute(
-                "INSERT INTO alarms(ts, body) VALUES (?, ?)", (time.time(), drop.notice())
+                "INSERT INTO alarms(ts, body) VALUES (?, ?)",
+                (notice.ts, encode_alarm_body(notice)),
             )
             total = self._dropped + count
             self._set_meta("dropped_telemetry", str(total))

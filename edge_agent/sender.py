@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -32,7 +31,16 @@ from dataclasses import dataclass
 from functools import partial
 from typing import Protocol, TypeVar
 
-from edge_agent.contract import Ack, Channel, PayloadError, Topics, decode_ack
+from edge_agent.contract import (
+    Ack,
+    AlarmMessage,
+    Channel,
+    PayloadError,
+    Topics,
+    decode_ack,
+    decode_alarm_body,
+    encode_alarm,
+)
 from edge_agent.contract.payloads import encode_telemetry_raw
 from edge_agent.outbox import Lane, Outbox
 from edge_agent.uplink import Inbound, Uplink
@@ -307,9 +315,12 @@ class Sender:
         return self._track(Lane.TELEMETRY, first, last, ok, backlog=backlog)
 
     def _publish_alarm(self, seq: int, body: str) -> bool:
-        event = json.loads(body)
-        event.update(gw=self._gw, stream=self._outbox.stream_id, seq=seq)
-        payload = json.dumps(event, separators=(",", ":"), ensure_ascii=False).encode()
+        try:
+            event = decode_alarm_body(body)
+        except PayloadError as exc:  # only a file changed by hand: never stop the lane for it
+            log.error("alarm-lane row %d is not an alarm event, not sent: %s", seq, exc)
+            return True
+        payload = encode_alarm(AlarmMessage(self._gw, self._outbox.stream_id, seq, event))
         topic = self._topics.gw(self._gw, Channel.ALARMS)
         return self._track(Lane.ALARMS, seq, seq, self._uplink.publish(topic, payload))
 

@@ -19,7 +19,7 @@ import pytest
 from drivers.base import Quality, Reading, Value
 from edge_agent.alarms import AlarmService
 from edge_agent.committer import Committer
-from edge_agent.contract import Channel
+from edge_agent.contract import AlarmEvent, AlarmState, Channel, Severity
 from edge_agent.contract.schema import validate
 from edge_agent.outbox import Lane, Outbox, OutboxFull, OutboxUnavailable, quick_check
 from edge_agent.rules.compile import compile_rules
@@ -330,10 +330,23 @@ def test_alarm_events_held_past_the_cap_are_counted_and_reported(
     from edge_agent.alarms import HELD_MAX, AlarmWrite
 
     alarms = AlarmService(RuleEngine([]), None, None, None, {})  # type: ignore[arg-type]
-    events = [{"id": f"d/r{i}", "state": "active"} for i in range(HELD_MAX + 5)]
+    events = [active(f"d/r{i}") for i in range(HELD_MAX + 5)]
     alarms.not_committed(AlarmWrite(held=events[:HELD_MAX]), "disk full", act=False)
     assert alarms.lost_disk_full == 0
     alarms.not_committed(AlarmWrite(held=events[HELD_MAX:]), "disk full", act=False)
-    alarms.not_committed(AlarmWrite(held=[{"id": "d/late"}]), "disk full", act=False)
+    alarms.not_committed(AlarmWrite(held=[active("d/late")]), "disk full", act=False)
     assert alarms.lost_disk_full == 6
     assert sum("giving up the oldest" in r.message for r in caplog.records) == 1
+
+
+def active(alarm_id: str) -> AlarmEvent:
+    return AlarmEvent(
+        id=alarm_id,
+        rule="r",
+        dev="d",
+        severity=Severity.MINOR,
+        state=AlarmState.ACTIVE,
+        value=1,
+        ts=1.0,
+        msg="r active on d",
+    )
