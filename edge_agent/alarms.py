@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import math
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
@@ -23,11 +24,10 @@ from edge_agent.contract.alarms import (
     AlarmEvent,
     AlarmState,
 )
-from edge_agent.outbox import Lane, Outbox, OutboxFull
+from edge_agent.outbox import AlarmJournal, AppendListener, Lane, OutboxFull, RuleState
 from edge_agent.rules.compile import CompiledRule
 from edge_agent.rules.engine import RuleEngine
 from edge_agent.rules.model import Action
-from edge_agent.sender import RunInDb, Sender
 
 log = logging.getLogger(__name__)
 TICK_S = 0.1
@@ -56,14 +56,12 @@ class AlarmService:
     def __init__(
         self,
         engine: RuleEngine,
-        outbox: Outbox,
-        in_db: RunInDb,
-        sender: Sender,
+        journal: AlarmJournal,
+        sender: AppendListener,
         drivers: Mapping[str, Driver],
     ) -> None:
         self.engine = engine
-        self._outbox = outbox
-        self._in_db = in_db
+        self._journal = journal
         self._sender = sender
         self._drivers = drivers
         self._last_action: dict[tuple[str, str], float] = {}
@@ -75,10 +73,8 @@ class AlarmService:
         self._disk_full = False
 
     @staticmethod
-    async def restore(
-        rules: list[CompiledRule], outbox: Outbox, in_db: RunInDb, settings: Alarms
-    ) -> RuleEngine:
-        saved = await in_db(outbox.alarm_states)
+    async def restore(rules: list[CompiledRule], state: RuleState, settings: Alarms) -> RuleEngine:
+        saved = await state.load()
         engine = RuleEngine(rules, restored=saved, **settings.engine_options())
         active = [
             k
@@ -163,7 +159,7 @@ class AlarmService:
             return
         rows = write.events()
         try:
-            last = await self._in_db(lambda: self._outbox.record_alarms(rows, write.states))
+            last = await self._journal.record(rows, write.states)
         except OutboxFull as exc:
             self.not_committed(write, exc)
             return
@@ -183,6 +179,8 @@ class AlarmService:
             events = self.engine.reset(alarm, by)
         elif name == "alarm.shelve":
             for_s = float(args.get("for_s", 3600))
+            if not math.isfinite(for_s):
+                raise ValueError(f"for_s must be a number of seconds, not {for_s}")
             events = self.engine.shelve(alarm, for_s, str(args.get("reason", "")), by)
         elif name == "alarm.unshelve":
             events = self.engine.unshelve(alarm, by)

@@ -12,9 +12,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Iterable
-from concurrent.futures import ThreadPoolExecutor
-from typing import Any, TypeVar
+from collections.abc import Iterable
+from typing import Any
 
 from drivers.modbus.bus import ModbusBuses
 from edge_agent import __version__
@@ -26,7 +25,7 @@ from edge_agent.contract import Channel, encode_state
 from edge_agent.contract.commands import load_public_key
 from edge_agent.devices import open_driver, point_units
 from edge_agent.health import HealthReporter
-from edge_agent.outbox import Outbox
+from edge_agent.outbox import AgentOutbox
 from edge_agent.polling import DevicePoller
 from edge_agent.sender import Sender
 from edge_agent.uplink import Uplink
@@ -35,7 +34,6 @@ log = logging.getLogger(__name__)
 # Drivers report every device failure once, in their own words, and count the rest;
 # pymodbus would log each retry and failed connect again, at every poll.
 logging.getLogger("pymodbus").setLevel(logging.CRITICAL)
-T = TypeVar("T")
 
 
 async def run_agent(loaded: LoadedConfig, stop: asyncio.Event) -> None:
@@ -43,19 +41,12 @@ async def run_agent(loaded: LoadedConfig, stop: asyncio.Event) -> None:
     gw = cfg.gateway.id
     topics = cfg.topics
     loop = asyncio.get_running_loop()
-    executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="outbox")
-
-    def in_db(fn: Callable[[], T]) -> asyncio.Future[T]:
-        return loop.run_in_executor(executor, fn)
-
     ob = cfg.outbox
-    outbox = await in_db(
-        lambda: Outbox(
-            ob.path,
-            max_bytes=int(ob.max_mb * 1e6),
-            max_age_s=ob.max_age,
-            ballast_bytes=int(min(ob.ballast_mb, ob.max_mb / 4) * 1e6),
-        )
+    outbox = await AgentOutbox.open(
+        ob.path,
+        max_bytes=int(ob.max_mb * 1e6),
+        max_age_s=ob.max_age,
+        ballast_bytes=int(min(ob.ballast_mb, ob.max_mb / 4) * 1e6),
     )
     state_topic = topics.gw(gw, Channel.STATE)
     started = time.time()
@@ -85,9 +76,9 @@ async def run_agent(loaded: LoadedConfig, stop: asyncio.Event) -> None:
     sender = Sender(
         gateway=gw,
         topics=topics,
-        outbox=outbox,
+        telemetry=outbox.telemetry,
+        alarms=outbox.alarms,
         uplink=uplink,
-        in_db=in_db,
         batch_max=cfg.outbox.batch_max,
         window=cfg.outbox.window,
         ack_timeout_s=cfg.outbox.ack_timeout_s,
@@ -95,8 +86,8 @@ async def run_agent(loaded: LoadedConfig, stop: asyncio.Event) -> None:
     modbus_buses = ModbusBuses()  # devices on one serial line or endpoint share it
     ids = [dev.id for dev in cfg.devices]  # an id taken from a topic must not be one of these
     drivers = {dev.id: open_driver(dev, modbus_buses, gateway_ids=ids) for dev in cfg.devices}
-    engine = await AlarmService.restore(cfg.compiled_rules(), outbox, in_db, cfg.alarms)
-    alarms = AlarmService(engine, outbox, in_db, sender, drivers)
+    engine = await AlarmService.restore(cfg.compiled_rules(), outbox, cfg.alarms)
+    alarms = AlarmService(engine, outbox.alarms, sender, drivers)
     command_key = (
         load_public_key(cfg.central.command_key) if cfg.central.command_key is not None else None
     )
@@ -104,15 +95,14 @@ async def run_agent(loaded: LoadedConfig, stop: asyncio.Event) -> None:
         gateway=gw,
         topics=topics,
         uplink=uplink,
-        outbox=outbox,
-        in_db=in_db,
+        ledger=outbox,
         public_key=command_key,
         handlers={
             name: alarms.command
             for name in ("alarm.ack", "alarm.reset", "alarm.shelve", "alarm.unshelve")
         },
     )
-    committer = Committer(outbox, in_db, sender, alarms)
+    committer = Committer(outbox.telemetry, outbox.alarms, sender, alarms)
     pollers = [
         DevicePoller(dev, point_units(dev), drivers[dev.id], committer.put) for dev in cfg.devices
     ]
@@ -120,7 +110,6 @@ async def run_agent(loaded: LoadedConfig, stop: asyncio.Event) -> None:
         gateway=gw,
         topics=topics,
         outbox=outbox,
-        in_db=in_db,
         uplink=uplink,
         sender=sender,
         pollers=pollers,
@@ -171,8 +160,7 @@ async def run_agent(loaded: LoadedConfig, stop: asyncio.Event) -> None:
         await uplink.stop(last_words=(state_topic, goodbye))
         for p in pollers:
             await p.driver.aclose()
-        await in_db(outbox.close)
-        executor.shutdown(wait=True)
+        await outbox.aclose()
         log.info("gateway %s stopped", gw)
 
 

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import time
-from collections.abc import AsyncIterator, Callable
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -15,7 +13,7 @@ import pytest
 from drivers.base import Quality, Reading
 from edge_agent.alarms import AlarmService
 from edge_agent.config.models import Alarms
-from edge_agent.outbox import Lane, Outbox
+from edge_agent.outbox import AgentOutbox, DbThread, Lane, Outbox
 from edge_agent.rules.compile import compile_rules
 from edge_agent.rules.engine import RuleEngine
 from edge_agent.rules.model import Rule
@@ -35,17 +33,11 @@ class FakeSender:
 
 
 @pytest.fixture
-async def outbox(tmp_path: Path) -> AsyncIterator[tuple[Outbox, Callable[..., Any]]]:
-    executor = ThreadPoolExecutor(max_workers=1)
-    loop = asyncio.get_running_loop()
+async def outbox(tmp_path: Path) -> AsyncIterator[tuple[Outbox, AgentOutbox]]:
     ob = Outbox(tmp_path / "outbox.db", max_bytes=10**8)
-
-    def in_db(fn: Callable[[], T]) -> asyncio.Future[T]:
-        return loop.run_in_executor(executor, fn)
-
-    yield ob, in_db
-    ob.close()
-    executor.shutdown(wait=True)
+    agent_outbox = AgentOutbox(ob, DbThread())
+    yield ob, agent_outbox
+    await agent_outbox.aclose()
 
 
 def rules() -> list[Any]:
@@ -61,10 +53,10 @@ def history(ob: Outbox) -> list[dict[str, Any]]:
 
 
 async def test_the_reply_to_an_ack_names_the_state_the_history_and_the_outbox_keep(
-    outbox: tuple[Outbox, Callable[..., Any]],
+    outbox: tuple[Outbox, AgentOutbox],
 ) -> None:
-    ob, in_db = outbox
-    alarms = AlarmService(RuleEngine(rules()), ob, in_db, FakeSender(), {})  # type: ignore[arg-type]
+    ob, agent_outbox = outbox
+    alarms = AlarmService(RuleEngine(rules()), agent_outbox.alarms, FakeSender(), {})
     await alarms.record(alarms.observe(smoke(3.0)))
     await alarms.record(alarms.observe(smoke(1.0)))
     reply = await alarms.command("alarm.ack", {"alarm": KEY, "by": "ops"})
@@ -75,13 +67,13 @@ async def test_the_reply_to_an_ack_names_the_state_the_history_and_the_outbox_ke
 
 
 async def test_an_alarm_state_saved_as_normal_by_an_older_agent_is_restored(
-    outbox: tuple[Outbox, Callable[..., Any]],
+    outbox: tuple[Outbox, AgentOutbox],
 ) -> None:
-    ob, in_db = outbox
+    ob, agent_outbox = outbox
     old = {"state": "normal", "occurrence": 3, "since": 100.0, "acked_by": "ops"}
     ob.record_alarms([], [(KEY, json.dumps(old))])
-    engine = await AlarmService.restore(rules(), ob, in_db, Alarms())
-    alarms = AlarmService(engine, ob, in_db, FakeSender(), {})  # type: ignore[arg-type]
+    engine = await AlarmService.restore(rules(), agent_outbox, Alarms())
+    alarms = AlarmService(engine, agent_outbox.alarms, FakeSender(), {})
     assert engine.instances[KEY].p.state == "cleared"
     await alarms.record(alarms.observe(smoke(3.0)))
     (raised,) = history(ob)

@@ -277,15 +277,15 @@ class AlarmEvent:
         }
         if self.occurrence is not None:
             out["occurrence"] = self.occurrence
-            out["since"] = self.since
+            out["since"] = wire_value(self.since)
         elif self.since is not None:
-            out["since"] = self.since
+            out["since"] = wire_value(self.since)
         if self.values is not None:
             out["values"] = {k: wire_value(v) for k, v in self.values.items()}
         for name in _PLAIN:
             value = getattr(self, name)
             if value is not None:
-                out[name] = value.value if isinstance(value, StrEnum) else value
+                out[name] = value.value if isinstance(value, StrEnum) else wire_value(value)
         if self.suppressed is not None:
             out["suppressed"] = dict(self.suppressed)
         for name in ("action", "dropped", "corrupt"):
