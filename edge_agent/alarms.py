@@ -168,7 +168,20 @@ class AlarmService:
             raise
         self.committed(write, last if rows else 0)
 
+    def health(self) -> dict[str, object]:
+        return {
+            "alarms": {
+                "rules": len(self.engine.instances),
+                "engine_errors": self.engine_errors,
+                "actions_run": self.actions_run,
+                "events_lost_disk_full": self.lost_disk_full,
+            }
+        }
+
     # --- commands from the center -------------------------------------------------------
+
+    COMMANDS = ("alarm.ack", "alarm.reset", "alarm.shelve", "alarm.unshelve")
+    """The commands from the center that ``command`` carries out."""
 
     async def command(self, name: str, args: Mapping[str, Any]) -> dict[str, Any]:
         alarm = str(args.get("alarm", ""))

@@ -50,6 +50,9 @@ class Committer:
         self.lost_disk_full = 0
         self._disk_full = False
 
+    def health(self) -> dict[str, object]:
+        return {"lost_disk_full": self.lost_disk_full}
+
     async def put(self, readings: list[Reading]) -> None:
         await self._queue.put(readings)
 

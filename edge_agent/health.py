@@ -6,7 +6,7 @@ import asyncio
 import os
 import shutil
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Protocol, runtime_checkable
 
 from edge_agent.contract import Channel, Topics, encode_health
@@ -37,6 +37,12 @@ class CpuMeter:
         pct = 100.0 * (cpu - self._cpu) / max(wall - self._wall, 1e-6)
         self._wall, self._cpu = wall, cpu
         return round(pct, 1)
+
+
+class HealthSource(Protocol):
+    """A part of the agent that adds its own counters to the report (top-level keys)."""
+
+    def health(self) -> dict[str, object]: ...
 
 
 class HealthUplink(Protocol):
@@ -85,7 +91,7 @@ class HealthReporter:
         sender: Sender,
         pollers: list[DevicePoller],
         interval_s: float,
-        extra: Callable[[], dict[str, object]] | None = None,
+        sources: Sequence[HealthSource] = (),
     ) -> None:
         self._gw = gateway
         self._topic = topics.gw(gateway, Channel.HEALTH)
@@ -95,7 +101,7 @@ class HealthReporter:
         self._pollers = pollers
         self._interval = interval_s
         self._cpu = CpuMeter()
-        self._extra = extra
+        self._sources = list(sources)
 
     async def report(self) -> dict[str, object]:
         stats: OutboxStats = await self._outbox.stats()
@@ -125,8 +131,8 @@ class HealthReporter:
             "mem_rss_mb": round(rss_mb(), 1),
             "disk_free_mb": round(disk_free, 1),
         }
-        if self._extra is not None:
-            body.update(self._extra())
+        for source in self._sources:
+            body.update(source.health())
         self._uplink.publish(self._topic, encode_health(self._gw, now, **body), qos=0)
         return body
 

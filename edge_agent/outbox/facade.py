@@ -14,6 +14,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TypeVar
 
+from edge_agent.config.models import Outbox as OutboxSettings
 from edge_agent.contract.alarms import AlarmEvent
 from edge_agent.outbox.interfaces import SeqRanges
 from edge_agent.outbox.lanes import Lane, OutboxStats
@@ -65,6 +66,21 @@ class AgentOutbox:
             thread.shutdown()
             raise
         return cls(outbox, thread)
+
+    @classmethod
+    async def from_config(
+        cls, settings: OutboxSettings, thread: DbThread | None = None
+    ) -> AgentOutbox:
+        """Open the outbox a gateway's config describes (sizes in MB there, bytes here)."""
+        max_bytes = int(settings.max_mb * 1e6)
+        return await cls.open(
+            settings.path,
+            max_bytes=max_bytes,
+            max_age_s=settings.max_age,
+            # at most a quarter of the cap: the ballast must never be most of the room
+            ballast_bytes=int(min(settings.ballast_mb, settings.max_mb / 4) * 1e6),
+            thread=thread,
+        )
 
     @property
     def stream_id(self) -> str:
