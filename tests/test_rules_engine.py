@@ -320,6 +320,14 @@ def test_the_rest_state_is_cleared_everywhere() -> None:
     assert dict(e.take_dirty())["det-3/smoke.alarm"]["state"] == "cleared"
 
 
+@pytest.mark.parametrize("saved", ["garbled", "shelved", None, 3])
+def test_a_saved_state_that_is_no_lifecycle_state_is_restored_as_cleared(saved: object) -> None:
+    e = engine(SMOKE, restored={"det-3/smoke.alarm": {"state": saved, "occurrence": 2}})
+    assert e.instances["det-3/smoke.alarm"].p.state == "cleared"
+    (ev,) = feed(e, 1, smoke=3)  # raised again: its condition holds
+    assert (ev.state, ev.occurrence) == ("active", 3)
+
+
 def test_a_state_saved_as_normal_by_an_older_agent_is_restored_as_cleared() -> None:
     saved = {"det-3/smoke.alarm": {"state": "normal", "occurrence": 4, "since": 10.0}}
     e = engine({**SMOKE, "off_delay_s": 0}, restored=saved)

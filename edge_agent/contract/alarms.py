@@ -61,8 +61,15 @@ class AlarmState(StrEnum):
     def restored(cls, saved: object) -> AlarmState:
         """A lifecycle state read back from a gateway's outbox. Earlier agents wrote the
         rest state as ``normal``: read as ``cleared``, so a gateway upgraded in place
-        keeps its alarms."""
-        return cls.CLEARED if saved == "normal" else cls(str(saved))
+        keeps its alarms. Anything else that is not a lifecycle state (a damaged row)
+        is read as ``cleared`` too: the alarm is raised again if its condition holds,
+        rather than the gateway refusing to start."""
+        if saved in _LIFECYCLE:
+            return cls(str(saved))
+        return cls.CLEARED
+
+
+_LIFECYCLE = frozenset({"active", "acknowledged", "cleared", "cleared_unacked"})
 
 
 class Severity(StrEnum):
