@@ -29,7 +29,8 @@ from typing import Any
 
 import sqlite_utils
 
-from edge_agent.contract import AlarmEvent, NamedRows, TelemetryBatch
+from edge_agent.contract import AlarmMessage, AlarmState, NamedRows, TelemetryBatch
+from edge_agent.contract.alarms import DroppedRows
 from edge_agent.sqlite_wal import use_wal
 
 SCHEMA = """
@@ -239,34 +240,30 @@ class Store:
         )
         return int(cur.rowcount)
 
-    def insert_alarm(self, event: AlarmEvent) -> int:
-        dropped = event.extra.get("dropped")
-        if (
-            event.rule == "outbox.dropped"
-            and isinstance(dropped, dict)
-            and all(isinstance(dropped.get(k), int) for k in ("first", "last", "count"))
-        ):
-            self._insert_loss(event, dropped)
-        stored = self._insert_alarm_event(event)
+    def insert_alarm(self, message: AlarmMessage) -> int:
+        dropped = message.event.dropped
+        if message.event.rule == "outbox.dropped" and dropped is not None:
+            self._insert_loss(message, dropped)
+        stored = self._insert_alarm_event(message)
         if stored:
-            self._update_alarm(event)
+            self._update_alarm(message)
         return stored
 
-    def _insert_loss(self, event: AlarmEvent, d: dict[str, Any]) -> None:
+    def _insert_loss(self, message: AlarmMessage, d: DroppedRows) -> None:
         """The gateway says exactly which readings it had to drop: keep that for operators."""
         self.db.conn.execute(
             "INSERT OR IGNORE INTO losses (gateway, stream, first_seq, last_seq, count, "
             "ts_first, ts_last, cause, reported) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (
-                event.gw,
-                event.stream,
-                cell(d.get("first")),
-                cell(d.get("last")),
-                cell(d.get("count")),
-                cell(d.get("ts_first")),
-                cell(d.get("ts_last")),
-                str(d.get("cause")),
-                event.ts,
+                message.gw,
+                message.stream,
+                cell(d.first),
+                cell(d.last),
+                cell(d.count),
+                d.ts_first,
+                d.ts_last,
+                str(d.cause),
+                message.event.ts,
             ),
         )
 
@@ -314,23 +311,23 @@ class Store:
         sql = "SELECT * FROM losses" + (" WHERE " + " AND ".join(where) if where else "")
         return list(self.db.query(sql + " ORDER BY gateway, stream, first_seq", args))
 
-    def _update_alarm(self, event: AlarmEvent) -> None:
+    def _update_alarm(self, message: AlarmMessage) -> None:
         """The current state of each alarm, as its latest transition left it."""
-        x = event.extra
-        if "action" in x:
+        event = message.event
+        if event.action is not None or "action" in event.extra:
             return  # an action's result is history, not a transition
         state = event.state
-        shelved_until = x.get("shelved_until") if state == "shelved" else None
-        if state in ("shelved", "unshelved"):
+        if state in (AlarmState.SHELVED, AlarmState.UNSHELVED):
+            shelved_until = event.shelved_until if state is AlarmState.SHELVED else None
             self.db.conn.execute(
                 "UPDATE alarms SET shelved_until = ?, events = events + 1 "
                 "WHERE gateway = ? AND alarm_id = ?",
-                (cell(shelved_until), event.gw, event.id),
+                (shelved_until, message.gw, event.id),
             )
             return
-        since = x.get("since")  # when the occurrence began, on every event of a rule's alarm
-        if not isinstance(since, int | float) or isinstance(since, bool):
-            new = state == "active" and not x.get("retrigger") and not x.get("reannounced")
+        since = event.since  # when the occurrence began, on every event of a rule's alarm
+        if since is None:
+            new = state is AlarmState.ACTIVE and not event.retrigger and not event.reannounced
             since = event.ts if new else None
         self.db.conn.execute(
             "INSERT INTO alarms (gateway, alarm_id, rule, device, severity, state, value, since, "
@@ -341,18 +338,18 @@ class Store:
             "acked_by = excluded.acked_by, since = coalesce(excluded.since, alarms.since), "
             "events = alarms.events + 1 WHERE excluded.ts >= alarms.ts",
             (
-                event.gw,
+                message.gw,
                 event.id,
                 event.rule,
                 event.dev,
-                event.severity,
-                state,
+                event.severity.value,
+                state.value,
                 cell(event.value),
-                cell(since),
+                since,
                 event.ts,
                 event.msg,
-                cell(x.get("occurrence")),
-                cell(x.get("acked_by")),
+                cell(event.occurrence),
+                event.acked_by,
             ),
         )
 
@@ -373,23 +370,24 @@ class Store:
         )
         return [json.loads(r["body"]) for r in rows]
 
-    def _insert_alarm_event(self, event: AlarmEvent) -> int:
+    def _insert_alarm_event(self, message: AlarmMessage) -> int:
+        event = message.event
         cur = self.db.conn.execute(
             "INSERT OR IGNORE INTO alarm_events (gateway, stream, seq, alarm_id, rule, device, "
             "severity, state, value, ts, msg, body) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (
-                event.gw,
-                event.stream,
-                event.seq,
+                message.gw,
+                message.stream,
+                message.seq,
                 event.id,
                 event.rule,
                 event.dev,
-                event.severity,
-                event.state,
+                event.severity.value,
+                event.state.value,
                 cell(event.value),
                 event.ts,
                 event.msg,
-                json.dumps(event.to_json()),
+                json.dumps(message.to_json()),
             ),
         )
         return int(cur.rowcount)

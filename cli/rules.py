@@ -25,16 +25,17 @@ def rules_test(
 
     cfg = load_config_or_exit(config).config
     try:
-        events = replay_file(
+        replayed = replay_file(
             cfg.compiled_rules(), replay, tail_s=tail, settings=cfg.alarms.engine_options()
         )
     except (OSError, ReplayError) as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(1) from None
+    events = [e.to_json() for e in replayed]
     if json_out:
         import json
 
-        typer.echo(json.dumps(events, indent=2, default=str))
+        typer.echo(json.dumps(events, indent=2))
         return
     if not events:
         typer.echo("no alarms")

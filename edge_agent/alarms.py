@@ -9,18 +9,25 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import math
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from drivers.base import Driver, DriverError, Reading
 from edge_agent.config.models import AlarmsConfig
-from edge_agent.outbox import Lane, Outbox, OutboxFull
+from edge_agent.contract.alarms import (
+    ActionReport,
+    ActionResult,
+    ActionWrite,
+    AlarmEvent,
+    AlarmState,
+)
+from edge_agent.outbox import AlarmJournal, AppendListener, Lane, OutboxFull, RuleState
 from edge_agent.rules.compile import CompiledRule
-from edge_agent.rules.engine import ACTIVE, CLEARED, CLEARED_UNACKED, Event, RuleEngine
+from edge_agent.rules.engine import RuleEngine
 from edge_agent.rules.model import Action
-from edge_agent.sender import RunInDb, Sender
 
 log = logging.getLogger(__name__)
 TICK_S = 0.1
@@ -28,64 +35,61 @@ HELD_MAX = 10_000
 """Alarm events kept in memory while a full disk refuses them; past this the oldest go."""
 
 
-def encode_event(event: Event) -> tuple[float, str]:
-    return float(event["ts"]), json.dumps(
-        event, separators=(",", ":"), ensure_ascii=False, default=str
-    )
-
-
 @dataclass(slots=True)
 class AlarmWrite:
     """What one commit must make durable: events (their actions not run yet: ``new``;
     already run, or none to run: ``held``) and the alarm states as the engine has them."""
 
-    new: list[Event] = field(default_factory=list)
-    held: list[Event] = field(default_factory=list)
+    new: list[AlarmEvent] = field(default_factory=list)
+    held: list[AlarmEvent] = field(default_factory=list)
     states: list[tuple[str, str]] = field(default_factory=list)
 
     def __bool__(self) -> bool:
         return bool(self.new or self.held or self.states)
 
-    def rows(self) -> list[tuple[float, str]]:
-        return [encode_event(e) for e in (*self.held, *self.new)]
+    def events(self) -> list[AlarmEvent]:
+        """In the order they are written: those held back first."""
+        return [*self.held, *self.new]
 
 
 class AlarmService:
     def __init__(
         self,
         engine: RuleEngine,
-        outbox: Outbox,
-        in_db: RunInDb,
-        sender: Sender,
+        journal: AlarmJournal,
+        sender: AppendListener,
         drivers: Mapping[str, Driver],
     ) -> None:
         self.engine = engine
-        self._outbox = outbox
-        self._in_db = in_db
+        self._journal = journal
         self._sender = sender
         self._drivers = drivers
         self._last_action: dict[tuple[str, str], float] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self.actions_run = 0
         self.engine_errors = 0
-        self._held: list[Event] = []  # refused by a full disk: written with the next commit
+        self._held: list[AlarmEvent] = []  # refused by a full disk: written with the next commit
         self.lost_disk_full = 0  # alarm events given up (past HELD_MAX) on a full disk
         self._disk_full = False
 
     @staticmethod
     async def restore(
-        rules: list[CompiledRule], outbox: Outbox, in_db: RunInDb, settings: AlarmsConfig
+        rules: list[CompiledRule], state: RuleState, settings: AlarmsConfig
     ) -> RuleEngine:
-        saved = await in_db(outbox.alarm_states)
+        saved = await state.load()
         engine = RuleEngine(rules, restored=saved, **settings.engine_options())
-        active = [k for k, s in saved.items() if s.get("state") not in (None, "normal")]
+        active = [
+            k
+            for k, s in saved.items()
+            if AlarmState.restored(s.get("state", AlarmState.CLEARED)) is not AlarmState.CLEARED
+        ]
         if active:
-            log.info("restored %d alarm(s) not normal: %s", len(active), ", ".join(active))
+            log.info("restored %d alarm(s) not cleared: %s", len(active), ", ".join(active))
         return engine
 
     # --- called by the committer with each poll's readings -----------------------------
 
-    def observe(self, readings: list[Reading]) -> list[Event]:
+    def observe(self, readings: list[Reading]) -> list[AlarmEvent]:
         try:
             return self.engine.observe(readings)
         except Exception:  # a rule bug must never cost the readings themselves
@@ -97,7 +101,7 @@ class AlarmService:
         if self.engine_errors == 1:
             log.exception("rule engine failed while %s; counting further failures", doing)
 
-    def take(self, events: list[Event], acted: bool = False) -> AlarmWrite:
+    def take(self, events: list[AlarmEvent], acted: bool = False) -> AlarmWrite:
         """Events to commit, with those a full disk refused before and the dirty states.
         Exactly one of ``committed`` or ``not_committed`` must follow."""
         write = AlarmWrite(
@@ -151,13 +155,13 @@ class AlarmService:
                 continue
             await self.record(events)
 
-    async def record(self, events: list[Event], acted: bool = False) -> None:
+    async def record(self, events: list[AlarmEvent], acted: bool = False) -> None:
         write = self.take(events, acted)
         if not write:
             return
-        rows = write.rows()
+        rows = write.events()
         try:
-            last = await self._in_db(lambda: self._outbox.record_alarms(rows, write.states))
+            last = await self._journal.record(rows, write.states)
         except OutboxFull as exc:
             self.not_committed(write, exc)
             return
@@ -166,7 +170,20 @@ class AlarmService:
             raise
         self.committed(write, last if rows else 0)
 
+    def health(self) -> dict[str, object]:
+        return {
+            "alarms": {
+                "rules": len(self.engine.instances),
+                "engine_errors": self.engine_errors,
+                "actions_run": self.actions_run,
+                "events_lost_disk_full": self.lost_disk_full,
+            }
+        }
+
     # --- commands from the center -------------------------------------------------------
+
+    COMMANDS = ("alarm.ack", "alarm.reset", "alarm.shelve", "alarm.unshelve")
+    """The commands from the center that ``command`` carries out."""
 
     async def command(self, name: str, args: Mapping[str, Any]) -> dict[str, Any]:
         alarm = str(args.get("alarm", ""))
@@ -177,26 +194,28 @@ class AlarmService:
             events = self.engine.reset(alarm, by)
         elif name == "alarm.shelve":
             for_s = float(args.get("for_s", 3600))
+            if not math.isfinite(for_s):
+                raise ValueError(f"for_s must be a number of seconds, not {for_s}")
             events = self.engine.shelve(alarm, for_s, str(args.get("reason", "")), by)
         elif name == "alarm.unshelve":
             events = self.engine.unshelve(alarm, by)
         else:
             raise KeyError(name)
         await self.record(events)
-        return {"alarm": alarm, "state": self.engine.instances[alarm].p.state}
+        return {"alarm": alarm, "state": self.engine.instances[alarm].p.state.value}
 
     # --- local actions ------------------------------------------------------------------
 
-    def _act(self, event: Event) -> None:
-        key = str(event.get("id"))
+    def _act(self, event: AlarmEvent) -> None:
+        key = event.id
         inst = self.engine.instances.get(key)
-        if inst is None or event.get("retrigger") or event.get("reannounced"):
+        if inst is None or event.retrigger or event.reannounced:
             return
-        state = event.get("state")
+        state = event.state
         actions = inst.rule.rule.actions
-        if state == ACTIVE:
+        if state is AlarmState.ACTIVE:
             phase, todo = "on_active", actions.on_active
-        elif state in (CLEARED, CLEARED_UNACKED):
+        elif state in (AlarmState.CLEARED, AlarmState.CLEARED_UNACKED):
             phase, todo = "on_cleared", actions.on_cleared
         else:
             return
@@ -209,32 +228,25 @@ class AlarmService:
         task.add_done_callback(self._tasks.discard)
 
     async def _run_actions(
-        self, key: str, phase: str, todo: list[Action], min_interval: float, event: Event
+        self, key: str, phase: str, todo: list[Action], min_interval: float, event: AlarmEvent
     ) -> None:
         now = time.monotonic()
         last = self._last_action.get((key, phase))
-        results: list[dict[str, Any]] = []
+        results: list[ActionResult] = []
         if last is not None and now - last < min_interval:
-            results = [
-                {
-                    "write": a.write.model_dump(),
-                    "ok": False,
-                    "error": f"skipped: flapping guard ({min_interval:g} s)",
-                }
-                for a in todo
-            ]
+            skipped = f"skipped: flapping guard ({min_interval:g} s)"
+            results = [ActionResult(_target(a), False, skipped) for a in todo]
         else:
             self._last_action[(key, phase)] = now
             for action in todo:
                 results.append(await self._write(action))
         self.actions_run += len(results)
-        history = {**event, "ts": time.time(), "action": {"phase": phase, "results": results}}
-        history.pop("retrigger", None)
+        report = ActionReport(phase, tuple(results))
+        history = replace(event, ts=time.time(), action=report, retrigger=None)
         await self.record_history(history)
 
-    async def _write(self, action: Action) -> dict[str, Any]:
+    async def _write(self, action: Action) -> ActionResult:
         target = action.write
-        result: dict[str, Any] = {"write": target.model_dump(), "ok": True, "error": None}
         driver = self._drivers.get(target.device)
         try:
             if driver is None:
@@ -242,15 +254,21 @@ class AlarmService:
             async with asyncio.timeout(10):  # not wait_for: see Sender.run
                 await driver.write(target.point, target.value)
         except (DriverError, TimeoutError) as exc:
-            result.update(ok=False, error=str(exc) or type(exc).__name__)
+            error = str(exc) or type(exc).__name__
             log.warning(
                 "action write %s.%s=%r failed: %s",
                 target.device,
                 target.point,
                 target.value,
-                result["error"],
+                error,
             )
-        return result
+            return ActionResult(_target(action), False, error)
+        return ActionResult(_target(action), True, None)
 
-    async def record_history(self, event: Event) -> None:
+    async def record_history(self, event: AlarmEvent) -> None:
         await self.record([event], acted=True)  # a result: nothing more to act on
+
+
+def _target(action: Action) -> ActionWrite:
+    w = action.write
+    return ActionWrite(w.device, w.point, w.value)

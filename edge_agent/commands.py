@@ -11,17 +11,24 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping
-from typing import Any
+from typing import Any, Protocol
 
 from edge_agent.contract import Channel, Topics
 from edge_agent.contract.commands import CommandRejected, encode_reply, verify
-from edge_agent.outbox import Outbox
+from edge_agent.outbox import CommandLedger
 from edge_agent.rules.engine import CommandRefused
-from edge_agent.sender import RunInDb
-from edge_agent.uplink import Inbound, Uplink
+from edge_agent.uplink import Inbound
 
 log = logging.getLogger(__name__)
 Handler = Callable[[str, Mapping[str, Any]], Awaitable[dict[str, Any]]]
+
+
+class CommandUplink(Protocol):
+    """What the command channel needs of the MQTT session."""
+
+    def subscribe(self, topic: str, handler: Callable[[Inbound], None]) -> None: ...
+
+    def reply(self, request: Inbound, payload: bytes) -> bool: ...
 
 
 class CommandChannel:
@@ -30,15 +37,13 @@ class CommandChannel:
         *,
         gateway: str,
         topics: Topics,
-        uplink: Uplink,
-        outbox: Outbox,
-        in_db: RunInDb,
+        uplink: CommandUplink,
+        ledger: CommandLedger,
         public_key: Any | None,
         handlers: Mapping[str, Handler],
     ) -> None:
         self._uplink = uplink
-        self._outbox = outbox
-        self._in_db = in_db
+        self._ledger = ledger
         self._key = public_key
         self._handlers = handlers
         self._tasks: set[asyncio.Task[None]] = set()
@@ -62,9 +67,7 @@ class CommandChannel:
                 raise CommandRejected("this gateway has no command key: commands are refused")
             command = verify(message.payload, self._key)
             cmd_id = command["id"]
-            fresh = await self._in_db(
-                lambda: self._outbox.remember_command(cmd_id, command["expires"], time.time())
-            )
+            fresh = await self._ledger.remember(cmd_id, command["expires"], time.time())
             if not fresh:
                 raise CommandRejected("replayed command")
             handler = self._handlers.get(command["cmd"])

@@ -1,7 +1,7 @@
 """Group commit: readings from every poller become one outbox transaction at a time.
 
 Pollers put their readings on a bounded queue; the committer takes everything waiting,
-encodes it, and commits it in one transaction on the outbox thread. Many devices polled
+encodes it, and commits it in one transaction (alarm events in one before it). Many devices polled
 at once cost one fsync, not one each. The bounded queue is the backpressure: if the
 disk stalls, pollers wait (and count overruns) instead of growing memory.
 """
@@ -16,8 +16,7 @@ from dataclasses import dataclass
 from drivers.base import Reading
 from edge_agent.alarms import AlarmService, AlarmWrite
 from edge_agent.contract import ReadingEncoder
-from edge_agent.outbox import Lane, Outbox, OutboxFull
-from edge_agent.sender import RunInDb, Sender
+from edge_agent.outbox import AlarmJournal, AppendListener, Lane, OutboxFull, TelemetryLog
 
 log = logging.getLogger(__name__)
 BOUNDS_CHECK_S = 1.0
@@ -34,15 +33,15 @@ class _Outcome:
 class Committer:
     def __init__(
         self,
-        outbox: Outbox,
-        in_db: RunInDb,
-        sender: Sender,
+        telemetry: TelemetryLog,
+        journal: AlarmJournal,
+        sender: AppendListener,
         alarms: AlarmService | None = None,
         queue_max: int = 256,
     ) -> None:
         self._alarms = alarms
-        self._outbox = outbox
-        self._in_db = in_db
+        self._telemetry = telemetry
+        self._journal = journal
         self._sender = sender
         self._queue: asyncio.Queue[list[Reading]] = asyncio.Queue(maxsize=queue_max)
         self._encoder = ReadingEncoder()
@@ -50,6 +49,9 @@ class Committer:
         self.committed = 0
         self.lost_disk_full = 0
         self._disk_full = False
+
+    def health(self) -> dict[str, object]:
+        return {"lost_disk_full": self.lost_disk_full}
 
     async def put(self, readings: list[Reading]) -> None:
         await self._queue.put(readings)
@@ -73,8 +75,7 @@ class Committer:
         if check_bounds:
             self._last_bounds_check = time.monotonic()
         try:
-            alarm_rows = write.rows()
-            out = await self._in_db(lambda: self._commit(rows, write, alarm_rows, check_bounds))
+            out = await self._commit(rows, write, check_bounds)
         except BaseException as exc:
             if alarms is not None:
                 alarms.not_committed(write, exc, act=False)
@@ -100,31 +101,25 @@ class Committer:
         self.committed += len(rows)
         self._sender.appended(Lane.TELEMETRY, out.last)
 
-    def _commit(
-        self,
-        rows: list[tuple[float, str]],
-        write: AlarmWrite,
-        alarm_rows: list[tuple[float, str]],
-        check_bounds: bool,
+    async def _commit(
+        self, rows: list[tuple[float, str]], write: AlarmWrite, check_bounds: bool
     ) -> _Outcome:
-        """On the outbox thread: alarms first, then the readings, then (now and then)
-        the bounds. A full disk costs readings (counted), never the agent: alarms get
-        the room first, and readings are not even tried while alarms wait for it."""
-        ob = self._outbox
+        """Alarms first, then the readings, then (now and then) the bounds. A full disk
+        costs readings (counted), never the agent: alarms get the room first, and
+        readings are not even tried while alarms wait for it."""
         full: str | None = None
         alarms_ok = True
         last: int | None = None
         if write:
             try:
-                ob.record_alarms(alarm_rows, write.states)
+                await self._journal.record(write.events(), write.states)
             except OutboxFull as exc:
                 alarms_ok, full = False, str(exc)
         if alarms_ok:
             try:
-                last = ob.append(Lane.TELEMETRY, rows)
+                last = await self._telemetry.append(rows)
             except OutboxFull as exc:
                 full = str(exc)
         if check_bounds:
-            ob.enforce_bounds()
-            ob.ensure_ballast()
-        return _Outcome(last, ob.last_seq(Lane.ALARMS), alarms_ok, full)
+            await self._telemetry.upkeep()
+        return _Outcome(last, await self._journal.last_seq(), alarms_ok, full)

@@ -1,9 +1,11 @@
 """From a device's config to its driver. A driver's library is imported only when a
-configured device needs it (importing asyncua alone costs a process ~25 MB)."""
+configured device needs it (importing asyncua alone costs a process ~25 MB): an
+OPC-UA-only gateway never loads pymodbus, a Modbus-only one never loads asyncua."""
 
 from __future__ import annotations
 
-from collections.abc import Collection
+import logging
+from collections.abc import Collection, Sequence
 from typing import TYPE_CHECKING
 
 from drivers.base import Driver
@@ -40,6 +42,22 @@ def open_driver(
 
             return MqttDriver(device, taken_ids=gateway_ids)
     raise TypeError(f"no driver for {type(device).__name__}")  # pragma: no cover
+
+
+def open_drivers(devices: Sequence[DeviceConfig]) -> dict[str, Driver]:
+    """One driver per device, by id, for one agent run: Modbus devices on one serial line
+    or endpoint share it."""
+    ids = [dev.id for dev in devices]  # an id taken from a topic must not be one of these
+    buses: ModbusBuses | None = None
+    if any(isinstance(dev, ModbusDevice) for dev in devices):
+        # lazy: pymodbus is loaded only on a gateway with a Modbus device
+        from drivers.modbus.bus import ModbusBuses
+
+        buses = ModbusBuses()
+        # The driver reports every device failure once, in its own words, and counts the
+        # rest; pymodbus would log each retry and failed connect again, at every poll.
+        logging.getLogger("pymodbus").setLevel(logging.CRITICAL)
+    return {dev.id: open_driver(dev, buses, gateway_ids=ids) for dev in devices}
 
 
 def point_units(device: DeviceConfig) -> list[tuple[str, str | None]]:

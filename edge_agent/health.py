@@ -6,14 +6,13 @@ import asyncio
 import os
 import shutil
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Protocol, runtime_checkable
 
 from edge_agent.contract import Channel, Topics, encode_health
-from edge_agent.outbox import Outbox, OutboxStats
+from edge_agent.outbox import OutboxGauge, OutboxStats
 from edge_agent.polling import DevicePoller
-from edge_agent.sender import RunInDb, Sender
-from edge_agent.uplink import Uplink
+from edge_agent.sender import Sender
 
 _PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
 
@@ -38,6 +37,26 @@ class CpuMeter:
         pct = 100.0 * (cpu - self._cpu) / max(wall - self._wall, 1e-6)
         self._wall, self._cpu = wall, cpu
         return round(pct, 1)
+
+
+class HealthSource(Protocol):
+    """A part of the agent that adds its own counters to the report (top-level keys)."""
+
+    def health(self) -> dict[str, object]: ...
+
+
+class HealthUplink(Protocol):
+    """What the health report needs of the MQTT session."""
+
+    @property
+    def connected(self) -> asyncio.Event: ...
+
+    @property
+    def reconnects(self) -> int: ...
+
+    def publish(
+        self, topic: str, payload: bytes, *, qos: int = 1, retain: bool = False
+    ) -> bool: ...
 
 
 @runtime_checkable
@@ -67,30 +86,28 @@ class HealthReporter:
         *,
         gateway: str,
         topics: Topics,
-        outbox: Outbox,
-        in_db: RunInDb,
-        uplink: Uplink,
+        outbox: OutboxGauge,
+        uplink: HealthUplink,
         sender: Sender,
         pollers: list[DevicePoller],
         interval_s: float,
-        extra: Callable[[], dict[str, object]] | None = None,
+        sources: Sequence[HealthSource] = (),
     ) -> None:
         self._gw = gateway
         self._topic = topics.gw(gateway, Channel.HEALTH)
         self._outbox = outbox
-        self._in_db = in_db
         self._uplink = uplink
         self._sender = sender
         self._pollers = pollers
         self._interval = interval_s
         self._cpu = CpuMeter()
-        self._extra = extra
+        self._sources = list(sources)
 
     async def report(self) -> dict[str, object]:
-        stats: OutboxStats = await self._in_db(self._outbox.stats)
+        stats: OutboxStats = await self._outbox.stats()
         now = time.time()
         try:
-            disk_free = shutil.disk_usage(self._outbox.path.parent).free / 1e6
+            disk_free = shutil.disk_usage(self._outbox.folder).free / 1e6
         except OSError:
             disk_free = -1.0
         body: dict[str, object] = {
@@ -114,8 +131,8 @@ class HealthReporter:
             "mem_rss_mb": round(rss_mb(), 1),
             "disk_free_mb": round(disk_free, 1),
         }
-        if self._extra is not None:
-            body.update(self._extra())
+        for source in self._sources:
+            body.update(source.health())
         self._uplink.publish(self._topic, encode_health(self._gw, now, **body), qos=0)
         return body
 

@@ -24,27 +24,44 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass
-from functools import partial
-from typing import Protocol, TypeVar
+from typing import Protocol
 
-from edge_agent.contract import Ack, Channel, PayloadError, Topics, decode_ack
+from edge_agent.contract import (
+    Ack,
+    AlarmEvent,
+    AlarmMessage,
+    Channel,
+    PayloadError,
+    Topics,
+    decode_ack,
+    encode_alarm,
+)
 from edge_agent.contract.payloads import encode_telemetry_raw
-from edge_agent.outbox import Lane, Outbox
-from edge_agent.uplink import Inbound, Uplink
+from edge_agent.outbox import AlarmJournal, Lane, SentLane, TelemetryLog
+from edge_agent.uplink import Inbound
 
 log = logging.getLogger(__name__)
-T = TypeVar("T")
 
 
-class RunInDb(Protocol):
-    """Runs a function on the outbox's own thread and awaits its result."""
+class SenderUplink(Protocol):
+    """What the sender needs of the MQTT session."""
 
-    def __call__(self, fn: Callable[[], T], /) -> Awaitable[T]: ...
+    @property
+    def connected(self) -> asyncio.Event: ...
+
+    def subscribe(self, topic: str, handler: Callable[[Inbound], None]) -> None: ...
+
+    def on_up(self, fn: Callable[[], None]) -> None: ...
+
+    def on_down(self, fn: Callable[[], None]) -> None: ...
+
+    def publish(
+        self, topic: str, payload: bytes, *, qos: int = 1, retain: bool = False
+    ) -> bool: ...
 
 
 @dataclass(slots=True)
@@ -72,18 +89,20 @@ class Sender:
         *,
         gateway: str,
         topics: Topics,
-        outbox: Outbox,
-        uplink: Uplink,
-        in_db: RunInDb,
+        telemetry: TelemetryLog,
+        alarms: AlarmJournal,
+        uplink: SenderUplink,
         batch_max: int,
         window: int,
         ack_timeout_s: float,
     ) -> None:
         self._gw = gateway
         self._topics = topics
-        self._outbox = outbox
+        self._telemetry = telemetry
+        self._alarms = alarms
+        self._lanes: dict[Lane, SentLane] = {Lane.TELEMETRY: telemetry, Lane.ALARMS: alarms}
+        self._stream = telemetry.stream_id
         self._uplink = uplink
-        self._in_db = in_db
         self._batch_max = batch_max
         self._window = window
         # The backlog keeps fewer batches in flight than live data may: everything in
@@ -135,7 +154,7 @@ class Sender:
         except PayloadError as exc:
             log.warning("ignoring a malformed ack: %s", exc)
             return
-        if ack.stream != self._outbox.stream_id:
+        if ack.stream != self._stream:
             return  # an ack for an outbox file this gateway no longer has
         if self._closing:
             return  # stopping: the outbox may be closed; the rows are sent again next time
@@ -148,7 +167,7 @@ class Sender:
             if not ranges:
                 continue
             try:
-                deleted, forgotten = await self._in_db(partial(self._forget, lane, ranges))
+                deleted, forgotten = await self._lanes[lane].forget(ranges)
             except Exception:
                 log.exception("outbox: deleting acknowledged %s rows failed", lane.value)
                 deleted, forgotten = 0, False
@@ -168,15 +187,6 @@ class Sender:
                 if fl.lane is lane and any(a <= fl.first and fl.last <= b for a, b in ranges):
                     del self._inflight[key]
         self._wake.set()
-
-    def _forget(self, lane: Lane, ranges: tuple[tuple[int, int], ...]) -> tuple[int, bool]:
-        """On the outbox thread: delete acked rows; (rows deleted, none of them left)."""
-        deleted = self._outbox.delete(lane, ranges)
-        if deleted:
-            return deleted, True  # one transaction: all of them are gone
-        # 0 is a repeated ack (nothing left to delete) or a delete that failed (disk full)
-        left = any(self._outbox.fetch(lane, a, b + 1, 1) for a, b in ranges)
-        return 0, not left
 
     async def aclose(self) -> None:
         """Stop taking acks and let those under way finish, before the outbox is closed."""
@@ -215,16 +225,8 @@ class Sender:
         self._need_reset = False
         self._inflight.clear()
 
-        def positions() -> tuple[int | None, int | None, int, int]:
-            ob = self._outbox
-            return (
-                ob.first_seq(Lane.ALARMS),
-                ob.first_seq(Lane.TELEMETRY),
-                ob.last_seq(Lane.ALARMS),
-                ob.last_seq(Lane.TELEMETRY),
-            )
-
-        first_alarm, first_tel, last_alarm, last_tel = await self._in_db(positions)
+        first_alarm, last_alarm = await self._alarms.span()
+        first_tel, last_tel = await self._telemetry.span()
         self._last[Lane.ALARMS] = max(self._last[Lane.ALARMS], last_alarm)
         self._last[Lane.TELEMETRY] = max(self._last[Lane.TELEMETRY], last_tel)
         c = self._cursors
@@ -272,44 +274,35 @@ class Sender:
         c = self._cursors
         room, backlog_room = self._room()
         if room and c.alarms <= self._last[Lane.ALARMS]:
-            rows = await self._fetch(Lane.ALARMS, c.alarms, None, 1)
-            if rows:
-                seq, body = rows[0]
+            events = await self._alarms.fetch(c.alarms, 1)
+            if events:
+                seq, event = events[0]
                 c.alarms = seq + 1
-                return self._publish_alarm(seq, body)
+                return self._publish_alarm(seq, event)
             c.alarms = self._last[Lane.ALARMS] + 1
         if room and c.live <= self._last[Lane.TELEMETRY]:
-            rows = await self._fetch(Lane.TELEMETRY, c.live, None, self._batch_max)
+            rows = await self._telemetry.fetch(c.live, None, self._batch_max)
             if rows:
                 c.live = rows[-1][0] + 1
                 return self._publish_telemetry(rows)
             c.live = self._last[Lane.TELEMETRY] + 1
         if backlog_room and c.backlog < c.live_from:
-            rows = await self._fetch(Lane.TELEMETRY, c.backlog, c.live_from, self._batch_max)
+            rows = await self._telemetry.fetch(c.backlog, c.live_from, self._batch_max)
             if rows:
                 c.backlog = rows[-1][0] + 1
                 return self._publish_telemetry(rows, backlog=True)
             c.backlog = c.live_from
         return False
 
-    async def _fetch(
-        self, lane: Lane, start: int, stop: int | None, limit: int
-    ) -> list[tuple[int, str]]:
-        return await self._in_db(lambda: self._outbox.fetch(lane, start, stop, limit))
-
     def _publish_telemetry(self, rows: list[tuple[int, str]], *, backlog: bool = False) -> bool:
         first, last = rows[0][0], rows[-1][0]
-        payload = encode_telemetry_raw(
-            self._gw, self._outbox.stream_id, first, [body for _, body in rows]
-        )
+        payload = encode_telemetry_raw(self._gw, self._stream, first, [body for _, body in rows])
         topic = self._topics.gw(self._gw, Channel.TELEMETRY)
         ok = self._uplink.publish(topic, payload)
         return self._track(Lane.TELEMETRY, first, last, ok, backlog=backlog)
 
-    def _publish_alarm(self, seq: int, body: str) -> bool:
-        event = json.loads(body)
-        event.update(gw=self._gw, stream=self._outbox.stream_id, seq=seq)
-        payload = json.dumps(event, separators=(",", ":"), ensure_ascii=False).encode()
+    def _publish_alarm(self, seq: int, event: AlarmEvent) -> bool:
+        payload = encode_alarm(AlarmMessage(self._gw, self._stream, seq, event))
         topic = self._topics.gw(self._gw, Channel.ALARMS)
         return self._track(Lane.ALARMS, seq, seq, self._uplink.publish(topic, payload))
 

@@ -214,7 +214,7 @@ def test_integers_of_any_size_are_values() -> None:
     values = [UINT64_NA, -(2**70), 2**63 - 1, None, True, "on", 0.5]
     decoded = decode_telemetry(batch("gw-a", 2**63 - 7, *(reading(v) for v in values)))
     assert [r["v"] for r in decoded.readings] == values
-    assert decode_alarm(alarm("gw-a", 2**63 - 1, value=UINT64_NA)).value == UINT64_NA
+    assert decode_alarm(alarm("gw-a", 2**63 - 1, value=UINT64_NA)).event.value == UINT64_NA
 
 
 # --- one message cannot stop the fleet's ingest --------------------------------------------

@@ -6,24 +6,22 @@ from pathlib import Path
 from typing import Any
 
 from central.store import Store
-from edge_agent.contract.payloads import AlarmEvent
+from edge_agent.contract.alarms import AlarmEvent, AlarmMessage, AlarmState, Severity
 
 
-def event(seq: int, state: str, ts: float, **extra: Any) -> AlarmEvent:
-    return AlarmEvent(
-        gw="gw-1",
-        stream="s1",
-        seq=seq,
+def event(seq: int, state: str, ts: float, **fields: Any) -> AlarmMessage:
+    alarm = AlarmEvent(
         id="det-3/smoke.alarm",
         rule="smoke.alarm",
         dev="det-3",
-        severity="critical",
-        state=state,
+        severity=Severity.CRITICAL,
+        state=AlarmState(state),
         value=3.0,
         ts=ts,
         msg="smoke",
-        extra={"occurrence": 1, **extra},
+        **{"occurrence": 1, **fields},
     )
+    return AlarmMessage(gw="gw-1", stream="s1", seq=seq, event=alarm)
 
 
 def test_reminders_and_retriggers_keep_the_time_the_alarm_was_raised(tmp_path: Path) -> None:

@@ -29,7 +29,7 @@ from cli.agent import app as agent_app
 from cli.fleet import app as fleet_app
 from cli.output import Styled, utc
 from drivers.modbus import ModbusPoint
-from edge_agent.contract.payloads import (
+from edge_agent.contract import (
     decode_alarm,
     decode_health,
     decode_state,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import sys
@@ -18,6 +19,8 @@ from edge_agent.contract import (
     DEFAULT_ROOT,
     Ack,
     AlarmEvent,
+    AlarmMessage,
+    AlarmState,
     Channel,
     NamedRows,
     PayloadError,
@@ -37,6 +40,16 @@ from edge_agent.contract import (
     merge_ranges,
     named_rows,
     reading_dict,
+)
+from edge_agent.contract.alarms import (
+    ActionReport,
+    ActionResult,
+    ActionWrite,
+    CorruptOutbox,
+    DroppedRows,
+    Severity,
+    decode_alarm_body,
+    encode_alarm_body,
 )
 from edge_agent.contract.schema import CMD_REPLY, SCHEMA_FILES, SchemaName, load_schema, validate
 
@@ -163,7 +176,7 @@ def test_load_schema_returns_a_fresh_dict() -> None:
 
 
 def test_alarm_schema_enums_match_the_codec() -> None:
-    from edge_agent.contract.payloads import ALARM_STATES, SEVERITIES
+    from edge_agent.contract.alarms import ALARM_STATES, SEVERITIES
 
     props = load_schema(Channel.ALARMS)["properties"]
     assert tuple(props["severity"]["enum"]) == SEVERITIES
@@ -287,32 +300,29 @@ def test_encoded_telemetry_validates_and_decodes() -> None:
 
 def test_encoded_alarm_validates_and_decodes() -> None:
     event = AlarmEvent(
-        gw=GW,
-        stream=STREAM,
-        seq=117,
         id="det-3.smoke-detector-alarm.12",
         rule="smoke-detector-alarm",
         dev="det-3",
-        severity="critical",
-        state="active",
+        severity=Severity.CRITICAL,
+        state=AlarmState.ACTIVE,
         value=True,
         ts=T0 + 62.3,
         msg="Smoke alarm on det-3 (obscuration 2.61 %/m)",
+        values={"smoke": 2.61, "temperature": 24.1},
         extra={
-            "values": {"smoke": 2.61, "temperature": 24.1},
             "history": [{"state": "active", "ts": T0 + 62.3}],
             "gw": "someone-else",  # a known field in extra never overrides the real one
         },
     )
-    payload = encode_alarm(event)
+    payload = encode_alarm(AlarmMessage(GW, STREAM, 117, event))
     validate(Channel.ALARMS, payload)
     decoded = decode_alarm(payload)
     assert decoded.gw == GW
-    assert decoded.extra == {
-        "values": {"smoke": 2.61, "temperature": 24.1},
-        "history": [{"state": "active", "ts": T0 + 62.3}],
-    }
-    assert (decoded.seq, decoded.severity, decoded.state, decoded.value) == (
+    assert decoded.event.values == {"smoke": 2.61, "temperature": 24.1}
+    assert decoded.event.extra == {"history": [{"state": "active", "ts": T0 + 62.3}]}
+    assert decoded.event == dataclasses.replace(event, extra=decoded.event.extra)  # round trip
+    alarm = decoded.event
+    assert (decoded.seq, alarm.severity, alarm.state, alarm.value) == (
         117,
         "critical",
         "active",
@@ -320,11 +330,67 @@ def test_encoded_alarm_validates_and_decodes() -> None:
     )
 
 
+def test_every_field_of_the_alarm_event_is_in_the_schema_and_round_trips() -> None:
+    props = load_schema(Channel.ALARMS)["properties"]
+    names = {f.name for f in dataclasses.fields(AlarmEvent)} - {"extra"}
+    assert names | {"gw", "stream", "seq"} == set(props)
+    report = ActionReport(
+        "on_active", (ActionResult(ActionWrite("det-3", "siren", True), False, "timeout"),)
+    )
+    kinds = [
+        {"occurrence": 2, "since": T0, "values": {"smoke": 2.6, "temp": None}, "latched": True},
+        {"occurrence": 1, "since": None, "retriggers": 1, "retrigger": True, "acked_by": "li"},
+        {"reannounced": 3, "acknowledged": True, "action": report},
+        {"state": AlarmState.SHELVED, "shelved_until": T0 + 60, "reason": "x", "shelved_by": "li"},
+        {"state": AlarmState.UNSHELVED, "reason": "shelving expired", "current": "active"},
+        {"diagnostic": "chattering", "of": "det-3/smoke.alarm", "suppressed": {"r": 4}},
+        {"dropped": DroppedRows(1, 5, 5, T0, T0 + 4, "cap")},
+        {"corrupt": CorruptOutbox(None, "outbox.db.corrupt-x", "malformed")},
+    ]
+    for kind in kinds:
+        event = AlarmEvent(
+            **{
+                "id": "det-3/smoke.alarm",
+                "rule": "smoke.alarm",
+                "dev": "det-3",
+                "severity": Severity.CRITICAL,
+                "state": AlarmState.ACTIVE,
+                "value": 2.6,
+                "ts": T0,
+                "msg": "m",
+                **kind,
+            }
+        )
+        payload = encode_alarm(AlarmMessage(GW, STREAM, 9, event))
+        validate(Channel.ALARMS, payload)
+        decoded = decode_alarm(payload)
+        assert decoded == AlarmMessage(GW, STREAM, 9, event), kind
+        assert decoded.event.extra == {}
+        assert decode_alarm_body(encode_alarm_body(event)) == event
+
+
+def test_a_known_field_in_a_shape_this_version_does_not_know_is_kept_as_it_came() -> None:
+    odd = {"occurrence": "2", "dropped": {"first": 1}, "action": [1]}
+    decoded = decode_alarm(alarm(**odd))
+    assert decoded.event.occurrence is None and decoded.event.dropped is None
+    assert decoded.event.extra == odd
+    assert {k: v for k, v in json.loads(encode_alarm(decoded)).items() if k in odd} == odd
+
+
 def test_alarm_with_nan_value_travels_as_null() -> None:
-    event = AlarmEvent(GW, STREAM, 1, "a", "r", "det-3", "major", "cleared", math.nan, T0, "m")
-    payload = encode_alarm(event)
+    event = AlarmEvent(
+        id="a",
+        rule="r",
+        dev="det-3",
+        severity=Severity.MAJOR,
+        state=AlarmState.CLEARED,
+        value=math.nan,
+        ts=T0,
+        msg="m",
+    )
+    payload = encode_alarm(AlarmMessage(GW, STREAM, 1, event))
     validate(Channel.ALARMS, payload)
-    assert decode_alarm(payload).value is None
+    assert decode_alarm(payload).event.value is None
 
 
 def online_state() -> bytes:

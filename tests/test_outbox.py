@@ -154,3 +154,19 @@ def test_full_disk_gives_back_ballast_drops_oldest_and_recovers(small_fs: Path) 
     assert ob.ensure_ballast() and ob.ballast.exists()
     ob.close()
     assert quick_check(path) is None
+
+
+async def test_the_agent_opens_the_outbox_its_config_describes(tmp_path: Path) -> None:
+    from edge_agent.config.models import OutboxConfig as OutboxSettings
+    from edge_agent.outbox import AgentOutbox
+
+    settings = OutboxSettings(path=tmp_path / "o.db", max_mb=2, ballast_mb=8, max_age=3600)
+    outbox = await AgentOutbox.from_config(settings)
+    try:
+        ob = await outbox.run(lambda ob: ob)
+        assert (ob.max_bytes, ob.lanes.max_age_s) == (2_000_000, 3600)
+        # the ballast is at most a quarter of the cap
+        assert ob.ballast.stat().st_size == 500_000
+        assert outbox.folder == tmp_path
+    finally:
+        await outbox.aclose()

@@ -9,8 +9,7 @@ import asyncio
 import json
 import sqlite3
 import time
-from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -19,9 +18,18 @@ import pytest
 from drivers.base import Quality, Reading, Value
 from edge_agent.alarms import AlarmService
 from edge_agent.committer import Committer
-from edge_agent.contract import Channel
+from edge_agent.contract import AlarmEvent, AlarmState, Channel, Severity
 from edge_agent.contract.schema import validate
-from edge_agent.outbox import Lane, Outbox, OutboxFull, OutboxUnavailable, quick_check
+from edge_agent.outbox import (
+    AgentOutbox,
+    DbThread,
+    Lane,
+    Outbox,
+    OutboxFull,
+    OutboxUnavailable,
+    quick_check,
+)
+from edge_agent.outbox.memory import MemoryAlarmJournal
 from edge_agent.rules.compile import compile_rules
 from edge_agent.rules.engine import RuleEngine
 from edge_agent.rules.model import Rule
@@ -167,24 +175,18 @@ class Siren:
 
 
 @pytest.fixture
-def db_thread() -> Iterator[ThreadPoolExecutor]:
-    executor = ThreadPoolExecutor(max_workers=1)
-    yield executor
-    executor.shutdown(wait=True)
+def db_thread() -> Iterator[DbThread]:
+    thread = DbThread()
+    yield thread
+    thread.shutdown()
 
 
-def agent_parts(
-    ob: Outbox, executor: ThreadPoolExecutor
-) -> tuple[Committer, AlarmService, FakeSender, Siren]:
-    loop = asyncio.get_running_loop()
-
-    def in_db(fn: Callable[[], T]) -> asyncio.Future[T]:
-        return loop.run_in_executor(executor, fn)
-
+def agent_parts(ob: Outbox, thread: DbThread) -> tuple[Committer, AlarmService, FakeSender, Siren]:
+    outbox = AgentOutbox(ob, thread)
     rules = compile_rules({DEV: frozenset({"smoke", "siren"})}, [Rule.model_validate(SMOKE)], [])
     sender, siren = FakeSender(), Siren()
-    alarms = AlarmService(RuleEngine(rules), ob, in_db, sender, {DEV: siren})  # type: ignore[arg-type]
-    return Committer(ob, in_db, sender, alarms), alarms, sender, siren  # type: ignore[arg-type]
+    alarms = AlarmService(RuleEngine(rules), outbox.alarms, sender, {DEV: siren})
+    return Committer(outbox.telemetry, outbox.alarms, sender, alarms), alarms, sender, siren
 
 
 def smoke(value: float, n: int = 1) -> list[Reading]:
@@ -201,7 +203,7 @@ async def settle(alarms: AlarmService) -> None:
 
 @pytest.mark.parametrize("when", ["disk just filled", "ballast spent"])
 async def test_an_alarm_on_a_full_disk_is_recorded_and_the_committer_carries_on(
-    small_fs: Path, db_thread: ThreadPoolExecutor, when: str
+    small_fs: Path, db_thread: DbThread, when: str
 ) -> None:
     ob = Outbox(small_fs / "outbox.db", max_bytes=10**8, ballast_bytes=256 * 1024)
     ob.append(Lane.TELEMETRY, [(1.0, BODY)] * 2000)
@@ -236,7 +238,7 @@ async def test_an_alarm_on_a_full_disk_is_recorded_and_the_committer_carries_on(
 
 
 async def test_readings_refused_by_a_full_disk_do_not_stop_the_alarm(
-    tmp_path: Path, db_thread: ThreadPoolExecutor, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, db_thread: DbThread, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     ob = Outbox(tmp_path / "outbox.db", max_bytes=10**8)
     committer, alarms, sender, siren = agent_parts(ob, db_thread)
@@ -254,7 +256,7 @@ async def test_readings_refused_by_a_full_disk_do_not_stop_the_alarm(
 
 
 async def test_an_alarm_the_disk_refuses_is_kept_acted_on_and_written_later(
-    tmp_path: Path, db_thread: ThreadPoolExecutor, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, db_thread: DbThread, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     ob = Outbox(tmp_path / "outbox.db", max_bytes=10**8)
     committer, alarms, sender, siren = agent_parts(ob, db_thread)
@@ -313,7 +315,7 @@ def test_a_drop_that_cannot_commit_is_not_counted(small_fs: Path) -> None:
         except OutboxFull:
             refused += 1
     assert refused > 0
-    (left,) = ob._db.execute("SELECT count(*) FROM telemetry WHERE seq <= 3000").fetchone()
+    (left,) = ob.file.db.execute("SELECT count(*) FROM telemetry WHERE seq <= 3000").fetchone()
     notices = [e for e in alarm_events(ob) if e["rule"] == "outbox.dropped"]
     gone = 3000 - left
     assert ob.stats().dropped_telemetry == gone == sum(n["dropped"]["count"] for n in notices)
@@ -329,11 +331,24 @@ def test_alarm_events_held_past_the_cap_are_counted_and_reported(
     oldest are given up, counted for health data, and said once."""
     from edge_agent.alarms import HELD_MAX, AlarmWrite
 
-    alarms = AlarmService(RuleEngine([]), None, None, None, {})  # type: ignore[arg-type]
-    events = [{"id": f"d/r{i}", "state": "active"} for i in range(HELD_MAX + 5)]
+    alarms = AlarmService(RuleEngine([]), MemoryAlarmJournal(), FakeSender(), {})
+    events = [active(f"d/r{i}") for i in range(HELD_MAX + 5)]
     alarms.not_committed(AlarmWrite(held=events[:HELD_MAX]), "disk full", act=False)
     assert alarms.lost_disk_full == 0
     alarms.not_committed(AlarmWrite(held=events[HELD_MAX:]), "disk full", act=False)
-    alarms.not_committed(AlarmWrite(held=[{"id": "d/late"}]), "disk full", act=False)
+    alarms.not_committed(AlarmWrite(held=[active("d/late")]), "disk full", act=False)
     assert alarms.lost_disk_full == 6
     assert sum("giving up the oldest" in r.message for r in caplog.records) == 1
+
+
+def active(alarm_id: str) -> AlarmEvent:
+    return AlarmEvent(
+        id=alarm_id,
+        rule="r",
+        dev="d",
+        severity=Severity.MINOR,
+        state=AlarmState.ACTIVE,
+        value=1,
+        ts=1.0,
+        msg="r active on d",
+    )

@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 
 from drivers.base import Quality, Reading
+from edge_agent.contract.alarms import AlarmEvent
 from edge_agent.rules.compile import RuleErrors, compile_rules
 from edge_agent.rules.engine import CommandRefused, RuleEngine
 from edge_agent.rules.model import Rule
@@ -23,15 +24,13 @@ def engine(*rules: dict[str, Any], now: float = 0.0, **kw: Any) -> RuleEngine:
     return RuleEngine(compiled, now=now, **kw)
 
 
-def feed(
-    e: RuleEngine, ts: float, q: Quality = Quality.GOOD, **values: Any
-) -> list[dict[str, Any]]:
+def feed(e: RuleEngine, ts: float, q: Quality = Quality.GOOD, **values: Any) -> list[AlarmEvent]:
     readings = [Reading(DEV, k, v, None, q, ts) for k, v in values.items()]
     return e.observe(readings)
 
 
-def states(events: list[dict[str, Any]]) -> list[str]:
-    return [ev["state"] for ev in events]
+def states(events: list[AlarmEvent]) -> list[str]:
+    return [ev.state for ev in events]
 
 
 SMOKE = {
@@ -48,11 +47,11 @@ def test_threshold_raises_with_values_message_and_edge_timestamp() -> None:
     e = engine(SMOKE)
     assert feed(e, 1.0, smoke=1.0) == []
     (ev,) = feed(e, 2.0, smoke=2.6)
-    assert ev["state"] == "active" and ev["ts"] == 2.0
-    assert ev["id"] == "det-3/smoke.alarm" and ev["severity"] == "critical"
-    assert ev["value"] == 2.6 and ev["values"] == {"smoke": 2.6}
-    assert ev["msg"] == "Smoke 2.6 %/m at det-3"
-    assert ev["occurrence"] == 1
+    assert ev.state == "active" and ev.ts == 2.0
+    assert ev.id == "det-3/smoke.alarm" and ev.severity == "critical"
+    assert ev.value == 2.6 and ev.values == {"smoke": 2.6}
+    assert ev.msg == "Smoke 2.6 %/m at det-3"
+    assert ev.occurrence == 1
 
 
 def test_on_delay_must_hold_and_resets_when_the_condition_drops() -> None:
@@ -79,7 +78,7 @@ def test_hysteresis_and_off_delay_mean_no_flapping_on_a_noisy_signal() -> None:
         events += feed(e, t, smoke=1.5)
         events += e.tick(t)
     assert states(events) == ["active", "cleared_unacked"]
-    assert events[1]["ts"] >= events[0]["ts"] + 5  # the off-delay held
+    assert events[1].ts >= events[0].ts + 5  # the off-delay held
 
 
 def test_deadband_clears_on_the_return_side() -> None:
@@ -99,7 +98,7 @@ def test_acknowledge_then_clear_and_clear_then_acknowledge() -> None:
     feed(e, 11, smoke=1)
     assert states(e.tick(16.5)) == ["cleared_unacked"]
     (ev,) = e.acknowledge("det-3/smoke.alarm", "ops", now=17)
-    assert ev["state"] == "cleared" and ev["acked_by"] == "ops" and ev["occurrence"] == 2
+    assert ev.state == "cleared" and ev.acked_by == "ops" and ev.occurrence == 2
     with pytest.raises(CommandRefused):
         e.acknowledge("det-3/smoke.alarm", "ops")
 
@@ -109,8 +108,8 @@ def test_retrigger_is_counted_not_raised_anew() -> None:
     feed(e, 1, smoke=3)
     feed(e, 2, smoke=1)
     (ev,) = feed(e, 3, smoke=3)
-    assert ev["state"] == "active" and ev["retrigger"] is True
-    assert ev["occurrence"] == 1 and ev["retriggers"] == 1
+    assert ev.state == "active" and ev.retrigger is True
+    assert ev.occurrence == 1 and ev.retriggers == 1
 
 
 def test_latched_alarm_waits_for_a_reset_which_needs_the_condition_gone() -> None:
@@ -139,18 +138,16 @@ def test_stale_stuck_rate_and_offline_rules() -> None:
         {"id": "gone", "offline": True, "on_delay_s": 2},
     )
     feed(e, 0, level=1.0, temp=20.0)
-    assert {ev["rule"] for ev in e.tick(10.5)} == {"silent"}
+    assert {ev.rule for ev in e.tick(10.5)} == {"silent"}
     assert states(feed(e, 11, level=1.0)) == ["cleared_unacked"]
     feed(e, 20, level=1.0)
     feed(e, 28, level=1.0)
-    assert {ev["rule"] for ev in e.tick(30.5)} == {"stuck"}
+    assert {ev.rule for ev in e.tick(30.5)} == {"stuck"}
     rise = feed(e, 31, temp=20.5)  # 0.5 degrees in 31 s: 1/min, fine; and it moved
-    assert [(ev["rule"], ev["state"]) for ev in rise] == [("stuck", "cleared_unacked")]
-    assert [(ev["rule"], ev["state"]) for ev in feed(e, 41, temp=22.5, level=1.0)] == [
-        ("rise", "active")
-    ]
+    assert [(ev.rule, ev.state) for ev in rise] == [("stuck", "cleared_unacked")]
+    assert [(ev.rule, ev.state) for ev in feed(e, 41, temp=22.5, level=1.0)] == [("rise", "active")]
     assert feed(e, 42, q=Quality.BAD, level=None, temp=None) == []
-    assert [ev["rule"] for ev in e.tick(44.5)] == ["gone"]
+    assert [ev.rule for ev in e.tick(44.5)] == ["gone"]
 
 
 def test_shelving_hides_annunciation_until_it_expires() -> None:
@@ -160,7 +157,7 @@ def test_shelving_hides_annunciation_until_it_expires() -> None:
     ]
     assert feed(e, 1, smoke=3) == []
     (ev,) = e.tick(10.5)
-    assert ev["state"] == "unshelved" and ev["current"] == "active"
+    assert ev.state == "unshelved" and ev.current == "active"
 
 
 def test_flood_control_summarises_all_but_critical() -> None:
@@ -169,18 +166,18 @@ def test_flood_control_summarises_all_but_critical() -> None:
         *rules, {"id": "fire", "when": "smoke >= 1", "severity": "critical"}, max_new_per_min=3
     )
     events = feed(e, 1, level=100, smoke=5)
-    assert sorted(ev["rule"] for ev in events) == ["fire", "r0", "r1", "r2"]
+    assert sorted(ev.rule for ev in events) == ["fire", "r0", "r1", "r2"]
     (summary,) = e.tick(62)
-    assert summary["rule"] == "alarm.flood" and summary["value"] == 7
+    assert summary.rule == "alarm.flood" and summary.value == 7
 
 
 def test_chattering_alarm_is_held_active_with_a_diagnostic_until_quiet() -> None:
     e = engine({**SMOKE, "off_delay_s": 0}, chatter_count=3, chatter_window_s=60)
-    seen: list[dict[str, Any]] = []
+    seen: list[AlarmEvent] = []
     for i in range(3):  # active -> clear three times within a minute
         seen += feed(e, 10 * i, smoke=3)
         seen += feed(e, 10 * i + 5, smoke=1)
-    assert [(ev["rule"], ev["state"]) for ev in seen] == [
+    assert [(ev.rule, ev.state) for ev in seen] == [
         ("smoke.alarm", "active"),
         ("smoke.alarm", "cleared_unacked"),
         ("smoke.alarm", "active"),
@@ -189,17 +186,17 @@ def test_chattering_alarm_is_held_active_with_a_diagnostic_until_quiet() -> None
         ("smoke.alarm.chattering", "active"),  # the third activation: a diagnostic
     ]
     chatter = seen[-1]
-    assert chatter["severity"] == "warning" and chatter["of"] == "det-3/smoke.alarm"
-    assert chatter["id"] == "det-3/smoke.alarm.chattering" and chatter["value"] == 3
+    assert chatter.severity == "warning" and chatter.of == "det-3/smoke.alarm"
+    assert chatter.id == "det-3/smoke.alarm.chattering" and chatter.value == 3
     # held active: clearing again and again inside the window announces nothing
-    quiet: list[dict[str, Any]] = []
+    quiet: list[AlarmEvent] = []
     for t in (30, 31, 40, 41):
         quiet += feed(e, t, smoke=3 if t % 2 == 0 else 1)
     assert quiet == []
     assert e.instances["det-3/smoke.alarm"].p.state == "active"
     assert e.tick(100) == []  # clear since 41: not yet a whole window
     done = e.tick(101.5)
-    assert [(ev["rule"], ev["state"]) for ev in done] == [
+    assert [(ev.rule, ev.state) for ev in done] == [
         ("smoke.alarm", "cleared_unacked"),
         ("smoke.alarm.chattering", "cleared"),
     ]
@@ -207,10 +204,10 @@ def test_chattering_alarm_is_held_active_with_a_diagnostic_until_quiet() -> None
 
 def test_alarm_that_clears_slowly_is_not_chattering() -> None:
     e = engine({**SMOKE, "off_delay_s": 0}, chatter_count=3, chatter_window_s=60)
-    seen: list[dict[str, Any]] = []
+    seen: list[AlarmEvent] = []
     for i in range(4):  # one activation every 40 s: never 3 within 60 s
         seen += feed(e, 40 * i, smoke=3) + feed(e, 40 * i + 5, smoke=1)
-    assert not any(ev["rule"].endswith("chattering") for ev in seen)
+    assert not any(ev.rule.endswith("chattering") for ev in seen)
     assert states(seen) == ["active", "cleared_unacked"] * 4
 
 
@@ -220,10 +217,10 @@ def test_unacknowledged_critical_alarm_is_announced_again() -> None:
     assert states(feed(e, 0, smoke=3, temp=60)) == ["active", "active"]
     assert e.tick(299) == []
     (again,) = e.tick(300)  # only the critical one, once per period
-    assert again["rule"] == "smoke.alarm" and again["reannounced"] == 1
-    assert again["ts"] == 300 and again["occurrence"] == 1
+    assert again.rule == "smoke.alarm" and again.reannounced == 1
+    assert again.ts == 300 and again.occurrence == 1
     assert e.tick(301) == [] and e.tick(599) == []
-    assert e.tick(600)[0]["reannounced"] == 2
+    assert e.tick(600)[0].reannounced == 2
     e.acknowledge("det-3/smoke.alarm", "ops", now=601)
     assert e.tick(1200) == []  # acknowledged: somebody is on it
 
@@ -234,9 +231,9 @@ def test_reannunciation_can_be_switched_off() -> None:
     assert e.tick(10_000) == []
 
 
-def chatter(e: RuleEngine) -> list[dict[str, Any]]:
+def chatter(e: RuleEngine) -> list[AlarmEvent]:
     """Active at 0, 10 and 20, clear in between: the third activation is a chatter."""
-    seen: list[dict[str, Any]] = []
+    seen: list[AlarmEvent] = []
     for i in range(3):
         seen += feed(e, 10 * i, smoke=3) + feed(e, 10 * i + 5, smoke=1)
     return seen
@@ -244,11 +241,11 @@ def chatter(e: RuleEngine) -> list[dict[str, Any]]:
 
 def test_a_restart_keeps_the_chatter_hold_and_clears_its_diagnostic() -> None:
     e = engine({**SMOKE, "off_delay_s": 0})
-    assert chatter(e)[-1]["rule"] == "smoke.alarm.chattering"
+    assert chatter(e)[-1].rule == "smoke.alarm.chattering"
     again = engine({**SMOKE, "off_delay_s": 0}, restored=dict(e.take_dirty()))
     assert feed(again, 26, smoke=1) == []  # still held after the restart
     assert again.tick(80) == []
-    assert [(ev["rule"], ev["state"]) for ev in again.tick(86)] == [
+    assert [(ev.rule, ev.state) for ev in again.tick(86)] == [
         ("smoke.alarm", "cleared_unacked"),
         ("smoke.alarm.chattering", "cleared"),  # never left active at the center
     ]
@@ -289,16 +286,16 @@ def test_rule_ids_cannot_take_the_diagnostic_suffix() -> None:
 def test_reminders_skip_shelved_time_and_survive_a_restart() -> None:
     e = engine(SMOKE, reannunciate_critical_s=300)
     feed(e, 0, smoke=3)
-    assert e.tick(300)[0]["reannounced"] == 1
+    assert e.tick(300)[0].reannounced == 1
     e.shelve("det-3/smoke.alarm", 400, "drill", "ops", now=310)
     assert e.tick(600) == []  # shelved: no reminder, not counted
     e.unshelve("det-3/smoke.alarm", "ops", now=700)
-    assert e.tick(900)[0]["reannounced"] == 2
+    assert e.tick(900)[0].reannounced == 2
     again = engine(SMOKE, restored=dict(e.take_dirty()), reannunciate_critical_s=300)
     feed(again, 901, smoke=3)
     assert again.tick(1000) == []  # the last reminder was at 900, before the restart
     (ev,) = again.tick(1200)
-    assert ev["reannounced"] == 3 and ev["since"] == 0
+    assert ev.reannounced == 3 and ev.since == 0
 
 
 def test_state_survives_a_restart() -> None:
@@ -309,6 +306,35 @@ def test_state_survives_a_restart() -> None:
     assert again.instances["det-3/smoke.alarm"].p.pending_since == 1
     feed(again, 20, smoke=3)
     assert states(again.tick(31)) == ["active"]
+
+
+def test_the_rest_state_is_cleared_everywhere() -> None:
+    """One name for an alarm at rest: the engine's state, its persisted state and its events
+    agree (agents before this one said ``normal`` in the first two)."""
+    e = engine({**SMOKE, "off_delay_s": 0})
+    assert e.instances["det-3/smoke.alarm"].p.state == "cleared"  # never raised
+    feed(e, 1, smoke=3)
+    feed(e, 2, smoke=1)
+    (ev,) = e.acknowledge("det-3/smoke.alarm", "ops", now=3)
+    assert ev.state == "cleared" and e.instances["det-3/smoke.alarm"].p.state == "cleared"
+    assert dict(e.take_dirty())["det-3/smoke.alarm"]["state"] == "cleared"
+
+
+@pytest.mark.parametrize("saved", ["garbled", "shelved", None, 3])
+def test_a_saved_state_that_is_no_lifecycle_state_is_restored_as_cleared(saved: object) -> None:
+    e = engine(SMOKE, restored={"det-3/smoke.alarm": {"state": saved, "occurrence": 2}})
+    assert e.instances["det-3/smoke.alarm"].p.state == "cleared"
+    (ev,) = feed(e, 1, smoke=3)  # raised again: its condition holds
+    assert (ev.state, ev.occurrence) == ("active", 3)
+
+
+def test_a_state_saved_as_normal_by_an_older_agent_is_restored_as_cleared() -> None:
+    saved = {"det-3/smoke.alarm": {"state": "normal", "occurrence": 4, "since": 10.0}}
+    e = engine({**SMOKE, "off_delay_s": 0}, restored=saved)
+    p = e.instances["det-3/smoke.alarm"].p
+    assert (p.state, p.occurrence) == ("cleared", 4)
+    (ev,) = feed(e, 20, smoke=3)  # raised anew from rest: the next occurrence
+    assert (ev.state, ev.occurrence, ev.since) == ("active", 5, 20)
 
 
 @pytest.mark.parametrize(
@@ -349,7 +375,7 @@ def test_rules_of_a_device_template_apply_to_each_device_as_it_reports() -> None
     assert e.instances == {}
     alarm = Reading("smoke-7", "smoke_alarm", True, None, Quality.GOOD, 1.0)
     (ev,) = e.observe([alarm, Reading("other", "smoke_alarm", True, None, Quality.GOOD, 1.0)])
-    assert ev["id"] == "smoke-7/smoke.alarm" and ev["dev"] == "smoke-7"
+    assert ev.id == "smoke-7/smoke.alarm" and ev.dev == "smoke-7"
     assert set(e.instances) == {"smoke-7/smoke.alarm"}
 
 

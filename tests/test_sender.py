@@ -13,16 +13,15 @@ import gc
 import json
 import time
 from collections.abc import AsyncIterator, Callable, Iterable
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, TypeVar, cast
+from typing import Any, TypeVar
 
 import pytest
 
 from edge_agent.contract import Ack, Topics, decode_telemetry, encode_ack
-from edge_agent.outbox import Lane, Outbox
+from edge_agent.outbox import AgentOutbox, DbThread, Lane, Outbox
 from edge_agent.sender import Sender
-from edge_agent.uplink import Inbound, Uplink
+from edge_agent.uplink import Inbound
 
 T = TypeVar("T")
 RTT = 0.5
@@ -56,13 +55,36 @@ class FakeUplink:
             fn()
 
 
+class GatedThread(DbThread):
+    """The outbox thread, with a gate at its door and a count of the calls through it."""
+
+    def __init__(self, rig: Rig) -> None:
+        super().__init__()
+        self._rig = rig
+
+    async def run(self, fn: Callable[[], T]) -> T:
+        rig = self._rig
+        if rig.closed:
+            rig.calls_after_close += 1
+        rig.busy += 1
+        try:
+            await rig.gate.wait()
+            return await super().run(fn)
+        finally:
+            rig.busy -= 1
+
+    async def run_ungated(self, fn: Callable[[], T]) -> T:
+        return await super().run(fn)
+
+
 class Rig:
     """A real Sender and Outbox (on their own thread, as in the agent), a fake center."""
 
     def __init__(self, tmp: Path, *, window: int, batch_max: int, ack_timeout_s: float) -> None:
         self.loop = asyncio.get_running_loop()
-        self.executor = ThreadPoolExecutor(max_workers=1)
+        self.thread = GatedThread(self)
         self.outbox = Outbox(tmp / "outbox.db", max_bytes=10**9)
+        self.agent_outbox = AgentOutbox(self.outbox, self.thread)
         self.uplink = FakeUplink()
         self.uplink.on_publish = self._center
         self.gate = asyncio.Event()  # clear it to hold every outbox call at the door
@@ -78,27 +100,17 @@ class Rig:
         self.sender = Sender(
             gateway="gw-1",
             topics=Topics("edgefleet/v1"),
-            outbox=self.outbox,
-            uplink=cast(Uplink, self.uplink),
-            in_db=self.in_db,
+            telemetry=self.agent_outbox.telemetry,
+            alarms=self.agent_outbox.alarms,
+            uplink=self.uplink,
             batch_max=batch_max,
             window=window,
             ack_timeout_s=ack_timeout_s,
         )
         self.task: asyncio.Task[None] | None = None
 
-    def in_db(self, fn: Callable[[], T]) -> Any:
-        return self._in_db(fn)
-
-    async def _in_db(self, fn: Callable[[], T]) -> T:
-        if self.closed:
-            self.calls_after_close += 1
-        self.busy += 1
-        try:
-            await self.gate.wait()
-            return await self.loop.run_in_executor(self.executor, fn)
-        finally:
-            self.busy -= 1
+    async def in_db(self, fn: Callable[[], T]) -> T:
+        return await self.thread.run(fn)
 
     def start(self) -> None:
         self.task = asyncio.create_task(self.sender.run())
@@ -112,7 +124,7 @@ class Rig:
 
     async def close_outbox(self) -> None:
         self.closed = True
-        await self.loop.run_in_executor(self.executor, self.outbox.close)
+        await self.thread.run_ungated(self.outbox.close)
 
     def _center(self, topic: str, payload: bytes) -> None:
         if not topic.endswith("/telemetry"):
@@ -173,7 +185,7 @@ async def make_rig(tmp_path: Path) -> AsyncIterator[Callable[..., Rig]]:
             await rig.stop_sender()
         if not rig.closed:
             await rig.close_outbox()
-        rig.executor.shutdown(wait=True)
+        rig.thread.shutdown()
 
 
 async def wait_until(cond: Callable[[], bool], timeout_s: float, tick: Callable[[], None]) -> bool:

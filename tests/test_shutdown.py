@@ -8,7 +8,7 @@ import logging
 
 import pytest
 
-from edge_agent.app import cancel_all
+from edge_agent.runtime import cancel_all
 
 
 async def stubborn(swallow: int) -> None:
@@ -41,7 +41,7 @@ async def test_a_task_that_never_stops_is_named_and_left_behind(
     await asyncio.sleep(0)
     loop = asyncio.get_running_loop()
     started = loop.time()
-    with caplog.at_level(logging.ERROR, logger="edge_agent.app"):
+    with caplog.at_level(logging.ERROR, logger="edge_agent.runtime"):
         await cancel_all([forever, quick], grace_s=1.5)
     assert loop.time() - started < 2.5
     assert quick.cancelled() and not forever.done()

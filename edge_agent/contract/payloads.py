@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from drivers.base import Quality, Reading, Value
@@ -37,7 +37,7 @@ def dumps(obj: JSON) -> bytes:
     return json.dumps(obj, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode()
 
 
-def loads(payload: Raw) -> JSON:
+def loads(payload: Raw | str) -> JSON:
     try:
         obj = json.loads(payload)
     except (ValueError, RecursionError) as exc:
@@ -146,42 +146,7 @@ def decode_telemetry(payload: Raw) -> TelemetryBatch:
     return TelemetryBatch(gw, stream, first, last, readings)
 
 
-# --- alarms ------------------------------------------------------------------------------
-
-SEVERITIES = ("critical", "major", "minor", "warning")
-ALARM_STATES = ("active", "acknowledged", "cleared", "cleared_unacked", "shelved", "unshelved")
-
-
-@dataclass(frozen=True, slots=True)
-class AlarmEvent:
-    gw: str
-    stream: str
-    seq: int
-    id: str
-    rule: str
-    dev: str
-    severity: str
-    state: str
-    value: Value
-    ts: float
-    msg: str
-    extra: JSON = field(default_factory=dict)
-
-    def to_json(self) -> JSON:
-        return {
-            **self.extra,
-            "gw": self.gw,
-            "stream": self.stream,
-            "seq": self.seq,
-            "id": self.id,
-            "rule": self.rule,
-            "dev": self.dev,
-            "severity": self.severity,
-            "state": self.state,
-            "value": wire_value(self.value),
-            "ts": self.ts,
-            "msg": self.msg,
-        }
+# --- the rows a message names ---------------------------------------------------------
 
 
 @dataclass(frozen=True, slots=True)
@@ -220,44 +185,6 @@ def named_rows(payload: Raw, *, alarm: bool) -> NamedRows | None:
     except UnicodeEncodeError:
         return None
     return NamedRows(gw, stream, first, last)
-
-
-def encode_alarm(event: AlarmEvent) -> bytes:
-    return dumps(event.to_json())
-
-
-def decode_alarm(payload: Raw) -> AlarmEvent:
-    obj = loads(payload)
-    severity = _field(obj, "severity", str)
-    state = _field(obj, "state", str)
-    if severity not in SEVERITIES:
-        raise PayloadError(f"severity must be one of {', '.join(SEVERITIES)}")
-    if state not in ALARM_STATES:
-        raise PayloadError(f"state must be one of {', '.join(ALARM_STATES)}")
-    seq = _field(obj, "seq", int)
-    if not 1 <= seq <= SEQ_MAX:
-        raise PayloadError(f"field 'seq' must be within 1..{SEQ_MAX}")
-    value = obj.get("value")
-    if type(value) not in _SCALARS:
-        raise PayloadError("field 'value' must be a number, boolean, string or null")
-    ts = _field(obj, "ts", (int, float))
-    if not _is_time(ts):
-        raise PayloadError("field 'ts' must be a finite number")
-    known = {"gw", "stream", "seq", "id", "rule", "dev", "severity", "state", "value", "ts", "msg"}
-    return AlarmEvent(
-        gw=_field(obj, "gw", str),
-        stream=_field(obj, "stream", str),
-        seq=seq,
-        id=_field(obj, "id", str),
-        rule=_field(obj, "rule", str),
-        dev=_field(obj, "dev", str),
-        severity=severity,
-        state=state,
-        value=value,
-        ts=float(ts),
-        msg=_field(obj, "msg", str),
-        extra={k: v for k, v in obj.items() if k not in known},
-    )
 
 
 # --- state (retained) and health ---------------------------------------------------------

@@ -2,18 +2,18 @@
 
 One alarm instance per (device, rule), identified as ``device/rule``. Its states::
 
-    normal ──(condition held on_delay_s)──▶ active ──(ack)──▶ acknowledged
+    cleared ──(condition held on_delay_s)──▶ active ──(ack)──▶ acknowledged
       ▲                                       │                   │
       │                           (clear held off_delay_s)   (clear held off_delay_s)
       │                                       ▼                   │
       └──────────(ack)────────── cleared_unacked                  │
       └───────────────────────────────────────────────────────────┘
 
-A latched rule stays active (or acknowledged) after its condition clears, until a reset
-from the center. A condition that returns while ``cleared_unacked`` re-triggers the same
-occurrence (counted, not raised anew). Shelving hides annunciation for a while. A point
-whose reading is not good freezes the rules that read it: an offline level sensor must
-not clear a flood alarm.
+``cleared`` is also the state of an alarm never raised. A latched rule stays active (or
+acknowledged) after its condition clears, until a reset from the center. A condition that
+returns while ``cleared_unacked`` re-triggers the same occurrence (counted, not raised
+anew). Shelving hides annunciation for a while. A point whose reading is not good freezes
+the rules that read it: an offline level sensor must not clear a flood alarm.
 
 Alarm-load handling follows DOMAIN.md §5.2: an alarm that activates ``chatter_count``
 times within ``chatter_window_s`` is chattering; a warning diagnostic ``<id>.chattering``
@@ -22,9 +22,10 @@ condition has held for the whole window. An unacknowledged critical alarm is ann
 again every ``reannunciate_critical_s`` (the event carries ``reannounced``: how many
 times), so a fire nobody has acknowledged is not forgotten on a busy console.
 
-Every transition is an event (a dict for the outbox's alarm lane) with the edge
-timestamp, the triggering values and the message; ``dirty`` names the instances whose
-state must be persisted with it, so state survives a restart.
+Every transition is an ``AlarmEvent`` (the wire contract's type, kept as it is in the
+outbox's alarm lane) with the edge timestamp, the triggering values and the message;
+``dirty`` names the instances whose state must be persisted with it, so state survives a
+restart.
 """
 
 from __future__ import annotations
@@ -38,27 +39,26 @@ from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from drivers.base import Quality, Reading, Value
+from edge_agent.contract.alarms import AlarmEvent, AlarmState, Severity
 from edge_agent.rules.compile import CompiledRule
 from edge_agent.rules.expr import render
 from edge_agent.rules.model import DIAGNOSTIC_SUFFIX
 
-Event = dict[str, Any]
 TEMPLATE = "{id}"
 _UNSEEN = object()
 _NOTHING: frozenset[str] = frozenset()
 
-NORMAL = "normal"
-ACTIVE = "active"
-ACKNOWLEDGED = "acknowledged"
-CLEARED_UNACKED = "cleared_unacked"
-CLEARED = "cleared"
+ACTIVE = AlarmState.ACTIVE
+ACKNOWLEDGED = AlarmState.ACKNOWLEDGED
+CLEARED_UNACKED = AlarmState.CLEARED_UNACKED
+CLEARED = AlarmState.CLEARED
 
 
 @dataclass
 class Persisted:
     """What survives a restart: the lifecycle, and the timers that were running."""
 
-    state: str = NORMAL
+    state: AlarmState = CLEARED
     occurrence: int = 0
     since: float | None = None
     acked_by: str | None = None
@@ -145,6 +145,8 @@ class RuleEngine:
         saved = self._restored.get(rule.key)
         if saved:
             known = {k: v for k, v in saved.items() if k in Persisted.__dataclass_fields__}
+            if "state" in known:
+                known["state"] = AlarmState.restored(known["state"])
             inst.p = Persisted(**known)
         self.instances[rule.key] = inst
         self._by_device.setdefault(rule.device, []).append(inst)
@@ -162,7 +164,7 @@ class RuleEngine:
 
     # --- input --------------------------------------------------------------------------
 
-    def observe(self, readings: Iterable[Reading]) -> list[Event]:
+    def observe(self, readings: Iterable[Reading]) -> list[AlarmEvent]:
         """Feed a poll's readings; return the transitions they cause."""
         touched: dict[str, float] = {}
         changed: dict[str, set[str]] = {}
@@ -179,7 +181,7 @@ class RuleEngine:
             touched[r.device] = max(touched.get(r.device, 0.0), r.ts)
             for inst in self._instances_of(r.device, r.ts):
                 self._note(inst, r)
-        events: list[Event] = []
+        events: list[AlarmEvent] = []
         for device, ts in touched.items():
             moved = changed.get(device, _NOTHING)
             for inst in self._by_device.get(device, ()):
@@ -211,7 +213,7 @@ class RuleEngine:
 
     def _evaluate(
         self, inst: Instance, ts: float, moved: AbstractSet[str] | None = None
-    ) -> list[Event]:
+    ) -> list[AlarmEvent]:
         """Decide the rule's condition at ``ts``; ``moved`` names the points whose value or
         quality changed since the last reading (None: decide anyway)."""
         rule = inst.rule
@@ -249,10 +251,10 @@ class RuleEngine:
             p.pending_since = p.clearing_since = None
             self.dirty.add(inst.key)
 
-    def tick(self, now: float | None = None) -> list[Event]:
+    def tick(self, now: float | None = None) -> list[AlarmEvent]:
         """Advance timers (on/off delays, staleness, stuck values, shelving) to ``now``."""
         now = time.time() if now is None else now
-        events: list[Event] = []
+        events: list[AlarmEvent] = []
         for inst in self.instances.values():
             p = inst.p
             if p.shelved_until is not None and now >= p.shelved_until:
@@ -268,7 +270,7 @@ class RuleEngine:
         events += self._flood_summary(now)
         return events
 
-    def _reannunciate(self, inst: Instance, now: float) -> list[Event]:
+    def _reannunciate(self, inst: Instance, now: float) -> list[AlarmEvent]:
         p, every = inst.p, self.reannunciate_critical_s
         last = p.announced if p.announced is not None else p.since
         if every <= 0 or last is None or now - last < every:
@@ -284,9 +286,9 @@ class RuleEngine:
     def _shelved(p: Persisted, ts: float) -> bool:
         return p.shelved_until is not None and ts < p.shelved_until
 
-    def _step(self, inst: Instance, ts: float) -> list[Event]:
+    def _step(self, inst: Instance, ts: float) -> list[AlarmEvent]:
         p, rule = inst.p, inst.rule.rule
-        if p.state in (NORMAL, CLEARED_UNACKED):
+        if p.state in (CLEARED, CLEARED_UNACKED):
             if inst.cond:
                 p.clearing_since = None
                 if p.pending_since is None:
@@ -315,7 +317,7 @@ class RuleEngine:
 
     # --- transitions --------------------------------------------------------------------
 
-    def _activate(self, inst: Instance, ts: float) -> list[Event]:
+    def _activate(self, inst: Instance, ts: float) -> list[AlarmEvent]:
         p = inst.p
         p.pending_since = None
         self.dirty.add(inst.key)
@@ -330,18 +332,18 @@ class RuleEngine:
         p.annunciated = self._admit(inst, ts)
         return self._event(inst, ts, ACTIVE) + chatter
 
-    def _clear(self, inst: Instance, ts: float) -> list[Event]:
+    def _clear(self, inst: Instance, ts: float) -> list[AlarmEvent]:
         p = inst.p
         p.clearing_since = None
         self.dirty.add(inst.key)
         quiet = self._chatter_over(inst, ts) if p.chattering else []
         if p.state == ACKNOWLEDGED:
-            p.state = NORMAL
+            p.state = CLEARED
             return self._event(inst, ts, CLEARED) + quiet
         p.state = CLEARED_UNACKED
         return self._event(inst, ts, CLEARED_UNACKED) + quiet
 
-    def _chatter(self, inst: Instance, ts: float) -> list[Event]:
+    def _chatter(self, inst: Instance, ts: float) -> list[AlarmEvent]:
         """Count an activation; the one that makes the alarm chatter raises the diagnostic
         (unless the alarm itself is shelved or summarised by flood control)."""
         p, window = inst.p, inst.activations
@@ -367,7 +369,7 @@ class RuleEngine:
             )
         ]
 
-    def _chatter_over(self, inst: Instance, ts: float) -> list[Event]:
+    def _chatter_over(self, inst: Instance, ts: float) -> list[AlarmEvent]:
         p = inst.p
         announced, p.chattering, p.chatter_announced = p.chatter_announced, False, False
         inst.activations.clear()
@@ -378,20 +380,22 @@ class RuleEngine:
         return [self._diagnostic(inst, ts, CLEARED, value=0, msg=msg)]
 
     @staticmethod
-    def _diagnostic(inst: Instance, ts: float, state: str, *, value: int, msg: str) -> Event:
+    def _diagnostic(
+        inst: Instance, ts: float, state: AlarmState, *, value: int, msg: str
+    ) -> AlarmEvent:
         rule = inst.rule
-        return {
-            "id": rule.key + DIAGNOSTIC_SUFFIX,
-            "rule": rule.rule.id + DIAGNOSTIC_SUFFIX,
-            "dev": rule.device,
-            "severity": "warning",
-            "state": state,
-            "value": value,
-            "ts": ts,
-            "msg": msg,
-            "diagnostic": "chattering",
-            "of": rule.key,
-        }
+        return AlarmEvent(
+            id=rule.key + DIAGNOSTIC_SUFFIX,
+            rule=rule.rule.id + DIAGNOSTIC_SUFFIX,
+            dev=rule.device,
+            severity=Severity.WARNING,
+            state=state,
+            value=value,
+            ts=ts,
+            msg=msg,
+            diagnostic="chattering",
+            of=rule.key,
+        )
 
     def _admit(self, inst: Instance, ts: float) -> bool:
         """Flood control: past ``max_new_per_min`` activations in a minute, only critical
@@ -409,26 +413,28 @@ class RuleEngine:
             self._flood_since = ts
         return False
 
-    def _flood_summary(self, now: float) -> list[Event]:
+    def _flood_summary(self, now: float) -> list[AlarmEvent]:
         if self._flood_since is None or now - self._flood_since < 60:
             return []
         counts, self._flood_suppressed, self._flood_since = self._flood_suppressed, {}, None
         total = sum(counts.values())
         return [
-            {
-                "id": "agent/alarm.flood",
-                "rule": "alarm.flood",
-                "dev": "agent",
-                "severity": "warning",
-                "state": ACTIVE,
-                "value": total,
-                "ts": now,
-                "msg": f"alarm flood: {total} alarms summarised in the last minute",
-                "suppressed": counts,
-            }
+            AlarmEvent(
+                id="agent/alarm.flood",
+                rule="alarm.flood",
+                dev="agent",
+                severity=Severity.WARNING,
+                state=ACTIVE,
+                value=total,
+                ts=now,
+                msg=f"alarm flood: {total} alarms summarised in the last minute",
+                suppressed=counts,
+            )
         ]
 
-    def _event(self, inst: Instance, ts: float, state: str, **extra: Any) -> list[Event]:
+    def _event(self, inst: Instance, ts: float, state: AlarmState, **kind: Any) -> list[AlarmEvent]:
+        """The event of a rule's alarm; ``kind``: the fields that say what kind of
+        transition it is (``retrigger``, ``reannounced``, ``shelved_until`` …)."""
         p, rule = inst.p, inst.rule
         if not p.annunciated or self._shelved(p, ts):
             return []
@@ -444,36 +450,35 @@ class RuleEngine:
             "state": state,
         }
         template = rule.rule.message or f"{rule.rule.id} {{state}} on {{device}}"
-        event: Event = {
-            "id": rule.key,
-            "rule": rule.rule.id,
-            "dev": rule.device,
-            "severity": rule.rule.severity,
-            "state": state,
-            "value": value,
-            "ts": ts,
-            "msg": render(template, context),
-            "occurrence": p.occurrence,
-            "since": p.since,
-            "values": shown,
-            "latched": rule.rule.latch,
-            "retriggers": p.retriggers,
-            **extra,
-        }
-        if p.acked_by:
-            event["acked_by"] = p.acked_by
+        event = AlarmEvent(
+            id=rule.key,
+            rule=rule.rule.id,
+            dev=rule.device,
+            severity=Severity(rule.rule.severity),
+            state=state,
+            value=value,
+            ts=ts,
+            msg=render(template, context),
+            occurrence=p.occurrence,
+            since=p.since,
+            values=shown,
+            latched=rule.rule.latch,
+            retriggers=p.retriggers,
+            acked_by=p.acked_by or None,
+            **kind,
+        )
         return [event]
 
     # --- commands from the center -------------------------------------------------------
 
-    def acknowledge(self, key: str, by: str, now: float | None = None) -> list[Event]:
+    def acknowledge(self, key: str, by: str, now: float | None = None) -> list[AlarmEvent]:
         inst = self._instance(key)
         now = time.time() if now is None else now
         p = inst.p
         if p.state == ACTIVE:
             p.state, p.acked_by = ACKNOWLEDGED, by
         elif p.state == CLEARED_UNACKED:
-            p.state, p.acked_by = NORMAL, by
+            p.state, p.acked_by = CLEARED, by
             self.dirty.add(key)
             return self._event(inst, now, CLEARED, acknowledged=True)
         else:
@@ -481,7 +486,7 @@ class RuleEngine:
         self.dirty.add(key)
         return self._event(inst, now, ACKNOWLEDGED)
 
-    def reset(self, key: str, by: str, now: float | None = None) -> list[Event]:
+    def reset(self, key: str, by: str, now: float | None = None) -> list[AlarmEvent]:
         """Release a latched alarm whose condition has gone."""
         inst = self._instance(key)
         now = time.time() if now is None else now
@@ -496,26 +501,31 @@ class RuleEngine:
 
     def shelve(
         self, key: str, for_s: float, reason: str, by: str, now: float | None = None
-    ) -> list[Event]:
+    ) -> list[AlarmEvent]:
         inst = self._instance(key)
         now = time.time() if now is None else now
         events = self._event(
-            inst, now, "shelved", shelved_until=now + for_s, reason=reason, shelved_by=by
+            inst,
+            now,
+            AlarmState.SHELVED,
+            shelved_until=now + for_s,
+            reason=reason,
+            shelved_by=by,
         )
         inst.p.shelved_until, inst.p.shelve_reason = now + for_s, reason
         self.dirty.add(key)
         return events
 
-    def unshelve(self, key: str, by: str, now: float | None = None) -> list[Event]:
+    def unshelve(self, key: str, by: str, now: float | None = None) -> list[AlarmEvent]:
         inst = self._instance(key)
         if inst.p.shelved_until is None:
             raise CommandRefused(f"alarm {key} is not shelved")
         return self._unshelve(inst, time.time() if now is None else now, f"unshelved by {by}")
 
-    def _unshelve(self, inst: Instance, now: float, why: str) -> list[Event]:
+    def _unshelve(self, inst: Instance, now: float, why: str) -> list[AlarmEvent]:
         inst.p.shelved_until, inst.p.shelve_reason = None, None
         self.dirty.add(inst.key)
-        return self._event(inst, now, "unshelved", reason=why, current=inst.p.state)
+        return self._event(inst, now, AlarmState.UNSHELVED, reason=why, current=inst.p.state)
 
     def _instance(self, key: str) -> Instance:
         try:

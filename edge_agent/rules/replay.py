@@ -16,8 +16,9 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from drivers.base import Quality, Reading, Value
+from edge_agent.contract.alarms import AlarmEvent
 from edge_agent.rules.compile import CompiledRule
-from edge_agent.rules.engine import Event, RuleEngine
+from edge_agent.rules.engine import RuleEngine
 
 
 class ReplayError(ValueError):
@@ -68,11 +69,11 @@ def replay(
     step_s: float = 0.1,
     tail_s: float = 0.0,
     settings: Mapping[str, Any] | None = None,
-) -> list[Event]:
+) -> list[AlarmEvent]:
     """Every event the rules produce over the series, in time order; ``settings`` are the
     gateway's ``alarms`` settings (flood, chatter, re-annunciation)."""
     engine: RuleEngine | None = None
-    events: list[Event] = []
+    events: list[AlarmEvent] = []
     clock = 0.0
     for sample in sorted(samples, key=lambda s: s.reading.ts):
         ts = sample.reading.ts
@@ -96,6 +97,6 @@ def replay_file(
     path: Path,
     tail_s: float = 0.0,
     settings: Mapping[str, Any] | None = None,
-) -> list[Event]:
+) -> list[AlarmEvent]:
     with path.open(newline="") as f:
         return replay(rules, list(read_series(f, str(path))), tail_s=tail_s, settings=settings)

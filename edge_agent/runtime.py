@@ -1,0 +1,146 @@
+"""Runs the wired agent until asked to stop, and stops it in the one order that loses
+nothing; and the gateway's retained presence (``state``) that frames the run.
+
+The order of the stop:
+
+1. the pollers stop: nothing new is read;
+2. the committer commits what was polled: it is durable before we go;
+3. the sender stops taking acks and lets those under way delete their rows, before
+   anything is cancelled or closed (a cancel must not cut their wait short);
+4. the other services (committer, sender, health, alarm clock) are cancelled;
+5. the uplink says goodbye (a retained offline state) and disconnects;
+6. the drivers close, then the outbox file and its thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Iterable, Mapping
+from typing import Any, Protocol
+
+from edge_agent.alarms import AlarmService
+from edge_agent.committer import Committer
+from edge_agent.contract import Channel, Topics, encode_state
+from edge_agent.health import HealthReporter
+from edge_agent.outbox import AgentOutbox
+from edge_agent.polling import DevicePoller
+from edge_agent.sender import Sender
+
+log = logging.getLogger(__name__)
+
+
+class Presence:
+    """The gateway's retained ``state``: online with who it is on every connect, offline
+    with a goodbye at a clean stop, and offline as the Last Will otherwise."""
+
+    def __init__(self, gateway: str, topics: Topics, identity: Mapping[str, Any]) -> None:
+        self.gateway = gateway
+        self.topic = topics.gw(gateway, Channel.STATE)
+        self.identity = dict(identity)
+
+    @property
+    def will(self) -> tuple[str, bytes]:
+        return self.topic, encode_state(self.gateway, False)
+
+    def online(self) -> bytes:
+        return encode_state(self.gateway, True, **self.identity)
+
+    def goodbye(self) -> tuple[str, bytes]:
+        return self.topic, encode_state(self.gateway, False, **self.identity, stopped=time.time())
+
+
+class RunUplink(Protocol):
+    """What running and stopping need of the MQTT session."""
+
+    def start(self) -> None: ...
+
+    async def stop(self, last_words: tuple[str, bytes] | None = None) -> None: ...
+
+
+class AgentRun:
+    """The agent's parts, once wired: runs their tasks, and owns the order of the stop."""
+
+    def __init__(
+        self,
+        *,
+        gateway: str,
+        outbox: AgentOutbox,
+        uplink: RunUplink,
+        presence: Presence,
+        pollers: list[DevicePoller],
+        committer: Committer,
+        sender: Sender,
+        alarms: AlarmService,
+        health: HealthReporter,
+    ) -> None:
+        self.gateway = gateway
+        self._outbox = outbox
+        self._uplink = uplink
+        self._presence = presence
+        self._pollers = pollers
+        self._committer = committer
+        self._sender = sender
+        self._alarms = alarms
+        self._health = health
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Until ``stop`` is set, or a task fails (raised as ``RuntimeError``)."""
+        self._uplink.start()
+        polls = [asyncio.create_task(p.run(), name=f"poll:{p.device.id}") for p in self._pollers]
+        services = [
+            asyncio.create_task(self._committer.run(), name="committer"),
+            asyncio.create_task(self._sender.run(), name="sender"),
+            asyncio.create_task(self._health.run(), name="health"),
+            asyncio.create_task(self._alarms.run(), name="alarms"),
+        ]
+        stop_task = asyncio.create_task(stop.wait(), name="stop")
+        try:
+            done, _ = await asyncio.wait(
+                [stop_task, *polls, *services], return_when=asyncio.FIRST_COMPLETED
+            )
+            for task in done:
+                if task is not stop_task and task.exception() is not None:
+                    raise RuntimeError(f"{task.get_name()} failed") from task.exception()
+        finally:
+            await self._stop(polls, [*services, stop_task])
+
+    async def _stop(
+        self, polls: list[asyncio.Task[None]], services: list[asyncio.Task[Any]]
+    ) -> None:
+        await cancel_all(polls)
+        await self._committer.commit_pending()
+        await self._sender.aclose()
+        await cancel_all(services)
+        await self._uplink.stop(last_words=self._presence.goodbye())
+        for p in self._pollers:
+            await p.driver.aclose()
+        await self._outbox.aclose()
+        log.info("gateway %s stopped", self.gateway)
+
+
+async def cancel_all(tasks: Iterable[asyncio.Task[Any]], *, grace_s: float = 5.0) -> None:
+    """Cancel ``tasks`` and wait for them, cancelling again those that swallowed it.
+
+    Before Python 3.12, ``asyncio.wait_for`` (which pymodbus and asyncua use inside) drops
+    a cancellation that meets its result in one loop turn: such a task runs on to its next
+    wait, where a second cancel, a second later, stops it. After ``grace_s`` the stop goes
+    on without the stragglers and names them, rather than hang the agent's shutdown.
+    """
+    tasks = list(tasks)
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + grace_s
+    pending = {t for t in tasks if not t.done()}
+    while pending:
+        left = deadline - loop.time()
+        if left <= 0:
+            names = sorted(t.get_name() for t in pending)
+            log.error("stopping without %s: cancelled, and still running", ", ".join(names))
+            return
+        for t in pending:
+            t.cancel()
+        _, pending = await asyncio.wait(pending, timeout=min(1.0, left))
+    for t in tasks:
+        if not t.cancelled():
+            t.exception()  # retrieved: a task that failed was reported when it failed

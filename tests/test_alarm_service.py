@@ -1,0 +1,81 @@
+"""The agent's alarm service over a real outbox: what it writes, restores and replies."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pytest
+
+from drivers.base import Quality, Reading
+from edge_agent.alarms import AlarmService
+from edge_agent.config.models import AlarmsConfig
+from edge_agent.outbox import AgentOutbox, DbThread, Lane, Outbox
+from edge_agent.rules.compile import compile_rules
+from edge_agent.rules.engine import RuleEngine
+from edge_agent.rules.model import Rule
+
+T = TypeVar("T")
+DEV = "det-3"
+KEY = f"{DEV}/smoke.alarm"
+SMOKE = {"id": "smoke.alarm", "device": DEV, "when": "smoke >= 2.4", "off_delay_s": 0}
+
+
+class FakeSender:
+    def __init__(self) -> None:
+        self.last = 0
+
+    def appended(self, lane: Lane, last_seq: int) -> None:
+        self.last = max(self.last, last_seq)
+
+
+@pytest.fixture
+async def outbox(tmp_path: Path) -> AsyncIterator[tuple[Outbox, AgentOutbox]]:
+    ob = Outbox(tmp_path / "outbox.db", max_bytes=10**8)
+    agent_outbox = AgentOutbox(ob, DbThread())
+    yield ob, agent_outbox
+    await agent_outbox.aclose()
+
+
+def rules() -> list[Any]:
+    return compile_rules({DEV: frozenset({"smoke"})}, [Rule.model_validate(SMOKE)], [])
+
+
+def smoke(value: float) -> list[Reading]:
+    return [Reading(DEV, "smoke", value, "%/m", Quality.GOOD, time.time())]
+
+
+def history(ob: Outbox) -> list[dict[str, Any]]:
+    return [json.loads(body) for _, body in ob.fetch(Lane.ALARMS, 1, None, 100)]
+
+
+async def test_the_reply_to_an_ack_names_the_state_the_history_and_the_outbox_keep(
+    outbox: tuple[Outbox, AgentOutbox],
+) -> None:
+    ob, agent_outbox = outbox
+    alarms = AlarmService(RuleEngine(rules()), agent_outbox.alarms, FakeSender(), {})
+    await alarms.record(alarms.observe(smoke(3.0)))
+    await alarms.record(alarms.observe(smoke(1.0)))
+    reply = await alarms.command("alarm.ack", {"alarm": KEY, "by": "ops"})
+    assert reply == {"alarm": KEY, "state": "cleared"}
+    assert [e["state"] for e in history(ob)] == ["active", "cleared_unacked", "cleared"]
+    assert history(ob)[-1]["acknowledged"] is True and history(ob)[-1]["acked_by"] == "ops"
+    assert ob.alarm_states()[KEY]["state"] == "cleared"
+
+
+async def test_an_alarm_state_saved_as_normal_by_an_older_agent_is_restored(
+    outbox: tuple[Outbox, AgentOutbox],
+) -> None:
+    ob, agent_outbox = outbox
+    old = {"state": "normal", "occurrence": 3, "since": 100.0, "acked_by": "ops"}
+    ob.record_alarms([], [(KEY, json.dumps(old))])
+    engine = await AlarmService.restore(rules(), agent_outbox, AlarmsConfig())
+    alarms = AlarmService(engine, agent_outbox.alarms, FakeSender(), {})
+    assert engine.instances[KEY].p.state == "cleared"
+    await alarms.record(alarms.observe(smoke(3.0)))
+    (raised,) = history(ob)
+    assert (raised["state"], raised["occurrence"]) == ("active", 4)  # a new occurrence
+    assert ob.alarm_states()[KEY]["state"] == "active"
