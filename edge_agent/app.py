@@ -73,8 +73,6 @@ async def run_agent(loaded: LoadedConfig, stop: asyncio.Event) -> None:
         broker=cfg.central.broker,
         keepalive_s=cfg.central.keepalive_s,
         will=(state_topic, encode_state(gw, False)),
-        username=cfg.central.username,
-        password_file=cfg.central.password_file,
         reconnect_max_s=cfg.central.reconnect_max_s,
     )
 
