@@ -12,17 +12,11 @@ from typing import Annotated, Any
 import typer
 
 from edge_agent.config import ConfigError, LoadedConfig, load_config
-from edge_agent.config.models import BrokerUrl
 
-BrokerOpt = Annotated[
-    str,
-    typer.Option("--broker", envvar="EDGEFLEET_BROKER", help="central MQTT broker URL"),
-]
 DbOpt = Annotated[
     Path, typer.Option("--db", envvar="EDGEFLEET_DB", help="central store (SQLite file)")
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="print JSON instead of a table")]
-DEFAULT_BROKER = "mqtt://127.0.0.1:1883"
 DEFAULT_DB = Path("central.db")
 
 _DURATION = re.compile(r"^(\d+(?:\.\d+)?)([smhd])$")
@@ -42,13 +36,6 @@ def load_or_exit(path: Path) -> LoadedConfig:
         n = len(exc.problems)
         typer.echo(f"{path}: {n} problem{'s' if n != 1 else ''}", err=True)
         raise typer.Exit(EXIT_CONFIG) from None
-
-
-def parse_broker(url: str) -> BrokerUrl:
-    try:
-        return BrokerUrl.parse(url)
-    except ValueError as exc:
-        raise typer.BadParameter(str(exc), param_hint="--broker") from None
 
 
 def parse_since(text: str | None) -> float | None:

@@ -13,20 +13,28 @@ from typing import Annotated
 
 import typer
 
-from cli.common import (
+from cli.broker_options import (
     DEFAULT_BROKER,
-    DEFAULT_DB,
     BrokerOpt,
+    CaFileOpt,
+    CertFileOpt,
+    KeyFileOpt,
+    PasswordFileOpt,
+    UsernameOpt,
+    broker_settings,
+)
+from cli.common import (
+    DEFAULT_DB,
     DbOpt,
     JsonOpt,
     ago,
-    parse_broker,
     parse_since,
     print_json,
     require_db,
     show,
 )
 from edge_agent.contract import DEFAULT_ROOT, Topics
+from mqttlink.url import Broker
 
 app = typer.Typer(
     name="fleet",
@@ -68,6 +76,11 @@ def central_run(
         str, typer.Option(help="MQTT client id (keep it stable: the session is persistent)")
     ] = "edgefleet-central",
     log_level: Annotated[str, typer.Option(help="debug, info, warning or error")] = "info",
+    username: UsernameOpt = None,
+    password_file: PasswordFileOpt = None,
+    ca_file: CaFileOpt = None,
+    cert_file: CertFileOpt = None,
+    key_file: KeyFileOpt = None,
 ) -> None:
     """Run the central service: store what the fleet sends and acknowledge it."""
     from central.ingest import Ingest, run_central
@@ -78,7 +91,7 @@ def central_run(
         stream=sys.stderr,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    url = parse_broker(broker)
+    url = broker_settings(broker, username, password_file, ca_file, cert_file, key_file)
     store = Store(db)
     ingest = Ingest(store, url, Topics(topic_root), client_id=client_id)
     stop = threading.Event()
@@ -273,7 +286,7 @@ def alarms_history(
 
 
 def _command(
-    broker: str,
+    broker: Broker,
     topic_root: str,
     gateway: str,
     cmd: str,
@@ -287,7 +300,7 @@ def _command(
         typer.echo(f"error: no signing key at {key} (fleet keys init creates one)", err=True)
         raise typer.Exit(1)
     try:
-        reply = send_command(parse_broker(broker), Topics(topic_root), gateway, cmd, args, key)
+        reply = send_command(broker, Topics(topic_root), gateway, cmd, args, key)
     except CommandFailed as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(1) from None
@@ -312,8 +325,14 @@ def _alarm_command(name: str, cmd: str, doc: str) -> None:
         topic_root: RootOpt = DEFAULT_ROOT,
         key: KeyOpt = Path("center.key"),
         json_out: JsonOpt = False,
+        username: UsernameOpt = None,
+        password_file: PasswordFileOpt = None,
+        ca_file: CaFileOpt = None,
+        cert_file: CertFileOpt = None,
+        key_file: KeyFileOpt = None,
     ) -> None:
-        _command(broker, topic_root, gateway, cmd, {"alarm": alarm, "by": by}, key, json_out)
+        url = broker_settings(broker, username, password_file, ca_file, cert_file, key_file)
+        _command(url, topic_root, gateway, cmd, {"alarm": alarm, "by": by}, key, json_out)
 
     command.__doc__ = doc
     alarms_app.command(name)(command)
@@ -335,12 +354,18 @@ def alarms_shelve(
     topic_root: RootOpt = DEFAULT_ROOT,
     key: KeyOpt = Path("center.key"),
     json_out: JsonOpt = False,
+    username: UsernameOpt = None,
+    password_file: PasswordFileOpt = None,
+    ca_file: CaFileOpt = None,
+    cert_file: CertFileOpt = None,
+    key_file: KeyFileOpt = None,
 ) -> None:
     """Suppress an alarm's annunciation for a while, with a reason."""
+    url = broker_settings(broker, username, password_file, ca_file, cert_file, key_file)
     since = parse_since(for_)
     assert since is not None
     args = {"alarm": alarm, "by": by, "reason": reason, "for_s": round(time.time() - since, 3)}
-    _command(broker, topic_root, gateway, "alarm.shelve", args, key, json_out)
+    _command(url, topic_root, gateway, "alarm.shelve", args, key, json_out)
 
 
 def _utc(ts: float | None) -> str:
