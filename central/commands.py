@@ -8,14 +8,10 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-import paho.mqtt.client as mqtt
-from paho.mqtt.enums import CallbackAPIVersion
-from paho.mqtt.packettypes import PacketTypes
-from paho.mqtt.properties import Properties
-
-from edge_agent.config.models import BrokerUrl
 from edge_agent.contract import Channel, PayloadError, Topics
 from edge_agent.contract.commands import decode_reply, load_private_key, new_command, sign
+from mqttlink.session import Message, Session, SessionError, Subscription
+from mqttlink.url import Broker
 
 
 class CommandFailed(Exception):
@@ -23,7 +19,7 @@ class CommandFailed(Exception):
 
 
 def send_command(
-    broker: BrokerUrl,
+    broker: Broker,
     topics: Topics,
     gateway: str,
     cmd: str,
@@ -39,10 +35,9 @@ def send_command(
     reply_topic = f"{topics.root}/center/reply/{uuid.uuid4().hex}"
     got: dict[str, Any] = {}
     done = threading.Event()
-    subscribed = threading.Event()
 
-    def on_message(client: mqtt.Client, userdata: object, msg: mqtt.MQTTMessage) -> None:
-        if getattr(msg.properties, "CorrelationData", None) != correlation:
+    def on_reply(msg: Message) -> None:
+        if msg.correlation != correlation:
             return
         try:
             got.update(decode_reply(msg.payload))
@@ -50,28 +45,27 @@ def send_command(
             got.update(id=command["id"], ok=False, error=f"unreadable reply: {exc}")
         done.set()
 
-    client = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
-    client.on_message = on_message
-    client.on_subscribe = lambda *_: subscribed.set()
+    session = Session(broker, name="fleet", keepalive_s=10)
+    session.subscribe(Subscription(reply_topic, qos=1), on_reply)
     try:
-        client.connect(broker.host, broker.port, keepalive=10)
-    except OSError as exc:
-        raise CommandFailed(f"cannot reach the broker {broker}: {exc}") from None
-    client.loop_start()
+        session.open(timeout_s=5)  # connected, and the reply subscription granted
+    except SessionError as exc:
+        raise CommandFailed(f"broker {broker}: {exc}") from None
     try:
-        client.subscribe(reply_topic, qos=1)
-        if not subscribed.wait(5):
-            raise CommandFailed("the broker did not confirm the reply subscription")
-        props = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
-        props.ResponseTopic = reply_topic
-        props.CorrelationData = correlation
-        client.publish(topics.gw(gateway, Channel.CMD), sign(command, key), qos=1, properties=props)
+        delivery = session.publish(
+            topics.gw(gateway, Channel.CMD),
+            sign(command, key),
+            qos=1,
+            response_topic=reply_topic,
+            correlation=correlation,
+        )
+        if delivery is None or not delivery.accepted:
+            raise CommandFailed(f"broker {broker}: the connection dropped before the command")
         if not done.wait(timeout_s):
             raise CommandFailed(
                 f"no reply from {gateway} within {timeout_s:g} s "
                 "(offline, or no command key configured there?)"
             )
     finally:
-        client.disconnect()
-        client.loop_stop()
+        session.close()
     return got

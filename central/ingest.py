@@ -3,8 +3,8 @@
 Order matters for the delivery guarantee. For each round of messages:
 
 1. store everything in one transaction and commit it;
-2. only then send the MQTT PUBACKs (paho's manual ack: an uncommitted message stays
-   the broker's to redeliver), and publish on each gateway's ``ack`` topic the seq
+2. only then send the MQTT PUBACKs (the session's manual ack: an uncommitted message
+   stays the broker's to redeliver), and publish on each gateway's ``ack`` topic the seq
    ranges now committed, so the gateway may delete them from its outbox.
 
 The session is persistent (clean start off, long session expiry), so messages that
@@ -37,14 +37,7 @@ import time
 from collections import defaultdict
 from dataclasses import dataclass, field
 
-import paho.mqtt.client as mqtt
-from paho.mqtt.enums import CallbackAPIVersion
-from paho.mqtt.packettypes import PacketTypes
-from paho.mqtt.properties import Properties
-from paho.mqtt.reasoncodes import ReasonCode
-
 from central.store import REJECTED_KEEP, Store
-from edge_agent.config.models import BrokerUrl
 from edge_agent.contract import (
     Ack,
     Channel,
@@ -58,6 +51,9 @@ from edge_agent.contract import (
     merge_ranges,
     named_rows,
 )
+from mqttlink.backoff import Backoff
+from mqttlink.session import Message, Session, Subscription
+from mqttlink.url import Broker
 
 log = logging.getLogger(__name__)
 
@@ -112,86 +108,61 @@ class Ingest:
     def __init__(
         self,
         store: Store,
-        broker: BrokerUrl,
+        broker: Broker,
         topics: Topics,
         client_id: str = "edgefleet-central",
-        username: str | None = None,
-        password: str | None = None,
     ) -> None:
         self.store = store
         self.topics = topics
         self.stats = IngestStats()
         self.connected = threading.Event()
         self._broker = broker
-        self._inbox: queue.Queue[mqtt.MQTTMessage] = queue.Queue()
+        self._inbox: queue.Queue[Message] = queue.Queue()
         self._stop = threading.Event()
         self._pruned_dead_letters: set[str] = set()  # gateways told of, once each
-        client = mqtt.Client(
-            CallbackAPIVersion.VERSION2,
+        self._failing = False  # an outage already logged
+        self._session = Session(
+            broker,
             client_id=client_id,
-            protocol=mqtt.MQTTv5,
+            name="central",
+            keepalive_s=10,
+            clean_start=False,
+            session_expiry_s=SESSION_EXPIRY_S,
             manual_ack=True,
+            backoff=Backoff(first_s=1.0, cap_s=4.0),
         )
-        if username is not None:
-            client.username_pw_set(username, password)
-        client.reconnect_delay_set(min_delay=1, max_delay=4)
-        client.on_connect = self._on_connect
-        client.on_disconnect = self._on_disconnect
-        client.on_message = self._on_message
-        self._client = client
+        for ch in (Channel.ALARMS, Channel.TELEMETRY, Channel.STATE, Channel.HEALTH):
+            self._session.subscribe(Subscription(self.topics.pattern(ch), qos=1), self._on_message)
+        self._session.on_up(self._on_connect)
+        self._session.on_down(self._on_disconnect)
+        self._session.on_suback(self._on_suback)
 
-    # --- paho thread -------------------------------------------------------------------
+    # --- the session's thread ----------------------------------------------------------
 
-    def _on_connect(
-        self,
-        client: mqtt.Client,
-        userdata: object,
-        flags: mqtt.ConnectFlags,
-        reason: ReasonCode,
-        properties: Properties | None,
-    ) -> None:
-        if reason.is_failure:
-            log.warning("broker %s refused central: %s", self._broker, reason)
-            return
-        log.info(
-            "central connected to %s (session present: %s)", self._broker, flags.session_present
-        )
-        client.subscribe(
-            [
-                (self.topics.pattern(ch), 1)
-                for ch in (Channel.ALARMS, Channel.TELEMETRY, Channel.STATE, Channel.HEALTH)
-            ]
-        )
+    def _on_connect(self, session_present: bool) -> None:
+        log.info("central connected to %s (session present: %s)", self._broker, session_present)
+        self._failing = False
         self.connected.set()
 
-    def _on_disconnect(
-        self,
-        client: mqtt.Client,
-        userdata: object,
-        flags: mqtt.DisconnectFlags,
-        reason: ReasonCode,
-        properties: Properties | None,
-    ) -> None:
+    def _on_disconnect(self, reason: str) -> None:
         if self.connected.is_set():
             log.warning("central lost the broker %s: %s", self._broker, reason)
+        elif not self._failing:  # once per outage; the session keeps trying
+            log.warning("central: broker %s %s; retrying", self._broker, reason)
+        self._failing = True
         self.connected.clear()
 
-    def _on_message(self, client: mqtt.Client, userdata: object, msg: mqtt.MQTTMessage) -> None:
+    def _on_suback(self, topic: str, refusal: str | None) -> None:
+        if refusal is not None:
+            log.warning("broker %s refused central %s: %s", self._broker, topic, refusal)
+
+    def _on_message(self, msg: Message) -> None:
         self._inbox.put(msg)
 
     # --- ingest thread -----------------------------------------------------------------
 
     def start(self) -> None:
-        props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
-        props.SessionExpiryInterval = SESSION_EXPIRY_S
-        self._client.connect_async(
-            self._broker.host,
-            self._broker.port,
-            keepalive=10,
-            clean_start=False,
-            properties=props,
-        )
-        self._client.loop_start()
+        self._session.start()
 
     def run(self) -> None:
         """Ingest until ``stop()``; call from the thread that owns the store. Raises
@@ -203,7 +174,7 @@ class Ingest:
                 continue
             self.ingest_retrying(self._gather(first))
 
-    def ingest_retrying(self, msgs: list[mqtt.MQTTMessage]) -> None:
+    def ingest_retrying(self, msgs: list[Message]) -> None:
         """``ingest_round``, tried again while the store fails, up to ``STORE_TRIES``."""
         for attempt in range(1, STORE_TRIES + 1):
             try:
@@ -228,7 +199,7 @@ class Ingest:
             if self._stop.wait(STORE_RETRY_S):
                 return  # not acked: the broker redelivers them to the next run
 
-    def _gather(self, first: mqtt.MQTTMessage) -> list[mqtt.MQTTMessage]:
+    def _gather(self, first: Message) -> list[Message]:
         """Take what arrives within ``GATHER_S`` of the first message into one round: one
         commit (two fsyncs) for many batches. An alarm ends the wait at once."""
         msgs = [first]
@@ -247,10 +218,9 @@ class Ingest:
     def stop(self) -> None:
         self._stop.set()
         self.connected.clear()  # a disconnect we asked for is not worth a warning
-        self._client.disconnect()
-        self._client.loop_stop()
+        self._session.close()
 
-    def ingest_round(self, msgs: list[mqtt.MQTTMessage]) -> None:
+    def ingest_round(self, msgs: list[Message]) -> None:
         """Store the round in one transaction, commit, then PUBACK and ack. A message the
         store cannot take is rejected alone; an error of the store (``store_fault``) rolls
         the whole round back and is raised, with nothing acked."""
@@ -269,8 +239,7 @@ class Ingest:
                 log.warning("rolling back a failed round failed too: %s", err)
             raise
         for msg in msgs:
-            if msg.qos > 0:
-                self._client.ack(msg.mid, msg.qos)
+            self._session.ack(msg)
         st = self.stats
         st.messages += len(msgs)
         st.readings_stored += rnd.readings_stored
@@ -284,9 +253,12 @@ class Ingest:
                 telemetry=merge_ranges(rnd.telemetry.get((gw, stream), [])),
                 alarms=merge_ranges(rnd.alarms.get((gw, stream), [])),
             )
-            self._client.publish(self.topics.gw(gw, Channel.ACK), encode_ack(ack), qos=1)
+            # queued while the broker is away: it goes out after the reconnect
+            self._session.publish(
+                self.topics.gw(gw, Channel.ACK), encode_ack(ack), qos=1, queue_offline=True
+            )
 
-    def _store_one(self, msg: mqtt.MQTTMessage, rnd: _Round) -> None:
+    def _store_one(self, msg: Message, rnd: _Round) -> None:
         parsed = self.topics.parse(msg.topic)
         if parsed is None or parsed[1] not in _STORED:
             return
@@ -303,7 +275,7 @@ class Ingest:
         rnd.seen.add(gw)
 
     def _dead_letter(
-        self, gw: str, channel: Channel, msg: mqtt.MQTTMessage, exc: Exception, rnd: _Round
+        self, gw: str, channel: Channel, msg: Message, exc: Exception, rnd: _Round
     ) -> None:
         """Keep a rejected message whole in the store and, when it names the outbox rows it
         was sent for, ack them: the gateway would otherwise send it, and everything behind
@@ -335,9 +307,7 @@ class Ingest:
         acked = rnd.alarms if channel is Channel.ALARMS else rnd.telemetry
         acked[(gw, rows.stream)].append((rows.first, rows.last))
 
-    def _store_message(
-        self, gw: str, channel: Channel, payload: bytes | bytearray, rnd: _Round
-    ) -> None:
+    def _store_message(self, gw: str, channel: Channel, payload: bytes, rnd: _Round) -> None:
         """Decode and store one message; ``rnd`` learns of it only once it is all stored."""
         if channel is Channel.TELEMETRY:
             batch = decode_telemetry(payload)

@@ -7,17 +7,25 @@ import signal
 import sys
 import threading
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import Annotated
 
 import typer
 
+from cli.broker_options import (
+    DEFAULT_BROKER,
+    BrokerOpt,
+    CaFileOpt,
+    CertFileOpt,
+    KeyFileOpt,
+    PasswordFileOpt,
+    UsernameOpt,
+    broker_settings,
+)
 from cli.durations import length_option, since_option
 from cli.output import JsonOpt, Styled, ago, print_json, show, utc
 from cli.store_options import DEFAULT_DB, DbOpt, require_db
 from edge_agent.contract import DEFAULT_ROOT, Topics
-
-if TYPE_CHECKING:
-    from edge_agent.config.models import BrokerUrl
+from mqttlink.url import Broker
 
 app = typer.Typer(
     name="fleet",
@@ -44,23 +52,6 @@ GatewayArg = Annotated[str, typer.Option("--gateway", "-g", help="gateway id")]
 AlarmArg = Annotated[str, typer.Argument(help="alarm id, as listed: device/rule")]
 ByOpt = Annotated[str, typer.Option("--by", help="who does it (kept in the alarm history)")]
 
-BrokerOpt = Annotated[
-    str,
-    typer.Option("--broker", envvar="EDGEFLEET_BROKER", help="central MQTT broker URL"),
-]
-DEFAULT_BROKER = "mqtt://127.0.0.1:1883"
-
-
-def parse_broker(url: str) -> BrokerUrl:
-    # imported here: the config models cost a few hundred ms, which --help need not pay
-    from edge_agent.config.models import BrokerUrl
-
-    try:
-        return BrokerUrl.parse(url)
-    except ValueError as exc:
-        raise typer.BadParameter(str(exc), param_hint="--broker") from None
-
-
 RootOpt = Annotated[
     str,
     typer.Option("--topic-root", envvar="EDGEFLEET_TOPIC_ROOT", help="root of the fleet's topics"),
@@ -76,6 +67,11 @@ def central_run(
         str, typer.Option(help="MQTT client id (keep it stable: the session is persistent)")
     ] = "edgefleet-central",
     log_level: Annotated[str, typer.Option(help="debug, info, warning or error")] = "info",
+    username: UsernameOpt = None,
+    password_file: PasswordFileOpt = None,
+    ca_file: CaFileOpt = None,
+    cert_file: CertFileOpt = None,
+    key_file: KeyFileOpt = None,
 ) -> None:
     """Run the central service: store what the fleet sends and acknowledge it."""
     from central.ingest import Ingest, run_central
@@ -86,7 +82,7 @@ def central_run(
         stream=sys.stderr,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    url = parse_broker(broker)
+    url = broker_settings(broker, username, password_file, ca_file, cert_file, key_file)
     store = Store(db)
     ingest = Ingest(store, url, Topics(topic_root), client_id=client_id)
     stop = threading.Event()
@@ -281,7 +277,7 @@ def alarms_history(
 
 
 def _command(
-    broker: str,
+    broker: Broker,
     topic_root: str,
     gateway: str,
     cmd: str,
@@ -295,7 +291,7 @@ def _command(
         typer.echo(f"error: no signing key at {key} (fleet keys init creates one)", err=True)
         raise typer.Exit(1)
     try:
-        reply = send_command(parse_broker(broker), Topics(topic_root), gateway, cmd, args, key)
+        reply = send_command(broker, Topics(topic_root), gateway, cmd, args, key)
     except CommandFailed as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(1) from None
@@ -320,8 +316,14 @@ def _alarm_command(name: str, cmd: str, doc: str) -> None:
         topic_root: RootOpt = DEFAULT_ROOT,
         key: KeyOpt = Path("center.key"),
         json_out: JsonOpt = False,
+        username: UsernameOpt = None,
+        password_file: PasswordFileOpt = None,
+        ca_file: CaFileOpt = None,
+        cert_file: CertFileOpt = None,
+        key_file: KeyFileOpt = None,
     ) -> None:
-        _command(broker, topic_root, gateway, cmd, {"alarm": alarm, "by": by}, key, json_out)
+        url = broker_settings(broker, username, password_file, ca_file, cert_file, key_file)
+        _command(url, topic_root, gateway, cmd, {"alarm": alarm, "by": by}, key, json_out)
 
     command.__doc__ = doc
     alarms_app.command(name)(command)
@@ -343,11 +345,17 @@ def alarms_shelve(
     topic_root: RootOpt = DEFAULT_ROOT,
     key: KeyOpt = Path("center.key"),
     json_out: JsonOpt = False,
+    username: UsernameOpt = None,
+    password_file: PasswordFileOpt = None,
+    ca_file: CaFileOpt = None,
+    cert_file: CertFileOpt = None,
+    key_file: KeyFileOpt = None,
 ) -> None:
     """Suppress an alarm's annunciation for a while, with a reason."""
+    url = broker_settings(broker, username, password_file, ca_file, cert_file, key_file)
     for_s = length_option(for_, "--for")
     args = {"alarm": alarm, "by": by, "reason": reason, "for_s": round(for_s, 3)}
-    _command(broker, topic_root, gateway, "alarm.shelve", args, key, json_out)
+    _command(url, topic_root, gateway, "alarm.shelve", args, key, json_out)
 
 
 def _show(value: object) -> str:

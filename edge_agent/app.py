@@ -56,8 +56,6 @@ async def run_agent(loaded: LoadedConfig, stop: asyncio.Event) -> None:
         broker=central.broker,
         keepalive_s=central.keepalive_s,
         will=presence.will,
-        username=central.username,
-        password_file=central.password_file,
         reconnect_max_s=central.reconnect_max_s,
     )
 

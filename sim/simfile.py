@@ -32,10 +32,10 @@ from typing import Literal, Self
 from pydantic import Field, ValidationError, field_validator, model_validator
 
 from drivers.base import Frozen
-from edge_agent.config.models import BrokerUrl
 from edge_agent.config.problems import Problem, ProblemsError, load_mapping, validation_problems
 from edge_agent.config.yaml_lines import Located
 from edge_agent.contract.topics import GATEWAY_ID
+from mqttlink.url import BrokerUrl
 
 
 class SimDevice(Frozen):

@@ -22,7 +22,6 @@ from paho.mqtt.enums import CallbackAPIVersion
 import central.ingest as ingest_module
 from central.ingest import Ingest, run_central
 from central.store import Store
-from edge_agent.config.models import BrokerUrl
 from edge_agent.contract import (
     Channel,
     PayloadError,
@@ -31,6 +30,8 @@ from edge_agent.contract import (
     decode_alarm,
     decode_telemetry,
 )
+from mqttlink.session import Message
+from mqttlink.url import Broker as BrokerSettings
 from tests.support import Broker, Central, fill_disk, run_cli, wait_for
 
 pytestmark = pytest.mark.hil
@@ -149,16 +150,14 @@ def reading_store(central: Central) -> Store:
     return Store(central.db)
 
 
-def message(gw: str, channel: Channel, payload: bytes) -> mqtt.MQTTMessage:
-    """A message as paho hands it to ingest (QoS 0 here: nothing for us to PUBACK)."""
-    msg = mqtt.MQTTMessage(mid=0, topic=TOPICS.gw(gw, channel).encode())
-    msg.payload = payload
-    return msg
+def message(gw: str, channel: Channel, payload: bytes) -> Message:
+    """A message as the session hands it to ingest (QoS 0 here: nothing for us to PUBACK)."""
+    return Message(TOPICS.gw(gw, channel), payload, qos=0)
 
 
 def new_ingest(db: Path, broker: Broker) -> Ingest:
     store = Store(db)
-    return Ingest(store, BrokerUrl.parse(broker.url), TOPICS, client_id=f"test-{db.stem}")
+    return Ingest(store, BrokerSettings.plain(broker.url), TOPICS, client_id=f"test-{db.stem}")
 
 
 @pytest.fixture
@@ -456,7 +455,7 @@ def test_run_central_returns_1_when_the_ingest_thread_dies(
         raise RuntimeError("a bug in ingest")
 
     monkeypatch.setattr(ing.store, "begin", crash)
-    ing._on_message(ing._client, None, message("gw-b", Channel.TELEMETRY, batch("gw-b", 1)))
+    ing._on_message(message("gw-b", Channel.TELEMETRY, batch("gw-b", 1)))
     stop = threading.Event()
     watchdog = threading.Timer(15, stop.set)  # bound: a hang returns 0 and fails, not forever
     watchdog.start()

@@ -20,6 +20,7 @@ from drivers.mqtt.codec import Bad, PayloadReader, convert
 from drivers.mqtt.config import MqttDevice, MqttPoint
 from drivers.mqtt.driver import MqttDriver
 from edge_agent.devices import open_driver
+from mqttlink.session import Session
 from tests.proxy import FaultProxy
 from tests.support import Broker
 
@@ -598,23 +599,26 @@ async def test_a_refused_subscription_is_logged_once_shown_down_and_retried(
 
 async def test_aclose_while_connecting_ends_the_network_thread(mqtt_broker: Broker) -> None:
     drv = MqttDriver(device(mqtt={"url": mqtt_broker.url, "topic": "s/+", "id_from": 1}))
-    make_client = drv._make_client
+    make_session = drv._make_session
 
-    def client_that_is_closed_while_connecting() -> mqtt.Client:
-        client = make_client()
+    def session_that_is_closed_while_connecting() -> Session:
+        session = make_session()
+        client = session._client
         connect = client.connect
 
         def aclose_lands_inside_connect(*args: Any, **kwargs: Any) -> Any:
-            drv._stopping.set()  # what aclose() does while the thread is in here
+            session._stopping.set()  # what aclose() does while the thread is in here
             client.disconnect()
             return connect(*args, **kwargs)
 
         client.connect = aclose_lands_inside_connect  # type: ignore[method-assign]
-        return client
+        return session
 
-    drv._make_client = client_that_is_closed_while_connecting  # type: ignore[method-assign]
+    drv._make_session = session_that_is_closed_while_connecting  # type: ignore[method-assign]
     drv.start()
-    assert drv._thread is not None
-    await asyncio.to_thread(drv._thread.join, 5)
-    assert not drv._thread.is_alive(), "loop_forever kept running after aclose()"
+    assert drv._session is not None
+    thread = drv._session._thread
+    assert thread is not None
+    await asyncio.to_thread(thread.join, 5)
+    assert not thread.is_alive(), "loop_forever kept running after aclose()"
     assert drv.stats.connects == 0  # it never subscribed either

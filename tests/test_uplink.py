@@ -5,8 +5,8 @@ from __future__ import annotations
 import asyncio
 import socket
 
-from edge_agent.config.models import BrokerUrl
 from edge_agent.uplink import Uplink
+from mqttlink.url import Broker as BrokerSettings
 from tests.proxy import FaultProxy
 from tests.rig import WireTap
 from tests.support import Broker
@@ -16,13 +16,13 @@ async def test_stop_survives_the_connection_dying_under_the_goodbye(mqtt_broker:
     uplink = Uplink(
         asyncio.get_running_loop(),
         client_id="gw-goodbye",
-        broker=BrokerUrl.parse(mqtt_broker.url),
+        broker=BrokerSettings.plain(mqtt_broker.url),
         keepalive_s=5,
         will=("t/state", b"offline"),
     )
     uplink.start()
     await asyncio.wait_for(uplink.connected.wait(), 10)
-    sock = uplink._client.socket()
+    sock = uplink._session._client.socket()
     assert isinstance(sock, socket.socket)
     # The link dies under the goodbye (as when the broker is stopped at the same moment):
     # paho still thinks it is connected, but the goodbye cannot be written.
@@ -40,7 +40,7 @@ async def test_a_message_in_flight_when_the_link_died_is_not_sent_again_by_paho(
     uplink = Uplink(
         asyncio.get_running_loop(),
         client_id="gw-resend",
-        broker=BrokerUrl.parse(proxy.url),
+        broker=BrokerSettings.plain(proxy.url),
         keepalive_s=5,
         will=("edgefleet/v1/gw/gw-resend/state", b"offline"),
         reconnect_max_s=0.5,

@@ -12,13 +12,13 @@ from __future__ import annotations
 import re
 from pathlib import Path
 from typing import Literal, Self
-from urllib.parse import urlsplit
 
 import jmespath
 from jmespath.exceptions import JMESPathError
 from pydantic import Field, field_validator, model_validator
 
 from drivers.base import DEVICE_ID, DeviceBase, Frozen, PointBase, Violation, reject
+from mqttlink.url import Broker, BrokerUrl
 
 ID_TEMPLATE = re.compile(r"^[A-Za-z0-9._-]{0,40}\{id\}[A-Za-z0-9._-]{0,40}$")
 """A device id with ``{id}`` where the topic level goes: ``{id}``, ``smoke-{id}``."""
@@ -71,7 +71,7 @@ class MqttConnection(Frozen):
     @field_validator("url")
     @classmethod
     def _url(cls, v: str) -> str:
-        broker_address(v)
+        BrokerUrl.parse(v)
         return v
 
     @field_validator("topic")
@@ -85,7 +85,7 @@ class MqttConnection(Frozen):
         problems: list[Violation] = []
         if (self.username is None) != (self.password_file is None):
             problems.append((("username",), "username and password_file go together", None))
-        tls = broker_address(self.url)[0]
+        tls = BrokerUrl.parse(self.url).tls
         for key in ("ca_file", "cert_file", "key_file"):
             if getattr(self, key) is not None and not tls:
                 problems.append(((key,), f"{key} needs an mqtts:// url", getattr(self, key)))
@@ -105,29 +105,27 @@ class MqttConnection(Frozen):
 
     @property
     def tls(self) -> bool:
-        return broker_address(self.url)[0]
+        return BrokerUrl.parse(self.url).tls
 
     @property
     def host(self) -> str:
-        return broker_address(self.url)[1]
+        return BrokerUrl.parse(self.url).host
 
     @property
     def port(self) -> int:
-        return broker_address(self.url)[2]
+        return BrokerUrl.parse(self.url).port
 
-
-def broker_address(url: str) -> tuple[bool, str, int]:
-    """``(tls, host, port)`` of an ``mqtt://`` or ``mqtts://`` URL."""
-    parts = urlsplit(url)
-    if parts.scheme not in ("mqtt", "mqtts") or not parts.hostname:
-        raise ValueError(f"{url!r}: expected mqtt://host[:port] or mqtts://host[:port]")
-    if parts.username or parts.password:
-        raise ValueError(f"{url!r}: put credentials in username and password_file, not the URL")
-    try:
-        port = parts.port or (8883 if parts.scheme == "mqtts" else 1883)
-    except ValueError:
-        raise ValueError(f"{url!r}: port must be a number from 1 to 65535") from None
-    return parts.scheme == "mqtts", parts.hostname, port
+    @property
+    def broker(self) -> Broker:
+        """The settings the driver connects with (files are read at each connect)."""
+        return Broker(
+            url=BrokerUrl.parse(self.url),
+            ca_file=self.ca_file,
+            cert_file=self.cert_file,
+            key_file=self.key_file,
+            username=self.username,
+            password_file=self.password_file,
+        )
 
 
 PointType = Literal["number", "int", "float", "bool", "string"]

@@ -1,10 +1,10 @@
 """The MQTT driver: subscribes to a local broker and turns what sensors push into readings.
 
-This is the only module that imports paho for the southbound side. paho's network loop
-runs on a thread of ours (connect, loop until the connection drops, wait, again: the
-wait drawn from ``drivers.backoff`` so a restarted broker is not hit by every gateway
-process at once). Each message is read on that thread, at once, into a small per-device
-queue; ``read()`` hands over what arrived since its previous call.
+The connection is an ``mqttlink.session.Session`` (TLS, credentials, the reconnect loop
+with jittered backoff, so a restarted broker is not hit by every gateway process at once);
+this module keeps only what is the driver's: each message is read on the session's
+thread, at once, into a small per-device queue; ``read()`` hands over what arrived since
+its previous call.
 
 How MQTT fits the polling interface: the agent calls ``read()`` every ``poll_s`` of the
 device entry; for MQTT that period is how often arrived readings are handed on and
@@ -53,24 +53,23 @@ topic) at all; those never reach the gateway and cannot be counted.
 
 from __future__ import annotations
 
-import asyncio
 import logging
-import ssl
 import threading
 import time
 from collections import deque
 from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 
-import paho.mqtt.client as mqtt
-from paho.mqtt.enums import CallbackAPIVersion
-from paho.mqtt.packettypes import PacketTypes
-from paho.mqtt.properties import Properties
-from paho.mqtt.reasoncodes import ReasonCode
-from paho.mqtt.subscribeoptions import SubscribeOptions
-
-from drivers.backoff import Backoff, keep_connected
 from drivers.base import Quality, Reading, Value, WriteRefused
+from mqttlink.backoff import Backoff
+from mqttlink.session import (
+    RETAIN_DO_NOT_SEND,
+    RETAIN_SEND,
+    Message,
+    Session,
+    SessionError,
+    Subscription,
+)
 
 from .codec import Bad, Malformed, PayloadReader
 from .config import MqttDevice
@@ -134,22 +133,21 @@ class MqttDriver:
         if not device.templated:
             self._devices[device.id] = self._new_device(device.id)
         self._started = clock()
-        self._stopping = threading.Event()
-        self._thread: threading.Thread | None = None
-        self._client: mqtt.Client | None = None
-        self._backoff = Backoff(first_s=0.5, cap_s=5.0)
-        self._sub_refused = False  # the network thread's: we hung up after a refused SUBACK
+        self._session: Session | None = None
 
     # --- the Driver interface ----------------------------------------------------------
 
     async def read(self) -> list[Reading]:
         """Readings that arrived since the previous call, and stale marks; never raises."""
-        if self._thread is None:
+        if self._session is None:
             try:
                 self.start()
-            except Exception as exc:  # e.g. a TLS file missing: say so, try again next poll
+            except SessionError as exc:  # e.g. a TLS file missing: say so, try next poll
+                self._down(str(exc))
+                self._session = None
+            except Exception as exc:
                 self._down(f"cannot start: {type(exc).__name__}: {exc}")
-                self._client = None
+                self._session = None
         try:
             return self.collect()
         except Exception:  # a bug here must not turn every device of the entry bad
@@ -162,11 +160,8 @@ class MqttDriver:
         raise WriteRefused(f"{self.device.id}: MQTT points are read-only (no command topic)")
 
     async def aclose(self) -> None:
-        self._stopping.set()
-        if self._client is not None:
-            self._client.disconnect()
-        if self._thread is not None:
-            await asyncio.to_thread(self._thread.join, 5)
+        if self._session is not None:
+            await self._session.aclose()
 
     # --- what the agent's health data shows ------------------------------------------------
 
@@ -370,124 +365,67 @@ class MqttDriver:
             self._entry_logged.add(kind)
             log.warning("mqtt %s: " + message, self.name, *args)
 
-    # --- the network thread --------------------------------------------------------------
+    # --- the session (its callbacks run on its thread) ------------------------------------
 
     def start(self) -> None:
-        """Start the network thread (``read()`` does on first call)."""
-        if self._thread is not None:
+        """Start the session (``read()`` does on first call)."""
+        if self._session is not None:
             return
-        self._client = self._make_client()
-        self._thread = threading.Thread(target=self._network, name=f"mqtt:{self.name}", daemon=True)
-        self._thread.start()
+        session = self._make_session()
+        session.prepare()  # a file missing is said at once, and tried again next poll
+        self._session = session
+        session.start()
 
-    def _make_client(self) -> mqtt.Client:
+    def _make_session(self) -> Session:
         conn = self.conn
         v5 = conn.version == "5"
-        client = mqtt.Client(
-            CallbackAPIVersion.VERSION2,
+        session = Session(
+            conn.broker,
             client_id=conn.client_id,
-            protocol=mqtt.MQTTv5 if v5 else mqtt.MQTTv311,
-            clean_session=None if v5 else True,
-            reconnect_on_failure=False,
+            name=f"mqtt:{self.name}",
+            keepalive_s=conn.keepalive_s,
+            protocol=conn.version,
+            # the broker is told not to send what we would drop unread anyway
+            max_packet_bytes=16 * conn.max_payload_bytes + 65536 if v5 else None,
+            backoff=Backoff(first_s=0.5, cap_s=5.0),
         )
-        if conn.tls:
-            context = ssl.create_default_context(cafile=str(conn.ca_file) if conn.ca_file else None)
-            if conn.cert_file is not None and conn.key_file is not None:
-                context.load_cert_chain(str(conn.cert_file), str(conn.key_file))
-            client.tls_set_context(context)
-        client.on_connect = self._on_connect
-        client.on_subscribe = self._on_subscribe
-        client.on_disconnect = self._on_disconnect
-        client.on_message = self._on_message
-        return client
+        # retained copies are old data: with v5 the broker is asked not to send them
+        retain = RETAIN_DO_NOT_SEND if v5 else RETAIN_SEND
+        session.subscribe(Subscription(conn.topic, qos=conn.qos, retain_handling=retain), self._got)
+        session.on_up(self._connected)
+        session.on_suback(self._subscribed)
+        session.on_down(self._down)
+        session.on_unreadable(self._unreadable)
+        return session
 
-    def _network(self) -> None:
-        assert self._client is not None
-        client, conn = self._client, self.conn
-        props: Properties | None = None
-        if conn.version == "5":
-            props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
-            props.SessionExpiryInterval = 0
-            props.MaximumPacketSize = 16 * conn.max_payload_bytes + 65536
-
-        def connect() -> None:
-            if conn.username is not None:
-                password = conn.password_file.read_text().strip() if conn.password_file else None
-                client.username_pw_set(conn.username, password)
-            client.connect(conn.host, conn.port, keepalive=conn.keepalive_s, properties=props)
-
-        # loop_forever returns when the connection is gone
-        keep_connected(connect, client.loop_forever, self._stopping, self._backoff, self._down)
-
-    def _on_connect(
-        self,
-        client: mqtt.Client,
-        userdata: object,
-        flags: mqtt.ConnectFlags,
-        reason: ReasonCode,
-        properties: Properties | None,
-    ) -> None:
-        if self._stopping.is_set():  # aclose() ran while we were connecting
-            client.disconnect()
-            return
-        if reason.is_failure:
-            self._down(f"refused the connection: {reason}")
-            return
+    def _connected(self, session_present: bool) -> None:
         with self._lock:
             self.stats.connects += 1
-        if self.conn.version == "5":  # retained copies are old data: do not send them
-            options = SubscribeOptions(
-                qos=self.conn.qos, retainHandling=SubscribeOptions.RETAIN_DO_NOT_SEND
-            )
-            client.subscribe(self.conn.topic, options=options)
-        else:
-            client.subscribe(self.conn.topic, qos=self.conn.qos)
 
-    def _on_subscribe(
-        self,
-        client: mqtt.Client,
-        userdata: object,
-        mid: int,
-        reasons: list[ReasonCode],
-        properties: Properties | None,
-    ) -> None:
+    def _subscribed(self, topic: str, refusal: str | None) -> None:
         """The link is up once the broker has granted the subscription, not at CONNACK."""
-        refused = next((r for r in reasons if r.is_failure), None)
-        if refused is not None:
-            # logged once (the link stays down while refused); hang up so that the reconnect
-            # loop subscribes again after its backoff: an ACL may be fixed at any time
-            self._down(f"refused the subscription to {self.conn.topic}: {refused}")
-            self._sub_refused = True
-            client.disconnect()
+        if refusal is not None:
+            # logged once (the link stays down while refused); hang up so that the session
+            # subscribes again after its backoff: an ACL may be fixed at any time
+            assert self._session is not None
+            self._session.reconnect(f"refused the subscription to {topic}: {refusal}")
             return
-        self._backoff.reset()
         with self._lock:
             was = self.stats.link
             self.stats.link, self.stats.reason = "up", None
         if was != "up":
             log.info("mqtt %s: subscribed to %s on %s", self.name, self.conn.topic, self.conn.url)
 
-    def _on_disconnect(
-        self,
-        client: mqtt.Client,
-        userdata: object,
-        flags: mqtt.DisconnectFlags,
-        reason: ReasonCode,
-        properties: Properties | None,
-    ) -> None:
-        if self._sub_refused:  # we hung up: keep "refused the subscription" as the reason
-            self._sub_refused = False
-        elif not self._stopping.is_set():
-            self._down(f"connection lost: {reason}")
-
-    def _on_message(self, client: mqtt.Client, userdata: object, msg: mqtt.MQTTMessage) -> None:
+    def _got(self, msg: Message) -> None:
         try:
-            self.receive(msg.topic, bytes(msg.payload), retained=bool(msg.retain))
-        except Exception:  # never let one message stop paho's loop, and with it every device
-            # msg.topic itself raises on a topic that is not UTF-8: do not touch it again
-            self._log_entry_once("receive", "a message could not be handled (counted)")
-            with self._lock:
-                self.stats.unnamed += 1
+            self.receive(msg.topic, msg.payload, retained=msg.retain)
+        except Exception:  # never let one message stop the session, and with it every device
+            self._unreadable()
+
+    def _unreadable(self) -> None:
+        self._log_entry_once("receive", "a message could not be handled (counted)")
+        with self._lock:
+            self.stats.unnamed += 1
 
     def _down(self, reason: str) -> None:
         with self._lock:

@@ -9,22 +9,20 @@ heartbeat) and at once when a boolean flag changes, as battery sensors do to sav
 For fault tests it can go silent, and publish garbage of several kinds among the good
 messages (``not_json``, ``truncated``, ``oversized``, ``wrong_type``, ``empty``,
 ``binary``). Garbage is built from the current good payload, without randomness, so a run
-stays deterministic. Many devices share one ``MqttPublisher`` (one paho connection).
+stays deterministic. Many devices share one ``MqttPublisher`` (one ``mqttlink`` session).
 """
 
 from __future__ import annotations
 
 import json
 import re
-import threading
 from collections.abc import Sequence
 from typing import Any
 
-import paho.mqtt.client as mqtt
-from paho.mqtt.enums import CallbackAPIVersion
-
 from drivers.base import Value
-from drivers.mqtt.config import MqttPoint, broker_address
+from drivers.mqtt.config import MqttPoint
+from mqttlink.session import Session, SessionError
+from mqttlink.url import Broker
 
 from .scenario import Effect, Garbage
 
@@ -45,33 +43,30 @@ def publishable(points: Sequence[MqttPoint]) -> str | None:
 class MqttPublisher:
     """One connection to a broker, shared by the simulated devices publishing there."""
 
-    def __init__(self, url: str, client_id: str = "") -> None:
-        tls, self.host, self.port = broker_address(url)
-        self.url = url
-        self.connected = threading.Event()
-        self.client = mqtt.Client(
-            CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5
-        )
-        if tls:
-            self.client.tls_set()
-        self.client.on_connect = lambda *args: self.connected.set()
-        self.client.on_disconnect = lambda *args: self.connected.clear()
+    def __init__(self, url: str | Broker, client_id: str = "") -> None:
+        self.broker = url if isinstance(url, Broker) else Broker.plain(url)
+        self.url = str(self.broker)
+        self._session = Session(self.broker, client_id=client_id, name="sim-publisher")
         self.published = 0
 
+    @property
+    def connected(self) -> bool:
+        return self._session.connected
+
     def start(self, timeout_s: float = 10.0) -> None:
-        self.client.connect_async(self.host, self.port, keepalive=30)
-        self.client.loop_start()
-        if not self.connected.wait(timeout_s):
-            self.stop()
-            raise ConnectionError(f"no connection to {self.url} within {timeout_s:g} s")
+        """Connect (and stay connected); ``ConnectionError`` if the broker is not there."""
+        try:
+            self._session.open(timeout_s, patient=True)
+        except SessionError as exc:
+            raise ConnectionError(f"no connection to {self.url}: {exc}") from None
 
     def publish(self, topic: str, payload: bytes, *, retain: bool = False) -> None:
-        self.client.publish(topic, payload, qos=1, retain=retain)
+        # as a sensor does: what it sends while the broker is away is queued, not kept back
+        self._session.publish(topic, payload, qos=1, retain=retain, queue_offline=True)
         self.published += 1
 
     def stop(self) -> None:
-        self.client.disconnect()
-        self.client.loop_stop()
+        self._session.close()
 
 
 class SimulatedMqttDevice:

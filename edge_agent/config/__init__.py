@@ -6,12 +6,11 @@ Imports run one way: ``loader`` → ``expand`` (devices built from profiles) →
 """
 
 from edge_agent.config.loader import ConfigError, LoadedConfig, load_config, parse_config
-from edge_agent.config.models import AgentConfig, BrokerUrl, DeviceConfig
+from edge_agent.config.models import AgentConfig, DeviceConfig
 from edge_agent.config.problems import Problem
 
 __all__ = [
     "AgentConfig",
-    "BrokerUrl",
     "ConfigError",
     "DeviceConfig",
     "LoadedConfig",

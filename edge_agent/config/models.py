@@ -10,12 +10,11 @@ so that it does not collide with the runtime class it configures (``Outbox``).
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any
-from urllib.parse import urlsplit
+from typing import Annotated, Any, Self
 
-from pydantic import BeforeValidator, Discriminator, Field, Tag, field_validator
+from pydantic import BeforeValidator, Discriminator, Field, Tag, field_validator, model_validator
 
-from drivers.base import Frozen
+from drivers.base import Frozen, Violation, reject
 from drivers.modbus.config import ModbusDevice, bus_conflicts
 from drivers.mqtt.config import MqttDevice
 from drivers.opcua.config import OpcUaDevice
@@ -23,6 +22,7 @@ from edge_agent.contract.topics import DEFAULT_ROOT, GATEWAY_ID, Topics
 from edge_agent.durations import parse_duration
 from edge_agent.rules.compile import CompiledRule, RuleErrors, compile_rules
 from edge_agent.rules.model import Rule
+from mqttlink.url import Broker, BrokerUrl
 
 PROTOCOLS = ("modbus", "opcua", "mqtt")
 
@@ -59,33 +59,16 @@ class GatewayConfig(Frozen):
     tags: dict[str, str] = Field(default_factory=dict)
 
 
-class BrokerUrl(Frozen):
-    """``mqtt://host:port`` (plain) or ``mqtts://host:port`` (TLS)."""
-
-    scheme: str
-    host: str
-    port: int
-
-    @classmethod
-    def parse(cls, url: str) -> BrokerUrl:
-        parts = urlsplit(url)
-        if parts.scheme not in ("mqtt", "mqtts") or not parts.hostname:
-            raise ValueError(f"{url!r}: expected mqtt://host[:port] or mqtts://host[:port]")
-        try:
-            port = parts.port or (8883 if parts.scheme == "mqtts" else 1883)
-        except ValueError:
-            raise ValueError(f"{url!r}: port must be a number from 1 to 65535") from None
-        return cls(scheme=parts.scheme, host=parts.hostname, port=port)
-
-    def __str__(self) -> str:
-        return f"{self.scheme}://{self.host}:{self.port}"
-
-
 class Central(Frozen):
-    url: str = "mqtt://127.0.0.1:1883"
+    url: str = Field(
+        default="mqtt://127.0.0.1:1883", description="the central broker: mqtt:// or mqtts://"
+    )
     topic_root: str = DEFAULT_ROOT
-    username: str | None = None
-    password_file: Path | None = None
+    username: str | None = Field(default=None, min_length=1)
+    password_file: Path | None = Field(default=None, description="file holding the password")
+    ca_file: Path | None = Field(default=None, description="mqtts: CA bundle (default: system)")
+    cert_file: Path | None = Field(default=None, description="mqtts: client certificate")
+    key_file: Path | None = Field(default=None, description="mqtts: client certificate's key")
     keepalive_s: int = Field(default=10, ge=2, le=3600)
     command_key: Path | None = Field(
         default=None, description="the center's Ed25519 public key; without it, no commands"
@@ -106,9 +89,31 @@ class Central(Frozen):
         Topics(v)
         return v
 
+    @model_validator(mode="after")
+    def _fits(self) -> Self:
+        problems: list[Violation] = []
+        if self.password_file is not None and self.username is None:
+            problems.append((("username",), "password_file needs a username", None))
+        tls = BrokerUrl.parse(self.url).tls
+        for key in ("ca_file", "cert_file", "key_file"):
+            if getattr(self, key) is not None and not tls:
+                problems.append(((key,), f"{key} needs an mqtts:// url", getattr(self, key)))
+        if (self.cert_file is None) != (self.key_file is None):
+            problems.append((("cert_file",), "cert_file and key_file go together", None))
+        reject(type(self).__name__, problems)
+        return self
+
     @property
-    def broker(self) -> BrokerUrl:
-        return BrokerUrl.parse(self.url)
+    def broker(self) -> Broker:
+        """The settings the uplink connects with (files are read at each connect)."""
+        return Broker(
+            url=BrokerUrl.parse(self.url),
+            ca_file=self.ca_file,
+            cert_file=self.cert_file,
+            key_file=self.key_file,
+            username=self.username,
+            password_file=self.password_file,
+        )
 
 
 def _duration(value: object) -> object:
