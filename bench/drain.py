@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.results import machine, merge, timestamp
+from central.store import Store
 from drivers.base import Quality, Reading
 from drivers.modbus.config import ModbusPoint
 from edge_agent.contract import ReadingEncoder
@@ -44,8 +45,6 @@ def fill_outbox(path: Path, n: int, start: float) -> None:
 
 def raw_insert_rate(tmp: Path, n: int = 200_000) -> float:
     """Rows/s the central table takes from plain executemany, 1,000-row commits."""
-    from central.store import Store
-
     store = Store(tmp / "raw.db")
     rows = [
         ("g", "s", i, "d", f"p{i % 100}", 1.0, "u", "good", None, float(i), 0) for i in range(n)

@@ -52,6 +52,7 @@ from bench.procs import (
     status_kb,
     wait_until,
 )
+from bench.profile import summarise
 from tests.support import BIN, Broker
 
 TARGET_RATIO = 0.30
@@ -767,8 +768,6 @@ def _summarise(e2e: dict[str, Any]) -> None:
 
 
 def _profile(b: Bench) -> int:
-    from bench.profile import summarise
-
     out_dir = Path(__file__).with_name("profiles")
     out_dir.mkdir(exist_ok=True)
     figures = stage_edgefleet(b, profile_dir=out_dir)

@@ -57,8 +57,9 @@ def run(
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
-    from edge_agent.app import run_agent
-    from edge_agent.outbox import OutboxUnavailable
+    # the runtime (drivers, outbox) loads only for run, never for check or --help
+    from edge_agent.app import run_agent  # noqa: PLC0415
+    from edge_agent.outbox import OutboxUnavailable  # noqa: PLC0415
 
     async def main() -> None:
         stop = asyncio.Event()

@@ -64,8 +64,9 @@ def browse(
         typer.echo(f"error: {_first_problem(exc)}", err=True)
         raise typer.Exit(EXIT_USAGE) from None
 
-    from drivers.opcua.browse import BrowseError
-    from drivers.opcua.browse import browse as walk
+    # asyncua and rich load only when browsing
+    from drivers.opcua.browse import BrowseError  # noqa: PLC0415
+    from drivers.opcua.browse import browse as walk  # noqa: PLC0415
 
     try:
         result = asyncio.run(walk(conn, start=node, depth=depth, max_nodes=max_nodes))
@@ -75,7 +76,8 @@ def browse(
     if as_json:
         print_json(result.as_json())
         return
-    from rich.tree import Tree
+    # asyncua and rich load only when browsing
+    from rich.tree import Tree  # noqa: PLC0415
 
     tree = Tree(_label(result.root))
     _grow(tree, result.root)

@@ -60,7 +60,8 @@ class Column:
 
 def text(*parts: Part) -> Text:
     """The parts as one rich ``Text``: each ``str`` literal, each ``Styled`` in its style."""
-    from rich.text import Text
+    # rich loads only when a table is drawn
+    from rich.text import Text  # noqa: PLC0415
 
     out = Text()
     for part in parts:
@@ -75,7 +76,8 @@ def table(
     columns: Sequence[str | Column], rows: Iterable[Sequence[Cell]], *, title: str | None = None
 ) -> Table:
     """A rich table of ``rows``; no cell, nor the title, is ever read as markup."""
-    from rich.table import Table
+    # rich loads only when a table is drawn
+    from rich.table import Table  # noqa: PLC0415
 
     out = Table(title=None if title is None else text(title))
     for col in columns:
@@ -89,7 +91,8 @@ def table(
 
 def print_rich(*renderables: RenderableType) -> None:
     """Print on stdout, as wide as the terminal (``COLUMNS``) allows."""
-    from rich.console import Console
+    # rich loads only when a table is drawn
+    from rich.console import Console  # noqa: PLC0415
 
     console = Console()
     for r in renderables:

@@ -106,7 +106,8 @@ def modbus(
 
 
 async def _read_once(device: ModbusDevice) -> list[ProbedPoint]:
-    from drivers.modbus.driver import ModbusDriver
+    # pymodbus loads only when probing
+    from drivers.modbus.driver import ModbusDriver  # noqa: PLC0415
 
     driver = ModbusDriver(device)
     try:

@@ -32,7 +32,8 @@ DirsOpt = Annotated[
 
 
 def _library(dirs: list[Path] | None) -> ProfileLibrary:
-    from edge_agent.config.profiles import ProfileLibrary
+    # the profile library (pydantic models) loads only for this command
+    from edge_agent.config.profiles import ProfileLibrary  # noqa: PLC0415
 
     return ProfileLibrary(dirs or [])
 
@@ -41,7 +42,8 @@ def _library(dirs: list[Path] | None) -> ProfileLibrary:
 def profiles_list(dirs: DirsOpt = None, json_out: JsonOpt = False) -> None:
     """List every profile: vendor/model@firmware, protocol, versions, points, rules; exit 2
     if any profile file has problems (each printed as file:line: field: message)."""
-    from edge_agent.config.profiles import describe
+    # the profile library (pydantic models) loads only for this command
+    from edge_agent.config.profiles import describe  # noqa: PLC0415
 
     library = _library(dirs)
     loaded, problems = library.load_all()
@@ -79,7 +81,8 @@ def profiles_show(
     json_out: JsonOpt = False,
 ) -> None:
     """Show one profile: where its map comes from, its points, rules and simulation."""
-    from edge_agent.config.profiles import ProfileError
+    # the profile library (pydantic models) loads only for this command
+    from edge_agent.config.profiles import ProfileError  # noqa: PLC0415
 
     try:
         loaded = _library(dirs).find(ref)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Annotated
 
@@ -20,8 +21,9 @@ def rules_test(
     json_out: Annotated[bool, typer.Option("--json", help="print JSON")] = False,
 ) -> None:
     """Print which alarms the series would raise, clear or re-trigger, and when."""
-    from cli.problems import load_config_or_exit
-    from edge_agent.rules.replay import ReplayError, replay_file
+    # the rule engine loads only for this command
+    from cli.problems import load_config_or_exit  # noqa: PLC0415
+    from edge_agent.rules.replay import ReplayError, replay_file  # noqa: PLC0415
 
     cfg = load_config_or_exit(config).config
     try:
@@ -33,8 +35,6 @@ def rules_test(
         raise typer.Exit(1) from None
     events = [e.to_json() for e in replayed]
     if json_out:
-        import json
-
         typer.echo(json.dumps(events, indent=2))
         return
     if not events:

@@ -29,16 +29,19 @@ def open_driver(
     makes ids from topics (``"{id}"``) refuses to make one of these."""
     match device:
         case ModbusDevice():
-            from drivers.modbus.driver import ModbusDriver
+            # a protocol's library loads only when a device uses it
+            from drivers.modbus.driver import ModbusDriver  # noqa: PLC0415
 
             driver: Driver = ModbusDriver(device, modbus_buses)
             return driver
         case OpcUaDevice():
-            from drivers.opcua.driver import OpcUaDriver
+            # a protocol's library loads only when a device uses it
+            from drivers.opcua.driver import OpcUaDriver  # noqa: PLC0415
 
             return OpcUaDriver(device)
         case MqttDevice():
-            from drivers.mqtt.driver import MqttDriver
+            # a protocol's library loads only when a device uses it
+            from drivers.mqtt.driver import MqttDriver  # noqa: PLC0415
 
             return MqttDriver(device, taken_ids=gateway_ids)
     raise TypeError(f"no driver for {type(device).__name__}")  # pragma: no cover
@@ -51,7 +54,8 @@ def open_drivers(devices: Sequence[DeviceConfig]) -> dict[str, Driver]:
     buses: ModbusBuses | None = None
     if any(isinstance(dev, ModbusDevice) for dev in devices):
         # lazy: pymodbus is loaded only on a gateway with a Modbus device
-        from drivers.modbus.bus import ModbusBuses
+        # a protocol's library loads only when a device uses it
+        from drivers.modbus.bus import ModbusBuses  # noqa: PLC0415
 
         buses = ModbusBuses()
         # The driver reports every device failure once, in its own words, and counts the

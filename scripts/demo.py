@@ -23,6 +23,10 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from rich.console import Group
+from rich.live import Live
+
+from central.store import Store
 from cli.output import Part, Styled, table
 
 if TYPE_CHECKING:
@@ -103,11 +107,6 @@ class Stack:
 
 def show(db: Path, duration: float | None, started: float) -> int:
     """Render each device's newest readings, and the alarms, until Ctrl-C (or ``duration``)."""
-    from rich.console import Group
-    from rich.live import Live
-
-    from central.store import Store
-
     store: Store | None = None
     seen = 0
     deadline = None if duration is None else time.monotonic() + duration

@@ -3,16 +3,22 @@ for real. Every server listens on 127.0.0.1 only; every wait is bounded."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import shutil
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
+
+from central.store import Store
+from drivers.simulated.modbus_server import SimulatedModbusDevice
 
 T = TypeVar("T")
 BIN = Path(sys.executable).parent
@@ -207,8 +213,6 @@ class Central(Process):
 
     def _store_made(self) -> bool:
         """The service has made its store: the file and, last of its schema, ``gateways``."""
-        import sqlite3
-
         if not self.db.exists():
             return False
         db = sqlite3.connect(self.db)
@@ -221,8 +225,6 @@ class Central(Process):
             db.close()
 
     def store(self):  # type: ignore[no-untyped-def]
-        from central.store import Store
-
         return Store(self.db)
 
 
@@ -259,8 +261,6 @@ def produced_keys(outbox: Path) -> set[tuple[str, int]]:
     Sequence numbers come from AUTOINCREMENT without gaps (a rolled-back insert rolls
     its numbers back too), so 1..last is exactly what was produced.
     """
-    import sqlite3
-
     db = sqlite3.connect(outbox)
     try:
         (stream,) = db.execute("SELECT value FROM meta WHERE key='stream_id'").fetchone()
@@ -276,19 +276,12 @@ class ThreadedDevice:
     synchronous tests (driving real processes) can change its values as they go."""
 
     def __init__(self, points: Any, **kwargs: Any) -> None:
-        import asyncio
-        import threading
-
-        from drivers.simulated.modbus_server import SimulatedModbusDevice
-
         self.device = SimulatedModbusDevice(points, **kwargs)
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
         self._thread.start()
 
     def _call(self, coro: Any, timeout: float = 10) -> Any:
-        import asyncio
-
         return asyncio.run_coroutine_threadsafe(coro, self._loop).result(timeout)
 
     @property

@@ -8,6 +8,7 @@ Real Mosquitto on a loopback port; the real ``fleet central run`` process, or th
 from __future__ import annotations
 
 import json
+import multiprocessing
 import sqlite3
 import threading
 import time
@@ -20,6 +21,7 @@ import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
 import central.ingest as ingest_module
+import central.store
 from central.ingest import Ingest, run_central
 from central.store import Store
 from edge_agent.contract import (
@@ -503,8 +505,6 @@ def test_the_service_and_a_query_opening_a_new_store_together_both_succeed(
     process holds one: ``fleet central run`` and a ``fleet`` query starting together made
     one of them fail ("database is locked") about one time in seven, and when it was the
     service, it exited. Forty new stores, each opened by two processes at the same moment."""
-    import multiprocessing
-
     ctx = multiprocessing.get_context("fork")
     errors = ctx.Queue()
     for i in range(40):
@@ -543,8 +543,6 @@ def test_fleet_tables_show_what_gateways_sent_as_text_not_markup(tmp_path: Path)
 def test_a_gateway_keeps_only_its_newest_dead_letters(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import central.store
-
     monkeypatch.setattr(central.store, "REJECTED_KEEP", 3)
     store = Store(tmp_path / "central.db")
     try:

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import subprocess
+import sys
 import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -21,6 +23,7 @@ from typing import Any
 
 import pytest
 from click.testing import Result
+from rich.console import Console
 from typer.testing import CliRunner
 
 from central.store import Store
@@ -98,8 +101,6 @@ def table(output: str) -> Drawn:
 
 
 def test_a_cell_of_parts_keeps_sent_text_literal_and_styles_the_programs_words() -> None:
-    from rich.console import Console
-
     console = Console(width=80, force_terminal=True, color_system="standard")
     with console.capture() as captured:
         console.print(output.table(("values",), [(("label=", SENT, " ", Styled("bad", "red")),)]))
@@ -600,9 +601,6 @@ def test_sim_scenarios_prints_a_line_per_shipped_scenario_with_what_it_moves() -
 
 def test_the_command_modules_load_without_rich() -> None:
     """``fleet --help`` stays quick: rich is imported only where a table is drawn."""
-    import subprocess
-    import sys
-
     code = (
         "import sys, cli.agent, cli.fleet\n"
         "print(sorted({m.split('.')[0] for m in sys.modules} & {'rich', 'central', 'asyncua',"

@@ -42,6 +42,8 @@ from edge_agent.contract import (
     reading_dict,
 )
 from edge_agent.contract.alarms import (
+    ALARM_STATES,
+    SEVERITIES,
     ActionReport,
     ActionResult,
     ActionWrite,
@@ -176,8 +178,6 @@ def test_load_schema_returns_a_fresh_dict() -> None:
 
 
 def test_alarm_schema_enums_match_the_codec() -> None:
-    from edge_agent.contract.alarms import ALARM_STATES, SEVERITIES
-
     props = load_schema(Channel.ALARMS)["properties"]
     assert tuple(props["severity"]["enum"]) == SEVERITIES
     assert tuple(props["state"]["enum"]) == ALARM_STATES

@@ -4,6 +4,7 @@ pymodbus device -> edge-agent -> outbox -> Mosquitto -> fleet central -> `fleet 
 from __future__ import annotations
 
 import json
+import sqlite3
 import time
 from pathlib import Path
 from typing import Any
@@ -12,6 +13,7 @@ import pytest
 
 from edge_agent.contract import Channel, Topics
 from edge_agent.contract.schema import validate
+from edge_agent.outbox import Lane, Outbox
 from tests.rig import GW, WireTap, devices_yaml, latest, value_is
 from tests.support import (
     Agent,
@@ -227,10 +229,6 @@ def test_a_batch_the_center_cannot_store_is_kept_acked_and_never_sent_again(
     as a buggy firmware might) sits in a backlog batch. Without an ack the gateway would
     send it, and everything behind it, again at every ack timeout until its outbox dropped
     it: the center keeps the batch as a dead letter and acks its rows instead."""
-    import sqlite3
-
-    from edge_agent.outbox import Lane, Outbox
-
     outbox_path = tmp_path / "outbox.db"
     outbox = Outbox(outbox_path, max_bytes=10**8)
     now = time.time()

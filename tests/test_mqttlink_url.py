@@ -4,6 +4,7 @@ section, the MQTT driver's section and ``fleet``'s options all build the same va
 from __future__ import annotations
 
 import ast
+import ssl
 from pathlib import Path
 
 import pytest
@@ -115,8 +116,6 @@ def test_missing_files_are_named_with_their_key(tmp_path: Path) -> None:
 
 
 def test_a_tls_context_checks_the_server_name_and_its_certificate() -> None:
-    import ssl
-
     context = Broker.plain("mqtts://broker.example").ssl_context()
     assert context is not None
     assert context.check_hostname and context.verify_mode == ssl.CERT_REQUIRED

@@ -22,6 +22,7 @@ from drivers.base import Quality
 from drivers.opcua import BrowsePath, NodeRef, OpcUaConnection, OpcUaDevice, OpcUaPoint
 from drivers.opcua.codec import coerce, decode, judge
 from drivers.opcua.pki import PkiError, TrustList, agent_identity, generate
+from drivers.simulated.opcua_server import PUMP_STATION
 from edge_agent.config import ConfigError, load_config
 from tests.support import run_cli
 
@@ -215,8 +216,6 @@ def test_check_accepts_an_opcua_device_and_the_sample(tmp_path: Path) -> None:
 
 
 def test_the_sample_describes_the_simulated_pump_station() -> None:
-    from drivers.simulated.opcua_server import PUMP_STATION
-
     (entry,) = yaml.safe_load((REPO / "drivers/opcua/sample.yaml").read_text())
     dev = OpcUaDevice.model_validate(entry)
     assert dev.opcua.endpoint == "opc.tcp://127.0.0.1:4840/edgefleet/sim"

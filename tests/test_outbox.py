@@ -4,9 +4,10 @@ import json
 import sqlite3
 from pathlib import Path
 
+from edge_agent.config.models import OutboxConfig as OutboxSettings
 from edge_agent.contract import Channel
 from edge_agent.contract.schema import validate
-from edge_agent.outbox import Lane, Outbox, OutboxFull, quick_check
+from edge_agent.outbox import AgentOutbox, Lane, Outbox, OutboxFull, quick_check
 from tests.support import fill_disk
 
 
@@ -157,9 +158,6 @@ def test_full_disk_gives_back_ballast_drops_oldest_and_recovers(small_fs: Path) 
 
 
 async def test_the_agent_opens_the_outbox_its_config_describes(tmp_path: Path) -> None:
-    from edge_agent.config.models import OutboxConfig as OutboxSettings
-    from edge_agent.outbox import AgentOutbox
-
     settings = OutboxSettings(path=tmp_path / "o.db", max_mb=2, ballast_mb=8, max_age=3600)
     outbox = await AgentOutbox.from_config(settings)
     try:

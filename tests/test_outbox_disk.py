@@ -16,7 +16,7 @@ from typing import Any, TypeVar
 import pytest
 
 from drivers.base import Quality, Reading, Value
-from edge_agent.alarms import AlarmService
+from edge_agent.alarms import HELD_MAX, AlarmService, AlarmWrite
 from edge_agent.committer import Committer
 from edge_agent.contract import AlarmEvent, AlarmState, Channel, Severity
 from edge_agent.contract.schema import validate
@@ -329,8 +329,6 @@ def test_alarm_events_held_past_the_cap_are_counted_and_reported(
 ) -> None:
     """A disk full for so long that more alarm events wait in memory than HELD_MAX: the
     oldest are given up, counted for health data, and said once."""
-    from edge_agent.alarms import HELD_MAX, AlarmWrite
-
     alarms = AlarmService(RuleEngine([]), MemoryAlarmJournal(), FakeSender(), {})
     events = [active(f"d/r{i}") for i in range(HELD_MAX + 5)]
     alarms.not_committed(AlarmWrite(held=events[:HELD_MAX]), "disk full", act=False)

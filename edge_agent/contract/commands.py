@@ -52,7 +52,8 @@ def verify(
     payload: bytes | bytearray, key: Ed25519PublicKey, now: float | None = None
 ) -> dict[str, Any]:
     """The command, if its signature, shape and expiry hold; replay is the caller's check."""
-    from cryptography.exceptions import InvalidSignature
+    # cryptography loads only where commands are signed or checked
+    from cryptography.exceptions import InvalidSignature  # noqa: PLC0415
 
     try:
         obj = loads(payload)
@@ -98,8 +99,9 @@ def decode_reply(payload: bytes | bytearray) -> dict[str, Any]:
 
 def generate_keys(private_path: Path) -> Path:
     """A new Ed25519 key pair: the private key (mode 0600) and ``.pub`` beside it."""
-    from cryptography.hazmat.primitives import serialization
-    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+    # cryptography loads only where commands are signed or checked
+    from cryptography.hazmat.primitives import serialization  # noqa: PLC0415
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey  # noqa: PLC0415
 
     key = Ed25519PrivateKey.generate()
     private_path.parent.mkdir(parents=True, exist_ok=True)
@@ -120,8 +122,9 @@ def generate_keys(private_path: Path) -> Path:
 
 
 def load_private_key(path: Path) -> Ed25519PrivateKey:
-    from cryptography.hazmat.primitives import serialization
-    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+    # cryptography loads only where commands are signed or checked
+    from cryptography.hazmat.primitives import serialization  # noqa: PLC0415
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey  # noqa: PLC0415
 
     key = serialization.load_pem_private_key(path.read_bytes(), password=None)
     if not isinstance(key, Ed25519PrivateKey):
@@ -130,8 +133,9 @@ def load_private_key(path: Path) -> Ed25519PrivateKey:
 
 
 def load_public_key(path: Path) -> Ed25519PublicKey:
-    from cryptography.hazmat.primitives import serialization
-    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+    # cryptography loads only where commands are signed or checked
+    from cryptography.hazmat.primitives import serialization  # noqa: PLC0415
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey  # noqa: PLC0415
 
     key = serialization.load_pem_public_key(path.read_bytes())
     if not isinstance(key, Ed25519PublicKey):

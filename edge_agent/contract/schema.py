@@ -56,7 +56,8 @@ def load_schema(channel: SchemaName) -> JSON:
 
 @cache
 def _validator(name: SchemaName) -> Any:
-    from jsonschema.validators import validator_for
+    # jsonschema (a dev dependency) loads only when validating
+    from jsonschema.validators import validator_for  # noqa: PLC0415
 
     schema = load_schema(name)
     cls = validator_for(schema)
@@ -70,7 +71,8 @@ def validate(channel: SchemaName, payload: bytes) -> None:
     When several things are wrong, the error ``jsonschema`` ranks most relevant is reported.
     """
     try:
-        from jsonschema.exceptions import best_match
+        # jsonschema (a dev dependency) loads only when validating
+        from jsonschema.exceptions import best_match  # noqa: PLC0415
     except ImportError:
         raise RuntimeError(
             "validating payloads against the JSON Schemas needs the 'jsonschema' package, "
