@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Literal, Self
+from typing import Literal, Protocol, Self
 
 import jmespath
 from jmespath.exceptions import JMESPathError
@@ -44,6 +44,42 @@ def topic_levels(topic_filter: str) -> list[str]:
         if level == "#" and i != len(levels) - 1:
             raise ValueError(f"{topic_filter!r}: # may only be the last level")
     return levels
+
+
+class BrokerFields(Protocol):
+    """The keys a config section names a broker with: the gateway's ``central:`` and a
+    wireless sensors' ``mqtt:`` connection."""
+
+    url: str
+    username: str | None
+    password_file: Path | None
+    ca_file: Path | None
+    cert_file: Path | None
+    key_file: Path | None
+
+
+def tls_file_problems(section: BrokerFields) -> list[Violation]:
+    """TLS files on a plain ``mqtt://`` url, or a certificate without its key (or back)."""
+    problems: list[Violation] = []
+    tls = BrokerUrl.parse(section.url).tls
+    for key in ("ca_file", "cert_file", "key_file"):
+        if getattr(section, key) is not None and not tls:
+            problems.append(((key,), f"{key} needs an mqtts:// url", getattr(section, key)))
+    if (section.cert_file is None) != (section.key_file is None):
+        problems.append((("cert_file",), "cert_file and key_file go together", None))
+    return problems
+
+
+def broker_of(section: BrokerFields) -> Broker:
+    """The settings a client connects with (the files are read at each connect)."""
+    return Broker(
+        url=BrokerUrl.parse(section.url),
+        ca_file=section.ca_file,
+        cert_file=section.cert_file,
+        key_file=section.key_file,
+        username=section.username,
+        password_file=section.password_file,
+    )
 
 
 class MqttConnection(Frozen):
@@ -85,12 +121,7 @@ class MqttConnection(Frozen):
         problems: list[Violation] = []
         if (self.username is None) != (self.password_file is None):
             problems.append((("username",), "username and password_file go together", None))
-        tls = BrokerUrl.parse(self.url).tls
-        for key in ("ca_file", "cert_file", "key_file"):
-            if getattr(self, key) is not None and not tls:
-                problems.append(((key,), f"{key} needs an mqtts:// url", getattr(self, key)))
-        if (self.cert_file is None) != (self.key_file is None):
-            problems.append((("cert_file",), "cert_file and key_file go together", None))
+        problems += tls_file_problems(self)
         if self.id_from is not None:
             levels = topic_levels(self.topic)
             under_hash = levels[-1] == "#" and self.id_from >= len(levels) - 1
@@ -118,14 +149,7 @@ class MqttConnection(Frozen):
     @property
     def broker(self) -> Broker:
         """The settings the driver connects with (files are read at each connect)."""
-        return Broker(
-            url=BrokerUrl.parse(self.url),
-            ca_file=self.ca_file,
-            cert_file=self.cert_file,
-            key_file=self.key_file,
-            username=self.username,
-            password_file=self.password_file,
-        )
+        return broker_of(self)
 
 
 PointType = Literal["number", "int", "float", "bool", "string"]

@@ -16,7 +16,7 @@ from pydantic import BeforeValidator, Discriminator, Field, Tag, field_validator
 
 from drivers.base import Frozen, Violation, reject
 from drivers.modbus.config import ModbusDevice, bus_conflicts
-from drivers.mqtt.config import MqttDevice
+from drivers.mqtt.config import MqttDevice, broker_of, tls_file_problems
 from drivers.opcua.config import OpcUaDevice
 from edge_agent.contract.topics import DEFAULT_ROOT, GATEWAY_ID, Topics
 from edge_agent.durations import parse_duration
@@ -94,26 +94,14 @@ class Central(Frozen):
         problems: list[Violation] = []
         if self.password_file is not None and self.username is None:
             problems.append((("username",), "password_file needs a username", None))
-        tls = BrokerUrl.parse(self.url).tls
-        for key in ("ca_file", "cert_file", "key_file"):
-            if getattr(self, key) is not None and not tls:
-                problems.append(((key,), f"{key} needs an mqtts:// url", getattr(self, key)))
-        if (self.cert_file is None) != (self.key_file is None):
-            problems.append((("cert_file",), "cert_file and key_file go together", None))
+        problems += tls_file_problems(self)
         reject(type(self).__name__, problems)
         return self
 
     @property
     def broker(self) -> Broker:
         """The settings the uplink connects with (files are read at each connect)."""
-        return Broker(
-            url=BrokerUrl.parse(self.url),
-            ca_file=self.ca_file,
-            cert_file=self.cert_file,
-            key_file=self.key_file,
-            username=self.username,
-            password_file=self.password_file,
-        )
+        return broker_of(self)
 
 
 def _duration(value: object) -> object:
