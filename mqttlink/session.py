@@ -245,6 +245,13 @@ class Session:
         client.on_disconnect = self._on_disconnect
         client.on_subscribe = self._on_subscribe
         client.on_message = self._on_message
+        # Every write on the network thread. Our loop is loop_forever on a thread of ours, so
+        # paho's _thread stays None, and then a publish from another thread (the agent's
+        # event loop) writes to the socket itself, while the network thread reads it: an
+        # SSL socket does not survive that (the broker sees "closed its connection" within
+        # a second of a TLS connect). With a write-registration callback set, paho only
+        # queues the packet and wakes its loop, which writes it.
+        client.on_socket_register_write = _written_by_the_network_thread
         self._client = client
 
     # --- set up, before start() ----------------------------------------------------------
@@ -557,3 +564,7 @@ class Session:
             if "handler" not in self._logged:
                 self._logged.add("handler")
                 log.exception("%s: a handler failed (later failures are counted)", self.name)
+
+
+def _written_by_the_network_thread(client: mqtt.Client, userdata: object, sock: object) -> None:
+    """paho's "socket wants writing" notice: nothing to do, our loop selects for writes."""

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -215,6 +216,12 @@ def test_agent_center_and_fleet_work_over_mqtts_and_are_refused_without_the_righ
                 env=env,
             )
             return {"rc": out.returncode, "out": out.stdout, "err": out.stderr}
+
+        # the session holds over TLS: publishes from the agent's event loop must not write
+        # the SSL socket beside paho's own thread (they tore it down within a second of
+        # every connect, and a command could find the gateway away)
+        time.sleep(2.5)
+        assert "lost the broker" not in (gw_dir / "agent.log").read_text()
 
         # the command reaches the gateway over mqtts, and its reply comes back
         ok = fleet_ack(env=tls_env)
