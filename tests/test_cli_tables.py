@@ -142,11 +142,12 @@ def db(tmp_path: Path) -> Iterator[Path]:
         gw1 = {"gw": "gw-1", "online": True, "site": SENT, "agent_version": "0.1.0"}
         store.update_state("gw-1", decode_state(wire(gw1 | {"config_rev": "r7"})))
         store.update_health("gw-1", decode_health(wire({"ts": NOW, "outbox": {"depth": 42}})))
-        store.seen(["gw-1"], now=NOW - 600)
+        # "last seen" is drawn relative to the clock when the command runs, not to NOW
+        store.seen(["gw-1"], now=time.time() - 600)
         gw2 = {"gw": "gw-2", "online": True, "site": "pump room", "agent_version": "0.1.0"}
         store.update_state("gw-2", decode_state(wire(gw2)))
         store.update_state("gw-2", decode_state(wire({"gw": "gw-2", "online": False})))
-        store.seen(["gw-2"], now=NOW - 3 * 3600)
+        store.seen(["gw-2"], now=time.time() - 3 * 3600)
 
         # readings: a float, a bool, sent text, a bad one with its reason, and an old one
         readings = [
