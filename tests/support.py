@@ -88,8 +88,10 @@ class Broker:
             f"listener {self.port} 127.0.0.1\n"
             "allow_anonymous true\n"
             "persistence false\n"
-            f"log_dest file {self.log}\n"
-            "log_type error\nlog_type warning\nlog_type notice\n"
+            # stderr, into a file the test opens: Mosquitto started as root drops to its
+            # own user, which may not write into the test's folder
+            "log_dest stderr\n"
+            "log_type error\nlog_type warning\nlog_type notice\nlog_type information\n"
             f"{extra_conf}"
         )
         self.proc: subprocess.Popen[bytes] | None = None
@@ -99,11 +101,10 @@ class Broker:
         return f"mqtt://127.0.0.1:{self.port}"
 
     def start(self) -> Broker:
-        self.proc = subprocess.Popen(
-            [mosquitto_binary(), "-c", str(self.conf)],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
+        with self.log.open("ab") as out:
+            self.proc = subprocess.Popen(
+                [mosquitto_binary(), "-c", str(self.conf)], stdout=subprocess.DEVNULL, stderr=out
+            )
         wait_for(lambda: port_open(self.port), 10, what=f"mosquitto on port {self.port}")
         return self
 
