@@ -66,11 +66,11 @@ def test_fleet_acks_an_alarm_of_the_demo_through_the_printed_environment(tmp_pat
     reader = threading.Thread(target=lambda: lines.extend(demo.stdout or ()), daemon=True)
     reader.start()
     try:
-        env = wait_for(
-            lambda: printed_env(lines) if any("fleet alarms ack" in x for x in lines) else None,
-            60,
-            what="the demo's environment lines",
-        )
+
+        def environment() -> dict[str, str]:
+            return printed_env(lines) if any("fleet alarms ack" in x for x in lines) else {}
+
+        env = wait_for(environment, 60, what="the demo's environment lines")
         assert set(env) == {"EDGEFLEET_DB", "EDGEFLEET_BROKER", "EDGEFLEET_KEY"}, lines
 
         def active() -> list[dict[str, Any]]:
