@@ -10,6 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from pydantic import ValidationError
 
 from drivers.base import Quality, Reading
 from edge_agent.contract.alarms import AlarmEvent
@@ -112,3 +113,8 @@ def test_an_inline_rule_cannot_use_unless_device_has() -> None:
         compile_rules({"det-1": frozenset({"smoke_alarm", "a"})}, [rule], [])
     (err,) = caught.value.errors
     assert err.loc == ("rules", 0, "unless_device_has")
+
+
+def test_unless_device_has_names_points() -> None:
+    with pytest.raises(ValidationError, match="unless_device_has"):
+        Rule.model_validate({"id": "x.alarm", "when": "a", "unless_device_has": ["no such/pt"]})
