@@ -56,12 +56,28 @@ def sim_run(
     central: Annotated[
         str | None, typer.Option(help="central broker written into the agent configs")
     ] = None,
+    command_key: Annotated[
+        Path | None,
+        typer.Option(
+            help="the center's public key, written into the agent configs",
+            exists=True,
+            dir_okay=False,
+        ),
+    ] = None,
     duration: Annotated[float | None, typer.Option(help="stop after this many seconds")] = None,
     log_level: Annotated[str, typer.Option(help="debug, info, warning or error")] = "info",
 ) -> None:
     """Serve every device of the sim file, moving its values and playing its scenario,
     until Ctrl-C or SIGTERM."""
-    plan = _plan(sim_file, seed=seed, speed=speed, broker=broker, central=central)
+    plan = _plan(
+        sim_file,
+        seed=seed,
+        speed=speed,
+        broker=broker,
+        central=central,
+        # from the working directory, not from the sim file as the file's own key is
+        command_key=None if command_key is None else command_key.resolve(),
+    )
     logging.basicConfig(
         level=log_level.upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",

@@ -5,6 +5,10 @@ all on loopback, with readings and alarms shown live as they arrive at the cente
 
 The devices come from ``edge-agent sim run sim/demo-sim.yaml``, which also
 writes each gateway's agent config; the agents' logs go to ``agent.log`` in the workdir.
+The demo makes the center's signing key (``center.key``, as ``fleet keys init`` does) and
+gives the gateways its public half, and prints the ``export EDGEFLEET_...`` lines (also in
+``fleet.env``) that point ``fleet`` at its store, broker and key: ``fleet alarms ack``
+works against it as the README shows. The live view is cut to the terminal's size.
 
 Run it through ``scripts/demo`` (which installs what is missing first). Ctrl-C stops
 everything; ``--duration`` stops by itself (used by the test that keeps this honest).
@@ -14,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import shlex
 import shutil
 import signal
 import socket
@@ -23,16 +28,16 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from rich.console import Group
+from rich.console import Console
 from rich.live import Live
 
 from central.store import Store
-from cli.output import Part, Styled, table
+from cli.demo_view import AlarmRow, DeviceRow, live_view
+from cli.output import Part, Styled
+from edge_agent.contract.commands import generate_keys
 
 if TYPE_CHECKING:
-    from rich.table import Table
-
-    from central.store import Store, StoredReading
+    from central.store import StoredReading
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
@@ -105,45 +110,60 @@ class Stack:
                     proc.kill()
 
 
-def show(db: Path, duration: float | None, started: float) -> int:
-    """Render each device's newest readings, and the alarms, until Ctrl-C (or ``duration``)."""
+def show(db: Path, duration: float | None, started: float, footer: str) -> int:
+    """Render each device's newest readings, and the alarms, until Ctrl-C (or ``duration``),
+    fitted to the terminal each time (its size may change while the demo runs)."""
     store: Store | None = None
     seen = 0
     deadline = None if duration is None else time.monotonic() + duration
-    with Live(auto_refresh=False, transient=False, vertical_overflow="visible") as live:
+    console = Console()
+    if not console.is_terminal:  # a log or a pipe gets the last view, whole and wide
+        console = Console(width=200, height=10_000)
+    with Live(
+        console=console, auto_refresh=False, transient=False, vertical_overflow="crop"
+    ) as live:
         while deadline is None or time.monotonic() < deadline:
             time.sleep(1)
             if store is None:
                 if not db.exists():
                     continue
                 store = Store(db)
-            latest: dict[tuple[str, str, str], StoredReading] = {}
-            for r in store.readings(limit=3000):
-                latest.setdefault((r.gateway, r.device, r.point), r)
             (seen,) = store.db.execute("SELECT count(*) FROM readings").fetchone()
-            gateways = store.gateways()
-            online = {g["id"]: g["online"] for g in gateways}
-            devices: dict[tuple[str, str], list[StoredReading]] = {}
-            for (gw, dev, _), r in sorted(latest.items()):
-                devices.setdefault((gw, dev), []).append(r)
-            rows = [
-                (
-                    gw,
-                    "yes" if online.get(gw) else "no",
-                    dev,
-                    _values(readings),
-                    f"{time.time() - max(r.ts for r in readings):.1f} s",
-                )
-                for (gw, dev), readings in devices.items()
-            ]
             title = (
                 f"EdgeFleet demo: {seen} readings stored at the center "
                 f"({time.monotonic() - started:.0f} s)"
             )
-            columns = ("gateway", "online", "device", "latest values", "age")
-            live.update(Group(table(columns, rows, title=title), _alarms(store)), refresh=True)
+            width, height = live.console.size
+            # one line less than the terminal: the cursor's line, so nothing scrolls
+            view = live_view(
+                title,
+                _devices(store),
+                _alarms(store),
+                width=width,
+                height=height - 1,
+                footer=footer,
+            )
+            live.update(view, refresh=True)
     print(f"\ndemo: {seen} readings stored at the center")
     return 0 if seen > 0 else 1
+
+
+def _devices(store: Store) -> list[DeviceRow]:
+    """Each device's newest reading of each point, in gateway and device order."""
+    latest: dict[tuple[str, str, str], StoredReading] = {}
+    for r in store.readings(limit=3000):
+        latest.setdefault((r.gateway, r.device, r.point), r)
+    online = {g["id"]: g["online"] for g in store.gateways()}
+    devices: dict[tuple[str, str], list[StoredReading]] = {}
+    for (gw, dev, _), r in sorted(latest.items()):
+        devices.setdefault((gw, dev), []).append(r)
+    now = time.time()
+    return [
+        DeviceRow(
+            gw, bool(online.get(gw)), dev, _values(readings), now - max(r.ts for r in readings)
+        )
+        for (gw, dev), readings in devices.items()
+    ]
 
 
 def _values(readings: list[StoredReading]) -> tuple[Part, ...]:
@@ -157,13 +177,19 @@ def _values(readings: list[StoredReading]) -> tuple[Part, ...]:
     return tuple(parts)
 
 
-def _alarms(store: Store) -> Table:
+def _alarms(store: Store) -> list[AlarmRow]:
     """The alarms the gateways raised, newest first (empty until the rules fire)."""
-    rows = [
-        (a["gateway"], a["alarm_id"], a["severity"], a["state"], a["msg"])
-        for a in store.alarms()[:12]
+    return [
+        AlarmRow(a["gateway"], a["alarm_id"], a["severity"], a["state"], a["msg"] or "")
+        for a in store.alarms()
     ]
-    return table(("gateway", "alarm", "severity", "state", "message"), rows, title="alarms")
+
+
+def fleet_env(db: Path, broker_url: str, key: Path) -> str:
+    """The shell lines that point `fleet` at the demo: the variables that
+    cli/store_options.py and cli/broker_options.py (and `--key`) read."""
+    values = {"EDGEFLEET_DB": str(db), "EDGEFLEET_BROKER": broker_url, "EDGEFLEET_KEY": str(key)}
+    return "".join(f"export {name}={shlex.quote(value)}\n" for name, value in values.items())
 
 
 def _interrupt(signum: int, frame: object) -> None:
@@ -176,7 +202,7 @@ def main() -> int:
     ap.add_argument("--workdir", type=Path, default=ROOT / ".demo")
     ap.add_argument("--speed", type=float, help="simulated seconds per second (default 4)")
     args = ap.parse_args()
-    workdir: Path = args.workdir
+    workdir: Path = args.workdir.resolve()
     shutil.rmtree(workdir, ignore_errors=True)
     workdir.mkdir(parents=True)
     broker_port = free_port()
@@ -184,24 +210,22 @@ def main() -> int:
     (workdir / "mosquitto.conf").write_text(
         f"listener {broker_port} 127.0.0.1\nallow_anonymous true\npersistence false\n"
     )
+    # The center's signing key, as `fleet keys init` makes it: the gateways trust its .pub,
+    # so `fleet alarms ack` works against the demo as the README shows.
+    center_key = workdir / "center.key"
+    center_pub = generate_keys(center_key)
+    db = workdir / "central.db"
+    env_file = workdir / "fleet.env"
+    env_file.write_text(fleet_env(db, broker_url, center_key))
     stack = Stack(workdir)
     started = time.monotonic()
     signal.signal(signal.SIGTERM, _interrupt)
     try:
         broker = stack.spawn("mosquitto", [mosquitto(), "-c", "mosquitto.conf"])
         wait_port(broker_port, broker, "mosquitto")
-        env_db = str(workdir / "central.db")
         stack.spawn(
             "central",
-            [
-                str(BIN / "fleet"),
-                "central",
-                "run",
-                "--broker",
-                f"mqtt://127.0.0.1:{broker_port}",
-                "--db",
-                env_db,
-            ],
+            [str(BIN / "fleet"), "central", "run", "--broker", broker_url, "--db", str(db)],
         )
         # The simulated devices: one broker plays the central one and the gateways' local one.
         configs = workdir / "configs"
@@ -211,6 +235,7 @@ def main() -> int:
             [
                 *(str(BIN / "edge-agent"), "sim", "run", str(SIM_FILE), *speed),
                 *("--broker", broker_url, "--central", broker_url),
+                *("--command-key", str(center_pub)),
                 *("--write-configs", str(configs)),
             ],
         )
@@ -219,7 +244,12 @@ def main() -> int:
             stack.spawn("agent", [str(BIN / "edge-agent"), "run", "-c", str(config)])
         print(f"demo: broker {broker_url}, logs and databases in {workdir}")
         print(f"demo: try `mosquitto_sub -p {broker_port} -t 'edgefleet/v1/#' -v` in another shell")
-        return show(Path(env_db), args.duration, started)
+        print("demo: to point `fleet` at this demo, paste these lines in another shell:")
+        print(env_file.read_text(), end="")
+        print("demo: then `fleet alarms list`, and `fleet alarms ack ALARM -g GATEWAY --by NAME`")
+        sys.stdout.flush()
+        footer = f"fleet in another shell: . {shlex.quote(str(env_file))}; fleet alarms list"
+        return show(db, args.duration, started, footer)
     except KeyboardInterrupt:
         return 0
     finally:

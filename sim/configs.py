@@ -45,9 +45,12 @@ def agent_config(plan: SimPlan, fleet: SimFleet, gateway: SimGateway) -> AgentCo
         optional["profile_dirs"] = [base / d for d in sim.profile_dirs]
     if sim.rule_packs:
         optional["rule_packs"] = list(sim.rule_packs)
+    central: dict[str, Any] = {"url": sim.central, "keepalive_s": 5}
+    if sim.command_key is not None:  # relative to the sim file, as profile_dirs are
+        central["command_key"] = plan.path.resolve().parent / sim.command_key
     cfg = AgentConfig(
         gateway=GatewayConfig(id=gateway.id, site=gateway.site or f"simulated by {plan.path.name}"),
-        central=Central(url=sim.central, keepalive_s=5),
+        central=Central(**central),
         outbox=OutboxConfig(path=Path(f"{gateway.id}.outbox.db")),
         health=HealthConfig(interval_s=sim.health_s),
         devices=[device for device, _ in built],

@@ -72,10 +72,17 @@ def load_sim(
     broker: str | None = None,
     central: str | None = None,
     speed: float | None = None,
+    command_key: Path | None = None,
 ) -> SimPlan:
     """Read and resolve a sim file; SimConfigError with every problem and its line."""
     name = str(path)
-    overrides = {"seed": seed, "broker": broker, "central": central, "speed": speed}
+    overrides = {
+        "seed": seed,
+        "broker": broker,
+        "central": central,
+        "speed": speed,
+        "command_key": command_key,
+    }
     sim, located = read_sim_file(path, overrides)
     library = ProfileLibrary([path.resolve().parent / d for d in sim.profile_dirs])
     plan = SimPlan(sim, path)

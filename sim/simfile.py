@@ -6,6 +6,7 @@
     host: 127.0.0.1                      # where Modbus and OPC-UA simulators listen
     broker: mqtt://127.0.0.1:1883        # where simulated wireless devices publish
     central: mqtt://127.0.0.1:1883       # what the written agent configs publish to
+    command_key: center.pub              # the center's public key, in the written configs
     rule_packs: [smoke, water, elevator] # put into the written agent configs
     gateways:
       - id: demo-0001
@@ -89,6 +90,11 @@ class SimFile(Frozen):
     host: str = "127.0.0.1"
     broker: str = "mqtt://127.0.0.1:1883"
     central: str = "mqtt://127.0.0.1:1883"
+    command_key: Path | None = Field(
+        default=None,
+        description="the center's public key (fleet keys init): central.command_key of the "
+        "written agent configs, so that the center's commands are accepted",
+    )
     rule_packs: list[str] = Field(default_factory=list)
     health_s: float = Field(default=5.0, gt=0)
     profile_dirs: list[Path] = Field(default_factory=list)

@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import json
 import re
+import shlex
 import subprocess
 import sys
+import threading
 from pathlib import Path
+from typing import Any
+
+from tests.support import run_cli, terminate, wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -33,3 +39,68 @@ def test_demo_runs_the_whole_stack_and_shows_readings(tmp_path: Path) -> None:
     for log in ("agent.log", "central.log"):
         assert "Traceback" not in (tmp_path / "demo" / log).read_text()
     assert "stopped" in (tmp_path / "demo" / "agent.log").read_text()
+
+
+def printed_env(lines: list[str]) -> dict[str, str]:
+    """The ``export NAME=value`` lines the demo printed, as a shell would read them."""
+    env = {}
+    for line in lines:
+        if line.startswith("export EDGEFLEET_"):
+            name, _, value = line.removeprefix("export ").partition("=")
+            (env[name],) = shlex.split(value)
+    return env
+
+
+def test_fleet_acks_an_alarm_of_the_demo_through_the_printed_environment(tmp_path: Path) -> None:
+    demo = subprocess.Popen(
+        [
+            *(sys.executable, str(ROOT / "scripts" / "demo.py")),
+            *("--duration", "150", "--workdir", str(tmp_path / "demo")),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    lines: list[str] = []
+    assert demo.stdout is not None
+    reader = threading.Thread(target=lambda: lines.extend(demo.stdout or ()), daemon=True)
+    reader.start()
+    try:
+
+        def environment() -> dict[str, str]:
+            return printed_env(lines) if any("fleet alarms ack" in x for x in lines) else {}
+
+        env = wait_for(environment, 60, what="the demo's environment lines")
+        assert set(env) == {"EDGEFLEET_DB", "EDGEFLEET_BROKER", "EDGEFLEET_KEY"}, lines
+
+        def active() -> list[dict[str, Any]]:
+            out = run_cli("fleet", "alarms", "list", "--state", "active", "--json", env=env)
+            return list(json.loads(out.stdout)) if out.returncode == 0 else []
+
+        # the scenarios raise their first alarms some 20 s in (the fire's pre-alarm)
+        alarm = wait_for(active, 90, interval=1, what="an active alarm in the demo")[0]
+        ack = run_cli(
+            "fleet",
+            "alarms",
+            "ack",
+            alarm["alarm_id"],
+            "-g",
+            alarm["gateway"],
+            "--by",
+            "li.wei",
+            env=env,
+        )
+        assert ack.returncode == 0, ack.stdout + ack.stderr
+        assert "acknowledged" in ack.stdout
+
+        def acked() -> bool:
+            out = run_cli("fleet", "alarms", "list", "-g", alarm["gateway"], "--json", env=env)
+            rows = json.loads(out.stdout) if out.returncode == 0 else []
+            return any(
+                r["alarm_id"] == alarm["alarm_id"] and r["acked_by"] == "li.wei" for r in rows
+            )
+
+        wait_for(acked, 20, interval=0.5, what="the acknowledgement at the center")
+    finally:
+        terminate(demo, timeout=30)
+        reader.join(10)

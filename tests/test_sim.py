@@ -418,3 +418,23 @@ async def test_a_wireless_device_with_its_own_topic_is_written_beside_its_profil
     assert [d.id for d in devices] == ["{id}", "ws-own"]
     own: Any = devices[1]
     assert own.mqtt.topic == "own/ws-own" and not own.templated
+
+
+def test_the_centers_public_key_goes_into_every_written_config(tmp_path: Path) -> None:
+    """From the sim file (relative to it) or from --command-key (relative to the working
+    directory): without it the gateways refuse every command of the center."""
+    f = tmp_path / "sim.yaml"
+    f.write_text(
+        "command_key: keys/center.pub\n"
+        "gateways:\n  - id: gw-1\n    devices:\n      - {id: ws-1, profile: acme/ws-100@2.1}\n"
+    )
+    plan = load_sim(f)
+    (gw,) = plan.file.gateways
+    assert agent_config(plan, plan.fleet(), gw).central.command_key == tmp_path / "keys/center.pub"
+    other = tmp_path / "other.pub"
+    plan = load_sim(f, command_key=other)
+    assert agent_config(plan, plan.fleet(), gw).central.command_key == other
+    # a key file that is not there is a usage error, before anything is served
+    out = run_cli("edge-agent", "sim", "run", str(f), "--command-key", str(tmp_path / "none.pub"))
+    assert out.returncode == 2 and "--command-key" in out.stderr, out.stderr
+    assert "Traceback" not in out.stderr

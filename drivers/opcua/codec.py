@@ -15,7 +15,8 @@ code name as reason (the value is kept: it is the server's best value), except t
 say the value is not a live measurement (last usable value, no communication, substitute,
 initial, simulated, transducer in manual): those are ``stale``, value kept, so rules freeze
 on them as on any other non-good reading (an offline level sensor must not clear a flood
-alarm, DOMAIN.md §6); Bad -> ``bad`` with the code name as reason and no value.
+alarm; docs/rules.md, "A bad reading decides nothing"); Bad -> ``bad`` with the code name
+as reason and no value.
 """
 
 from __future__ import annotations

@@ -113,6 +113,11 @@ def load_pack(name: str) -> tuple[Rule, ...]:
 
 
 def pack_applies(rule: Rule, points: frozenset[str]) -> bool:
+    """Whether a pack's or profile's rule is for a device with ``points``: it has every
+    point the rule reads and none that the rule leaves to the device
+    (``unless_device_has``)."""
+    if points.intersection(rule.unless_device_has):
+        return False
     needed: set[str] = set()
     for text in (rule.when, rule.clear_when):
         if text is not None:
@@ -153,6 +158,11 @@ def compile_rules(
                 raise RuleError((*loc, "device"), "an inline rule names its device")
             if rule.device not in devices:
                 raise RuleError((*loc, "device"), f"no device {rule.device!r} in this config")
+            if rule.unless_device_has:
+                raise RuleError(
+                    (*loc, "unless_device_has"),
+                    "unless_device_has is for packs and profiles: an inline rule names its device",
+                )
             _check_actions(rule, loc, devices, writable)
             add(compile_rule(rule, rule.device, devices[rule.device], loc, "config"), loc)
         except RuleError as exc:

@@ -15,12 +15,13 @@ returns while ``cleared_unacked`` re-triggers the same occurrence (counted, not 
 anew). Shelving hides annunciation for a while. A point whose reading is not good freezes
 the rules that read it: an offline level sensor must not clear a flood alarm.
 
-Alarm-load handling follows DOMAIN.md §5.2: an alarm that activates ``chatter_count``
-times within ``chatter_window_s`` is chattering; a warning diagnostic ``<id>.chattering``
-is raised once and the alarm is held active (no further transitions) until its clear
-condition has held for the whole window. An unacknowledged critical alarm is announced
-again every ``reannunciate_critical_s`` (the event carries ``reannounced``: how many
-times), so a fire nobody has acknowledged is not forgotten on a busy console.
+Alarm-load handling follows EEMUA / ISA-18.2 (docs/rules.md, "Alarm load"): an alarm
+that activates ``chatter_count`` times within ``chatter_window_s`` is chattering; a
+warning diagnostic ``<id>.chattering`` is raised once and the alarm is held active (no
+further transitions) until its clear condition has held for the whole window. An
+unacknowledged critical alarm is announced again every ``reannunciate_critical_s`` (the
+event carries ``reannounced``: how many times), so a fire nobody has acknowledged is not
+forgotten on a busy console.
 
 Every transition is an ``AlarmEvent`` (the wire contract's type, kept as it is in the
 outbox's alarm lane) with the edge timestamp, the triggering values and the message;

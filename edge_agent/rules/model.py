@@ -82,6 +82,11 @@ class Rule(Frozen):
     rate: Rate | None = None
     point: str | None = Field(default=None, pattern=DEVICE_ID.pattern)
     offline: bool = False
+    unless_device_has: list[Annotated[str, Field(pattern=DEVICE_ID.pattern)]] = Field(
+        default_factory=list,
+        description="packs and profiles: not for a device with any of these points "
+        "(a detector's own alarm flag decides, so a level rule must not raise a second alarm)",
+    )
     actions: Actions = Actions()
 
     @model_validator(mode="after")
