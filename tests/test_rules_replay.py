@@ -158,11 +158,11 @@ def test_every_row_that_cannot_be_replayed_is_reported_with_its_line(tmp_path: P
             "person_in_car, running and 1 more)",
             f"{bad}:5: value 'abc' is not a number, true/false or empty",
             f"{bad}:6: value 'nan' is not a finite number",
+            f"{bad}:8: ts 15.000 goes back in time (line 7 is at 20.000)",
             f"{bad}:9: device 'lift-7' has no point 'door\\nzone' (it has "
             "door_fault, door_open, door_zone, fault_code, limit_bottom, limit_top, "
             "person_in_car, running and 1 more)",
-            f"{bad}:11: 3 fields, the header has more",
-            f"{bad}:8: ts 15.000 goes back in time (line 7 is at 20.000)",
+            f"{bad}:11: 3 fields, fewer than the header's 4",
         ]
         assert problems[-1] == "error: 7 rows cannot be replayed; nothing replayed"
 
@@ -253,12 +253,14 @@ def test_a_file_of_garbage_gets_a_bounded_report_and_no_traceback(tmp_path: Path
         "noheader.csv": b"1,lift-7,speed,1\n",
         "empty.csv": b"",
         "twice.csv": b"ts,device,dev,point,value\n",
+        "huge.csv": b"ts,device,point,value\n1,lift-7,speed,1\n2,lift-7,speed," + b"9" * 200_000,
     }
     expected = {
         "binary.csv": ":2: not UTF-8 text (byte 0xff)",
         "noheader.csv": ":1: the header needs ts, device, point and value (missing ts, device",
         "empty.csv": ":1: the header needs ts, device, point and value",
         "twice.csv": ":1: the header names device twice (device, dev)",
+        "huge.csv": ":3: not CSV (field larger than field limit (131072)); read no further",
     }
     for name, data in cases.items():
         (tmp_path / name).write_bytes(data)

@@ -159,10 +159,10 @@ def _header(names: Sequence[str] | None) -> tuple[dict[str, int], str | None]:
 
 
 def _row(
-    cells: list[str], columns: dict[str, int], catalog: Catalog
+    cells: list[str], columns: dict[str, int], width: int, catalog: Catalog
 ) -> tuple[Reading | None, str | None]:
     if len(cells) <= max(columns.values()):
-        return None, f"{len(cells)} fields, the header has more"
+        return None, f"{len(cells)} fields, fewer than the header's {width}"
 
     def cell(key: str) -> str:
         return cells[columns[key]].strip() if key in columns else ""
@@ -187,6 +187,7 @@ def _row(
 def read_series(f: TextIO, name: str, catalog: Catalog) -> Series:
     """Every sample of ``f`` and every problem, each as ``name:line: message``."""
     series = Series([], [])
+    problems: list[tuple[int, str]] = []
     rows = csv.reader(f)
     try:
         header = next(rows, None)
@@ -199,18 +200,19 @@ def read_series(f: TextIO, name: str, catalog: Catalog) -> Series:
             line, at = rows.line_num, line + 1  # a quoted field may span lines
             if not any(c.strip() for c in cells):
                 continue
-            reading, problem = _row(cells, columns, catalog)
+            reading, problem = _row(cells, columns, len(header or ()), catalog)
             if problem is not None:
-                series.problems.append(f"{name}:{at}: {problem}")
+                problems.append((at, problem))
             elif reading is not None:
                 series.samples.append(Sample(at, reading))
     except csv.Error as exc:
-        series.problems.append(f"{name}:{rows.line_num}: not CSV ({exc}); read no further")
-    series.problems += _order_problems(series, name)
+        problems.append((rows.line_num, f"not CSV ({exc}); read no further"))
+    problems += _order_problems(series)
+    series.problems = [f"{name}:{at}: {problem}" for at, problem in sorted(problems)]
     return series
 
 
-def _order_problems(series: Series, name: str) -> list[str]:
+def _order_problems(series: Series) -> list[tuple[int, str]]:
     """Rows must go forward in time; a file that goes backwards all through is turned
     round (newest first is how stored readings are listed)."""
     ts = [s.reading.ts for s in series.samples]
@@ -220,13 +222,16 @@ def _order_problems(series: Series, name: str) -> list[str]:
     if all(a >= b for a, b in itertools.pairwise(ts)):
         series.samples.reverse()
         return []
-    problems, latest = [], -math.inf
-    previous_line = 0
+    problems: list[tuple[int, str]] = []
+    latest, previous_line = -math.inf, 0
     for s in series.samples:
         if s.reading.ts < latest:
             problems.append(
-                f"{name}:{s.line}: ts {s.reading.ts:.3f} goes back in time "
-                f"(line {previous_line} is at {latest:.3f})"
+                (
+                    s.line,
+                    f"ts {s.reading.ts:.3f} goes back in time "
+                    f"(line {previous_line} is at {latest:.3f})",
+                )
             )
         elif s.reading.ts > latest:
             latest, previous_line = s.reading.ts, s.line
