@@ -97,24 +97,38 @@ def _run(cmd: list[str], cwd: Path, env: dict[str, str], timeout: float | None) 
         return None
 
 
+def quick_problem(package: str, module: str, cwd: Path) -> str | None:
+    """Why the bench cannot be smoke-run, from its ``--help``; None when it offers
+    ``--quick``."""
+    try:
+        out = subprocess.run(
+            [sys.executable, "-m", f"{package}.{module}", "--help"],
+            cwd=cwd,
+            capture_output=True,
+            text=True,
+            timeout=HELP_TIMEOUT_S,
+            check=False,
+        )
+    except subprocess.TimeoutExpired:
+        return f"its --help did not answer within {HELP_TIMEOUT_S} s"
+    if out.returncode != 0:
+        last = (out.stderr.strip().splitlines() or [""])[-1]
+        return f"its --help fails (exit {out.returncode}): {last}"
+    if "--quick" not in out.stdout:
+        return "has no --quick mode (its --help does not offer it)"
+    return None
+
+
 def has_quick(package: str, module: str, cwd: Path) -> bool:
-    """Whether the bench's ``--help`` offers ``--quick``."""
-    out = subprocess.run(
-        [sys.executable, "-m", f"{package}.{module}", "--help"],
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=HELP_TIMEOUT_S,
-        check=False,
-    )
-    return out.returncode == 0 and "--quick" in out.stdout
+    return quick_problem(package, module, cwd) is None
 
 
 def run_one(package_dir: Path, module: str, quick: bool, timeout: float | None) -> Outcome:
     package, cwd = package_dir.name, package_dir.parent
     started = time.monotonic()
-    if quick and not has_quick(package, module, cwd):
-        return Outcome(module, 0.0, "has no --quick mode (its --help does not offer it)")
+    problem = quick_problem(package, module, cwd) if quick else None
+    if problem is not None:
+        return Outcome(module, time.monotonic() - started, problem)
     with tempfile.TemporaryDirectory(prefix="edgefleet-bench-smoke-") as tmp:
         env = dict(os.environ)
         results = Path(tmp) / "results.json"
