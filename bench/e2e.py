@@ -17,6 +17,16 @@ Figures go to the table printed at the end and, read-merge-written, to
 ``bench/results.json`` under ``e2e`` and ``agent``. ``--profile`` instead runs stage 3
 with py-spy attached to the agent and the central service, and writes a summary of
 where they spend CPU to ``bench/profiles/``. See ``bench/README.md``.
+
+Settings it relies on, all in ``Settings`` (printed and saved with the figures) and
+written into each agent's config by ``Bench.agent``: ``poll_s`` 0.01 (more polls than any
+machine here delivers, so the agent runs saturated), ``outbox.batch_max`` 1000 and
+``outbox.window`` 64, health every 1 s (the overrun and outbox figures come from it),
+``keepalive_s`` 10; the central service with its defaults; the targets are the
+``TARGET_*`` constants below.
+
+``--quick`` is a smoke run of under a minute (windows of seconds): it checks that every
+stage completes and prints its table, and writes no ``results.json``.
 """
 
 from __future__ import annotations
@@ -666,7 +676,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m bench.e2e", description=__doc__.split("\n")[0])
     p.add_argument("--seconds", type=float, default=10, help="measurement window per stage")
     p.add_argument("--warmup", type=float, default=None, help="seconds before each window")
-    p.add_argument("--quick", action="store_true", help="short windows: a smoke run")
+    p.add_argument("--quick", action="store_true", help="short windows: a smoke run, nothing saved")
     p.add_argument("--points", type=int, default=1000)
     p.add_argument("--poll-s", type=float, default=0.01)
     p.add_argument("--batch-max", type=int, default=1000)
@@ -737,7 +747,7 @@ def main(argv: list[str] | None = None) -> int:
     e2e["machine"]["loadavg_at_end"] = [round(x, 2) for x in os.getloadavg()]
     _summarise(e2e)
     print_table(e2e, agent)
-    if not args.no_save:
+    if not (args.no_save or args.quick):
         results.merge({"e2e": e2e, "agent": agent})
         print(f"written: {results.RESULTS} (keys e2e, agent)")
     return 0

@@ -3,7 +3,17 @@
 `fleet central run`. Reports rows/s into the central store (target 100,000/s) against
 the central table's raw insert rate measured in the same run.
 
-    .venv/bin/python -m bench.ingest [--readings 1000000] [--gateways 10]
+    .venv/bin/python -m bench.ingest [--readings 1000000] [--gateways 10] [--quick]
+
+Settings it relies on: Mosquitto with ``BROKER_CONF`` (a queue deep enough that the
+broker keeps every batch the publisher sends ahead of the center: with its default,
+1,000 messages per client, it drops batches once the center falls that far behind), the
+publisher with ``INFLIGHT`` unacked messages, and the central service with its defaults
+(WAL, ``synchronous=FULL``, a commit per batch).
+
+``--quick`` is a smoke run of seconds (``QUICK_READINGS`` from ``QUICK_GATEWAYS``
+gateways): it checks that the bench completes and prints its figures, does not judge
+them and writes no results.
 """
 
 from __future__ import annotations
@@ -26,6 +36,10 @@ from edge_agent.contract.payloads import encode_telemetry_raw
 from tests.support import Broker, Central, wait_for
 
 BATCH = 1000
+BROKER_CONF = "max_queued_messages 100000\n"
+INFLIGHT = 64
+QUICK_READINGS = 20_000
+QUICK_GATEWAYS = 2
 
 
 def batches(gateways: int, readings: int) -> list[tuple[str, bytes, int]]:
@@ -51,13 +65,13 @@ def batches(gateways: int, readings: int) -> list[tuple[str, bytes, int]]:
 def run(readings: int, gateways: int) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as name:
         tmp = Path(name)
-        raw = raw_insert_rate(tmp)
+        raw = raw_insert_rate(tmp, min(200_000, readings))
         messages = batches(gateways, readings)
         total = sum(n for _, _, n in messages)
-        broker = Broker(tmp, extra_conf="max_queued_messages 100000\n").start()
+        broker = Broker(tmp, extra_conf=BROKER_CONF).start()
         central = Central(tmp, broker.url).start()
         client = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
-        client.max_inflight_messages_set(64)
+        client.max_inflight_messages_set(INFLIGHT)
         client.max_queued_messages_set(0)
         client.connect("127.0.0.1", broker.port)
         client.loop_start()
@@ -95,17 +109,24 @@ def run(readings: int, gateways: int) -> dict[str, Any]:
     }
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--readings", type=int, default=1_000_000)
-    ap.add_argument("--gateways", type=int, default=10)
-    args = ap.parse_args()
-    r = run(args.readings, args.gateways)
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(
+        prog="python -m bench.ingest", description=__doc__.split("\n", 1)[0]
+    )
+    ap.add_argument("--readings", type=int, default=None, help="in all (default 1,000,000)")
+    ap.add_argument("--gateways", type=int, default=None, help="publishing (default 10)")
+    ap.add_argument("--quick", action="store_true", help="smoke run of seconds, nothing saved")
+    args = ap.parse_args(argv)
+    readings = args.readings or (QUICK_READINGS if args.quick else 1_000_000)
+    gateways = args.gateways or (QUICK_GATEWAYS if args.quick else 10)
+    r = run(readings, gateways)
     print(
         f"central ingest: {r['readings']} readings from {r['gateways']} gateways in "
         f"{r['seconds']} s = {r['rows_per_s']} rows/s "
         f"(raw insert {r['central_raw_insert_per_s']}/s, ratio {r['vs_raw_insert']})"
     )
+    if args.quick:
+        return
     merge({"ingest": {"at": timestamp(), "machine": machine(), **r}})
 
 

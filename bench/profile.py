@@ -15,6 +15,9 @@ import sys
 from collections import Counter
 from pathlib import Path
 
+# not a bench (python -m bench leaves it out):
+HELPER = "re-summarises py-spy output of bench.e2e --profile; measures nothing"
+
 _LINE = re.compile(r":\d+\)$")
 _THREAD = re.compile(r"^(process \d+:)?\"?(?P<name>[^\"]*)\"?")
 

@@ -30,6 +30,9 @@ from bench.points import blocks
 from bench.procs import Cleanup, wait_until
 from central.store import SCHEMA as CENTRAL_SCHEMA
 
+# not a bench (python -m bench leaves it out):
+HELPER = "the raw limits' parts, run by bench.e2e (its MQTT sink a process it starts)"
+
 OUTBOX_SCHEMA = (
     "CREATE TABLE IF NOT EXISTS telemetry "
     "(seq INTEGER PRIMARY KEY AUTOINCREMENT, ts REAL NOT NULL, body TEXT NOT NULL)"

@@ -1,66 +1,29 @@
 """Replay a recorded or hand-written series through a gateway's rules: which alarms it
 would raise, and when. For technicians checking a rule before deploying it.
 
-The series is CSV with a header: ``ts,device,point,value`` (``ts`` in seconds, absolute
-or from 0; ``value`` a number, ``true``/``false``, or empty for a bad reading). The clock
+The series is CSV with a header, read and checked by ``edge_agent.rules.series``. The clock
 advances in steps of ``step_s`` between samples, so on- and off-delays fire when they
 would on the gateway, not only when the next sample comes.
 """
 
 from __future__ import annotations
 
-import csv
-from collections.abc import Iterable, Iterator, Mapping
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any
 
-from drivers.base import Quality, Reading, Value
 from edge_agent.contract.alarms import AlarmEvent
 from edge_agent.rules.compile import CompiledRule
 from edge_agent.rules.engine import RuleEngine
+from edge_agent.rules.series import Catalog, Sample, read_series, read_text
 
 
 class ReplayError(ValueError):
-    """A line of the series that cannot be read; names the line."""
+    """The series cannot be replayed as given: every problem found, each naming its line."""
 
-
-@dataclass(frozen=True, slots=True)
-class Sample:
-    line: int
-    reading: Reading
-
-
-def parse_value(text: str) -> tuple[Value, Quality]:
-    t = text.strip()
-    if t == "":
-        return None, Quality.BAD
-    low = t.lower()
-    if low in ("true", "on", "yes"):
-        return True, Quality.GOOD
-    if low in ("false", "off", "no"):
-        return False, Quality.GOOD
-    try:
-        return (int(t) if t.lstrip("+-").isdigit() else float(t)), Quality.GOOD
-    except ValueError:
-        return t, Quality.GOOD
-
-
-def read_series(f: TextIO, name: str) -> Iterator[Sample]:
-    rows = csv.DictReader(f)
-    missing = {"ts", "device", "point", "value"} - set(rows.fieldnames or [])
-    if missing:
-        raise ReplayError(
-            f"{name}:1: the header needs ts,device,point,value "
-            f"(missing {', '.join(sorted(missing))})"
-        )
-    for row in rows:
-        try:
-            ts = float(row["ts"])
-        except (TypeError, ValueError):
-            raise ReplayError(f"{name}:{rows.line_num}: ts {row['ts']!r} is not a number") from None
-        value, quality = parse_value(row["value"] or "")
-        yield Sample(rows.line_num, Reading(row["device"], row["point"], value, None, quality, ts))
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("\n".join(problems))
+        self.problems = problems
 
 
 def replay(
@@ -95,8 +58,17 @@ def replay(
 def replay_file(
     rules: list[CompiledRule],
     path: Path,
+    catalog: Catalog,
     tail_s: float = 0.0,
     settings: Mapping[str, Any] | None = None,
 ) -> list[AlarmEvent]:
-    with path.open(newline="") as f:
-        return replay(rules, list(read_series(f, str(path))), tail_s=tail_s, settings=settings)
+    """The events of the series in ``path``; ReplayError with every row that cannot be
+    replayed on the gateway of ``catalog`` (then nothing is replayed: the answer would be
+    for another series)."""
+    text, problem = read_text(path.read_bytes(), str(path))
+    if text is None:
+        raise ReplayError([problem or f"{path}: unreadable"])
+    series = read_series(text, str(path), catalog)
+    if series.problems:
+        raise ReplayError(series.problems)
+    return replay(rules, series.samples, tail_s=tail_s, settings=settings)
