@@ -202,7 +202,25 @@ class AlarmService:
         else:
             raise KeyError(name)
         await self.record(events)
-        return {"alarm": alarm, "state": self.engine.instances[alarm].p.state.value}
+        return self.reply(alarm)
+
+    def reply(self, alarm: str, now: float | None = None) -> dict[str, Any]:
+        """The alarm's state after a command, in the contract's words (``AlarmState``).
+
+        A shelved alarm is ``shelved`` (ISA-18.2's state G), whatever its lifecycle: an
+        operator who shelved it must not read ``active`` back and think the shelving
+        failed. Its lifecycle state is then in ``current`` (as on an ``unshelved`` event)
+        and the end of the shelving in ``shelved_until``."""
+        p = self.engine.instances[alarm].p
+        now = time.time() if now is None else now
+        if p.shelved_until is not None and now < p.shelved_until:
+            return {
+                "alarm": alarm,
+                "state": AlarmState.SHELVED.value,
+                "current": p.state.value,
+                "shelved_until": p.shelved_until,
+            }
+        return {"alarm": alarm, "state": p.state.value}
 
     # --- local actions ------------------------------------------------------------------
 

@@ -79,3 +79,25 @@ async def test_an_alarm_state_saved_as_normal_by_an_older_agent_is_restored(
     (raised,) = history(ob)
     assert (raised["state"], raised["occurrence"]) == ("active", 4)  # a new occurrence
     assert ob.alarm_states()[KEY]["state"] == "active"
+
+
+async def test_every_command_reply_names_the_alarms_state_after_it(
+    outbox: tuple[Outbox, AgentOutbox],
+) -> None:
+    """The reply uses the words of the events: shelving an active alarm answers
+    ``shelved`` (its lifecycle in ``current``), never ``active``."""
+    ob, agent_outbox = outbox
+    alarms = AlarmService(RuleEngine(rules()), agent_outbox.alarms, FakeSender(), {})
+    await alarms.record(alarms.observe(smoke(3.0)))
+    shelve = {"alarm": KEY, "by": "ops", "reason": "cleaning", "for_s": 600}
+    before = time.time()
+    shelved = await alarms.command("alarm.shelve", shelve)
+    assert shelved.pop("shelved_until") == pytest.approx(before + 600, abs=5)
+    assert shelved == {"alarm": KEY, "state": "shelved", "current": "active"}
+    acked = await alarms.command("alarm.ack", {"alarm": KEY, "by": "ops"})
+    assert (acked["state"], acked["current"]) == ("shelved", "acknowledged")
+    unshelved = await alarms.command("alarm.unshelve", {"alarm": KEY, "by": "ops"})
+    assert unshelved == {"alarm": KEY, "state": "acknowledged"}
+    assert [e["state"] for e in history(ob)] == ["active", "shelved", "unshelved"]
+    await alarms.record(alarms.observe(smoke(1.0)))
+    assert history(ob)[-1]["state"] == "cleared"  # acknowledged, then cleared: at rest
