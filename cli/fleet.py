@@ -348,7 +348,9 @@ def alarms_shelve(
     alarm: AlarmArg,
     gateway: GatewayArg,
     reason: Annotated[str, typer.Option(help="why (kept in the history)")],
-    for_: Annotated[str, typer.Option("--for", help="how long: 30m, 2h")] = "1h",
+    for_: Annotated[
+        str, typer.Option("--for", help="how long: 30m, 2h, 7d (s, m, h, d or w)")
+    ] = "1h",
     by: ByOpt = "operator",
     broker: BrokerOpt = DEFAULT_BROKER,
     topic_root: RootOpt = DEFAULT_ROOT,
@@ -362,7 +364,7 @@ def alarms_shelve(
 ) -> None:
     """Suppress an alarm's annunciation for a while, with a reason."""
     url = broker_settings(broker, username, password_file, ca_file, cert_file, key_file)
-    for_s = length_option(for_, "--for")
+    for_s = length_option(for_, "--for", positive=True)
     args = {"alarm": alarm, "by": by, "reason": reason, "for_s": round(for_s, 3)}
     _command(url, topic_root, gateway, "alarm.shelve", args, key, json_out)
 

@@ -39,6 +39,7 @@ from edge_agent.contract import (
     decode_telemetry,
     named_rows,
 )
+from edge_agent.durations import CALENDAR_HINT, DURATION_FORMS
 from tests.support import ThreadedDevice
 from tests.test_opcua_driver import ThreadedStation
 
@@ -266,14 +267,19 @@ def test_readings_table_shows_values_units_and_reasons_newest_first(db: Path) ->
 def test_a_wrong_duration_names_the_option_it_was_given_to(db: Path) -> None:
     since = run(fleet_app, "readings", "--since", "soon", "--db", str(db))
     assert since.exit_code == 2
-    assert "Invalid value for --since: a duration: a number with s, m, h or d" in since.output
-    shelve = run(
-        fleet_app, "alarms", "shelve", "det-3/smoke.alarm", "-g", "gw-1", "--reason", "drill",
-        "--for", "a while", "--key", str(db.parent / "no.key"),
-    )  # fmt: skip
-    assert shelve.exit_code == 2
-    assert "Invalid value for --for: a duration: a number with s, m, h or d" in shelve.output
-    assert "--since" not in shelve.output
+    assert f"Invalid value for --since: 'soon' is not {DURATION_FORMS}" in since.output
+    for length, problem in (
+        ("a while", DURATION_FORMS),
+        ("2y", f"{DURATION_FORMS}; {CALENDAR_HINT}"),
+        ("0s", "a length above 0 s"),
+    ):
+        shelve = run(
+            fleet_app, "alarms", "shelve", "det-3/smoke.alarm", "-g", "gw-1", "--reason", "drill",
+            "--for", length, "--key", str(db.parent / "no.key"),
+        )  # fmt: skip
+        assert shelve.exit_code == 2, length
+        assert f"Invalid value for --for: {length!r} is not {problem}" in shelve.output
+        assert "--since" not in shelve.output and "Traceback" not in shelve.output
 
 
 def test_losses_table_shows_which_readings_were_dropped_and_why(db: Path) -> None:
