@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 from pydantic import ValidationError
 
-from cli.output import JsonOpt, Part, Styled, print_json, print_rich, text
+from cli.output import JsonOpt, Part, Styled, print_json, print_rich, shown, text
 from drivers.opcua.config import NodeRef, OpcUaConnection
 
 if TYPE_CHECKING:
@@ -119,5 +119,7 @@ def _label(node: BrowsedNode) -> Text:
 
 def _value(value: Any) -> str:
     if isinstance(value, list) and len(value) > 8:
-        return f"[{', '.join(map(str, value[:8]))}, … ({len(value)} elements)]"
-    return repr(value) if isinstance(value, str) else str(value)
+        return f"[{', '.join(map(_value, value[:8]))}, … ({len(value)} elements)]"
+    if isinstance(value, list):
+        return f"[{', '.join(map(_value, value))}]"
+    return repr(value) if isinstance(value, str) else shown(value)

@@ -6,6 +6,7 @@ import logging
 import signal
 import sys
 import threading
+import time
 from pathlib import Path
 from typing import Annotated
 
@@ -22,7 +23,7 @@ from cli.broker_options import (
     broker_settings,
 )
 from cli.durations import length_option, since_option
-from cli.output import JsonOpt, Styled, ago, print_json, show, utc
+from cli.output import JsonOpt, Styled, ago, print_fields, print_json, show, shown, utc
 from cli.store_options import DEFAULT_DB, DbOpt, require_db
 from edge_agent.contract import DEFAULT_ROOT, Topics
 from mqttlink.url import Broker
@@ -51,6 +52,9 @@ KeyOpt = Annotated[
 GatewayArg = Annotated[str, typer.Option("--gateway", "-g", help="gateway id")]
 AlarmArg = Annotated[str, typer.Argument(help="alarm id, as listed: device/rule")]
 ByOpt = Annotated[str, typer.Option("--by", help="who does it (kept in the alarm history)")]
+
+REPLY_TIMES = ("shelved_until",)
+"""Fields of a command's result that are unix times: shown in UTC."""
 
 RootOpt = Annotated[
     str,
@@ -97,7 +101,7 @@ def central_run(
 
 @gateways_app.command("list")
 def gateways_list(db: DbOpt = DEFAULT_DB, json_out: JsonOpt = False) -> None:
-    """List gateways: id, site, online, agent version, last seen, outbox backlog."""
+    """List gateways: id, site, tags, online, agent version, last seen, outbox backlog."""
     # loaded by the command that uses it: fleet --help stays under 0.3 s
     from central.store import Store  # noqa: PLC0415
 
@@ -105,11 +109,12 @@ def gateways_list(db: DbOpt = DEFAULT_DB, json_out: JsonOpt = False) -> None:
     show(
         rows,
         json_out,
-        ("gateway", "site", "online", "agent", "config", "last seen", "backlog"),
+        ("gateway", "site", "tags", "online", "agent", "config", "last seen", "backlog"),
         lambda: (
             (
                 r["id"],
                 r["site"] or "",
+                _tags(r["tags"]),
                 Styled("yes", "green") if r["online"] else Styled("no", "red"),
                 r["agent_version"] or "",
                 r["config_rev"] or "",
@@ -148,7 +153,7 @@ def readings(
                 r.gateway,
                 r.device,
                 r.point,
-                _show(r.value),
+                shown(r.value),
                 r.unit or "",
                 r.quality if r.reason is None else f"{r.quality}: {r.reason}",
             )
@@ -239,15 +244,36 @@ def keys_init(key: KeyOpt = Path("center.key")) -> None:
 @alarms_app.command("list")
 def alarms_list(
     gateway: Annotated[str | None, typer.Option("--gateway", "-g", help="gateway id")] = None,
-    state: Annotated[list[str] | None, typer.Option(help="only alarms in this state")] = None,
+    state: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="only alarms in this state (repeatable): active, acknowledged, "
+            "cleared_unacked, cleared or shelved"
+        ),
+    ] = None,
     db: DbOpt = DEFAULT_DB,
     json_out: JsonOpt = False,
 ) -> None:
-    """Current alarms, as their latest transition left them, newest first."""
+    """Current alarms, as their latest transition left them, newest first; a shelved alarm
+    is ``shelved`` until its shelving ends."""
     # loaded by the command that uses it: fleet --help stays under 0.3 s
     from central.store import Store  # noqa: PLC0415
+    from cli.alarm_history import LISTED_STATES, alarm_state  # noqa: PLC0415
 
-    rows = Store(require_db(db)).alarms(gateway, state)
+    wanted = set(state or ())
+    if unknown := sorted(wanted - set(LISTED_STATES)):
+        raise typer.BadParameter(
+            f"{', '.join(map(repr, unknown))}: an alarm's state is one of "
+            f"{', '.join(LISTED_STATES)}",
+            param_hint="--state",
+        )
+
+    now = time.time()
+    rows = [
+        {**r, "state": alarm_state(r, now)}
+        for r in Store(require_db(db)).alarms(gateway)
+        if not wanted or alarm_state(r, now) in wanted
+    ]
     show(
         rows,
         json_out,
@@ -259,7 +285,7 @@ def alarms_list(
                 r["alarm_id"],
                 r["severity"],
                 r["state"],
-                _show(r["value"]),
+                shown(r["value"]),
                 r["msg"],
             )
             for r in rows
@@ -271,17 +297,21 @@ def alarms_list(
 def alarms_history(
     alarm: AlarmArg, gateway: GatewayArg, db: DbOpt = DEFAULT_DB, json_out: JsonOpt = False
 ) -> None:
-    """Every transition and action of one alarm, with the edge's timestamps."""
+    """Every transition and action of one alarm, with the edge's timestamps and who acted;
+    exit 1 if the store has no such alarm."""
     # loaded by the command that uses it: fleet --help stays under 0.3 s
     from central.store import Store  # noqa: PLC0415
+    from cli.alarm_history import HISTORY_COLUMNS, history_rows  # noqa: PLC0415
 
     events = Store(require_db(db)).alarm_history(gateway, alarm)
-    if json_out:
-        print_json(events)
-        return
-    for e in events:
-        extra = f" action={e['action']}" if "action" in e else ""
-        typer.echo(f"{utc(e['ts'])}  {e['state']:<16} {e['msg']}{extra}")
+    if not events:
+        typer.echo(
+            f"error: no such alarm: {alarm} on gateway {gateway} "
+            f"(`fleet alarms list -g {gateway}` lists its alarms)",
+            err=True,
+        )
+        raise typer.Exit(1)
+    show(events, json_out, HISTORY_COLUMNS, lambda: history_rows(events))
 
 
 def _command(
@@ -306,11 +336,16 @@ def _command(
         raise typer.Exit(1) from None
     if json_out:
         print_json(reply)
-    elif reply.get("ok"):
-        typer.echo(f"{gateway}: {cmd} done: {reply.get('result')}")
+    elif reply.get("ok") is True:
+        typer.echo(f"{gateway}: {cmd} done")
+        result = reply.get("result")
+        if isinstance(result, dict):
+            print_fields(result, times=REPLY_TIMES)
+        elif result is not None:
+            typer.echo(f"result: {shown(result)}")
     else:
-        typer.echo(f"{gateway}: {cmd} refused: {reply.get('error')}", err=True)
-    if not reply.get("ok"):
+        typer.echo(f"{gateway}: {cmd} refused: {shown(reply.get('error'))}", err=True)
+    if reply.get("ok") is not True:
         raise typer.Exit(1)
 
 
@@ -369,10 +404,11 @@ def alarms_shelve(
     _command(url, topic_root, gateway, "alarm.shelve", args, key, json_out)
 
 
-def _show(value: object) -> str:
-    if isinstance(value, float):
-        return f"{value:.6g}"
-    return "" if value is None else str(value)
+def _tags(tags: object) -> str:
+    """``key=value, …`` as the gateway sent them; anything but a mapping as its JSON."""
+    if isinstance(tags, dict):
+        return ", ".join(f"{k}={shown(v)}" for k, v in tags.items())
+    return shown(tags)
 
 
 def main() -> None:

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Annotated, NoReturn
 import typer
 from pydantic import ValidationError
 
-from cli.output import Column, JsonOpt, print_json, print_rich, table
+from cli.output import Column, JsonOpt, print_json, print_rich, shown, table
 from cli.problems import load_config_or_exit
 from drivers.base import DeviceUnavailable
 from drivers.modbus.config import ModbusDevice
@@ -226,10 +226,16 @@ def _render(device: ModbusDevice, probed: list[ProbedPoint]) -> None:
                 str(p.point.address),
                 hex_words,
                 " ".join(str(word) for word in raw),
-                "" if p.reading.value is None else repr(p.reading.value),
+                _value(p.reading.value),
                 p.reading.unit or "",
                 quality,
             )
         )
     title = f"{device.id}: unit {device.modbus.unit} on {device.modbus.bus}"
     print_rich(table(columns, rows, title=title))
+
+
+def _value(value: object) -> str:
+    """Text quoted (a device's string may be blank or end in spaces), numbers to the
+    precision they have (a float32 register to 7 digits)."""
+    return repr(value) if isinstance(value, str) else shown(value)

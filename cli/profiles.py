@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from cli.output import Column, JsonOpt, Styled, print_json, print_rich, table, text
+from cli.output import Column, JsonOpt, Styled, inline, print_json, print_rich, table, text
 from cli.problems import exit_with_problems
 
 if TYPE_CHECKING:
@@ -100,14 +100,14 @@ def profiles_show(
         text(f"source: {profile.source}"),
         text(f"file: {loaded.file}"),
     ]
-    if profile.connection or profile.device:
-        about.append(
-            text(f"defaults: {profile.protocol}: {profile.connection} device: {profile.device}")
-        )
+    if profile.connection:
+        about.append(text(f"{profile.protocol} defaults: {inline(profile.connection)}"))
+    if profile.device:
+        about.append(text(f"device defaults: {inline(profile.device)}"))
     points: list[tuple[str, ...]] = []
     for point in profile.points:
         where = point.model_dump(exclude={"name", "unit"}, exclude_unset=True)
-        points.append((point.name, point.unit or "", _inline(where)))
+        points.append((point.name, point.unit or "", inline(where)))
     shown: list[Table | Text] = [*about, table(("point", "unit", "where"), points, title="points")]
     if profile.rules:
         rules: list[tuple[str, ...]] = []
@@ -120,7 +120,3 @@ def profiles_show(
         columns = ("rule", "severity", "condition", "delays")
         shown.append(table(columns, rules, title="default rules"))
     print_rich(*shown)
-
-
-def _inline(fields: dict[str, object]) -> str:
-    return ", ".join(f"{k}: {v}" for k, v in fields.items())
