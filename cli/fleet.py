@@ -8,10 +8,11 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
+from cli.apps import group, package_version, program
 from cli.broker_options import (
     DEFAULT_BROKER,
     BrokerOpt,
@@ -25,21 +26,20 @@ from cli.broker_options import (
 from cli.durations import length_option, since_option
 from cli.output import JsonOpt, Styled, ago, print_fields, print_json, show, shown, utc
 from cli.store_options import DEFAULT_DB, DbOpt, require_db
-from edge_agent.contract import DEFAULT_ROOT, Topics
-from mqttlink.url import Broker
+from edge_agent.contract.topics import DEFAULT_ROOT
 
-app = typer.Typer(
-    name="fleet",
-    help="EdgeFleet operator tool: run the central service, query gateways and readings.",
-    no_args_is_help=True,
-    add_completion=False,
+if TYPE_CHECKING:
+    from mqttlink.url import Broker
+
+app = program(
+    "fleet",
+    "EdgeFleet operator tool: run the central service, query gateways and readings.",
+    lambda: package_version("fleet"),
 )
-central_app = typer.Typer(help="The central service.", no_args_is_help=True)
-gateways_app = typer.Typer(help="Gateways of the fleet.", no_args_is_help=True)
-alarms_app = typer.Typer(
-    help="Alarms raised at the edge: list, history, ack, shelve, reset.", no_args_is_help=True
-)
-keys_app = typer.Typer(help="The center's command-signing key.", no_args_is_help=True)
+central_app = group("The central service.")
+gateways_app = group("Gateways of the fleet.")
+alarms_app = group("Alarms raised at the edge: list, history, ack, shelve, reset.")
+keys_app = group("The center's command-signing key.")
 app.add_typer(central_app, name="central")
 app.add_typer(gateways_app, name="gateways")
 app.add_typer(alarms_app, name="alarms")
@@ -50,7 +50,7 @@ KeyOpt = Annotated[
     typer.Option("--key", envvar="EDGEFLEET_KEY", help="the center's Ed25519 private key"),
 ]
 GatewayArg = Annotated[str, typer.Option("--gateway", "-g", help="gateway id")]
-AlarmArg = Annotated[str, typer.Argument(help="alarm id, as listed: device/rule")]
+AlarmArg = Annotated[str, typer.Argument(metavar="ALARM", help="alarm id, as listed: device/rule")]
 ByOpt = Annotated[str, typer.Option("--by", help="who does it (kept in the alarm history)")]
 
 REPLY_TIMES = ("shelved_until",)
@@ -81,6 +81,7 @@ def central_run(
     # loaded by the command that uses it: fleet --help stays under 0.3 s
     from central.ingest import Ingest, run_central  # noqa: PLC0415
     from central.store import Store  # noqa: PLC0415
+    from edge_agent.contract import Topics  # noqa: PLC0415
 
     logging.basicConfig(
         level=log_level.upper(),
@@ -325,6 +326,7 @@ def _command(
 ) -> None:
     # loaded by the command that uses it: fleet --help stays under 0.3 s
     from central.commands import CommandFailed, send_command  # noqa: PLC0415
+    from edge_agent.contract import Topics  # noqa: PLC0415
 
     if not key.exists():
         typer.echo(f"error: no signing key at {key} (fleet keys init creates one)", err=True)

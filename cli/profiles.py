@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
+from cli.apps import group
 from cli.output import Column, JsonOpt, Styled, inline, print_json, print_rich, table, text
 from cli.problems import exit_with_problems
 
@@ -16,10 +17,7 @@ if TYPE_CHECKING:
 
     from edge_agent.config.profiles import ProfileLibrary
 
-profiles_app = typer.Typer(
-    help="Device profiles: how to read a device model at a firmware version.",
-    no_args_is_help=True,
-)
+profiles_app = group("Device profiles: how to read a device model at a firmware version.")
 
 DirsOpt = Annotated[
     list[Path] | None,

@@ -8,9 +8,9 @@ from typing import Annotated
 
 import typer
 
-rules_app = typer.Typer(
-    help="Check a gateway's rules against a series of readings.", no_args_is_help=True
-)
+from cli.apps import group
+
+rules_app = group("Check a gateway's rules against a series of readings.")
 
 
 @rules_app.command("test")
