@@ -35,12 +35,14 @@ HISTORY_COLUMNS: Sequence[str | Column] = (
 )
 
 
-def alarm_state(row: Mapping[str, Any], now: float) -> str:
-    """The state of a row of the store's ``alarms`` table at ``now``."""
+def listed_alarm(row: Mapping[str, Any], now: float) -> dict[str, Any]:
+    """A row of the store's ``alarms`` table as ``fleet alarms list`` shows it at ``now``:
+    while shelved, ``state`` is ``shelved`` and ``current`` the lifecycle state, as in the
+    reply to a command."""
     until = _time(row.get("shelved_until"))
     if until is not None and now < until:
-        return AlarmState.SHELVED.value
-    return str(row["state"])
+        return {**row, "state": AlarmState.SHELVED.value, "current": row["state"]}
+    return dict(row)
 
 
 def history_rows(events: Sequence[Mapping[str, Any]]) -> Iterator[Sequence[Cell]]:

@@ -259,7 +259,7 @@ def alarms_list(
     is ``shelved`` until its shelving ends."""
     # loaded by the command that uses it: fleet --help stays under 0.3 s
     from central.store import Store  # noqa: PLC0415
-    from cli.alarm_history import LISTED_STATES, alarm_state  # noqa: PLC0415
+    from cli.alarm_history import LISTED_STATES, listed_alarm  # noqa: PLC0415
 
     wanted = set(state or ())
     if unknown := sorted(wanted - set(LISTED_STATES)):
@@ -270,11 +270,8 @@ def alarms_list(
         )
 
     now = time.time()
-    rows = [
-        {**r, "state": alarm_state(r, now)}
-        for r in Store(require_db(db)).alarms(gateway)
-        if not wanted or alarm_state(r, now) in wanted
-    ]
+    rows = [listed_alarm(r, now) for r in Store(require_db(db)).alarms(gateway)]
+    rows = [r for r in rows if not wanted or r["state"] in wanted]
     show(
         rows,
         json_out,

@@ -440,7 +440,7 @@ def test_a_shelved_alarm_is_listed_shelved_and_its_history_says_who_and_why(
     (only,) = json.loads(
         fleet("alarms", "list", "--state", "shelved", "--db", str(path), "--json").stdout
     )
-    assert (only["state"], only["shelved_until"]) == ("shelved", until)
+    assert (only["state"], only["current"], only["shelved_until"]) == ("shelved", "active", until)
     assert (
         json.loads(fleet("alarms", "list", "--state", "active", "--db", str(path), "--json").stdout)
         == []
