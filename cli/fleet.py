@@ -24,7 +24,17 @@ from cli.broker_options import (
     broker_settings,
 )
 from cli.durations import length_option, since_option
-from cli.output import JsonOpt, Styled, ago, print_fields, print_json, show, shown, utc
+from cli.output import (
+    JsonOpt,
+    Styled,
+    ago,
+    print_fields,
+    print_json,
+    printable,
+    show,
+    shown,
+    utc,
+)
 from cli.store_options import DEFAULT_DB, DbOpt, require_db
 from edge_agent.contract.topics import DEFAULT_ROOT
 
@@ -341,9 +351,9 @@ def _command(
         if isinstance(result, dict):
             print_fields(result, times=REPLY_TIMES)
         elif result is not None:
-            typer.echo(f"result: {shown(result)}")
+            typer.echo(printable(f"result: {shown(result)}"))
     else:
-        typer.echo(f"{gateway}: {cmd} refused: {shown(reply.get('error'))}", err=True)
+        typer.echo(printable(f"{gateway}: {cmd} refused: {shown(reply.get('error'))}"), err=True)
     if reply.get("ok") is not True:
         raise typer.Exit(1)
 

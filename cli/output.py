@@ -126,10 +126,15 @@ def utc(ts: float | None) -> str:
     """An edge timestamp as UTC to the millisecond; empty when there is none."""
     if ts is None:
         return ""
+    when = _calendar(ts)
+    return number(ts) if when is None else when
+
+
+def _calendar(ts: float) -> str | None:
     try:
         return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%d %H:%M:%S.%f")[:-3]
     except (OverflowError, ValueError, OSError):  # not a time a calendar has (NaN, 1e300)
-        return number(ts)
+        return None
 
 
 def ago(ts: float | None) -> str:
@@ -193,10 +198,21 @@ def inline(fields: Mapping[str, object]) -> str:
     return ", ".join(f"{key}: {value}" for key, value in flat(fields))
 
 
+_CONTROL = {c: f"\\x{c:02x}" for c in (*range(0x20), *range(0x7F, 0xA0))}
+
+
+def printable(sent: str) -> str:
+    """Text that came from outside, safe to print as a line: control characters (an
+    escape sequence that would recolour or clear the terminal, a newline that would forge
+    a line) as ``\\xNN``. Rich does the same for the cells of a table."""
+    return sent.translate(_CONTROL)
+
+
 def print_fields(fields: Mapping[str, object], times: Iterable[str] = ()) -> None:
-    """One ``key: value`` line per field (``flat``); the ``times`` keys (unix times) in UTC."""
+    """One ``key: value`` line per field (``flat``), each printable; the ``times`` keys
+    (unix times) in UTC."""
     as_time = set(times)
     for key, value in flat(fields):
         raw = fields.get(key)
-        as_utc = key in as_time and type(raw) in (int, float)
-        typer.echo(f"{key}: {f'{utc(float(raw))} UTC' if as_utc else value}")  # type: ignore[arg-type]
+        when = _calendar(float(raw)) if key in as_time and type(raw) in (int, float) else None  # type: ignore[arg-type]
+        typer.echo(printable(f"{key}: {value if when is None else f'{when} UTC'}"))

@@ -465,6 +465,28 @@ def test_settings_are_shown_as_key_value_with_nested_keys_dotted() -> None:
     )
 
 
+def test_a_reply_prints_as_key_value_lines_that_a_gateway_cannot_forge_or_recolour(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A gateway writes the reply: its text is printed, but not its control characters."""
+    output.print_fields(
+        {
+            "alarm": "det-3/smoke.alarm\nstate: cleared",  # a forged second line
+            "state": "shelved\x1b[2J",  # would clear the screen
+            "shelved_until": NOW,
+            "later": {"current": "active", "value": FLOAT32_4_499},
+        },
+        times=("shelved_until", "later"),
+    )
+    assert capsys.readouterr().out.splitlines() == [
+        "alarm: det-3/smoke.alarm\\x0astate: cleared",
+        "state: shelved\\x1b[2J",
+        f"shelved_until: {utc(NOW)} UTC",
+        "later.current: active",
+        "later.value: 4.499",
+    ]
+
+
 @pytest.mark.parametrize(
     ("value", "text"),
     [
