@@ -47,7 +47,6 @@ def program(name: str, help_text: str, version: Callable[[], str]) -> typer.Type
     def options(_version: bool = version_option) -> None:
         pass
 
-    options.__doc__ = help_text
     return app
 
 
