@@ -193,10 +193,12 @@ class AlarmService:
         elif name == "alarm.reset":
             events = self.engine.reset(alarm, by)
         elif name == "alarm.shelve":
-            for_s = float(args.get("for_s", 3600))
-            if not math.isfinite(for_s):
-                raise ValueError(f"for_s must be a number of seconds, not {for_s}")
-            events = self.engine.shelve(alarm, for_s, str(args.get("reason", "")), by)
+            for_s = args.get("for_s", 3600)
+            # a number above 0: a shelving that ends before it begins would answer
+            # 'shelved' for an alarm that is not (and "2h" or true are not seconds)
+            if type(for_s) not in (int, float) or not math.isfinite(for_s) or for_s <= 0:
+                raise ValueError(f"for_s must be a number of seconds above 0, not {for_s!r}")
+            events = self.engine.shelve(alarm, float(for_s), str(args.get("reason", "")), by)
         elif name == "alarm.unshelve":
             events = self.engine.unshelve(alarm, by)
         else:

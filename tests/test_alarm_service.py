@@ -101,3 +101,17 @@ async def test_every_command_reply_names_the_alarms_state_after_it(
     assert [e["state"] for e in history(ob)] == ["active", "shelved", "unshelved"]
     await alarms.record(alarms.observe(smoke(1.0)))
     assert history(ob)[-1]["state"] == "cleared"  # acknowledged, then cleared: at rest
+
+
+@pytest.mark.parametrize("for_s", [0, -60, "2h", True, None, float("inf"), float("nan")])
+async def test_a_shelving_of_no_length_or_not_a_number_is_refused(
+    outbox: tuple[Outbox, AgentOutbox], for_s: object
+) -> None:
+    ob, agent_outbox = outbox
+    alarms = AlarmService(RuleEngine(rules()), agent_outbox.alarms, FakeSender(), {})
+    await alarms.record(alarms.observe(smoke(3.0)))
+    shelve = {"alarm": KEY, "by": "ops", "reason": "cleaning", "for_s": for_s}
+    with pytest.raises(ValueError, match=r"^for_s must be a number of seconds above 0, not "):
+        await alarms.command("alarm.shelve", shelve)
+    assert alarms.reply(KEY)["state"] == "active"
+    assert [e["state"] for e in history(ob)] == ["active"]
