@@ -266,7 +266,7 @@ def alarms_list(
     json_out: JsonOpt = False,
 ) -> None:
     """Current alarms, as their latest transition left them, newest first; a shelved alarm
-    is ``shelved`` until its shelving ends."""
+    is listed shelved until its shelving ends."""
     # loaded by the command that uses it: fleet --help stays under 0.3 s
     from central.store import Store  # noqa: PLC0415
     from cli.alarm_history import LISTED_STATES, listed_alarm  # noqa: PLC0415

@@ -30,6 +30,7 @@ from typer.testing import CliRunner
 from central.store import Store
 from cli import output
 from cli.agent import app as agent_app
+from cli.alarm_history import LISTED_STATES
 from cli.fleet import app as fleet_app
 from cli.output import Styled, utc
 from drivers.modbus import ModbusPoint
@@ -395,6 +396,12 @@ def test_a_state_that_does_not_exist_is_a_usage_error_listing_the_states(db: Pat
         "Invalid value for --state: 'bogus': an alarm's state is one of active, acknowledged, "
         "cleared_unacked, cleared, shelved"
     ) in result.output
+
+
+def test_the_help_of_state_names_every_state_the_filter_takes() -> None:
+    helped = " ".join(fleet("alarms", "list", "--help").stdout.split())
+    assert "active, acknowledged, cleared_unacked, cleared or shelved" in helped
+    assert LISTED_STATES == ("active", "acknowledged", "cleared_unacked", "cleared", "shelved")
 
 
 def test_the_history_of_an_alarm_the_store_does_not_have_is_an_error(db: Path) -> None:
