@@ -435,11 +435,18 @@ class Store:
     # --- queries -----------------------------------------------------------------------
 
     def gateways(self) -> list[dict[str, Any]]:
+        """Each gateway's row; ``tags`` as its last online state sent them (any JSON: the
+        contract does not check them, so neither does the store), ``{}`` if none came."""
         return [
-            {**row, "online": bool(row["online"])}
+            {
+                **{k: v for k, v in row.items() if k != "state"},
+                "online": bool(row["online"]),
+                "tags": _tags(row["state"]),
+            }
             for row in self.db.query(
                 "SELECT id, site, online, agent_version, config_rev, started, stream, last_seen, "
-                "outbox_depth, outbox_oldest_age_s, dropped_telemetry FROM gateways ORDER BY id"
+                "outbox_depth, outbox_oldest_age_s, dropped_telemetry, state "
+                "FROM gateways ORDER BY id"
             )
         ]
 
@@ -480,6 +487,12 @@ class Store:
 
     def close(self) -> None:
         self.db.close()
+
+
+def _tags(state: str | None) -> Any:
+    """The ``tags`` of a stored state (JSON text written by ``update_state``)."""
+    saved = json.loads(state) if state else {}
+    return saved.get("tags", {}) if isinstance(saved, dict) else {}
 
 
 def _filters(**eq: str | None) -> tuple[list[str], list[Any]]:

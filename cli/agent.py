@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import signal
 import sys
@@ -11,6 +10,7 @@ from typing import Annotated
 
 import typer
 
+from cli.apps import build_version, program
 from cli.browse import browse
 from cli.probe import probe_app
 from cli.problems import load_config_or_exit
@@ -18,11 +18,10 @@ from cli.profiles import profiles_app
 from cli.rules import rules_app
 from cli.sim import sim_app
 
-app = typer.Typer(
-    name="edge-agent",
-    help="EdgeFleet edge agent: check a gateway config, run the agent.",
-    no_args_is_help=True,
-    add_completion=False,
+app = program(
+    "edge-agent",
+    "EdgeFleet edge agent: check a gateway config, run the agent.",
+    lambda: build_version("edge-agent"),
 )
 
 ConfigOpt = Annotated[
@@ -57,7 +56,9 @@ def run(
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
-    # the runtime (drivers, outbox) loads only for run, never for check or --help
+    # the runtime (drivers, outbox) and asyncio load only for run, never for check or --help
+    import asyncio  # noqa: PLC0415
+
     from edge_agent.app import run_agent  # noqa: PLC0415
     from edge_agent.outbox import OutboxUnavailable  # noqa: PLC0415
 

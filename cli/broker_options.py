@@ -16,11 +16,12 @@ Files must exist when the command starts (a usage error, exit 2, otherwise).
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from mqttlink.url import Broker, BrokerUrl
+if TYPE_CHECKING:
+    from mqttlink.url import Broker
 
 DEFAULT_BROKER = "mqtt://127.0.0.1:1883"
 
@@ -65,6 +66,9 @@ def broker_settings(
 ) -> Broker:
     """The options as one value; a usage error (exit 2) naming the option if they do not
     fit together."""
+    # mqttlink (and ssl) load only for a command that connects: fleet --help stays quick
+    from mqttlink.url import Broker, BrokerUrl  # noqa: PLC0415
+
     try:
         parsed = BrokerUrl.parse(url)
     except ValueError as exc:

@@ -6,15 +6,12 @@ and rich are imported only when the command runs.
 
 from __future__ import annotations
 
-import asyncio
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
-from pydantic import ValidationError
 
-from cli.output import JsonOpt, Part, Styled, print_json, print_rich, text
-from drivers.opcua.config import NodeRef, OpcUaConnection
+from cli.output import JsonOpt, Part, Styled, print_json, print_rich, shown, text
 
 if TYPE_CHECKING:
     from rich.text import Text
@@ -47,6 +44,11 @@ def browse(
     max_nodes: Annotated[int, typer.Option(min=1, help="stop after this many nodes")] = 2000,
 ) -> None:
     """Walk an OPC-UA server's address space: variables with node ids, data types and values."""
+    # the config models (pydantic) load only when browsing: edge-agent --help stays quick
+    from pydantic import ValidationError  # noqa: PLC0415
+
+    from drivers.opcua.config import NodeRef, OpcUaConnection  # noqa: PLC0415
+
     policy, _, mode = security.partition(",")
     try:
         NodeRef.parse(node)
@@ -64,7 +66,9 @@ def browse(
         typer.echo(f"error: {_first_problem(exc)}", err=True)
         raise typer.Exit(EXIT_USAGE) from None
 
-    # asyncua and rich load only when browsing
+    # asyncua, asyncio and rich load only when browsing
+    import asyncio  # noqa: PLC0415
+
     from drivers.opcua.browse import BrowseError  # noqa: PLC0415
     from drivers.opcua.browse import browse as walk  # noqa: PLC0415
 
@@ -90,6 +94,9 @@ def _default_mode(policy: str) -> str:
 
 
 def _first_problem(exc: Exception) -> str:
+    # pydantic is loaded by now (browse validated the connection with it)
+    from pydantic import ValidationError  # noqa: PLC0415
+
     if isinstance(exc, ValidationError):
         err = exc.errors()[0]
         where = ".".join(str(part) for part in err["loc"])
@@ -119,5 +126,7 @@ def _label(node: BrowsedNode) -> Text:
 
 def _value(value: Any) -> str:
     if isinstance(value, list) and len(value) > 8:
-        return f"[{', '.join(map(str, value[:8]))}, … ({len(value)} elements)]"
-    return repr(value) if isinstance(value, str) else str(value)
+        return f"[{', '.join(map(_value, value[:8]))}, … ({len(value)} elements)]"
+    if isinstance(value, list):
+        return f"[{', '.join(map(_value, value))}]"
+    return repr(value) if isinstance(value, str) else shown(value)

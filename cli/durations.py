@@ -14,12 +14,16 @@ import typer
 from edge_agent.durations import parse_duration
 
 
-def length_option(text: str, option: str) -> float:
-    """The seconds ``text`` (the value of ``option``) says."""
+def length_option(text: str, option: str, *, positive: bool = False) -> float:
+    """The seconds ``text`` (the value of ``option``) says; with ``positive``, more than 0
+    (a shelving of 0 s would end as it begins)."""
     try:
-        return parse_duration(text)
+        seconds = parse_duration(text)
     except ValueError as exc:
-        raise typer.BadParameter(str(exc), param_hint=option) from None
+        raise typer.BadParameter(f"{text!r} is not {exc}", param_hint=option) from None
+    if positive and seconds <= 0:
+        raise typer.BadParameter(f"{text!r} is not a length above 0 s", param_hint=option)
+    return seconds
 
 
 def since_option(text: str | None, option: str = "--since") -> float | None:

@@ -6,11 +6,13 @@ import logging
 import signal
 import sys
 import threading
+import time
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
+from cli.apps import group, package_version, program
 from cli.broker_options import (
     DEFAULT_BROKER,
     BrokerOpt,
@@ -22,23 +24,32 @@ from cli.broker_options import (
     broker_settings,
 )
 from cli.durations import length_option, since_option
-from cli.output import JsonOpt, Styled, ago, print_json, show, utc
+from cli.output import (
+    JsonOpt,
+    Styled,
+    ago,
+    print_fields,
+    print_json,
+    printable,
+    show,
+    shown,
+    utc,
+)
 from cli.store_options import DEFAULT_DB, DbOpt, require_db
-from edge_agent.contract import DEFAULT_ROOT, Topics
-from mqttlink.url import Broker
+from edge_agent.contract.topics import DEFAULT_ROOT
 
-app = typer.Typer(
-    name="fleet",
-    help="EdgeFleet operator tool: run the central service, query gateways and readings.",
-    no_args_is_help=True,
-    add_completion=False,
+if TYPE_CHECKING:
+    from mqttlink.url import Broker
+
+app = program(
+    "fleet",
+    "EdgeFleet operator tool: run the central service, query gateways and readings.",
+    lambda: package_version("fleet"),
 )
-central_app = typer.Typer(help="The central service.", no_args_is_help=True)
-gateways_app = typer.Typer(help="Gateways of the fleet.", no_args_is_help=True)
-alarms_app = typer.Typer(
-    help="Alarms raised at the edge: list, history, ack, shelve, reset.", no_args_is_help=True
-)
-keys_app = typer.Typer(help="The center's command-signing key.", no_args_is_help=True)
+central_app = group("The central service.")
+gateways_app = group("Gateways of the fleet.")
+alarms_app = group("Alarms raised at the edge: list, history, ack, shelve, reset.")
+keys_app = group("The center's command-signing key.")
 app.add_typer(central_app, name="central")
 app.add_typer(gateways_app, name="gateways")
 app.add_typer(alarms_app, name="alarms")
@@ -49,8 +60,11 @@ KeyOpt = Annotated[
     typer.Option("--key", envvar="EDGEFLEET_KEY", help="the center's Ed25519 private key"),
 ]
 GatewayArg = Annotated[str, typer.Option("--gateway", "-g", help="gateway id")]
-AlarmArg = Annotated[str, typer.Argument(help="alarm id, as listed: device/rule")]
+AlarmArg = Annotated[str, typer.Argument(metavar="ALARM", help="alarm id, as listed: device/rule")]
 ByOpt = Annotated[str, typer.Option("--by", help="who does it (kept in the alarm history)")]
+
+REPLY_TIMES = ("shelved_until",)
+"""Fields of a command's result that are unix times: shown in UTC."""
 
 RootOpt = Annotated[
     str,
@@ -77,6 +91,7 @@ def central_run(
     # loaded by the command that uses it: fleet --help stays under 0.3 s
     from central.ingest import Ingest, run_central  # noqa: PLC0415
     from central.store import Store  # noqa: PLC0415
+    from edge_agent.contract import Topics  # noqa: PLC0415
 
     logging.basicConfig(
         level=log_level.upper(),
@@ -97,7 +112,7 @@ def central_run(
 
 @gateways_app.command("list")
 def gateways_list(db: DbOpt = DEFAULT_DB, json_out: JsonOpt = False) -> None:
-    """List gateways: id, site, online, agent version, last seen, outbox backlog."""
+    """List gateways: id, site, tags, online, agent version, last seen, outbox backlog."""
     # loaded by the command that uses it: fleet --help stays under 0.3 s
     from central.store import Store  # noqa: PLC0415
 
@@ -105,11 +120,12 @@ def gateways_list(db: DbOpt = DEFAULT_DB, json_out: JsonOpt = False) -> None:
     show(
         rows,
         json_out,
-        ("gateway", "site", "online", "agent", "config", "last seen", "backlog"),
+        ("gateway", "site", "tags", "online", "agent", "config", "last seen", "backlog"),
         lambda: (
             (
                 r["id"],
                 r["site"] or "",
+                _tags(r["tags"]),
                 Styled("yes", "green") if r["online"] else Styled("no", "red"),
                 r["agent_version"] or "",
                 r["config_rev"] or "",
@@ -148,7 +164,7 @@ def readings(
                 r.gateway,
                 r.device,
                 r.point,
-                _show(r.value),
+                shown(r.value),
                 r.unit or "",
                 r.quality if r.reason is None else f"{r.quality}: {r.reason}",
             )
@@ -239,15 +255,33 @@ def keys_init(key: KeyOpt = Path("center.key")) -> None:
 @alarms_app.command("list")
 def alarms_list(
     gateway: Annotated[str | None, typer.Option("--gateway", "-g", help="gateway id")] = None,
-    state: Annotated[list[str] | None, typer.Option(help="only alarms in this state")] = None,
+    state: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="only alarms in this state (repeatable): active, acknowledged, "
+            "cleared_unacked, cleared or shelved"
+        ),
+    ] = None,
     db: DbOpt = DEFAULT_DB,
     json_out: JsonOpt = False,
 ) -> None:
-    """Current alarms, as their latest transition left them, newest first."""
+    """Current alarms, as their latest transition left them, newest first; a shelved alarm
+    is listed shelved until its shelving ends."""
     # loaded by the command that uses it: fleet --help stays under 0.3 s
     from central.store import Store  # noqa: PLC0415
+    from cli.alarm_history import LISTED_STATES, listed_alarm  # noqa: PLC0415
 
-    rows = Store(require_db(db)).alarms(gateway, state)
+    wanted = set(state or ())
+    if unknown := sorted(wanted - set(LISTED_STATES)):
+        raise typer.BadParameter(
+            f"{', '.join(map(repr, unknown))}: an alarm's state is one of "
+            f"{', '.join(LISTED_STATES)}",
+            param_hint="--state",
+        )
+
+    now = time.time()
+    rows = [listed_alarm(r, now) for r in Store(require_db(db)).alarms(gateway)]
+    rows = [r for r in rows if not wanted or r["state"] in wanted]
     show(
         rows,
         json_out,
@@ -259,7 +293,7 @@ def alarms_list(
                 r["alarm_id"],
                 r["severity"],
                 r["state"],
-                _show(r["value"]),
+                shown(r["value"]),
                 r["msg"],
             )
             for r in rows
@@ -271,17 +305,21 @@ def alarms_list(
 def alarms_history(
     alarm: AlarmArg, gateway: GatewayArg, db: DbOpt = DEFAULT_DB, json_out: JsonOpt = False
 ) -> None:
-    """Every transition and action of one alarm, with the edge's timestamps."""
+    """Every transition and action of one alarm, with the edge's timestamps and who acted;
+    exit 1 if the store has no such alarm."""
     # loaded by the command that uses it: fleet --help stays under 0.3 s
     from central.store import Store  # noqa: PLC0415
+    from cli.alarm_history import HISTORY_COLUMNS, history_rows  # noqa: PLC0415
 
     events = Store(require_db(db)).alarm_history(gateway, alarm)
-    if json_out:
-        print_json(events)
-        return
-    for e in events:
-        extra = f" action={e['action']}" if "action" in e else ""
-        typer.echo(f"{utc(e['ts'])}  {e['state']:<16} {e['msg']}{extra}")
+    if not events:
+        typer.echo(
+            f"error: no such alarm: {alarm} on gateway {gateway} "
+            f"(`fleet alarms list -g {gateway}` lists its alarms)",
+            err=True,
+        )
+        raise typer.Exit(1)
+    show(events, json_out, HISTORY_COLUMNS, lambda: history_rows(events))
 
 
 def _command(
@@ -295,6 +333,7 @@ def _command(
 ) -> None:
     # loaded by the command that uses it: fleet --help stays under 0.3 s
     from central.commands import CommandFailed, send_command  # noqa: PLC0415
+    from edge_agent.contract import Topics  # noqa: PLC0415
 
     if not key.exists():
         typer.echo(f"error: no signing key at {key} (fleet keys init creates one)", err=True)
@@ -306,11 +345,16 @@ def _command(
         raise typer.Exit(1) from None
     if json_out:
         print_json(reply)
-    elif reply.get("ok"):
-        typer.echo(f"{gateway}: {cmd} done: {reply.get('result')}")
+    elif reply.get("ok") is True:
+        typer.echo(f"{gateway}: {cmd} done")
+        result = reply.get("result")
+        if isinstance(result, dict):
+            print_fields(result, times=REPLY_TIMES)
+        elif result is not None:
+            typer.echo(printable(f"result: {shown(result)}"))
     else:
-        typer.echo(f"{gateway}: {cmd} refused: {reply.get('error')}", err=True)
-    if not reply.get("ok"):
+        typer.echo(printable(f"{gateway}: {cmd} refused: {shown(reply.get('error'))}"), err=True)
+    if reply.get("ok") is not True:
         raise typer.Exit(1)
 
 
@@ -348,7 +392,9 @@ def alarms_shelve(
     alarm: AlarmArg,
     gateway: GatewayArg,
     reason: Annotated[str, typer.Option(help="why (kept in the history)")],
-    for_: Annotated[str, typer.Option("--for", help="how long: 30m, 2h")] = "1h",
+    for_: Annotated[
+        str, typer.Option("--for", help="how long: 30m, 2h, 7d (s, m, h, d or w)")
+    ] = "1h",
     by: ByOpt = "operator",
     broker: BrokerOpt = DEFAULT_BROKER,
     topic_root: RootOpt = DEFAULT_ROOT,
@@ -362,15 +408,16 @@ def alarms_shelve(
 ) -> None:
     """Suppress an alarm's annunciation for a while, with a reason."""
     url = broker_settings(broker, username, password_file, ca_file, cert_file, key_file)
-    for_s = length_option(for_, "--for")
+    for_s = length_option(for_, "--for", positive=True)
     args = {"alarm": alarm, "by": by, "reason": reason, "for_s": round(for_s, 3)}
     _command(url, topic_root, gateway, "alarm.shelve", args, key, json_out)
 
 
-def _show(value: object) -> str:
-    if isinstance(value, float):
-        return f"{value:.6g}"
-    return "" if value is None else str(value)
+def _tags(tags: object) -> str:
+    """``key=value, …`` as the gateway sent them; anything but a mapping as its JSON."""
+    if isinstance(tags, dict):
+        return ", ".join(f"{k}={shown(v)}" for k, v in tags.items())
+    return shown(tags)
 
 
 def main() -> None:

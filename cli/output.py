@@ -10,6 +10,10 @@ What a cell holds, its type says:
   ``yes``).
 - a tuple of both, for a cell that mixes them (``smoke=``, then a red ``bad``).
 
+Numbers are shown to the precision they have (``number``): a float32 from a device,
+which Python widens to a double (``4.499000072479248``), to float32's 7 significant
+digits (``4.499``); ``--json`` keeps every digit.
+
 Rich is imported only when a table is drawn, so that ``fleet --help`` and every
 ``--json`` run stay quick.
 """
@@ -17,8 +21,10 @@ Rich is imported only when a table is drawn, so that ``fleet --help`` and every
 from __future__ import annotations
 
 import json
+import math
+import struct
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Annotated, Any, Literal
@@ -120,7 +126,15 @@ def utc(ts: float | None) -> str:
     """An edge timestamp as UTC to the millisecond; empty when there is none."""
     if ts is None:
         return ""
-    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%d %H:%M:%S.%f")[:-3]
+    when = _calendar(ts)
+    return number(ts) if when is None else when
+
+
+def _calendar(ts: float) -> str | None:
+    try:
+        return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%d %H:%M:%S.%f")[:-3]
+    except (OverflowError, ValueError, OSError):  # not a time a calendar has (NaN, 1e300)
+        return None
 
 
 def ago(ts: float | None) -> str:
@@ -132,3 +146,73 @@ def ago(ts: float | None) -> str:
     if s < 7200:
         return f"{s / 60:.0f} min ago"
     return f"{s / 3600:.1f} h ago"
+
+
+FLOAT32_DIGITS = 7
+"""Significant digits a float32 holds (24-bit mantissa: 7.2 decimal digits)."""
+DOUBLE_DIGITS = 15
+"""Significant digits a double holds for certain (``0.1 + 0.2`` is shown ``0.3``)."""
+
+
+def number(value: float) -> str:
+    """``value`` to the precision it has: a whole number as one, a value that a float32
+    holds exactly (what every float32 register or OPC-UA Float decodes to) to 7 significant
+    digits, any other double to 15."""
+    if not math.isfinite(value):
+        return str(value)
+    if value.is_integer() and abs(value) < 10**DOUBLE_DIGITS:
+        return str(int(value))
+    try:
+        float32 = struct.unpack("<f", struct.pack("<f", value))[0] == value
+    except OverflowError:  # beyond float32's range: a double for certain
+        float32 = False
+    return f"{value:.{FLOAT32_DIGITS if float32 else DOUBLE_DIGITS}g}"
+
+
+def shown(value: object) -> str:
+    """A value as a cell shows it: floats by ``number``, nothing as empty, a list or a
+    mapping as compact JSON (never a Python repr), the rest as its text."""
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        return number(value)
+    if isinstance(value, (Mapping, list, tuple)):
+        return json.dumps(value, ensure_ascii=False, separators=(", ", ": "), default=str)
+    return str(value)
+
+
+def flat(fields: Mapping[str, object], prefix: str = "") -> list[tuple[str, str]]:
+    """``(key, shown value)`` pairs, a nested mapping's keys joined with dots
+    (``scale.factor``), so that a setting reads as ``key: value`` rather than a dict."""
+    out: list[tuple[str, str]] = []
+    for key, value in fields.items():
+        if isinstance(value, Mapping) and value:
+            out += flat(value, f"{prefix}{key}.")
+        else:
+            out.append((f"{prefix}{key}", shown(value)))
+    return out
+
+
+def inline(fields: Mapping[str, object]) -> str:
+    """``key: value, key: value``, on one line (``flat``)."""
+    return ", ".join(f"{key}: {value}" for key, value in flat(fields))
+
+
+_CONTROL = {c: f"\\x{c:02x}" for c in (*range(0x20), *range(0x7F, 0xA0))}
+
+
+def printable(sent: str) -> str:
+    """Text that came from outside, safe to print as a line: control characters (an
+    escape sequence that would recolour or clear the terminal, a newline that would forge
+    a line) as ``\\xNN``. Rich does the same for the cells of a table."""
+    return sent.translate(_CONTROL)
+
+
+def print_fields(fields: Mapping[str, object], times: Iterable[str] = ()) -> None:
+    """One ``key: value`` line per field (``flat``), each printable; the ``times`` keys
+    (unix times) in UTC."""
+    as_time = set(times)
+    for key, value in flat(fields):
+        raw = fields.get(key)
+        when = _calendar(float(raw)) if key in as_time and type(raw) in (int, float) else None  # type: ignore[arg-type]
+        typer.echo(printable(f"{key}: {value if when is None else f'{when} UTC'}"))

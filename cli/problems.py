@@ -9,11 +9,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import NoReturn
+from typing import TYPE_CHECKING, NoReturn
 
 import typer
 
-from edge_agent.config import ConfigError, LoadedConfig, load_config
+if TYPE_CHECKING:
+    from edge_agent.config import LoadedConfig
 
 EXIT_PROBLEMS = 2
 
@@ -31,6 +32,10 @@ def exit_with_problems(source: object, problems: Sequence[object]) -> NoReturn:
 
 def load_config_or_exit(path: Path) -> LoadedConfig:
     """The agent config at ``path``, or its problems printed and exit 2."""
+    # the config models, every driver's config and YAML load only for a command that reads
+    # a config: edge-agent --help stays quick
+    from edge_agent.config import ConfigError, load_config  # noqa: PLC0415
+
     try:
         return load_config(path)
     except ConfigError as exc:

@@ -7,7 +7,8 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from cli.output import Column, JsonOpt, Styled, print_json, print_rich, table, text
+from cli.apps import group
+from cli.output import Column, JsonOpt, Styled, inline, print_json, print_rich, table, text
 from cli.problems import exit_with_problems
 
 if TYPE_CHECKING:
@@ -16,10 +17,7 @@ if TYPE_CHECKING:
 
     from edge_agent.config.profiles import ProfileLibrary
 
-profiles_app = typer.Typer(
-    help="Device profiles: how to read a device model at a firmware version.",
-    no_args_is_help=True,
-)
+profiles_app = group("Device profiles: how to read a device model at a firmware version.")
 
 DirsOpt = Annotated[
     list[Path] | None,
@@ -100,14 +98,14 @@ def profiles_show(
         text(f"source: {profile.source}"),
         text(f"file: {loaded.file}"),
     ]
-    if profile.connection or profile.device:
-        about.append(
-            text(f"defaults: {profile.protocol}: {profile.connection} device: {profile.device}")
-        )
+    if profile.connection:
+        about.append(text(f"{profile.protocol} defaults: {inline(profile.connection)}"))
+    if profile.device:
+        about.append(text(f"device defaults: {inline(profile.device)}"))
     points: list[tuple[str, ...]] = []
     for point in profile.points:
         where = point.model_dump(exclude={"name", "unit"}, exclude_unset=True)
-        points.append((point.name, point.unit or "", _inline(where)))
+        points.append((point.name, point.unit or "", inline(where)))
     shown: list[Table | Text] = [*about, table(("point", "unit", "where"), points, title="points")]
     if profile.rules:
         rules: list[tuple[str, ...]] = []
@@ -120,7 +118,3 @@ def profiles_show(
         columns = ("rule", "severity", "condition", "delays")
         shown.append(table(columns, rules, title="default rules"))
     print_rich(*shown)
-
-
-def _inline(fields: dict[str, object]) -> str:
-    return ", ".join(f"{k}: {v}" for k, v in fields.items())

@@ -8,6 +8,8 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
+from cli.apps import group
+
 if TYPE_CHECKING:
     from edge_agent.config import AgentConfig
     from edge_agent.rules.series import Catalog
@@ -15,9 +17,7 @@ if TYPE_CHECKING:
 # a file of a million bad rows must not bury the terminal: the first ones and a count
 SHOWN_PROBLEMS = 50
 
-rules_app = typer.Typer(
-    help="Check a gateway's rules against a series of readings.", no_args_is_help=True
-)
+rules_app = group("Check a gateway's rules against a series of readings.")
 
 
 @rules_app.command("test")

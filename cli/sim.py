@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import signal
 import sys
@@ -11,16 +10,14 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
+from cli.apps import group
 from cli.output import print_json
 from cli.problems import exit_with_problems
 
 if TYPE_CHECKING:
     from sim.plan import SimPlan
 
-sim_app = typer.Typer(
-    help="Simulated devices over their real protocols, with scripted scenarios.",
-    no_args_is_help=True,
-)
+sim_app = group("Simulated devices over their real protocols, with scripted scenarios.")
 
 SimFile = Annotated[Path, typer.Argument(help="sim file (YAML): gateways and their devices")]
 SeedOpt = Annotated[int | None, typer.Option(help="seed of the value dynamics (default: file's)")]
@@ -85,7 +82,9 @@ def sim_run(
     )
     logging.getLogger("pymodbus").setLevel(logging.CRITICAL)
     logging.getLogger("asyncua").setLevel(logging.ERROR)
-    # lazy, as in _plan: the simulators' libraries load for sim commands only
+    # lazy, as in _plan: the simulators' libraries (and asyncio) load for sim commands only
+    import asyncio  # noqa: PLC0415
+
     from sim.serve import SimStartError, serve  # noqa: PLC0415
 
     def say(text: str) -> None:

@@ -193,16 +193,36 @@ class AlarmService:
         elif name == "alarm.reset":
             events = self.engine.reset(alarm, by)
         elif name == "alarm.shelve":
-            for_s = float(args.get("for_s", 3600))
-            if not math.isfinite(for_s):
-                raise ValueError(f"for_s must be a number of seconds, not {for_s}")
-            events = self.engine.shelve(alarm, for_s, str(args.get("reason", "")), by)
+            for_s = args.get("for_s", 3600)
+            # a number above 0: a shelving that ends before it begins would answer
+            # 'shelved' for an alarm that is not (and "2h" or true are not seconds)
+            if type(for_s) not in (int, float) or not math.isfinite(for_s) or for_s <= 0:
+                raise ValueError(f"for_s must be a number of seconds above 0, not {for_s!r}")
+            events = self.engine.shelve(alarm, float(for_s), str(args.get("reason", "")), by)
         elif name == "alarm.unshelve":
             events = self.engine.unshelve(alarm, by)
         else:
             raise KeyError(name)
         await self.record(events)
-        return {"alarm": alarm, "state": self.engine.instances[alarm].p.state.value}
+        return self.reply(alarm)
+
+    def reply(self, alarm: str, now: float | None = None) -> dict[str, Any]:
+        """The alarm's state after a command, in the contract's words (``AlarmState``).
+
+        A shelved alarm is ``shelved`` (ISA-18.2's state G), whatever its lifecycle: an
+        operator who shelved it must not read ``active`` back and think the shelving
+        failed. Its lifecycle state is then in ``current`` (as on an ``unshelved`` event)
+        and the end of the shelving in ``shelved_until``."""
+        p = self.engine.instances[alarm].p
+        now = time.time() if now is None else now
+        if p.shelved_until is not None and now < p.shelved_until:
+            return {
+                "alarm": alarm,
+                "state": AlarmState.SHELVED.value,
+                "current": p.state.value,
+                "shelved_until": p.shelved_until,
+            }
+        return {"alarm": alarm, "state": p.state.value}
 
     # --- local actions ------------------------------------------------------------------
 

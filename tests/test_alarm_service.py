@@ -79,3 +79,39 @@ async def test_an_alarm_state_saved_as_normal_by_an_older_agent_is_restored(
     (raised,) = history(ob)
     assert (raised["state"], raised["occurrence"]) == ("active", 4)  # a new occurrence
     assert ob.alarm_states()[KEY]["state"] == "active"
+
+
+async def test_every_command_reply_names_the_alarms_state_after_it(
+    outbox: tuple[Outbox, AgentOutbox],
+) -> None:
+    """The reply uses the words of the events: shelving an active alarm answers
+    ``shelved`` (its lifecycle in ``current``), never ``active``."""
+    ob, agent_outbox = outbox
+    alarms = AlarmService(RuleEngine(rules()), agent_outbox.alarms, FakeSender(), {})
+    await alarms.record(alarms.observe(smoke(3.0)))
+    shelve = {"alarm": KEY, "by": "ops", "reason": "cleaning", "for_s": 600}
+    before = time.time()
+    shelved = await alarms.command("alarm.shelve", shelve)
+    assert shelved.pop("shelved_until") == pytest.approx(before + 600, abs=5)
+    assert shelved == {"alarm": KEY, "state": "shelved", "current": "active"}
+    acked = await alarms.command("alarm.ack", {"alarm": KEY, "by": "ops"})
+    assert (acked["state"], acked["current"]) == ("shelved", "acknowledged")
+    unshelved = await alarms.command("alarm.unshelve", {"alarm": KEY, "by": "ops"})
+    assert unshelved == {"alarm": KEY, "state": "acknowledged"}
+    assert [e["state"] for e in history(ob)] == ["active", "shelved", "unshelved"]
+    await alarms.record(alarms.observe(smoke(1.0)))
+    assert history(ob)[-1]["state"] == "cleared"  # acknowledged, then cleared: at rest
+
+
+@pytest.mark.parametrize("for_s", [0, -60, "2h", True, None, float("inf"), float("nan")])
+async def test_a_shelving_of_no_length_or_not_a_number_is_refused(
+    outbox: tuple[Outbox, AgentOutbox], for_s: object
+) -> None:
+    ob, agent_outbox = outbox
+    alarms = AlarmService(RuleEngine(rules()), agent_outbox.alarms, FakeSender(), {})
+    await alarms.record(alarms.observe(smoke(3.0)))
+    shelve = {"alarm": KEY, "by": "ops", "reason": "cleaning", "for_s": for_s}
+    with pytest.raises(ValueError, match=r"^for_s must be a number of seconds above 0, not "):
+        await alarms.command("alarm.shelve", shelve)
+    assert alarms.reply(KEY)["state"] == "active"
+    assert [e["state"] for e in history(ob)] == ["active"]

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import struct
 import subprocess
 import sys
 import time
@@ -29,6 +30,7 @@ from typer.testing import CliRunner
 from central.store import Store
 from cli import output
 from cli.agent import app as agent_app
+from cli.alarm_history import LISTED_STATES
 from cli.fleet import app as fleet_app
 from cli.output import Styled, utc
 from drivers.modbus import ModbusPoint
@@ -39,6 +41,7 @@ from edge_agent.contract import (
     decode_telemetry,
     named_rows,
 )
+from edge_agent.durations import CALENDAR_HINT, DURATION_FORMS
 from tests.support import ThreadedDevice
 from tests.test_opcua_driver import ThreadedStation
 
@@ -49,6 +52,8 @@ SENT = "[red]x[/] :fire:"
 """Text a gateway sends that rich would read as markup and an emoji if it were let."""
 
 NOW = time.time()
+FLOAT32_4_499 = struct.unpack("<f", struct.pack("<f", 4.499))[0]
+"""4.499 as a float32 register holds it, widened to a double: 4.499000072479248."""
 
 
 def run(app: Any, *args: str, env: Mapping[str, str | None] = WIDE) -> Result:
@@ -140,24 +145,33 @@ def db(tmp_path: Path) -> Iterator[Path]:
     try:
         # gateways: one online, whose site is text that looks like markup; one gone offline
         gw1 = {"gw": "gw-1", "online": True, "site": SENT, "agent_version": "0.1.0"}
+        gw1 |= {"tags": {"district": "jingan", "label": SENT}}
         store.update_state("gw-1", decode_state(wire(gw1 | {"config_rev": "r7"})))
         store.update_health("gw-1", decode_health(wire({"ts": NOW, "outbox": {"depth": 42}})))
         # "last seen" is drawn relative to the clock when the command runs, not to NOW
         store.seen(["gw-1"], now=time.time() - 600)
         gw2 = {"gw": "gw-2", "online": True, "site": "pump room", "agent_version": "0.1.0"}
-        store.update_state("gw-2", decode_state(wire(gw2)))
+        store.update_state("gw-2", decode_state(wire(gw2 | {"tags": ["not", "a", "mapping"]})))
         store.update_state("gw-2", decode_state(wire({"gw": "gw-2", "online": False})))
         store.seen(["gw-2"], now=time.time() - 3 * 3600)
 
         # readings: a float, a bool, sent text, a bad one with its reason, and an old one
         readings = [
             {"dev": "det-3", "pt": "smoke", "v": 0.1 + 0.2, "u": "%/m", "q": "good", "ts": NOW - 3},
+            {
+                "dev": "det-3",
+                "pt": "temp",
+                "v": FLOAT32_4_499,
+                "u": "°C",
+                "q": "good",
+                "ts": NOW - 4,
+            },
             {"dev": "det-3", "pt": "door", "v": True, "q": "good", "ts": NOW - 2},
             {"dev": "det-3", "pt": "label", "v": SENT, "q": "good", "ts": NOW - 1},
             {"dev": "det-3", "pt": "temp", "v": None, "q": "bad", "r": "timeout", "ts": NOW},
             {"dev": "det-3", "pt": "smoke", "v": 1.5, "u": "%/m", "q": "good", "ts": NOW - 3600},
         ]
-        batch = {"gw": "gw-1", "stream": "s1", "seq_first": 1, "seq_last": 5}
+        batch = {"gw": "gw-1", "stream": "s1", "seq_first": 1, "seq_last": 6}
         store.insert_telemetry(decode_telemetry(wire(batch | {"readings": readings})))
 
         # alarms: active, acknowledged and cleared; a message and an action from the edge
@@ -167,7 +181,11 @@ def db(tmp_path: Path) -> Iterator[Path]:
             decode_alarm(alarm_event(2, "det-3/smoke.alarm", "active", NOW - 299, action=action))
         )
         store.insert_alarm(
-            decode_alarm(alarm_event(3, "det-3/smoke.alarm", "acknowledged", NOW - 200, msg=SENT))
+            decode_alarm(
+                alarm_event(
+                    3, "det-3/smoke.alarm", "acknowledged", NOW - 200, msg=SENT, acked_by="li.wei"
+                )
+            )
         )
         store.insert_alarm(
             decode_alarm(
@@ -211,6 +229,7 @@ def test_gateways_list_draws_online_as_words_and_the_site_as_it_was_sent(db: Pat
     assert drawn.headers == [
         "gateway",
         "site",
+        "tags",
         "online",
         "agent",
         "config",
@@ -218,9 +237,9 @@ def test_gateways_list_draws_online_as_words_and_the_site_as_it_was_sent(db: Pat
         "backlog",
     ]
     assert drawn.rows == [
-        ["gw-1", SENT, "yes", "0.1.0", "r7", "10 min ago", "42"],
-        ["gw-2", "pump room", "no", "0.1.0", "", "3.0 h ago", ""],
-    ]
+        ["gw-1", SENT, f"district=jingan, label={SENT}", "yes", "0.1.0", "r7", "10 min ago", "42"],
+        ["gw-2", "pump room", '["not", "a", "mapping"]', "no", "0.1.0", "", "3.0 h ago", ""],
+    ]  # gw-2's tags outlive its going offline; what is not a mapping is shown as it came
 
     listed = json.loads(fleet("gateways", "list", "--db", str(db), "--json").stdout)
     assert [(g["id"], g["site"], g["online"]) for g in listed] == [
@@ -228,6 +247,8 @@ def test_gateways_list_draws_online_as_words_and_the_site_as_it_was_sent(db: Pat
         ("gw-2", "pump room", False),
     ]
     assert listed[0]["outbox_depth"] == 42
+    assert listed[0]["tags"] == {"district": "jingan", "label": SENT}
+    assert listed[1]["tags"] == ["not", "a", "mapping"]
 
 
 def test_gateways_list_in_colour_draws_yes_green_and_no_red(db: Path) -> None:
@@ -247,6 +268,7 @@ def test_readings_table_shows_values_units_and_reasons_newest_first(db: Path) ->
         [utc(NOW - 1), "gw-1", "det-3", "label", SENT, "", "good"],
         [utc(NOW - 2), "gw-1", "det-3", "door", "True", "", "good"],
         [utc(NOW - 3), "gw-1", "det-3", "smoke", "0.3", "%/m", "good"],
+        [utc(NOW - 4), "gw-1", "det-3", "temp", "4.499", "°C", "good"],
         [utc(NOW - 3600), "gw-1", "det-3", "smoke", "1.5", "%/m", "good"],
     ]
     assert utc(NOW).startswith(time.strftime("%Y-%m-%d %H:%M", time.gmtime(NOW)))
@@ -257,7 +279,8 @@ def test_readings_table_shows_values_units_and_reasons_newest_first(db: Path) ->
         ("label", SENT),
         ("door", True),
         ("smoke", 0.1 + 0.2),
-    ]  # the reading of an hour ago is older than 10 minutes
+        ("temp", 4.499000072479248),
+    ]  # the reading of an hour ago is older than 10 minutes; JSON keeps every digit
     assert recent[0]["reason"] == "timeout" and recent[3]["unit"] == "%/m"
     one = table(fleet("readings", "-p", "smoke", "--limit", "1", "--db", str(db)).stdout)
     assert [row[3:5] for row in one.rows] == [["smoke", "0.3"]]
@@ -266,14 +289,19 @@ def test_readings_table_shows_values_units_and_reasons_newest_first(db: Path) ->
 def test_a_wrong_duration_names_the_option_it_was_given_to(db: Path) -> None:
     since = run(fleet_app, "readings", "--since", "soon", "--db", str(db))
     assert since.exit_code == 2
-    assert "Invalid value for --since: a duration: a number with s, m, h or d" in since.output
-    shelve = run(
-        fleet_app, "alarms", "shelve", "det-3/smoke.alarm", "-g", "gw-1", "--reason", "drill",
-        "--for", "a while", "--key", str(db.parent / "no.key"),
-    )  # fmt: skip
-    assert shelve.exit_code == 2
-    assert "Invalid value for --for: a duration: a number with s, m, h or d" in shelve.output
-    assert "--since" not in shelve.output
+    assert f"Invalid value for --since: 'soon' is not {DURATION_FORMS}" in since.output
+    for length, problem in (
+        ("a while", DURATION_FORMS),
+        ("2y", f"{DURATION_FORMS}; {CALENDAR_HINT}"),
+        ("0s", "a length above 0 s"),
+    ):
+        shelve = run(
+            fleet_app, "alarms", "shelve", "det-3/smoke.alarm", "-g", "gw-1", "--reason", "drill",
+            "--for", length, "--key", str(db.parent / "no.key"),
+        )  # fmt: skip
+        assert shelve.exit_code == 2, length
+        assert f"Invalid value for --for: {length!r} is not {problem}" in shelve.output
+        assert "--since" not in shelve.output and "Traceback" not in shelve.output
 
 
 def test_losses_table_shows_which_readings_were_dropped_and_why(db: Path) -> None:
@@ -342,12 +370,13 @@ def test_alarms_list_table_shows_each_alarm_as_its_latest_transition_left_it(db:
 
 def test_alarms_history_prints_every_transition_and_action_in_order(db: Path) -> None:
     args = ("alarms", "history", "det-3/smoke.alarm", "-g", "gw-1", "--db", str(db))
-    lines = fleet(*args).stdout.splitlines()
+    drawn = table(fleet(*args).stdout)
     action = {"phase": "on_active", "results": []}
-    assert lines == [
-        f"{utc(NOW - 300)}  {'active':<16} smoke",
-        f"{utc(NOW - 299)}  {'active':<16} smoke action={action}",
-        f"{utc(NOW - 200)}  {'acknowledged':<16} {SENT}",
+    assert drawn.headers == ["time (UTC)", "state", "value", "by", "message", "detail"]
+    assert drawn.rows == [
+        [utc(NOW - 300), "active", "2.75", "", "smoke", ""],
+        [utc(NOW - 299), "active", "2.75", "", "smoke", "on_active: no action"],
+        [utc(NOW - 200), "acknowledged", "2.75", "li.wei", SENT, ""],
     ]
     events = json.loads(fleet(*args, "--json").stdout)
     assert [(e["seq"], e["state"]) for e in events] == [
@@ -356,6 +385,130 @@ def test_alarms_history_prints_every_transition_and_action_in_order(db: Path) ->
         (3, "acknowledged"),
     ]
     assert events[1]["action"] == action
+
+
+def test_a_state_that_does_not_exist_is_a_usage_error_listing_the_states(db: Path) -> None:
+    result = run(
+        fleet_app, "alarms", "list", "--state", "bogus", "--state", "active", "--db", str(db)
+    )
+    assert result.exit_code == 2 and result.stdout == ""
+    assert (
+        "Invalid value for --state: 'bogus': an alarm's state is one of active, acknowledged, "
+        "cleared_unacked, cleared, shelved"
+    ) in result.output
+
+
+def test_the_help_of_state_names_every_state_the_filter_takes() -> None:
+    helped = " ".join(fleet("alarms", "list", "--help").stdout.split())
+    assert "active, acknowledged, cleared_unacked, cleared or shelved" in helped
+    assert LISTED_STATES == ("active", "acknowledged", "cleared_unacked", "cleared", "shelved")
+
+
+def test_the_history_of_an_alarm_the_store_does_not_have_is_an_error(db: Path) -> None:
+    for alarm, gateway in (("det-3/no.such", "gw-1"), ("det-3/smoke.alarm", "gw-9")):
+        result = run(fleet_app, "alarms", "history", alarm, "-g", gateway, "--db", str(db))
+        assert result.exit_code == 1 and result.stdout == ""
+        assert result.stderr.startswith(f"error: no such alarm: {alarm} on gateway {gateway}")
+        as_json = run(
+            fleet_app, "alarms", "history", alarm, "-g", gateway, "--db", str(db), "--json"
+        )
+        assert as_json.exit_code == 1 and as_json.stdout == ""
+
+
+def test_a_shelved_alarm_is_listed_shelved_and_its_history_says_who_and_why(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "central.db"
+    store = Store(path)
+    alarm = "det-3/smoke.alarm"
+    until = NOW + 7200
+    siren = {"write": {"device": "det-3", "point": "siren", "value": True}}
+    events = [
+        alarm_event(1, alarm, "active", NOW - 60),
+        alarm_event(
+            2, alarm, "active", NOW - 59,
+            action={"phase": "on_active", "results": [
+                {**siren, "ok": True, "error": None},
+                {**siren, "ok": False, "error": SENT},
+            ]},
+        ),
+        alarm_event(
+            3, alarm, "shelved", NOW - 30, shelved_until=until, reason=SENT, shelved_by="li.wei"
+        ),
+        alarm_event(4, alarm, "active", NOW - 20, acked_by=["not", "a", "name"], reannounced=1),
+    ]  # fmt: skip
+    for event in events:
+        store.insert_alarm(decode_alarm(event))
+    store.commit()
+    store.close()
+
+    listed = table(fleet("alarms", "list", "--db", str(path)).stdout)
+    assert [row[4] for row in listed.rows] == ["shelved"]
+    (only,) = json.loads(
+        fleet("alarms", "list", "--state", "shelved", "--db", str(path), "--json").stdout
+    )
+    assert (only["state"], only["current"], only["shelved_until"]) == ("shelved", "active", until)
+    assert (
+        json.loads(fleet("alarms", "list", "--state", "active", "--db", str(path), "--json").stdout)
+        == []
+    )
+
+    drawn = table(fleet("alarms", "history", alarm, "-g", "gw-1", "--db", str(path)).stdout)
+    assert drawn.rows == [
+        [utc(NOW - 60), "active", "2.75", "", "smoke", ""],
+        [
+            utc(NOW - 59), "active", "2.75", "", "smoke",
+            f"on_active: det-3.siren=True ok; on_active: det-3.siren=True failed: {SENT}",
+        ],
+        [utc(NOW - 30), "shelved", "2.75", "li.wei", "smoke", f"until {utc(until)} UTC: {SENT}"],
+        [utc(NOW - 20), "active", "2.75", "", "smoke", "reminder 1"],
+    ]  # fmt: skip
+
+
+def test_settings_are_shown_as_key_value_with_nested_keys_dotted() -> None:
+    fields = {"unit": 3, "scale": {"factor": 0.1, "offset": None}, "ids": [1, "a"], "none": {}}
+    assert output.inline(fields) == (
+        'unit: 3, scale.factor: 0.1, scale.offset: , ids: [1, "a"], none: {}'
+    )
+
+
+def test_a_reply_prints_as_key_value_lines_that_a_gateway_cannot_forge_or_recolour(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A gateway writes the reply: its text is printed, but not its control characters."""
+    output.print_fields(
+        {
+            "alarm": "det-3/smoke.alarm\nstate: cleared",  # a forged second line
+            "state": "shelved\x1b[2J",  # would clear the screen
+            "shelved_until": NOW,
+            "later": {"current": "active", "value": FLOAT32_4_499},
+        },
+        times=("shelved_until", "later"),
+    )
+    assert capsys.readouterr().out.splitlines() == [
+        "alarm: det-3/smoke.alarm\\x0astate: cleared",
+        "state: shelved\\x1b[2J",
+        f"shelved_until: {utc(NOW)} UTC",
+        "later.current: active",
+        "later.value: 4.499",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("value", "text"),
+    [
+        (FLOAT32_4_499, "4.499"),  # float32 noise: 4.499000072479248
+        (struct.unpack("<f", struct.pack("<f", 3.14159265))[0], "3.141593"),  # 7 digits
+        (0.1 + 0.2, "0.3"),  # a double's own noise: 15 digits
+        (123456.7, "123456.7"),  # a double with 7 digits keeps them all
+        (16777216.0, "16777216"),  # whole numbers whole, float32 or not
+        (-1.5, "-1.5"),
+        (1e300, "1e+300"),  # beyond float32's range
+        (float("nan"), "nan"),
+    ],
+)
+def test_a_number_is_shown_to_the_precision_it_has(value: float, text: str) -> None:
+    assert output.number(value) == text
 
 
 def test_a_query_of_a_store_that_is_not_there_says_so(tmp_path: Path) -> None:
@@ -385,6 +538,7 @@ title: A [bold]test[/] detector
 protocol: modbus
 source: "invented for this test: [link=x]y[/link]"
 connection: {unit: 3}
+device: {poll_s: 2.5}
 points:
   - {name: smoke, table: input, address: 0, type: float32, unit: "%/m"}
   - {name: alarm, table: discrete, address: 0, type: bool}
@@ -442,12 +596,14 @@ def test_profiles_show_prints_the_profile_and_its_points_and_rules_tables(
     profiles: Path,
 ) -> None:
     out = agent("profiles", "show", "acme/det@2.0", "--dir", str(profiles)).stdout
-    assert out.splitlines()[:5] == [
+    assert "{" not in out and "'" not in out  # no Python dict repr
+    assert out.splitlines()[:6] == [
         "acme/det@2.0 A [bold]test[/] detector",
         "protocol modbus; firmware 2.0",
         "source: invented for this test: [link=x]y[/link]",
         f"file: {profiles / 'acme' / 'det' / '2.0.yaml'}",
-        "defaults: modbus: {'unit': 3} device: {}",
+        "modbus defaults: unit: 3",
+        "device defaults: poll_s: 2.5",
     ]
     points, rules = tables(out)
     assert (points.title, points.headers) == ("points", ["point", "unit", "where"])
@@ -489,7 +645,7 @@ def test_probe_table_shows_raw_registers_and_values_as_the_device_sent_them(
     ]
     device = ThreadedDevice(points, sparse=True).start()
     try:
-        device.set("pressure", -1.5)
+        device.set("pressure", 4.499)  # a float32: 4.499000072479248 as a double
         device.set("label", "[b]P-7")  # a device's text that is markup to rich
         device.set("pump", True)
         config = tmp_path / "agent.yaml"
@@ -517,7 +673,7 @@ def test_probe_table_shows_raw_registers_and_values_as_the_device_sent_them(
         "quality",
     ]
     assert drawn.rows == [
-        ["pressure", "input", "0", "BFC0 0000", "49088 0", "-1.5", "bar", "good"],
+        ["pressure", "input", "0", "408F F7CF", "16527 63439", "4.499", "bar", "good"],
         ["label", "holding", "20", "5B62 5D50 2D37", "23394 23888 11575", "'[b]P-7'", "", "good"],
         ["pump", "coil", "4", "1", "1", "True", "", "good"],
         ["ghost", "holding", "11", "", "", "", "", "bad: exception 2: illegal data address"],

@@ -11,7 +11,7 @@ import typer
 
 from cli.durations import length_option, since_option
 from edge_agent.config import ConfigError, parse_config
-from edge_agent.durations import DURATION_FORMS, parse_duration
+from edge_agent.durations import CALENDAR_HINT, DURATION_FORMS, parse_duration
 
 
 @pytest.mark.parametrize(
@@ -21,6 +21,7 @@ from edge_agent.durations import DURATION_FORMS, parse_duration
         ("15m", 900),
         ("12h", 43_200),
         ("7d", 604_800),
+        ("2w", 1_209_600),
         ("1.5h", 5400),
         ("90", 90),  # no unit: seconds
         ("0.25", 0.25),
@@ -34,9 +35,17 @@ def test_the_forms_people_write(text: str, seconds: float) -> None:
 
 @pytest.mark.parametrize("text", ["", "h", "2x", "-5m", "1e3s", "2 hours", "1h30m", "five"])
 def test_anything_else_is_refused_with_the_forms(text: str) -> None:
-    with pytest.raises(ValueError, match=r"^a duration: a number with s, m, h or d \(90s, "):
+    with pytest.raises(ValueError) as refused:
         parse_duration(text)
-    assert DURATION_FORMS == "a duration: a number with s, m, h or d (90s, 15m, 12h, 7d)"
+    assert str(refused.value) == DURATION_FORMS
+    assert DURATION_FORMS == "a duration: a number with s, m, h, d or w (90s, 15m, 12h, 7d, 2w)"
+
+
+@pytest.mark.parametrize("text", ["2y", "1 year", "3mo", "0.5 Years", "6 months"])
+def test_years_and_months_are_refused_with_a_hint_to_write_days(text: str) -> None:
+    with pytest.raises(ValueError) as refused:
+        parse_duration(text)
+    assert str(refused.value) == f"{DURATION_FORMS}; {CALENDAR_HINT}"
 
 
 def max_age(value: str) -> float:
@@ -69,7 +78,13 @@ def test_since_is_a_time_and_for_is_a_length() -> None:
 def test_a_wrong_value_names_the_option_it_was_given_to() -> None:
     with pytest.raises(typer.BadParameter) as raised:
         length_option("a while", "--for")
-    assert raised.value.format_message() == f"Invalid value for --for: {DURATION_FORMS}"
+    assert (
+        raised.value.format_message()
+        == f"Invalid value for --for: 'a while' is not {DURATION_FORMS}"
+    )
     with pytest.raises(typer.BadParameter) as raised:
         since_option("soon")
-    assert raised.value.format_message() == f"Invalid value for --since: {DURATION_FORMS}"
+    assert (
+        raised.value.format_message()
+        == f"Invalid value for --since: 'soon' is not {DURATION_FORMS}"
+    )
