@@ -17,6 +17,7 @@ Failures, and what they mean::
     connect slower than timeout_s -> DeviceUnavailable("timeout")
     connection dropped            -> DeviceUnavailable("connection lost"), at once
     no answer after all tries     -> DeviceUnavailable("timeout"); the unit is backed off
+    (a wrong or malformed answer is no answer: ``WrongAnswer``, see ``transport.py``)
     exception 10/11 (gateway)     -> DeviceUnavailable("exception 11: …"); backed off
     unit backed off               -> UnitBackedOff(last reason), without touching the bus
 
