@@ -13,7 +13,7 @@ import typer
 from cli.apps import build_version, program
 from cli.browse import browse
 from cli.probe import probe_app
-from cli.problems import load_config_or_exit
+from cli.problems import exit_with_problems, load_config_or_exit
 from cli.profiles import profiles_app
 from cli.rules import rules_app
 from cli.sim import sim_app
@@ -32,11 +32,23 @@ ConfigOpt = Annotated[
 ]
 
 
+def exit_if_outbox_path_is_wrong(config: Path, outbox: Path) -> None:
+    """``check`` and ``run`` alike: an ``outbox.path`` that is not an outbox this agent
+    made (nor a place for one) is a problem of the config, exit 2, and nothing is touched."""
+    # the outbox package loads once a config is valid, not for --help
+    from edge_agent.outbox import outbox_path_problem  # noqa: PLC0415
+
+    problem = outbox_path_problem(outbox)
+    if problem is not None:
+        exit_with_problems(config, [f"{config}: outbox.path: {problem}"])
+
+
 @app.command()
 def check(config: ConfigOpt) -> None:
     """Validate a config file without running anything; exit 2 if it has problems."""
     loaded = load_config_or_exit(config)
     cfg = loaded.config
+    exit_if_outbox_path_is_wrong(config, cfg.outbox.path)
     points = sum(len(d.points) for d in cfg.devices)
     typer.echo(
         f"{config}: ok - gateway {cfg.gateway.id}, {len(cfg.devices)} device(s), "
@@ -51,6 +63,7 @@ def run(
 ) -> None:
     """Run the agent: poll devices, keep every reading in the outbox, publish to the center."""
     loaded = load_config_or_exit(config)
+    exit_if_outbox_path_is_wrong(config, loaded.config.outbox.path)
     logging.basicConfig(
         level=log_level.upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
@@ -60,7 +73,7 @@ def run(
     import asyncio  # noqa: PLC0415
 
     from edge_agent.app import run_agent  # noqa: PLC0415
-    from edge_agent.outbox import OutboxUnavailable  # noqa: PLC0415
+    from edge_agent.outbox import OutboxPathError, OutboxUnavailable  # noqa: PLC0415
 
     async def main() -> None:
         stop = asyncio.Event()
@@ -71,6 +84,9 @@ def run(
 
     try:
         asyncio.run(main())
+    except OutboxPathError as exc:
+        # what the check above found, had the path changed since: a problem of the config
+        exit_with_problems(config, [f"{config}: outbox.path: {exc}"])
     except OutboxUnavailable as exc:
         # not exit 2: systemd starts us again, and the disk may have room by then
         typer.echo(f"edge-agent: not starting: {exc}", err=True)

@@ -126,6 +126,7 @@ class HealthReporter:
                 "reconnects": self._uplink.reconnects,
                 "inflight_batches": self._sender.inflight,
                 "resends": self._sender.resends,
+                "bad_acks": self._sender.bad_acks,
             },
             "cpu_percent": self._cpu.percent(),
             "mem_rss_mb": round(rss_mb(), 1),

@@ -46,6 +46,9 @@ from edge_agent.uplink import Inbound
 
 log = logging.getLogger(__name__)
 
+BAD_ACK_LOG_EVERY_S = 60.0
+"""A peer that keeps sending bad acks gets one warning a minute, not one per message."""
+
 
 class SenderUplink(Protocol):
     """What the sender needs of the MQTT session."""
@@ -122,6 +125,9 @@ class Sender:
         self.batches_sent = 0
         self.resends = 0
         self.acked = 0
+        self.bad_acks = 0
+        self._bad_acks_logged = 0  # bad_acks when the last warning went out
+        self._bad_ack_logged_at: float | None = None
         uplink.subscribe(topics.gw(gateway, Channel.ACK), self.on_ack)
         uplink.on_up(self._on_up)
         uplink.on_down(self._on_down)
@@ -152,7 +158,7 @@ class Sender:
         try:
             ack = decode_ack(message.payload)
         except PayloadError as exc:
-            log.warning("ignoring a malformed ack: %s", exc)
+            self._bad_ack(exc)
             return
         if ack.stream != self._stream:
             return  # an ack for an outbox file this gateway no longer has
@@ -161,6 +167,22 @@ class Sender:
         task = asyncio.get_running_loop().create_task(self._apply_ack(ack), name="sender-ack")
         self._acks.add(task)
         task.add_done_callback(self._acks.discard)
+
+    def _bad_ack(self, exc: PayloadError) -> None:
+        """Count an ack that breaks the contract; it deletes nothing. Warn at the first,
+        then at most every ``BAD_ACK_LOG_EVERY_S`` with the count since, so that a peer
+        flooding the ack topic cannot flood the log."""
+        self.bad_acks += 1
+        now = time.monotonic()
+        if (
+            self._bad_ack_logged_at is not None
+            and now - self._bad_ack_logged_at < BAD_ACK_LOG_EVERY_S
+        ):
+            return
+        since = self.bad_acks - self._bad_acks_logged - 1
+        self._bad_ack_logged_at, self._bad_acks_logged = now, self.bad_acks
+        more = f" ({since} more ignored since the last warning)" if since else ""
+        log.warning("ignoring an ack that breaks the contract: %s%s", exc, more)
 
     async def _apply_ack(self, ack: Ack) -> None:
         for lane, ranges in ((Lane.TELEMETRY, ack.telemetry), (Lane.ALARMS, ack.alarms)):

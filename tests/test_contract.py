@@ -53,6 +53,7 @@ from edge_agent.contract.alarms import (
     decode_alarm_body,
     encode_alarm_body,
 )
+from edge_agent.contract.payloads import ACK_RANGES_MAX
 from edge_agent.contract.schema import CMD_REPLY, SCHEMA_FILES, SchemaName, load_schema, validate
 
 REPO = Path(__file__).resolve().parents[1]
@@ -429,6 +430,41 @@ def test_encoded_ack_validates_and_round_trips() -> None:
     empty = encode_ack(Ack(STREAM))
     validate(Channel.ACK, empty)
     assert decode_ack(b'{"stream": "s"}') == Ack("s")
+
+
+HOSTILE_ACKS = [
+    pytest.param({"stream": "s", "telemetry": [[1, 2**63]]}, "telemetry", id="past-int64"),
+    pytest.param({"stream": "s", "alarms": [[2**64, 2**64]]}, "alarms", id="uint64"),
+    pytest.param({"stream": "s", "telemetry": [[0, 3]]}, "telemetry", id="zero"),
+    pytest.param({"stream": "s", "telemetry": [[-5, 3]]}, "telemetry", id="negative"),
+    pytest.param(
+        {"stream": "s", "telemetry": [[1, 1]] * (ACK_RANGES_MAX + 1)}, "ranges", id="too-many"
+    ),
+    pytest.param({"stream": "", "telemetry": [[1, 2]]}, "stream", id="empty-stream"),
+    pytest.param({"stream": "a/b", "telemetry": [[1, 2]]}, "stream", id="slash-in-stream"),
+    pytest.param({"stream": "x" * 129}, "stream", id="long-stream"),
+    pytest.param({"stream": "s\u0000"}, "stream", id="nul-in-stream"),
+]
+
+
+@pytest.mark.parametrize(("ack", "message"), HOSTILE_ACKS)
+def test_decode_ack_range_checks_like_the_schema(ack: dict[str, Any], message: str) -> None:
+    """Seqs within SQLite's signed 64 bits and >= 1, a bounded number of ranges, a stream id
+    of the contract's form: the decoder and the published schema reject the same acks."""
+    payload = json.dumps(ack).encode()
+    with pytest.raises(PayloadError, match=message):
+        decode_ack(payload)
+    assert list(Draft202012Validator(load_schema(Channel.ACK)).iter_errors(ack))
+
+
+def test_decode_ack_takes_the_edges_of_the_range() -> None:
+    largest = [[1, 2**63 - 1], [2**63 - 1, 2**63 - 1]]
+    ack = {"stream": "a." + "b" * 124 + "_-", "telemetry": largest, "alarms": [[1, 1]] * 16384}
+    payload = json.dumps(ack).encode()
+    validate(Channel.ACK, payload)
+    decoded = decode_ack(payload)
+    assert decoded.telemetry == ((1, 2**63 - 1), (2**63 - 1, 2**63 - 1))
+    assert len(decoded.alarms) == ACK_RANGES_MAX
 
 
 def test_encoded_health_validates() -> None:

@@ -26,6 +26,7 @@ from edge_agent.outbox import (
     Lane,
     Outbox,
     OutboxFull,
+    OutboxPathError,
     OutboxUnavailable,
     quick_check,
 )
@@ -117,14 +118,15 @@ def test_a_corrupt_file_is_set_aside_and_the_center_is_told(tmp_path: Path) -> N
     assert again.append(Lane.ALARMS, [(1.0, "{}")]) == 2  # after the notice
 
 
-def test_a_file_that_is_not_a_database_is_set_aside(tmp_path: Path) -> None:
+def test_a_file_that_is_not_a_database_is_refused_and_kept_as_it_is(tmp_path: Path) -> None:
+    """Not SQLite at all, so not an outbox this agent made: never moved aside (it may be
+    anyone's file, the agent's config even); only a corrupt outbox of ours is."""
     path = tmp_path / "outbox.db"
     path.write_bytes(b"this is not SQLite at all\n" * 400)
-    ob = Outbox(path, max_bytes=10**8)
-    assert ob.moved_aside is not None
-    assert ob.moved_aside.read_bytes().startswith(b"this is not SQLite")
-    (notice,) = alarm_events(ob)
-    assert notice["rule"] == "outbox.corrupt" and notice["corrupt"]["old_stream"] is None
+    with pytest.raises(OutboxPathError, match="not an SQLite database"):
+        Outbox(path, max_bytes=10**8)
+    assert path.read_bytes().startswith(b"this is not SQLite")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["outbox.db"]
 
 
 def test_a_sound_file_is_never_set_aside_for_an_error_that_is_not_corruption(

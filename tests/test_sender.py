@@ -11,14 +11,18 @@ import asyncio
 import contextlib
 import gc
 import json
+import logging
 import time
 from collections.abc import AsyncIterator, Callable, Iterable
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any, TypeVar
 
 import pytest
 
+from edge_agent import sender as sender_module
 from edge_agent.contract import Ack, Topics, decode_telemetry, encode_ack
+from edge_agent.contract.payloads import ACK_RANGES_MAX, SEQ_MAX
 from edge_agent.outbox import AgentOutbox, DbThread, Lane, Outbox
 from edge_agent.sender import Sender
 from edge_agent.uplink import Inbound
@@ -362,3 +366,96 @@ async def test_a_stop_that_meets_a_wake_up_is_never_swallowed(
         rig.task.cancel()
         done, _ = await asyncio.wait({rig.task}, timeout=2)
         assert done, f"the sender ignored its stop {turns} loop turn(s) after a wake-up"
+
+
+async def settle_acks(rig: Rig) -> None:
+    """Let every ack under way reach the outbox and come back (bounded)."""
+    for _ in range(200):
+        if rig.busy == 0:
+            break
+        await asyncio.sleep(0.01)
+    await rig.in_db(lambda: None)
+
+
+async def test_an_ack_ending_at_the_largest_seq_deletes_and_repeats_without_overflow(
+    make_rig: Callable[..., Rig], caplog: pytest.LogCaptureFixture
+) -> None:
+    """2**63 - 1 is a seq SQLite holds: an ack ending there is valid, and applying it
+    again (QoS 1 may deliver it twice) must not compute ``last + 1`` past SQLite's INTEGER
+    (it logged ``OverflowError`` with a traceback)."""
+    rig = make_rig(window=16, batch_max=10, ack_timeout_s=30)
+    rig.auto_ack = False
+    await rig.commit(10)
+    rig.start()
+    assert await wait_until(lambda: bool(rig.published), 5, lambda: None)
+    ack = encode_ack(Ack(rig.outbox.stream_id, telemetry=((1, SEQ_MAX),)))
+    for _ in range(2):
+        rig.sender.on_ack(Inbound(ack))
+        await settle_acks(rig)
+    assert await rig.left_in_outbox() == 0
+    assert rig.sender.acked == 10
+    assert rig.sender.bad_acks == 0
+    problems = [r for r in caplog.records if r.levelno >= logging.WARNING or r.exc_info]
+    assert not problems, [r.getMessage() for r in problems]
+
+
+def hostile_acks(stream: str) -> list[bytes]:
+    """Acks that break the contract, each naming rows 1..10 of the outbox somehow."""
+    return [
+        json.dumps({"stream": stream, "telemetry": [[1, SEQ_MAX + 1]]}).encode(),
+        json.dumps({"stream": stream, "telemetry": [[0, 10]]}).encode(),
+        json.dumps({"stream": stream, "telemetry": [[-(2**70), 10]]}).encode(),
+        json.dumps({"stream": stream, "telemetry": [[10, 1]]}).encode(),
+        json.dumps({"stream": stream, "alarms": [[1, 2**64]], "telemetry": [[1, 10]]}).encode(),
+        json.dumps({"stream": stream, "telemetry": [[1, 1]] * (ACK_RANGES_MAX + 1)}).encode(),
+        json.dumps({"stream": stream + "\n", "telemetry": [[1, 10]]}).encode(),
+        json.dumps({"stream": "", "telemetry": [[1, 10]]}).encode(),
+    ]
+
+
+async def test_acks_that_break_the_contract_delete_nothing_are_counted_and_logged_once(
+    make_rig: Callable[..., Rig], caplog: pytest.LogCaptureFixture
+) -> None:
+    rig = make_rig(window=16, batch_max=10, ack_timeout_s=30)
+    rig.auto_ack = False
+    await rig.commit(10)
+    rig.start()
+    assert await wait_until(lambda: bool(rig.published), 5, lambda: None)
+    bad = hostile_acks(rig.outbox.stream_id)
+    with caplog.at_level(logging.DEBUG):
+        for _ in range(3):  # a peer that keeps at it
+            for payload in bad:
+                rig.sender.on_ack(Inbound(payload))
+            await settle_acks(rig)
+    assert await rig.left_in_outbox() == 10, "a bad ack deleted rows"
+    assert rig.sender.acked == 0
+    assert rig.sender.bad_acks == 3 * len(bad)
+    noisy = [r for r in caplog.records if r.levelno >= logging.WARNING or r.exc_info]
+    assert len(noisy) == 1, [r.getMessage() for r in noisy]
+    assert noisy[0].levelno == logging.WARNING and not noisy[0].exc_info
+    assert "ignoring an ack" in noisy[0].getMessage()
+    # a good ack after all that is applied as ever
+    rig.ack(1, 10)
+    await settle_acks(rig)
+    assert await rig.left_in_outbox() == 0
+
+
+async def test_bad_acks_warn_again_after_a_quiet_minute_with_the_count_between(
+    make_rig: Callable[..., Rig],
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    rig = make_rig(window=16, batch_max=10, ack_timeout_s=30)
+    now = [1000.0]
+    # the sender's clock only (not started, so nothing else of it runs): not the loop's
+    monkeypatch.setattr(sender_module, "time", SimpleNamespace(monotonic=lambda: now[0]))
+    payload = hostile_acks(rig.outbox.stream_id)[0]
+    with caplog.at_level(logging.WARNING, logger=sender_module.__name__):
+        for _ in range(5):
+            rig.sender.on_ack(Inbound(payload))
+        now[0] += sender_module.BAD_ACK_LOG_EVERY_S
+        rig.sender.on_ack(Inbound(payload))
+    messages = [r.getMessage() for r in caplog.records]
+    assert len(messages) == 2, messages
+    assert "4 more ignored" in messages[1]
+    assert rig.sender.bad_acks == 6

@@ -17,6 +17,7 @@ Failures, and what they mean::
     connect slower than timeout_s -> DeviceUnavailable("timeout")
     connection dropped            -> DeviceUnavailable("connection lost"), at once
     no answer after all tries     -> DeviceUnavailable("timeout"); the unit is backed off
+    (a wrong or malformed answer is no answer: ``WrongAnswer``, see ``transport.py``)
     exception 10/11 (gateway)     -> DeviceUnavailable("exception 11: …"); backed off
     unit backed off               -> UnitBackedOff(last reason), without touching the bus
 
@@ -109,6 +110,7 @@ class ModbusBus:
         self._last_frame = 0.0
         self._rtu = conn.framing == "rtu"  # no transaction id: see the module docstring
         self._stale: tuple[float, float] | None = None  # (since, guard_s) on a stale RTU line
+        self._wrong: str | None = None  # what was wrong with the last try's answer, if any
 
     def unit(self, unit: int) -> UnitState:
         return self._units.setdefault(unit, UnitState(unit))
@@ -145,7 +147,7 @@ class ModbusBus:
                 unit.probing = False
         now = time.monotonic()
         if answer is None:
-            self._unit_failed(unit, now, "timeout")
+            self._unit_failed(unit, now, "timeout", self._wrong)
             raise DeviceUnavailable("timeout")
         if answer.exception:
             stats.exceptions += 1
@@ -172,6 +174,7 @@ class ModbusBus:
         asked: float,
     ) -> Answer | None:
         """The answer within ``tries`` of ``timeout_s`` each, or None if the unit is silent."""
+        self._wrong = None
         for attempt in range(tries):
             if attempt:
                 stats.retries += 1
@@ -182,7 +185,8 @@ class ModbusBus:
                 async with asyncio.timeout(conn.timeout_s):
                     return await link.send(request, conn.unit)
             except (TimeoutError, NoAnswer) as exc:
-                self._went_stale(conn, wrong=isinstance(exc, WrongAnswer))
+                self._wrong = str(exc) if isinstance(exc, WrongAnswer) else None
+                self._went_stale(conn, wrong=self._wrong is not None)
                 continue
             except LinkLost:
                 self._drop()
@@ -241,9 +245,14 @@ class ModbusBus:
             self._link.close()
             self._link = None
 
-    def _unit_failed(self, unit: UnitState, now: float, reason: str) -> None:
+    def _unit_failed(
+        self, unit: UnitState, now: float, reason: str, wrong: str | None = None
+    ) -> None:
+        """Back the unit off; log when that is news, with what was wrong with its last
+        answer when it gave one (a wrong answer counts as none, but the log says so)."""
         if unit.failed(now, reason):
-            log.warning("unit %d on %s unavailable: %s", unit.unit, self.name, reason)
+            detail = f" (its last answer was wrong: {wrong})" if wrong else ""
+            log.warning("unit %d on %s unavailable: %s%s", unit.unit, self.name, reason, detail)
 
 
 class ModbusBuses:

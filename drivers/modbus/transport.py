@@ -6,6 +6,7 @@ pymodbus' exceptions are translated here, once::
     pymodbus ConnectionException, or the link dropping while a request waits  -> LinkLost
     pymodbus ModbusIOException (no, or no matching, answer)                   -> NoAnswer
     an answer that is not one to this request (see below)                     -> WrongAnswer
+    a frame that cannot be an answer (``frames.py``, or pymodbus' framer raises) -> WrongAnswer
     any other pymodbus ModbusException                                        -> LinkError
 
 RTU frames carry no transaction id: pymodbus takes the first frame from the right unit as
@@ -37,6 +38,7 @@ from pymodbus.framer import FramerType
 from pymodbus.pdu import ModbusPDU
 
 from .config import ModbusConnection
+from .frames import mbap_problem
 from .types import Table
 
 CLIENT_TIMEOUT_S = 120.0
@@ -169,10 +171,32 @@ class Link:
         self.lost: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self.last_received = 0.0
         self.client = make_client(conn, self._on_link, self._on_packet)
+        self._mbap = conn.serial is None and conn.framing != "rtu"
+        self._malformed: asyncio.Future[str] | None = None  # while a request waits
+        # Every received byte passes pymodbus' ``callback_data`` (the client reuses one
+        # protocol object): guarded, a malformed frame cannot raise in ``data_received``.
+        self._decode = self.client.ctx.callback_data
+        self.client.ctx.callback_data = self._received  # type: ignore[method-assign]
 
     def _on_link(self, up: bool) -> None:
         if not up and not self.lost.done():
             self.lost.set_result(None)
+
+    def _received(self, data: bytes, addr: tuple[str, int] | None = None) -> int:
+        """pymodbus' ``callback_data``, guarded: a frame that cannot be an answer (see
+        ``frames.py``, or one pymodbus' framer raises on) fails the request under way
+        as a wrong answer and is thrown away, with whatever came after it in the buffer.
+        Raised out of here, asyncio logged a traceback and dropped the connection."""
+        problem = mbap_problem(data) if self._mbap else None
+        if problem is None:
+            try:
+                return int(self._decode(data, addr))
+            except Exception as exc:  # ModbusIOException from the framer, or worse
+                problem = f"undecodable answer ({type(exc).__name__}: {exc})"
+        self.last_received = time.monotonic()
+        if self._malformed is not None and not self._malformed.done():
+            self._malformed.set_result(problem)
+        return len(data)
 
     def _on_packet(self, sending: bool, data: bytes) -> bytes:
         if not sending:
@@ -223,16 +247,23 @@ class Link:
         return answer_to(request, response)
 
     async def _exchange(self, request: Awaitable[ModbusPDU]) -> ModbusPDU:
+        malformed = self._malformed = asyncio.get_running_loop().create_future()
         pending = asyncio.ensure_future(request)
         try:
-            done, _ = await asyncio.wait((pending, self.lost), return_when=asyncio.FIRST_COMPLETED)
+            done, _ = await asyncio.wait(
+                (pending, self.lost, malformed), return_when=asyncio.FIRST_COMPLETED
+            )
         except asyncio.CancelledError:  # a timeout above us: pymodbus' lock is released
             pending.cancel()
             raise
-        if pending not in done:
-            pending.cancel()
-            raise ConnectionException("connection lost")
-        return pending.result()
+        finally:
+            self._malformed = None
+        if pending in done:
+            return pending.result()
+        pending.cancel()
+        if malformed.done():
+            raise WrongAnswer(malformed.result())
+        raise ConnectionException("connection lost")
 
     def close(self) -> None:
         """Close, and fail a request still waiting on this link (pymodbus would not)."""

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -27,6 +28,14 @@ _QUALITIES = frozenset(q.value for q in Quality)
 _SCALARS = frozenset({type(None), bool, int, float, str})
 # Sequence numbers are SQLite INTEGERs at both ends: signed 64 bits, and at least 1.
 SEQ_MAX = 2**63 - 1
+# An outbox names its stream with 16 hex digits; the contract allows any id of up to 128
+# of these characters, so that a stream id is always safe to log, store and compare.
+STREAM_ID = re.compile(r"[A-Za-z0-9._-]{1,128}")
+# Ranges per lane in one ack. The center acks what it committed in one round, at most
+# every batch in flight (``outbox.window`` <= 10 000, plus the backlog's quarter), so an
+# ack with more is not one the center sent; the bound keeps one message from holding the
+# outbox thread for long.
+ACK_RANGES_MAX = 16_384
 
 
 class PayloadError(ValueError):
@@ -246,22 +255,33 @@ def _ranges(obj: JSON, name: str) -> tuple[SeqRange, ...]:
     raw = obj.get(name, [])
     if not isinstance(raw, list):
         raise PayloadError(f"field {name!r} must be a list of [first, last] pairs")
+    if len(raw) > ACK_RANGES_MAX:
+        raise PayloadError(f"field {name!r} has {len(raw)} ranges, more than {ACK_RANGES_MAX}")
     out: list[SeqRange] = []
     for pair in raw:
         if (
             not isinstance(pair, list)
             or len(pair) != 2
             or not all(isinstance(x, int) and not isinstance(x, bool) for x in pair)
-            or not 1 <= pair[0] <= pair[1]
+            or not 1 <= pair[0] <= pair[1] <= SEQ_MAX
         ):
-            raise PayloadError(f"field {name!r} must be a list of [first, last] pairs")
+            raise PayloadError(
+                f"field {name!r} must be a list of [first, last] pairs, "
+                f"1 <= first <= last <= {SEQ_MAX}"
+            )
         out.append((pair[0], pair[1]))
     return tuple(out)
 
 
 def decode_ack(payload: Raw) -> Ack:
+    """Validate an ack before it can delete anything: a stream id of the contract's form,
+    and per lane at most ``ACK_RANGES_MAX`` ranges of seqs an outbox can hold (SQLite's
+    signed 64 bits, from 1), each with first <= last."""
     obj = loads(payload)
-    return Ack(_field(obj, "stream", str), _ranges(obj, "telemetry"), _ranges(obj, "alarms"))
+    stream = _field(obj, "stream", str)
+    if not STREAM_ID.fullmatch(stream):
+        raise PayloadError("field 'stream' must be 1 to 128 of A-Z a-z 0-9 . _ -")
+    return Ack(stream, _ranges(obj, "telemetry"), _ranges(obj, "alarms"))
 
 
 class ReadingEncoder:

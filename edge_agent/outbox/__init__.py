@@ -2,6 +2,8 @@
 
 One SQLite file, split by what it keeps:
 
+- ``path.py``: whether ``outbox.path`` is an outbox this agent made (or may make),
+  asked by ``check``, ``run`` and at open; never writes;
 - ``store.py``: the file (schema, opening, corruption, transactions, the disk-full
   ballast);
 - ``lanes.py``: the two lanes of rows, ``telemetry`` and ``alarms``, and the bounds
@@ -27,6 +29,7 @@ from edge_agent.outbox.interfaces import (
     TelemetryLog,
 )
 from edge_agent.outbox.lanes import Lane, OutboxStats
+from edge_agent.outbox.path import OutboxPathError, outbox_path_problem
 from edge_agent.outbox.store import OutboxFull, OutboxUnavailable, quick_check
 from edge_agent.outbox.sync import Outbox
 
@@ -40,10 +43,12 @@ __all__ = [
     "Outbox",
     "OutboxFull",
     "OutboxGauge",
+    "OutboxPathError",
     "OutboxStats",
     "OutboxUnavailable",
     "RuleState",
     "SentLane",
     "TelemetryLog",
+    "outbox_path_problem",
     "quick_check",
 ]

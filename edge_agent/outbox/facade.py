@@ -9,6 +9,7 @@ needs (``interfaces.py``), so none of them can run arbitrary work on that thread
 from __future__ import annotations
 
 import asyncio
+import math
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -115,9 +116,17 @@ def _forget(ob: Outbox, lane: Lane, ranges: SeqRanges) -> tuple[int, bool]:
     deleted = ob.delete(lane, ranges)
     if deleted:
         return deleted, True  # one transaction: all of them are gone
-    # 0 is a repeated ack (nothing left to delete) or a delete that failed (disk full)
-    left = any(ob.fetch(lane, a, b + 1, 1) for a, b in ranges)
+    # 0 is a repeated ack (nothing left to delete) or a delete that failed (disk full).
+    # The first row from ``a`` on, not the rows before ``b + 1``: an ack may end at the
+    # largest seq SQLite holds, and ``b + 1`` would not fit in its INTEGER.
+    left = any(_first_row_at_or_after(ob, lane, a) <= b for a, b in ranges)
     return 0, not left
+
+
+def _first_row_at_or_after(ob: Outbox, lane: Lane, seq: int) -> float:
+    """The seq of the lane's first row from ``seq`` on; infinity if there is none."""
+    rows = ob.fetch(lane, seq, None, 1)
+    return rows[0][0] if rows else math.inf
 
 
 class _Lane:

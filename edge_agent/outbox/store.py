@@ -8,13 +8,15 @@ A full disk must not stop the agent from deleting rows and recovering: a ballast
 reports the disk full, so that deletes (which need room in the WAL) can proceed
 (``with_room``). Who may take which part of it is the lanes' business (``lanes.py``).
 
-At open, ``PRAGMA quick_check`` runs; a corrupt file (SQLite says corrupt or not a
-database, or the check finds problems) is moved aside (kept, never deleted: it may hold
-the only copy of an outage's readings) and a new one, with a new stream, takes its place;
-the new stream's first alarm-lane event, ``outbox.corrupt``, tells the center. A file
-that cannot be opened for any other reason (disk full, I/O error, locked) is not corrupt:
-the ballast is given back and the open tried again; failing that, ``OutboxUnavailable``
-is raised and the file is left exactly as it is.
+Before anything is opened, ``path.py`` makes sure the file is an outbox this agent made
+(its ``PRAGMA application_id``), or that there is none yet: anything else raises
+``OutboxPathError`` and is left untouched. At open, ``PRAGMA quick_check`` runs; a
+corrupt outbox (SQLite says corrupt, or the check finds problems) is moved aside (kept,
+never deleted: it may hold the only copy of an outage's readings) and a new one, with a
+new stream, takes its place; the new stream's first alarm-lane event, ``outbox.corrupt``,
+tells the center. A file that cannot be opened for any other reason (disk full, I/O
+error, locked) is not corrupt: the ballast is given back and the open tried again;
+failing that, ``OutboxUnavailable`` is raised and the file is left exactly as it is.
 
 Not thread-safe: every call runs on the agent's one outbox thread (``facade.py``).
 """
@@ -32,6 +34,7 @@ from typing import Any, TypeVar
 
 from edge_agent.contract.alarms import encode_alarm_body
 from edge_agent.outbox.notices import corrupt_notice
+from edge_agent.outbox.path import OUTBOX_APPLICATION_ID, OutboxPathError, outbox_path_problem
 from edge_agent.sqlite_wal import use_wal
 
 log = logging.getLogger(__name__)
@@ -149,6 +152,10 @@ class OutboxFile:
         self.path = path
         self.ballast = path.with_name(path.name + ".ballast")
         self.ballast_bytes = ballast_bytes
+        # before anything is made, moved or written: is it an outbox, or a place for one?
+        problem = outbox_path_problem(path)
+        if problem is not None:
+            raise OutboxPathError(problem)
         path.parent.mkdir(parents=True, exist_ok=True)
         self.moved_aside: Path | None = None
         self._corrupt: tuple[str, str | None, Path] | None = None  # why, old stream, kept as
@@ -195,6 +202,12 @@ class OutboxFile:
     def _connect(self) -> tuple[sqlite3.Connection, str]:
         db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
         try:
+            # the mark that makes the file recognisably an outbox (``path.py``): on a new
+            # file before the switch to WAL, so that it is in the file's own header, not
+            # in a WAL a power cut could leave unmerged; an older agent's file is adopted
+            (app_id,) = db.execute("PRAGMA application_id").fetchone()
+            if app_id != OUTBOX_APPLICATION_ID:
+                db.execute(f"PRAGMA application_id={OUTBOX_APPLICATION_ID}")
             use_wal(db)
             db.execute("PRAGMA synchronous=FULL")
             db.executescript(SCHEMA)
