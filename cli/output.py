@@ -17,6 +17,7 @@ Rich is imported only when a table is drawn, so that ``fleet --help`` and every
 from __future__ import annotations
 
 import json
+import math
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -112,20 +113,41 @@ def show(
     print_rich(table(columns, rows()))
 
 
+def strict(data: Any) -> Any:
+    """``data`` with every NaN or infinite float as None: JSON has no such numbers, and
+    what a store written by an older version holds must still print as JSON a strict
+    parser (``jq``, JavaScript) reads."""
+    if isinstance(data, float):
+        return data if math.isfinite(data) else None
+    if isinstance(data, dict):
+        return {key: strict(value) for key, value in data.items()}
+    if isinstance(data, list | tuple):
+        return [strict(value) for value in data]
+    return data
+
+
 def print_json(data: Any) -> None:
-    typer.echo(json.dumps(data, indent=2, ensure_ascii=False))
+    """Print strict JSON (``allow_nan=False``: no ``NaN`` or ``Infinity`` ever comes out)."""
+    typer.echo(json.dumps(strict(data), indent=2, ensure_ascii=False, allow_nan=False))
 
 
 def utc(ts: float | None) -> str:
-    """An edge timestamp as UTC to the millisecond; empty when there is none."""
+    """An edge timestamp as UTC to the millisecond; empty when there is none. One no date
+    can hold (a store written before the contract bounded times may have ``1e308``) is
+    printed as the number it is, never an error that hides the rest of the table."""
     if ts is None:
         return ""
-    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%d %H:%M:%S.%f")[:-3]
+    try:
+        return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%d %H:%M:%S.%f")[:-3]
+    except (OverflowError, OSError, ValueError):
+        return f"{ts!r} (no date)"
 
 
 def ago(ts: float | None) -> str:
     if ts is None:
         return "never"
+    if not math.isfinite(ts):
+        return repr(ts)
     s = max(0.0, time.time() - ts)
     if s < 120:
         return f"{s:.0f} s ago"

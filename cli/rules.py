@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Annotated
 
 import typer
+
+from cli.output import print_json
 
 rules_app = typer.Typer(
     help="Check a gateway's rules against a series of readings.", no_args_is_help=True
@@ -35,7 +36,7 @@ def rules_test(
         raise typer.Exit(1) from None
     events = [e.to_json() for e in replayed]
     if json_out:
-        typer.echo(json.dumps(events, indent=2))
+        print_json(events)
         return
     if not events:
         typer.echo("no alarms")

@@ -25,7 +25,7 @@ from edge_agent.uplink import Inbound
 
 T = TypeVar("T")
 RTT = 0.5
-BODY = json.dumps({"dev": "d", "pt": "p", "u": None, "v": 1, "q": "good", "ts": 1.0})
+BODY = json.dumps({"dev": "d", "pt": "p", "u": None, "v": 1, "q": "good", "ts": 1_795_407_914.5})
 
 
 class FakeUplink:

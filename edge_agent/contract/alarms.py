@@ -20,12 +20,14 @@ version does not know, so that the center stores whatever a gateway sent.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, TypeVar
 
 from drivers.base import Value
+from edge_agent.contract.limits import latest_time, plausible_time
 from edge_agent.contract.payloads import (
     _SCALARS,
     JSON,
@@ -33,7 +35,9 @@ from edge_agent.contract.payloads import (
     PayloadError,
     Raw,
     _field,
+    _finite,
     _is_time,
+    _time_field,
     dumps,
     loads,
     wire_value,
@@ -438,9 +442,23 @@ def encode_alarm(message: AlarmMessage) -> bytes:
     return dumps(message.to_json())
 
 
-def decode_alarm(payload: Raw) -> AlarmMessage:
-    obj = loads(payload)
+def decode_alarm(payload: Raw, now: float | None = None) -> AlarmMessage:
+    """An alarm message as the center takes it: what ``AlarmEvent.from_json`` requires, no
+    NaN or infinity anywhere, and plausible times (``limits``): ``ts``, ``since``, and the
+    ``ts_first``/``ts_last`` of the readings an ``outbox.dropped`` event reports.
+
+    The times are checked here, not in ``from_json``: the agent reads its own outbox with
+    that, and an event its clock stamped badly must still be sent (and refused, visibly)."""
+    obj = _finite(loads(payload))
     event = AlarmEvent.from_json(obj)
+    latest = latest_time(time.time() if now is None else now)
+    _time_field(obj, "ts", latest)
+    _time_field(obj, "since", latest, optional=True)
+    if event.dropped is not None:
+        for name in ("ts_first", "ts_last"):
+            value = getattr(event.dropped, name)
+            if value is not None and not plausible_time(value, latest):
+                raise PayloadError(f"field 'dropped.{name}' must be a time from 2000-01-01 on")
     seq = _field(obj, "seq", int)
     if not 1 <= seq <= SEQ_MAX:
         raise PayloadError(f"field 'seq' must be within 1..{SEQ_MAX}")
