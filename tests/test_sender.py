@@ -18,7 +18,9 @@ from typing import Any, TypeVar
 
 import pytest
 
-from edge_agent.contract import Ack, Topics, decode_telemetry, encode_ack
+from drivers.base import Quality, Reading
+from edge_agent.contract import Ack, ReadingEncoder, Topics, decode_telemetry, encode_ack
+from edge_agent.contract.limits import MESSAGE_MAX_BYTES, VALUE_TEXT_MAX
 from edge_agent.outbox import AgentOutbox, DbThread, Lane, Outbox
 from edge_agent.sender import Sender
 from edge_agent.uplink import Inbound
@@ -362,3 +364,37 @@ async def test_a_stop_that_meets_a_wake_up_is_never_swallowed(
         rig.task.cancel()
         done, _ = await asyncio.wait({rig.task}, timeout=2)
         assert done, f"the sender ignored its stop {turns} loop turn(s) after a wake-up"
+
+
+async def test_no_batch_outgrows_a_message_whatever_batch_max_allows(
+    make_rig: Callable[..., Rig],
+) -> None:
+    """10,000 readings a batch is allowed; 400 long texts are 3.3 MB, which the center (and
+    the broker) would refuse, and the gateway would then send again at every ack timeout.
+    Cut in bytes, every batch fits in a message and every reading arrives once, in order."""
+    rig = make_rig(window=4, batch_max=10_000, ack_timeout_s=30)
+    encoder = ReadingEncoder()
+    now = time.time()
+    readings = [
+        Reading("d", "label", "ü" * VALUE_TEXT_MAX, None, Quality.GOOD, now + i) for i in range(400)
+    ]
+    bodies = [(r.ts, encoder.encode(r)) for r in readings]
+    last = await rig.in_db(lambda: rig.outbox.append(Lane.TELEMETRY, bodies))
+    sizes: list[int] = []
+    center = rig.uplink.on_publish
+
+    def measure(topic: str, payload: bytes) -> None:
+        sizes.append(len(payload))
+        center(topic, payload)
+
+    rig.uplink.on_publish = measure
+    rig.sender.appended(Lane.TELEMETRY, last)
+    rig.start()
+    everything = range(1, last + 1)
+    done = await wait_until(lambda: covered(rig.delivered, everything) == last, 20, lambda: None)
+    assert done, f"{covered(rig.delivered, everything)}/{last} delivered"
+    assert len(sizes) >= 4 and max(sizes) <= MESSAGE_MAX_BYTES, sizes
+    # one run of consecutive batches from seq 1 to the last: nothing twice, nothing skipped
+    assert rig.published[0][0] == 1 and rig.published[-1][1] == last
+    assert all(b + 1 == a for (_, b), (a, _) in zip(rig.published, rig.published[1:], strict=False))
+    assert rig.sender.resends == 0
