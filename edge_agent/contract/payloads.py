@@ -57,14 +57,16 @@ def _no_constant(literal: str) -> Any:
     raise PayloadError(f"not JSON: {literal} is not a JSON number")
 
 
-def loads(payload: Raw | str) -> JSON:
+def loads(payload: Raw | str, *, constants: bool = False) -> JSON:
     """A JSON object from a payload of at most ``MESSAGE_MAX_BYTES``, checked before it is
-    parsed, so that a huge message costs neither time nor memory."""
+    parsed, so that a huge message costs neither time nor memory. ``NaN``, ``Infinity``
+    and ``-Infinity`` are refused unless ``constants`` (to read what a refused message
+    names, never to take its values)."""
     size = len(payload.encode() if isinstance(payload, str) else payload)
     if size > MESSAGE_MAX_BYTES:
         raise PayloadError(f"message of {size} bytes, more than the {MESSAGE_MAX_BYTES} allowed")
     try:
-        obj = json.loads(payload, parse_constant=_no_constant)
+        obj = json.loads(payload, parse_constant=None if constants else _no_constant)
     except PayloadError:
         raise
     except (ValueError, RecursionError) as exc:
@@ -245,7 +247,7 @@ def named_rows(payload: Raw, *, alarm: bool) -> NamedRows | None:
     The center keeps a message it cannot store as a dead letter and acks these rows, so
     that the gateway stops sending it (and everything behind it) again."""
     try:
-        obj = loads(payload)
+        obj = loads(payload, constants=True)  # a NaN elsewhere does not blur the rows named
         gw, stream = _field(obj, "gw", str), _field(obj, "stream", str)
         if alarm:
             first = last = _field(obj, "seq", int)
