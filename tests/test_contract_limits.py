@@ -152,6 +152,8 @@ def test_a_time_out_of_range_is_refused_in_readings_alarms_health_and_state(ts: 
         decode_health(raw({"ts": ts}))
     with pytest.raises(PayloadError, match="'started' must be a time"):
         decode_state(raw({"online": True, "started": ts}))
+    with pytest.raises(PayloadError, match="'stopped' must be a time"):
+        decode_state(raw({"online": False, "stopped": ts}))
 
 
 @pytest.mark.parametrize("ts", [TS_MIN, NOW, NOW + TS_AHEAD_S - 60, int(NOW)])
@@ -241,3 +243,30 @@ def test_a_batch_is_cut_where_it_would_outgrow_a_message() -> None:
     assert [r["ts"] for r in batch_.readings] == [NOW + i for i in range(count)]
     small, n = payloads.encode_telemetry_within("gw-1", STREAM, 7, bodies[:3])
     assert n == 3 and small == encode_telemetry_raw("gw-1", STREAM, 7, bodies[:3])
+
+
+def test_a_row_an_older_agent_wrote_unbounded_is_bounded_when_it_is_sent() -> None:
+    """An outbox row from before the bounds: alone it would outgrow a message, and the
+    gateway would send it again for ever. It goes out bounded, and the center takes it."""
+    old = json.dumps(reading(v="x" * 2 * MESSAGE_MAX_BYTES, u="u" * 100), ensure_ascii=False)
+    payload, count = payloads.encode_telemetry_within("gw-1", STREAM, 5, [old, old])
+    assert count == 1 and len(payload) <= MESSAGE_MAX_BYTES
+    (sent,) = decode_telemetry(payload).readings
+    assert (sent["dev"], sent["pt"], sent["v"], sent["q"], sent["ts"]) == (
+        "m-1",
+        "p",
+        None,
+        "bad",
+        NOW,
+    )
+    assert (
+        sent["r"] == f"text value of {2 * MESSAGE_MAX_BYTES} characters, more than {VALUE_TEXT_MAX}"
+    )
+    assert sent["u"] == "u" * UNIT_MAX
+    garbage = "{" * (MESSAGE_MAX_BYTES + 1)
+    payload, count = payloads.encode_telemetry_within("gw-1", STREAM, 5, [garbage])
+    (sent,) = decode_telemetry(payload).readings
+    assert (count, sent["v"], sent["q"]) == (1, None, "bad")
+    assert sent["r"].startswith(
+        f"outbox row of {MESSAGE_MAX_BYTES + 1} characters is not a reading"
+    )

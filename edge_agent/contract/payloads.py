@@ -24,8 +24,9 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from drivers.base import Quality, Reading, Value
+from drivers.base import UNIT_MAX, Quality, Reading, Value
 from edge_agent.contract.limits import (
+    ID_MAX,
     MESSAGE_MAX_BYTES,
     REASON_MAX,
     VALUE_TEXT_MAX,
@@ -274,11 +275,13 @@ def encode_state(gw: str, online: bool, **fields: Any) -> bytes:
 
 
 def decode_state(payload: Raw, now: float | None = None) -> JSON:
-    """A retained state: ``online`` a boolean, ``started`` (when there is one) a plausible
-    time, and no NaN or infinity anywhere."""
+    """A retained state: ``online`` a boolean, ``started`` and ``stopped`` (when there)
+    plausible times, and no NaN or infinity anywhere."""
     obj = _finite(loads(payload))
     _field(obj, "online", bool)
-    _time_field(obj, "started", latest_time(time.time() if now is None else now), optional=True)
+    latest = latest_time(time.time() if now is None else now)
+    _time_field(obj, "started", latest, optional=True)
+    _time_field(obj, "stopped", latest, optional=True)
     return obj
 
 
@@ -417,5 +420,28 @@ def encode_telemetry_within(
         if used > room:
             break
         count += 1
-    count = max(count, 1)
+    if count == 0:  # a row an agent wrote before readings were bounded: bound it now
+        return encode_telemetry_raw(gw, stream, seq_first, [rebounded(bodies[0])]), 1
     return encode_telemetry_raw(gw, stream, seq_first, bodies[:count]), count
+
+
+def rebounded(body: str) -> str:
+    """An encoded reading within today's bounds (``bounded``), for an outbox row written
+    before readings were bounded; a row that is no reading becomes a ``bad`` one saying so,
+    so that it is delivered, seen and acked rather than refused and sent again for ever."""
+    try:
+        obj = json.loads(body)
+        unit = obj.get("u")
+        reading = Reading(
+            str(obj["dev"])[:ID_MAX],
+            str(obj["pt"])[:ID_MAX],
+            obj.get("v"),
+            None if unit is None else str(unit)[:UNIT_MAX],
+            Quality(obj["q"]),
+            float(obj["ts"]),
+            None if obj.get("r") is None else str(obj["r"]),
+        )
+    except (ValueError, TypeError, KeyError, AttributeError) as exc:
+        why = f"outbox row of {len(body)} characters is not a reading: {exc}"[:REASON_MAX]
+        reading = Reading("agent", "outbox", None, None, Quality.BAD, time.time(), why)
+    return ReadingEncoder().encode(reading)
