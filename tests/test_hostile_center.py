@@ -426,3 +426,58 @@ def test_every_edge_agent_json_command_prints_strict_json_of_hostile_values(
     assert any(e["state"] == "active" for e in parsed["rules"])
     for name in ("profiles list", "profiles show", "sim scenarios", "sim timeline"):
         assert parsed[name], name
+
+
+class HostileGateway:
+    """A stock MQTT v5 client on a gateway's ``cmd`` topic that answers every command with
+    ``reply`` (its ``{id}`` filled in), as a broken or hostile gateway might."""
+
+    def __init__(self, broker: Broker, gw: str, reply: str) -> None:
+        self.reply = reply
+        self.client = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
+        self.client.on_message = self._on_message
+        self.client.connect("127.0.0.1", broker.port)
+        self.client.subscribe(TOPICS.gw(gw, Channel.CMD), qos=1)
+        self.client.loop_start()
+        time.sleep(0.3)  # the subscription is in place
+
+    def _on_message(self, client: Any, userdata: Any, msg: mqtt.MQTTMessage) -> None:
+        props = mqtt.Properties(mqtt.PacketTypes.PUBLISH)
+        props.CorrelationData = msg.properties.CorrelationData
+        body = self.reply.replace("{id}", json.loads(msg.payload)["id"])
+        client.publish(msg.properties.ResponseTopic, body.encode(), qos=1, properties=props)
+
+    def close(self) -> None:
+        self.client.loop_stop()
+        self.client.disconnect()
+
+
+@pytest.mark.parametrize(
+    ("reply", "exit_code", "expected"),
+    [
+        ('{"id": "{id}", "ok": true, "result": 1e400}', 0, {"ok": True, "result": None}),
+        ('{"id": "{id}", "ok": true, "result": NaN}', 1, {"ok": False}),
+    ],
+    ids=["1e400", "NaN"],
+)
+def test_alarm_commands_print_strict_json_whatever_the_gateway_replies(
+    tmp_path: Path, mqtt_broker: Broker, reply: str, exit_code: int, expected: dict[str, Any]
+) -> None:
+    runner = CliRunner()
+    key = tmp_path / "center.key"
+    assert runner.invoke(fleet_app, ["keys", "init", "--key", str(key)]).exit_code == 0
+    gateway = HostileGateway(mqtt_broker, "gw-h", reply)
+    common = ["-g", "gw-h", "--broker", mqtt_broker.url, "--key", str(key), "--json"]
+    try:
+        outputs = [
+            runner.invoke(fleet_app, ["alarms", name, "m-1/hot", *common])
+            for name in ("ack", "reset", "unshelve")
+        ]
+        shelve = ["alarms", "shelve", "m-1/hot", "--reason", "test", *common]
+        outputs.append(runner.invoke(fleet_app, shelve))
+    finally:
+        gateway.close()
+    for out in outputs:
+        assert out.exit_code == exit_code, out.output
+        printed = strict_loads(out.stdout)
+        assert printed.items() >= expected.items(), printed
