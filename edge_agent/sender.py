@@ -13,8 +13,9 @@ a backlog waits (``window + window // 4`` once there is none), so the backlog dr
 however busy the live lane is, and no more than ``window + window // 4`` batches are ever
 unacked.
 
-A telemetry batch holds at most ``batch_max`` readings and ``MESSAGE_MAX_BYTES`` (the
-center refuses a bigger one, which would then be sent again for ever).
+A telemetry batch holds at most ``batch_max`` readings and ``MESSAGE_MAX_BYTES``, and an
+alarm event is cut to fit that too (the broker drops a bigger message and disconnects the
+gateway, and the center refuses one; either way it would be sent again for ever).
 
 A batch unacked for ``ack_timeout_s``, a lost connection, or an ack from the center that
 never comes all lead to the same recovery: forget what is in flight and start again from
@@ -41,8 +42,8 @@ from edge_agent.contract import (
     PayloadError,
     Topics,
     decode_ack,
-    encode_alarm,
 )
+from edge_agent.contract.alarms import encode_alarm_within
 from edge_agent.contract.payloads import encode_telemetry_within
 from edge_agent.outbox import AlarmJournal, Lane, SentLane, TelemetryLog
 from edge_agent.uplink import Inbound
@@ -318,7 +319,7 @@ class Sender:
         return self._track(Lane.TELEMETRY, first, last, ok, backlog=backlog)
 
     def _publish_alarm(self, seq: int, event: AlarmEvent) -> bool:
-        payload = encode_alarm(AlarmMessage(self._gw, self._stream, seq, event))
+        payload = encode_alarm_within(AlarmMessage(self._gw, self._stream, seq, event))
         topic = self._topics.gw(self._gw, Channel.ALARMS)
         return self._track(Lane.ALARMS, seq, seq, self._uplink.publish(topic, payload))
 

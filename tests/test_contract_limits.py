@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import math
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -15,16 +16,22 @@ import pytest
 
 from drivers.base import DEVICE_ID, UNIT_MAX, PointBase, Quality, Reading
 from edge_agent.contract import (
+    AlarmEvent,
+    AlarmMessage,
+    AlarmState,
     PayloadError,
     ReadingEncoder,
+    Severity,
     decode_alarm,
     decode_health,
     decode_state,
     decode_telemetry,
+    encode_alarm,
     named_rows,
     payloads,
     reading_dict,
 )
+from edge_agent.contract.alarms import encode_alarm_within
 from edge_agent.contract.limits import (
     ID_MAX,
     MESSAGE_MAX_BYTES,
@@ -270,3 +277,34 @@ def test_a_row_an_older_agent_wrote_unbounded_is_bounded_when_it_is_sent() -> No
     assert sent["r"].startswith(
         f"outbox row of {MESSAGE_MAX_BYTES + 1} characters is not a reading"
     )
+
+
+def test_an_alarm_event_too_big_for_a_message_is_cut_to_fit_and_the_center_takes_it() -> None:
+    """A rule over 300 points of long texts, and an operator's pasted shelving reason."""
+    text = "\x1f" * VALUE_TEXT_MAX
+    event = AlarmEvent(
+        id="m-1/all",
+        rule="all",
+        dev="m-1",
+        severity=Severity.MAJOR,
+        state=AlarmState.SHELVED,
+        value=text,
+        ts=NOW,
+        msg="m" * 10_000,
+        values={f"p{i}": text for i in range(300)},
+        reason="r" * 500_000,
+        shelved_until=NOW + 3600,
+    )
+    message = AlarmMessage("gw-1", STREAM, 9, event)
+    whole = encode_alarm(message)
+    assert len(whole) > MESSAGE_MAX_BYTES
+    payload = encode_alarm_within(message)
+    assert len(payload) <= MESSAGE_MAX_BYTES
+    got = decode_alarm(payload).event
+    assert (got.id, got.state, got.shelved_until) == ("m-1/all", AlarmState.SHELVED, NOW + 3600)
+    assert (got.value, got.values) == (text, None)  # a value within its bound is kept
+    note = f"… [cut to fit a message: the event was {len(whole)} bytes]"
+    assert got.msg == "m" * (REASON_MAX - 1) + note
+    assert got.reason == "r" * (REASON_MAX - 1) + "…"
+    small = AlarmMessage("gw-1", STREAM, 9, replace(event, values=None, reason="why", msg="m"))
+    assert encode_alarm_within(small) == encode_alarm(small)  # what fits is sent as it is

@@ -19,7 +19,17 @@ from typing import Any, TypeVar
 import pytest
 
 from drivers.base import Quality, Reading
-from edge_agent.contract import Ack, ReadingEncoder, Topics, decode_telemetry, encode_ack
+from edge_agent.contract import (
+    Ack,
+    AlarmEvent,
+    AlarmState,
+    ReadingEncoder,
+    Severity,
+    Topics,
+    decode_alarm,
+    decode_telemetry,
+    encode_ack,
+)
 from edge_agent.contract.limits import MESSAGE_MAX_BYTES, VALUE_TEXT_MAX
 from edge_agent.outbox import AgentOutbox, DbThread, Lane, Outbox
 from edge_agent.sender import Sender
@@ -398,3 +408,33 @@ async def test_no_batch_outgrows_a_message_whatever_batch_max_allows(
     assert rig.published[0][0] == 1 and rig.published[-1][1] == last
     assert all(b + 1 == a for (_, b), (a, _) in zip(rig.published, rig.published[1:], strict=False))
     assert rig.sender.resends == 0
+
+
+async def test_an_alarm_event_too_big_for_a_message_goes_out_cut_to_fit(
+    make_rig: Callable[..., Rig],
+) -> None:
+    """Mosquitto drops a message over its limit and disconnects the gateway, which would
+    send the same alarm again at once: the alarm lane, and the uplink, would stop."""
+    rig = make_rig(window=4, batch_max=10, ack_timeout_s=30)
+    text = "\x1f" * VALUE_TEXT_MAX
+    event = AlarmEvent(
+        id="m-1/all",
+        rule="all",
+        dev="m-1",
+        severity=Severity.MAJOR,
+        state=AlarmState.ACTIVE,
+        value=1,
+        ts=time.time(),
+        msg="all of them",
+        values={f"p{i}": text for i in range(300)},
+    )
+    last = await rig.in_db(lambda: rig.outbox.record_alarms([event], []))
+    sent: list[bytes] = []
+    rig.uplink.on_publish = lambda topic, payload: sent.append(payload)
+    rig.sender.appended(Lane.ALARMS, last)
+    rig.start()
+    assert await wait_until(lambda: bool(sent), 10, lambda: None), "no alarm sent"
+    assert len(sent[0]) <= MESSAGE_MAX_BYTES
+    got = decode_alarm(sent[0]).event
+    assert (got.id, got.value, got.values) == ("m-1/all", 1, None)
+    assert got.msg.startswith("all of them [cut to fit a message: the event was ")

@@ -22,12 +22,18 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from typing import Any, TypeVar
 
 from drivers.base import Value
-from edge_agent.contract.limits import latest_time, plausible_time
+from edge_agent.contract.limits import (
+    MESSAGE_MAX_BYTES,
+    REASON_MAX,
+    VALUE_TEXT_MAX,
+    latest_time,
+    plausible_time,
+)
 from edge_agent.contract.payloads import (
     _SCALARS,
     JSON,
@@ -435,11 +441,41 @@ def encode_alarm_body(event: AlarmEvent) -> str:
 
 
 def decode_alarm_body(body: str | Raw) -> AlarmEvent:
-    return AlarmEvent.from_json(loads(body))
+    """An event as the outbox keeps it: of any size (``encode_alarm_within`` cuts it to
+    fit a message when it is sent)."""
+    return AlarmEvent.from_json(loads(body, max_bytes=None))
 
 
 def encode_alarm(message: AlarmMessage) -> bytes:
     return dumps(message.to_json())
+
+
+def encode_alarm_within(message: AlarmMessage, max_bytes: int = MESSAGE_MAX_BYTES) -> bytes:
+    """``encode_alarm``, or, when that would outgrow a message (a rule over many points of
+    long texts, a shelving reason pasted whole), the event without what makes it big: no
+    ``values``, texts cut to ``REASON_MAX``, a long text ``value`` as null; its ``msg`` says
+    so. The broker drops a bigger message and disconnects the gateway (Mosquitto 2.0),
+    which would send it again at once: the alarm lane, and the uplink with it, would stop."""
+    payload = encode_alarm(message)
+    if len(payload) <= max_bytes:
+        return payload
+    e = message.event
+    long_text = isinstance(e.value, str) and len(e.value) > VALUE_TEXT_MAX
+    slim = replace(
+        e,
+        value=None if long_text else e.value,
+        values=None,
+        extra={},
+        msg=_cut(e.msg) + f" [cut to fit a message: the event was {len(payload)} bytes]",
+        reason=None if e.reason is None else _cut(e.reason),
+        shelved_by=None if e.shelved_by is None else _cut(e.shelved_by),
+        acked_by=None if e.acked_by is None else _cut(e.acked_by),
+    )
+    return encode_alarm(AlarmMessage(message.gw, message.stream, message.seq, slim))
+
+
+def _cut(text: str) -> str:
+    return text if len(text) <= REASON_MAX else text[: REASON_MAX - 1] + "…"
 
 
 def decode_alarm(payload: Raw, now: float | None = None) -> AlarmMessage:

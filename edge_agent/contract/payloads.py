@@ -58,14 +58,18 @@ def _no_constant(literal: str) -> Any:
     raise PayloadError(f"not JSON: {literal} is not a JSON number")
 
 
-def loads(payload: Raw | str, *, constants: bool = False) -> JSON:
-    """A JSON object from a payload of at most ``MESSAGE_MAX_BYTES``, checked before it is
-    parsed, so that a huge message costs neither time nor memory. ``NaN``, ``Infinity``
-    and ``-Infinity`` are refused unless ``constants`` (to read what a refused message
-    names, never to take its values)."""
-    size = len(payload.encode() if isinstance(payload, str) else payload)
-    if size > MESSAGE_MAX_BYTES:
-        raise PayloadError(f"message of {size} bytes, more than the {MESSAGE_MAX_BYTES} allowed")
+def loads(
+    payload: Raw | str, *, constants: bool = False, max_bytes: int | None = MESSAGE_MAX_BYTES
+) -> JSON:
+    """A JSON object from a payload of at most ``max_bytes``, checked before it is parsed,
+    so that a huge message costs neither time nor memory (None: the agent's own outbox
+    row, which may be bigger until it is sent). ``NaN``, ``Infinity`` and ``-Infinity``
+    are refused unless ``constants`` (to read what a refused message names, never to take
+    its values)."""
+    if max_bytes is not None:
+        size = len(payload.encode() if isinstance(payload, str) else payload)
+        if size > max_bytes:
+            raise PayloadError(f"message of {size} bytes, more than the {max_bytes} allowed")
     try:
         obj = json.loads(payload, parse_constant=None if constants else _no_constant)
     except PayloadError:
