@@ -101,22 +101,25 @@ def test_garbage_under_new_gateway_ids_cannot_fill_the_centers_disk(tmp_path: Pa
 def test_dead_letters_of_all_gateways_together_stay_within_their_byte_cap(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(central.store, "REJECTED_MAX_BYTES", 5 * (REJECTED_HEAD_BYTES + 100))
+    each = REJECTED_HEAD_BYTES + len("t") + len("bad")  # what one of these dead letters keeps
+    monkeypatch.setattr(central.store, "REJECTED_MAX_BYTES", 10 * each)
     store = Store(tmp_path / "central.db")
     try:
         pruned = []
-        for i in range(8):  # 8 gateways, one dead letter each: the per-gateway cap never acts
+        for i in range(12):  # 12 gateways, one dead letter each: the per-gateway cap never acts
             pruned.append(store.insert_rejected(f"gw-{i}", "t", b"%d" % i * 9000, "bad", None))
             time.sleep(0.01)  # last_seen orders them
         kept = store.rejected(limit=100)
         (total,) = store.db.execute(
             "SELECT sum(length(topic) + length(error) + length(payload)) FROM rejected"
         ).fetchone()
+        (counted,) = store.db.execute("SELECT bytes FROM rejected_bytes").fetchone()
     finally:
         store.close()
-    assert [r["gateway"] for r in kept] == ["gw-7", "gw-6", "gw-5", "gw-4", "gw-3"]
-    assert pruned == [0, 0, 0, 0, 0, 1, 1, 1]
-    assert total <= central.store.REJECTED_MAX_BYTES
+    # the 11th went past the cap: the oldest went, down to 90 % of it (9 kept); then 10 fit
+    assert pruned == [0] * 10 + [2, 0]
+    assert [r["gateway"] for r in kept] == [f"gw-{i}" for i in range(11, 1, -1)]
+    assert total == counted == 10 * each <= central.store.REJECTED_MAX_BYTES
 
 
 def test_a_store_from_before_dead_letters_had_a_size_opens_and_keeps_taking_them(
@@ -139,9 +142,11 @@ def test_a_store_from_before_dead_letters_had_a_size_opens_and_keeps_taking_them
     try:
         store.insert_rejected("gw-a", "t", b"new", "bad", None)
         rows = {bytes(r["payload"]): r["size"] for r in store.rejected("gw-a")}
+        (counted,) = store.db.execute("SELECT bytes FROM rejected_bytes").fetchone()
     finally:
         store.close()
     assert rows == {b"\x00": None, b"new": 3}
+    assert counted == len("te\x00") + len("tbadnew")  # the old one, and the new
 
 
 # --- ingest: refused, kept as a head, acked when it names its rows -----------------------
