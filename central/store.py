@@ -217,7 +217,11 @@ class Store:
         """Bring a store an older version created up to ``SCHEMA``."""
         columns = {row[1] for row in self.db.execute("PRAGMA table_info(rejected)").fetchall()}
         if "size" not in columns:
-            self.db.execute("ALTER TABLE rejected ADD COLUMN size INTEGER")
+            try:
+                self.db.execute("ALTER TABLE rejected ADD COLUMN size INTEGER")
+            except sqlite3.OperationalError as exc:  # another process opening it just did
+                if "duplicate column" not in str(exc):
+                    raise
         if not self.db.execute("SELECT 1 FROM rejected_bytes").fetchall():  # reads only, once set
             self.db.execute(
                 f"INSERT OR IGNORE INTO rejected_bytes SELECT 1, total({_KEPT}) FROM rejected"
