@@ -15,10 +15,12 @@ What can fail, and what then:
 
 - one message the store cannot take (it breaks the contract, or holds something SQLite
   cannot bind): each message is stored inside its own SAVEPOINT, so its writes alone are
-  undone; it is rejected (counted, logged once per gateway), kept whole in the
-  ``rejected`` table (a dead letter, ``fleet rejected``), PUBACKed so that the broker does
+  undone; it is rejected (counted, logged once per gateway), kept in the ``rejected``
+  table (a dead letter, ``fleet rejected``: its head, size and hash, within a cap on the
+  whole table), PUBACKed so that the broker does
   not redeliver it forever, and acked when it names its outbox rows beyond doubt, so that
-  the gateway does not resend it either; the rest of the round commits;
+  the gateway does not resend it either; the rest of the round commits. A message over
+  the contract's ``MESSAGE_MAX_BYTES`` is refused so before it is parsed, naming nothing;
 - the store itself (disk full, I/O error, locked beyond busy_timeout): the round is
   rolled back, nothing is PUBACKed or acked, and the round is tried again after
   ``STORE_RETRY_S``; after ``STORE_TRIES`` failures in a row the ingest thread stops;
@@ -37,7 +39,7 @@ import time
 from collections import defaultdict
 from dataclasses import dataclass, field
 
-from central.store import REJECTED_KEEP, Store
+from central.store import REJECTED_KEEP, REJECTED_MAX_BYTES, Store
 from edge_agent.contract import (
     Ack,
     Channel,
@@ -277,8 +279,8 @@ class Ingest:
     def _dead_letter(
         self, gw: str, channel: Channel, msg: Message, exc: Exception, rnd: _Round
     ) -> None:
-        """Keep a rejected message whole in the store and, when it names the outbox rows it
-        was sent for, ack them: the gateway would otherwise send it, and everything behind
+        """Keep a rejected message (its head) in the store and, when it names the outbox rows
+        it was sent for, ack them: the gateway would otherwise send it, and everything behind
         it, again at every ack timeout until its outbox drops it."""
         rows = None
         if channel in (Channel.TELEMETRY, Channel.ALARMS):
@@ -293,9 +295,11 @@ class Ingest:
             if pruned and gw not in self._pruned_dead_letters:
                 self._pruned_dead_letters.add(gw)
                 log.warning(
-                    "%s has more dead letters than the store keeps (%d): the oldest make room",
+                    "%s: more dead letters than the store keeps (%d per gateway, %d MiB in "
+                    "all): the oldest make room",
                     gw,
                     REJECTED_KEEP,
+                    REJECTED_MAX_BYTES >> 20,
                 )
         except Exception as err:
             if store_fault(err):

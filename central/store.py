@@ -99,7 +99,8 @@ CREATE TABLE IF NOT EXISTS rejected (
     digest TEXT NOT NULL, -- sha256 of topic and payload: a message sent again is one row
     topic TEXT NOT NULL,
     error TEXT NOT NULL,
-    payload BLOB NOT NULL,
+    payload BLOB NOT NULL, -- its first REJECTED_HEAD_BYTES only
+    size INTEGER, -- of the whole payload, in bytes
     stream TEXT, -- the outbox rows it was sent for, when it names them (then they are acked)
     seq_first INTEGER,
     seq_last INTEGER,
@@ -108,6 +109,18 @@ CREATE TABLE IF NOT EXISTS rejected (
     times INTEGER NOT NULL DEFAULT 1,
     PRIMARY KEY (gateway, digest)
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS rejected_bytes ( -- what the dead letters keep, in all: one row
+    id INTEGER PRIMARY KEY CHECK (id = 1),
+    bytes INTEGER NOT NULL
+);
+CREATE TRIGGER IF NOT EXISTS rejected_kept AFTER INSERT ON rejected BEGIN
+    UPDATE rejected_bytes SET bytes = bytes + length(CAST(NEW.topic AS BLOB))
+        + length(CAST(NEW.error AS BLOB)) + length(NEW.payload);
+END;
+CREATE TRIGGER IF NOT EXISTS rejected_gone AFTER DELETE ON rejected BEGIN
+    UPDATE rejected_bytes SET bytes = bytes - length(CAST(OLD.topic AS BLOB))
+        - length(CAST(OLD.error AS BLOB)) - length(OLD.payload);
+END;
 CREATE TABLE IF NOT EXISTS gateways (
     id TEXT PRIMARY KEY,
     site TEXT,
@@ -127,9 +140,18 @@ CREATE TABLE IF NOT EXISTS gateways (
 
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 REJECTED_KEEP = 1000
-"""Dead letters kept per gateway (the newest): a gateway sending garbage cannot fill the
-center's disk with it."""
+"""Dead letters kept per gateway (the newest): a gateway sending garbage cannot push out
+the others' dead letters."""
+REJECTED_HEAD_BYTES = 4096
+"""What a dead letter keeps of its payload: enough to see what it was; ``size`` and the
+sha256 ``digest`` stand for the rest."""
+REJECTED_ERROR_MAX = 1000  # characters of the error kept (it may quote the payload)
+REJECTED_MAX_BYTES = 64 * 1024 * 1024
+"""Bytes of dead letters (topic, error, payload head) kept in all, the newest: gateway ids
+are many (anyone may make one up), so only a cap on the whole table bounds the disk."""
 VALUE_BOOL, VALUE_BIG_INT = 1, 2  # readings.is_bool
+_KEPT = "length(CAST(topic AS BLOB)) + length(CAST(error AS BLOB)) + length(payload)"
+"""What one dead letter keeps, in bytes (the triggers in ``SCHEMA`` count the same)."""
 
 
 def cell(value: Any) -> Any:
@@ -189,6 +211,22 @@ class Store:
         self.db.execute("PRAGMA cache_size=-65536")
         self.db.execute("PRAGMA wal_autocheckpoint=10000")
         self.db.conn.executescript(SCHEMA)
+        self._migrate()
+
+    def _migrate(self) -> None:
+        """Bring a store an older version created up to ``SCHEMA``."""
+        columns = {row[1] for row in self.db.execute("PRAGMA table_info(rejected)").fetchall()}
+        if "size" not in columns:
+            try:
+                self.db.execute("ALTER TABLE rejected ADD COLUMN size INTEGER")
+            except sqlite3.OperationalError as exc:  # another process opening it just did
+                if "duplicate column" not in str(exc):
+                    raise
+        if not self.db.execute("SELECT 1 FROM rejected_bytes").fetchall():  # reads only, once set
+            self.db.execute(
+                f"INSERT OR IGNORE INTO rejected_bytes SELECT 1, total({_KEPT}) FROM rejected"
+            )
+            self.db.conn.commit()
 
     # --- writes (one transaction per ingest round, committed before acks go out) -------
 
@@ -270,14 +308,18 @@ class Store:
     def insert_rejected(
         self, gateway: str, topic: str, payload: bytes, error: str, rows: NamedRows | None
     ) -> int:
-        """Keep a message the store could not take, whole, as a dead letter for operators
-        (``fleet rejected``); the same message sent again counts ``times``. A gateway keeps
-        its newest ``REJECTED_KEEP`` dead letters: return how many older ones made room."""
+        """Keep a message the store could not take as a dead letter for operators (``fleet
+        rejected``): its first ``REJECTED_HEAD_BYTES``, its size and the sha256 of all of
+        it; the same message sent again counts ``times``. A gateway keeps its newest
+        ``REJECTED_KEEP`` dead letters, and all of them together at most
+        ``REJECTED_MAX_BYTES``: return how many older ones made room."""
         digest = hashlib.sha256(topic.encode() + b"\0" + payload).hexdigest()
         now = time.time()
+        if len(error) > REJECTED_ERROR_MAX:
+            error = error[: REJECTED_ERROR_MAX - 1] + "…"
         self.db.conn.execute(
-            "INSERT INTO rejected (gateway, digest, topic, error, payload, stream, seq_first, "
-            "seq_last, first_seen, last_seen) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+            "INSERT INTO rejected (gateway, digest, topic, error, payload, size, stream, "
+            "seq_first, seq_last, first_seen, last_seen) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
             "ON CONFLICT (gateway, digest) DO UPDATE SET last_seen = excluded.last_seen, "
             "times = rejected.times + 1",
             (
@@ -285,7 +327,8 @@ class Store:
                 digest,
                 topic,
                 error.encode("utf-8", "backslashreplace").decode(),
-                payload,
+                payload[:REJECTED_HEAD_BYTES],
+                len(payload),
                 rows.stream if rows else None,
                 rows.first if rows else None,
                 rows.last if rows else None,
@@ -298,7 +341,22 @@ class Store:
             "WHERE gateway = ? ORDER BY last_seen DESC LIMIT -1 OFFSET ?)",
             (gateway, gateway, REJECTED_KEEP),
         )
-        return pruned.rowcount
+        return pruned.rowcount + self._prune_rejected_bytes()
+
+    def _prune_rejected_bytes(self) -> int:
+        """Past ``REJECTED_MAX_BYTES`` in all, delete the oldest dead letters down to 90 %
+        of it: the total is a counter the triggers keep, so a dead letter costs no scan of
+        the table, and the scan that prunes runs once per tenth of the cap, not each time."""
+        ((total,),) = self.db.execute("SELECT bytes FROM rejected_bytes").fetchall()
+        if total <= REJECTED_MAX_BYTES:
+            return 0
+        cur = self.db.conn.execute(
+            "DELETE FROM rejected WHERE (gateway, digest) IN (SELECT gateway, digest FROM "
+            f"(SELECT gateway, digest, sum({_KEPT}) OVER (ORDER BY last_seen DESC, gateway, "
+            "digest ROWS UNBOUNDED PRECEDING) AS newer FROM rejected) WHERE newer > ?)",
+            (REJECTED_MAX_BYTES * 9 // 10,),
+        )
+        return int(cur.rowcount)
 
     def rejected(self, gateway: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
         """Dead letters, newest first; ``payload`` as bytes."""

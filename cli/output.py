@@ -118,16 +118,32 @@ def show(
     print_rich(table(columns, rows()))
 
 
+def strict(data: Any) -> Any:
+    """``data`` with every NaN or infinite float as None: JSON has no such numbers, and
+    what a store written by an older version holds must still print as JSON a strict
+    parser (``jq``, JavaScript) reads."""
+    if isinstance(data, float):
+        return data if math.isfinite(data) else None
+    if isinstance(data, dict):
+        return {key: strict(value) for key, value in data.items()}
+    if isinstance(data, list | tuple):
+        return [strict(value) for value in data]
+    return data
+
+
 def print_json(data: Any) -> None:
-    typer.echo(json.dumps(data, indent=2, ensure_ascii=False))
+    """Print strict JSON (``allow_nan=False``: no ``NaN`` or ``Infinity`` ever comes out)."""
+    typer.echo(json.dumps(strict(data), indent=2, ensure_ascii=False, allow_nan=False))
 
 
 def utc(ts: float | None) -> str:
-    """An edge timestamp as UTC to the millisecond; empty when there is none."""
+    """An edge timestamp as UTC to the millisecond; empty when there is none. One no date
+    can hold (a store written before the contract bounded times may have ``1e308``) is
+    printed as the number it is, never an error that hides the rest of the table."""
     if ts is None:
         return ""
     when = _calendar(ts)
-    return number(ts) if when is None else when
+    return f"{number(ts)} (no date)" if when is None else when
 
 
 def _calendar(ts: float) -> str | None:
@@ -140,6 +156,8 @@ def _calendar(ts: float) -> str | None:
 def ago(ts: float | None) -> str:
     if ts is None:
         return "never"
+    if not math.isfinite(ts):
+        return repr(ts)
     s = max(0.0, time.time() - ts)
     if s < 120:
         return f"{s:.0f} s ago"

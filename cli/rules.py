@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from cli.apps import group
+from cli.output import print_json
 
 if TYPE_CHECKING:
     from edge_agent.config import AgentConfig
@@ -58,7 +58,7 @@ def rules_test(
         raise typer.Exit(1) from None
     events = [e.to_json() for e in replayed]
     if json_out:
-        typer.echo(json.dumps(events, indent=2))
+        print_json(events)
         return
     if not events:
         typer.echo("no alarms")

@@ -31,6 +31,10 @@ DEVICE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 """Ids travel in payloads and topic-like contexts: no spaces, slashes or wildcards.
 Used as a pydantic pattern (Rust regex, where ``$`` is the end of the text)."""
 
+UNIT_MAX = 32
+"""Characters of a point's unit: every reading carries it, so it bounds the size of one
+(``edge_agent.contract.limits``)."""
+
 
 class Quality(StrEnum):
     GOOD = "good"
@@ -105,7 +109,7 @@ class Frozen(BaseModel):
 
 class PointBase(Frozen):
     name: str = Field(pattern=DEVICE_ID.pattern, description="point id, unique within its device")
-    unit: str | None = None
+    unit: str | None = Field(default=None, max_length=UNIT_MAX)
 
 
 class DeviceBase(Frozen):

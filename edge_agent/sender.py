@@ -13,6 +13,10 @@ a backlog waits (``window + window // 4`` once there is none), so the backlog dr
 however busy the live lane is, and no more than ``window + window // 4`` batches are ever
 unacked.
 
+A telemetry batch holds at most ``batch_max`` readings and ``MESSAGE_MAX_BYTES``, and an
+alarm event is cut to fit that too (the broker drops a bigger message and disconnects the
+gateway, and the center refuses one; either way it would be sent again for ever).
+
 A batch unacked for ``ack_timeout_s``, a lost connection, or an ack from the center that
 never comes all lead to the same recovery: forget what is in flight and start again from
 the oldest unacked row. The center's primary key drops what it already has. Rows leave
@@ -38,9 +42,9 @@ from edge_agent.contract import (
     PayloadError,
     Topics,
     decode_ack,
-    encode_alarm,
 )
-from edge_agent.contract.payloads import encode_telemetry_raw
+from edge_agent.contract.alarms import encode_alarm_within
+from edge_agent.contract.payloads import encode_telemetry_within
 from edge_agent.outbox import AlarmJournal, Lane, SentLane, TelemetryLog
 from edge_agent.uplink import Inbound
 
@@ -305,26 +309,39 @@ class Sender:
         if room and c.live <= self._last[Lane.TELEMETRY]:
             rows = await self._telemetry.fetch(c.live, None, self._batch_max)
             if rows:
+                payload, rows = self._telemetry_payload(rows)
                 c.live = rows[-1][0] + 1
-                return self._publish_telemetry(rows)
+                return self._publish_telemetry(payload, rows)
             c.live = self._last[Lane.TELEMETRY] + 1
         if backlog_room and c.backlog < c.live_from:
             rows = await self._telemetry.fetch(c.backlog, c.live_from, self._batch_max)
             if rows:
+                payload, rows = self._telemetry_payload(rows)
                 c.backlog = rows[-1][0] + 1
-                return self._publish_telemetry(rows, backlog=True)
+                return self._publish_telemetry(payload, rows, backlog=True)
             c.backlog = c.live_from
         return False
 
-    def _publish_telemetry(self, rows: list[tuple[int, str]], *, backlog: bool = False) -> bool:
+    def _telemetry_payload(
+        self, rows: list[tuple[int, str]]
+    ) -> tuple[bytes, list[tuple[int, str]]]:
+        """The batch of the first ``rows`` that fits in ``MESSAGE_MAX_BYTES``, and those
+        rows: ``batch_max`` readings of long texts may not; the rest go in the next batch."""
+        payload, count = encode_telemetry_within(
+            self._gw, self._stream, rows[0][0], [body for _, body in rows]
+        )
+        return payload, rows[:count]
+
+    def _publish_telemetry(
+        self, payload: bytes, rows: list[tuple[int, str]], *, backlog: bool = False
+    ) -> bool:
         first, last = rows[0][0], rows[-1][0]
-        payload = encode_telemetry_raw(self._gw, self._stream, first, [body for _, body in rows])
         topic = self._topics.gw(self._gw, Channel.TELEMETRY)
         ok = self._uplink.publish(topic, payload)
         return self._track(Lane.TELEMETRY, first, last, ok, backlog=backlog)
 
     def _publish_alarm(self, seq: int, event: AlarmEvent) -> bool:
-        payload = encode_alarm(AlarmMessage(self._gw, self._stream, seq, event))
+        payload = encode_alarm_within(AlarmMessage(self._gw, self._stream, seq, event))
         topic = self._topics.gw(self._gw, Channel.ALARMS)
         return self._track(Lane.ALARMS, seq, seq, self._uplink.publish(topic, payload))
 

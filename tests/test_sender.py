@@ -20,8 +20,20 @@ from typing import Any, TypeVar
 
 import pytest
 
+from drivers.base import Quality, Reading
 from edge_agent import sender as sender_module
-from edge_agent.contract import Ack, Topics, decode_telemetry, encode_ack
+from edge_agent.contract import (
+    Ack,
+    AlarmEvent,
+    AlarmState,
+    ReadingEncoder,
+    Severity,
+    Topics,
+    decode_alarm,
+    decode_telemetry,
+    encode_ack,
+)
+from edge_agent.contract.limits import MESSAGE_MAX_BYTES, VALUE_TEXT_MAX
 from edge_agent.contract.payloads import ACK_RANGES_MAX, SEQ_MAX
 from edge_agent.outbox import AgentOutbox, DbThread, Lane, Outbox
 from edge_agent.sender import Sender
@@ -29,7 +41,7 @@ from edge_agent.uplink import Inbound
 
 T = TypeVar("T")
 RTT = 0.5
-BODY = json.dumps({"dev": "d", "pt": "p", "u": None, "v": 1, "q": "good", "ts": 1.0})
+BODY = json.dumps({"dev": "d", "pt": "p", "u": None, "v": 1, "q": "good", "ts": 1_795_407_914.5})
 
 
 class FakeUplink:
@@ -459,3 +471,67 @@ async def test_bad_acks_warn_again_after_a_quiet_minute_with_the_count_between(
     assert len(messages) == 2, messages
     assert "4 more ignored" in messages[1]
     assert rig.sender.bad_acks == 6
+
+
+async def test_no_batch_outgrows_a_message_whatever_batch_max_allows(
+    make_rig: Callable[..., Rig],
+) -> None:
+    """10,000 readings a batch is allowed; 400 long texts are 3.3 MB, which the center (and
+    the broker) would refuse, and the gateway would then send again at every ack timeout.
+    Cut in bytes, every batch fits in a message and every reading arrives once, in order."""
+    rig = make_rig(window=4, batch_max=10_000, ack_timeout_s=30)
+    encoder = ReadingEncoder()
+    now = time.time()
+    readings = [
+        Reading("d", "label", "ü" * VALUE_TEXT_MAX, None, Quality.GOOD, now + i) for i in range(400)
+    ]
+    bodies = [(r.ts, encoder.encode(r)) for r in readings]
+    last = await rig.in_db(lambda: rig.outbox.append(Lane.TELEMETRY, bodies))
+    sizes: list[int] = []
+    center = rig.uplink.on_publish
+
+    def measure(topic: str, payload: bytes) -> None:
+        sizes.append(len(payload))
+        center(topic, payload)
+
+    rig.uplink.on_publish = measure
+    rig.sender.appended(Lane.TELEMETRY, last)
+    rig.start()
+    everything = range(1, last + 1)
+    done = await wait_until(lambda: covered(rig.delivered, everything) == last, 20, lambda: None)
+    assert done, f"{covered(rig.delivered, everything)}/{last} delivered"
+    assert len(sizes) >= 4 and max(sizes) <= MESSAGE_MAX_BYTES, sizes
+    # one run of consecutive batches from seq 1 to the last: nothing twice, nothing skipped
+    assert rig.published[0][0] == 1 and rig.published[-1][1] == last
+    assert all(b + 1 == a for (_, b), (a, _) in zip(rig.published, rig.published[1:], strict=False))
+    assert rig.sender.resends == 0
+
+
+async def test_an_alarm_event_too_big_for_a_message_goes_out_cut_to_fit(
+    make_rig: Callable[..., Rig],
+) -> None:
+    """Mosquitto drops a message over its limit and disconnects the gateway, which would
+    send the same alarm again at once: the alarm lane, and the uplink, would stop."""
+    rig = make_rig(window=4, batch_max=10, ack_timeout_s=30)
+    text = "\x1f" * VALUE_TEXT_MAX
+    event = AlarmEvent(
+        id="m-1/all",
+        rule="all",
+        dev="m-1",
+        severity=Severity.MAJOR,
+        state=AlarmState.ACTIVE,
+        value=1,
+        ts=time.time(),
+        msg="all of them",
+        values={f"p{i}": text for i in range(300)},
+    )
+    last = await rig.in_db(lambda: rig.outbox.record_alarms([event], []))
+    sent: list[bytes] = []
+    rig.uplink.on_publish = lambda topic, payload: sent.append(payload)
+    rig.sender.appended(Lane.ALARMS, last)
+    rig.start()
+    assert await wait_until(lambda: bool(sent), 10, lambda: None), "no alarm sent"
+    assert len(sent[0]) <= MESSAGE_MAX_BYTES
+    got = decode_alarm(sent[0]).event
+    assert (got.id, got.value, got.values) == ("m-1/all", 1, None)
+    assert got.msg.startswith("all of them [cut to fit a message: the event was ")

@@ -20,12 +20,20 @@ version does not know, so that the center stores whatever a gateway sent.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from typing import Any, TypeVar
 
 from drivers.base import Value
+from edge_agent.contract.limits import (
+    MESSAGE_MAX_BYTES,
+    REASON_MAX,
+    VALUE_TEXT_MAX,
+    latest_time,
+    plausible_time,
+)
 from edge_agent.contract.payloads import (
     _SCALARS,
     JSON,
@@ -33,7 +41,9 @@ from edge_agent.contract.payloads import (
     PayloadError,
     Raw,
     _field,
+    _finite,
     _is_time,
+    _time_field,
     dumps,
     loads,
     wire_value,
@@ -431,16 +441,60 @@ def encode_alarm_body(event: AlarmEvent) -> str:
 
 
 def decode_alarm_body(body: str | Raw) -> AlarmEvent:
-    return AlarmEvent.from_json(loads(body))
+    """An event as the outbox keeps it: of any size (``encode_alarm_within`` cuts it to
+    fit a message when it is sent)."""
+    return AlarmEvent.from_json(loads(body, max_bytes=None))
 
 
 def encode_alarm(message: AlarmMessage) -> bytes:
     return dumps(message.to_json())
 
 
-def decode_alarm(payload: Raw) -> AlarmMessage:
-    obj = loads(payload)
+def encode_alarm_within(message: AlarmMessage, max_bytes: int = MESSAGE_MAX_BYTES) -> bytes:
+    """``encode_alarm``, or, when that would outgrow a message (a rule over many points of
+    long texts, a shelving reason pasted whole), the event without what makes it big: no
+    ``values``, texts cut to ``REASON_MAX``, a long text ``value`` as null; its ``msg`` says
+    so. The broker drops a bigger message and disconnects the gateway (Mosquitto 2.0),
+    which would send it again at once: the alarm lane, and the uplink with it, would stop."""
+    payload = encode_alarm(message)
+    if len(payload) <= max_bytes:
+        return payload
+    e = message.event
+    long_text = isinstance(e.value, str) and len(e.value) > VALUE_TEXT_MAX
+    slim = replace(
+        e,
+        value=None if long_text else e.value,
+        values=None,
+        extra={},
+        msg=_cut(e.msg) + f" [cut to fit a message: the event was {len(payload)} bytes]",
+        reason=None if e.reason is None else _cut(e.reason),
+        shelved_by=None if e.shelved_by is None else _cut(e.shelved_by),
+        acked_by=None if e.acked_by is None else _cut(e.acked_by),
+    )
+    return encode_alarm(AlarmMessage(message.gw, message.stream, message.seq, slim))
+
+
+def _cut(text: str) -> str:
+    return text if len(text) <= REASON_MAX else text[: REASON_MAX - 1] + "…"
+
+
+def decode_alarm(payload: Raw, now: float | None = None) -> AlarmMessage:
+    """An alarm message as the center takes it: what ``AlarmEvent.from_json`` requires, no
+    NaN or infinity anywhere, and plausible times (``limits``): ``ts``, ``since``, and the
+    ``ts_first``/``ts_last`` of the readings an ``outbox.dropped`` event reports.
+
+    The times are checked here, not in ``from_json``: the agent reads its own outbox with
+    that, and an event its clock stamped badly must still be sent (and refused, visibly)."""
+    obj = _finite(loads(payload))
     event = AlarmEvent.from_json(obj)
+    latest = latest_time(time.time() if now is None else now)
+    _time_field(obj, "ts", latest)
+    _time_field(obj, "since", latest, optional=True)
+    if event.dropped is not None:
+        for name in ("ts_first", "ts_last"):
+            value = getattr(event.dropped, name)
+            if value is not None and not plausible_time(value, latest):
+                raise PayloadError(f"field 'dropped.{name}' must be a time from 2000-01-01 on")
     seq = _field(obj, "seq", int)
     if not 1 <= seq <= SEQ_MAX:
         raise PayloadError(f"field 'seq' must be within 1..{SEQ_MAX}")

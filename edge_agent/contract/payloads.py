@@ -6,6 +6,13 @@ and the tests validate what travels against them, so the two cannot drift.
 
 Telemetry readings in a batch are numbered implicitly: the i-th reading has
 ``seq_first + i``, so ``len(readings) == seq_last - seq_first + 1`` always holds.
+
+What JSON cannot hold never travels and is never taken (``limits.py`` has the bounds):
+a payload over ``MESSAGE_MAX_BYTES`` is refused before it is parsed; the literals ``NaN``,
+``Infinity`` and ``-Infinity`` (which Python's ``json`` reads by default) are refused; a
+non-finite value the agent reads from a device travels as null, its quality kept; and a
+timestamp outside ``TS_MIN`` .. now + ``TS_AHEAD_S`` is refused wherever the contract
+has one (readings, alarms, health, state).
 """
 
 from __future__ import annotations
@@ -13,11 +20,21 @@ from __future__ import annotations
 import json
 import math
 import re
+import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from drivers.base import Quality, Reading, Value
+from drivers.base import UNIT_MAX, Quality, Reading, Value
+from edge_agent.contract.limits import (
+    ID_MAX,
+    MESSAGE_MAX_BYTES,
+    REASON_MAX,
+    VALUE_TEXT_MAX,
+    latest_time,
+    non_finite_at,
+    plausible_time,
+)
 
 JSON = dict[str, Any]
 SeqRange = tuple[int, int]
@@ -46,9 +63,26 @@ def dumps(obj: JSON) -> bytes:
     return json.dumps(obj, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode()
 
 
-def loads(payload: Raw | str) -> JSON:
+def _no_constant(literal: str) -> Any:
+    raise PayloadError(f"not JSON: {literal} is not a JSON number")
+
+
+def loads(
+    payload: Raw | str, *, constants: bool = False, max_bytes: int | None = MESSAGE_MAX_BYTES
+) -> JSON:
+    """A JSON object from a payload of at most ``max_bytes``, checked before it is parsed,
+    so that a huge message costs neither time nor memory (None: the agent's own outbox
+    row, which may be bigger until it is sent). ``NaN``, ``Infinity`` and ``-Infinity``
+    are refused unless ``constants`` (to read what a refused message names, never to take
+    its values)."""
+    if max_bytes is not None:
+        size = len(payload.encode() if isinstance(payload, str) else payload)
+        if size > max_bytes:
+            raise PayloadError(f"message of {size} bytes, more than the {max_bytes} allowed")
     try:
-        obj = json.loads(payload)
+        obj = json.loads(payload, parse_constant=None if constants else _no_constant)
+    except PayloadError:
+        raise
     except (ValueError, RecursionError) as exc:
         # ValueError: not UTF-8, not JSON, or an integer past Python's digit limit
         raise PayloadError(f"not JSON: {exc}") from None
@@ -72,7 +106,36 @@ def wire_value(value: Value) -> Value:
     return value
 
 
+_INT_BOUND = 2**64  # a reading's integer: 64 bits, signed or not (what devices have)
+
+
+def bounded(r: Reading) -> Reading:
+    """``r`` within the contract's bounds, so that no reading outgrows a message: a text
+    value past ``VALUE_TEXT_MAX`` characters (or an integer past 64 bits) becomes a ``bad``
+    reading that says so, and a reason past ``REASON_MAX`` is cut, marked with ``…``."""
+    v, reason = r.value, r.reason
+    if type(v) is str and len(v) > VALUE_TEXT_MAX:
+        why = f"text value of {len(v)} characters, more than {VALUE_TEXT_MAX}"
+        return r._replace(value=None, quality=Quality.BAD, reason=why)
+    if type(v) is int and not -_INT_BOUND < v < _INT_BOUND:
+        return r._replace(value=None, quality=Quality.BAD, reason="integer beyond 64 bits")
+    if reason is not None and len(reason) > REASON_MAX:
+        return r._replace(reason=reason[: REASON_MAX - 1] + "…")
+    return r
+
+
+def _unbounded(r: Reading) -> bool:
+    v, reason = r.value, r.reason
+    kind = type(v)
+    return (
+        (kind is str and len(v) > VALUE_TEXT_MAX)  # type: ignore[arg-type]
+        or (kind is int and not -_INT_BOUND < v < _INT_BOUND)  # type: ignore[operator]
+        or (reason is not None and len(reason) > REASON_MAX)
+    )
+
+
 def reading_dict(r: Reading) -> JSON:
+    r = bounded(r)
     d: JSON = {
         "dev": r.device,
         "pt": r.point,
@@ -119,11 +182,32 @@ def _is_time(ts: object) -> bool:
     return type(ts) is int and -SEQ_MAX <= ts <= SEQ_MAX
 
 
-def decode_telemetry(payload: Raw) -> TelemetryBatch:
+def _finite(obj: JSON) -> JSON:
+    """``obj`` if it holds no NaN or infinity (``1e400`` decodes to one), else PayloadError."""
+    try:
+        where = non_finite_at(obj)
+    except RecursionError:
+        raise PayloadError("nested too deep") from None
+    if where is not None:
+        raise PayloadError(f"{where} is not a finite number")
+    return obj
+
+
+def _time_field(obj: JSON, name: str, latest: float, *, optional: bool = False) -> None:
+    value = obj.get(name)
+    if optional and value is None:
+        return
+    if not plausible_time(value, latest):
+        raise PayloadError(f"field {name!r} must be a time from 2000-01-01 to a day from now")
+
+
+def decode_telemetry(payload: Raw, now: float | None = None) -> TelemetryBatch:
     """Validate a batch down to every field the center stores, so that nothing in it can
-    make the store fail: ``v`` a scalar (any integer, also past 64 bits: a uint64 point),
-    ``u`` and ``r`` strings or null, ``ts`` a finite number, seqs within 1..2**63-1."""
+    make the store fail or a query of it lie: ``v`` a finite scalar (any integer, also past
+    64 bits: a uint64 point), ``u`` and ``r`` strings or null, ``ts`` a plausible time
+    (``limits``: 2000-01-01 to a day past ``now``), seqs within 1..2**63-1."""
     obj = loads(payload)
+    latest = latest_time(time.time() if now is None else now)
     gw = _field(obj, "gw", str)
     stream = _field(obj, "stream", str)
     first = _field(obj, "seq_first", int)
@@ -140,13 +224,13 @@ def decode_telemetry(payload: Raw) -> TelemetryBatch:
             or type(r.get("dev")) is not str
             or type(r.get("pt")) is not str
             or r.get("q") not in qualities
-            or not _is_time(r.get("ts"))
         ):
-            raise PayloadError(
-                f"readings[{i}] needs dev, pt (strings), q (good|bad|stale), ts (a finite number)"
-            )
-        if type(r.get("v")) not in scalars:
-            raise PayloadError(f"readings[{i}].v must be a number, boolean, string or null")
+            raise PayloadError(f"readings[{i}] needs dev, pt (strings), q (good|bad|stale)")
+        if not plausible_time(r.get("ts"), latest):
+            raise PayloadError(f"readings[{i}].ts must be a time from 2000-01-01 to a day from now")
+        v = r.get("v")
+        if type(v) not in scalars or (type(v) is float and not math.isfinite(v)):
+            raise PayloadError(f"readings[{i}].v must be a finite number, boolean, string or null")
         u, reason = r.get("u"), r.get("r")
         if (u is not None and type(u) is not str) or (
             reason is not None and type(reason) is not str
@@ -177,7 +261,7 @@ def named_rows(payload: Raw, *, alarm: bool) -> NamedRows | None:
     The center keeps a message it cannot store as a dead letter and acks these rows, so
     that the gateway stops sending it (and everything behind it) again."""
     try:
-        obj = loads(payload)
+        obj = loads(payload, constants=True)  # a NaN elsewhere does not blur the rows named
         gw, stream = _field(obj, "gw", str), _field(obj, "stream", str)
         if alarm:
             first = last = _field(obj, "seq", int)
@@ -203,9 +287,14 @@ def encode_state(gw: str, online: bool, **fields: Any) -> bytes:
     return dumps({"gw": gw, "online": online, **fields})
 
 
-def decode_state(payload: Raw) -> JSON:
-    obj = loads(payload)
+def decode_state(payload: Raw, now: float | None = None) -> JSON:
+    """A retained state: ``online`` a boolean, ``started`` and ``stopped`` (when there)
+    plausible times, and no NaN or infinity anywhere."""
+    obj = _finite(loads(payload))
     _field(obj, "online", bool)
+    latest = latest_time(time.time() if now is None else now)
+    _time_field(obj, "started", latest, optional=True)
+    _time_field(obj, "stopped", latest, optional=True)
     return obj
 
 
@@ -213,9 +302,11 @@ def encode_health(gw: str, ts: float, **fields: Any) -> bytes:
     return dumps({"gw": gw, "ts": ts, **fields})
 
 
-def decode_health(payload: Raw) -> JSON:
-    obj = loads(payload)
+def decode_health(payload: Raw, now: float | None = None) -> JSON:
+    """A health report: ``ts`` a plausible time, and no NaN or infinity anywhere."""
+    obj = _finite(loads(payload))
     _field(obj, "ts", (int, float))
+    _time_field(obj, "ts", latest_time(time.time() if now is None else now))
     return obj
 
 
@@ -296,6 +387,8 @@ class ReadingEncoder:
         self._prefix: dict[tuple[str, str, str | None], str] = {}
 
     def encode(self, r: Reading) -> str:
+        if _unbounded(r):
+            r = bounded(r)
         key = (r.device, r.point, r.unit)
         prefix = self._prefix.get(key)
         if prefix is None:
@@ -321,8 +414,58 @@ class ReadingEncoder:
 
 def encode_telemetry_raw(gw: str, stream: str, seq_first: int, bodies: Sequence[str]) -> bytes:
     """A telemetry batch from readings already encoded by ``ReadingEncoder``."""
-    head = (
-        f'{{"gw":{json.dumps(gw)},"stream":{json.dumps(stream)},'
-        f'"seq_first":{seq_first},"seq_last":{seq_first + len(bodies) - 1},"readings":['
-    )
+    head = _batch_head(gw, stream, seq_first, len(bodies))
     return (head + ",".join(bodies) + "]}").encode()
+
+
+def _batch_head(gw: str, stream: str, seq_first: int, count: int) -> str:
+    return (
+        f'{{"gw":{json.dumps(gw)},"stream":{json.dumps(stream)},'
+        f'"seq_first":{seq_first},"seq_last":{seq_first + count - 1},"readings":['
+    )
+
+
+def encode_telemetry_within(
+    gw: str, stream: str, seq_first: int, bodies: Sequence[str], max_bytes: int = MESSAGE_MAX_BYTES
+) -> tuple[bytes, int]:
+    """The longest batch of the first ``bodies`` whose payload fits in ``max_bytes``: the
+    payload and how many readings it carries (at least one: a reading encoded by
+    ``ReadingEncoder`` always fits, ``limits.READING_MAX_BYTES``).
+
+    The center refuses a bigger message, and the agent would send it again for ever."""
+    payload = encode_telemetry_raw(gw, stream, seq_first, bodies)
+    if len(payload) <= max_bytes:
+        return payload, len(bodies)
+    # the seqs in the head only get shorter as the batch does: this head is the longest
+    room = max_bytes - len(_batch_head(gw, stream, seq_first, len(bodies)).encode()) - 2
+    count, used = 0, 0
+    for body in bodies:
+        used += len(body.encode()) + (1 if count else 0)
+        if used > room:
+            break
+        count += 1
+    if count == 0:  # a row an agent wrote before readings were bounded: bound it now
+        return encode_telemetry_raw(gw, stream, seq_first, [rebounded(bodies[0])]), 1
+    return encode_telemetry_raw(gw, stream, seq_first, bodies[:count]), count
+
+
+def rebounded(body: str) -> str:
+    """An encoded reading within today's bounds (``bounded``), for an outbox row written
+    before readings were bounded; a row that is no reading becomes a ``bad`` one saying so,
+    so that it is delivered, seen and acked rather than refused and sent again for ever."""
+    try:
+        obj = json.loads(body)
+        unit = obj.get("u")
+        reading = Reading(
+            str(obj["dev"])[:ID_MAX],
+            str(obj["pt"])[:ID_MAX],
+            obj.get("v"),
+            None if unit is None else str(unit)[:UNIT_MAX],
+            Quality(obj["q"]),
+            float(obj["ts"]),
+            None if obj.get("r") is None else str(obj["r"]),
+        )
+    except (ValueError, TypeError, KeyError, AttributeError) as exc:
+        why = f"outbox row of {len(body)} characters is not a reading: {exc}"[:REASON_MAX]
+        reading = Reading("agent", "outbox", None, None, Quality.BAD, time.time(), why)
+    return ReadingEncoder().encode(reading)
