@@ -405,12 +405,22 @@ def test_every_edge_agent_json_command_prints_strict_json_of_hostile_values(
     finally:
         station.close()
 
+    # a replay series refuses non-finite values (a CSV the center wrote has none: they are
+    # null there), each at its line, and prints no JSON at all; the extremes of a float32
+    # replay into strict JSON
     series = tmp_path / "series.csv"
     series.write_text(
         "ts,device,point,value\n"
         f"{NOW},panel-1,nan,nan\n{NOW + 1},panel-1,inf,-inf\n{NOW + 2},panel-1,nan,inf\n"
     )
     replay = ["rules", "test", "-c", str(config), "--replay", str(series), "--json"]
+    refused = runner.invoke(agent_app, replay)
+    assert refused.exit_code == 1 and refused.stdout == ""
+    assert all(f"series.csv:{line}:" in refused.stderr for line in (2, 3, 4)), refused.stderr
+    series.write_text(
+        "ts,device,point,value\n"
+        f"{NOW},panel-1,nan,3.4028235e38\n{NOW + 1},panel-1,inf,-3.4028235e38\n"
+    )
     outputs["rules"] = runner.invoke(agent_app, replay).stdout
     outputs["profiles list"] = runner.invoke(agent_app, ["profiles", "list", "--json"]).stdout
     show = ["profiles", "show", "acme/sd-2000@1.4", "--json"]
