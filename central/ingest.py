@@ -7,9 +7,15 @@ Order matters for the delivery guarantee. For each round of messages:
    stays the broker's to redeliver), and publish on each gateway's ``ack`` topic the seq
    ranges now committed, so the gateway may delete them from its outbox.
 
-The session is persistent (clean start off, long session expiry), so messages that
+The sessions are persistent (clean start off, long session expiry), so messages that
 arrive while the central service is down wait at the broker; what the broker could not
-keep, the gateways resend when our acks do not come.
+keep, the gateways resend when our acks do not come. There are two: alarms have their
+own (``<client id>-alarms``), so that no telemetry queued on a connection is ahead of
+them, and their own lane in the bounded inbox (``central.inbox``): a round is all alarms
+or no alarms, and alarm rounds go first, so an alarm is committed before telemetry that
+came with it, and waits at most for the round being stored. Telemetry rounds take the
+gateways in turn. A full inbox stops the session reading its socket (QoS 1 waits at the
+broker) and sheds QoS 0 telemetry, counted and logged every ``SHED_LOG_S``.
 
 What can fail, and what then:
 
@@ -30,13 +36,13 @@ What can fail, and what then:
 from __future__ import annotations
 
 import logging
-import queue
 import sqlite3
 import threading
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
 
+from central.inbox import Inbox, Lane
 from central.store import REJECTED_KEEP, Store
 from edge_agent.contract import (
     Ack,
@@ -52,6 +58,7 @@ from edge_agent.contract import (
     named_rows,
 )
 from mqttlink.backoff import Backoff
+from mqttlink.outage import OutageLog
 from mqttlink.session import Message, Session, Subscription
 from mqttlink.url import Broker
 
@@ -59,7 +66,13 @@ log = logging.getLogger(__name__)
 
 SESSION_EXPIRY_S = 7 * 24 * 3600
 ROUND_MAX_MESSAGES = 500
+ROUND_MAX_BYTES = 4 * 1024 * 1024  # ~45,000 readings: a round stays well under a second
 GATHER_S = 0.02
+INBOX_MAX_BYTES = 16 * 1024 * 1024  # telemetry, state and health waiting to be stored
+ALARM_INBOX_MAX_BYTES = 4 * 1024 * 1024
+SHED_TELEMETRY_AT = 0.5  # QoS 0 telemetry is dropped once the inbox is this full
+SHED_LOG_S = 30.0  # shed messages are logged at the first, then at most this often
+UNREACHABLE_REMIND_S = 60.0  # "still cannot reach the broker", this often in an outage
 STORE_TRIES = 5  # rounds the store fails in a row before the service gives up (exit 1)
 STORE_RETRY_S = 1.0  # pause before trying a failed round again
 
@@ -105,6 +118,12 @@ class _Round:
 
 
 class Ingest:
+    """Two sessions with the broker, each persistent with manual acks: one for alarms
+    (client id ``<client_id>-alarms``), one for the rest. One MQTT connection is first in,
+    first out, so on a shared one an alarm would wait behind every telemetry batch queued
+    before it; on its own it reaches the inbox's alarm lane at once, and the next round
+    is its own (``central.inbox``)."""
+
     def __init__(
         self,
         store: Store,
@@ -116,69 +135,122 @@ class Ingest:
         self.topics = topics
         self.stats = IngestStats()
         self.connected = threading.Event()
+        """Set while both sessions are connected."""
+        self.inbox = Inbox(INBOX_MAX_BYTES, ALARM_INBOX_MAX_BYTES, self._gateway_of)
         self._broker = broker
-        self._inbox: queue.Queue[Message] = queue.Queue()
         self._stop = threading.Event()
         self._pruned_dead_letters: set[str] = set()  # gateways told of, once each
-        self._failing = False  # an outage already logged
-        self._session = Session(
-            broker,
+        self._shed_logged = (0.0, 0)  # (when, how many shed by then)
+        self._session = self._new_session(client_id, "central")
+        self._alarm_session = self._new_session(f"{client_id}-alarms", "central-alarms")
+        self._up: set[str] = set()
+        self._up_lock = threading.Lock()
+        for ch in (Channel.TELEMETRY, Channel.STATE, Channel.HEALTH):
+            self._session.subscribe(Subscription(self.topics.pattern(ch), qos=1), self._on_message)
+        self._alarm_session.subscribe(
+            Subscription(self.topics.pattern(Channel.ALARMS), qos=1), self._on_alarm
+        )
+        # Centrals before this one took alarms on the main session; what that persistent
+        # session still holds comes in (stored like the rest), and no more after that.
+        self._session.forget(self.topics.pattern(Channel.ALARMS))
+
+    def _new_session(self, client_id: str, name: str) -> Session:
+        session = Session(
+            self._broker,
             client_id=client_id,
-            name="central",
+            name=name,
             keepalive_s=10,
             clean_start=False,
             session_expiry_s=SESSION_EXPIRY_S,
             manual_ack=True,
             backoff=Backoff(first_s=1.0, cap_s=4.0),
         )
-        for ch in (Channel.ALARMS, Channel.TELEMETRY, Channel.STATE, Channel.HEALTH):
-            self._session.subscribe(Subscription(self.topics.pattern(ch), qos=1), self._on_message)
-        self._session.on_up(self._on_connect)
-        self._session.on_down(self._on_disconnect)
-        self._session.on_suback(self._on_suback)
+        outage = OutageLog(log, f"{name} at {self._broker}", UNREACHABLE_REMIND_S)
+        session.on_up(lambda present: self._on_connect(name, outage, present))
+        session.on_down(lambda reason: self._on_disconnect(name, outage, reason))
+        session.on_suback(self._on_suback)
+        return session
 
-    # --- the session's thread ----------------------------------------------------------
+    # --- the sessions' threads ---------------------------------------------------------
 
-    def _on_connect(self, session_present: bool) -> None:
-        log.info("central connected to %s (session present: %s)", self._broker, session_present)
-        self._failing = False
-        self.connected.set()
+    def _on_connect(self, name: str, outage: OutageLog, session_present: bool) -> None:
+        log.info("%s connected to %s (session present: %s)", name, self._broker, session_present)
+        outage.up()
+        with self._up_lock:
+            self._up.add(name)
+            if len(self._up) == 2:
+                self.connected.set()
 
-    def _on_disconnect(self, reason: str) -> None:
-        if self.connected.is_set():
-            log.warning("central lost the broker %s: %s", self._broker, reason)
-        elif not self._failing:  # once per outage; the session keeps trying
-            log.warning("central: broker %s %s; retrying", self._broker, reason)
-        self._failing = True
-        self.connected.clear()
+    def _on_disconnect(self, name: str, outage: OutageLog, reason: str) -> None:
+        with self._up_lock:
+            was_up = name in self._up
+            self._up.discard(name)
+            self.connected.clear()
+        if self._stop.is_set():
+            return  # a disconnect we asked for is not worth a warning
+        if was_up:
+            outage.lost(reason)
+        else:
+            outage.failed(reason)
 
     def _on_suback(self, topic: str, refusal: str | None) -> None:
         if refusal is not None:
             log.warning("broker %s refused central %s: %s", self._broker, topic, refusal)
 
+    def _gateway_of(self, msg: Message) -> str:
+        parsed = self.topics.parse(msg.topic)
+        return "" if parsed is None else parsed[0]
+
+    def _on_alarm(self, msg: Message) -> None:
+        self.inbox.put(Lane.ALARMS, msg)
+
     def _on_message(self, msg: Message) -> None:
-        self._inbox.put(msg)
+        """Telemetry, state, health: waits while the inbox is full (paho stops reading the
+        socket), except QoS 0, which is shed under pressure, telemetry first."""
+        shed_at = None
+        if msg.qos == 0:
+            telemetry = msg.topic.endswith("/" + Channel.TELEMETRY.value)
+            shed_at = SHED_TELEMETRY_AT if telemetry else 1.0
+        if not self.inbox.put(Lane.DATA, msg, shed_at) and not self._stop.is_set():
+            self._log_shed()
+
+    def _log_shed(self) -> None:
+        stats = self.inbox.stats(Lane.DATA)
+        when, count = self._shed_logged
+        now = time.monotonic()
+        if count and now - when < SHED_LOG_S:
+            return
+        self._shed_logged = (now, stats.shed)
+        top = sorted(stats.shed_by_gateway.items(), key=lambda kv: -kv[1])[:3]
+        log.warning(
+            "inbox full: shed %d QoS 0 messages so far (%d since the last report), most from "
+            "%s; QoS 1 is never shed (it waits)",
+            stats.shed,
+            stats.shed - count,
+            ", ".join(f"{gw or '?'} ({n})" for gw, n in top),
+        )
 
     # --- ingest thread -----------------------------------------------------------------
 
     def start(self) -> None:
+        self._alarm_session.start()
         self._session.start()
 
     def run(self) -> None:
         """Ingest until ``stop()``; call from the thread that owns the store. Raises
         ``StoreFailed`` when the store keeps failing, and whatever else stops ingest."""
         while not self._stop.is_set():
-            try:
-                first = self._inbox.get(timeout=0.2)
-            except queue.Empty:
-                continue
-            self.ingest_retrying(self._gather(first))
+            lane, msgs = self.inbox.take(0.2, GATHER_S, ROUND_MAX_MESSAGES, ROUND_MAX_BYTES)
+            if msgs:
+                self.ingest_retrying(msgs, lane)
 
-    def ingest_retrying(self, msgs: list[Message]) -> None:
+    def ingest_retrying(self, msgs: list[Message], lane: Lane = Lane.DATA) -> None:
         """``ingest_round``, tried again while the store fails, up to ``STORE_TRIES``."""
         for attempt in range(1, STORE_TRIES + 1):
             try:
-                self.ingest_round(msgs)
+                rest = self.ingest_round(msgs, lane)
+                if rest:
+                    self.inbox.put_back(lane, rest)
                 return
             except Exception as exc:
                 if not store_fault(exc):
@@ -199,35 +271,31 @@ class Ingest:
             if self._stop.wait(STORE_RETRY_S):
                 return  # not acked: the broker redelivers them to the next run
 
-    def _gather(self, first: Message) -> list[Message]:
-        """Take what arrives within ``GATHER_S`` of the first message into one round: one
-        commit (two fsyncs) for many batches. An alarm ends the wait at once."""
-        msgs = [first]
-        deadline = time.monotonic() + GATHER_S
-        urgent = first.topic.endswith("/alarms")
-        while len(msgs) < ROUND_MAX_MESSAGES:
-            wait = 0.0 if urgent else deadline - time.monotonic()
-            try:
-                msg = self._inbox.get(timeout=wait) if wait > 0 else self._inbox.get_nowait()
-            except queue.Empty:
-                break
-            msgs.append(msg)
-            urgent = urgent or msg.topic.endswith("/alarms")
-        return msgs
-
     def stop(self) -> None:
         self._stop.set()
-        self.connected.clear()  # a disconnect we asked for is not worth a warning
+        self.connected.clear()
+        self.inbox.close()  # first: a session thread waiting for room lets go
         self._session.close()
+        self._alarm_session.close()
 
-    def ingest_round(self, msgs: list[Message]) -> None:
-        """Store the round in one transaction, commit, then PUBACK and ack. A message the
-        store cannot take is rejected alone; an error of the store (``store_fault``) rolls
-        the whole round back and is raised, with nothing acked."""
+    def ingest_round(self, msgs: list[Message], lane: Lane = Lane.DATA) -> list[Message]:
+        """Store the round in one transaction, commit, then PUBACK and ack, on the session
+        of ``lane`` (the one the messages came on). A message the store cannot take is
+        rejected alone; an error of the store (``store_fault``) rolls the whole round back
+        and is raised, with nothing acked.
+
+        An alarm arriving during a telemetry round cuts it short: what is stored so far
+        is committed, and the messages not begun are returned, for ``put_back``; so an
+        alarm waits for one message and a commit, not for a whole round."""
+        session = self._alarm_session if lane is Lane.ALARMS else self._session
         rnd = _Round()
+        done = msgs
         try:
             self.store.begin()
-            for msg in msgs:
+            for i, msg in enumerate(msgs):
+                if i and lane is Lane.DATA and self.inbox.alarms_waiting():
+                    done = msgs[:i]
+                    break
                 self._store_one(msg, rnd)
             if rnd.seen:
                 self.store.seen(rnd.seen)
@@ -238,10 +306,10 @@ class Ingest:
             except sqlite3.Error as err:  # the next round's begin() tries again
                 log.warning("rolling back a failed round failed too: %s", err)
             raise
-        for msg in msgs:
-            self._session.ack(msg)
+        for msg in done:
+            session.ack(msg)
         st = self.stats
-        st.messages += len(msgs)
+        st.messages += len(done)
         st.readings_stored += rnd.readings_stored
         st.duplicates += rnd.duplicates
         st.alarms_stored += rnd.alarms_stored
@@ -254,9 +322,10 @@ class Ingest:
                 alarms=merge_ranges(rnd.alarms.get((gw, stream), [])),
             )
             # queued while the broker is away: it goes out after the reconnect
-            self._session.publish(
+            session.publish(
                 self.topics.gw(gw, Channel.ACK), encode_ack(ack), qos=1, queue_offline=True
             )
+        return msgs[len(done) :]
 
     def _store_one(self, msg: Message, rnd: _Round) -> None:
         parsed = self.topics.parse(msg.topic)

@@ -213,6 +213,7 @@ class Session:
         self._backoff = backoff or Backoff(first_s=0.5, cap_s=2.0)
         self._loop = loop
         self._subs: list[tuple[Subscription, Handler]] = []
+        self._forget: list[str] = []
         self._pending: dict[int, Subscription] = {}  # SUBSCRIBE packet id -> subscription
         self._on_up: list[Callable[[bool], None]] = []
         self._on_down: list[Callable[[str], None]] = []
@@ -260,6 +261,12 @@ class Session:
         """Deliver messages matching ``subscription`` to ``handler``, after every connect."""
         sub = Subscription(subscription) if isinstance(subscription, str) else subscription
         self._subs.append((sub, handler))
+
+    def forget(self, topic: str) -> None:
+        """Unsubscribe ``topic`` after every connect: a subscription that an older version
+        of the caller left in its persistent session, and that no handler wants now (the
+        session would PUBACK and drop what it brings)."""
+        self._forget.append(topic)
 
     def on_up(self, fn: Callable[[bool], None]) -> None:
         """``fn(session_present)`` at every accepted CONNACK (subscriptions are on their way)."""
@@ -480,6 +487,8 @@ class Session:
                 _, mid = client.subscribe(sub.topic, qos=sub.qos)
             if mid is not None:
                 self._pending[mid] = sub
+        for topic in self._forget:
+            client.unsubscribe(topic)
         self._deliver_all(self._on_up, flags.session_present)
         if not self._subs:
             self._established()
