@@ -86,7 +86,8 @@ class _Queues:
         self.count += 1
 
     def take(self, max_messages: int, max_bytes: int) -> list[Message]:
-        """Round-robin over the gateways, at least one message, within both limits."""
+        """Round-robin over the gateways: at least one message, and no more once either
+        limit is reached (so a round may pass ``max_bytes`` by one message)."""
         out: list[Message] = []
         taken = 0
         while self.by_gateway and len(out) < max_messages and (not out or taken < max_bytes):
