@@ -45,6 +45,12 @@ class Lane(Enum):
     DATA = "data"
 
 
+SHED_GATEWAYS_KEPT = 1000
+"""Gateways counted by name in ``shed_by_gateway``; the rest under ``OTHERS`` (ids come
+from topics: a flood of made-up ones must not grow the map without end)."""
+OTHERS = "(others)"
+
+
 @dataclass
 class LaneStats:
     peak_bytes: int = 0
@@ -52,6 +58,7 @@ class LaneStats:
     """``put`` calls that had to wait for room (backpressure on the socket)."""
     shed: int = 0
     shed_by_gateway: dict[str, int] = field(default_factory=dict)
+    """Since the last ``Inbox.shed_report``."""
 
 
 class _Queues:
@@ -139,7 +146,8 @@ class Inbox:
                 if shed_at is not None and (not fits or queues.fill() >= shed_at):
                     queues.stats.shed += 1
                     by_gw = queues.stats.shed_by_gateway
-                    by_gw[gw] = by_gw.get(gw, 0) + 1
+                    key = gw if gw in by_gw or len(by_gw) < SHED_GATEWAYS_KEPT else OTHERS
+                    by_gw[key] = by_gw.get(key, 0) + 1
                     return False
                 if fits:
                     queues.append(gw, msg, size)
@@ -179,6 +187,21 @@ class Inbox:
             if msgs:
                 self._cond.notify_all()  # room: a waiting put may go on
             return lane, msgs
+
+    def shed_report(self, lane: Lane) -> tuple[int, dict[str, int]]:
+        """Messages shed in all, and by gateway since the last report (then cleared)."""
+        with self._cond:
+            stats = self._lanes[lane].stats
+            by_gateway, stats.shed_by_gateway = stats.shed_by_gateway, {}
+            return stats.shed, by_gateway
+
+    def take_now(self, lane: Lane, max_messages: int, max_bytes: int) -> list[Message]:
+        """What waits in ``lane`` now, without waiting: alarms joining a round in progress."""
+        with self._cond:
+            msgs = self._lanes[lane].take(max_messages, max_bytes)
+            if msgs:
+                self._cond.notify_all()
+            return msgs
 
     def put_back(self, lane: Lane, msgs: list[Message]) -> None:
         """Return the part of a round that was not stored, ahead of what came since (each

@@ -66,9 +66,9 @@ log = logging.getLogger(__name__)
 
 SESSION_EXPIRY_S = 7 * 24 * 3600
 ROUND_MAX_MESSAGES = 500
-ROUND_MAX_BYTES = 4 * 1024 * 1024  # ~45,000 readings: a round stays well under a second
+ROUND_MAX_BYTES = 2 * 1024 * 1024  # ~22,000 readings: a round stays well under a second
 GATHER_S = 0.02
-INBOX_MAX_BYTES = 16 * 1024 * 1024  # telemetry, state and health waiting to be stored
+INBOX_MAX_BYTES = 8 * 1024 * 1024  # telemetry, state and health waiting to be stored
 ALARM_INBOX_MAX_BYTES = 4 * 1024 * 1024
 SHED_TELEMETRY_AT = 0.5  # QoS 0 telemetry is dropped once the inbox is this full
 SHED_LOG_S = 30.0  # shed messages are logged at the first, then at most this often
@@ -211,22 +211,23 @@ class Ingest:
         if msg.qos == 0:
             telemetry = msg.topic.endswith("/" + Channel.TELEMETRY.value)
             shed_at = SHED_TELEMETRY_AT if telemetry else 1.0
-        if not self.inbox.put(Lane.DATA, msg, shed_at) and not self._stop.is_set():
-            self._log_shed()
+        self.inbox.put(Lane.DATA, msg, shed_at)  # shed or not: report_shed tells
 
-    def _log_shed(self) -> None:
-        stats = self.inbox.stats(Lane.DATA)
+    def report_shed(self, *, final: bool = False) -> None:
+        """Log what was shed since the last report: at once the first time, then at most
+        every ``SHED_LOG_S``, and whatever is left at the end (``final``)."""
         when, count = self._shed_logged
-        now = time.monotonic()
-        if count and now - when < SHED_LOG_S:
+        total = self.inbox.stats(Lane.DATA).shed
+        if total == count or (count and not final and time.monotonic() - when < SHED_LOG_S):
             return
-        self._shed_logged = (now, stats.shed)
-        top = sorted(stats.shed_by_gateway.items(), key=lambda kv: -kv[1])[:3]
+        total, by_gateway = self.inbox.shed_report(Lane.DATA)
+        self._shed_logged = (time.monotonic(), total)
+        top = sorted(by_gateway.items(), key=lambda kv: -kv[1])[:3]
         log.warning(
-            "inbox full: shed %d QoS 0 messages so far (%d since the last report), most from "
-            "%s; QoS 1 is never shed (it waits)",
-            stats.shed,
-            stats.shed - count,
+            "inbox full: shed %d QoS 0 messages (%d in all), most from %s; QoS 1 is never "
+            "shed (it waits)",
+            total - count,
+            total,
             ", ".join(f"{gw or '?'} ({n})" for gw, n in top),
         )
 
@@ -243,6 +244,8 @@ class Ingest:
             lane, msgs = self.inbox.take(0.2, GATHER_S, ROUND_MAX_MESSAGES, ROUND_MAX_BYTES)
             if msgs:
                 self.ingest_retrying(msgs, lane)
+            self.report_shed()
+        self.report_shed(final=True)
 
     def ingest_retrying(self, msgs: list[Message], lane: Lane = Lane.DATA) -> None:
         """``ingest_round``, tried again while the store fails, up to ``STORE_TRIES``."""
@@ -279,21 +282,24 @@ class Ingest:
         self._alarm_session.close()
 
     def ingest_round(self, msgs: list[Message], lane: Lane = Lane.DATA) -> list[Message]:
-        """Store the round in one transaction, commit, then PUBACK and ack, on the session
-        of ``lane`` (the one the messages came on). A message the store cannot take is
-        rejected alone; an error of the store (``store_fault``) rolls the whole round back
-        and is raised, with nothing acked.
+        """Store the round in one transaction, commit, then PUBACK and ack, each message on
+        the session it came on. A message the store cannot take is rejected alone; an
+        error of the store (``store_fault``) rolls the whole round back and is raised, with
+        nothing acked.
 
-        An alarm arriving during a telemetry round cuts it short: what is stored so far
-        is committed, and the messages not begun are returned, for ``put_back``; so an
-        alarm waits for one message and a commit, not for a whole round."""
-        session = self._alarm_session if lane is Lane.ALARMS else self._session
+        Alarms waiting when a telemetry round is about to store its next message cut it
+        short: they are stored in its transaction, committed with what it has stored so
+        far, and the messages not begun are returned, for ``put_back``. So an alarm waits
+        for the one message being stored and one commit, not for a whole round."""
         rnd = _Round()
-        done = msgs
+        done, alarms = msgs, []
         try:
             self.store.begin()
             for i, msg in enumerate(msgs):
-                if i and lane is Lane.DATA and self.inbox.alarms_waiting():
+                if lane is Lane.DATA and self.inbox.alarms_waiting():
+                    alarms = self.inbox.take_now(Lane.ALARMS, ROUND_MAX_MESSAGES, ROUND_MAX_BYTES)
+                    for alarm in alarms:
+                        self._store_one(alarm, rnd)
                     done = msgs[:i]
                     break
                 self._store_one(msg, rnd)
@@ -305,11 +311,16 @@ class Ingest:
                 self.store.rollback()
             except sqlite3.Error as err:  # the next round's begin() tries again
                 log.warning("rolling back a failed round failed too: %s", err)
+            if alarms:
+                self.inbox.put_back(Lane.ALARMS, alarms)  # first again, at the next try
             raise
+        session = self._alarm_session if lane is Lane.ALARMS else self._session
         for msg in done:
             session.ack(msg)
+        for alarm in alarms:
+            self._alarm_session.ack(alarm)
         st = self.stats
-        st.messages += len(done)
+        st.messages += len(done) + len(alarms)
         st.readings_stored += rnd.readings_stored
         st.duplicates += rnd.duplicates
         st.alarms_stored += rnd.alarms_stored
@@ -321,7 +332,9 @@ class Ingest:
                 telemetry=merge_ranges(rnd.telemetry.get((gw, stream), [])),
                 alarms=merge_ranges(rnd.alarms.get((gw, stream), [])),
             )
-            # queued while the broker is away: it goes out after the reconnect
+            # queued while the broker is away: it goes out after the reconnect; an alarm's
+            # on the alarm session, which no telemetry holds up
+            session = self._alarm_session if ack.alarms else self._session
             session.publish(
                 self.topics.gw(gw, Channel.ACK), encode_ack(ack), qos=1, queue_offline=True
             )
