@@ -150,9 +150,10 @@ class Ingest:
         self._alarm_session.subscribe(
             Subscription(self.topics.pattern(Channel.ALARMS), qos=1), self._on_alarm
         )
-        # Centrals before this one took alarms on the main session; what that persistent
-        # session still holds comes in (stored like the rest), and no more after that.
-        self._session.forget(self.topics.pattern(Channel.ALARMS))
+        # Centrals before this one took alarms on the main session: what that persistent
+        # session still holds comes in and is stored (and acked) with the telemetry lane,
+        # and no more after that.
+        self._session.forget(self.topics.pattern(Channel.ALARMS), self._on_message)
 
     def _new_session(self, client_id: str, name: str) -> Session:
         session = Session(
