@@ -2,8 +2,9 @@
 
 Between the MQTT sessions (their network threads put) and the ingest thread (it takes a
 round, stores, commits, acks) sit two lanes: ``ALARMS`` and ``DATA`` (telemetry, state,
-health). A round is taken from one lane only, alarms first: an alarm waits for at most the
-one round the ingest thread is already storing, however much telemetry is queued.
+health). A round is taken from one lane only, alarms first; a telemetry round in progress
+asks ``alarms_waiting()`` before each message and takes them in (``take_now``), so an
+alarm waits for one message, however much telemetry is queued.
 
 Why bounded: an unbounded queue let a QoS 0 flood grow the process by hundreds of MB and
 put a real gateway's readings minutes behind. Each lane holds at most ``max_bytes`` of
@@ -21,8 +22,9 @@ payload. When a lane is full:
   QoS 0 (health) only when full. Every drop is counted; the caller logs them.
 
 Why fair: each gateway has its own first-in-first-out queue in a lane, and a round takes
-one message from each gateway in turn (the one served longest ago first), so a noisy
-gateway fills its own queue, not everyone's rounds.
+one message from each gateway in turn (the one served longest ago first; a gateway whose
+queue was empty joins behind those waiting), so a noisy gateway fills its own queue, not
+everyone's rounds.
 """
 
 from __future__ import annotations

@@ -11,11 +11,12 @@ The sessions are persistent (clean start off, long session expiry), so messages 
 arrive while the central service is down wait at the broker; what the broker could not
 keep, the gateways resend when our acks do not come. There are two: alarms have their
 own (``<client id>-alarms``), so that no telemetry queued on a connection is ahead of
-them, and their own lane in the bounded inbox (``central.inbox``): a round is all alarms
-or no alarms, and alarm rounds go first, so an alarm is committed before telemetry that
-came with it, and waits at most for the round being stored. Telemetry rounds take the
-gateways in turn. A full inbox stops the session reading its socket (QoS 1 waits at the
-broker) and sheds QoS 0 telemetry, counted and logged every ``SHED_LOG_S``.
+them, and their own lane in the bounded inbox (``central.inbox``). Alarm rounds go first,
+and alarms that arrive while a telemetry round is being stored cut it short at its next
+message and join its commit: an alarm waits for one batch and one commit, never for a
+backlog. Telemetry rounds take the gateways in turn. A full inbox stops the session
+reading its socket (QoS 1 waits at the broker) and sheds QoS 0 telemetry, counted and
+logged (``report_shed``).
 
 What can fail, and what then:
 
@@ -121,8 +122,8 @@ class Ingest:
     """Two sessions with the broker, each persistent with manual acks: one for alarms
     (client id ``<client_id>-alarms``), one for the rest. One MQTT connection is first in,
     first out, so on a shared one an alarm would wait behind every telemetry batch queued
-    before it; on its own it reaches the inbox's alarm lane at once, and the next round
-    is its own (``central.inbox``)."""
+    before it; on its own it reaches the inbox's alarm lane at once, and cuts the round in
+    progress short (``ingest_round``)."""
 
     def __init__(
         self,
