@@ -7,9 +7,16 @@ Order matters for the delivery guarantee. For each round of messages:
    stays the broker's to redeliver), and publish on each gateway's ``ack`` topic the seq
    ranges now committed, so the gateway may delete them from its outbox.
 
-The session is persistent (clean start off, long session expiry), so messages that
+The sessions are persistent (clean start off, long session expiry), so messages that
 arrive while the central service is down wait at the broker; what the broker could not
-keep, the gateways resend when our acks do not come.
+keep, the gateways resend when our acks do not come. There are two: alarms have their
+own (``<client id>-alarms``), so that no telemetry queued on a connection is ahead of
+them, and their own lane in the bounded inbox (``central.inbox``). Alarm rounds go first,
+and alarms that arrive while a telemetry round is being stored cut it short at its next
+message and join its commit: an alarm waits for one batch and one commit, never for a
+backlog. Telemetry rounds take the gateways in turn. A full inbox stops the session
+reading its socket (QoS 1 waits at the broker) and sheds QoS 0 telemetry, counted and
+logged (``report_shed``).
 
 What can fail, and what then:
 
@@ -32,13 +39,13 @@ What can fail, and what then:
 from __future__ import annotations
 
 import logging
-import queue
 import sqlite3
 import threading
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
 
+from central.inbox import Inbox, Lane
 from central.store import REJECTED_KEEP, REJECTED_MAX_BYTES, Store
 from edge_agent.contract import (
     Ack,
@@ -54,6 +61,7 @@ from edge_agent.contract import (
     named_rows,
 )
 from mqttlink.backoff import Backoff
+from mqttlink.outage import OutageLog
 from mqttlink.session import Message, Session, Subscription
 from mqttlink.url import Broker
 
@@ -61,7 +69,13 @@ log = logging.getLogger(__name__)
 
 SESSION_EXPIRY_S = 7 * 24 * 3600
 ROUND_MAX_MESSAGES = 500
+ROUND_MAX_BYTES = 2 * 1024 * 1024  # ~22,000 readings: a round stays well under a second
 GATHER_S = 0.02
+INBOX_MAX_BYTES = 8 * 1024 * 1024  # telemetry, state and health waiting to be stored
+ALARM_INBOX_MAX_BYTES = 4 * 1024 * 1024
+SHED_TELEMETRY_AT = 0.5  # QoS 0 telemetry is dropped once the inbox is this full
+SHED_LOG_S = 30.0  # shed messages are logged at the first, then at most this often
+UNREACHABLE_REMIND_S = 60.0  # "still cannot reach the broker", this often in an outage
 STORE_TRIES = 5  # rounds the store fails in a row before the service gives up (exit 1)
 STORE_RETRY_S = 1.0  # pause before trying a failed round again
 
@@ -107,6 +121,12 @@ class _Round:
 
 
 class Ingest:
+    """Two sessions with the broker, each persistent with manual acks: one for alarms
+    (client id ``<client_id>-alarms``), one for the rest. One MQTT connection is first in,
+    first out, so on a shared one an alarm would wait behind every telemetry batch queued
+    before it; on its own it reaches the inbox's alarm lane at once, and cuts the round in
+    progress short (``ingest_round``)."""
+
     def __init__(
         self,
         store: Store,
@@ -118,69 +138,126 @@ class Ingest:
         self.topics = topics
         self.stats = IngestStats()
         self.connected = threading.Event()
+        """Set while both sessions are connected."""
+        self.inbox = Inbox(INBOX_MAX_BYTES, ALARM_INBOX_MAX_BYTES, self._gateway_of)
         self._broker = broker
-        self._inbox: queue.Queue[Message] = queue.Queue()
         self._stop = threading.Event()
         self._pruned_dead_letters: set[str] = set()  # gateways told of, once each
-        self._failing = False  # an outage already logged
-        self._session = Session(
-            broker,
+        self._shed_logged = (0.0, 0)  # (when, how many shed by then)
+        self._session = self._new_session(client_id, "central")
+        self._alarm_session = self._new_session(f"{client_id}-alarms", "central-alarms")
+        self._up: set[str] = set()
+        self._up_lock = threading.Lock()
+        for ch in (Channel.TELEMETRY, Channel.STATE, Channel.HEALTH):
+            self._session.subscribe(Subscription(self.topics.pattern(ch), qos=1), self._on_message)
+        self._alarm_session.subscribe(
+            Subscription(self.topics.pattern(Channel.ALARMS), qos=1), self._on_alarm
+        )
+        # Centrals before this one took alarms on the main session: what that persistent
+        # session still holds comes in and is stored (and acked) with the telemetry lane,
+        # and no more after that.
+        self._session.forget(self.topics.pattern(Channel.ALARMS), self._on_message)
+
+    def _new_session(self, client_id: str, name: str) -> Session:
+        session = Session(
+            self._broker,
             client_id=client_id,
-            name="central",
+            name=name,
             keepalive_s=10,
             clean_start=False,
             session_expiry_s=SESSION_EXPIRY_S,
             manual_ack=True,
             backoff=Backoff(first_s=1.0, cap_s=4.0),
         )
-        for ch in (Channel.ALARMS, Channel.TELEMETRY, Channel.STATE, Channel.HEALTH):
-            self._session.subscribe(Subscription(self.topics.pattern(ch), qos=1), self._on_message)
-        self._session.on_up(self._on_connect)
-        self._session.on_down(self._on_disconnect)
-        self._session.on_suback(self._on_suback)
+        outage = OutageLog(log, f"{name} at {self._broker}", UNREACHABLE_REMIND_S)
+        session.on_up(lambda present: self._on_connect(name, outage, present))
+        session.on_down(lambda reason: self._on_disconnect(name, outage, reason))
+        session.on_suback(self._on_suback)
+        return session
 
-    # --- the session's thread ----------------------------------------------------------
+    # --- the sessions' threads ---------------------------------------------------------
 
-    def _on_connect(self, session_present: bool) -> None:
-        log.info("central connected to %s (session present: %s)", self._broker, session_present)
-        self._failing = False
-        self.connected.set()
+    def _on_connect(self, name: str, outage: OutageLog, session_present: bool) -> None:
+        log.info("%s connected to %s (session present: %s)", name, self._broker, session_present)
+        outage.up()
+        with self._up_lock:
+            self._up.add(name)
+            if len(self._up) == 2:
+                self.connected.set()
 
-    def _on_disconnect(self, reason: str) -> None:
-        if self.connected.is_set():
-            log.warning("central lost the broker %s: %s", self._broker, reason)
-        elif not self._failing:  # once per outage; the session keeps trying
-            log.warning("central: broker %s %s; retrying", self._broker, reason)
-        self._failing = True
-        self.connected.clear()
+    def _on_disconnect(self, name: str, outage: OutageLog, reason: str) -> None:
+        with self._up_lock:
+            was_up = name in self._up
+            self._up.discard(name)
+            self.connected.clear()
+        if self._stop.is_set():
+            return  # a disconnect we asked for is not worth a warning
+        if was_up:
+            outage.lost(reason)
+        else:
+            outage.failed(reason)
 
     def _on_suback(self, topic: str, refusal: str | None) -> None:
         if refusal is not None:
             log.warning("broker %s refused central %s: %s", self._broker, topic, refusal)
 
+    def _gateway_of(self, msg: Message) -> str:
+        parsed = self.topics.parse(msg.topic)
+        return "" if parsed is None else parsed[0]
+
+    def _on_alarm(self, msg: Message) -> None:
+        self.inbox.put(Lane.ALARMS, msg)
+
     def _on_message(self, msg: Message) -> None:
-        self._inbox.put(msg)
+        """Telemetry, state, health: waits while the inbox is full (paho stops reading the
+        socket), except QoS 0, which is shed under pressure, telemetry first."""
+        shed_at = None
+        if msg.qos == 0:
+            telemetry = msg.topic.endswith("/" + Channel.TELEMETRY.value)
+            shed_at = SHED_TELEMETRY_AT if telemetry else 1.0
+        self.inbox.put(Lane.DATA, msg, shed_at)  # shed or not: report_shed tells
+
+    def report_shed(self, *, final: bool = False) -> None:
+        """Log what was shed since the last report: at once the first time, then at most
+        every ``SHED_LOG_S``, and whatever is left at the end (``final``)."""
+        when, count = self._shed_logged
+        total = self.inbox.stats(Lane.DATA).shed
+        if total == count or (count and not final and time.monotonic() - when < SHED_LOG_S):
+            return
+        total, by_gateway = self.inbox.shed_report(Lane.DATA)
+        self._shed_logged = (time.monotonic(), total)
+        top = sorted(by_gateway.items(), key=lambda kv: -kv[1])[:3]
+        log.warning(
+            "inbox full: shed %d QoS 0 messages (%d in all), most from %s; QoS 1 is never "
+            "shed (it waits)",
+            total - count,
+            total,
+            ", ".join(f"{gw or '?'} ({n})" for gw, n in top),
+        )
 
     # --- ingest thread -----------------------------------------------------------------
 
     def start(self) -> None:
+        self._alarm_session.start()
         self._session.start()
 
     def run(self) -> None:
         """Ingest until ``stop()``; call from the thread that owns the store. Raises
         ``StoreFailed`` when the store keeps failing, and whatever else stops ingest."""
         while not self._stop.is_set():
-            try:
-                first = self._inbox.get(timeout=0.2)
-            except queue.Empty:
-                continue
-            self.ingest_retrying(self._gather(first))
+            lane, msgs = self.inbox.take(0.2, GATHER_S, ROUND_MAX_MESSAGES, ROUND_MAX_BYTES)
+            if msgs:
+                self.ingest_retrying(msgs, lane)
+            self.report_shed()
+        self.report_shed(final=True)
 
-    def ingest_retrying(self, msgs: list[Message]) -> None:
+    def ingest_retrying(self, msgs: list[Message], lane: Lane = Lane.DATA) -> None:
         """``ingest_round``, tried again while the store fails, up to ``STORE_TRIES``."""
         for attempt in range(1, STORE_TRIES + 1):
             try:
-                self.ingest_round(msgs)
+                rest = self.ingest_round(msgs, lane)
+                if rest:
+                    self.inbox.put_back(lane, rest)
                 return
             except Exception as exc:
                 if not store_fault(exc):
@@ -201,35 +278,34 @@ class Ingest:
             if self._stop.wait(STORE_RETRY_S):
                 return  # not acked: the broker redelivers them to the next run
 
-    def _gather(self, first: Message) -> list[Message]:
-        """Take what arrives within ``GATHER_S`` of the first message into one round: one
-        commit (two fsyncs) for many batches. An alarm ends the wait at once."""
-        msgs = [first]
-        deadline = time.monotonic() + GATHER_S
-        urgent = first.topic.endswith("/alarms")
-        while len(msgs) < ROUND_MAX_MESSAGES:
-            wait = 0.0 if urgent else deadline - time.monotonic()
-            try:
-                msg = self._inbox.get(timeout=wait) if wait > 0 else self._inbox.get_nowait()
-            except queue.Empty:
-                break
-            msgs.append(msg)
-            urgent = urgent or msg.topic.endswith("/alarms")
-        return msgs
-
     def stop(self) -> None:
         self._stop.set()
-        self.connected.clear()  # a disconnect we asked for is not worth a warning
+        self.connected.clear()
+        self.inbox.close()  # first: a session thread waiting for room lets go
         self._session.close()
+        self._alarm_session.close()
 
-    def ingest_round(self, msgs: list[Message]) -> None:
-        """Store the round in one transaction, commit, then PUBACK and ack. A message the
-        store cannot take is rejected alone; an error of the store (``store_fault``) rolls
-        the whole round back and is raised, with nothing acked."""
+    def ingest_round(self, msgs: list[Message], lane: Lane = Lane.DATA) -> list[Message]:
+        """Store the round in one transaction, commit, then PUBACK and ack, each message on
+        the session it came on. A message the store cannot take is rejected alone; an
+        error of the store (``store_fault``) rolls the whole round back and is raised, with
+        nothing acked.
+
+        Alarms waiting when a telemetry round is about to store its next message cut it
+        short: they are stored in its transaction, committed with what it has stored so
+        far, and the messages not begun are returned, for ``put_back``. So an alarm waits
+        for the one message being stored and one commit, not for a whole round."""
         rnd = _Round()
+        done, alarms = msgs, []
         try:
             self.store.begin()
-            for msg in msgs:
+            for i, msg in enumerate(msgs):
+                if lane is Lane.DATA and self.inbox.alarms_waiting():
+                    alarms = self.inbox.take_now(Lane.ALARMS, ROUND_MAX_MESSAGES, ROUND_MAX_BYTES)
+                    for alarm in alarms:
+                        self._store_one(alarm, rnd)
+                    done = msgs[:i]
+                    break
                 self._store_one(msg, rnd)
             if rnd.seen:
                 self.store.seen(rnd.seen)
@@ -239,11 +315,16 @@ class Ingest:
                 self.store.rollback()
             except sqlite3.Error as err:  # the next round's begin() tries again
                 log.warning("rolling back a failed round failed too: %s", err)
+            if alarms:
+                self.inbox.put_back(Lane.ALARMS, alarms)  # first again, at the next try
             raise
-        for msg in msgs:
-            self._session.ack(msg)
+        session = self._alarm_session if lane is Lane.ALARMS else self._session
+        for msg in done:
+            session.ack(msg)
+        for alarm in alarms:
+            self._alarm_session.ack(alarm)
         st = self.stats
-        st.messages += len(msgs)
+        st.messages += len(done) + len(alarms)
         st.readings_stored += rnd.readings_stored
         st.duplicates += rnd.duplicates
         st.alarms_stored += rnd.alarms_stored
@@ -255,10 +336,13 @@ class Ingest:
                 telemetry=merge_ranges(rnd.telemetry.get((gw, stream), [])),
                 alarms=merge_ranges(rnd.alarms.get((gw, stream), [])),
             )
-            # queued while the broker is away: it goes out after the reconnect
-            self._session.publish(
+            # queued while the broker is away: it goes out after the reconnect; an alarm's
+            # on the alarm session, which no telemetry holds up
+            session = self._alarm_session if ack.alarms else self._session
+            session.publish(
                 self.topics.gw(gw, Channel.ACK), encode_ack(ack), qos=1, queue_offline=True
             )
+        return msgs[len(done) :]
 
     def _store_one(self, msg: Message, rnd: _Round) -> None:
         parsed = self.topics.parse(msg.topic)

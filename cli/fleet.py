@@ -78,7 +78,11 @@ def central_run(
     db: DbOpt = DEFAULT_DB,
     topic_root: RootOpt = DEFAULT_ROOT,
     client_id: Annotated[
-        str, typer.Option(help="MQTT client id (keep it stable: the session is persistent)")
+        str,
+        typer.Option(
+            help="MQTT client id (keep it stable: the sessions are persistent); alarms come "
+            "on a second session, <client-id>-alarms"
+        ),
     ] = "edgefleet-central",
     log_level: Annotated[str, typer.Option(help="debug, info, warning or error")] = "info",
     username: UsernameOpt = None,

@@ -213,6 +213,7 @@ class Session:
         self._backoff = backoff or Backoff(first_s=0.5, cap_s=2.0)
         self._loop = loop
         self._subs: list[tuple[Subscription, Handler]] = []
+        self._forget: list[tuple[str, Handler | None]] = []
         self._pending: dict[int, Subscription] = {}  # SUBSCRIBE packet id -> subscription
         self._on_up: list[Callable[[bool], None]] = []
         self._on_down: list[Callable[[str], None]] = []
@@ -260,6 +261,13 @@ class Session:
         """Deliver messages matching ``subscription`` to ``handler``, after every connect."""
         sub = Subscription(subscription) if isinstance(subscription, str) else subscription
         self._subs.append((sub, handler))
+
+    def forget(self, topic: str, handler: Handler | None = None) -> None:
+        """Unsubscribe ``topic`` after every connect: a subscription that an older version
+        of the caller left in its persistent session. What the broker still holds for it
+        (or sends before the UNSUBSCRIBE) goes to ``handler``; without one, the session
+        PUBACKs and drops it, like any message no handler wants."""
+        self._forget.append((topic, handler))
 
     def on_up(self, fn: Callable[[bool], None]) -> None:
         """``fn(session_present)`` at every accepted CONNACK (subscriptions are on their way)."""
@@ -480,6 +488,8 @@ class Session:
                 _, mid = client.subscribe(sub.topic, qos=sub.qos)
             if mid is not None:
                 self._pending[mid] = sub
+        for topic, _ in self._forget:
+            client.unsubscribe(topic)
         self._deliver_all(self._on_up, flags.session_present)
         if not self._subs:
             self._established()
@@ -541,6 +551,10 @@ class Session:
         for sub, handler in self._subs:
             if mqtt.topic_matches_sub(sub.filter, topic):
                 self._deliver(handler, message)
+                return
+        for gone, late in self._forget:
+            if late is not None and mqtt.topic_matches_sub(gone, topic):
+                self._deliver(late, message)
                 return
         if self._manual_ack and msg.qos > 0:
             client.ack(msg.mid, msg.qos)  # no handler (a subscription of a previous run)
