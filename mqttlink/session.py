@@ -77,6 +77,7 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
+from .ackorder import ArrivalOrder
 from .backoff import Backoff
 from .url import Broker, BrokerFileError
 
@@ -223,6 +224,7 @@ class Session:
         self._thread: threading.Thread | None = None
         self._tls_ready = False
         self._epoch = 0
+        self._arrivals = ArrivalOrder()  # manual acks go out in the order messages came
         self._attempt_over = False  # this connection's failure is reported: no second one
         self._opened = threading.Event()
         self._open_error: SessionError | None = None
@@ -376,7 +378,12 @@ class Session:
         message from a broker session that is gone is not acked: its packet id may now
         belong to another message."""
         if self._manual_ack and message.qos > 0 and message.epoch == self._epoch:
-            self._client.ack(message.mid, message.qos)
+            self._release(message.mid)
+
+    def _release(self, mid: int) -> None:
+        """Done with ``mid``: PUBACK it and whatever came after it and was waiting on it."""
+        for ready, qos in self._arrivals.done(mid):
+            self._client.ack(ready, qos)
 
     def close(self, goodbye: Will | None = None, wait_s: float = 1.0) -> None:
         """Stop: publish ``goodbye`` first if connected (waiting up to ``wait_s`` for the
@@ -477,6 +484,7 @@ class Session:
             return
         if not flags.session_present:
             self._epoch += 1
+        self._arrivals.restart()
         self._pending.clear()
         for sub, _ in self._subs:
             if self._v5:
@@ -534,9 +542,12 @@ class Session:
             topic = msg.topic  # paho decodes it here, and raises on a topic not UTF-8
         except UnicodeDecodeError:
             if self._manual_ack and msg.qos > 0:
-                client.ack(msg.mid, msg.qos)  # nobody can take it: do not let it block
+                self._arrivals.arrived(msg.mid, msg.qos)
+                self._release(msg.mid)  # nobody can take it: do not let it block
             self._deliver_all(self._on_unreadable)
             return
+        if self._manual_ack and msg.qos > 0:
+            self._arrivals.arrived(msg.mid, msg.qos)
         props = msg.properties
         message = Message(
             topic,
@@ -550,14 +561,14 @@ class Session:
         )
         for sub, handler in self._subs:
             if mqtt.topic_matches_sub(sub.filter, topic):
-                self._deliver(handler, message)
+                self._deliver_message(handler, message)
                 return
         for gone, late in self._forget:
             if late is not None and mqtt.topic_matches_sub(gone, topic):
-                self._deliver(late, message)
+                self._deliver_message(late, message)
                 return
         if self._manual_ack and msg.qos > 0:
-            client.ack(msg.mid, msg.qos)  # no handler (a subscription of a previous run)
+            self._release(msg.mid)  # no handler (a subscription of a previous run)
 
     # --- the hand-over -------------------------------------------------------------------
 
@@ -565,12 +576,20 @@ class Session:
         for fn in fns:
             self._deliver(fn, *args)
 
-    def _deliver(self, fn: Callable[..., None], *args: Any) -> None:
+    def _deliver_message(self, handler: Handler, message: Message) -> None:
+        if not self._deliver(handler, message) and self._manual_ack and message.qos > 0:
+            # not taken, so not acknowledged (the broker sends it again next connection),
+            # and not holding back the acks of what came after it
+            for ready, qos in self._arrivals.skip(message.mid):
+                self._client.ack(ready, qos)
+
+    def _deliver(self, fn: Callable[..., None], *args: Any) -> bool:
+        """Run or hand over ``fn``; False when it ran here and raised."""
         if self._loop is not None:
             # a closed loop: the process is shutting down, nobody is left to tell
             with contextlib.suppress(RuntimeError):
                 self._loop.call_soon_threadsafe(fn, *args)
-            return
+            return True
         try:
             fn(*args)
         except Exception:  # a handler's bug must not end paho's loop, and the connection
@@ -578,6 +597,8 @@ class Session:
             if "handler" not in self._logged:
                 self._logged.add("handler")
                 log.exception("%s: a handler failed (later failures are counted)", self.name)
+            return False
+        return True
 
 
 def _written_by_the_network_thread(client: mqtt.Client, userdata: object, sock: object) -> None:
