@@ -22,7 +22,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from edge_agent.config.yaml_lines import Located, YamlSyntaxError, line_of, load_located
+from edge_agent.config.yaml_lines import (
+    Located,
+    YamlRefused,
+    YamlSyntaxError,
+    line_of,
+    load_located,
+)
 
 if TYPE_CHECKING:
     from pydantic import ValidationError
@@ -85,7 +91,7 @@ def load_mapping(text: str, file: str, error: type[E]) -> tuple[Located, list[Pr
     try:
         located = load_located(text)
     except YamlSyntaxError as exc:
-        raise error([Problem(file, exc.line, "(yaml)", exc.message)]) from None
+        raise error(yaml_problems(exc, file)) from None
     problems = [
         Problem(file, line, field_path(loc), "key appears twice; only one can be meant")
         for loc, line in located.duplicates
@@ -93,6 +99,14 @@ def load_mapping(text: str, file: str, error: type[E]) -> tuple[Located, list[Pr
     if not isinstance(located.data, dict):
         raise error([*problems, Problem(file, 1, "(file)", "must be a mapping of keys")])
     return located, problems
+
+
+def yaml_problems(exc: YamlSyntaxError, file: str) -> list[Problem]:
+    """A file the YAML loader would not read: the syntax error, or each refusal (an alias,
+    a tag, a number too long) at its line and field."""
+    if isinstance(exc, YamlRefused):
+        return [Problem(file, r.line, field_path(r.loc), r.message) for r in exc.refusals]
+    return [Problem(file, exc.line, "(yaml)", exc.message)]
 
 
 def validation_problems(exc: ValidationError, file: str, located: Located) -> list[Problem]:
