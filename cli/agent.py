@@ -13,10 +13,11 @@ import typer
 
 from cli.browse import browse
 from cli.probe import probe_app
-from cli.problems import load_config_or_exit
+from cli.problems import exit_with_problems, load_config_or_exit
 from cli.profiles import profiles_app
 from cli.rules import rules_app
 from cli.sim import sim_app
+from edge_agent.config import ConfigError
 
 app = typer.Typer(
     name="edge-agent",
@@ -34,9 +35,20 @@ ConfigOpt = Annotated[
 
 
 @app.command()
-def check(config: ConfigOpt) -> None:
-    """Validate a config file without running anything; exit 2 if it has problems."""
-    loaded = load_config_or_exit(config)
+def check(
+    config: ConfigOpt,
+    schema_only: Annotated[
+        bool,
+        typer.Option(
+            "--schema-only",
+            help="check the file on its own, not the files and ports it names on this host "
+            "(for a config written away from its gateway)",
+        ),
+    ] = False,
+) -> None:
+    """Validate a config file, and what it names on this host, without running anything;
+    exit 2 if it has problems (those ``run`` would refuse to start with)."""
+    loaded = load_config_or_exit(config, host=not schema_only)
     cfg = loaded.config
     points = sum(len(d.points) for d in cfg.devices)
     typer.echo(
@@ -51,7 +63,7 @@ def run(
     log_level: Annotated[str, typer.Option(help="debug, info, warning or error")] = "info",
 ) -> None:
     """Run the agent: poll devices, keep every reading in the outbox, publish to the center."""
-    loaded = load_config_or_exit(config)
+    loaded = load_config_or_exit(config, host=True)
     logging.basicConfig(
         level=log_level.upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
@@ -70,6 +82,8 @@ def run(
 
     try:
         asyncio.run(main())
+    except ConfigError as exc:  # a file named by the config changed since it was checked
+        exit_with_problems(config, exc.problems)
     except OutboxUnavailable as exc:
         # not exit 2: systemd starts us again, and the disk may have room by then
         typer.echo(f"edge-agent: not starting: {exc}", err=True)

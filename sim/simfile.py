@@ -32,6 +32,7 @@ from typing import Literal, Self
 from pydantic import Field, ValidationError, field_validator, model_validator
 
 from drivers.base import Frozen
+from drivers.simulated.scenario import scenario_names
 from edge_agent.config.problems import Problem, ProblemsError, load_mapping, validation_problems
 from edge_agent.config.yaml_lines import Located
 from edge_agent.contract.topics import GATEWAY_ID
@@ -62,6 +63,15 @@ class SimDevice(Frozen):
     publish_s: float = Field(default=5.0, gt=0, description="MQTT: seconds between messages")
     topic: str | None = Field(default=None, description="MQTT: publish here instead")
     poll_s: float | None = Field(default=None, gt=0, description="in the written agent config")
+
+    @field_validator("scenario")
+    @classmethod
+    def _shipped(cls, v: str | None) -> str | None:
+        """A shipped scenario by name is known here, so that a misspelt one is said with
+        every other mistake of the file (a ``.yaml`` file is read when the plan is made)."""
+        if v is not None and not v.endswith((".yaml", ".yml")) and v not in scenario_names():
+            raise ValueError(f"no scenario {v!r}; shipped: {', '.join(scenario_names())}")
+        return v
 
     def ids(self) -> list[str]:
         if self.count == 1 and "{n}" not in self.id:
@@ -102,7 +112,12 @@ class SimFile(Frozen):
 
 
 class SimConfigError(ProblemsError):
-    """The sim file cannot be run; ``problems`` lists each problem found, at its line."""
+    """The sim file cannot be run; ``problems`` lists each problem found, at its line, and
+    ``located`` is the file's data if it was a mapping (to check its valid parts)."""
+
+    def __init__(self, problems: list[Problem], located: Located | None = None) -> None:
+        super().__init__(problems)
+        self.located = located
 
 
 def read_sim_file(path: Path, overrides: Mapping[str, object]) -> tuple[SimFile, Located]:
@@ -118,7 +133,7 @@ def read_sim_file(path: Path, overrides: Mapping[str, object]) -> tuple[SimFile,
     try:
         sim = SimFile.model_validate(data)
     except ValidationError as exc:
-        raise SimConfigError(problems + validation_problems(exc, name, located)) from None
+        raise SimConfigError(problems + validation_problems(exc, name, located), located) from None
     if problems:
-        raise SimConfigError(problems)
+        raise SimConfigError(problems, located)
     return sim, located
