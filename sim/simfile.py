@@ -33,7 +33,13 @@ from pydantic import Field, ValidationError, field_validator, model_validator
 
 from drivers.base import Frozen
 from drivers.simulated.scenario import scenario_names
-from edge_agent.config.problems import Problem, ProblemsError, load_mapping, validation_problems
+from edge_agent.config.problems import (
+    Problem,
+    ProblemsError,
+    load_mapping,
+    read_file_text,
+    validation_problems,
+)
 from edge_agent.config.yaml_lines import Located
 from edge_agent.contract.topics import GATEWAY_ID
 from mqttlink.url import BrokerUrl
@@ -124,10 +130,7 @@ def read_sim_file(path: Path, overrides: Mapping[str, object]) -> tuple[SimFile,
     """The sim file, with ``overrides`` (those not None) in place of its own keys, and the
     line of every key; SimConfigError with every problem."""
     name = str(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise SimConfigError([Problem(name, 1, "(file)", str(exc))]) from None
+    text = read_file_text(path, name, SimConfigError)
     located, problems = load_mapping(text, name, SimConfigError)
     data = {**located.data, **{k: v for k, v in overrides.items() if v is not None}}
     try:

@@ -186,3 +186,9 @@ def test_the_firmware_advice_quotes_the_version_as_the_file_writes_it(tmp_path: 
     assert 'write "2.10" with the quotes' in messages["firmware[0]"], messages
     assert "not the number 2.1:" in messages["firmware[0]"]
     assert 'write "3.0" with the quotes' in messages["firmware[1]"], messages
+
+
+def test_a_config_path_to_an_endless_file_gets_an_answer_not_a_hang() -> None:
+    out = run_cli("edge-agent", "check", "-c", "/dev/zero", timeout=60)
+    assert out.returncode == 2, out.stderr
+    assert "/dev/zero:1: (file): bigger than 64 MB; not a config" in out.stderr.splitlines()

@@ -35,6 +35,7 @@ from edge_agent.config.problems import (
     error_message,
     field_path,
     load_mapping,
+    read_file_bytes,
 )
 from edge_agent.config.yaml_lines import Located
 
@@ -197,10 +198,7 @@ def _may_hold_path(annotation: object, seen: frozenset[type]) -> bool:
 
 
 def load_config(path: Path) -> LoadedConfig:
-    try:
-        raw = path.read_bytes()
-    except OSError as exc:
-        raise ConfigError([Problem(str(path), 1, "(file)", exc.strerror or str(exc))]) from None
+    raw = read_file_bytes(path, str(path), ConfigError)
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError:

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from edge_agent.config.yaml_lines import (
@@ -82,6 +83,32 @@ def error_message(err: Mapping[str, Any]) -> str:
 
 
 E = TypeVar("E", bound=ProblemsError)
+
+MAX_FILE_BYTES = 64 * 1024 * 1024
+"""The biggest config-like file read: a 20,000-device config is 6 MB; a path to
+``/dev/zero`` or a runaway generator gets an answer, not a hang or an exhausted memory."""
+
+
+def read_file_bytes(path: Path, file: str, error: type[E]) -> bytes:
+    """The bytes of a config-like file, or ``error`` saying why not: not there, a folder,
+    or bigger than ``MAX_FILE_BYTES``."""
+    try:
+        with path.open("rb") as f:
+            raw = f.read(MAX_FILE_BYTES + 1)
+    except OSError as exc:
+        raise error([Problem(file, 1, "(file)", exc.strerror or str(exc))]) from None
+    if len(raw) > MAX_FILE_BYTES:
+        message = f"bigger than {MAX_FILE_BYTES // (1024 * 1024)} MB; not a config"
+        raise error([Problem(file, 1, "(file)", message)])
+    return raw
+
+
+def read_file_text(path: Path, file: str, error: type[E]) -> str:
+    """``read_file_bytes`` as UTF-8 text, or ``error`` if it is not."""
+    try:
+        return read_file_bytes(path, file, error).decode("utf-8")
+    except UnicodeDecodeError:
+        raise error([Problem(file, 1, "(file)", "not UTF-8 text")]) from None
 
 
 def load_mapping(text: str, file: str, error: type[E]) -> tuple[Located, list[Problem]]:

@@ -55,6 +55,7 @@ from edge_agent.config.problems import (
     ProblemsError,
     error_message,
     load_mapping,
+    read_file_text,
     validation_problems,
 )
 from edge_agent.config.yaml_lines import Located
@@ -248,10 +249,7 @@ def parse_ref(ref: str) -> tuple[str, str, str]:
 def load_profile(path: Path, name: str | None = None) -> LoadedProfile:
     """Read and check one profile file; ProfileError with file:line problems."""
     shown = name or str(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ProfileError([Problem(shown, 1, "(file)", str(exc))]) from None
+    text = read_file_text(path, shown, ProfileError)
     located, problems = load_mapping(text, shown, ProfileError)
     try:
         profile = Profile.model_validate(located.data)
