@@ -56,6 +56,7 @@ def _command_key(loaded: LoadedConfig) -> Ed25519PublicKey | None:
 async def run_agent(loaded: LoadedConfig, stop: asyncio.Event) -> None:
     cfg = loaded.config
     gw, topics, central = cfg.gateway.id, cfg.topics, cfg.central
+    public_key = _command_key(loaded)  # before anything is opened that would need closing
     outbox = await AgentOutbox.from_config(cfg.outbox)
     presence = Presence(
         gw,
@@ -100,7 +101,7 @@ async def run_agent(loaded: LoadedConfig, stop: asyncio.Event) -> None:
         topics=topics,
         uplink=uplink,
         ledger=outbox,
-        public_key=_command_key(loaded),
+        public_key=public_key,
         handlers=dict.fromkeys(AlarmService.COMMANDS, alarms.command),
     )
     committer = Committer(outbox.telemetry, outbox.alarms, sender, alarms)

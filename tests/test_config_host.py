@@ -6,10 +6,13 @@ would restart in a loop); ``check --schema-only`` checks the file on its own."""
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 import pytest
 
+from edge_agent.app import run_agent
+from edge_agent.config import ConfigError, check_host, load_config
 from edge_agent.contract.commands import generate_keys
 from tests.pki import Authority
 from tests.support import free_port, run_cli
@@ -211,3 +214,20 @@ def test_every_host_problem_comes_in_one_round(tmp_path: Path) -> None:
     fields = [line.split(": ")[1] for line in lines[:-1]]
     assert fields == ["central.password_file", "central.command_key", "devices[0].modbus.serial"]
     assert lines[-1] == f"{f}: 3 problems"
+
+
+async def test_a_command_key_broken_after_the_check_stops_run_as_a_config_problem(
+    tmp_path: Path,
+) -> None:
+    """The host pass ran, then the file changed: the agent still says it as a problem at
+    its line (run prints it and exits 2), before it opens anything."""
+    key = tmp_path / "center.pub"
+    generate_keys(tmp_path / "center.key")
+    f = write_config(tmp_path, f'  url: "{broker_url()}"\n  command_key: {key}\n')
+    loaded = check_host(load_config(f))
+    key.write_text("not a key any more\n")
+    with pytest.raises(ConfigError) as info:
+        await run_agent(loaded, asyncio.Event())
+    (problem,) = info.value.problems
+    assert (problem.line, problem.field) == (4, "central.command_key")
+    assert not (tmp_path / "outbox.db").exists()
