@@ -131,7 +131,7 @@ def certificate_problem(path: Path) -> str | None:
 
 
 def private_key_problem(path: Path) -> str | None:
-    """A private key in PEM, without a passphrase (nobody is there to type one)."""
+    """A private key in PEM or DER, without a passphrase (nobody is there to type one)."""
     # cryptography loads only where a key is to be checked
     from cryptography.exceptions import UnsupportedAlgorithm  # noqa: PLC0415
     from cryptography.hazmat.primitives import serialization  # noqa: PLC0415
@@ -140,11 +140,14 @@ def private_key_problem(path: Path) -> str | None:
     if isinstance(head, str):
         return head
     try:
-        serialization.load_pem_private_key(head, password=None)
+        if b"-----BEGIN" in head:
+            serialization.load_pem_private_key(head, password=None)
+        else:
+            serialization.load_der_private_key(head, password=None)
     except TypeError:
         return f"{path} is encrypted with a passphrase; the agent needs it without one"
     except (ValueError, UnsupportedAlgorithm):
-        return f"{path} is not a PEM private key"
+        return f"{path} is not a private key (PEM or DER)"
     return None
 
 

@@ -231,3 +231,26 @@ async def test_a_command_key_broken_after_the_check_stops_run_as_a_config_proble
     (problem,) = info.value.problems
     assert (problem.line, problem.field) == (4, "central.command_key")
     assert not (tmp_path / "outbox.db").exists()
+
+
+def test_an_opcua_certificate_and_its_key_are_checked_for_what_they_are(tmp_path: Path) -> None:
+    issued = Authority(tmp_path / "ca").client("agent")
+
+    def opcua_config(cert: Path, key: Path) -> Path:
+        section = (
+            "    opcua: {endpoint: 'opc.tcp://127.0.0.1:4840', "
+            f"certificate: {{cert: '{cert}', key: '{key}'}}}}\n"
+        )
+        points = "      - {name: level, node: 'ns=2;s=level'}\n"
+        return write_config(
+            tmp_path,
+            f'  url: "{broker_url()}"\n',
+            f"devices:\n  - id: plc-1\n{section}    points:\n{points}",
+        )
+
+    assert check(opcua_config(issued.cert, issued.key))[0] == 0
+    f = opcua_config(issued.cert, issued.cert)  # the certificate where the key goes
+    code, lines = check(f)
+    assert code == 2
+    field = "devices[0].opcua.certificate.key"
+    assert f"{f}:7: {field}: {issued.cert} is not a private key (PEM or DER)" in lines, lines
