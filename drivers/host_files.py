@@ -32,6 +32,8 @@ def readable_file(path: Path) -> str | None:
         st = path.stat()
     except OSError as exc:
         return f"{path}: {_why(exc)}"
+    except ValueError:  # a NUL in the path: the OS cannot even be asked
+        return f"{str(path)!r} is not a path"
     if stat.S_ISDIR(st.st_mode):
         return f"{path} is a folder, not a file"
     if not stat.S_ISREG(st.st_mode):
@@ -183,6 +185,8 @@ def serial_port_problem(port: str) -> str | None:
         st = path.stat()
     except OSError as exc:
         return f"{port}: {_why(exc)}"
+    except ValueError:  # a NUL in the path
+        return f"{port!r} is not a path"
     if not stat.S_ISCHR(st.st_mode):
         return f"{port} is not a serial port (not a character device)"
     if not os.access(path, os.R_OK | os.W_OK):
@@ -193,6 +197,8 @@ def serial_port_problem(port: str) -> str | None:
 def folder_problem(path: Path, *, may_be_made: bool = False) -> str | None:
     """A folder; with ``may_be_made``, one that does not exist yet is fine if the nearest
     existing folder above it is one we may write in."""
+    if "\0" in str(path):
+        return f"{str(path)!r} is not a path"
     if path.is_dir():
         return None
     if path.exists():

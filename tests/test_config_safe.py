@@ -192,3 +192,19 @@ def test_a_config_path_to_an_endless_file_gets_an_answer_not_a_hang() -> None:
     out = run_cli("edge-agent", "check", "-c", "/dev/zero", timeout=60)
     assert out.returncode == 2, out.stderr
     assert "/dev/zero:1: (file): bigger than 64 MB; not a config" in out.stderr.splitlines()
+
+
+def test_a_nul_character_in_a_path_is_a_problem_at_its_line_not_a_traceback(
+    tmp_path: Path,
+) -> None:
+    f = tmp_path / "agent.yaml"
+    f.write_text(
+        'gateway: {id: gw-1}\ncentral: {url: "mqtt://127.0.0.1:1883", username: u,\n'
+        '  password_file: "/etc/edgefleet/a\\0b"}\n'
+    )
+    out = run_cli("edge-agent", "check", "-c", str(f))
+    assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr
+    assert (
+        f"{f}:3: central.password_file: text with a NUL character (\\0): no name or path has one"
+        in out.stderr.splitlines()
+    )

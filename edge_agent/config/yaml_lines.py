@@ -13,7 +13,9 @@ its line, what could make it run out of memory, stack or time:
 - explicit tags other than the plain types (``!!binary``, ``!!python/...``), and plain
   scalars YAML would read as anything but text, numbers, booleans and null (dates);
 - nesting deeper than ``MAX_DEPTH`` and numbers longer than ``MAX_NUMBER_CHARS``
-  (Python refuses to read an int of more than 4,300 digits, with a traceback).
+  (Python refuses to read an int of more than 4,300 digits, with a traceback);
+- text with a NUL character, which no name or path has (the OS refuses such a path with
+  a ValueError, not an OSError).
 
 The data is built from libyaml's event stream in one loop with its own stack, not from
 PyYAML's node graph: no recursion, and no graph to build and walk. The lines are only
@@ -189,6 +191,9 @@ def _read(text: str, *, track: bool) -> _Result:
             else:
                 message = f"{value!r} reads as a {tag.removeprefix(_TAG)}: quote it to make it text"
             refuse(event, loc, message)
+            return _SKIP
+        if event.style == '"' and "\0" in value:  # only a double-quoted "\0" makes one
+            refuse(event, loc, "text with a NUL character (\\0): no name or path has one")
             return _SKIP
         if tag in _NUMBER_TAGS:
             if len(value) > MAX_NUMBER_CHARS:
