@@ -44,11 +44,23 @@ def exit_if_outbox_path_is_wrong(config: Path, outbox: Path) -> None:
 
 
 @app.command()
-def check(config: ConfigOpt) -> None:
-    """Validate a config file without running anything; exit 2 if it has problems."""
-    loaded = load_config_or_exit(config)
+def check(
+    config: ConfigOpt,
+    schema_only: Annotated[
+        bool,
+        typer.Option(
+            "--schema-only",
+            help="check the file on its own, not the files and ports it names on this host "
+            "(for a config written away from its gateway)",
+        ),
+    ] = False,
+) -> None:
+    """Validate a config file, and what it names on this host, without running anything;
+    exit 2 if it has problems (those ``run`` would refuse to start with)."""
+    loaded = load_config_or_exit(config, host=not schema_only)
     cfg = loaded.config
-    exit_if_outbox_path_is_wrong(config, cfg.outbox.path)
+    if not schema_only:
+        exit_if_outbox_path_is_wrong(config, cfg.outbox.path)
     points = sum(len(d.points) for d in cfg.devices)
     typer.echo(
         f"{config}: ok - gateway {cfg.gateway.id}, {len(cfg.devices)} device(s), "
@@ -62,7 +74,7 @@ def run(
     log_level: Annotated[str, typer.Option(help="debug, info, warning or error")] = "info",
 ) -> None:
     """Run the agent: poll devices, keep every reading in the outbox, publish to the center."""
-    loaded = load_config_or_exit(config)
+    loaded = load_config_or_exit(config, host=True)
     exit_if_outbox_path_is_wrong(config, loaded.config.outbox.path)
     logging.basicConfig(
         level=log_level.upper(),
@@ -73,6 +85,7 @@ def run(
     import asyncio  # noqa: PLC0415
 
     from edge_agent.app import run_agent  # noqa: PLC0415
+    from edge_agent.config import ConfigError  # noqa: PLC0415
     from edge_agent.outbox import OutboxPathError, OutboxUnavailable  # noqa: PLC0415
 
     async def main() -> None:
@@ -87,6 +100,8 @@ def run(
     except OutboxPathError as exc:
         # what the check above found, had the path changed since: a problem of the config
         exit_with_problems(config, [f"{config}: outbox.path: {exc}"])
+    except ConfigError as exc:  # a file named by the config changed since it was checked
+        exit_with_problems(config, exc.problems)
     except OutboxUnavailable as exc:
         # not exit 2: systemd starts us again, and the disk may have room by then
         typer.echo(f"edge-agent: not starting: {exc}", err=True)

@@ -30,13 +30,16 @@ def exit_with_problems(source: object, problems: Sequence[object]) -> NoReturn:
     raise typer.Exit(EXIT_PROBLEMS)
 
 
-def load_config_or_exit(path: Path) -> LoadedConfig:
-    """The agent config at ``path``, or its problems printed and exit 2."""
+def load_config_or_exit(path: Path, *, host: bool = False) -> LoadedConfig:
+    """The agent config at ``path``, or its problems printed and exit 2. With ``host``,
+    also the host pass: the files and ports it names are there and what they should be
+    (``check`` and ``run``; a command that only reads the config leaves it out)."""
     # the config models, every driver's config and YAML load only for a command that reads
     # a config: edge-agent --help stays quick
-    from edge_agent.config import ConfigError, load_config  # noqa: PLC0415
+    from edge_agent.config import ConfigError, check_host, load_config  # noqa: PLC0415
 
     try:
-        return load_config(path)
+        loaded = load_config(path)
+        return check_host(loaded) if host else loaded
     except ConfigError as exc:
         exit_with_problems(path, exc.problems)

@@ -116,6 +116,12 @@ class DeviceBase(Frozen):
     id: str = Field(pattern=DEVICE_ID.pattern, description="device id, unique within the gateway")
     poll_s: float = Field(default=1.0, gt=0, le=86_400, description="poll period in seconds")
 
+    def host_problems(self) -> list[Violation]:
+        """What is wrong on this host with the files and ports the device names (a serial
+        port, a password file, certificates), at their loc in the device: the host pass of
+        config checking. The schema pass (validation) does not touch the host."""
+        return []
+
 
 class Driver(Protocol):
     async def read(self) -> list[Reading]:

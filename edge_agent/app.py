@@ -16,12 +16,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from typing import TYPE_CHECKING
 
 from edge_agent import __version__
 from edge_agent.alarms import AlarmService
 from edge_agent.commands import CommandChannel
 from edge_agent.committer import Committer
-from edge_agent.config import LoadedConfig
+from edge_agent.config import ConfigError, LoadedConfig
 from edge_agent.contract.commands import load_public_key
 from edge_agent.devices import open_drivers, point_units
 from edge_agent.health import HealthReporter
@@ -31,12 +32,31 @@ from edge_agent.runtime import AgentRun, Presence
 from edge_agent.sender import Sender
 from edge_agent.uplink import Uplink
 
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
 log = logging.getLogger(__name__)
+
+
+def _command_key(loaded: LoadedConfig) -> Ed25519PublicKey | None:
+    """The center's key, or a ``ConfigError`` at ``central.command_key`` (the host pass
+    checked it; this is for a file changed since), never a traceback and a restart loop."""
+    path = loaded.config.central.command_key
+    if path is None:
+        return None
+    try:
+        return load_public_key(path)
+    except (OSError, ValueError) as exc:
+        message = (
+            f"{path}: {exc.strerror.lower() if isinstance(exc, OSError) and exc.strerror else exc}"
+        )
+        raise ConfigError([loaded.problem(("central", "command_key"), message)]) from None
 
 
 async def run_agent(loaded: LoadedConfig, stop: asyncio.Event) -> None:
     cfg = loaded.config
     gw, topics, central = cfg.gateway.id, cfg.topics, cfg.central
+    public_key = _command_key(loaded)  # before anything is opened that would need closing
     outbox = await AgentOutbox.from_config(cfg.outbox)
     presence = Presence(
         gw,
@@ -81,7 +101,7 @@ async def run_agent(loaded: LoadedConfig, stop: asyncio.Event) -> None:
         topics=topics,
         uplink=uplink,
         ledger=outbox,
-        public_key=load_public_key(central.command_key) if central.command_key else None,
+        public_key=public_key,
         handlers=dict.fromkeys(AlarmService.COMMANDS, alarms.command),
     )
     committer = Committer(outbox.telemetry, outbox.alarms, sender, alarms)

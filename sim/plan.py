@@ -27,9 +27,9 @@ from drivers.simulated.scenario import (
     scenario_names,
     timeline,
 )
-from edge_agent.config.problems import Loc, Problem, error_message, field_path
+from edge_agent.config.problems import Loc, Problem, error_message, field_path, yaml_problems
 from edge_agent.config.profiles import LoadedProfile, ProfileError, ProfileLibrary
-from edge_agent.config.yaml_lines import load_located
+from edge_agent.config.yaml_lines import Located, YamlSyntaxError, load_located
 from sim.simfile import SimConfigError, SimDevice, SimFile, SimGateway, read_sim_file
 
 
@@ -83,7 +83,13 @@ def load_sim(
         "speed": speed,
         "command_key": command_key,
     }
-    sim, located = read_sim_file(path, overrides)
+    try:
+        sim, located = read_sim_file(path, overrides)
+    except SimConfigError as exc:
+        if exc.located is None:  # not YAML, or not a mapping: nothing more to check
+            raise
+        more = _checks_of_valid_devices(path, exc.located)
+        raise SimConfigError(sorted([*exc.problems, *more], key=lambda p: p.line)) from None
     library = ProfileLibrary([path.resolve().parent / d for d in sim.profile_dirs])
     plan = SimPlan(sim, path)
     problems: list[Problem] = []
@@ -96,23 +102,11 @@ def load_sim(
             def problem(key: str, message: str, here: Loc = here) -> None:
                 problems.append(Problem.at(name, located, (*here, key), message))
 
-            try:
-                loaded = library.find(dev.profile)
-            except ProfileError as exc:
-                for p in exc.problems:
-                    problem("profile", p.message if p.file == "(profile)" else str(p))
+            checked = _device_checks(dev, here, library, path, located)
+            problems.extend(checked.problems)
+            loaded, scenario = checked.profile, checked.scenario
+            if loaded is None:
                 continue
-            scenario = None
-            if dev.scenario is not None:
-                try:
-                    scenario = _scenario(dev.scenario, path.resolve().parent)
-                except (OSError, ValueError) as exc:
-                    problem("scenario", str(exc))
-                    continue
-                for message in scenario_fits(scenario, loaded):
-                    problem("scenario", message)
-            if loaded.profile.protocol != "modbus" and (dev.serial or dev.framer != "tcp"):
-                problem("framer", "framer and serial apply to Modbus devices")
             units = range(dev.unit, dev.unit + dev.count)
             for device_id, unit in zip(dev.ids(), units, strict=True):
                 if not DEVICE_ID.match(device_id) or "{" in device_id:
@@ -141,13 +135,75 @@ def load_sim(
     return plan
 
 
+@dataclass(frozen=True, slots=True)
+class _DeviceCheck:
+    profile: LoadedProfile | None
+    """None: the device cannot be planned (its problems say why)."""
+    scenario: Scenario | None
+    problems: list[Problem]
+
+
+def _device_checks(
+    dev: SimDevice, here: Loc, library: ProfileLibrary, path: Path, located: Located
+) -> _DeviceCheck:
+    """What one device entry needs on its own: its profile, and a scenario that plays on it."""
+    problems: list[Problem] = []
+
+    def problem(key: str, message: str) -> None:
+        problems.append(Problem.at(str(path), located, (*here, key), message))
+
+    try:
+        loaded = library.find(dev.profile)
+    except ProfileError as exc:
+        for p in exc.problems:
+            problem("profile", p.message if p.file == "(profile)" else str(p))
+        return _DeviceCheck(None, None, problems)
+    scenario = None
+    if dev.scenario is not None:
+        try:
+            scenario = _scenario(dev.scenario, path.resolve().parent)
+        except (OSError, ValueError) as exc:
+            problem("scenario", str(exc))
+            return _DeviceCheck(None, None, problems)
+        for message in scenario_fits(scenario, loaded):
+            problem("scenario", message)
+    if loaded.profile.protocol != "modbus" and (dev.serial or dev.framer != "tcp"):
+        problem("framer", "framer and serial apply to Modbus devices")
+    return _DeviceCheck(loaded, scenario, problems)
+
+
+def _checks_of_valid_devices(path: Path, located: Located) -> list[Problem]:
+    """For a sim file that did not validate as a whole: the checks of each device entry
+    that is valid on its own, so that one misspelt key does not hide a wrong profile or
+    scenario elsewhere in the file."""
+    data = located.data
+    dirs = data.get("profile_dirs")
+    folders = [d for d in dirs if isinstance(d, str)] if isinstance(dirs, list) else []
+    library = ProfileLibrary([path.resolve().parent / d for d in folders])
+    gateways = data.get("gateways")
+    problems: list[Problem] = []
+    for g, gw in enumerate(gateways if isinstance(gateways, list) else []):
+        devices = gw.get("devices") if isinstance(gw, dict) else None
+        for i, raw in enumerate(devices if isinstance(devices, list) else []):
+            try:
+                dev = SimDevice.model_validate(raw)
+            except ValidationError:
+                continue  # its problems are among the schema's
+            here: Loc = ("gateways", g, "devices", i)
+            problems += _device_checks(dev, here, library, path, located).problems
+    return problems
+
+
 def _scenario(name: str, base: Path) -> Scenario:
     file = scenario_file(name)
     if not file.is_absolute() and name.endswith((".yaml", ".yml")):
         file = base / file
     if not file.exists():
         raise ValueError(f"no scenario {name!r}; shipped: {', '.join(scenario_names())}")
-    located = load_located(file.read_text(encoding="utf-8"))
+    try:
+        located = load_located(file.read_text(encoding="utf-8"))
+    except YamlSyntaxError as exc:
+        raise ValueError("; ".join(str(p) for p in yaml_problems(exc, str(file)))) from None
     try:
         return Scenario.model_validate(located.data)
     except ValidationError as exc:

@@ -33,7 +33,14 @@ from typing import Literal, Self
 from pydantic import Field, ValidationError, field_validator, model_validator
 
 from drivers.base import Frozen
-from edge_agent.config.problems import Problem, ProblemsError, load_mapping, validation_problems
+from drivers.simulated.scenario import scenario_names
+from edge_agent.config.problems import (
+    Problem,
+    ProblemsError,
+    load_mapping,
+    read_file_text,
+    validation_problems,
+)
 from edge_agent.config.yaml_lines import Located
 from edge_agent.contract.topics import GATEWAY_ID
 from mqttlink.url import BrokerUrl
@@ -63,6 +70,15 @@ class SimDevice(Frozen):
     publish_s: float = Field(default=5.0, gt=0, description="MQTT: seconds between messages")
     topic: str | None = Field(default=None, description="MQTT: publish here instead")
     poll_s: float | None = Field(default=None, gt=0, description="in the written agent config")
+
+    @field_validator("scenario")
+    @classmethod
+    def _shipped(cls, v: str | None) -> str | None:
+        """A shipped scenario by name is known here, so that a misspelt one is said with
+        every other mistake of the file (a ``.yaml`` file is read when the plan is made)."""
+        if v is not None and not v.endswith((".yaml", ".yml")) and v not in scenario_names():
+            raise ValueError(f"no scenario {v!r}; shipped: {', '.join(scenario_names())}")
+        return v
 
     def ids(self) -> list[str]:
         if self.count == 1 and "{n}" not in self.id:
@@ -108,23 +124,25 @@ class SimFile(Frozen):
 
 
 class SimConfigError(ProblemsError):
-    """The sim file cannot be run; ``problems`` lists each problem found, at its line."""
+    """The sim file cannot be run; ``problems`` lists each problem found, at its line, and
+    ``located`` is the file's data if it was a mapping (to check its valid parts)."""
+
+    def __init__(self, problems: list[Problem], located: Located | None = None) -> None:
+        super().__init__(problems)
+        self.located = located
 
 
 def read_sim_file(path: Path, overrides: Mapping[str, object]) -> tuple[SimFile, Located]:
     """The sim file, with ``overrides`` (those not None) in place of its own keys, and the
     line of every key; SimConfigError with every problem."""
     name = str(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise SimConfigError([Problem(name, 1, "(file)", str(exc))]) from None
+    text = read_file_text(path, name, SimConfigError)
     located, problems = load_mapping(text, name, SimConfigError)
     data = {**located.data, **{k: v for k, v in overrides.items() if v is not None}}
     try:
         sim = SimFile.model_validate(data)
     except ValidationError as exc:
-        raise SimConfigError(problems + validation_problems(exc, name, located)) from None
+        raise SimConfigError(problems + validation_problems(exc, name, located), located) from None
     if problems:
-        raise SimConfigError(problems)
+        raise SimConfigError(problems, located)
     return sim, located

@@ -136,5 +136,6 @@ def test_every_driver_sample_passes_check(path: Path, tmp_path: Path) -> None:
     devices = yaml.safe_load(path.read_text())
     cfg = tmp_path / "agent.yaml"
     cfg.write_text(yaml.safe_dump({"gateway": {"id": "sample-gw"}, "devices": devices}))
-    out = run_cli("edge-agent", "check", "-c", str(cfg))
+    # a sample names the serial ports and files of a gateway, not of this host
+    out = run_cli("edge-agent", "check", "--schema-only", "-c", str(cfg))
     assert out.returncode == 0, out.stderr

@@ -207,7 +207,8 @@ def test_check_accepts_an_opcua_device_and_the_sample(tmp_path: Path) -> None:
     sample[0]["id"] = "sim-pumps"
     f = tmp_path / "agent.yaml"
     f.write_text(config_text(DEVICE) + "\n".join("  - " + json.dumps(d) for d in sample) + "\n")
-    result = run_cli("edge-agent", "check", "-c", str(f))
+    # the sample names a password file of a gateway, not of this host: the file on its own
+    result = run_cli("edge-agent", "check", "--schema-only", "-c", str(f))
     assert result.returncode == 0, result.stderr
     points = 2 + len(sample[0]["points"])
     assert f"ok - gateway gw-1, 2 device(s), {points} point(s)" in result.stdout

@@ -13,6 +13,7 @@ from typing import Literal, Self
 from pydantic import Field, field_validator, model_validator
 
 from drivers.base import DeviceBase, Frozen, PointBase, Violation, reject
+from drivers.host_files import serial_port_problem
 
 from .types import (
     BIT_TABLES,
@@ -190,6 +191,11 @@ class ModbusDevice(DeviceBase):
     max_registers_per_read: int = Field(
         default=MAX_REGISTERS_PER_READ, ge=1, le=MAX_REGISTERS_PER_READ
     )
+
+    def host_problems(self) -> list[Violation]:
+        serial = self.modbus.serial
+        problem = serial_port_problem(serial) if serial is not None else None
+        return [] if problem is None else [(("modbus", "serial"), problem, serial)]
 
     @property
     def read_gap(self) -> int:

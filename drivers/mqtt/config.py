@@ -18,6 +18,7 @@ from jmespath.exceptions import JMESPathError
 from pydantic import Field, field_validator, model_validator
 
 from drivers.base import DEVICE_ID, DeviceBase, Frozen, PointBase, Violation, reject
+from drivers.host_files import ca_file_problem, cert_and_key_problems, password_file_problem
 from mqttlink.url import Broker, BrokerUrl
 
 ID_TEMPLATE = re.compile(r"^[A-Za-z0-9._-]{0,40}\{id\}[A-Za-z0-9._-]{0,40}$")
@@ -67,6 +68,24 @@ def tls_file_problems(section: BrokerFields) -> list[Violation]:
             problems.append(((key,), f"{key} needs an mqtts:// url", getattr(section, key)))
     if (section.cert_file is None) != (section.key_file is None):
         problems.append((("cert_file",), "cert_file and key_file go together", None))
+    return problems
+
+
+def broker_file_problems(section: BrokerFields) -> list[Violation]:
+    """The host pass of a broker section: its password file, CA bundle, and certificate
+    with its key, each what it should be (the schema pass checked that they fit)."""
+    problems: list[Violation] = []
+    if section.password_file is not None:
+        problem = password_file_problem(section.password_file)
+        if problem is not None:
+            problems.append((("password_file",), problem, section.password_file))
+    if section.ca_file is not None:
+        problem = ca_file_problem(section.ca_file)
+        if problem is not None:
+            problems.append((("ca_file",), problem, section.ca_file))
+    if section.cert_file is not None and section.key_file is not None:
+        for which, message in cert_and_key_problems(section.cert_file, section.key_file):
+            problems.append(((f"{which}_file",), message, None))
     return problems
 
 
@@ -235,6 +254,12 @@ class MqttDevice(DeviceBase):
                 'with {id}, such as "{id}" or "smoke-{id}"'
             )
         return v
+
+    def host_problems(self) -> list[Violation]:
+        return [
+            ((("mqtt", *loc)), message, value)
+            for loc, message, value in broker_file_problems(self.mqtt)
+        ]
 
     @property
     def templated(self) -> bool:

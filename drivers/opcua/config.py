@@ -28,6 +28,12 @@ from urllib.parse import urlsplit
 from pydantic import Field, field_validator, model_validator
 
 from drivers.base import DeviceBase, Frozen, PointBase, Violation, reject
+from drivers.host_files import (
+    certificate_problem,
+    folder_problem,
+    password_file_problem,
+    private_key_problem,
+)
 
 MAX_UINT32 = 2**32 - 1
 MAX_NAMESPACE = 65535
@@ -282,6 +288,18 @@ class OpcUaDevice(DeviceBase):
             first.setdefault(point.name, i)
         reject(type(self).__name__, problems)
         return self
+
+    def host_problems(self) -> list[Violation]:
+        conn = self.opcua
+        found: list[tuple[tuple[str, ...], str | None]] = []
+        if conn.password_file is not None:
+            found.append((("password_file",), password_file_problem(conn.password_file)))
+        if conn.certificate is not None:
+            found.append((("certificate", "cert"), certificate_problem(conn.certificate.cert)))
+            found.append((("certificate", "key"), private_key_problem(conn.certificate.key)))
+        if conn.security.enabled:  # its own certificate and the trust list live here
+            found.append((("pki_dir",), folder_problem(conn.pki_dir, may_be_made=True)))
+        return [(("opcua", *loc), problem, None) for loc, problem in found if problem is not None]
 
     def sampling_ms(self, point: OpcUaPoint) -> float:
         return point.sampling_ms if point.sampling_ms is not None else self.poll_s * 1000

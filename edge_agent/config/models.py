@@ -9,10 +9,20 @@ so that it does not collide with the runtime class it configures (``Outbox``).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Self
 
-from pydantic import BeforeValidator, Discriminator, Field, Tag, field_validator, model_validator
+from pydantic import (
+    BeforeValidator,
+    Discriminator,
+    Field,
+    Tag,
+    TypeAdapter,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from drivers.base import Frozen, Violation, reject
 from drivers.modbus.config import ModbusDevice, bus_conflicts
@@ -20,7 +30,7 @@ from drivers.mqtt.config import MqttDevice, broker_of, tls_file_problems
 from drivers.opcua.config import OpcUaDevice
 from edge_agent.contract.topics import DEFAULT_ROOT, GATEWAY_ID, Topics
 from edge_agent.durations import parse_duration
-from edge_agent.rules.compile import CompiledRule, RuleErrors, compile_rules
+from edge_agent.rules.compile import CompiledRule, Loc, RuleErrors, compile_rules
 from edge_agent.rules.model import Rule
 from mqttlink.url import Broker, BrokerUrl
 
@@ -221,9 +231,55 @@ def cross_checks(cfg: AgentConfig) -> list[tuple[tuple[str | int, ...], str]]:
             )
         seen.setdefault(dev.id, i)
     problems += bus_conflicts(cfg.devices)  # one serial line has one speed and framing
-    if not problems:
-        try:
-            cfg.compiled_rules()
-        except RuleErrors as exc:
-            problems += [(e.loc, e.message) for e in exc.errors]
+    try:  # a device id given twice does not keep the rules from being checked
+        cfg.compiled_rules()
+    except RuleErrors as exc:
+        problems += [(e.loc, e.message) for e in exc.errors]
     return problems
+
+
+_DEVICE: TypeAdapter[Any] = TypeAdapter(DeviceConfig)
+
+
+def rule_checks_of_valid_parts(data: Mapping[str, Any]) -> list[tuple[Loc, str]]:
+    """The rule checks of a config that did not validate as a whole, on the parts that
+    did: each rule that is valid on its own, bound to the devices that are, so that a bad
+    ``severity`` in one rule does not hide an unknown point in the next. A rule naming a
+    device that did not validate is left for the next round (its point names are not
+    known yet)."""
+    raw_devices = data.get("devices")
+    raw_rules = data.get("rules")
+    packs = data.get("rule_packs")
+    devices: dict[str, frozenset[str]] = {}
+    unknown_ids: set[object] = set()
+    for raw in raw_devices if isinstance(raw_devices, list) else []:
+        try:
+            device = _DEVICE.validate_python(raw)
+        except ValidationError:
+            unknown_ids.add(raw.get("id") if isinstance(raw, dict) else None)
+            continue
+        devices.setdefault(device.id, frozenset(p.name for p in device.points))
+    rules: list[Rule] = []
+    index: list[int] = []
+    for i, raw in enumerate(raw_rules if isinstance(raw_rules, list) else []):
+        try:
+            rule = Rule.model_validate(raw)
+        except ValidationError:
+            continue
+        if rule.device in unknown_ids or (None in unknown_ids and rule.device not in devices):
+            continue
+        rules.append(rule)
+        index.append(i)
+    names = [p for p in packs if isinstance(p, str)] if isinstance(packs, list) else []
+    try:
+        compile_rules(devices, rules, names if len(names) == len(packs or []) else [])
+    except RuleErrors as exc:
+        return [(_in_file(e.loc, index), e.message) for e in exc.errors]
+    return []
+
+
+def _in_file(loc: Loc, index: list[int]) -> Loc:
+    """An error of the i-th rule checked, at that rule's index in the file."""
+    if len(loc) >= 2 and loc[0] == "rules" and isinstance(loc[1], int):
+        return ("rules", index[loc[1]], *loc[2:])
+    return loc

@@ -20,9 +20,16 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from edge_agent.config.yaml_lines import Located, YamlSyntaxError, line_of, load_located
+from edge_agent.config.yaml_lines import (
+    Located,
+    YamlRefused,
+    YamlSyntaxError,
+    line_of,
+    load_located,
+)
 
 if TYPE_CHECKING:
     from pydantic import ValidationError
@@ -77,6 +84,32 @@ def error_message(err: Mapping[str, Any]) -> str:
 
 E = TypeVar("E", bound=ProblemsError)
 
+MAX_FILE_BYTES = 64 * 1024 * 1024
+"""The biggest config-like file read: a 20,000-device config is 6 MB; a path to
+``/dev/zero`` or a runaway generator gets an answer, not a hang or an exhausted memory."""
+
+
+def read_file_bytes(path: Path, file: str, error: type[E]) -> bytes:
+    """The bytes of a config-like file, or ``error`` saying why not: not there, a folder,
+    or bigger than ``MAX_FILE_BYTES``."""
+    try:
+        with path.open("rb") as f:
+            raw = f.read(MAX_FILE_BYTES + 1)
+    except OSError as exc:
+        raise error([Problem(file, 1, "(file)", exc.strerror or str(exc))]) from None
+    if len(raw) > MAX_FILE_BYTES:
+        message = f"bigger than {MAX_FILE_BYTES // (1024 * 1024)} MB; not a config"
+        raise error([Problem(file, 1, "(file)", message)])
+    return raw
+
+
+def read_file_text(path: Path, file: str, error: type[E]) -> str:
+    """``read_file_bytes`` as UTF-8 text, or ``error`` if it is not."""
+    try:
+        return read_file_bytes(path, file, error).decode("utf-8")
+    except UnicodeDecodeError:
+        raise error([Problem(file, 1, "(file)", "not UTF-8 text")]) from None
+
 
 def load_mapping(text: str, file: str, error: type[E]) -> tuple[Located, list[Problem]]:
     """YAML text that must be a mapping of keys: the data with the line of every key, and a
@@ -85,7 +118,7 @@ def load_mapping(text: str, file: str, error: type[E]) -> tuple[Located, list[Pr
     try:
         located = load_located(text)
     except YamlSyntaxError as exc:
-        raise error([Problem(file, exc.line, "(yaml)", exc.message)]) from None
+        raise error(yaml_problems(exc, file)) from None
     problems = [
         Problem(file, line, field_path(loc), "key appears twice; only one can be meant")
         for loc, line in located.duplicates
@@ -93,6 +126,14 @@ def load_mapping(text: str, file: str, error: type[E]) -> tuple[Located, list[Pr
     if not isinstance(located.data, dict):
         raise error([*problems, Problem(file, 1, "(file)", "must be a mapping of keys")])
     return located, problems
+
+
+def yaml_problems(exc: YamlSyntaxError, file: str) -> list[Problem]:
+    """A file the YAML loader would not read: the syntax error, or each refusal (an alias,
+    a tag, a number too long) at its line and field."""
+    if isinstance(exc, YamlRefused):
+        return [Problem(file, r.line, field_path(r.loc), r.message) for r in exc.refusals]
+    return [Problem(file, exc.line, "(yaml)", exc.message)]
 
 
 def validation_problems(exc: ValidationError, file: str, located: Located) -> list[Problem]:

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from importlib import resources
 from pathlib import Path
 from typing import Annotated, Any, Literal, Self, TypeVar
@@ -55,8 +55,10 @@ from edge_agent.config.problems import (
     ProblemsError,
     error_message,
     load_mapping,
+    read_file_text,
     validation_problems,
 )
+from edge_agent.config.yaml_lines import Located
 from edge_agent.rules.compile import RuleError, compile_rule
 from edge_agent.rules.model import Rule
 
@@ -96,12 +98,18 @@ RESERVED = frozenset({"id", "points", "profile", *DEVICE_MODELS})
 """Device keys a profile's ``device:`` defaults may not set."""
 
 
+def number_firmware_message(value: float, written: str | None = None) -> str:
+    """Why a firmware version written as a number is refused, and what to write: the text
+    as the file has it (``2.10``), not as YAML read it (2.1)."""
+    return (
+        f"a firmware version must be a quoted string, not the number {value!r}: "
+        f'YAML reads 2.10 as 2.1, so write "{written or value}" with the quotes'
+    )
+
+
 def _firmware(value: object) -> object:
     if isinstance(value, int | float) and not isinstance(value, bool):
-        raise ValueError(
-            f"a firmware version must be a quoted string, not the number {value!r}: "
-            f'YAML reads 2.10 as 2.1, so write "{value}" with the quotes the manual shows'
-        )
+        raise ValueError(number_firmware_message(value))
     if isinstance(value, str) and not FIRMWARE.match(value):
         raise ValueError(f"{value!r}: letters, digits and . _ + - (e.g. 2.10, 3.1.4-rc2)")
     return value
@@ -241,15 +249,14 @@ def parse_ref(ref: str) -> tuple[str, str, str]:
 def load_profile(path: Path, name: str | None = None) -> LoadedProfile:
     """Read and check one profile file; ProfileError with file:line problems."""
     shown = name or str(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ProfileError([Problem(shown, 1, "(file)", str(exc))]) from None
+    text = read_file_text(path, shown, ProfileError)
     located, problems = load_mapping(text, shown, ProfileError)
     try:
         profile = Profile.model_validate(located.data)
     except ValidationError as exc:
-        raise ProfileError(problems + validation_problems(exc, shown, located)) from None
+        raise ProfileError(
+            problems + [_as_written(p, located) for p in validation_problems(exc, shown, located)]
+        ) from None
     parts = path.parts
     vendor, model, stem = parts[-3], parts[-2], path.stem
     where = [
@@ -266,6 +273,19 @@ def load_profile(path: Path, name: str | None = None) -> LoadedProfile:
     if problems:
         raise ProfileError(problems)
     return LoadedProfile(profile, path)
+
+
+def _as_written(problem: Problem, located: Located) -> Problem:
+    """A number given as a firmware version, advised with the text the file has."""
+    data = located.data.get("firmware") if isinstance(located.data, dict) else None
+    if not problem.field.startswith("firmware[") or not isinstance(data, list):
+        return problem
+    index = int(problem.field.removeprefix("firmware[").rstrip("]"))
+    value = data[index] if index < len(data) else None
+    written = located.number_text(("firmware", index))
+    if written is None or not isinstance(value, int | float):
+        return problem
+    return replace(problem, message=number_firmware_message(value, written))
 
 
 class ProfileLibrary:

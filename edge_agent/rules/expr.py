@@ -12,6 +12,7 @@ import math
 import string
 from collections.abc import Mapping
 from dataclasses import dataclass
+from functools import cached_property, lru_cache
 from typing import Any
 
 from simpleeval import InvalidExpression, SimpleEval
@@ -73,7 +74,15 @@ class Expr:
     names: frozenset[str]
     _tree: Any  # our own check's tree (mode "eval")
     _parsed: Any  # simpleeval's tree, parsed once
-    _evaluator: SimpleEval
+    first_name: str | None
+    """The point named first in the text: what a reader takes the rule to be about."""
+
+    @cached_property
+    def _evaluator(self) -> SimpleEval:
+        """Made at the first evaluation, not at load: ``check`` never evaluates, and a
+        SimpleEval costs more to build than the whole parse (a pack rule on 20,000
+        devices is 20,000 of them)."""
+        return SimpleEval(functions=FUNCTIONS)
 
     def evaluate(self, values: Mapping[str, Value]) -> bool:
         self._evaluator.names = values
@@ -85,11 +94,27 @@ class Expr:
 
 def compile_expr(text: str, points: frozenset[str] | None = None) -> Expr:
     """Parse and check ``text``; with ``points``, every name must be one of them."""
+    tree, names, parsed, first = _parse(text.strip())
+    if points is not None and (unknown := names - points):
+        raise ExprError(
+            f"unknown point{'s' if len(unknown) > 1 else ''} {', '.join(sorted(unknown))} "
+            f"in {text!r} (the device has: {', '.join(sorted(points))})"
+        )
+    return Expr(text.strip(), names, tree, parsed, first)
+
+
+@lru_cache(maxsize=4096)
+def _parse(text: str) -> tuple[Any, frozenset[str], Any, str | None]:
+    """The checked tree, the names, simpleeval's tree and the first name of one condition
+    text: parsed
+    once per text, as a pack's few conditions are bound to every device that fits (the
+    trees are only read, never changed, so the instances share them)."""
     try:
         tree = ast.parse(text.strip(), mode="eval")
     except SyntaxError as exc:
         raise ExprError(f"syntax error in {text!r} at column {exc.offset}: {exc.msg}") from None
     names: set[str] = set()
+    named: list[ast.Name] = []
     for node in ast.walk(tree):
         if not isinstance(node, _ALLOWED_NODES):
             raise ExprError(f"{type(node).__name__} is not allowed in a rule condition: {text!r}")
@@ -98,14 +123,11 @@ def compile_expr(text: str, points: frozenset[str] | None = None) -> Expr:
                 raise ExprError(f"only {', '.join(sorted(FUNCTIONS))} may be called: {text!r}")
         elif isinstance(node, ast.Name) and node.id not in FUNCTIONS:
             names.add(node.id)
+            named.append(node)
     names -= {"True", "False", "None"}
-    if points is not None and (unknown := names - points):
-        raise ExprError(
-            f"unknown point{'s' if len(unknown) > 1 else ''} {', '.join(sorted(unknown))} "
-            f"in {text!r} (the device has: {', '.join(sorted(points))})"
-        )
-    evaluator = SimpleEval(functions=FUNCTIONS)
-    return Expr(text.strip(), frozenset(names), tree, evaluator.parse(text.strip()), evaluator)
+    named = [n for n in named if n.id in names]
+    first = min(named, key=lambda n: (n.lineno, n.col_offset)).id if named else None
+    return tree, frozenset(names), SimpleEval(functions=FUNCTIONS).parse(text), first
 
 
 def deadband_clear(when: Expr, deadband: float) -> Expr:
