@@ -1,6 +1,6 @@
 """How long ``edge-agent check`` takes on a big, valid agent config, in one process.
 
-    .venv/bin/python -m bench.config_check [--devices 20000] [--profile]
+    .venv/bin/python -m bench.config_check [--quick] [--devices 20000] [--profile]
 
 The config is written to a temporary folder: ``--devices`` Modbus devices, each with three
 points (a level, a float pressure, a smoke bit), the smoke and water rule packs, and one
@@ -8,7 +8,9 @@ inline rule per hundred devices. The figures are the wall and CPU time of the sc
 (YAML, validation, rules), of the host pass, and of the whole ``edge-agent check`` process
 (imports included), each best of three: on a shared machine the CPU time is the figure
 that does not depend on the neighbours. ``--profile`` prints the top of a cProfile of one
-schema pass instead, to see where the time goes.
+schema pass instead, to see where the time goes. ``--quick`` (CI's smoke run): 1,000
+devices, one run of each, to see that it completes and prints its figures. It writes no
+results file.
 """
 
 from __future__ import annotations
@@ -78,23 +80,26 @@ def _command(runs: int, path: Path) -> tuple[float, float]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--devices", type=int, default=20_000)
+    parser.add_argument("--devices", type=int, default=None, help="default 20,000")
     parser.add_argument("--profile", action="store_true", help="cProfile one schema pass")
+    parser.add_argument("--quick", action="store_true", help="1,000 devices, one run: for CI")
     args = parser.parse_args()
+    devices = args.devices or (1_000 if args.quick else 20_000)
+    runs = 1 if args.quick else 3
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "agent.yaml"
-        path.write_text(big_config(args.devices))
+        path.write_text(big_config(devices))
         if args.profile:
             profiler = cProfile.Profile()
             profiler.runcall(load_config, path)
             pstats.Stats(profiler).sort_stats("cumulative").print_stats(25)
             return
         loaded = load_config(path)
-        schema = _best_of(3, lambda: load_config(path))
-        host = _best_of(3, lambda: host_problems(loaded))
-        command = _command(3, path)
+        schema = _best_of(runs, lambda: load_config(path))
+        host = _best_of(runs, lambda: host_problems(loaded))
+        command = _command(runs, path)
         figures = {
-            "devices": args.devices,
+            "devices": devices,
             "bytes": path.stat().st_size,
             "schema_pass": schema,
             "host_pass": host,
