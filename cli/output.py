@@ -122,7 +122,20 @@ def show(
 
 
 def print_json(data: Any) -> None:
-    typer.echo(json.dumps(data, indent=2, ensure_ascii=False))
+    """``data`` as strict JSON (RFC 8259), which every consumer parses: a NaN or infinity a
+    gateway sent (Python's ``json`` reads and writes them; ``jq`` and browsers refuse the
+    whole document) is ``null``, as the wire contract sends such values."""
+    typer.echo(json.dumps(_finite(data), indent=2, ensure_ascii=False, allow_nan=False))
+
+
+def _finite(data: Any) -> Any:
+    if isinstance(data, float):
+        return data if math.isfinite(data) else None
+    if isinstance(data, Mapping):
+        return {key: _finite(value) for key, value in data.items()}
+    if isinstance(data, (list, tuple)):
+        return [_finite(value) for value in data]
+    return data
 
 
 def utc(ts: float | None) -> str:

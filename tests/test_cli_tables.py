@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import struct
 import subprocess
 import sys
@@ -802,3 +803,37 @@ def test_escape_sequences_a_gateway_sends_are_shown_in_tables_not_obeyed(tmp_pat
     listed = table(fleet("gateways", "list", "--db", str(path)).stdout)
     assert listed.rows[0][1] == f"a{shown_as}b"
     assert listed.rows[0][2] == f"label=\\u202e{shown_as}"
+
+
+def strict_json(out: str) -> Any:
+    """``out`` parsed as RFC 8259 JSON: NaN, Infinity and -Infinity are refused, as
+    ``jq`` and ``JSON.parse`` refuse them (Python's ``json`` would read them)."""
+
+    def refuse(constant: str) -> None:
+        raise ValueError(f"not strict JSON: {constant}")
+
+    return json.loads(out, parse_constant=refuse)
+
+
+def test_json_output_is_strict_json_even_when_a_gateway_sent_nan_or_infinity(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "central.db"
+    store = Store(path)
+    try:
+        state = b'{"gw":"gw-1","online":true,"site":"s","tags":{"t":NaN,"u":[-Infinity]}}'
+        store.update_state("gw-1", decode_state(state))
+        store.update_health("gw-1", decode_health(b'{"ts":1,"outbox":{"depth":NaN}}'))
+        event = json.loads(alarm_event(1, "det-3/smoke.alarm", "active", NOW))
+        store.insert_alarm(decode_alarm(json.dumps(event | {"value": math.inf}).encode()))
+        store.commit()
+    finally:
+        store.close()
+    listed = strict_json(fleet("gateways", "list", "--db", str(path), "--json").stdout)
+    assert listed[0]["tags"] == {"t": None, "u": [None]}
+    assert listed[0]["outbox_depth"] is None
+    alarms = strict_json(fleet("alarms", "list", "--db", str(path), "--json").stdout)
+    assert [a["value"] for a in alarms] == [None]
+    args = ("alarms", "history", "det-3/smoke.alarm", "-g", "gw-1", "--db", str(path), "--json")
+    history = strict_json(fleet(*args).stdout)
+    assert [e["value"] for e in history] == [None]
