@@ -36,6 +36,7 @@ from cli.output import (
     utc,
 )
 from cli.store_options import DEFAULT_DB, DbOpt, require_db
+from cli.topic_options import gateway_option, topic_root_option
 from edge_agent.contract.topics import DEFAULT_ROOT
 
 if TYPE_CHECKING:
@@ -59,7 +60,9 @@ KeyOpt = Annotated[
     Path,
     typer.Option("--key", envvar="EDGEFLEET_KEY", help="the center's Ed25519 private key"),
 ]
-GatewayArg = Annotated[str, typer.Option("--gateway", "-g", help="gateway id")]
+GatewayArg = Annotated[
+    str, typer.Option("--gateway", "-g", help="gateway id", callback=gateway_option)
+]
 AlarmArg = Annotated[str, typer.Argument(metavar="ALARM", help="alarm id, as listed: device/rule")]
 ByOpt = Annotated[str, typer.Option("--by", help="who does it (kept in the alarm history)")]
 
@@ -68,7 +71,12 @@ REPLY_TIMES = ("shelved_until",)
 
 RootOpt = Annotated[
     str,
-    typer.Option("--topic-root", envvar="EDGEFLEET_TOPIC_ROOT", help="root of the fleet's topics"),
+    typer.Option(
+        "--topic-root",
+        envvar="EDGEFLEET_TOPIC_ROOT",
+        help="root of the fleet's topics",
+        callback=topic_root_option,
+    ),
 ]
 
 
