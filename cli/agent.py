@@ -43,12 +43,28 @@ def exit_if_outbox_path_is_wrong(config: Path, outbox: Path) -> None:
         exit_with_problems(config, [f"{config}: outbox.path: {problem}"])
 
 
+def exit_if_command_key_is_wrong(config: Path, key: Path | None) -> None:
+    """``check`` and ``run`` alike: a ``central.command_key`` that cannot be read or is not
+    an Ed25519 public key is a problem of the config, exit 2 (``run`` died of it with a
+    traceback, after ``check`` had said ok)."""
+    if key is None:
+        return
+    # cryptography loads only for a config with a key, never for --help
+    from edge_agent.contract.commands import load_public_key  # noqa: PLC0415
+
+    try:
+        load_public_key(key)
+    except ValueError as exc:
+        exit_with_problems(config, [f"{config}: central.command_key: {exc}"])
+
+
 @app.command()
 def check(config: ConfigOpt) -> None:
     """Validate a config file without running anything; exit 2 if it has problems."""
     loaded = load_config_or_exit(config)
     cfg = loaded.config
     exit_if_outbox_path_is_wrong(config, cfg.outbox.path)
+    exit_if_command_key_is_wrong(config, cfg.central.command_key)
     points = sum(len(d.points) for d in cfg.devices)
     typer.echo(
         f"{config}: ok - gateway {cfg.gateway.id}, {len(cfg.devices)} device(s), "
@@ -64,6 +80,7 @@ def run(
     """Run the agent: poll devices, keep every reading in the outbox, publish to the center."""
     loaded = load_config_or_exit(config)
     exit_if_outbox_path_is_wrong(config, loaded.config.outbox.path)
+    exit_if_command_key_is_wrong(config, loaded.config.central.command_key)
     logging.basicConfig(
         level=log_level.upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
