@@ -66,6 +66,9 @@ GatewayArg = Annotated[
 AlarmArg = Annotated[str, typer.Argument(metavar="ALARM", help="alarm id, as listed: device/rule")]
 ByOpt = Annotated[str, typer.Option("--by", help="who does it (kept in the alarm history)")]
 
+LIMIT_MAX = 2**63 - 1
+"""The largest ``--limit``: what SQLite's LIMIT takes (a larger one was an OverflowError)."""
+
 REPLY_TIMES = ("shelved_until",)
 """Fields of a command's result that are unix times: shown in UTC."""
 
@@ -153,7 +156,9 @@ def readings(
     since: Annotated[
         str | None, typer.Option(help="only newer than this, e.g. 30s, 10m, 2h")
     ] = None,
-    limit: Annotated[int, typer.Option(min=1, help="at most this many, newest first")] = 100,
+    limit: Annotated[
+        int, typer.Option(min=1, max=LIMIT_MAX, help="at most this many, newest first")
+    ] = 100,
     db: DbOpt = DEFAULT_DB,
     json_out: JsonOpt = False,
 ) -> None:
@@ -214,7 +219,9 @@ def losses(
 @app.command("rejected")
 def rejected(
     gateway: Annotated[str | None, typer.Option("--gateway", "-g", help="gateway id")] = None,
-    limit: Annotated[int, typer.Option(help="at most this many, newest first")] = 100,
+    limit: Annotated[
+        int, typer.Option(min=1, max=LIMIT_MAX, help="at most this many, newest first")
+    ] = 100,
     db: DbOpt = DEFAULT_DB,
     json_out: JsonOpt = False,
 ) -> None:
