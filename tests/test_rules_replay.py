@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import subprocess
 import sys
 from datetime import UTC, datetime, timedelta, timezone
@@ -333,3 +334,24 @@ def test_the_replay_ends_even_where_a_step_no_longer_moves_the_clock() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=20, check=False
     )
     assert done.returncode == 0 and done.stdout.strip() == "[]", done.stderr
+
+
+def test_a_replay_of_a_pipe_a_device_or_a_huge_file_is_refused_before_reading(
+    tmp_path: Path,
+) -> None:
+    """A FIFO made the command wait for ever, /dev/zero filled the memory."""
+    cfg = lift_config(tmp_path)
+    fifo = tmp_path / "series.csv"
+    os.mkfifo(fifo)
+    huge = tmp_path / "huge.csv"
+    with huge.open("wb") as f:  # sparse: 257 MB that take no room
+        f.truncate(257 * 1024 * 1024)
+    cases = {
+        fifo: "not a regular file (a pipe or a device): give a CSV file",
+        Path("/dev/zero"): "not a regular file (a pipe or a device): give a CSV file",
+        huge: "larger than 256 MB: replay a part of it",
+    }
+    for series, says in cases.items():
+        out = rules_test(cfg, series)
+        assert out.returncode == 1, (series, out.stderr)
+        assert out.stderr.splitlines() == [f"{series}: {says}", "error: nothing replayed"]

@@ -35,9 +35,18 @@ class ReplayError(ValueError):
         self.problems = problems
 
 
-class ReplayTooLong(ReplayError):
+class SeriesRefused(ReplayError):
+    """The series as a whole cannot be replayed, whatever its rows: the one problem says
+    why (not a file one can read to its end, too large, too long a span)."""
+
+
+class ReplayTooLong(SeriesRefused):
     """The rows are sound, but the series (with its tail) spans more than ``MAX_STEPS``
     clock steps; the one problem says from which line to which."""
+
+
+SERIES_BYTES_MAX = 256 * 1024 * 1024
+"""The largest CSV a replay reads (it is read whole): past it, a part is to be replayed."""
 
 
 def replay(
@@ -99,7 +108,7 @@ def replay_file(
     """The events of the series in ``path``; ReplayError with every row that cannot be
     replayed on the gateway of ``catalog`` (then nothing is replayed: the answer would be
     for another series)."""
-    text, problem = read_text(path.read_bytes(), str(path))
+    text, problem = read_text(_series_bytes(path), str(path))
     if text is None:
         raise ReplayError([problem or f"{path}: unreadable"])
     series = read_series(text, str(path), catalog)
@@ -109,3 +118,18 @@ def replay_file(
         return replay(rules, series.samples, tail_s=tail_s, settings=settings)
     except ReplayTooLong as exc:
         raise ReplayTooLong([f"{path}: {p}" for p in exc.problems]) from None
+
+
+def _series_bytes(path: Path) -> bytes:
+    """The file's bytes; ``SeriesRefused`` for what is not a file read to its end (a pipe
+    waits for ever, ``/dev/zero`` fills the memory) or is larger than ``SERIES_BYTES_MAX``.
+    ``OSError`` when it cannot be read at all."""
+    if path.exists() and not path.is_file() and not path.is_dir():
+        raise SeriesRefused([f"{path}: not a regular file (a pipe or a device): give a CSV file"])
+    with path.open("rb") as f:
+        data = f.read(SERIES_BYTES_MAX + 1)
+    if len(data) > SERIES_BYTES_MAX:
+        raise SeriesRefused(
+            [f"{path}: larger than {SERIES_BYTES_MAX // 2**20} MB: replay a part of it"]
+        )
+    return data
