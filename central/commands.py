@@ -29,7 +29,10 @@ def send_command(
     ttl_s: float = 60,
 ) -> dict[str, Any]:
     """Sign ``cmd`` with the center's key, send it, return the gateway's reply."""
-    key = load_private_key(key_path)
+    try:
+        key = load_private_key(key_path)
+    except ValueError as exc:  # not readable, not a key, not Ed25519: says which
+        raise CommandFailed(str(exc)) from None
     command = new_command(cmd, args, ttl_s)
     correlation = uuid.uuid4().bytes
     reply_topic = f"{topics.root}/center/reply/{uuid.uuid4().hex}"

@@ -13,11 +13,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from rich.cells import cell_len
 from rich.console import Console, Group, RenderableType
 from rich.table import Table
 from rich.text import Text
 
-from cli.output import Cell, Part, Styled, text
+from cli.output import Cell, Part, Styled, printable, text
 
 DEVICE_COLUMNS = ("gateway", "online", "device", "latest values", "age")
 ALARM_COLUMNS = ("gateway", "alarm", "severity", "state", "message")
@@ -138,15 +139,21 @@ def _borders(columns: int) -> int:
     return 3 * columns + 1
 
 
+def _drawn_width(sent: str) -> int:
+    """Columns ``sent`` takes once drawn: a control character is shown as ``\\xNN``
+    (``printable``), a wide character takes two."""
+    return cell_len(printable(sent))
+
+
 def _widest(header: str, cells: Sequence[str], cap: int = 24) -> int:
-    return min(cap, max([len(header), *(len(c) for c in cells)]))
+    return min(cap, max([len(header), *(_drawn_width(c) for c in cells)]))
 
 
 def _alarm_widths(alarms: Sequence[AlarmRow]) -> dict[str, int]:
     return {
         "gateway": _widest("gateway", [a.gateway for a in alarms]),
         # the id is never cut: its column is as wide as the longest id
-        "alarm": max([len("alarm"), *(len(a.alarm_id) for a in alarms)]),
+        "alarm": max([len("alarm"), *(_drawn_width(a.alarm_id) for a in alarms)]),
         "severity": _widest("severity", [a.severity for a in alarms]),
         "state": _widest("state", [a.state for a in alarms]),
     }

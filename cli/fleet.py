@@ -36,6 +36,7 @@ from cli.output import (
     utc,
 )
 from cli.store_options import DEFAULT_DB, DbOpt, require_db
+from cli.topic_options import gateway_option, topic_root_option
 from edge_agent.contract.topics import DEFAULT_ROOT
 
 if TYPE_CHECKING:
@@ -59,16 +60,26 @@ KeyOpt = Annotated[
     Path,
     typer.Option("--key", envvar="EDGEFLEET_KEY", help="the center's Ed25519 private key"),
 ]
-GatewayArg = Annotated[str, typer.Option("--gateway", "-g", help="gateway id")]
+GatewayArg = Annotated[
+    str, typer.Option("--gateway", "-g", help="gateway id", callback=gateway_option)
+]
 AlarmArg = Annotated[str, typer.Argument(metavar="ALARM", help="alarm id, as listed: device/rule")]
 ByOpt = Annotated[str, typer.Option("--by", help="who does it (kept in the alarm history)")]
+
+LIMIT_MAX = 2**63 - 1
+"""The largest ``--limit``: what SQLite's LIMIT takes (a larger one was an OverflowError)."""
 
 REPLY_TIMES = ("shelved_until",)
 """Fields of a command's result that are unix times: shown in UTC."""
 
 RootOpt = Annotated[
     str,
-    typer.Option("--topic-root", envvar="EDGEFLEET_TOPIC_ROOT", help="root of the fleet's topics"),
+    typer.Option(
+        "--topic-root",
+        envvar="EDGEFLEET_TOPIC_ROOT",
+        help="root of the fleet's topics",
+        callback=topic_root_option,
+    ),
 ]
 
 
@@ -149,7 +160,9 @@ def readings(
     since: Annotated[
         str | None, typer.Option(help="only newer than this, e.g. 30s, 10m, 2h")
     ] = None,
-    limit: Annotated[int, typer.Option(min=1, help="at most this many, newest first")] = 100,
+    limit: Annotated[
+        int, typer.Option(min=1, max=LIMIT_MAX, help="at most this many, newest first")
+    ] = 100,
     db: DbOpt = DEFAULT_DB,
     json_out: JsonOpt = False,
 ) -> None:
@@ -210,7 +223,9 @@ def losses(
 @app.command("rejected")
 def rejected(
     gateway: Annotated[str | None, typer.Option("--gateway", "-g", help="gateway id")] = None,
-    limit: Annotated[int, typer.Option(help="at most this many, newest first")] = 100,
+    limit: Annotated[
+        int, typer.Option(min=1, max=LIMIT_MAX, help="at most this many, newest first")
+    ] = 100,
     db: DbOpt = DEFAULT_DB,
     json_out: JsonOpt = False,
 ) -> None:

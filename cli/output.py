@@ -6,6 +6,9 @@ What a cell holds, its type says:
   a profile's title). It is printed as it is, character for character: a gateway that
   sends ``[red]x[/]`` as its site is shown ``[red]x[/]``, never in red, and ``:fire:``
   stays those six characters (rich's ``escape()`` would have let it become an emoji).
+  Only the characters a terminal obeys rather than shows are written out (``printable``):
+  rich passes an escape sequence in a cell to the terminal as it is, so a site of
+  ``ESC[2J`` would clear the operator's screen.
 - ``Styled``: a word the program chose, drawn in a rich style (``online`` as a green
   ``yes``).
 - a tuple of both, for a cell that mixes them (``smoke=``, then a red ``bad``).
@@ -74,7 +77,7 @@ def text(*parts: Part) -> Text:
         if isinstance(part, Styled):
             out.append(part.text, style=part.style)
         else:
-            out.append(part)
+            out.append(printable(part))
     return out
 
 
@@ -124,7 +127,7 @@ def strict(data: Any) -> Any:
     parser (``jq``, JavaScript) reads."""
     if isinstance(data, float):
         return data if math.isfinite(data) else None
-    if isinstance(data, dict):
+    if isinstance(data, Mapping):
         return {key: strict(value) for key, value in data.items()}
     if isinstance(data, list | tuple):
         return [strict(value) for value in data]
@@ -216,13 +219,18 @@ def inline(fields: Mapping[str, object]) -> str:
     return ", ".join(f"{key}: {value}" for key, value in flat(fields))
 
 
+_BIDI = (0x200E, 0x200F, *range(0x202A, 0x202F), *range(0x2066, 0x206A))
+"""Bidirectional marks, overrides and isolates: they reorder the text after them (a
+``\\u202e`` makes one alarm id read as another)."""
 _CONTROL = {c: f"\\x{c:02x}" for c in (*range(0x20), *range(0x7F, 0xA0))}
+_CONTROL |= {c: f"\\u{c:04x}" for c in _BIDI}
 
 
 def printable(sent: str) -> str:
-    """Text that came from outside, safe to print as a line: control characters (an
-    escape sequence that would recolour or clear the terminal, a newline that would forge
-    a line) as ``\\xNN``. Rich does the same for the cells of a table."""
+    """Text that came from outside, safe to print: control characters (an escape sequence
+    that would recolour or clear the terminal, a newline that would forge a line) as
+    ``\\xNN``, bidirectional controls as ``\\uNNNN``. Every table cell of sent text goes
+    through it (``text``), as does every ``key: value`` line."""
     return sent.translate(_CONTROL)
 
 

@@ -32,7 +32,7 @@ def rules_test(
     """Print which alarms the series would raise, clear or re-trigger, and when."""
     # the rule engine loads only for this command
     from cli.problems import load_config_or_exit  # noqa: PLC0415
-    from edge_agent.rules.replay import ReplayError, replay_file  # noqa: PLC0415
+    from edge_agent.rules.replay import ReplayError, SeriesRefused, replay_file  # noqa: PLC0415
 
     cfg = load_config_or_exit(config).config
     try:
@@ -45,6 +45,10 @@ def rules_test(
         )
     except OSError as exc:
         typer.echo(f"error: {replay}: {exc.strerror or exc}", err=True)
+        raise typer.Exit(1) from None
+    except SeriesRefused as exc:
+        typer.echo("\n".join(exc.problems), err=True)
+        typer.echo("error: nothing replayed", err=True)
         raise typer.Exit(1) from None
     except ReplayError as exc:
         for problem in exc.problems[:SHOWN_PROBLEMS]:

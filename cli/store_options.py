@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sqlite3
 from pathlib import Path
 from typing import Annotated
 
@@ -14,12 +15,44 @@ DEFAULT_DB = Path("central.db")
 
 
 def require_db(path: Path) -> Path:
-    """``path``, if a store is there; else a one-line error and exit 1 (a query must not
-    create an empty store where the operator mistyped the path)."""
-    if not path.exists():
-        typer.echo(
-            f"error: no central store at {path} (is `fleet central run` using another --db?)",
-            err=True,
-        )
+    """``path``, if a central store is there; else a one-line error and exit 1. A query
+    must neither create an empty store where the operator mistyped the path, nor add the
+    store's tables to another file (an agent's outbox, the config) named by mistake."""
+    problem = store_problem(path)
+    if problem is not None:
+        typer.echo(f"error: {problem}", err=True)
         raise typer.Exit(1)
     return path
+
+
+SQLITE_MAGIC = b"SQLite format 3\x00"
+STORE_TABLES = frozenset({"gateways", "readings", "alarm_events"})
+"""Tables every central store has (``central/store.py``): what tells one from another
+SQLite database."""
+
+
+def store_problem(path: Path) -> str | None:
+    """None if ``path`` is a central store; else what it is, for the operator. Reads only:
+    the header, and the table names through a read-only connection."""
+    if not path.exists():
+        return f"no central store at {path} (is `fleet central run` using another --db?)"
+    if not path.is_file():
+        return f"{path} is not a file (a directory or a device), so not a central store"
+    try:
+        with path.open("rb") as f:
+            header = f.read(len(SQLITE_MAGIC))
+    except OSError as exc:
+        return f"{path}: cannot be read ({exc.strerror or exc})"
+    if header != SQLITE_MAGIC:
+        return f"{path} is not an SQLite database, so not a central store"
+    try:
+        db = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
+        try:
+            rows = db.execute("SELECT name FROM sqlite_master WHERE type='table'").fetchall()
+        finally:
+            db.close()
+    except sqlite3.Error as exc:
+        return f"{path}: cannot be read as a central store ({exc})"
+    if not {str(name) for (name,) in rows} >= STORE_TABLES:
+        return f"{path} is an SQLite database, but not a central store (no gateways table)"
+    return None

@@ -27,17 +27,27 @@ DURATION_FORMS = "a duration: a number with s, m, h, d or w (90s, 15m, 12h, 7d, 
 
 CALENDAR_HINT = "months and years vary in length: write days (365d)"
 
+MAX_S = 36_500 * 86400
+"""The longest duration: 36500 days, a century. Longer ones are typos (a digit too many,
+or enough digits to read as infinity); they would end after every calendar a time is
+shown in, and an infinite one is not a number JSON can carry to a gateway."""
+
+LONGEST_HINT = "at most 36500d (a century)"
+
 
 def parse_duration(text: str) -> float:
     """Seconds in ``text``; spaces around the number and the unit are allowed.
 
     Raises ``ValueError`` (with ``DURATION_FORMS`` as its message, and ``CALENDAR_HINT``
-    after it for ``2y`` or ``3mo``) for anything else, negative numbers included: a length
-    of time is never negative.
+    after it for ``2y`` or ``3mo``, ``LONGEST_HINT`` for more than ``MAX_S``) for anything
+    else, negative numbers included: a length of time is never negative.
     """
     m = _FORM.fullmatch(text)
     if not m:
         if _CALENDAR.fullmatch(text):
             raise ValueError(f"{DURATION_FORMS}; {CALENDAR_HINT}")
         raise ValueError(DURATION_FORMS)
-    return float(m.group(1)) * UNIT_S[m.group(2)]
+    seconds = float(m.group(1)) * UNIT_S[m.group(2)]
+    if not seconds <= MAX_S:  # also the infinity that 400 digits read as
+        raise ValueError(f"{DURATION_FORMS}; {LONGEST_HINT}")
+    return seconds

@@ -20,6 +20,7 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from edge_agent.contract.payloads import ACK_BYTES_MAX
 from mqttlink.backoff import Backoff
 from mqttlink.session import Message, Session, Subscription, Will
 from mqttlink.url import Broker
@@ -28,6 +29,10 @@ log = logging.getLogger(__name__)
 
 MAX_INFLIGHT = 1000
 """QoS 1 messages on the wire unacked; the sender's window bounds them first."""
+
+INBOUND_PACKET_MAX = ACK_BYTES_MAX + 65_536
+"""The largest MQTT packet the gateway takes from the broker: the longest ack, and room
+for its topic and v5 properties (response topic, correlation data, user properties)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,6 +72,10 @@ class Uplink:
             session_expiry_s=0,
             will=Will(will[0], will[1], qos=1, retain=True),
             max_inflight=MAX_INFLIGHT,
+            # no message past the longest ack is delivered: a client that may publish on
+            # the gateway's topics cannot make it read and parse 200 MB (MQTT v5 Maximum
+            # Packet Size; the broker drops what is larger, for this client only)
+            max_packet_bytes=INBOUND_PACKET_MAX,
             start_empty=True,
             backoff=Backoff(first_s=0.5, cap_s=max(0.5, reconnect_max_s)),
             loop=loop,

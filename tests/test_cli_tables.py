@@ -767,3 +767,48 @@ def test_the_command_modules_load_without_rich() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
     )
     assert out.stdout.strip() == "[]", out.stdout
+
+
+# --- text a terminal would obey --------------------------------------------------------------
+
+CLEAR = "\x1b[2J\x1b]0;owned\x07"
+"""An escape sequence that clears the screen and one that retitles the terminal."""
+
+
+def test_escape_sequences_a_gateway_sends_are_shown_in_tables_not_obeyed(tmp_path: Path) -> None:
+    """Rich passes an ESC in a cell to the terminal as it is: every sent cell is escaped."""
+    path = tmp_path / "central.db"
+    store = Store(path)
+    try:
+        state = {"gw": "gw-1", "online": True, "site": f"a{CLEAR}b", "agent_version": "1"}
+        state |= {"tags": {"label": f"\u202e{CLEAR}"}}
+        store.update_state("gw-1", decode_state(wire(state)))
+        store.insert_alarm(
+            decode_alarm(alarm_event(1, "det-3/smoke.alarm", "active", NOW, msg=f"fire{CLEAR}"))
+        )
+        store.commit()
+    finally:
+        store.close()
+    shown_as = "\\x1b[2J\\x1b]0;owned\\x07"
+    for args in (
+        ("gateways", "list"),
+        ("alarms", "list"),
+        ("alarms", "history", "det-3/smoke.alarm", "-g", "gw-1"),
+    ):
+        colour = run(fleet_app, *args, "--db", str(path), env={**WIDE, "FORCE_COLOR": "1"})
+        assert colour.exit_code == 0, colour.output
+        assert "\x1b[2J" not in colour.stdout and "\x07" not in colour.stdout, args
+        assert shown_as in colour.stdout, colour.stdout
+    listed = table(fleet("gateways", "list", "--db", str(path)).stdout)
+    assert listed.rows[0][1] == f"a{shown_as}b"
+    assert listed.rows[0][2] == f"label=\\u202e{shown_as}"
+
+
+def strict_json(out: str) -> Any:
+    """``out`` parsed as RFC 8259 JSON: NaN, Infinity and -Infinity are refused, as
+    ``jq`` and ``JSON.parse`` refuse them (Python's ``json`` would read them)."""
+
+    def refuse(constant: str) -> None:
+        raise ValueError(f"not strict JSON: {constant}")
+
+    return json.loads(out, parse_constant=refuse)

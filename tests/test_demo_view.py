@@ -86,3 +86,19 @@ def test_a_short_list_is_shown_whole_with_its_messages() -> None:
     assert all(r.alarm_id in text for r in rows)
     assert text.count("Passenger trapped") == 3
     assert all(f"det-{i}" in text for i in range(5))
+
+
+def test_escape_sequences_in_what_gateways_send_are_shown_and_the_id_stays_whole() -> None:
+    """An ESC in an alarm's id or message is drawn as ``\\x1b`` (four columns, counted as
+    such, so the id still is not cut), never sent to the terminal."""
+    sent = AlarmRow("gw\x1b[2J", "det-1/\x1b]0;x\x07smoke", "critical", "active", "m\x1b[31m")
+    view = live_view(
+        "t", devices(1), [sent, *alarms(2)], width=80, height=23, footer="fleet alarms list"
+    )
+    console = Console(width=80, height=24, color_system=None, force_terminal=False)
+    with console.capture() as captured:
+        console.print(view)
+    text = captured.get()
+    assert "\x1b" not in text and "\x07" not in text, repr(text)
+    assert "det-1/\\x1b]0;x\\x07smoke" in text, text
+    assert all(len(line) <= 80 for line in text.splitlines())

@@ -8,10 +8,12 @@ from pathlib import Path
 
 import pytest
 import typer
+from typer.testing import CliRunner
 
 from cli.durations import length_option, since_option
+from cli.fleet import app as fleet_app
 from edge_agent.config import ConfigError, parse_config
-from edge_agent.durations import CALENDAR_HINT, DURATION_FORMS, parse_duration
+from edge_agent.durations import CALENDAR_HINT, DURATION_FORMS, LONGEST_HINT, parse_duration
 
 
 @pytest.mark.parametrize(
@@ -88,3 +90,26 @@ def test_a_wrong_value_names_the_option_it_was_given_to() -> None:
         raised.value.format_message()
         == f"Invalid value for --since: 'soon' is not {DURATION_FORMS}"
     )
+
+
+@pytest.mark.parametrize("text", ["1" + "0" * 400, "36501d", "99999999999999999999w"])
+def test_a_length_past_a_century_or_infinite_is_refused_with_the_longest(text: str) -> None:
+    """400 digits read as infinity: a shelving for ever, which JSON cannot carry."""
+    with pytest.raises(ValueError) as refused:
+        parse_duration(text)
+    assert str(refused.value) == f"{DURATION_FORMS}; {LONGEST_HINT}"
+    assert parse_duration("36500d") == 36_500 * 86_400
+
+
+def test_shelve_for_ever_is_a_usage_error_before_anything_is_sent() -> None:
+    """It was a ValueError traceback from the JSON encoder, after connecting."""
+    result = CliRunner().invoke(
+        fleet_app,
+        [
+            *("alarms", "shelve", "det-1/smoke.alarm", "-g", "gw-1", "--reason", "x"),
+            *("--for", "1" + "0" * 400, "--broker", "mqtt://127.0.0.1:1"),
+        ],
+    )
+    assert result.exit_code == 2, result.output
+    assert LONGEST_HINT in result.output and "Traceback" not in result.output
+    assert "unreachable" not in result.output

@@ -212,3 +212,45 @@ def test_a_device_answering_mbap_length_2_is_logged_once_without_tracebacks(
     assert log.count(f"unit 1 on 127.0.0.1:{port} unavailable: timeout") == 1, log[-3000:]
     assert log.count(" WARNING ") + log.count(" ERROR ") == 2, log[-3000:]
     assert device["link"] != "up"
+
+
+def test_a_message_longer_than_the_longest_ack_never_reaches_the_agent(
+    tmp_path: Path, broker: Broker, modbus_server: ThreadedDevice
+) -> None:
+    """A 180 MB ack from any client took a gateway's agent from 46 MB to 839 MB while it
+    read and parsed it. The agent's CONNECT says how long a packet it takes (the longest
+    ack the center can send, and room for its properties), and the broker holds to it."""
+    outbox = tmp_path / "outbox.db"
+    agent = Agent.for_devices(tmp_path, broker.url, devices_yaml(modbus_server.port), GW, outbox)
+    agent.start()
+    peer = Peer(broker)
+    try:
+        stream = str(wait_for(lambda: stream_of(outbox), 20, what="the agent's outbox"))
+        wait_for(lambda: peer.last_health() is not None, 20, what="a health report")
+        too_long = [[1, 2]] * 800_000  # 4.8 MB: past any ack, and past ACK_RANGES_MAX
+        peer.publish_ack(json.dumps({"stream": stream, "telemetry": too_long}).encode())
+        # the longest ack there can be, in bytes; its last range backwards, so it is
+        # counted as breaking the contract: proof that it was delivered
+        top = 2**63 - 1
+        longest = {
+            "stream": "s" * 128,
+            "telemetry": [[top, top]] * 16_384,
+            "alarms": [[top, top]] * 16_383 + [[top, top - 1]],
+        }
+        payload = json.dumps(longest, separators=(",", ":")).encode()
+        assert len(payload) > 1_370_000
+        peer.publish_ack(payload)
+
+        def counted() -> int | None:
+            health = peer.last_health()
+            return None if health is None else health["uplink"].get("bad_acks")
+
+        wait_for(lambda: counted() == 1, 20, what="the longest ack counted as bad")
+        time.sleep(2)  # a health report or two later: still only that one
+        assert counted() == 1
+        assert agent.running()
+    finally:
+        peer.close()
+        agent.stop()
+    log = agent.output()
+    assert "Traceback" not in log, log[-3000:]

@@ -205,3 +205,15 @@ def test_examining_a_foreign_wal_database_creates_nothing_beside_it(tmp_path: Pa
     problem = outbox_path_problem(path)
     assert problem is not None and "not an outbox" in problem
     assert snapshot(tmp_path) == before  # an ordinary read-only open leaves -wal and -shm
+
+
+def test_a_symbolic_link_to_nothing_is_refused_by_check_as_by_run(tmp_path: Path) -> None:
+    """check said ok, and run failed with the advice of a full disk (make room)."""
+    link = tmp_path / "outbox.db"
+    link.symlink_to(tmp_path / "gone" / "outbox.db")
+    config = write_config(tmp_path, link)
+    before = snapshot(tmp_path)
+    for result in check_and_run(config):
+        assert_refused(result, "is a symbolic link to")
+        assert "which does not exist" in result.stderr
+    assert snapshot(tmp_path) == before

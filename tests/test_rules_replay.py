@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import subprocess
+import sys
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
@@ -271,3 +273,85 @@ def test_a_file_of_garbage_gets_a_bounded_report_and_no_traceback(tmp_path: Path
     out = rules_test(cfg, tmp_path / "missing.csv")
     assert out.returncode == 1 and "No such file or directory" in out.stderr
     assert "Traceback" not in out.stderr
+
+
+def test_a_series_whose_steps_would_take_hours_is_refused_before_the_first_step(
+    tmp_path: Path,
+) -> None:
+    """One row in seconds from 0 among epoch times, or a tail of years, was 17 billion steps
+    of 0.1 s: hours of a technician's terminal, with nothing said."""
+    cfg = lift_config(tmp_path)
+    mixed = tmp_path / "mixed.csv"
+    mixed.write_text("ts,device,point,value\n0,lift-7,speed,0\n1764000000,lift-7,speed,1\n")
+    one = tmp_path / "one.csv"
+    one.write_text("ts,device,point,value\n10,lift-7,speed,0\n")
+    cases = [
+        (mixed, (), "(line 2 at 0 to line 3 at 1.764e+09)"),
+        (one, ("--tail", "1e9"), "(line 2 at 10 to line 2 at 10 and --tail 1e+09 s)"),
+        (one, ("--tail", "inf"), "spans inf s"),
+    ]
+    for series, extra, where in cases:
+        out = rules_test(cfg, series, *extra)
+        assert out.returncode == 1, out.stderr
+        problem, summary = out.stderr.splitlines()
+        assert problem.startswith(f"{series}: the series spans ") and where in problem, problem
+        assert "more than a replay steps through (11.6 days in steps of 0.1 s)" in problem
+        assert summary == "error: nothing replayed"
+        assert out.stdout == ""
+
+
+def test_a_value_or_time_no_double_holds_is_a_problem_of_its_row(tmp_path: Path) -> None:
+    cfg = lift_config(tmp_path)
+    bad = tmp_path / "bad.csv"
+    digits = "9" * 4000  # an int Python reads, but no float compares with it
+    bad.write_text(
+        "ts,device,point,value\n"
+        f"1,lift-7,speed,{digits}\n"
+        "1e17,lift-7,speed,1\n"  # a clock where 0.1 s steps are lost: it stood still
+        "2,lift-7,speed,1\n"
+    )
+    out = rules_test(cfg, bad)
+    assert out.returncode == 1 and "Traceback" not in out.stderr, out.stderr
+    assert out.stderr.splitlines() == [
+        f"{bad}:2: value '9999999999999999999999999999999999999999'... (4000 characters) "
+        "is not a finite number",
+        f"{bad}:3: ts '1e17' is not a time of the years 1 to 9999 in epoch seconds",
+        "error: 2 rows cannot be replayed; nothing replayed",
+    ]
+
+
+def test_the_replay_ends_even_where_a_step_no_longer_moves_the_clock() -> None:
+    """At 1e17 s a double cannot hold +0.1 s: the stepping loop once waited for ever."""
+    code = (
+        "from drivers.base import Quality, Reading\n"
+        "from edge_agent.rules.series import Sample\n"
+        "from edge_agent.rules.replay import replay\n"
+        "rows = [Sample(i, Reading('d', 'p', 1.0, None, Quality.GOOD, 1e17 + 64 * i))"
+        " for i in (1, 2)]\n"
+        "print(replay([], rows, tail_s=64))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=20, check=False
+    )
+    assert done.returncode == 0 and done.stdout.strip() == "[]", done.stderr
+
+
+def test_a_replay_of_a_pipe_a_device_or_a_huge_file_is_refused_before_reading(
+    tmp_path: Path,
+) -> None:
+    """A FIFO made the command wait for ever, /dev/zero filled the memory."""
+    cfg = lift_config(tmp_path)
+    fifo = tmp_path / "series.csv"
+    os.mkfifo(fifo)
+    huge = tmp_path / "huge.csv"
+    with huge.open("wb") as f:  # sparse: 257 MB that take no room
+        f.truncate(257 * 1024 * 1024)
+    cases = {
+        fifo: "not a regular file (a pipe or a device): give a CSV file",
+        Path("/dev/zero"): "not a regular file (a pipe or a device): give a CSV file",
+        huge: "larger than 256 MB: replay a part of it",
+    }
+    for series, says in cases.items():
+        out = rules_test(cfg, series)
+        assert out.returncode == 1, (series, out.stderr)
+        assert out.stderr.splitlines() == [f"{series}: {says}", "error: nothing replayed"]

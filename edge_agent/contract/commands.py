@@ -123,10 +123,15 @@ def generate_keys(private_path: Path) -> Path:
 
 def load_private_key(path: Path) -> Ed25519PrivateKey:
     # cryptography loads only where commands are signed or checked
+    from cryptography.exceptions import UnsupportedAlgorithm  # noqa: PLC0415
     from cryptography.hazmat.primitives import serialization  # noqa: PLC0415
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey  # noqa: PLC0415
 
-    key = serialization.load_pem_private_key(path.read_bytes(), password=None)
+    pem = _key_file(path)
+    try:
+        key = serialization.load_pem_private_key(pem, password=None)
+    except (ValueError, TypeError, UnsupportedAlgorithm) as exc:  # not PEM, encrypted, ...
+        raise ValueError(f"{path} is not a PEM private key ({_first_line(exc)})") from None
     if not isinstance(key, Ed25519PrivateKey):
         raise ValueError(f"{path} is not an Ed25519 private key")
     return key
@@ -134,10 +139,38 @@ def load_private_key(path: Path) -> Ed25519PrivateKey:
 
 def load_public_key(path: Path) -> Ed25519PublicKey:
     # cryptography loads only where commands are signed or checked
+    from cryptography.exceptions import UnsupportedAlgorithm  # noqa: PLC0415
     from cryptography.hazmat.primitives import serialization  # noqa: PLC0415
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey  # noqa: PLC0415
 
-    key = serialization.load_pem_public_key(path.read_bytes())
+    pem = _key_file(path)
+    try:
+        key = serialization.load_pem_public_key(pem)
+    except (ValueError, UnsupportedAlgorithm) as exc:
+        raise ValueError(f"{path} is not a PEM public key ({_first_line(exc)})") from None
     if not isinstance(key, Ed25519PublicKey):
         raise ValueError(f"{path} is not an Ed25519 public key")
     return key
+
+
+KEY_FILE_MAX = 64 * 1024
+"""An Ed25519 PEM is under 200 bytes: a key file larger than this is some other file."""
+
+
+def _key_file(path: Path) -> bytes:
+    """The bytes of a key file; ``ValueError`` naming the path for one that cannot be read
+    (missing, a directory, a device) or is far too large to be a key."""
+    try:
+        with path.open("rb") as f:
+            pem = f.read(KEY_FILE_MAX + 1)
+    except OSError as exc:
+        raise ValueError(f"{path}: cannot be read as a key ({exc.strerror or exc})") from None
+    if len(pem) > KEY_FILE_MAX:
+        raise ValueError(f"{path} is larger than {KEY_FILE_MAX} bytes: not a key file")
+    return pem
+
+
+def _first_line(exc: Exception) -> str:
+    """cryptography's messages run to a paragraph and a link: their first sentence."""
+    text = str(exc).strip() or type(exc).__name__
+    return text.split(". ")[0].splitlines()[0]

@@ -53,6 +53,10 @@ STREAM_ID = re.compile(r"[A-Za-z0-9._-]{1,128}")
 # ack with more is not one the center sent; the bound keeps one message from holding the
 # outbox thread for long.
 ACK_RANGES_MAX = 16_384
+# The longest ack the center can send: both lanes full of the longest ranges, a stream id
+# of 128 characters. Commands are far shorter (``commands.py``), so this bounds what a
+# gateway receives at all.
+ACK_BYTES_MAX = 2 * ACK_RANGES_MAX * len(f"[{SEQ_MAX},{SEQ_MAX}],") + 256
 
 
 class PayloadError(ValueError):

@@ -47,6 +47,11 @@ def outbox_path_problem(path: Path) -> str | None:
     try:
         st = path.stat()
     except FileNotFoundError:
+        if path.is_symlink():  # SQLite cannot make a file at the end of a broken link
+            return (
+                f"{path} is a symbolic link to {os.readlink(path)}, which does not exist; "
+                f"point outbox.path at a file of its own, e.g. outbox.db"
+            )
         return _place_problem(path)
     except OSError as exc:
         return f"{path}: cannot be examined ({exc.strerror or exc})"

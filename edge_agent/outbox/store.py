@@ -10,13 +10,15 @@ reports the disk full, so that deletes (which need room in the WAL) can proceed
 
 Before anything is opened, ``path.py`` makes sure the file is an outbox this agent made
 (its ``PRAGMA application_id``), or that there is none yet: anything else raises
-``OutboxPathError`` and is left untouched. At open, ``PRAGMA quick_check`` runs; a
-corrupt outbox (SQLite says corrupt, or the check finds problems) is moved aside (kept,
-never deleted: it may hold the only copy of an outage's readings) and a new one, with a
-new stream, takes its place; the new stream's first alarm-lane event, ``outbox.corrupt``,
-tells the center. A file that cannot be opened for any other reason (disk full, I/O
-error, locked) is not corrupt: the ballast is given back and the open tried again;
-failing that, ``OutboxUnavailable`` is raised and the file is left exactly as it is.
+``OutboxPathError`` and is left untouched. Then ``lock.py`` takes the outbox for this
+agent alone, until ``close()``: held by another agent, it is ``OutboxUnavailable``. At
+open, ``PRAGMA quick_check`` runs; a corrupt outbox (SQLite says corrupt, or the check
+finds problems) is moved aside (kept, never deleted: it may hold the only copy of an
+outage's readings) and a new one, with a new stream, takes its place; the new stream's
+first alarm-lane event, ``outbox.corrupt``, tells the center. A file that cannot be
+opened for any other reason (disk full, I/O error, locked) is not corrupt: the ballast
+is given back and the open tried again; failing that, ``OutboxUnavailable`` is raised
+and the file is left exactly as it is.
 
 Not thread-safe: every call runs on the agent's one outbox thread (``facade.py``).
 """
@@ -33,6 +35,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from edge_agent.contract.alarms import encode_alarm_body
+from edge_agent.outbox.lock import OutboxLock, OutboxLocked
 from edge_agent.outbox.notices import corrupt_notice
 from edge_agent.outbox.path import OUTBOX_APPLICATION_ID, OutboxPathError, outbox_path_problem
 from edge_agent.sqlite_wal import use_wal
@@ -157,10 +160,15 @@ class OutboxFile:
         if problem is not None:
             raise OutboxPathError(problem)
         path.parent.mkdir(parents=True, exist_ok=True)
+        self.lock = _lock(path)  # one agent per outbox, before the file is looked into
         self.moved_aside: Path | None = None
         self._corrupt: tuple[str, str | None, Path] | None = None  # why, old stream, kept as
-        self.db, self.stream_id = self._open()
-        self.ensure_ballast()
+        try:
+            self.db, self.stream_id = self._open()
+            self.ensure_ballast()
+        except BaseException:
+            self.lock.release()
+            raise
 
     # --- open ----------------------------------------------------------------------------
 
@@ -319,6 +327,20 @@ class OutboxFile:
 
     def close(self) -> None:
         self.db.close()
+        self.lock.release()  # after the database: no write of ours can follow it
+
+
+def _lock(path: Path) -> OutboxLock:
+    """The outbox's lock; held by another agent, the outbox is unavailable (exit 1 and
+    nothing touched: systemd tries again, and the other may have stopped by then)."""
+    try:
+        return OutboxLock.take(path)
+    except OutboxLocked as exc:
+        raise OutboxUnavailable(str(exc)) from None
+    except OSError as exc:
+        raise OutboxUnavailable(
+            f"cannot lock the outbox {path} ({exc.strerror or exc}); the file is kept as it is"
+        ) from None
 
 
 class _Transaction:

@@ -8,7 +8,8 @@ problem (``file:line: message``) and the caller replays nothing when there are a
 Columns are found by header name, in any order; other columns are ignored, so the CSV of
 an export with more columns (unit, reason, stream, ...) reads as it is:
 
-* ``ts``: epoch seconds (or seconds from 0), or ISO 8601 with an offset or ``Z``;
+* ``ts``: epoch seconds (or seconds from 0), or ISO 8601 with an offset or ``Z``; a time
+  a calendar has (years 1 to 9999);
 * ``device`` (or ``dev``) and ``point`` (or ``pt``): one of the gateway's points;
 * ``value``: a number, ``true``/``false`` (``on``/``off``, ``yes``/``no``), or empty for a
   bad reading; text only for a point that carries text;
@@ -28,7 +29,7 @@ import itertools
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import TextIO
 
 from drivers.base import Quality, Reading, Value
@@ -42,6 +43,9 @@ COLUMNS: dict[str, tuple[str, ...]] = {
     "quality": ("quality",),
 }
 REQUIRED = ("ts", "device", "point", "value")
+TS_MIN = datetime(1, 1, 1, tzinfo=UTC).timestamp()
+TS_MAX = datetime(9999, 12, 31, 23, 59, 59, tzinfo=UTC).timestamp()
+"""The times a row may have, in epoch seconds: those of a calendar."""
 TRUE_WORDS = frozenset({"true", "on", "yes"})
 FALSE_WORDS = frozenset({"false", "off", "no"})
 
@@ -107,6 +111,9 @@ def parse_ts(text: str) -> float:
         return when.timestamp()
     if not math.isfinite(ts):
         raise ValueError(f"ts {text!r} is not a finite number of seconds")
+    if not TS_MIN <= ts <= TS_MAX:
+        # past these, 0.1 s steps are lost in a double's rounding: a clock that stands still
+        raise ValueError(f"ts {text!r} is not a time of the years 1 to 9999 in epoch seconds")
     return ts
 
 
@@ -124,9 +131,18 @@ def parse_value(text: str, carries_text: bool) -> Value:
         if carries_text:
             return t
         raise ValueError(f"value {text!r} is not a number, true/false or empty") from None
-    if not math.isfinite(number):
-        raise ValueError(f"value {text!r} is not a finite number")
+    try:
+        finite = math.isfinite(number)  # an int past a double's range cannot be compared
+    except OverflowError:
+        finite = False
+    if not finite:
+        raise ValueError(f"value {_shortened(text)} is not a finite number")
     return number
+
+
+def _shortened(text: str, keep: int = 40) -> str:
+    """``text`` as a problem quotes it: a value of 4000 digits is not printed whole."""
+    return repr(text) if len(text) <= keep else f"{text[:keep]!r}... ({len(text)} characters)"
 
 
 def parse_quality(text: str) -> Quality:
