@@ -1,6 +1,5 @@
 from __future__ import annotations
 
-import subprocess
 from collections.abc import Generator, Iterator
 from pathlib import Path
 
@@ -8,7 +7,7 @@ import pytest
 
 from drivers.modbus.config import ModbusPoint
 from tests.rig import POINTS
-from tests.support import Broker, ThreadedDevice
+from tests.support import Broker, ThreadedDevice, tmpfs
 
 
 @pytest.fixture
@@ -24,20 +23,8 @@ def mqtt_broker(tmp_path: Path) -> Iterator[Broker]:
 @pytest.fixture
 def small_fs(tmp_path: Path) -> Iterator[Path]:
     """A real 4 MB filesystem (tmpfs) to fill up: what a full disk does to the outbox."""
-    mnt = tmp_path / "small-fs"
-    mnt.mkdir()
-    result = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mnt)],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    if result.returncode != 0:
-        pytest.fail(f"cannot mount a small tmpfs (the full-disk tests need root): {result.stderr}")
-    try:
+    with tmpfs(tmp_path / "small-fs") as mnt:
         yield mnt
-    finally:
-        subprocess.run(["umount", "-l", str(mnt)], check=False)
 
 
 @pytest.fixture

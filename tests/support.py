@@ -4,6 +4,7 @@ for real. Every server listens on 127.0.0.1 only; every wait is bounded."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import shutil
 import signal
@@ -13,9 +14,11 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
+
+import pytest
 
 from central.store import Store
 from drivers.simulated.modbus_server import SimulatedModbusDevice
@@ -331,3 +334,23 @@ def rtu_crc(frame: bytes) -> bytes:
         for _ in range(8):
             crc = (crc >> 1) ^ 0xA001 if crc & 1 else crc >> 1
     return crc.to_bytes(2, "little")
+
+
+@contextlib.contextmanager
+def tmpfs(mnt: Path, size: str = "4m") -> Iterator[Path]:
+    """A real tmpfs of ``size`` mounted on ``mnt`` (made here) for the test, unmounted after
+    it: a disk that fills up, or one remounted read-only. Needs root, as CI runs."""
+    mnt.mkdir()
+    result = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(mnt)],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=30,
+    )
+    if result.returncode != 0:
+        pytest.fail(f"cannot mount a tmpfs (these tests need root): {result.stderr}")
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], check=False, timeout=30)

@@ -15,7 +15,6 @@ import hashlib
 import json
 import math
 import sqlite3
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -32,11 +31,12 @@ from central.store import REJECTED_HEAD_BYTES, Store
 from cli.agent import app as agent_app
 from cli.fleet import app as fleet_app
 from drivers.modbus import ModbusPoint
-from edge_agent.contract import Channel, Topics, decode_ack
+from edge_agent.contract import Channel, Topics
 from edge_agent.contract.limits import MESSAGE_MAX_BYTES
 from mqttlink.session import Message
 from mqttlink.url import Broker as BrokerSettings
 from tests.support import Broker, ThreadedDevice, wait_for
+from tests.test_central_robust import Gateways
 from tests.test_opcua_driver import ThreadedStation
 
 pytestmark = pytest.mark.hil
@@ -152,38 +152,11 @@ def test_a_store_from_before_dead_letters_had_a_size_opens_and_keeps_taking_them
 # --- ingest: refused, kept as a head, acked when it names its rows -----------------------
 
 
-class AckWatcher:
-    """A stock MQTT v5 client that records the center's acks per gateway."""
-
-    def __init__(self, broker: Broker) -> None:
-        self.acks: dict[str, list[tuple[int, int]]] = {}
-        self._lock = threading.Lock()
-        self.client = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
-        self.client.on_message = self._on_message
-        self.client.connect("127.0.0.1", broker.port)
-        self.client.subscribe(TOPICS.pattern(Channel.ACK), qos=1)
-        self.client.loop_start()
-
-    def _on_message(self, client: Any, userdata: Any, msg: mqtt.MQTTMessage) -> None:
-        parsed = TOPICS.parse(msg.topic)
-        assert parsed is not None
-        with self._lock:
-            self.acks.setdefault(parsed[0], []).extend(decode_ack(msg.payload).telemetry)
-
-    def acked(self, gw: str) -> list[tuple[int, int]]:
-        with self._lock:
-            return list(self.acks.get(gw, []))
-
-    def close(self) -> None:
-        self.client.loop_stop()
-        self.client.disconnect()
-
-
 @pytest.fixture
-def ingest(tmp_path: Path, mqtt_broker: Broker) -> Iterator[tuple[Ingest, AckWatcher]]:
+def ingest(tmp_path: Path, mqtt_broker: Broker) -> Iterator[tuple[Ingest, Gateways]]:
     store = Store(tmp_path / "central.db")
     ing = Ingest(store, BrokerSettings.plain(mqtt_broker.url), TOPICS, client_id="test-hostile")
-    watcher = AckWatcher(mqtt_broker)
+    watcher = Gateways(mqtt_broker)
     ing.start()
     wait_for(ing.connected.is_set, 10, what="ingest connected")
     yield ing, watcher
@@ -197,7 +170,7 @@ def message(gw: str, channel: Channel, payload: bytes) -> Message:
 
 
 def test_hostile_messages_are_dead_letters_and_the_rest_of_the_round_is_stored(
-    ingest: tuple[Ingest, AckWatcher],
+    ingest: tuple[Ingest, Gateways],
 ) -> None:
     ing, watcher = ingest
     store = ing.store
@@ -219,8 +192,10 @@ def test_hostile_messages_are_dead_letters_and_the_rest_of_the_round_is_stored(
             message("gw-a", Channel.STATE, json.dumps({"online": True, "started": 1e308}).encode()),
         ]
     )
-    wait_for(lambda: {(1, 3)} <= set(watcher.acked("gw-a")), 10, what="gw-a acked")
-    wait_for(lambda: (2, 2) in watcher.acked("gw-big"), 10, what="gw-big's good batch acked")
+    wait_for(lambda: {(1, 3)} <= watcher.telemetry_acked("gw-a"), 10, what="gw-a acked")
+    wait_for(
+        lambda: (2, 2) in watcher.telemetry_acked("gw-big"), 10, what="gw-big's good batch acked"
+    )
     assert sorted((r.gateway, r.seq) for r in store.readings()) == [("gw-a", 3), ("gw-big", 2)]
     assert store.alarms() == []
     dead = {(r["gateway"], r["error"]): r for r in store.rejected(limit=100)}
@@ -236,7 +211,7 @@ def test_hostile_messages_are_dead_letters_and_the_rest_of_the_round_is_stored(
     big = dead[errors[-1]]
     assert (big["size"], len(big["payload"]), big["stream"]) == (len(huge), 4096, None)
     assert bytes(big["payload"]) == huge[:4096]
-    assert (1, 1) not in watcher.acked("gw-big")  # refused unparsed: it names no rows
+    assert (1, 1) not in watcher.telemetry_acked("gw-big")  # refused unparsed: it names no rows
     assert ing.stats.rejected == 6
 
 

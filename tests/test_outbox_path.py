@@ -20,7 +20,7 @@ import pytest
 
 from edge_agent.outbox import Lane, Outbox, OutboxPathError, outbox_path_problem
 from edge_agent.outbox.path import OUTBOX_APPLICATION_ID
-from tests.support import agent_config, free_port, run_cli
+from tests.support import agent_config, free_port, run_cli, tmpfs
 
 DEVICES = (
     "  - id: d1\n"
@@ -118,24 +118,12 @@ def test_dev_null_is_refused(tmp_path: Path) -> None:
 @pytest.fixture
 def read_only_dir(tmp_path: Path) -> Iterator[Path]:
     """A tmpfs holding an outbox of this agent, then remounted read-only."""
-    mnt = tmp_path / "ro"
-    mnt.mkdir()
-    mounted = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mnt)],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    if mounted.returncode != 0:
-        pytest.fail(f"cannot mount a tmpfs (the read-only tests need root): {mounted.stderr}")
-    try:
+    with tmpfs(tmp_path / "ro") as mnt:
         ob = Outbox(mnt / "outbox.db", max_bytes=10**8)
         ob.append(Lane.TELEMETRY, [(1.0, "{}")] * 5)
         ob.close()
         subprocess.run(["mount", "-o", "remount,ro", str(mnt)], check=True, timeout=30)
         yield mnt
-    finally:
-        subprocess.run(["umount", "-l", str(mnt)], check=False, timeout=30)
 
 
 @pytest.mark.parametrize("name", ["outbox.db", "new/outbox.db"])
