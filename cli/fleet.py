@@ -36,7 +36,7 @@ from cli.output import (
     utc,
 )
 from cli.store_options import DEFAULT_DB, DbOpt, require_db
-from cli.topic_options import gateway_option, topic_root_option
+from cli.topic_options import by_option, gateway_option, reason_option, topic_root_option
 from edge_agent.contract.topics import DEFAULT_ROOT
 
 if TYPE_CHECKING:
@@ -64,7 +64,10 @@ GatewayArg = Annotated[
     str, typer.Option("--gateway", "-g", help="gateway id", callback=gateway_option)
 ]
 AlarmArg = Annotated[str, typer.Argument(metavar="ALARM", help="alarm id, as listed: device/rule")]
-ByOpt = Annotated[str, typer.Option("--by", help="who does it (kept in the alarm history)")]
+ByOpt = Annotated[
+    str,
+    typer.Option("--by", help="who does it (kept in the alarm history)", callback=by_option),
+]
 
 LIMIT_MAX = 2**63 - 1
 """The largest ``--limit``: what SQLite's LIMIT takes (a larger one was an OverflowError)."""
@@ -410,7 +413,7 @@ _alarm_command("unshelve", "alarm.unshelve", "End a shelving early.")
 def alarms_shelve(
     alarm: AlarmArg,
     gateway: GatewayArg,
-    reason: Annotated[str, typer.Option(help="why (kept in the history)")],
+    reason: Annotated[str, typer.Option(help="why (kept in the history)", callback=reason_option)],
     for_: Annotated[
         str, typer.Option("--for", help="how long: 30m, 2h, 7d (s, m, h, d or w)")
     ] = "1h",

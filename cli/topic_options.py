@@ -1,9 +1,11 @@
-"""``--gateway`` and ``--topic-root`` of the commands that talk to gateways over MQTT.
+"""``--gateway``, ``--topic-root`` and the texts of the commands that talk to gateways.
 
 Both become topic levels, and the contract refuses a wildcard or a separator in them
 (``edge_agent.contract.topics``). Read as options they are checked as they are parsed, so
 ``-g 'demo-0002/#'`` is a usage error (exit 2) naming the option, before the broker is
-connected to, rather than a ``TopicError`` traceback once it has been.
+connected to, rather than a ``TopicError`` traceback once it has been. The texts a
+command carries (``--by``, ``--reason``) are bounded as the gateway bounds them
+(``edge_agent.contract.limits``): a longer one would be refused there, after the wait.
 """
 
 from __future__ import annotations
@@ -27,3 +29,27 @@ def topic_root_option(value: str) -> str:
         return Topics(value).root
     except TopicError as exc:
         raise typer.BadParameter(str(exc)) from None
+
+
+# the limits import the drivers' base (pydantic): they load for a command being run, never
+# for --help
+
+
+def by_option(value: str) -> str:
+    """``--by``, if a gateway keeps that many characters of who gave a command."""
+    from edge_agent.contract.limits import OPERATOR_MAX  # noqa: PLC0415
+
+    return _at_most(value, OPERATOR_MAX)
+
+
+def reason_option(value: str) -> str:
+    """``--reason``, if a gateway keeps that many characters of a shelving's reason."""
+    from edge_agent.contract.limits import COMMAND_REASON_MAX  # noqa: PLC0415
+
+    return _at_most(value, COMMAND_REASON_MAX)
+
+
+def _at_most(value: str, most: int) -> str:
+    if len(value) > most:
+        raise typer.BadParameter(f"{len(value)} characters; a gateway keeps at most {most}")
+    return value

@@ -24,6 +24,7 @@ from edge_agent.contract.alarms import (
     AlarmEvent,
     AlarmState,
 )
+from edge_agent.contract.limits import COMMAND_REASON_MAX, OPERATOR_MAX
 from edge_agent.outbox import AlarmJournal, AppendListener, Lane, OutboxFull, RuleState
 from edge_agent.rules.compile import CompiledRule
 from edge_agent.rules.engine import RuleEngine
@@ -187,7 +188,7 @@ class AlarmService:
 
     async def command(self, name: str, args: Mapping[str, Any]) -> dict[str, Any]:
         alarm = str(args.get("alarm", ""))
-        by = str(args.get("by", "center"))
+        by = _bounded_text(args.get("by", "center"), "by", OPERATOR_MAX)
         if name == "alarm.ack":
             events = self.engine.acknowledge(alarm, by)
         elif name == "alarm.reset":
@@ -198,7 +199,8 @@ class AlarmService:
             # 'shelved' for an alarm that is not (and "2h" or true are not seconds)
             if type(for_s) not in (int, float) or not math.isfinite(for_s) or for_s <= 0:
                 raise ValueError(f"for_s must be a number of seconds above 0, not {for_s!r}")
-            events = self.engine.shelve(alarm, float(for_s), str(args.get("reason", "")), by)
+            reason = _bounded_text(args.get("reason", ""), "reason", COMMAND_REASON_MAX)
+            events = self.engine.shelve(alarm, float(for_s), reason, by)
         elif name == "alarm.unshelve":
             events = self.engine.unshelve(alarm, by)
         else:
@@ -292,3 +294,13 @@ class AlarmService:
 def _target(action: Action) -> ActionWrite:
     w = action.write
     return ActionWrite(w.device, w.point, w.value)
+
+
+def _bounded_text(value: object, name: str, most: int) -> str:
+    """A command's text argument, refused (the reply says why) when it is not text or is
+    longer than the contract keeps: it goes into every alarm event the command causes."""
+    if not isinstance(value, str):
+        raise ValueError(f"{name} must be text, not {type(value).__name__}")
+    if len(value) > most:
+        raise ValueError(f"{name} is {len(value)} characters; at most {most}")
+    return value

@@ -13,6 +13,7 @@ import pytest
 from drivers.base import Quality, Reading
 from edge_agent.alarms import AlarmService
 from edge_agent.config.models import AlarmsConfig
+from edge_agent.contract.limits import COMMAND_REASON_MAX, OPERATOR_MAX
 from edge_agent.outbox import AgentOutbox, DbThread, Lane, Outbox
 from edge_agent.rules.compile import compile_rules
 from edge_agent.rules.engine import RuleEngine
@@ -115,3 +116,28 @@ async def test_a_shelving_of_no_length_or_not_a_number_is_refused(
         await alarms.command("alarm.shelve", shelve)
     assert alarms.reply(KEY)["state"] == "active"
     assert [e["state"] for e in history(ob)] == ["active"]
+
+
+@pytest.mark.parametrize(
+    ("args", "refusal"),
+    [
+        ({"by": "x" * (OPERATOR_MAX + 1)}, r"^by is 65 characters; at most 64$"),
+        ({"by": ["ops"]}, r"^by must be text, not list$"),
+        ({"reason": "r" * (COMMAND_REASON_MAX + 1)}, r"^reason is 513 characters; at most 512$"),
+        ({"reason": {"why": 1}}, r"^reason must be text, not dict$"),
+    ],
+)
+async def test_a_command_whose_texts_the_contract_cannot_keep_is_refused(
+    outbox: tuple[Outbox, AgentOutbox], args: dict[str, object], refusal: str
+) -> None:
+    """``by`` and a shelving's ``reason`` go into every alarm event the command causes:
+    a megabyte of either made events no batch could carry (it was taken as it came)."""
+    ob, agent_outbox = outbox
+    alarms = AlarmService(RuleEngine(rules()), agent_outbox.alarms, FakeSender(), {})
+    await alarms.record(alarms.observe(smoke(3.0)))
+    shelve = {"alarm": KEY, "by": "ops", "reason": "cleaning", "for_s": 60} | args
+    with pytest.raises(ValueError, match=refusal):
+        await alarms.command("alarm.shelve", shelve)
+    assert [e["state"] for e in history(ob)] == ["active"]
+    longest = {"by": "o" * OPERATOR_MAX, "reason": "r" * COMMAND_REASON_MAX}
+    assert (await alarms.command("alarm.shelve", shelve | longest))["state"] == "shelved"

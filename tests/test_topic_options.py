@@ -33,3 +33,17 @@ def test_a_topic_root_with_wildcards_is_a_usage_error(root: str) -> None:
     assert "Invalid value for '--topic-root'" in result.output
     assert "must be levels without wildcards" in result.output
     assert "unreachable" not in result.output
+
+
+@pytest.mark.parametrize(("option", "length", "most"), [("--by", 65, 64), ("--reason", 513, 512)])
+def test_a_text_longer_than_a_gateway_keeps_is_a_usage_error(
+    option: str, length: int, most: int
+) -> None:
+    """``--by`` and ``--reason`` are bounded as the gateway bounds them; a longer one was
+    sent, refused there (or dropped by the broker past its packet size) after the wait."""
+    args = ["alarms", "shelve", "d/r", "-g", "gw-1", "--reason", "r", *NOWHERE]
+    result = CliRunner().invoke(fleet_app, [*args, option, "x" * length])
+    assert result.exit_code == 2, result.output
+    assert f"Invalid value for '{option}'" in result.output
+    assert f"{length} characters; a gateway keeps at most {most}" in result.output
+    assert "unreachable" not in result.output

@@ -39,6 +39,12 @@ REASON_MAX: Final = 512
 """Characters of a reading's reason (a device's error text); longer ones are cut, marked."""
 
 ID_MAX: Final = 64  # device and point ids: drivers.base.DEVICE_ID
+
+OPERATOR_MAX: Final = 64
+"""Characters of who gave a command (``by``), kept in each alarm event it causes."""
+
+COMMAND_REASON_MAX: Final = 512
+"""Characters of a shelving's reason, kept in the alarm's history."""
 INT_DIGITS_MAX: Final = 21  # a reading's integer is within 64 bits, signed or not
 
 # Each character a reading's text may hold costs at most 6 bytes encoded (``\\u001f``);
