@@ -215,9 +215,10 @@ check_migrations()
 # --- the SQLite runner ---------------------------------------------------------------
 
 
-def sqlite_version(conn: sqlite3.Connection, label: str) -> int:
-    """The store's schema version, 0 for a new file; ``StoreSchemaError`` if this code
-    cannot use it. Reads only. ``label`` names the file in messages."""
+def sqlite_version(conn: sqlite3.Connection, label: str, latest: int = LATEST) -> int:
+    """The store's schema version, 0 for a new file; ``StoreSchemaError`` if this code,
+    which knows versions up to ``latest``, cannot use it. Reads only. ``label`` names the
+    file in messages."""
     try:
         (version,) = conn.execute("PRAGMA user_version").fetchone()
         tables = {
@@ -228,10 +229,10 @@ def sqlite_version(conn: sqlite3.Connection, label: str) -> int:
         }
     except sqlite3.DatabaseError as exc:  # not SQLite at all, or damaged
         raise NotACentralStore(f"{label} is not a central store (SQLite says: {exc})") from exc
-    if version > LATEST:
+    if version > latest:
         raise StoreTooNew(
             f"{label} is at schema version {version}, newer than this release knows "
-            f"({LATEST}): a newer release made or upgraded it. Use that release (or a "
+            f"({latest}): a newer release made or upgraded it. Use that release (or a "
             "backup made before the upgrade); this one changes nothing in it."
         )
     if version == 0 and tables:
@@ -256,12 +257,13 @@ def migrate_sqlite(
     """Bring the store on ``conn`` to the latest version; return the migrations applied
     (none for a store already there: then it writes nothing). ``conn`` must have no open
     transaction; ``StoreSchemaError`` if the store cannot be used, and then nothing changed."""
-    if sqlite_version(conn, label) >= migrations[-1].version:
+    latest = migrations[-1].version
+    if sqlite_version(conn, label, latest) >= latest:
         return []
     applied = []
     for migration in migrations:
         with _immediate(conn):
-            version = sqlite_version(conn, label)  # again: another process may have done it
+            version = sqlite_version(conn, label, latest)  # again: another may have done it
             if version == 1 and _user_version(conn) == 0:
                 conn.execute("PRAGMA user_version = 1")  # an unversioned store: name it
             if version < migration.version:

@@ -12,6 +12,7 @@ import sqlite3
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +26,7 @@ from central.migrations import (
     Migration,
     NotACentralStore,
     StoreTooNew,
+    check_migrations,
     migrate_sqlite,
 )
 from central.store import Store
@@ -329,3 +331,44 @@ def test_a_file_that_is_not_a_central_store_is_refused_and_left_untouched(
         assert result.returncode == 1, (name, result.stdout, result.stderr)
         assert result.stderr.startswith(f"error: {path} {says}"), (name, result.stderr)
         assert digest(path) == before, f"{name} was modified"
+
+
+def test_a_migration_two_processes_start_at_once_runs_once(tmp_path: Path) -> None:
+    """Both read the old version, then queue for the write lock: the second reads the
+    version again inside its transaction and finds the work done. (Without that re-read,
+    the second ran the step again, and a step that cannot run twice failed.)"""
+    db = copy(STORE_0_1_0, tmp_path)
+    Store(db).close()
+    once = Migration(LATEST + 1, "a step that can run once", {SQLITE: "CREATE TABLE once (a);"})
+    holder = sqlite3.connect(db)
+    holder.execute("BEGIN IMMEDIATE")  # both wait behind it for the write lock
+    results: list[object] = []
+
+    def migrate(errors: list[object] = results) -> None:
+        conn = sqlite3.connect(db)
+        try:
+            conn.execute("PRAGMA busy_timeout=10000")
+            errors.append(len(migrate_sqlite(conn, str(db), (*MIGRATIONS, once))))
+        except BaseException as exc:
+            errors.append(exc)
+        finally:
+            conn.close()
+
+    threads = [threading.Thread(target=migrate) for _ in range(2)]
+    for t in threads:
+        t.start()
+    time.sleep(0.5)  # both past their first read, waiting in BEGIN IMMEDIATE
+    holder.rollback()
+    holder.close()
+    for t in threads:
+        t.join(timeout=30)
+    assert not any(t.is_alive() for t in threads)
+    assert sorted(results, key=repr) == [0, 1]  # one applied it, the other found it done
+    assert user_version(db) == LATEST + 1
+
+
+def test_migration_versions_must_follow_each_other() -> None:
+    step = {SQLITE: "SELECT 1;"}
+    with pytest.raises(ValueError, match=r"1\.\.2 in order: \[1, 3\]"):
+        check_migrations((Migration(1, "a", step), Migration(3, "c", step)))
+    check_migrations(MIGRATIONS)
