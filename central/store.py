@@ -29,114 +29,10 @@ from typing import Any
 
 import sqlite_utils
 
+from central.migrations import DEAD_LETTER_BYTES, migrate_sqlite, sqlite_version
 from edge_agent.contract import AlarmMessage, AlarmState, NamedRows, TelemetryBatch
 from edge_agent.contract.alarms import DroppedRows
 from edge_agent.sqlite_wal import use_wal
-
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS readings (
-    gateway TEXT NOT NULL,
-    stream TEXT NOT NULL,
-    seq INTEGER NOT NULL,
-    device TEXT NOT NULL,
-    point TEXT NOT NULL,
-    value,
-    unit TEXT,
-    quality TEXT NOT NULL,
-    reason TEXT,
-    ts REAL NOT NULL,
-    is_bool INTEGER NOT NULL DEFAULT 0, -- what value holds: 1 a boolean, 2 a big integer as TEXT
-    PRIMARY KEY (gateway, stream, seq)
-) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS readings_by_point ON readings (gateway, device, point, ts);
-CREATE TABLE IF NOT EXISTS alarm_events (
-    gateway TEXT NOT NULL,
-    stream TEXT NOT NULL,
-    seq INTEGER NOT NULL,
-    alarm_id TEXT NOT NULL,
-    rule TEXT NOT NULL,
-    device TEXT NOT NULL,
-    severity TEXT NOT NULL,
-    state TEXT NOT NULL,
-    value,
-    ts REAL NOT NULL,
-    msg TEXT NOT NULL,
-    body TEXT NOT NULL,
-    PRIMARY KEY (gateway, stream, seq)
-) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS alarm_events_by_alarm ON alarm_events (alarm_id, ts);
-CREATE TABLE IF NOT EXISTS alarms (
-    gateway TEXT NOT NULL,
-    alarm_id TEXT NOT NULL,
-    rule TEXT NOT NULL,
-    device TEXT NOT NULL,
-    severity TEXT NOT NULL,
-    state TEXT NOT NULL,
-    value,
-    since REAL,
-    ts REAL NOT NULL,
-    msg TEXT NOT NULL,
-    occurrence INTEGER,
-    acked_by TEXT,
-    shelved_until REAL,
-    events INTEGER NOT NULL DEFAULT 1,
-    PRIMARY KEY (gateway, alarm_id)
-) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS losses (
-    gateway TEXT NOT NULL,
-    stream TEXT NOT NULL,
-    first_seq INTEGER NOT NULL,
-    last_seq INTEGER NOT NULL,
-    count INTEGER NOT NULL,
-    ts_first REAL,
-    ts_last REAL,
-    cause TEXT NOT NULL,
-    reported REAL NOT NULL,
-    PRIMARY KEY (gateway, stream, first_seq)
-) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS rejected (
-    gateway TEXT NOT NULL,
-    digest TEXT NOT NULL, -- sha256 of topic and payload: a message sent again is one row
-    topic TEXT NOT NULL,
-    error TEXT NOT NULL,
-    payload BLOB NOT NULL, -- its first REJECTED_HEAD_BYTES only
-    size INTEGER, -- of the whole payload, in bytes
-    stream TEXT, -- the outbox rows it was sent for, when it names them (then they are acked)
-    seq_first INTEGER,
-    seq_last INTEGER,
-    first_seen REAL NOT NULL,
-    last_seen REAL NOT NULL,
-    times INTEGER NOT NULL DEFAULT 1,
-    PRIMARY KEY (gateway, digest)
-) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS rejected_bytes ( -- what the dead letters keep, in all: one row
-    id INTEGER PRIMARY KEY CHECK (id = 1),
-    bytes INTEGER NOT NULL
-);
-CREATE TRIGGER IF NOT EXISTS rejected_kept AFTER INSERT ON rejected BEGIN
-    UPDATE rejected_bytes SET bytes = bytes + length(CAST(NEW.topic AS BLOB))
-        + length(CAST(NEW.error AS BLOB)) + length(NEW.payload);
-END;
-CREATE TRIGGER IF NOT EXISTS rejected_gone AFTER DELETE ON rejected BEGIN
-    UPDATE rejected_bytes SET bytes = bytes - length(CAST(OLD.topic AS BLOB))
-        - length(CAST(OLD.error AS BLOB)) - length(OLD.payload);
-END;
-CREATE TABLE IF NOT EXISTS gateways (
-    id TEXT PRIMARY KEY,
-    site TEXT,
-    online INTEGER NOT NULL DEFAULT 0,
-    agent_version TEXT,
-    config_rev TEXT,
-    started REAL,
-    stream TEXT,
-    last_seen REAL,
-    outbox_depth INTEGER,
-    outbox_oldest_age_s REAL,
-    dropped_telemetry INTEGER,
-    state TEXT,
-    health TEXT
-);
-"""
 
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 REJECTED_KEEP = 1000
@@ -150,8 +46,8 @@ REJECTED_MAX_BYTES = 64 * 1024 * 1024
 """Bytes of dead letters (topic, error, payload head) kept in all, the newest: gateway ids
 are many (anyone may make one up), so only a cap on the whole table bounds the disk."""
 VALUE_BOOL, VALUE_BIG_INT = 1, 2  # readings.is_bool
-_KEPT = "length(CAST(topic AS BLOB)) + length(CAST(error AS BLOB)) + length(payload)"
-"""What one dead letter keeps, in bytes (the triggers in ``SCHEMA`` count the same)."""
+_KEPT = DEAD_LETTER_BYTES
+"""What one dead letter keeps, in bytes (the triggers of the migrations count the same)."""
 
 
 def cell(value: Any) -> Any:
@@ -195,38 +91,32 @@ class StoredReading:
 
 class Store:
     def __init__(self, path: Path | str) -> None:
+        """Open the store at ``path`` (made if missing) and bring its schema to the latest
+        version (``central.migrations``). ``StoreSchemaError`` if the file is a store of a
+        newer release or not a central store: then nothing in it was changed."""
         # The ingest thread writes, the thread that opened it closes: one connection,
         # never used by two threads at once.
         conn = sqlite3.connect(str(path), check_same_thread=False)
+        try:
+            conn.execute("PRAGMA busy_timeout=5000")
+            # before anything writes (the switch to WAL writes the header): a file this
+            # version cannot use is left as it was
+            sqlite_version(conn, str(path))
+            use_wal(conn)
+            # FULL: the WAL is fsynced at every commit, and the center acks only what it
+            # has committed, after which the gateway deletes it. (NORMAL would fsync only at
+            # checkpoints: a power cut could lose rows already acked.) One commit per ingest
+            # round of up to hundreds of batches keeps the fsyncs few.
+            conn.execute("PRAGMA synchronous=FULL")
+            # A big page cache keeps the readings index in memory; fewer, larger
+            # checkpoints cost fewer fsyncs at tens of thousands of rows a second.
+            conn.execute("PRAGMA cache_size=-65536")
+            conn.execute("PRAGMA wal_autocheckpoint=10000")
+            migrate_sqlite(conn, str(path))
+        except BaseException:
+            conn.close()
+            raise
         self.db = sqlite_utils.Database(conn)
-        use_wal(conn)
-        # FULL: the WAL is fsynced at every commit, and the center acks only what it has
-        # committed, after which the gateway deletes it. (NORMAL would fsync only at
-        # checkpoints: a power cut could lose rows already acked.) One commit per ingest
-        # round of up to hundreds of batches keeps the fsyncs few.
-        self.db.execute("PRAGMA synchronous=FULL")
-        self.db.execute("PRAGMA busy_timeout=5000")
-        # A big page cache keeps the readings index in memory; fewer, larger checkpoints
-        # cost fewer fsyncs at tens of thousands of rows a second.
-        self.db.execute("PRAGMA cache_size=-65536")
-        self.db.execute("PRAGMA wal_autocheckpoint=10000")
-        self.db.conn.executescript(SCHEMA)
-        self._migrate()
-
-    def _migrate(self) -> None:
-        """Bring a store an older version created up to ``SCHEMA``."""
-        columns = {row[1] for row in self.db.execute("PRAGMA table_info(rejected)").fetchall()}
-        if "size" not in columns:
-            try:
-                self.db.execute("ALTER TABLE rejected ADD COLUMN size INTEGER")
-            except sqlite3.OperationalError as exc:  # another process opening it just did
-                if "duplicate column" not in str(exc):
-                    raise
-        if not self.db.execute("SELECT 1 FROM rejected_bytes").fetchall():  # reads only, once set
-            self.db.execute(
-                f"INSERT OR IGNORE INTO rejected_bytes SELECT 1, total({_KEPT}) FROM rejected"
-            )
-            self.db.conn.commit()
 
     # --- writes (one transaction per ingest round, committed before acks go out) -------
 

@@ -108,6 +108,7 @@ def central_run(
     """Run the central service: store what the fleet sends and acknowledge it."""
     # loaded by the command that uses it: fleet --help stays under 0.3 s
     from central.ingest import Ingest, run_central  # noqa: PLC0415
+    from central.migrations import StoreSchemaError  # noqa: PLC0415
     from central.store import Store  # noqa: PLC0415
     from edge_agent.contract import Topics  # noqa: PLC0415
 
@@ -117,7 +118,11 @@ def central_run(
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     url = broker_settings(broker, username, password_file, ca_file, cert_file, key_file)
-    store = Store(db)
+    try:
+        store = Store(db)
+    except StoreSchemaError as exc:  # a newer release's store, or not one: left untouched
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from None
     ingest = Ingest(store, url, Topics(topic_root), client_id=client_id)
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):

@@ -26,14 +26,12 @@ def require_db(path: Path) -> Path:
 
 
 SQLITE_MAGIC = b"SQLite format 3\x00"
-STORE_TABLES = frozenset({"gateways", "readings", "alarm_events"})
-"""Tables every central store has (``central/store.py``): what tells one from another
-SQLite database."""
 
 
 def store_problem(path: Path) -> str | None:
-    """None if ``path`` is a central store; else what it is, for the operator. Reads only:
-    the header, and the table names through a read-only connection."""
+    """None if ``path`` is a central store this release can open; else what it is, for the
+    operator (also a store of a newer release). Reads only: the header, and the tables and
+    schema version through a read-only connection."""
     if not path.exists():
         return f"no central store at {path} (is `fleet central run` using another --db?)"
     if not path.is_file():
@@ -45,14 +43,17 @@ def store_problem(path: Path) -> str | None:
         return f"{path}: cannot be read ({exc.strerror or exc})"
     if header != SQLITE_MAGIC:
         return f"{path} is not an SQLite database, so not a central store"
+    # loaded by the command that uses it: fleet --help loads nothing of central
+    from central.migrations import StoreSchemaError, sqlite_version  # noqa: PLC0415
+
     try:
         db = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
         try:
-            rows = db.execute("SELECT name FROM sqlite_master WHERE type='table'").fetchall()
+            sqlite_version(db, str(path))
         finally:
             db.close()
+    except StoreSchemaError as exc:
+        return str(exc)
     except sqlite3.Error as exc:
         return f"{path}: cannot be read as a central store ({exc})"
-    if not {str(name) for (name,) in rows} >= STORE_TABLES:
-        return f"{path} is an SQLite database, but not a central store (no gateways table)"
     return None
