@@ -32,6 +32,15 @@ from types import MappingProxyType
 
 SQLITE = "sqlite"
 
+APPLICATION_ID = 0x45466373
+"""``PRAGMA application_id`` of a central store ("EFcs"), set by migration 4: from then
+on a store is told from any other SQLite file (an agent's outbox has its own) by its
+header, not only by its table names."""
+
+AGENT_OUTBOX_ID = 0x45466F62
+"""An agent's outbox's ``application_id`` (``edge_agent.outbox.path``, which central does
+not import; a test keeps the two equal): named in the refusal, the likeliest mistake."""
+
 Step = str | Callable[[sqlite3.Connection], None]
 """What one migration does on one backend: SQL statements, or a function given the
 connection inside the migration's transaction (it must not commit)."""
@@ -198,6 +207,11 @@ MIGRATIONS: tuple[Migration, ...] = (
         "the dead letters' byte total, kept by triggers in one row",
         MappingProxyType({SQLITE: SQL_REJECTED_BYTES}),
     ),
+    Migration(
+        4,
+        "the store marked as one in its header (application_id)",
+        MappingProxyType({SQLITE: f"PRAGMA application_id = {APPLICATION_ID};"}),
+    ),
 )
 LATEST = MIGRATIONS[-1].version
 
@@ -221,6 +235,7 @@ def sqlite_version(conn: sqlite3.Connection, label: str, latest: int = LATEST) -
     file in messages."""
     try:
         (version,) = conn.execute("PRAGMA user_version").fetchone()
+        (application_id,) = conn.execute("PRAGMA application_id").fetchone()
         tables = {
             str(name)
             for (name,) in conn.execute(
@@ -229,6 +244,15 @@ def sqlite_version(conn: sqlite3.Connection, label: str, latest: int = LATEST) -
         }
     except sqlite3.DatabaseError as exc:  # not SQLite at all, or damaged
         raise NotACentralStore(f"{label} is not a central store (SQLite says: {exc})") from exc
+    if application_id == AGENT_OUTBOX_ID:
+        raise NotACentralStore(
+            f"{label} is an agent's outbox, not a central store; nothing changed"
+        )
+    if application_id not in (0, APPLICATION_ID):
+        raise NotACentralStore(
+            f"{label} is an SQLite database of another program (application_id "
+            f"{application_id:#010x}), not a central store; nothing changed"
+        )
     if version > latest:
         raise StoreTooNew(
             f"{label} is at schema version {version}, newer than this release knows "

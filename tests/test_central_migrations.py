@@ -20,6 +20,8 @@ import pytest
 from typer.testing import CliRunner
 
 from central.migrations import (
+    AGENT_OUTBOX_ID,
+    APPLICATION_ID,
     LATEST,
     MIGRATIONS,
     SQLITE,
@@ -31,6 +33,8 @@ from central.migrations import (
 )
 from central.store import Store
 from cli.fleet import app as fleet_app
+from edge_agent.outbox import Outbox
+from edge_agent.outbox.path import OUTBOX_APPLICATION_ID
 
 DATA = Path(__file__).parent / "data"
 STORE_0_1_0 = DATA / "store-0.1.0.db"
@@ -47,6 +51,19 @@ def copy(source: Path, tmp_path: Path) -> Path:
     target = tmp_path / "central.db"
     shutil.copyfile(source, target)
     return target
+
+
+def test_the_outbox_mark_central_names_is_the_agents() -> None:
+    assert AGENT_OUTBOX_ID == OUTBOX_APPLICATION_ID
+
+
+def application_id(path: Path) -> int:
+    conn = sqlite3.connect(path)
+    try:
+        (marked,) = conn.execute("PRAGMA application_id").fetchone()
+    finally:
+        conn.close()
+    return int(marked)
 
 
 def user_version(path: Path) -> int:
@@ -197,6 +214,7 @@ def test_a_fresh_store_has_the_schema_of_an_upgraded_0_1_0_store(tmp_path: Path)
     Store(fresh).close()
     assert user_version(fresh) == LATEST
     assert schema(fresh) == schema(old)
+    assert application_id(fresh) == application_id(old) == APPLICATION_ID
     assert {name for kind, name, _ in schema(fresh) if kind == "trigger"} == {
         "rejected_kept",
         "rejected_gone",
@@ -312,7 +330,17 @@ def not_stores(tmp_path: Path) -> dict[str, tuple[Path, str]]:
     conn.execute("CREATE TABLE readings (gateway TEXT)")
     conn.commit()
     conn.close()
+    outbox = tmp_path / "outbox.db"
+    Outbox(outbox, max_bytes=10**8).close()
+    lookalike = tmp_path / "lookalike.db"  # every table of a store, another program's header
+    Store(lookalike).close()
+    conn = sqlite3.connect(lookalike)
+    conn.execute("PRAGMA application_id = 1234")
+    conn.close()
+    another = "is an SQLite database of another program (application_id"
     return {
+        "outbox": (outbox, "is an agent's outbox, not a central store; nothing changed"),
+        "lookalike": (lookalike, f"{another} 0x000004d2), not a central store"),
         "text": (text, "is not a central store (SQLite says: file is not a database)"),
         "other": (other, "is an SQLite database, but not a central store (no alarm_events"),
         "partial": (partial, "is an SQLite database, but not a central store (no alarm_events"),

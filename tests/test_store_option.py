@@ -32,7 +32,7 @@ def not_stores(tmp_path: Path) -> dict[str, tuple[Path, str]]:
         "directory": (tmp_path, "is not a file (a directory or a device)"),
         "config": (config, "is not an SQLite database, so not a central store"),
         "empty": (tmp_path / "empty.db", "is not an SQLite database, so not a central store"),
-        "outbox": (tmp_path / "outbox.db", "is an SQLite database, but not a central store"),
+        "outbox": (tmp_path / "outbox.db", "is an agent's outbox, not a central store"),
     }
 
 
