@@ -185,11 +185,13 @@ def _alarms(store: Store) -> list[AlarmRow]:
     ]
 
 
-def fleet_env(db: Path, broker_url: str, key: Path) -> str:
-    """The shell lines that point `fleet` at the demo: the variables that
+def fleet_env(db: Path, broker_url: str, key: Path, bin_dir: Path = BIN) -> str:
+    """The shell lines that point `fleet` at the demo: `fleet` itself on the PATH (it is
+    in .venv, which a newcomer has not activated), and the variables that
     cli/store_options.py and cli/broker_options.py (and `--key`) read."""
     values = {"EDGEFLEET_DB": str(db), "EDGEFLEET_BROKER": broker_url, "EDGEFLEET_KEY": str(key)}
-    return "".join(f"export {name}={shlex.quote(value)}\n" for name, value in values.items())
+    path = f'export PATH={shlex.quote(str(bin_dir))}:"$PATH"\n'
+    return path + "".join(f"export {n}={shlex.quote(v)}\n" for n, v in values.items())
 
 
 def _interrupt(signum: int, frame: object) -> None:

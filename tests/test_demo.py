@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import re
 import shlex
@@ -11,7 +12,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from tests.support import run_cli, terminate, wait_for
+from tests.support import BIN, run_cli, terminate, wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -104,3 +105,25 @@ def test_fleet_acks_an_alarm_of_the_demo_through_the_printed_environment(tmp_pat
     finally:
         terminate(demo, timeout=30)
         reader.join(10)
+
+
+def test_the_printed_environment_puts_fleet_on_a_newcomers_path(tmp_path: Path) -> None:
+    """A newcomer has not activated .venv: the lines the demo prints must find `fleet`
+    there, in a shell whose PATH has only the system's folders."""
+    spec = importlib.util.spec_from_file_location("demo_script", ROOT / "scripts" / "demo.py")
+    assert spec is not None and spec.loader is not None
+    demo = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(demo)
+    env_file = tmp_path / "fleet.env"
+    env_file.write_text(demo.fleet_env(tmp_path / "central.db", "mqtt://127.0.0.1:1", Path("k")))
+    shell = subprocess.run(
+        ["/bin/sh", "-c", f". {shlex.quote(str(env_file))} && command -v fleet && fleet --version"],
+        env={"PATH": "/usr/bin:/bin", "HOME": str(tmp_path)},
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert shell.returncode == 0, shell.stderr
+    found, version = shell.stdout.splitlines()
+    assert Path(found) == BIN / "fleet" and version.startswith("fleet ")
