@@ -83,6 +83,11 @@ from .url import Broker, BrokerFileError
 
 log = logging.getLogger(__name__)
 
+LOOP_TIMEOUT_S = 1.0
+"""How long paho's select waits with nothing to read or write: keep-alive pings and the
+check that the connection is still wanted run at least this often. A publish from
+another thread does not wait for it (it wakes the select)."""
+
 Protocol = Literal["5", "3.1.1"]
 RETAIN_SEND, RETAIN_SEND_IF_NEW, RETAIN_DO_NOT_SEND = 0, 1, 2
 """MQTT v5 retain handling of a subscription [MQTT-3.8.3.1]."""
@@ -253,7 +258,8 @@ class Session:
         # event loop) writes to the socket itself, while the network thread reads it: an
         # SSL socket does not survive that (the broker sees "closed its connection" within
         # a second of a TLS connect). With a write-registration callback set, paho only
-        # queues the packet and wakes its loop, which writes it.
+        # queues the packet and wakes its loop (through the socket pair ``loop()`` makes:
+        # see ``_serve``), which writes it.
         client.on_socket_register_write = _written_by_the_network_thread
         self._client = client
 
@@ -425,11 +431,20 @@ class Session:
                 self._fail(SessionError(f"failed: {type(exc).__name__}: {exc}"))
             else:
                 try:
-                    self._client.loop_forever()  # returns when the connection is gone
+                    self._serve()
                 except Exception as exc:
                     self._fail(SessionError(f"failed: {type(exc).__name__}: {exc}"))
             if self._stopping.wait(self._backoff.next()):
                 break
+
+    def _serve(self) -> None:
+        """paho's loop for one connection, until it is gone. ``loop()``, not
+        ``loop_forever()``: ``loop()`` makes the socket pair through which a publish from
+        another thread (the agent's event loop) wakes the select, and with every write left
+        to this thread (``on_socket_register_write``) ``loop_forever()`` alone let such a
+        publish wait for the select's timeout: an alarm went out up to a second late."""
+        while self._client.loop(timeout=LOOP_TIMEOUT_S) == MQTTErrorCode.MQTT_ERR_SUCCESS:
+            pass
 
     def _connect(self) -> None:
         self.prepare()
