@@ -57,22 +57,22 @@ def test_the_outbox_mark_central_names_is_the_agents() -> None:
     assert AGENT_OUTBOX_ID == OUTBOX_APPLICATION_ID
 
 
-def application_id(path: Path) -> int:
+def pragma(path: Path, name: str) -> int:
+    """One integer of the file's header: ``application_id`` or ``user_version``."""
     conn = sqlite3.connect(path)
     try:
-        (marked,) = conn.execute("PRAGMA application_id").fetchone()
+        (value,) = conn.execute(f"PRAGMA {name}").fetchone()
     finally:
         conn.close()
-    return int(marked)
+    return int(value)
+
+
+def application_id(path: Path) -> int:
+    return pragma(path, "application_id")
 
 
 def user_version(path: Path) -> int:
-    conn = sqlite3.connect(path)
-    try:
-        (version,) = conn.execute("PRAGMA user_version").fetchone()
-    finally:
-        conn.close()
-    return int(version)
+    return pragma(path, "user_version")
 
 
 def rows(path: Path) -> dict[str, list[tuple[Any, ...]]]:
