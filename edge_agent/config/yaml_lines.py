@@ -237,13 +237,7 @@ def _read(text: str, *, track: bool) -> _Result:
                 if value is _SKIP or (track and isinstance(value, int | float)):
                     value = scalar(event, loc if track else ())
             elif kind is yaml.MappingStartEvent or kind is yaml.SequenceStartEvent:
-                loc = ()
-                if track:
-                    loc = (
-                        top.path
-                        if top is not None and top.awaits_key
-                        else _child(top, event, lines)
-                    )
+                loc = _node_loc(top, event, lines) if track else ()
                 if top is not None and top.awaits_key:
                     refuse(event, loc, "a key must be plain text")
                 if event.tag not in (None, "!") and event.tag not in COLLECTION_TAGS:
@@ -260,13 +254,7 @@ def _read(text: str, *, track: bool) -> _Result:
                 value = stack.pop().value
                 top = stack[-1] if stack else None
             elif kind is yaml.AliasEvent:
-                loc = ()
-                if track:
-                    loc = (
-                        top.path
-                        if top is not None and top.awaits_key
-                        else _child(top, event, lines)
-                    )
+                loc = _node_loc(top, event, lines) if track else ()
                 refuse(event, loc, f"alias *{event.anchor} is not allowed: write the value out")
                 value = _SKIP
             elif kind is yaml.DocumentStartEvent:
@@ -298,6 +286,14 @@ def _read(text: str, *, track: bool) -> _Result:
     finally:
         loader.dispose()
     return _Result(root, lines, duplicates, refusals, numbers)
+
+
+def _node_loc(top: _Open | None, event: yaml.Event, lines: dict[Path, int]) -> Path:
+    """Where a node that is not a plain scalar stands: where its mapping's key would go
+    (a collection or alias used as a key, which is refused there), else as ``_child``."""
+    if top is not None and top.awaits_key:
+        return top.path
+    return _child(top, event, lines)
 
 
 def _child(top: _Open | None, event: yaml.Event, lines: dict[Path, int]) -> Path:
