@@ -6,6 +6,7 @@ import dataclasses
 import json
 import math
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -805,3 +806,24 @@ def _alarm(**kw: Any) -> bytes:
 )
 def test_named_rows_only_beyond_doubt(payload: bytes, alarm: bool, expected: object) -> None:
     assert named_rows(payload, alarm=alarm) == expected
+
+
+@pytest.mark.parametrize("stream", ["", "a\x1b[31m\nb", "x" * 129, "ok/../+#"])
+def test_a_stream_id_the_center_could_not_ack_is_refused_in_batches_and_alarms(
+    stream: str,
+) -> None:
+    """An ack must carry a stream of 1-128 of ``A-Za-z0-9._-`` or the gateway refuses it:
+    a batch or an alarm event with any other stream was stored and could never be acked
+    (found by an attacker probe against a running center)."""
+    batch = {
+        "gw": "gw-1",
+        "stream": stream,
+        "seq_first": 1,
+        "seq_last": 1,
+        "readings": [{"dev": "d", "pt": "p", "ts": time.time(), "v": 1, "q": "good"}],
+    }
+    with pytest.raises(PayloadError, match="field 'stream' must be 1 to 128"):
+        decode_telemetry(json.dumps(batch).encode())
+    assert named_rows(json.dumps(batch).encode(), alarm=False) is None
+    good = decode_telemetry(json.dumps(batch | {"stream": "s-" + "a" * 126}).encode())
+    assert good.stream == "s-" + "a" * 126

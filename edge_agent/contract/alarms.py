@@ -43,6 +43,7 @@ from edge_agent.contract.payloads import (
     _field,
     _finite,
     _is_time,
+    _stream_field,
     _time_field,
     dumps,
     loads,
@@ -498,4 +499,4 @@ def decode_alarm(payload: Raw, now: float | None = None) -> AlarmMessage:
     seq = _field(obj, "seq", int)
     if not 1 <= seq <= SEQ_MAX:
         raise PayloadError(f"field 'seq' must be within 1..{SEQ_MAX}")
-    return AlarmMessage(_field(obj, "gw", str), _field(obj, "stream", str), seq, event)
+    return AlarmMessage(_field(obj, "gw", str), _stream_field(obj), seq, event)

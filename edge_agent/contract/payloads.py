@@ -95,6 +95,15 @@ def loads(
     return obj
 
 
+def _stream_field(obj: JSON) -> str:
+    """The ``stream`` of a batch, an alarm event or an ack: an id of the contract's form
+    (one the center could not ack back, or could not safely log, is refused)."""
+    stream: str = _field(obj, "stream", str)
+    if not STREAM_ID.fullmatch(stream):
+        raise PayloadError("field 'stream' must be 1 to 128 of A-Z a-z 0-9 . _ -")
+    return stream
+
+
 def _field(obj: JSON, name: str, kind: type | tuple[type, ...]) -> Any:
     value = obj.get(name)
     kinds = kind if isinstance(kind, tuple) else (kind,)
@@ -213,7 +222,7 @@ def decode_telemetry(payload: Raw, now: float | None = None) -> TelemetryBatch:
     obj = loads(payload)
     latest = latest_time(time.time() if now is None else now)
     gw = _field(obj, "gw", str)
-    stream = _field(obj, "stream", str)
+    stream = _stream_field(obj)
     first = _field(obj, "seq_first", int)
     last = _field(obj, "seq_last", int)
     readings = _field(obj, "readings", list)
@@ -266,7 +275,7 @@ def named_rows(payload: Raw, *, alarm: bool) -> NamedRows | None:
     that the gateway stops sending it (and everything behind it) again."""
     try:
         obj = loads(payload, constants=True)  # a NaN elsewhere does not blur the rows named
-        gw, stream = _field(obj, "gw", str), _field(obj, "stream", str)
+        gw, stream = _field(obj, "gw", str), _stream_field(obj)
         if alarm:
             first = last = _field(obj, "seq", int)
         else:
@@ -373,9 +382,7 @@ def decode_ack(payload: Raw) -> Ack:
     and per lane at most ``ACK_RANGES_MAX`` ranges of seqs an outbox can hold (SQLite's
     signed 64 bits, from 1), each with first <= last."""
     obj = loads(payload)
-    stream = _field(obj, "stream", str)
-    if not STREAM_ID.fullmatch(stream):
-        raise PayloadError("field 'stream' must be 1 to 128 of A-Z a-z 0-9 . _ -")
+    stream = _stream_field(obj)
     return Ack(stream, _ranges(obj, "telemetry"), _ranges(obj, "alarms"))
 
 
