@@ -6,7 +6,7 @@ import logging
 import signal
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
@@ -17,6 +17,9 @@ from cli.problems import exit_with_problems, load_config_or_exit
 from cli.profiles import profiles_app
 from cli.rules import rules_app
 from cli.sim import sim_app
+
+if TYPE_CHECKING:
+    from edge_agent.config import LoadedConfig
 
 app = program(
     "edge-agent",
@@ -32,15 +35,16 @@ ConfigOpt = Annotated[
 ]
 
 
-def exit_if_outbox_path_is_wrong(config: Path, outbox: Path) -> None:
+def exit_if_outbox_path_is_wrong(config: Path, loaded: LoadedConfig) -> None:
     """``check`` and ``run`` alike: an ``outbox.path`` that is not an outbox this agent
-    made (nor a place for one) is a problem of the config, exit 2, and nothing is touched."""
+    made (nor a place for one) is a problem of the config at its line, exit 2, and
+    nothing is touched."""
     # the outbox package loads once a config is valid, not for --help
     from edge_agent.outbox import outbox_path_problem  # noqa: PLC0415
 
-    problem = outbox_path_problem(outbox)
+    problem = outbox_path_problem(loaded.config.outbox.path)
     if problem is not None:
-        exit_with_problems(config, [f"{config}: outbox.path: {problem}"])
+        exit_with_problems(config, [loaded.problem(("outbox", "path"), problem)])
 
 
 @app.command()
@@ -60,7 +64,7 @@ def check(
     loaded = load_config_or_exit(config, host=not schema_only)
     cfg = loaded.config
     if not schema_only:
-        exit_if_outbox_path_is_wrong(config, cfg.outbox.path)
+        exit_if_outbox_path_is_wrong(config, loaded)
     points = sum(len(d.points) for d in cfg.devices)
     typer.echo(
         f"{config}: ok - gateway {cfg.gateway.id}, {len(cfg.devices)} device(s), "
@@ -75,7 +79,7 @@ def run(
 ) -> None:
     """Run the agent: poll devices, keep every reading in the outbox, publish to the center."""
     loaded = load_config_or_exit(config, host=True)
-    exit_if_outbox_path_is_wrong(config, loaded.config.outbox.path)
+    exit_if_outbox_path_is_wrong(config, loaded)
     logging.basicConfig(
         level=log_level.upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",

@@ -74,8 +74,10 @@ def check_and_run(config: Path) -> list[subprocess.CompletedProcess[str]]:
 def test_the_config_file_itself_is_refused_and_left_as_it_is(tmp_path: Path) -> None:
     config = write_config(tmp_path, tmp_path / "agent.yaml")
     before = snapshot(tmp_path)
+    line = next(n for n, text in enumerate(config.read_text().splitlines(), 1) if "path:" in text)
     for result in check_and_run(config):
         assert_refused(result, "is not an SQLite database")
+        assert f"{config}:{line}: outbox.path: " in result.stderr  # at its line, as promised
     assert snapshot(tmp_path) == before  # not renamed to agent.yaml.corrupt-…, no -wal
 
 
