@@ -195,6 +195,77 @@ END;
 INSERT OR IGNORE INTO rejected_bytes SELECT 1, total({DEAD_LETTER_BYTES}) FROM rejected;
 """
 
+# Version 5: the fleet registry (devices, tags and online_since of gateways, identities,
+# config revisions), the command ledger, 1-minute rollups, and the indexes the operator's
+# queries need (newest readings fleet-wide, active alarms, gateways by site).
+SQL_REGISTRY = """
+ALTER TABLE gateways ADD COLUMN online_since REAL;
+ALTER TABLE gateways ADD COLUMN tags TEXT; -- JSON: the tags of the last online state
+ALTER TABLE gateways ADD COLUMN desired_rev TEXT;
+CREATE INDEX IF NOT EXISTS gateways_by_site ON gateways (site, id);
+CREATE INDEX IF NOT EXISTS readings_by_time ON readings (ts);
+CREATE INDEX IF NOT EXISTS alarms_by_state ON alarms (state, severity);
+CREATE TABLE IF NOT EXISTS devices (
+    gateway TEXT NOT NULL,
+    device TEXT NOT NULL,
+    link TEXT,
+    last_good REAL, -- the edge's time of its last good reading
+    error TEXT,
+    updated REAL NOT NULL, -- the center's time of the health report
+    PRIMARY KEY (gateway, device)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS rollups_1m ( -- numbers and booleans (0/1) per point per minute
+    gateway TEXT NOT NULL,
+    device TEXT NOT NULL,
+    point TEXT NOT NULL,
+    minute INTEGER NOT NULL, -- unix time of the minute's start (a multiple of 60)
+    count INTEGER NOT NULL,
+    sum REAL NOT NULL,
+    min REAL NOT NULL,
+    max REAL NOT NULL,
+    PRIMARY KEY (gateway, device, point, minute)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS rollups_by_minute ON rollups_1m (minute);
+CREATE TABLE IF NOT EXISTS commands ( -- the command ledger
+    id TEXT PRIMARY KEY,
+    gateway TEXT NOT NULL,
+    cmd TEXT NOT NULL,
+    args TEXT NOT NULL, -- JSON
+    by TEXT,
+    sent REAL NOT NULL,
+    result TEXT, -- NULL while no answer came: ok, refused, timeout, failed
+    detail TEXT, -- JSON: the reply's result or error
+    replied REAL
+);
+CREATE INDEX IF NOT EXISTS commands_by_gateway ON commands (gateway, sent);
+CREATE TABLE IF NOT EXISTS identities ( -- what a gateway proves itself with
+    gateway TEXT NOT NULL,
+    kind TEXT NOT NULL, -- certificate, password
+    fingerprint TEXT NOT NULL, -- sha256 of the certificate, or of the password's hash
+    issued REAL NOT NULL,
+    expires REAL,
+    revoked REAL,
+    PRIMARY KEY (gateway, fingerprint)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS config_revisions ( -- desired configurations, per gateway
+    gateway TEXT NOT NULL,
+    rev TEXT NOT NULL,
+    body TEXT NOT NULL,
+    created REAL NOT NULL,
+    by TEXT,
+    PRIMARY KEY (gateway, rev)
+) WITHOUT ROWID;
+UPDATE gateways SET tags = json_extract(state, '$.tags')
+    WHERE state IS NOT NULL AND json_valid(state) AND json_type(state, '$.tags') = 'object';
+UPDATE gateways SET online_since = last_seen;
+INSERT OR IGNORE INTO rollups_1m (gateway, device, point, minute, count, sum, min, max)
+    SELECT gateway, device, point, CAST(ts / 60 AS INTEGER) * 60, count(*), sum(value),
+        min(value), max(value)
+    FROM readings
+    WHERE is_bool IN (0, 1) AND typeof(value) IN ('integer', 'real')
+    GROUP BY gateway, device, point, CAST(ts / 60 AS INTEGER) * 60;
+"""
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "the schema of release 0.1.0", MappingProxyType({SQLITE: SCHEMA_0_1_0})),
     Migration(
@@ -211,6 +282,11 @@ MIGRATIONS: tuple[Migration, ...] = (
         4,
         "the store marked as one in its header (application_id)",
         MappingProxyType({SQLITE: f"PRAGMA application_id = {APPLICATION_ID};"}),
+    ),
+    Migration(
+        5,
+        "the fleet registry, the command ledger and 1-minute rollups",
+        MappingProxyType({SQLITE: SQL_REGISTRY}),
     ),
 )
 LATEST = MIGRATIONS[-1].version
