@@ -46,7 +46,7 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 
 from central.inbox import Inbox, Lane
-from central.store import REJECTED_KEEP, REJECTED_MAX_BYTES, Store
+from central.store.sqlite.legacy import REJECTED_KEEP, REJECTED_MAX_BYTES, Store
 from edge_agent.contract import (
     Ack,
     Channel,

@@ -32,7 +32,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
-from typing import Any, Literal, Protocol
+from typing import Any, ClassVar, Literal, Protocol
 
 from central.store.rows import (
     AlarmRow,
@@ -93,6 +93,9 @@ class AlarmQuery:
     states: tuple[str, ...] = ()
     severities: tuple[str, ...] = ()
     where: GatewayFilter = field(default_factory=GatewayFilter)
+
+
+ALL_ALARMS = AlarmQuery()
 
 
 @dataclass(frozen=True, slots=True)
@@ -166,7 +169,7 @@ class Round(Protocol):
 
 
 class Store(Protocol):
-    backend: Backend
+    backend: ClassVar[Backend]
     label: str
     """Where it is, for messages (a path, or a URL without its password)."""
 
@@ -200,14 +203,12 @@ class Store(Protocol):
 
     def readings(self, query: ReadingQuery) -> Iterator[StoredReading]: ...
 
-    def buckets(
-        self, query: ReadingQuery, bucket_s: int
-    ) -> Iterator[ReadingBucket]:
+    def buckets(self, query: ReadingQuery, bucket_s: int) -> Iterator[ReadingBucket]:
         """Aggregates per point per bucket (a multiple of 60 s) from the rollups, oldest
         first, ``query.limit`` ignored."""
         ...
 
-    def alarms(self, query: AlarmQuery = AlarmQuery()) -> list[AlarmRow]:
+    def alarms(self, query: AlarmQuery = ALL_ALARMS) -> list[AlarmRow]:
         """Current alarms, newest transition first."""
         ...
 
