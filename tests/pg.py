@@ -34,7 +34,9 @@ def pg_bin(name: str) -> str:
         return found
     candidates = sorted(
         glob.glob(f"/usr/lib/postgresql/*/bin/{name}"),
-        key=lambda p: int(Path(p).parent.parent.name) if Path(p).parent.parent.name.isdigit() else 0,
+        key=lambda p: (
+            int(Path(p).parent.parent.name) if Path(p).parent.parent.name.isdigit() else 0
+        ),
     )
     if candidates:
         return candidates[-1]
@@ -78,7 +80,9 @@ class PgServer:
             [*self.prefix, *argv], capture_output=True, text=True, timeout=timeout, check=False
         )
         if done.returncode != 0:
-            raise RuntimeError(f"{argv[0]} failed ({done.returncode}): {done.stderr or done.stdout}")
+            raise RuntimeError(
+                f"{argv[0]} failed ({done.returncode}): {done.stderr or done.stdout}"
+            )
 
     def start(self) -> PgServer:
         if self.uid is not None:

@@ -10,6 +10,7 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
+import psycopg
 import pytest
 
 from central.store import (
@@ -29,13 +30,16 @@ from central.store.api import (
 from central.store.rows import CommandRecord
 from edge_agent.contract import TelemetryBatch
 from edge_agent.contract.alarms import AlarmEvent, AlarmMessage, AlarmState, Severity
+from tests.support import free_port
 
 DAY = 86_400
 T0 = 1_764_000_000.0  # 2025-11-24, a day's start + 38 400 s
 BIG = 2**64 - 1  # a uint64 "not available" marker: past 64 signed bits
 
 
-def reading(ts: float, v: Any = 1.0, dev: str = "d1", pt: str = "temp", **more: Any) -> dict[str, Any]:
+def reading(
+    ts: float, v: Any = 1.0, dev: str = "d1", pt: str = "temp", **more: Any
+) -> dict[str, Any]:
     return {"dev": dev, "pt": pt, "v": v, "q": "good", "ts": ts, **more}
 
 
@@ -95,8 +99,9 @@ def test_duplicates_and_overlapping_batches_are_stored_once(store: Store) -> Non
     # overlapping on both sides, and a second stream of the same gateway with the same seqs
     assert store_batches(store, numbered("gw-1", 5, 15), numbered("gw-1", 1, 3, "s2")) == (8, 6)
     # within one round: the same batch twice, and a batch inside another
-    assert store_batches(store, numbered("gw-2", 1, 4), numbered("gw-2", 1, 4),
-                         numbered("gw-2", 2, 3)) == (4, 6)  # fmt: skip
+    assert store_batches(
+        store, numbered("gw-2", 1, 4), numbered("gw-2", 1, 4), numbered("gw-2", 2, 3)
+    ) == (4, 6)
     # a gap, then what fills it
     assert store_batches(store, numbered("gw-1", 20, 25)) == (6, 0)
     assert store_batches(store, numbered("gw-1", 14, 21)) == (4, 4)
@@ -119,8 +124,14 @@ def test_a_rolled_back_round_keeps_nothing_and_its_batch_is_stored_later(store: 
 def test_alarm_events_are_kept_once_and_set_the_current_state(store: Store) -> None:
     assert store_alarms(store, event(1, "active", T0), event(1, "active", T0)) == 1
     assert store_alarms(store, event(2, "active", T0 + 300, reannounced=1)) == 1
-    assert store_alarms(store, event(3, "cleared_unacked", T0 + 350),
-                        event(4, "active", T0 + 360, retrigger=True)) == 2  # fmt: skip
+    assert (
+        store_alarms(
+            store,
+            event(3, "cleared_unacked", T0 + 350),
+            event(4, "active", T0 + 360, retrigger=True),
+        )
+        == 2
+    )
     assert store_alarms(store, event(2, "active", T0 + 300, reannounced=1)) == 0
     (alarm,) = store.alarms()
     assert (alarm.since, alarm.ts, alarm.state, alarm.events) == (T0, T0 + 360, "active", 4)
@@ -130,7 +141,9 @@ def test_alarm_events_are_kept_once_and_set_the_current_state(store: Store) -> N
     # an older event arriving late is history, not the current state
     store_alarms(store, event(5, "cleared", T0 + 100))
     assert store.alarms()[0].state == "active"
-    store_alarms(store, event(6, "cleared_unacked", T0 + 500), event(7, "active", T0 + 900, occurrence=2))
+    store_alarms(
+        store, event(6, "cleared_unacked", T0 + 500), event(7, "active", T0 + 900, occurrence=2)
+    )
     assert store.alarms()[0].since == T0 + 900
     store_alarms(store, event(8, "shelved", T0 + 950, shelved_until=T0 + 4000))
     assert store.alarms()[0].shelved_until == T0 + 4000
@@ -162,10 +175,26 @@ def test_a_message_the_store_cannot_take_is_rejected_alone(store: Store) -> None
 
 
 def test_values_read_back_exactly_as_they_came(store: Store) -> None:
-    values: list[Any] = [True, False, BIG, -(2**70), 2**63 - 1, 0, 1, 1.0, 0.1, -2.5e-300,
-                         "42", "", None, "ünïcödé"]  # fmt: skip
+    values: list[Any] = [
+        True,
+        False,
+        BIG,
+        -(2**70),
+        2**63 - 1,
+        0,
+        1,
+        1.0,
+        0.1,
+        -2.5e-300,
+        "42",
+        "",
+        None,
+        "ünïcödé",
+    ]
     store_batches(store, batch("gw-1", "s1", 1, [reading(T0 + i, v) for i, v in enumerate(values)]))
-    got = [r.value for r in store.readings(ReadingQuery(gateway="gw-1", limit=None, oldest_first=True))]
+    got = [
+        r.value for r in store.readings(ReadingQuery(gateway="gw-1", limit=None, oldest_first=True))
+    ]
     assert got == values
     assert [type(v) for v in got] == [type(v) for v in values]
     store_alarms(store, event(1, "active", T0, value=BIG, occurrence=BIG))
@@ -177,8 +206,14 @@ def test_values_read_back_exactly_as_they_came(store: Store) -> None:
 
 def test_dead_letters_count_repeats_and_are_capped_per_gateway(store: Store) -> None:
     with store.round() as rnd:
-        assert rnd.insert_rejected("gw-1", "t/gw/gw-1/telemetry", b"\x00garbage\xff", "bad \x00", None) == 0
-        assert rnd.insert_rejected("gw-1", "t/gw/gw-1/telemetry", b"\x00garbage\xff", "bad \x00", None) == 0
+        assert (
+            rnd.insert_rejected("gw-1", "t/gw/gw-1/telemetry", b"\x00garbage\xff", "bad \x00", None)
+            == 0
+        )
+        assert (
+            rnd.insert_rejected("gw-1", "t/gw/gw-1/telemetry", b"\x00garbage\xff", "bad \x00", None)
+            == 0
+        )
     (letter,) = store.rejected("gw-1")
     assert letter.times == 2 and letter.payload == b"\x00garbage\xff" and letter.size == 9
     pruned = 0
@@ -194,8 +229,15 @@ def test_dead_letters_count_repeats_and_are_capped_per_gateway(store: Store) -> 
 
 
 def online_state(site: str, version: str, **tags: str) -> dict[str, Any]:
-    return {"online": True, "site": site, "agent_version": version, "config_rev": "r1",
-            "started": T0, "stream": "s1", "tags": tags}  # fmt: skip
+    return {
+        "online": True,
+        "site": site,
+        "agent_version": version,
+        "config_rev": "r1",
+        "started": T0,
+        "stream": "s1",
+        "tags": tags,
+    }
 
 
 def test_gateways_page_by_id_and_filter_in_the_store(store: Store) -> None:
@@ -203,13 +245,18 @@ def test_gateways_page_by_id_and_filter_in_the_store(store: Store) -> None:
         for i in range(30):
             gw = f"gw-{i:02d}"
             with rnd.message():
-                rnd.update_state(gw, online_state(
-                    "north" if i % 2 else "south", "1.1" if i < 10 else "1.2",
-                    district=f"d{i % 3}"), now=T0)  # fmt: skip
+                rnd.update_state(
+                    gw,
+                    online_state(
+                        "north" if i % 2 else "south",
+                        "1.1" if i < 10 else "1.2",
+                        district=f"d{i % 3}",
+                    ),
+                    now=T0,
+                )
         rnd.seen([f"gw-{i:02d}" for i in range(30)], now=T0 + 5)
-    with store.round() as rnd:
-        with rnd.message():
-            rnd.update_state("gw-03", {"online": False}, now=T0 + 10)
+    with store.round() as rnd, rnd.message():
+        rnd.update_state("gw-03", {"online": False}, now=T0 + 10)
     first = list(store.gateways(limit=10))
     assert [g.id for g in first] == [f"gw-{i:02d}" for i in range(10)]
     second = list(store.gateways(after=first[-1].id, limit=10))
@@ -231,22 +278,34 @@ def test_gateways_page_by_id_and_filter_in_the_store(store: Store) -> None:
 
 
 def test_online_since_changes_only_when_online_flips(store: Store) -> None:
-    for now, online in ((T0, True), (T0 + 60, True), (T0 + 120, False), (T0 + 180, False),
-                        (T0 + 240, True)):  # fmt: skip
+    for now, online in (
+        (T0, True),
+        (T0 + 60, True),
+        (T0 + 120, False),
+        (T0 + 180, False),
+        (T0 + 240, True),
+    ):
         with store.round() as rnd, rnd.message():
-            rnd.update_state("gw-1", online_state("x", "1") if online else {"online": False}, now=now)
+            rnd.update_state(
+                "gw-1", online_state("x", "1") if online else {"online": False}, now=now
+            )
         gw = store.gateway("gw-1")
         assert gw is not None and gw.online is online
-        assert gw.online_since == {True: {T0: T0, T0 + 60: T0, T0 + 240: T0 + 240}.get(now),
-                                   False: T0 + 120}[online]  # fmt: skip
+        assert (
+            gw.online_since
+            == {True: {T0: T0, T0 + 60: T0, T0 + 240: T0 + 240}.get(now), False: T0 + 120}[online]
+        )
 
 
 def test_health_reports_backlog_drops_and_devices(store: Store) -> None:
     health = {
         "outbox": {"depth": 5000, "oldest_age_s": 12.5},
         "dropped": {"telemetry": 7},
-        "devices": {"pump-1": {"link": "up", "reason": None}, "meter": {"link": "down",
-                    "reason": "timeout"}, "junk": 3},  # fmt: skip
+        "devices": {
+            "pump-1": {"link": "up", "reason": None},
+            "meter": {"link": "down", "reason": "timeout"},
+            "junk": 3,
+        },
     }
     with store.round() as rnd:
         with rnd.message():
@@ -275,11 +334,19 @@ def test_health_reports_backlog_drops_and_devices(store: Store) -> None:
 
 def test_the_command_ledger(store: Store) -> None:
     store.record_command(CommandRecord("c1", "gw-1", "ping", {}, "ops", T0))
-    store.record_command(CommandRecord("c2", "gw-1", "write", {"pt": "valve", "v": BIG}, None, T0 + 1))
+    store.record_command(
+        CommandRecord("c2", "gw-1", "write", {"pt": "valve", "v": BIG}, None, T0 + 1)
+    )
     store.record_command(CommandRecord("c3", "gw-2", "ping", {}, "ops", T0 + 2))
     store.command_result("c2", "ok", {"written": True}, replied=T0 + 3)
     c2, c1 = store.commands("gw-1")
-    assert (c2.id, c2.result, c2.detail, c2.replied, c2.args["v"]) == ("c2", "ok", {"written": True}, T0 + 3, BIG)
+    assert (c2.id, c2.result, c2.detail, c2.replied, c2.args["v"]) == (
+        "c2",
+        "ok",
+        {"written": True},
+        T0 + 3,
+        BIG,
+    )
     assert (c1.id, c1.result) == ("c1", None)
     assert [c.id for c in store.commands(limit=2)] == ["c3", "c2"]
 
@@ -289,9 +356,15 @@ def test_the_command_ledger(store: Store) -> None:
 
 def test_buckets_aggregate_numbers_and_booleans_from_the_rollups(store: Store) -> None:
     start = 1_764_000_000 - 1_764_000_000 % 3600  # an hour's start
-    rows = [reading(start + 10, 1.0), reading(start + 20, 3), reading(start + 70, 8.0),
-            reading(start + 3700, True), reading(start + 3710, "text"), reading(start + 3720, BIG),
-            reading(start + 30, 5.0, pt="other")]  # fmt: skip
+    rows = [
+        reading(start + 10, 1.0),
+        reading(start + 20, 3),
+        reading(start + 70, 8.0),
+        reading(start + 3700, True),
+        reading(start + 3710, "text"),
+        reading(start + 3720, BIG),
+        reading(start + 30, 5.0, pt="other"),
+    ]
     store_batches(store, batch("gw-1", "s1", 1, rows[:3]), batch("gw-1", "s1", 4, rows[3:]))
     minutes = list(store.buckets(ReadingQuery(gateway="gw-1", point="temp"), 60))
     assert [(b.start, b.count, b.avg, b.min, b.max) for b in minutes] == [
@@ -312,8 +385,10 @@ def test_buckets_aggregate_numbers_and_booleans_from_the_rollups(store: Store) -
 def test_retention_drops_old_readings_and_keeps_their_rollups(store: Store) -> None:
     now = time.time()
     old, recent = now - 40 * DAY, now - 3600
-    store_batches(store, batch("gw-1", "s1", 1, [reading(old, 2.0), reading(old + 1, 4.0),
-                                                 reading(recent, 6.0)]))  # fmt: skip
+    store_batches(
+        store,
+        batch("gw-1", "s1", 1, [reading(old, 2.0), reading(old + 1, 4.0), reading(recent, 6.0)]),
+    )
     done = store.maintain(Retention(raw_s=30 * DAY, rollups_s=400 * DAY), now=now)
     assert done.readings_deleted == 2
     assert [r.seq for r in store.readings(ReadingQuery(limit=None))] == [3]
@@ -354,8 +429,6 @@ def test_a_store_opens_again_and_refuses_newer_or_foreign_ones(store_address: st
     assert again.count_readings() == 2
     again.close()
     if store_address.startswith("postgresql://"):
-        import psycopg
-
         with psycopg.connect(store_address, autocommit=True) as conn:
             conn.execute("INSERT INTO schema_version VALUES (99, 'the future', 0)")
     else:
@@ -366,26 +439,27 @@ def test_a_store_opens_again_and_refuses_newer_or_foreign_ones(store_address: st
 
 
 def test_a_foreign_postgresql_database_is_refused_untouched(pg_url: str) -> None:
-    import psycopg
-
     with psycopg.connect(pg_url, autocommit=True) as conn:
         conn.execute("CREATE TABLE invoices (id int)")
     with pytest.raises(NotACentralStore, match="invoices"):
         open_store(pg_url)
     with psycopg.connect(pg_url, autocommit=True) as conn:
-        tables = conn.execute("SELECT tablename FROM pg_tables WHERE schemaname = 'public'").fetchall()
+        tables = conn.execute(
+            "SELECT tablename FROM pg_tables WHERE schemaname = 'public'"
+        ).fetchall()
     assert tables == [("invoices",)]
 
 
 def test_an_unreachable_server_is_unavailable_and_no_password_is_shown(pg_url: str) -> None:
-    from tests.support import free_port
-
     url = f"postgresql://ops:s3cret-pw@127.0.0.1:{free_port()}/central"
     with pytest.raises(StoreUnavailable) as caught:
         open_store(url)
     assert "s3cret-pw" not in str(caught.value) and "127.0.0.1" in str(caught.value)
-    store = open_store(pg_url.replace("postgresql://", "postgresql://postgres:pw@", 1)
-                       if "@" not in pg_url else pg_url)  # fmt: skip
+    store = open_store(
+        pg_url.replace("postgresql://", "postgresql://postgres:pw@", 1)
+        if "@" not in pg_url
+        else pg_url
+    )
     assert "pw@" not in store.label
     store.close()
 

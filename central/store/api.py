@@ -200,9 +200,7 @@ class Store(Protocol):
 
     def readings(self, query: ReadingQuery) -> Iterator[StoredReading]: ...
 
-    def buckets(
-        self, query: ReadingQuery, bucket_s: int
-    ) -> Iterator[ReadingBucket]:
+    def buckets(self, query: ReadingQuery, bucket_s: int) -> Iterator[ReadingBucket]:
         """Aggregates per point per bucket (a multiple of 60 s) from the rollups, oldest
         first, ``query.limit`` ignored."""
         ...

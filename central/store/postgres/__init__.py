@@ -100,7 +100,9 @@ class PostgresStore:
         except psycopg.Error as exc:
             raise StoreUnavailable(self.unavailable(exc)) from exc
         except Exception as exc:  # a URL psycopg cannot read at all
-            raise StoreUnavailable(f"cannot connect to {self.label}: {self._scrub(str(exc))}") from exc
+            raise StoreUnavailable(
+                f"cannot connect to {self.label}: {self._scrub(str(exc))}"
+            ) from exc
         conn.execute("SET synchronous_commit = on")
         return conn
 
@@ -212,7 +214,10 @@ class PostgresStore:
         return self._conn("reader")
 
     def gateways(
-        self, where: GatewayFilter = ALL_GATEWAYS, after: str | None = None, limit: int | None = None
+        self,
+        where: GatewayFilter = ALL_GATEWAYS,
+        after: str | None = None,
+        limit: int | None = None,
     ) -> Iterator[GatewayRow]:
         return self._streamed(queries.gateways(self._read(), where, after, limit))
 
@@ -237,9 +242,9 @@ class PostgresStore:
             raise ValueError(f"a bucket is a positive multiple of 60 s, not {bucket_s!r}")
         return self._streamed(queries.buckets(self._read(), query, bucket_s))
 
-    def alarms(self, query: AlarmQuery = AlarmQuery()) -> list[AlarmRow]:
+    def alarms(self, query: AlarmQuery | None = None) -> list[AlarmRow]:
         with self.translating():
-            return queries.alarms(self._read(), query)
+            return queries.alarms(self._read(), query or AlarmQuery())
 
     def alarm(self, gateway: str, alarm_id: str) -> AlarmRow | None:
         with self.translating():
@@ -318,3 +323,7 @@ class PostgresStore:
 
 
 __all__ = ["PostgresStore", "without_password"]
+
+
+def _implements_the_protocol(store: PostgresStore) -> api.Store:
+    return store  # mypy checks here that PostgresStore is an api.Store

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import re
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     import psycopg
@@ -41,7 +41,7 @@ def day_of(ts: float) -> int:
     return int(ts // DAY)
 
 
-def existing_days(conn: psycopg.Connection[tuple[object, ...]]) -> set[int]:
+def existing_days(conn: psycopg.Connection[tuple[Any, ...]]) -> set[int]:
     rows = conn.execute(
         "SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid "
         "WHERE i.inhparent = 'readings'::regclass"
@@ -54,7 +54,7 @@ def existing_days(conn: psycopg.Connection[tuple[object, ...]]) -> set[int]:
     return days
 
 
-def create_days(conn: psycopg.Connection[tuple[object, ...]], days: set[int]) -> int:
+def create_days(conn: psycopg.Connection[tuple[Any, ...]], days: set[int]) -> int:
     """Create the partitions of ``days`` (``conn``: autocommit); how many were new."""
     if not days:
         return 0
@@ -72,9 +72,7 @@ def create_days(conn: psycopg.Connection[tuple[object, ...]], days: set[int]) ->
     return made
 
 
-def drop_before(
-    conn: psycopg.Connection[tuple[object, ...]], cutoff: float
-) -> tuple[int, int]:
+def drop_before(conn: psycopg.Connection[tuple[Any, ...]], cutoff: float) -> tuple[int, int]:
     """Drop every partition whose day ends at or before ``cutoff``: (partitions, readings)."""
     dropped = readings = 0
     with conn.transaction():

@@ -83,9 +83,12 @@ GATEWAY_COLUMNS = (
 
 
 def _gateway(row: tuple[Any, ...]) -> GatewayRow:
-    values = list(row)
-    values[2] = values[2] if values[2] is not None else {}
-    return GatewayRow(*values[:14], alarms_active=int(values[14]))
+    (gw, site, tags, online, since, version, rev, desired, started, stream_id, seen, depth,
+     age, dropped, active) = row  # fmt: skip
+    return GatewayRow(
+        gw, site, {} if tags is None else tags, bool(online), since, version, rev, desired,
+        started, stream_id, seen, depth, age, dropped, alarms_active=int(active),
+    )  # fmt: skip
 
 
 def gateways(
@@ -105,7 +108,9 @@ def gateways(
 
 
 def gateway(conn: Conn, gw: str) -> GatewayRow | None:
-    row = conn.execute(f"SELECT {GATEWAY_COLUMNS} FROM gateways g WHERE g.id = %s", (gw,)).fetchone()
+    row = conn.execute(
+        f"SELECT {GATEWAY_COLUMNS} FROM gateways g WHERE g.id = %s", (gw,)
+    ).fetchone()
     return None if row is None else _gateway(row)
 
 
@@ -168,8 +173,11 @@ def status(conn: Conn, now: float) -> FleetStatus:
 def _reading_filters(query: ReadingQuery, ts: str = "ts") -> tuple[list[str], list[Any]]:
     cond, args = in_gateways(query.where, "gateway")
     parts = [cond]
-    for column, value in (("gateway", query.gateway), ("device", query.device),
-                          ("point", query.point)):  # fmt: skip
+    for column, value in (
+        ("gateway", query.gateway),
+        ("device", query.device),
+        ("point", query.point),
+    ):
         if value is not None:
             parts.append(f"{column} = %s")
             args.append(value)
@@ -291,8 +299,10 @@ def rejected(conn: Conn, gw: str | None, limit: int) -> list[DeadLetter]:
 
 
 def sequence_keys(conn: Conn, gw: str) -> set[tuple[str, int]]:
-    return {(str(s), int(q)) for s, q in stream(conn, "SELECT stream, seq FROM readings "
-                                                "WHERE gateway = %s", (gw,))}  # fmt: skip
+    return {
+        (str(s), int(q))
+        for s, q in stream(conn, "SELECT stream, seq FROM readings WHERE gateway = %s", (gw,))
+    }
 
 
 def count_readings(conn: Conn) -> int:
@@ -301,7 +311,9 @@ def count_readings(conn: Conn) -> int:
 
 
 def commands(conn: Conn, gw: str | None, limit: int) -> list[CommandRecord]:
-    sql = "SELECT id, gateway, cmd, args::text, by, sent, result, detail::text, replied FROM commands"
+    sql = (
+        "SELECT id, gateway, cmd, args::text, by, sent, result, detail::text, replied FROM commands"
+    )
     args: list[Any] = []
     if gw is not None:
         sql += " WHERE gateway = %s"
@@ -312,8 +324,15 @@ def commands(conn: Conn, gw: str | None, limit: int) -> list[CommandRecord]:
     for cid, g, cmd, a, by, sent, result, detail, replied in conn.execute(sql, args):
         out.append(
             CommandRecord(
-                cid, g, cmd, json.loads(a), by, sent, result,
-                None if detail is None else json.loads(detail), replied,
-            )  # fmt: skip
+                cid,
+                g,
+                cmd,
+                json.loads(a),
+                by,
+                sent,
+                result,
+                None if detail is None else json.loads(detail),
+                replied,
+            )
         )
     return out

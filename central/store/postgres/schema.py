@@ -30,7 +30,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from types import MappingProxyType
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from central.migrations import MIGRATIONS, NotACentralStore, StoreTooNew
 
@@ -242,7 +242,7 @@ LATEST = max(STEPS)
 _TABLES = "SELECT tablename FROM pg_tables WHERE schemaname = current_schema()"
 
 
-def schema_version(conn: psycopg.Connection[tuple[object, ...]], label: str) -> int:
+def schema_version(conn: psycopg.Connection[tuple[Any, ...]], label: str) -> int:
     """The database's schema version, 0 for an empty one; ``StoreSchemaError`` if this code
     cannot use it. Reads only."""
     tables = {str(name) for (name,) in conn.execute(_TABLES).fetchall()}
@@ -271,7 +271,7 @@ def schema_version(conn: psycopg.Connection[tuple[object, ...]], label: str) -> 
     return version
 
 
-def migrate(conn: psycopg.Connection[tuple[object, ...]], label: str, now: float) -> list[int]:
+def migrate(conn: psycopg.Connection[tuple[Any, ...]], label: str, now: float) -> list[int]:
     """Bring the database on ``conn`` (autocommit, no transaction open) to ``LATEST``;
     return the versions applied."""
     if schema_version(conn, label) >= LATEST:

@@ -161,7 +161,7 @@ Row = tuple[Any, ...]
 class _Staged:
     """What one message keeps aside until the round's end (dropped if it fails)."""
 
-    __slots__ = ("batches", "gateway_ops", "devices")
+    __slots__ = ("batches", "devices", "gateway_ops")
 
     def __init__(self) -> None:
         self.batches: list[tuple[str, str, int, list[Row]]] = []
@@ -526,10 +526,8 @@ class PgRound:
             else:
                 a[0] += 1
                 a[1] += x
-                if x < a[2]:
-                    a[2] = x
-                if x > a[3]:
-                    a[3] = x
+                a[2] = min(a[2], x)
+                a[3] = max(a[3], x)
         if not agg:
             return
         keys = sorted(agg)
