@@ -42,8 +42,14 @@ def batches(worker: int, rows: int) -> list[TelemetryBatch]:
         gw = f"w{worker}-gw-{b % 10}"
         first = b // 10 * BATCH + 1
         readings = [
-            {"dev": "dev-1", "pt": f"p{i % POINTS}", "v": float(i % 97), "u": "C", "q": "good",
-             "ts": T0 + (first + i) * 0.01}  # fmt: skip
+            {
+                "dev": "dev-1",
+                "pt": f"p{i % POINTS}",
+                "v": float(i % 97),
+                "u": "C",
+                "q": "good",
+                "ts": T0 + (first + i) * 0.01,
+            }  # fmt: skip
             for i in range(BATCH)
         ]
         out.append(TelemetryBatch(gw, "s1", first, first + BATCH - 1, readings))
@@ -104,17 +110,31 @@ def raw_copy_rate(url: str, rows: int) -> float:
     store.ensure_partitions({int(r["ts"] // 86_400) for b in work for r in b.readings})
     store.close()
     data = [
-        (b.gw, b.stream, b.seq_first + i, r["dev"], r["pt"], repr(r["v"]), 3, r["u"], r["q"], None,
-         r["ts"])  # fmt: skip
+        (
+            b.gw,
+            b.stream,
+            b.seq_first + i,
+            r["dev"],
+            r["pt"],
+            repr(r["v"]),
+            3,
+            r["u"],
+            r["q"],
+            None,
+            r["ts"],
+        )  # fmt: skip
         for b in work
         for i, r in enumerate(b.readings)
     ]
     with psycopg.connect(url) as conn:
         start = time.perf_counter()
-        with conn.cursor() as cur, cur.copy(
-            "COPY readings (gateway, stream, seq, device, point, value, kind, unit, quality, "
-            "reason, ts) FROM STDIN"
-        ) as copy:
+        with (
+            conn.cursor() as cur,
+            cur.copy(
+                "COPY readings (gateway, stream, seq, device, point, value, kind, unit, quality, "
+                "reason, ts) FROM STDIN"
+            ) as copy,
+        ):
             for row in data:
                 copy.write_row(row)
         conn.commit()
@@ -172,8 +192,14 @@ def queries(url: str) -> dict[str, float]:
                 lambda: sum(
                     1
                     for _ in store.readings(
-                        ReadingQuery(gateway="gw-000001", device="dev-1", point="p3",
-                                     since=T0, until=T0 + 86_400, limit=None)  # fmt: skip
+                        ReadingQuery(
+                            gateway="gw-000001",
+                            device="dev-1",
+                            point="p3",
+                            since=T0,
+                            until=T0 + 86_400,
+                            limit=None,
+                        )  # fmt: skip
                     )
                 )
             ),
@@ -185,7 +211,9 @@ def queries(url: str) -> dict[str, float]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(prog="python -m bench.pg_store", description=__doc__.split("\n")[0])
+    ap = argparse.ArgumentParser(
+        prog="python -m bench.pg_store", description=__doc__.split("\n")[0]
+    )
     ap.add_argument("--rows", type=int, default=None, help="ingested per run (default 1,000,000)")
     ap.add_argument("--gateways", type=int, default=None, help="in the query store (100,000)")
     ap.add_argument("--readings", type=int, default=None, help="in the query store (10,000,000)")

@@ -57,7 +57,6 @@ CREATE TABLE readings (
     ts double precision NOT NULL
 ) PARTITION BY RANGE (ts);
 CREATE INDEX readings_by_point ON readings (gateway, device, point, ts);
-CREATE INDEX readings_by_key ON readings (gateway, stream, seq);
 CREATE TABLE readings_stored ( -- exactly-once: the seq ranges committed, disjoint
     gateway text NOT NULL,
     stream text NOT NULL,

@@ -178,6 +178,7 @@ class PgRound:
         self._staged: _Staged | None = None
         self._seen: set[str] = set()
         self._seen_at: float = time.time()
+        self._texts: set[str] = set()
 
     # --- messages ----------------------------------------------------------------------
 
@@ -224,31 +225,27 @@ class PgRound:
     # --- telemetry (kept aside, written at the end: see the module's docstring) --------
 
     def insert_telemetry(self, batch: TelemetryBatch) -> None:
+        ok = self._texts
         gw = text(batch.gw, "the gateway id")
         stream = text(batch.stream, "the stream id")
         rows: list[Row] = []
         seq = batch.seq_first
-        for i, r in enumerate(batch.readings):
-            value, kind = encode_value(r.get("v"))
-            u, why = r.get("u"), r.get("r")
-            rows.append(
-                (
-                    gw,
-                    stream,
-                    seq + i,
-                    text(r["dev"], "a reading's dev"),
-                    text(r["pt"], "a reading's pt"),
-                    value,
-                    kind,
-                    None if u is None else text(u, "a reading's unit"),
-                    text(r["q"], "a reading's quality"),
-                    None if why is None else text(why, "a reading's reason"),
-                    float(r["ts"]),
-                    r.get("v"),
-                )
-            )
-        if seq < 1 or seq + len(rows) - 1 > INT64_MAX:
+        if seq < 1 or seq + len(batch.readings) - 1 > INT64_MAX:
             raise ContentError("seqs must be within 1..2**63-1")
+        append = rows.append
+        for i, r in enumerate(batch.readings):
+            v = r.get("v")
+            if v.__class__ is float:  # the common case first
+                value: str | None = repr(v)
+                kind = KIND_FLOAT
+            else:
+                value, kind = encode_value(v)
+            dev, pt, q, u, why = r["dev"], r["pt"], r["q"], r.get("u"), r.get("r")
+            # the same few names come again and again: each is checked once a round
+            for name in (dev, pt, q, u, why):
+                if name is not None and name not in ok:
+                    ok.add(text(name, "a reading's dev, pt, q, u or r"))
+            append((gw, stream, seq + i, dev, pt, value, kind, u, q, why, float(r["ts"]), v))
         self._stage().batches.append((gw, stream, seq, rows))
 
     # --- alarms (written at once) ------------------------------------------------------
@@ -492,35 +489,46 @@ class PgRound:
         ):
             stored[(gw, stream)].append([int(lo), int(hi)])
         new_rows: list[Row] = []
-        new_seqs: dict[tuple[str, str], set[int]] = defaultdict(set)
+        taken: dict[tuple[str, str], list[list[int]]] = defaultdict(list)
         duplicates = 0
-        for gw, stream, _first, rows in batches:
-            ranges = stored.get((gw, stream), [])
-            taken = new_seqs[(gw, stream)]
-            for row in rows:
-                seq = row[2]
-                if seq in taken or any(lo <= seq <= hi for lo, hi in ranges):
-                    duplicates += 1
-                    continue
-                taken.add(seq)
-                new_rows.append(row)
+        for gw, stream, first, rows in batches:
+            last = first + len(rows) - 1
+            covered = [
+                (max(lo, first), min(hi, last))
+                for lo, hi in (*stored.get((gw, stream), ()), *taken[(gw, stream)])
+                if lo <= last and hi >= first
+            ]
+            if not covered:  # the usual case: nothing of it stored yet
+                new_rows += rows
+            else:
+                skip = set()
+                for lo, hi in covered:
+                    skip.update(range(lo - first, hi - first + 1))
+                duplicates += len(skip)
+                new_rows += [row for i, row in enumerate(rows) if i not in skip]
+            taken[(gw, stream)].append([first, last])
         if new_rows:
             with conn.cursor() as cur, cur.copy(COPY_READINGS) as copy:
+                write = copy.write_row
                 for row in new_rows:
-                    copy.write_row(row[:11])
+                    write(row[:11])
             self._write_rollups(new_rows)
-            self._record_ranges(stored, new_seqs)
+            self._record_ranges(stored, taken)
         self.counts.readings_stored += len(new_rows)
         self.counts.duplicates += duplicates
 
     def _write_rollups(self, rows: list[Row]) -> None:
         agg: dict[tuple[str, str, str, int], list[float]] = {}
+        get = agg.get
         for row in rows:
-            x = rollup_number(row[11])
-            if x is None:
-                continue
+            if row[6] == KIND_FLOAT:
+                x = row[11]
+            else:
+                x = rollup_number(row[11])
+                if x is None:
+                    continue
             key = (row[0], row[3], row[4], int(row[10] // 60) * 60)
-            a = agg.get(key)
+            a = get(key)
             if a is None:
                 agg[key] = [1, x, x, x]
             else:
@@ -551,19 +559,18 @@ class PgRound:
         )
 
     def _record_ranges(
-        self, stored: dict[tuple[str, str], list[list[int]]], new: dict[tuple[str, str], set[int]]
+        self,
+        stored: dict[tuple[str, str], list[list[int]]],
+        new: dict[tuple[str, str], list[list[int]]],
     ) -> None:
-        """Replace the ranges read with their union with the seqs stored now (merged)."""
+        """Replace the ranges read with their union with the batches stored now (merged)."""
         gone: list[tuple[str, str, int]] = []
         made: list[tuple[str, str, int, int]] = []
-        for key, seqs in new.items():
-            if not seqs:
-                continue
+        for key, spans in new.items():
             old = stored.get(key, [])
             gone += [(key[0], key[1], hi) for _, hi in old]
-            spans = sorted([*([lo, hi] for lo, hi in old), *([s, s] for s in seqs)])
             merged: list[list[int]] = []
-            for lo, hi in spans:
+            for lo, hi in sorted([*old, *spans]):
                 if merged and lo <= merged[-1][1] + 1:
                     merged[-1][1] = max(merged[-1][1], hi)
                 else:
