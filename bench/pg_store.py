@@ -49,7 +49,7 @@ def batches(worker: int, rows: int) -> list[TelemetryBatch]:
                 "u": "C",
                 "q": "good",
                 "ts": T0 + (first + i) * 0.01,
-            }  # fmt: skip
+            }
             for i in range(BATCH)
         ]
         out.append(TelemetryBatch(gw, "s1", first, first + BATCH - 1, readings))
@@ -122,7 +122,7 @@ def raw_copy_rate(url: str, rows: int) -> float:
             r["q"],
             None,
             r["ts"],
-        )  # fmt: skip
+        )
         for b in work
         for i, r in enumerate(b.readings)
     ]
@@ -199,7 +199,7 @@ def queries(url: str) -> dict[str, float]:
                             since=T0,
                             until=T0 + 86_400,
                             limit=None,
-                        )  # fmt: skip
+                        )
                     )
                 )
             ),

@@ -103,9 +103,18 @@ class PgServer:
             "-c max_connections=100 -c shared_buffers=128MB"
         )
         self._run(
-            pg_bin("pg_ctl"), "-D", str(self.data), "-l", str(self.log), "-o", options, "-w",
-            "-t", "60", "start",
-        )  # fmt: skip
+            pg_bin("pg_ctl"),
+            "-D",
+            str(self.data),
+            "-l",
+            str(self.log),
+            "-o",
+            options,
+            "-w",
+            "-t",
+            "60",
+            "start",
+        )
         self.running = True
         wait_for(self._ready, timeout=30, what="PostgreSQL to accept connections")
         return self

@@ -83,12 +83,40 @@ GATEWAY_COLUMNS = (
 
 
 def _gateway(row: tuple[Any, ...]) -> GatewayRow:
-    (gw, site, tags, online, since, version, rev, desired, started, stream_id, seen, depth,
-     age, dropped, active) = row  # fmt: skip
+    (
+        gw,
+        site,
+        tags,
+        online,
+        since,
+        version,
+        rev,
+        desired,
+        started,
+        stream_id,
+        seen,
+        depth,
+        age,
+        dropped,
+        active,
+    ) = row
     return GatewayRow(
-        gw, site, {} if tags is None else tags, bool(online), since, version, rev, desired,
-        started, stream_id, seen, depth, age, dropped, alarms_active=int(active),
-    )  # fmt: skip
+        gw,
+        site,
+        {} if tags is None else tags,
+        bool(online),
+        since,
+        version,
+        rev,
+        desired,
+        started,
+        stream_id,
+        seen,
+        depth,
+        age,
+        dropped,
+        alarms_active=int(active),
+    )
 
 
 def gateways(

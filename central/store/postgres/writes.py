@@ -57,8 +57,13 @@ if TYPE_CHECKING:
 
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 KIND_NULL, KIND_BOOL, KIND_INT, KIND_FLOAT, KIND_TEXT = 0, 1, 2, 3, 4
-VALUE_KINDS = {KIND_NULL: "null", KIND_BOOL: "boolean", KIND_INT: "integer (any size)",
-               KIND_FLOAT: "float", KIND_TEXT: "string"}  # fmt: skip
+VALUE_KINDS = {
+    KIND_NULL: "null",
+    KIND_BOOL: "boolean",
+    KIND_INT: "integer (any size)",
+    KIND_FLOAT: "float",
+    KIND_TEXT: "string",
+}
 
 REJECTED_KEEP = 1000
 REJECTED_HEAD_BYTES = 4096
@@ -194,8 +199,12 @@ class PgRound:
             self.conn.execute("SAVEPOINT message")
         try:
             yield
-        except (ContentError, psycopg.DataError, psycopg.IntegrityError,
-                psycopg.ProgrammingError) as exc:  # fmt: skip
+        except (
+            ContentError,
+            psycopg.DataError,
+            psycopg.IntegrityError,
+            psycopg.ProgrammingError,
+        ) as exc:
             self._staged = None
             self.counts.alarms_stored = alarms_before
             with self.store.translating():
