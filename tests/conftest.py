@@ -6,6 +6,7 @@ from pathlib import Path
 import pytest
 
 from drivers.modbus.config import ModbusPoint
+from tests.pg import PgServer, pg_server
 from tests.rig import POINTS
 from tests.support import Broker, ThreadedDevice, tmpfs
 
@@ -33,6 +34,31 @@ def modbus_server() -> Iterator[ThreadedDevice]:
     device = ThreadedDevice([ModbusPoint.model_validate(p) for p in POINTS]).start()
     yield device
     device.close()
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[PgServer]:
+    """One real PostgreSQL server for the session (started by the first test that needs
+    it), in a temporary folder on a free loopback port; stopped at the end."""
+    with pg_server() as server:
+        yield server
+
+
+@pytest.fixture
+def pg_url(postgres_server: PgServer) -> Iterator[str]:
+    """A fresh, empty database of its own for this test: its ``postgresql://`` URL."""
+    url = postgres_server.create_database()
+    yield url
+    postgres_server.drop_database(url)
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store_address(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """An address for ``open_store``, once per backend: an SQLite file in tmp_path, or a
+    fresh PostgreSQL database (the server starts only when a test asks for one)."""
+    if request.param == "sqlite":
+        return str(tmp_path / "central.db")
+    return str(request.getfixturevalue("pg_url"))
 
 
 LOG_TAIL_LINES = 60
