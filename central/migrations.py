@@ -288,6 +288,11 @@ MIGRATIONS: tuple[Migration, ...] = (
         "the fleet registry, the command ledger and 1-minute rollups",
         MappingProxyType({SQLITE: SQL_REGISTRY}),
     ),
+    Migration(
+        6,
+        "alarms keep booleans and integers beyond 64 bits exactly",
+        MappingProxyType({SQLITE: "ALTER TABLE alarms ADD COLUMN exact TEXT; -- JSON"}),
+    ),
 )
 LATEST = MIGRATIONS[-1].version
 

@@ -233,7 +233,11 @@ UPDATE gateways SET tags = state -> 'tags' WHERE jsonb_typeof(state -> 'tags') =
 UPDATE gateways SET online_since = last_seen;
 """
 
-STEPS: Mapping[int, str] = MappingProxyType({1: V1, 2: V2, 3: V3, 4: V4, 5: V5})
+# Version 6 gives SQLite a column for the alarm fields it cannot hold exactly; here
+# ``value`` and ``occurrence`` are jsonb since version 1, so the step only says so.
+V6 = "COMMENT ON COLUMN alarms.value IS 'the event value, exactly as it came (jsonb)';"
+
+STEPS: Mapping[int, str] = MappingProxyType({1: V1, 2: V2, 3: V3, 4: V4, 5: V5, 6: V6})
 if sorted(STEPS) != [m.version for m in MIGRATIONS]:  # pragma: no cover - import-time check
     raise RuntimeError("central.store.postgres.schema must give a step for every migration")
 LATEST = max(STEPS)

@@ -27,3 +27,19 @@ def value_of(value: Any, tag: int) -> Any:
     if tag == VALUE_BIG_INT and isinstance(value, str):
         return int(value)
     return value
+
+
+def inexact(fields: dict[str, Any]) -> str | None:
+    """The fields an SQLite column would not give back as they came (a boolean, an integer
+    beyond 64 bits), as JSON for the row's ``exact`` column; None if there are none."""
+    kept = {
+        k: v
+        for k, v in fields.items()
+        if v.__class__ is bool or (v.__class__ is int and not INT64_MIN <= v <= INT64_MAX)
+    }
+    return json.dumps(kept) if kept else None
+
+
+def exact(row: dict[str, Any], kept: str | None) -> dict[str, Any]:
+    """``row`` with the fields ``inexact`` kept put back."""
+    return {**row, **json.loads(kept)} if kept else row

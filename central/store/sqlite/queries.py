@@ -27,7 +27,7 @@ from central.store.rows import (
     ReadingBucket,
     StoredReading,
 )
-from central.store.sqlite.cells import value_of
+from central.store.sqlite.cells import exact, value_of
 
 GATEWAY_COLUMNS = (
     "id, site, tags, online, online_since, agent_version, config_rev, desired_rev, started, "
@@ -89,7 +89,8 @@ class SqliteQueries:
             "SELECT count(*) FROM alarms WHERE state IN ('active', 'cleared_unacked')"
         ).fetchall()
         ((losses,),) = self.conn.execute(
-            "SELECT count(*) FROM (SELECT DISTINCT gateway FROM losses)"
+            "SELECT count(*) FROM gateways WHERE dropped_telemetry > 0 "
+            "OR id IN (SELECT gateway FROM losses)"
         ).fetchall()
         versions = dict(
             self.conn.execute(
@@ -171,15 +172,15 @@ class SqliteQueries:
             where, more = gateway_clauses(query.where)
             clauses.append(f"gateway IN (SELECT id FROM gateways g{_where(where)})")
             args += more
-        sql = f"SELECT {ALARM_COLUMNS} FROM alarms{_where(clauses)} ORDER BY ts DESC"
-        return [AlarmRow(*row) for row in self.conn.execute(sql, args)]
+        sql = f"SELECT {ALARM_COLUMNS}, exact FROM alarms{_where(clauses)} ORDER BY ts DESC"
+        return [alarm_row(row) for row in self.conn.execute(sql, args)]
 
     def alarm(self, gateway: str, alarm_id: str) -> AlarmRow | None:
         row = self.conn.execute(
-            f"SELECT {ALARM_COLUMNS} FROM alarms WHERE gateway = ? AND alarm_id = ?",
+            f"SELECT {ALARM_COLUMNS}, exact FROM alarms WHERE gateway = ? AND alarm_id = ?",
             (gateway, alarm_id),
         ).fetchone()
-        return None if row is None else AlarmRow(*row)
+        return None if row is None else alarm_row(row)
 
     def alarm_history(self, gateway: str, alarm_id: str) -> list[dict[str, Any]]:
         rows = self.conn.execute(
@@ -268,6 +269,12 @@ ALARM_COLUMNS = (
     "gateway, alarm_id, rule, device, severity, state, value, since, ts, msg, occurrence, "
     "acked_by, shelved_until, events"
 )
+
+
+def alarm_row(row: tuple[Any, ...]) -> AlarmRow:
+    *fields, kept = row
+    names = AlarmRow.__dataclass_fields__
+    return AlarmRow(**exact(dict(zip(names, fields, strict=True)), kept))
 
 
 def gateway_row(row: tuple[Any, ...]) -> GatewayRow:

@@ -26,7 +26,14 @@ from typing import Any
 from central.migrations import DEAD_LETTER_BYTES
 from central.store.api import RoundCounts
 from central.store.errors import MessageRejected, StoreUnavailable
-from central.store.sqlite.cells import INT64_MAX, INT64_MIN, VALUE_BIG_INT, VALUE_BOOL, cell
+from central.store.sqlite.cells import (
+    INT64_MAX,
+    INT64_MIN,
+    VALUE_BIG_INT,
+    VALUE_BOOL,
+    cell,
+    inexact,
+)
 from edge_agent.contract import AlarmMessage, AlarmState, NamedRows, TelemetryBatch
 from edge_agent.contract.alarms import DroppedRows
 
@@ -269,9 +276,9 @@ class SqliteRound:
             since = event.ts if new else None
         self.conn.execute(
             "INSERT INTO alarms (gateway, alarm_id, rule, device, severity, state, value, since, "
-            "ts, msg, occurrence, acked_by) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+            "ts, msg, occurrence, acked_by, exact) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
             "ON CONFLICT (gateway, alarm_id) DO UPDATE SET state = excluded.state, "
-            "value = excluded.value, ts = excluded.ts, msg = excluded.msg, "
+            "value = excluded.value, exact = excluded.exact, ts = excluded.ts, msg = excluded.msg, "
             "severity = excluded.severity, occurrence = excluded.occurrence, "
             "acked_by = excluded.acked_by, since = coalesce(excluded.since, alarms.since), "
             "events = alarms.events + 1 WHERE excluded.ts >= alarms.ts",
@@ -288,6 +295,7 @@ class SqliteRound:
                 event.msg,
                 cell(event.occurrence),
                 event.acked_by,
+                inexact({"value": event.value, "occurrence": event.occurrence}),
             ),
         )
 
@@ -379,14 +387,19 @@ class SqliteRound:
                 "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (gateway, device) DO UPDATE SET "
                 "link = excluded.link, last_good = coalesce(excluded.last_good, "
                 "devices.last_good), error = excluded.error, updated = excluded.updated",
-                [(gateway, *device_fields(dev, body), now) for dev, body in devices.items()],
+                [
+                    (gateway, *device_fields(dev, body), now)
+                    for dev, body in devices.items()
+                    if isinstance(body, dict)  # anything else says nothing of a device
+                ],
             )
 
 
-def device_fields(device: str, body: Any) -> tuple[str, str | None, float | None, str | None]:
+def device_fields(
+    device: str, body: dict[str, Any]
+) -> tuple[str, str | None, float | None, str | None]:
     """``(device, link, last_good, error)`` of one device in a health report; fields of the
     wrong type are None (the contract checks the report's shape, not each device's)."""
-    body = body if isinstance(body, dict) else {}
     link, last_good, error = body.get("link"), body.get("last_good"), body.get("reason")
     return (
         str(device),
