@@ -5,7 +5,6 @@ file and on a real PostgreSQL database (``store_address``), and some only on Pos
 from __future__ import annotations
 
 import contextlib
-
 import sqlite3
 import threading
 import time
