@@ -26,20 +26,16 @@ from typing import Any
 from central.migrations import DEAD_LETTER_BYTES
 from central.store.api import RoundCounts
 from central.store.errors import MessageRejected, StoreUnavailable
+from central.store.limits import (
+    REJECTED_ERROR_MAX,
+    REJECTED_HEAD_BYTES,
+    REJECTED_KEEP,
+    REJECTED_MAX_BYTES,
+)
 from central.store.sqlite.cells import INT64_MAX, INT64_MIN, VALUE_BIG_INT, VALUE_BOOL, cell
 from edge_agent.contract import AlarmMessage, AlarmState, NamedRows, TelemetryBatch
 from edge_agent.contract.alarms import DroppedRows
 
-REJECTED_KEEP = 1000
-"""Dead letters kept per gateway (the newest): a gateway sending garbage cannot push out
-the others' dead letters."""
-REJECTED_HEAD_BYTES = 4096
-"""What a dead letter keeps of its payload: enough to see what it was; ``size`` and the
-sha256 ``digest`` stand for the rest."""
-REJECTED_ERROR_MAX = 1000  # characters of the error kept (it may quote the payload)
-REJECTED_MAX_BYTES = 64 * 1024 * 1024
-"""Bytes of dead letters (topic, error, payload head) kept in all, the newest: gateway ids
-are many (anyone may make one up), so only a cap on the whole table bounds the disk."""
 _KEPT = DEAD_LETTER_BYTES
 """What one dead letter keeps, in bytes (the triggers of the migrations count the same)."""
 
