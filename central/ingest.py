@@ -22,15 +22,16 @@ What can fail, and what then:
 
 - one message the store cannot take (it breaks the contract, or holds something the
   store cannot keep): each message is stored in its own part of the round's unit of work
-  (``central.rounds``, ``Round.message()``), so its writes alone are undone; it is rejected (counted, logged once per gateway), kept in the ``rejected``
-  table (a dead letter, ``fleet rejected``: its head, size and hash, within a cap on the
-  whole table), PUBACKed so that the broker does
-  not redeliver it forever, and acked when it names its outbox rows beyond doubt, so that
+  (``central.rounds``, ``Round.message()``), so its writes alone are undone; it is
+  rejected (counted, logged once per gateway), kept in the ``rejected`` table (a dead
+  letter, ``fleet rejected``: its head, size and hash, within a cap on the whole table),
+  PUBACKed so that the broker does not redeliver it forever, and acked when it names its outbox rows beyond doubt, so that
   the gateway does not resend it either; the rest of the round commits. A message over
   the contract's ``MESSAGE_MAX_BYTES`` is refused so before it is parsed, naming nothing;
 - the store itself (``StoreUnavailable``: disk full, I/O error, a lock held too long,
-  the server gone): the round is rolled back, nothing is PUBACKed or acked, and the round is tried again after
-  ``STORE_RETRY_S``; after ``STORE_TRIES`` failures in a row the ingest thread stops;
+  the server gone): the round is rolled back, nothing is PUBACKed or acked, and the
+  round is tried again after ``STORE_RETRY_S``; after ``STORE_TRIES`` failures in a row
+  the ingest thread stops;
 - retention (``Retention``, ``fleet central run --keep-raw/--keep-rollups``): the ingest
   thread, which owns the store's connection, runs ``store.maintain`` at start and every
   ``MAINTAIN_S`` between rounds; a store that fails it is tried again the next time;

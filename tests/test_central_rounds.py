@@ -52,9 +52,7 @@ def alarm(gw: str, seq: int) -> Message:
     return Message(TOPICS.gw(gw, Channel.ALARMS), json.dumps(body).encode(), qos=1)
 
 
-def ack(
-    stream: str, telemetry: list[tuple[int, int]], alarms: list[tuple[int, int]]
-) -> Ack:
+def ack(stream: str, telemetry: list[tuple[int, int]], alarms: list[tuple[int, int]]) -> Ack:
     return Ack(stream, telemetry=tuple(telemetry), alarms=tuple(alarms))
 
 

@@ -342,7 +342,9 @@ class SqliteRound:
                 cell(state.get("started")),
                 cell(state.get("stream")),
                 json.dumps(state),
-                json.dumps(tags) if isinstance(tags, dict) else None,
+                # any JSON, as it came (the contract does not check tags): `fleet gateways`
+                # shows what is not a mapping as it is; a tag filter matches only mappings
+                None if tags is None else json.dumps(tags),
                 gateway,
             ),
         )
