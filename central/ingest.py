@@ -26,8 +26,9 @@ What can fail, and what then:
   rejected (counted, logged once per gateway), kept in the ``rejected`` table (a dead
   letter, ``fleet rejected``: its head, size and hash, within a cap on the whole table),
   PUBACKed so that the broker does not redeliver it forever, and acked when it names its
-  outbox rows beyond doubt, so that the gateway does not resend it either; the rest of the round commits. A message over
-  the contract's ``MESSAGE_MAX_BYTES`` is refused so before it is parsed, naming nothing;
+  outbox rows beyond doubt, so that the gateway does not resend it either; the rest of
+  the round commits. A message over the contract's ``MESSAGE_MAX_BYTES`` is refused so
+  before it is parsed, naming nothing;
 - the store itself (``StoreUnavailable``: disk full, I/O error, a lock held too long,
   the server gone): the round is rolled back, nothing is PUBACKed or acked, and the
   round is tried again after ``STORE_RETRY_S``; after ``STORE_TRIES`` failures in a row
