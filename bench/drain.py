@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.results import machine, merge, timestamp
-from central.store import Store
+from central.store.sqlite import SqliteStore
 from drivers.base import Quality, Reading
 from drivers.modbus.config import ModbusPoint
 from edge_agent.contract import ReadingEncoder
@@ -58,18 +58,18 @@ def fill_outbox(path: Path, n: int, start: float) -> None:
 
 def raw_insert_rate(tmp: Path, n: int = RAW_INSERT_ROWS) -> float:
     """Rows/s the central table takes from plain executemany, 1,000-row commits."""
-    store = Store(tmp / "raw.db")
+    store = SqliteStore(tmp / "raw.db")
     rows = [
         ("g", "s", i, "d", f"p{i % 100}", 1.0, "u", "good", None, float(i), 0) for i in range(n)
     ]
     t0 = time.perf_counter()
     for k in range(0, n, 1000):
-        store.db.conn.executemany(
+        store.conn.executemany(
             "INSERT INTO readings (gateway, stream, seq, device, point, value, unit, quality, "
             "reason, ts, is_bool) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             rows[k : k + 1000],
         )
-        store.commit()
+        store.conn.commit()
     rate = n / (time.perf_counter() - t0)
     store.close()
     return rate

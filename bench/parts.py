@@ -186,7 +186,7 @@ def _agent_steps(workdir: Path, n_points: int, seconds: float) -> dict[str, Any]
 
 def _center_steps(workdir: Path, n_points: int, seconds: float) -> dict[str, Any]:
     # imported per step: a step whose API changed is reported skipped, not fatal
-    from central.store import Store  # noqa: PLC0415
+    from central.store import open_store  # noqa: PLC0415
     from edge_agent.contract import ReadingEncoder, decode_telemetry  # noqa: PLC0415
     from edge_agent.contract.payloads import encode_telemetry_raw  # noqa: PLC0415
 
@@ -196,17 +196,17 @@ def _center_steps(workdir: Path, n_points: int, seconds: float) -> dict[str, Any
     payload = encode_telemetry_raw("bench-gw", "s", 1, bodies)
     out["bare_json_loads"] = _measure(lambda: len(json.loads(payload)["readings"]), seconds)
     out["decode_telemetry"] = _measure(lambda: len(decode_telemetry(payload).readings), seconds)
-    store = Store(workdir / "central.db")
+    store = open_store(workdir / "central.db")
     seq = [1]
 
     def insert(per_commit: int) -> int:
-        n = 0
-        for _ in range(per_commit):
-            batch = decode_telemetry(encode_telemetry_raw("bench-gw", "s", seq[0], bodies))
-            n += store.insert_telemetry(batch)
-            seq[0] += len(bodies)
-        store.commit()
-        return n
+        with store.round() as rnd:
+            for _ in range(per_commit):
+                batch = decode_telemetry(encode_telemetry_raw("bench-gw", "s", seq[0], bodies))
+                with rnd.message():
+                    rnd.insert_telemetry(batch)
+                seq[0] += len(bodies)
+        return rnd.counts.readings_stored
 
     try:
         out["store_insert_commit_1000"] = _measure(lambda: insert(1), seconds)

@@ -20,17 +20,22 @@ logged (``report_shed``).
 
 What can fail, and what then:
 
-- one message the store cannot take (it breaks the contract, or holds something SQLite
-  cannot bind): each message is stored inside its own SAVEPOINT, so its writes alone are
-  undone; it is rejected (counted, logged once per gateway), kept in the ``rejected``
-  table (a dead letter, ``fleet rejected``: its head, size and hash, within a cap on the
-  whole table), PUBACKed so that the broker does
-  not redeliver it forever, and acked when it names its outbox rows beyond doubt, so that
-  the gateway does not resend it either; the rest of the round commits. A message over
-  the contract's ``MESSAGE_MAX_BYTES`` is refused so before it is parsed, naming nothing;
-- the store itself (disk full, I/O error, locked beyond busy_timeout): the round is
-  rolled back, nothing is PUBACKed or acked, and the round is tried again after
-  ``STORE_RETRY_S``; after ``STORE_TRIES`` failures in a row the ingest thread stops;
+- one message the store cannot take (it breaks the contract, or holds something the
+  store cannot keep): each message is stored in its own part of the round's unit of work
+  (``central.rounds``, ``Round.message()``), so its writes alone are undone; it is
+  rejected (counted, logged once per gateway), kept in the ``rejected`` table (a dead
+  letter, ``fleet rejected``: its head, size and hash, within a cap on the whole table),
+  PUBACKed so that the broker does not redeliver it forever, and acked when it names its
+  outbox rows beyond doubt, so that the gateway does not resend it either; the rest of
+  the round commits. A message over the contract's ``MESSAGE_MAX_BYTES`` is refused so
+  before it is parsed, naming nothing;
+- the store itself (``StoreUnavailable``: disk full, I/O error, a lock held too long,
+  the server gone): the round is rolled back, nothing is PUBACKed or acked, and the
+  round is tried again after ``STORE_RETRY_S``; after ``STORE_TRIES`` failures in a row
+  the ingest thread stops;
+- retention (``Retention``, ``fleet central run --keep-raw/--keep-rollups``): the ingest
+  thread, which owns the store's connection, runs ``store.maintain`` at start and every
+  ``MAINTAIN_S`` between rounds; a store that fails it is tried again the next time;
 - the ingest thread stops for any reason: ``run_central`` returns 1 and ``fleet central
   run`` exits with it, for its supervisor (systemd) to restart it. The broker keeps
   every message that was not PUBACKed for the next start.
@@ -39,27 +44,18 @@ What can fail, and what then:
 from __future__ import annotations
 
 import logging
-import sqlite3
 import threading
 import time
 from collections import defaultdict
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from central.inbox import Inbox, Lane
-from central.store.sqlite.legacy import REJECTED_KEEP, REJECTED_MAX_BYTES, Store
-from edge_agent.contract import (
-    Ack,
-    Channel,
-    PayloadError,
-    Topics,
-    decode_alarm,
-    decode_health,
-    decode_state,
-    decode_telemetry,
-    encode_ack,
-    merge_ranges,
-    named_rows,
-)
+from central.rounds import RoundResult, store_round
+from central.store.api import Maintenance, Retention, Store
+from central.store.errors import StoreError, StoreUnavailable
+from central.store.limits import REJECTED_KEEP, REJECTED_MAX_BYTES
+from edge_agent.contract import Channel, Topics, encode_ack
 from mqttlink.backoff import Backoff
 from mqttlink.outage import OutageLog
 from mqttlink.session import Message, Session, Subscription
@@ -78,6 +74,7 @@ SHED_LOG_S = 30.0  # shed messages are logged at the first, then at most this of
 UNREACHABLE_REMIND_S = 60.0  # "still cannot reach the broker", this often in an outage
 STORE_TRIES = 5  # rounds the store fails in a row before the service gives up (exit 1)
 STORE_RETRY_S = 1.0  # pause before trying a failed round again
+MAINTAIN_S = 300.0  # retention runs this often (and at start), between rounds
 
 
 @dataclass
@@ -95,31 +92,6 @@ class StoreFailed(RuntimeError):
     """The store failed ``STORE_TRIES`` rounds in a row: the service cannot go on."""
 
 
-def store_fault(exc: BaseException) -> bool:
-    """An error of the store itself (disk, locks, corruption) or of the machine, as opposed
-    to one message it cannot take: never a reason to reject the message."""
-    if isinstance(exc, MemoryError):
-        return True
-    return isinstance(exc, sqlite3.DatabaseError) and not isinstance(
-        exc, sqlite3.IntegrityError | sqlite3.DataError | sqlite3.ProgrammingError
-    )
-
-
-@dataclass
-class _Round:
-    telemetry: dict[tuple[str, str], list[tuple[int, int]]] = field(
-        default_factory=lambda: defaultdict(list)
-    )
-    alarms: dict[tuple[str, str], list[tuple[int, int]]] = field(
-        default_factory=lambda: defaultdict(list)
-    )
-    seen: set[str] = field(default_factory=set)
-    readings_stored: int = 0
-    duplicates: int = 0
-    alarms_stored: int = 0
-    rejected: list[tuple[str, Channel, Exception]] = field(default_factory=list)
-
-
 class Ingest:
     """Two sessions with the broker, each persistent with manual acks: one for alarms
     (client id ``<client_id>-alarms``), one for the rest. One MQTT connection is first in,
@@ -133,8 +105,12 @@ class Ingest:
         broker: Broker,
         topics: Topics,
         client_id: str = "edgefleet-central",
+        retention: Retention | None = None,
     ) -> None:
+        """``retention``: what ``store.maintain`` removes, run on the ingest thread; None:
+        nothing is ever removed."""
         self.store = store
+        self.retention = retention
         self.topics = topics
         self.stats = IngestStats()
         self.connected = threading.Event()
@@ -244,24 +220,44 @@ class Ingest:
     def run(self) -> None:
         """Ingest until ``stop()``; call from the thread that owns the store. Raises
         ``StoreFailed`` when the store keeps failing, and whatever else stops ingest."""
+        maintain_at = time.monotonic()  # at start, then every MAINTAIN_S
         while not self._stop.is_set():
+            if self.retention is not None and time.monotonic() >= maintain_at:
+                self.maintain(self.retention)
+                maintain_at = time.monotonic() + MAINTAIN_S
             lane, msgs = self.inbox.take(0.2, GATHER_S, ROUND_MAX_MESSAGES, ROUND_MAX_BYTES)
             if msgs:
                 self.ingest_retrying(msgs, lane)
             self.report_shed()
         self.report_shed(final=True)
 
+    def maintain(self, retention: Retention) -> Maintenance | None:
+        """Retention now (``store.maintain``), logged when it removed something; a store
+        that fails it is logged and tried again at the next time (None)."""
+        try:
+            done = self.store.maintain(retention)
+        except StoreError as exc:
+            log.warning("retention failed (tried again in %.0f s): %s", MAINTAIN_S, exc)
+            return None
+        if done.readings_deleted or done.rollups_deleted or done.partitions_dropped:
+            log.info(
+                "retention: removed %d readings, %d 1-minute rollups, %d partitions",
+                done.readings_deleted,
+                done.rollups_deleted,
+                done.partitions_dropped,
+            )
+        return done
+
     def ingest_retrying(self, msgs: list[Message], lane: Lane = Lane.DATA) -> None:
-        """``ingest_round``, tried again while the store fails, up to ``STORE_TRIES``."""
+        """``ingest_round``, tried again while the store is unavailable, up to
+        ``STORE_TRIES``."""
         for attempt in range(1, STORE_TRIES + 1):
             try:
                 rest = self.ingest_round(msgs, lane)
                 if rest:
                     self.inbox.put_back(lane, rest)
                 return
-            except Exception as exc:
-                if not store_fault(exc):
-                    raise
+            except StoreUnavailable as exc:
                 self.stats.store_failures += 1
                 if attempt == STORE_TRIES:
                     raise StoreFailed(
@@ -286,97 +282,44 @@ class Ingest:
         self._alarm_session.close()
 
     def ingest_round(self, msgs: list[Message], lane: Lane = Lane.DATA) -> list[Message]:
-        """Store the round in one transaction, commit, then PUBACK and ack, each message on
-        the session it came on. A message the store cannot take is rejected alone; an
-        error of the store (``store_fault``) rolls the whole round back and is raised, with
-        nothing acked.
+        """Store the round in one unit of work and commit it (``central.rounds``), then
+        PUBACK and ack, each message on the session it came on. A message the store cannot
+        take is rejected alone; ``StoreUnavailable`` rolls the whole round back and is
+        raised, with nothing acked.
 
         Alarms waiting when a telemetry round is about to store its next message cut it
-        short: they are stored in its transaction, committed with what it has stored so
+        short: they are stored in its unit of work, committed with what it has stored so
         far, and the messages not begun are returned, for ``put_back``. So an alarm waits
         for the one message being stored and one commit, not for a whole round."""
-        rnd = _Round()
-        done, alarms = msgs, []
+        taken: list[Message] = []
+
+        def alarms_now() -> Sequence[Message]:
+            if not self.inbox.alarms_waiting():
+                return ()
+            taken.extend(self.inbox.take_now(Lane.ALARMS, ROUND_MAX_MESSAGES, ROUND_MAX_BYTES))
+            return taken
+
         try:
-            self.store.begin()
-            for i, msg in enumerate(msgs):
-                if lane is Lane.DATA and self.inbox.alarms_waiting():
-                    alarms = self.inbox.take_now(Lane.ALARMS, ROUND_MAX_MESSAGES, ROUND_MAX_BYTES)
-                    for alarm in alarms:
-                        self._store_one(alarm, rnd)
-                    done = msgs[:i]
-                    break
-                self._store_one(msg, rnd)
-            if rnd.seen:
-                self.store.seen(rnd.seen)
-            self.store.commit()
+            result = store_round(self.store, self.topics, msgs, lane, alarms_now)
         except BaseException:
-            try:
-                self.store.rollback()
-            except sqlite3.Error as err:  # the next round's begin() tries again
-                log.warning("rolling back a failed round failed too: %s", err)
-            if alarms:
-                self.inbox.put_back(Lane.ALARMS, alarms)  # first again, at the next try
+            if taken:
+                self.inbox.put_back(Lane.ALARMS, taken)  # first again, at the next try
             raise
-        session = self._alarm_session if lane is Lane.ALARMS else self._session
-        for msg in done:
-            session.ack(msg)
-        for alarm in alarms:
-            self._alarm_session.ack(alarm)
+        self._after_commit(result)
+        return result.rest
+
+    def _after_commit(self, result: RoundResult) -> None:
+        for lane, msg in result.puback:
+            (self._alarm_session if lane is Lane.ALARMS else self._session).ack(msg)
         st = self.stats
-        st.messages += len(done) + len(alarms)
-        st.readings_stored += rnd.readings_stored
-        st.duplicates += rnd.duplicates
-        st.alarms_stored += rnd.alarms_stored
-        for gw, channel, error in rnd.rejected:
-            self._reject(gw, channel, error)
-        for gw, stream in set(rnd.telemetry) | set(rnd.alarms):
-            ack = Ack(
-                stream,
-                telemetry=merge_ranges(rnd.telemetry.get((gw, stream), [])),
-                alarms=merge_ranges(rnd.alarms.get((gw, stream), [])),
-            )
-            # queued while the broker is away: it goes out after the reconnect; an alarm's
-            # on the alarm session, which no telemetry holds up
-            session = self._alarm_session if ack.alarms else self._session
-            session.publish(
-                self.topics.gw(gw, Channel.ACK), encode_ack(ack), qos=1, queue_offline=True
-            )
-        return msgs[len(done) :]
-
-    def _store_one(self, msg: Message, rnd: _Round) -> None:
-        parsed = self.topics.parse(msg.topic)
-        if parsed is None or parsed[1] not in _STORED:
-            return
-        gw, channel = parsed
-        try:
-            with self.store.savepoint():
-                self._store_message(gw, channel, msg.payload, rnd)
-        except Exception as exc:
-            if store_fault(exc):
-                raise
-            rnd.rejected.append((gw, channel, exc))
-            self._dead_letter(gw, channel, msg, exc, rnd)
-            return
-        rnd.seen.add(gw)
-
-    def _dead_letter(
-        self, gw: str, channel: Channel, msg: Message, exc: Exception, rnd: _Round
-    ) -> None:
-        """Keep a rejected message (its head) in the store and, when it names the outbox rows
-        it was sent for, ack them: the gateway would otherwise send it, and everything behind
-        it, again at every ack timeout until its outbox drops it."""
-        rows = None
-        if channel in (Channel.TELEMETRY, Channel.ALARMS):
-            rows = named_rows(msg.payload, alarm=channel is Channel.ALARMS)
-            if rows is not None and rows.gw != gw:
-                rows = None  # another gateway's rows are not this one's to ack
-        try:
-            with self.store.savepoint():
-                pruned = self.store.insert_rejected(
-                    gw, msg.topic, bytes(msg.payload), _why(exc), rows
-                )
-            if pruned and gw not in self._pruned_dead_letters:
+        st.messages += result.messages
+        st.readings_stored += result.counts.readings_stored
+        st.duplicates += result.counts.duplicates
+        st.alarms_stored += result.counts.alarms_stored
+        for rejection in result.rejected:
+            self._reject(rejection.gateway, rejection.channel, rejection.why)
+        for gw in result.pruned:
+            if gw not in self._pruned_dead_letters:
                 self._pruned_dead_letters.add(gw)
                 log.warning(
                     "%s: more dead letters than the store keeps (%d per gateway, %d MiB in "
@@ -385,43 +328,15 @@ class Ingest:
                     REJECTED_KEEP,
                     REJECTED_MAX_BYTES >> 20,
                 )
-        except Exception as err:
-            if store_fault(err):
-                raise
-            log.warning("could not keep a rejected message from %s: %s", gw, _why(err))
-            return
-        if rows is None:
-            return
-        acked = rnd.alarms if channel is Channel.ALARMS else rnd.telemetry
-        acked[(gw, rows.stream)].append((rows.first, rows.last))
-
-    def _store_message(self, gw: str, channel: Channel, payload: bytes, rnd: _Round) -> None:
-        """Decode and store one message; ``rnd`` learns of it only once it is all stored."""
-        if channel is Channel.TELEMETRY:
-            batch = decode_telemetry(payload)
-            self._same_gateway(gw, batch.gw)
-            stored = self.store.insert_telemetry(batch)
-            rnd.readings_stored += stored
-            rnd.duplicates += len(batch.readings) - stored
-            rnd.telemetry[(gw, batch.stream)].append((batch.seq_first, batch.seq_last))
-        elif channel is Channel.ALARMS:
-            event = decode_alarm(payload)
-            self._same_gateway(gw, event.gw)
-            rnd.alarms_stored += self.store.insert_alarm(event)
-            rnd.alarms[(gw, event.stream)].append((event.seq, event.seq))
-        elif channel is Channel.STATE:
-            if payload:  # an empty retained message clears a decommissioned gateway
-                self.store.update_state(gw, decode_state(payload))
-        else:
-            self.store.update_health(gw, decode_health(payload))
-
-    def _same_gateway(self, topic_gw: str, payload_gw: str) -> None:
-        if topic_gw != payload_gw:
-            raise PayloadError(
-                f"payload says gateway {payload_gw!r} on gateway {topic_gw!r}'s topic"
+        for gw, ack in result.acks:
+            # queued while the broker is away: it goes out after the reconnect; an alarm's
+            # on the alarm session, which no telemetry holds up
+            session = self._alarm_session if ack.alarms else self._session
+            session.publish(
+                self.topics.gw(gw, Channel.ACK), encode_ack(ack), qos=1, queue_offline=True
             )
 
-    def _reject(self, gw: str, channel: Channel, exc: Exception) -> None:
+    def _reject(self, gw: str, channel: Channel, why: str) -> None:
         self.stats.rejected += 1
         count = self.stats.rejected_by_gateway[gw] = self.stats.rejected_by_gateway[gw] + 1
         if count == 1:  # log once per gateway, count the rest
@@ -430,15 +345,8 @@ class Ingest:
                 "later ones are only counted): %s",
                 channel.value,
                 gw,
-                _why(exc),
+                why,
             )
-
-
-def _why(exc: Exception) -> str:
-    return str(exc) if isinstance(exc, PayloadError) else f"{type(exc).__name__}: {exc}"
-
-
-_STORED = frozenset({Channel.TELEMETRY, Channel.ALARMS, Channel.STATE, Channel.HEALTH})
 
 
 def run_central(store: Store, ingest: Ingest, stop: threading.Event) -> int:
@@ -469,6 +377,6 @@ def run_central(store: Store, ingest: Ingest, stop: threading.Event) -> int:
         worker.join(timeout=5)
         try:
             store.close()
-        except sqlite3.Error as exc:
+        except Exception as exc:  # the drivers' errors are not translated on close
             log.warning("closing the store failed: %s", exc)
     return 1 if failed else 0

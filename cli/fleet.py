@@ -35,7 +35,7 @@ from cli.output import (
     shown,
     utc,
 )
-from cli.store_options import DEFAULT_DB, DbOpt, require_db
+from cli.store_options import DEFAULT_DB, DbOpt, open_db
 from cli.topic_options import by_option, gateway_option, reason_option, topic_root_option
 from edge_agent.contract.topics import DEFAULT_ROOT
 
@@ -98,6 +98,17 @@ def central_run(
             "on a second session, <client-id>-alarms"
         ),
     ] = "edgefleet-central",
+    keep_raw: Annotated[
+        str,
+        typer.Option(
+            help="how long raw readings are kept, by their edge time: 30d, 12w (s, m, h, d "
+            "or w), or forever"
+        ),
+    ] = "30d",
+    keep_rollups: Annotated[
+        str,
+        typer.Option(help="how long their 1-minute rollups are kept: 400d, or forever"),
+    ] = "400d",
     log_level: Annotated[str, typer.Option(help="debug, info, warning or error")] = "info",
     username: UsernameOpt = None,
     password_file: PasswordFileOpt = None,
@@ -108,8 +119,7 @@ def central_run(
     """Run the central service: store what the fleet sends and acknowledge it."""
     # loaded by the command that uses it: fleet --help stays under 0.3 s
     from central.ingest import Ingest, run_central  # noqa: PLC0415
-    from central.migrations import StoreSchemaError  # noqa: PLC0415
-    from central.store import Store  # noqa: PLC0415
+    from central.store import Retention  # noqa: PLC0415
     from edge_agent.contract import Topics  # noqa: PLC0415
 
     logging.basicConfig(
@@ -118,16 +128,22 @@ def central_run(
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     url = broker_settings(broker, username, password_file, ca_file, cert_file, key_file)
-    try:
-        store = Store(db)
-    except StoreSchemaError as exc:  # a newer release's store, or not one: left untouched
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(1) from None
-    ingest = Ingest(store, url, Topics(topic_root), client_id=client_id)
+    retention = Retention(
+        raw_s=_keep_option(keep_raw, "--keep-raw"),
+        rollups_s=_keep_option(keep_rollups, "--keep-rollups"),
+    )
+    store = open_db(db, create=True)
+    ingest = Ingest(store, url, Topics(topic_root), client_id=client_id, retention=retention)
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
-    logging.getLogger("central").info("central service: broker %s, store %s", url, db)
+    logging.getLogger("central").info(
+        "central service: broker %s, store %s, keeping readings %s and rollups %s",
+        url,
+        store.label,
+        keep_raw,
+        keep_rollups,
+    )
     code = run_central(store, ingest, stop)
     if code:  # ingest stopped by itself: exit non-zero, so that systemd restarts us
         raise typer.Exit(code)
@@ -137,23 +153,21 @@ def central_run(
 def gateways_list(db: DbOpt = DEFAULT_DB, json_out: JsonOpt = False) -> None:
     """List gateways: id, site, tags, online, agent version, last seen, outbox backlog."""
     # loaded by the command that uses it: fleet --help stays under 0.3 s
-    from central.store import Store  # noqa: PLC0415
-
-    rows = Store(require_db(db)).gateways()
+    rows = list(open_db(db).gateways())
     show(
-        rows,
+        [r.to_json() for r in rows],
         json_out,
         ("gateway", "site", "tags", "online", "agent", "config", "last seen", "backlog"),
         lambda: (
             (
-                r["id"],
-                r["site"] or "",
-                _tags(r["tags"]),
-                Styled("yes", "green") if r["online"] else Styled("no", "red"),
-                r["agent_version"] or "",
-                r["config_rev"] or "",
-                ago(r["last_seen"]),
-                "" if r["outbox_depth"] is None else str(r["outbox_depth"]),
+                r.id,
+                r.site or "",
+                _tags(r.tags),
+                Styled("yes", "green") if r.online else Styled("no", "red"),
+                r.agent_version or "",
+                r.config_rev or "",
+                ago(r.last_seen),
+                "" if r.outbox_depth is None else str(r.outbox_depth),
             )
             for r in rows
         ),
@@ -176,9 +190,10 @@ def readings(
 ) -> None:
     """Readings stored at the center, newest first, with the edge's timestamps."""
     # loaded by the command that uses it: fleet --help stays under 0.3 s
-    from central.store import Store  # noqa: PLC0415
+    from central.store.api import ReadingQuery  # noqa: PLC0415
 
-    rows = Store(require_db(db)).readings(gateway, device, point, since_option(since), limit)
+    query = ReadingQuery(gateway, device, point, since=since_option(since), limit=limit)
+    rows = list(open_db(db).readings(query))
     show(
         [r.to_json() for r in rows],
         json_out,
@@ -206,22 +221,20 @@ def losses(
 ) -> None:
     """Readings gateways had to drop (outbox full, too old, disk full): which, and when."""
     # loaded by the command that uses it: fleet --help stays under 0.3 s
-    from central.store import Store  # noqa: PLC0415
-
-    rows = Store(require_db(db)).losses(gateway)
+    rows = open_db(db).losses(gateway)
     show(
-        rows,
+        [r.to_json() for r in rows],
         json_out,
         ("gateway", "stream", "seq", "count", "taken from (UTC)", "to", "cause"),
         lambda: (
             (
-                r["gateway"],
-                r["stream"],
-                f"{r['first_seq']}..{r['last_seq']}",
-                str(r["count"]),
-                utc(r["ts_first"]),
-                utc(r["ts_last"]),
-                r["cause"],
+                r.gateway,
+                r.stream,
+                f"{r.first_seq}..{r.last_seq}",
+                str(r.count),
+                utc(r.ts_first),
+                utc(r.ts_last),
+                r.cause,
             )
             for r in rows
         ),
@@ -239,26 +252,21 @@ def rejected(
 ) -> None:
     """Messages the center could not store (dead letters): why, and what they held."""
     # loaded by the command that uses it: fleet --help stays under 0.3 s
-    from central.store import Store  # noqa: PLC0415
-
-    rows = Store(require_db(db)).rejected(gateway, limit)
-    for r in rows:  # JSON has no bytes: the payload as text, undecodable bytes escaped
-        r["payload"] = bytes(r["payload"]).decode("utf-8", "backslashreplace")
-        del r["digest"]
+    rows = open_db(db).rejected(gateway, limit)
     show(
-        rows,
+        [r.to_json() for r in rows],  # JSON has no bytes: the payload as text
         json_out,
         ("gateway", "topic", "outbox rows", "times", "last seen (UTC)", "error"),
         lambda: (
             (
-                r["gateway"],
-                r["topic"],
-                f"{r['stream']} {r['seq_first']}..{r['seq_last']} (acked)"
-                if r["stream"]
+                r.gateway,
+                r.topic,
+                f"{r.stream} {r.seq_first}..{r.seq_last} (acked)"
+                if r.stream
                 else "unknown (not acked)",
-                str(r["times"]),
-                utc(r["last_seen"]),
-                r["error"],
+                str(r.times),
+                utc(r.last_seen),
+                r.error,
             )
             for r in rows
         ),
@@ -295,7 +303,7 @@ def alarms_list(
     """Current alarms, as their latest transition left them, newest first; a shelved alarm
     is listed shelved until its shelving ends."""
     # loaded by the command that uses it: fleet --help stays under 0.3 s
-    from central.store import Store  # noqa: PLC0415
+    from central.store.api import AlarmQuery  # noqa: PLC0415
     from cli.alarm_history import LISTED_STATES, listed_alarm  # noqa: PLC0415
 
     wanted = set(state or ())
@@ -307,7 +315,8 @@ def alarms_list(
         )
 
     now = time.time()
-    rows = [listed_alarm(r, now) for r in Store(require_db(db)).alarms(gateway)]
+    found = open_db(db).alarms(AlarmQuery(gateway))
+    rows = [listed_alarm(r.to_json(), now) for r in found]
     rows = [r for r in rows if not wanted or r["state"] in wanted]
     show(
         rows,
@@ -335,10 +344,9 @@ def alarms_history(
     """Every transition and action of one alarm, with the edge's timestamps and who acted;
     exit 1 if the store has no such alarm."""
     # loaded by the command that uses it: fleet --help stays under 0.3 s
-    from central.store import Store  # noqa: PLC0415
     from cli.alarm_history import HISTORY_COLUMNS, history_rows  # noqa: PLC0415
 
-    events = Store(require_db(db)).alarm_history(gateway, alarm)
+    events = open_db(db).alarm_history(gateway, alarm)
     if not events:
         typer.echo(
             f"error: no such alarm: {alarm} on gateway {gateway} "
@@ -438,6 +446,14 @@ def alarms_shelve(
     for_s = length_option(for_, "--for", positive=True)
     args = {"alarm": alarm, "by": by, "reason": reason, "for_s": round(for_s, 3)}
     _command(url, topic_root, gateway, "alarm.shelve", args, key, json_out)
+
+
+def _keep_option(text: str, option: str) -> float | None:
+    """A retention: a length above 0 (``0`` would delete everything as it comes), or
+    ``forever`` (None: never removed)."""
+    if text.strip().lower() == "forever":
+        return None
+    return length_option(text, option, positive=True)
 
 
 def _tags(tags: object) -> str:

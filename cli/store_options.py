@@ -1,28 +1,60 @@
-"""The ``--db`` option of the ``fleet`` commands that read the central store."""
+"""The ``--db`` option of the ``fleet`` commands that use the central store: the path of
+an SQLite file, or a PostgreSQL server's ``postgresql://…`` address."""
 
 from __future__ import annotations
 
 import sqlite3
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
+if TYPE_CHECKING:
+    from central.store import Store
+
 DbOpt = Annotated[
-    Path, typer.Option("--db", envvar="EDGEFLEET_DB", help="central store (SQLite file)")
+    str,
+    typer.Option(
+        "--db",
+        envvar="EDGEFLEET_DB",
+        help="central store: an SQLite file, or postgresql://user@host/db for a server",
+    ),
 ]
-DEFAULT_DB = Path("central.db")
+DEFAULT_DB = "central.db"
 
 
-def require_db(path: Path) -> Path:
-    """``path``, if a central store is there; else a one-line error and exit 1. A query
+def require_db(address: str) -> str:
+    """``address``, if a central store is there; else a one-line error and exit 1. A query
     must neither create an empty store where the operator mistyped the path, nor add the
-    store's tables to another file (an agent's outbox, the config) named by mistake."""
-    problem = store_problem(path)
+    store's tables to another file (an agent's outbox, the config) named by mistake. A
+    server's address is checked when it is opened (``open_db``)."""
+    # loaded by the command that uses it: fleet --help loads nothing of central
+    from central.store import is_postgres  # noqa: PLC0415
+
+    if is_postgres(address):
+        return address
+    problem = store_problem(Path(address))
     if problem is not None:
         typer.echo(f"error: {problem}", err=True)
         raise typer.Exit(1)
-    return path
+    return address
+
+
+def open_db(address: str, *, create: bool = False) -> Store:
+    """The store at ``address`` (with ``create``, an SQLite file is made if missing, as
+    ``fleet central run`` does); a store that cannot be used or reached is a one-line
+    error, exit 1."""
+    # loaded by the command that uses it: fleet --help loads nothing of central
+    from central.store import StoreError, StoreSchemaError, open_store  # noqa: PLC0415
+
+    try:
+        return open_store(address if create else require_db(address))
+    except (
+        StoreError,
+        StoreSchemaError,
+    ) as exc:  # a newer release's store, or not one: left untouched
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from None
 
 
 SQLITE_MAGIC = b"SQLite format 3\x00"

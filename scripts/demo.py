@@ -31,7 +31,8 @@ from typing import TYPE_CHECKING
 from rich.console import Console
 from rich.live import Live
 
-from central.store import Store
+from central.store import Store, open_store
+from central.store.api import ReadingQuery
 from cli.demo_view import AlarmRow, DeviceRow, live_view
 from cli.output import Part, Styled
 from edge_agent.contract.commands import generate_keys
@@ -127,8 +128,8 @@ def show(db: Path, duration: float | None, started: float, footer: str) -> int:
             if store is None:
                 if not db.exists():
                     continue
-                store = Store(db)
-            (seen,) = store.db.execute("SELECT count(*) FROM readings").fetchone()
+                store = open_store(db)
+            seen = store.count_readings()
             title = (
                 f"EdgeFleet demo: {seen} readings stored at the center "
                 f"({time.monotonic() - started:.0f} s)"
@@ -151,9 +152,9 @@ def show(db: Path, duration: float | None, started: float, footer: str) -> int:
 def _devices(store: Store) -> list[DeviceRow]:
     """Each device's newest reading of each point, in gateway and device order."""
     latest: dict[tuple[str, str, str], StoredReading] = {}
-    for r in store.readings(limit=3000):
+    for r in store.readings(ReadingQuery(limit=3000)):
         latest.setdefault((r.gateway, r.device, r.point), r)
-    online = {g["id"]: g["online"] for g in store.gateways()}
+    online = {g.id: g.online for g in store.gateways()}
     devices: dict[tuple[str, str], list[StoredReading]] = {}
     for (gw, dev, _), r in sorted(latest.items()):
         devices.setdefault((gw, dev), []).append(r)
@@ -180,8 +181,7 @@ def _values(readings: list[StoredReading]) -> tuple[Part, ...]:
 def _alarms(store: Store) -> list[AlarmRow]:
     """The alarms the gateways raised, newest first (empty until the rules fire)."""
     return [
-        AlarmRow(a["gateway"], a["alarm_id"], a["severity"], a["state"], a["msg"] or "")
-        for a in store.alarms()
+        AlarmRow(a.gateway, a.alarm_id, a.severity, a.state, a.msg or "") for a in store.alarms()
     ]
 
 

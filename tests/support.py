@@ -20,7 +20,9 @@ from typing import Any, TypeVar
 
 import pytest
 
-from central.store import Store
+from central.store import Store, StoredReading
+from central.store.api import ReadingQuery
+from central.store.sqlite import SqliteStore
 from drivers.simulated.modbus_server import SimulatedModbusDevice
 
 T = TypeVar("T")
@@ -228,8 +230,21 @@ class Central(Process):
         finally:
             db.close()
 
-    def store(self):  # type: ignore[no-untyped-def]
-        return Store(self.db)
+    def store(self) -> SqliteStore:
+        """The service's store, opened beside it (SQLite: ``conn`` for what tests ask)."""
+        return SqliteStore(self.db)
+
+
+def stored_readings(
+    store: Store,
+    gateway: str | None = None,
+    device: str | None = None,
+    point: str | None = None,
+    since: float | None = None,
+    limit: int | None = 100,
+) -> list[StoredReading]:
+    """The store's readings, newest first, as a list (the store streams them)."""
+    return list(store.readings(ReadingQuery(gateway, device, point, since=since, limit=limit)))
 
 
 class Agent(Process):

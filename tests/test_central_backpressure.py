@@ -22,7 +22,7 @@ import central.ingest as ingest_module
 from bench.flood import alarm_payload, flood_bodies
 from central.inbox import Lane
 from central.ingest import Ingest, run_central
-from central.store import Store
+from central.store.sqlite import SqliteStore
 from edge_agent.contract import Channel, Topics
 from edge_agent.contract.payloads import encode_telemetry_raw
 from mqttlink.url import Broker as BrokerSettings
@@ -44,7 +44,7 @@ def test_a_full_inbox_holds_qos1_at_the_broker_and_loses_nothing(
     bodies = flood_bodies(300)  # ~27 kB a batch
     try:
         # 1. nobody takes from the inbox: it fills, and the session's thread waits in put()
-        store = Store(db)
+        store = SqliteStore(db)
         first = Ingest(store, settings, TOPICS, client_id="bp")
         first.start()
         wait_for(first.connected.is_set, 10, what="ingest connected")
@@ -62,7 +62,7 @@ def test_a_full_inbox_holds_qos1_at_the_broker_and_loses_nothing(
         store.close()
 
         # 2. the next run gets everything from the broker, through the same small inbox
-        store = Store(db)
+        store = SqliteStore(db)
         second = Ingest(store, settings, TOPICS, client_id="bp")
         stop = threading.Event()
         result: list[int] = []
@@ -83,9 +83,9 @@ def test_a_full_inbox_holds_qos1_at_the_broker_and_loses_nothing(
             stop.set()
             runner.join(15)
         assert result == [0]
-        check = Store(db)
+        check = SqliteStore(db)
         try:
-            (row,) = check.db.execute(
+            (row,) = check.conn.execute(
                 "SELECT count(*), min(seq), max(seq) FROM readings WHERE gateway = 'gw-a'"
             ).fetchall()
         finally:
@@ -112,7 +112,7 @@ def test_the_alarm_subscription_of_an_older_central_is_dropped_and_what_it_held_
 
     gws = Gateways(mqtt_broker)
     gws.publish("gw-a", Channel.ALARMS, alarm_payload("gw-a", 1))  # held for the old session
-    store = Store(tmp_path / "central.db")
+    store = SqliteStore(tmp_path / "central.db")
     ingest = Ingest(store, BrokerSettings.plain(mqtt_broker.url), TOPICS, client_id="upgraded")
     ingest.start()  # sessions only: nothing takes from the inbox, so it shows what came
     try:

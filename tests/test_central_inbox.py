@@ -7,6 +7,8 @@ import json
 import logging
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +17,7 @@ import pytest
 import central.ingest as ingest_module
 from central.inbox import MESSAGE_OVERHEAD, OTHERS, SHED_GATEWAYS_KEPT, Inbox, Lane
 from central.ingest import Ingest
-from central.store import Store
+from central.store.sqlite import SqliteStore
 from edge_agent.contract import Channel, Topics
 from mqttlink.session import Message
 from mqttlink.url import Broker as BrokerSettings
@@ -158,26 +160,35 @@ def telemetry(gw: str, seq: int) -> Message:
 def test_an_alarm_waiting_cuts_a_telemetry_round_short_and_joins_its_commit(
     tmp_path: Path,
 ) -> None:
-    store = Store(tmp_path / "central.db")
+    store = SqliteStore(tmp_path / "central.db")
     broker = BrokerSettings.plain(f"mqtt://127.0.0.1:{free_port()}")  # never connected
     ingest = Ingest(store, broker, TOPICS, client_id="cut")
-    real_store_one = ingest._store_one
+    real_round = store.round
     stored: list[str] = []
 
-    def store_one_then_an_alarm_arrives(msg: Message, rnd: Any) -> None:
-        real_store_one(msg, rnd)
-        stored.append(msg.topic)
-        if len(stored) == 1:
-            ingest.inbox.put(Lane.ALARMS, alarm("gw-b", 1))
+    @contextmanager
+    def round_where_an_alarm_arrives() -> Iterator[Any]:
+        """The real round; an alarm reaches the inbox while its first batch is stored."""
+        with real_round() as rnd:
+            real_insert = rnd.insert_telemetry
 
-    ingest._store_one = store_one_then_an_alarm_arrives  # type: ignore[method-assign]
+            def insert(batch: Any) -> None:
+                real_insert(batch)
+                stored.append(batch.gw)
+                if len(stored) == 1:
+                    ingest.inbox.put(Lane.ALARMS, alarm("gw-b", 1))
+
+            rnd.insert_telemetry = insert  # type: ignore[method-assign]
+            yield rnd
+
+    store.round = round_where_an_alarm_arrives  # type: ignore[method-assign]
     try:
         msgs = [telemetry("gw-a", seq) for seq in (1, 2, 3)]
         rest = ingest.ingest_round(msgs)
         assert rest == msgs[1:]  # one stored, then the alarm; the others not begun
-        assert stored == [msgs[0].topic, TOPICS.gw("gw-b", Channel.ALARMS)]
+        assert stored == ["gw-a"]  # one batch stored, then the alarm joined the round
         assert store.sequence_keys("gw-a") == {("s", 1)}
-        events = store.db.execute("SELECT gateway, seq FROM alarm_events").fetchall()
+        events = store.conn.execute("SELECT gateway, seq FROM alarm_events").fetchall()
         assert events == [("gw-b", 1)]  # committed in the same round
         assert ingest.inbox.pending(Lane.ALARMS) == 0
         assert ingest.ingest_round(rest, Lane.ALARMS) == []  # an alarm round is never cut
@@ -192,7 +203,7 @@ def test_shed_messages_are_logged_at_once_then_now_and_then_and_at_the_end(
 ) -> None:
     monkeypatch.setattr(ingest_module, "SHED_LOG_S", 3600.0)
     caplog.set_level(logging.WARNING, "central")
-    store = Store(tmp_path / "central.db")
+    store = SqliteStore(tmp_path / "central.db")
     broker = BrokerSettings.plain(f"mqtt://127.0.0.1:{free_port()}")  # never connected
     ingest = Ingest(store, broker, TOPICS, client_id="shed")
     big = json.dumps({"gw": "noisy", "pad": "x" * (ingest_module.INBOX_MAX_BYTES // 8)})

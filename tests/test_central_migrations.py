@@ -31,10 +31,11 @@ from central.migrations import (
     check_migrations,
     migrate_sqlite,
 )
-from central.store import Store
+from central.store.sqlite import SqliteStore
 from cli.fleet import app as fleet_app
 from edge_agent.outbox import Outbox
 from edge_agent.outbox.path import OUTBOX_APPLICATION_ID
+from tests.support import stored_readings
 
 DATA = Path(__file__).parent / "data"
 STORE_0_1_0 = DATA / "store-0.1.0.db"
@@ -75,15 +76,27 @@ def user_version(path: Path) -> int:
     return pragma(path, "user_version")
 
 
-def rows(path: Path) -> dict[str, list[tuple[Any, ...]]]:
-    """Every row of the tables 0.1.0 had, in its columns, sorted: what must survive."""
+def columns(path: Path) -> dict[str, list[str]]:
+    """The columns of the tables 0.1.0 had, as the file at ``path`` has them."""
+    conn = sqlite3.connect(path)
+    try:
+        return {
+            table: [r[1] for r in conn.execute(f"PRAGMA table_info({table})")]
+            for table in OLD_TABLES
+        }
+    finally:
+        conn.close()
+
+
+def rows(path: Path, kept: dict[str, list[str]] | None = None) -> dict[str, list[tuple[Any, ...]]]:
+    """Every row of the tables 0.1.0 had, in the columns ``kept`` names (by default the
+    file's own), sorted: what must survive. ``size`` (added since) is left out."""
+    kept = kept or columns(path)
     conn = sqlite3.connect(path)
     try:
         out = {}
         for table in OLD_TABLES:
-            columns = [r[1] for r in conn.execute(f"PRAGMA table_info({table})")]
-            old = [c for c in columns if c != "size"]  # the one column added since
-            picked = ", ".join(old)
+            picked = ", ".join(c for c in kept[table] if c != "size")
             out[table] = sorted(conn.execute(f"SELECT {picked} FROM {table}").fetchall(), key=repr)
     finally:
         conn.close()
@@ -123,22 +136,44 @@ def test_an_older_store_opens_at_the_latest_version_with_every_row(
 ) -> None:
     db = copy(source, tmp_path)
     assert user_version(db) == 0
+    old_columns = columns(db)
     before = rows(db)
     assert all(before[table] for table in OLD_TABLES), "the test data has rows in every table"
-    store = Store(db)
+    store = SqliteStore(db)
     try:
-        assert store.readings(limit=1000)
-        store.insert_rejected("gw-new", "t", b"new dead letter", "bad", None)
-        store.commit()
-        (counted,) = store.db.execute("SELECT bytes FROM rejected_bytes").fetchone()
-        (kept,) = store.db.execute(
+        assert stored_readings(store, limit=1000)
+        with store.round() as rnd:
+            rnd.insert_rejected("gw-new", "t", b"new dead letter", "bad", None)
+        (counted,) = store.conn.execute("SELECT bytes FROM rejected_bytes").fetchone()
+        (kept,) = store.conn.execute(
             "SELECT sum(length(topic) + length(error) + length(payload)) FROM rejected"
         ).fetchone()
-        sizes = {r["gateway"]: r["size"] for r in store.rejected()}
+        sizes = {r.gateway: r.size for r in store.rejected()}
+        # migration 5: the registry's tags from each gateway's last state, its online_since
+        # from when it was last seen, and the 1-minute rollups from the readings kept
+        registry = store.conn.execute(
+            "SELECT id, tags, online_since = last_seen FROM gateways ORDER BY id"
+        ).fetchall()
+        rollups = store.conn.execute(
+            "SELECT gateway, device, point, minute, count, sum, min, max FROM rollups_1m"
+        ).fetchall()
+        expected = store.conn.execute(
+            "SELECT gateway, device, point, CAST(ts / 60 AS INTEGER) * 60, count(*), sum(value), "
+            "min(value), max(value) FROM readings WHERE is_bool IN (0, 1) AND typeof(value) IN "
+            "('integer', 'real') GROUP BY 1, 2, 3, 4"
+        ).fetchall()
     finally:
         store.close()
     assert user_version(db) == LATEST
-    after = rows(db)
+    assert [(gw, json.loads(tags), same) for gw, tags, same in registry] == [
+        ("gw-old-1", {"district": "north"}, 1),
+        ("gw-old-2", {"district": "north"}, 1),
+    ]
+    assert rollups and sorted(rollups) == sorted(expected)
+    flows = {(r[0], r[2]): r for r in rollups}
+    assert flows[("gw-old-1", "flow")][4] >= 1  # numbers rolled up; text and big ints not
+    assert ("gw-old-1", "mode") not in flows and ("gw-old-1", "counter") not in flows
+    after = rows(db, old_columns)
     after["rejected"] = [r for r in after["rejected"] if r[0] != "gw-new"]
     assert after == before
     assert counted == kept  # the old dead letter counted by the migration, the new one by triggers
@@ -148,13 +183,13 @@ def test_an_older_store_opens_at_the_latest_version_with_every_row(
 
 
 def test_the_store_api_reads_everything_an_upgraded_0_1_0_store_holds(tmp_path: Path) -> None:
-    store = Store(copy(STORE_0_1_0, tmp_path))
+    store = SqliteStore(copy(STORE_0_1_0, tmp_path))
     try:
-        readings = store.readings("gw-old-1", limit=1000)
-        alarms = {a["alarm_id"]: a for a in store.alarms()}
+        readings = stored_readings(store, "gw-old-1", limit=1000)
+        alarms = {a.alarm_id: a for a in store.alarms()}
         history = store.alarm_history("gw-old-1", "smoke-1/smoke")
         losses = store.losses()
-        gateways = store.gateways()
+        gateways = list(store.gateways())
     finally:
         store.close()
     values = {(r.point, r.seq): r.value for r in readings}
@@ -163,12 +198,12 @@ def test_the_store_api_reads_everything_an_upgraded_0_1_0_store_holds(tmp_path: 
     assert values[("valve_open", 2)] is True and values[("valve_open", 7)] is False
     assert values[("counter", 4)] == 2**64 - 1  # stored as its digits, given back as an int
     assert values[("mode", 3)] == "auto" and values[("temp", 5)] is None
-    assert alarms["smoke-1/smoke"]["state"] == "cleared"
-    assert alarms["smoke-1/smoke"]["events"] == 3
+    assert alarms["smoke-1/smoke"].state == "cleared"
+    assert alarms["smoke-1/smoke"].events == 3
     assert [e["state"] for e in history] == ["active", "acknowledged", "cleared"]
     assert history[1]["acked_by"] == "alice"
-    assert [(x["first_seq"], x["last_seq"], x["cause"]) for x in losses] == [(100, 149, "cap")]
-    assert [(g["id"], g["site"], g["tags"], g["outbox_depth"]) for g in gateways] == [
+    assert [(x.first_seq, x.last_seq, x.cause) for x in losses] == [(100, 149, "cap")]
+    assert [(g.id, g.site, g.tags, g.outbox_depth) for g in gateways] == [
         ("gw-old-1", "site-0", {"district": "north"}, 3),
         ("gw-old-2", "site-1", {"district": "north"}, 3),
     ]
@@ -197,11 +232,11 @@ def test_fleet_queries_read_an_upgraded_0_1_0_store(tmp_path: Path) -> None:
 
 def test_opening_an_upgraded_store_again_changes_nothing(tmp_path: Path) -> None:
     db = copy(STORE_0_1_0, tmp_path)
-    Store(db).close()
+    SqliteStore(db).close()
     upgraded = digest(db)
-    store = Store(db)
+    store = SqliteStore(db)
     try:
-        assert migrate_sqlite(store.db.conn, str(db)) == []
+        assert migrate_sqlite(store.conn, str(db)) == []
     finally:
         store.close()
     assert digest(db) == upgraded
@@ -209,9 +244,9 @@ def test_opening_an_upgraded_store_again_changes_nothing(tmp_path: Path) -> None
 
 def test_a_fresh_store_has_the_schema_of_an_upgraded_0_1_0_store(tmp_path: Path) -> None:
     old = copy(STORE_0_1_0, tmp_path)
-    Store(old).close()
+    SqliteStore(old).close()
     fresh = tmp_path / "fresh.db"
-    Store(fresh).close()
+    SqliteStore(fresh).close()
     assert user_version(fresh) == LATEST
     assert schema(fresh) == schema(old)
     assert application_id(fresh) == application_id(old) == APPLICATION_ID
@@ -235,7 +270,7 @@ def test_two_processes_opening_a_0_1_0_store_at_once_both_succeed(tmp_path: Path
         ) -> None:
             try:
                 barrier.wait()
-                Store(path).close()
+                SqliteStore(path).close()
             except BaseException as exc:
                 errors.append(exc)
 
@@ -247,14 +282,14 @@ def test_two_processes_opening_a_0_1_0_store_at_once_both_succeed(tmp_path: Path
         assert not any(t.is_alive() for t in threads)
         assert failed == []
         assert user_version(db) == LATEST
-        assert rows(db) == rows(STORE_0_1_0)
+        assert rows(db, columns(STORE_0_1_0)) == rows(STORE_0_1_0)
 
 
 def test_a_failing_migration_leaves_the_store_at_the_version_before(tmp_path: Path) -> None:
     """Each migration is one transaction with its version bump: a step that fails half way
     undoes what it did (``executescript`` would have committed the statements before)."""
     db = copy(STORE_0_1_0, tmp_path)
-    Store(db).close()
+    SqliteStore(db).close()
     broken = Migration(
         LATEST + 1,
         "fails after a first statement",
@@ -277,7 +312,7 @@ def test_a_failing_migration_leaves_the_store_at_the_version_before(tmp_path: Pa
 @pytest.fixture
 def newer_store(tmp_path: Path) -> Path:
     db = copy(STORE_0_1_0, tmp_path)
-    Store(db).close()
+    SqliteStore(db).close()
     conn = sqlite3.connect(db)
     conn.execute(f"PRAGMA user_version = {LATEST + 1}")
     conn.close()
@@ -287,7 +322,7 @@ def newer_store(tmp_path: Path) -> Path:
 def test_a_store_of_a_newer_release_is_refused_and_left_untouched(newer_store: Path) -> None:
     before = digest(newer_store)
     with pytest.raises(StoreTooNew, match=f"schema version {LATEST + 1}, newer than"):
-        Store(newer_store)
+        SqliteStore(newer_store)
     assert digest(newer_store) == before
     assert sorted(p.name for p in newer_store.parent.iterdir()) == ["central.db"]
 
@@ -333,7 +368,7 @@ def not_stores(tmp_path: Path) -> dict[str, tuple[Path, str]]:
     outbox = tmp_path / "outbox.db"
     Outbox(outbox, max_bytes=10**8).close()
     lookalike = tmp_path / "lookalike.db"  # every table of a store, another program's header
-    Store(lookalike).close()
+    SqliteStore(lookalike).close()
     conn = sqlite3.connect(lookalike)
     conn.execute("PRAGMA application_id = 1234")
     conn.close()
@@ -353,7 +388,7 @@ def test_a_file_that_is_not_a_central_store_is_refused_and_left_untouched(
     for name, (path, says) in not_stores.items():
         before = digest(path)
         with pytest.raises(NotACentralStore) as refused:
-            Store(path)
+            SqliteStore(path)
         assert str(refused.value).startswith(f"{path} {says}"), (name, refused.value)
         result = fleet("central", "run", "--broker", "mqtt://127.0.0.1:1", "--db", str(path))
         assert result.returncode == 1, (name, result.stdout, result.stderr)
@@ -366,7 +401,7 @@ def test_a_migration_two_processes_start_at_once_runs_once(tmp_path: Path) -> No
     version again inside its transaction and finds the work done. (Without that re-read,
     the second ran the step again, and a step that cannot run twice failed.)"""
     db = copy(STORE_0_1_0, tmp_path)
-    Store(db).close()
+    SqliteStore(db).close()
     once = Migration(LATEST + 1, "a step that can run once", {SQLITE: "CREATE TABLE once (a);"})
     holder = sqlite3.connect(db)
     holder.execute("BEGIN IMMEDIATE")  # both wait behind it for the write lock

@@ -10,7 +10,7 @@ import pytest
 
 import central.ingest as ingest_module
 from central.ingest import Ingest
-from central.store import Store
+from central.store.sqlite import SqliteStore
 from edge_agent.contract import Topics
 from mqttlink.outage import OutageLog
 from mqttlink.url import Broker as BrokerSettings
@@ -71,7 +71,7 @@ def test_ingest_reminds_while_the_broker_stays_away(
 ) -> None:
     monkeypatch.setattr(ingest_module, "UNREACHABLE_REMIND_S", 1.0)
     caplog.set_level(logging.INFO, "central")
-    store = Store(tmp_path / "central.db")
+    store = SqliteStore(tmp_path / "central.db")
     url = f"mqtt://127.0.0.1:{free_port()}"  # nobody listens
     ingest = Ingest(store, BrokerSettings.plain(url), Topics(), client_id="outage")
     ingest.start()

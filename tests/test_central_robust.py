@@ -13,6 +13,7 @@ import sqlite3
 import threading
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -21,9 +22,10 @@ import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
 import central.ingest as ingest_module
-import central.store
 from central.ingest import Ingest, run_central
-from central.store import Store
+from central.store import Round
+from central.store.sqlite import SqliteStore
+from central.store.sqlite import writes as sqlite_writes
 from edge_agent.contract import (
     Channel,
     PayloadError,
@@ -34,7 +36,7 @@ from edge_agent.contract import (
 )
 from mqttlink.session import Message
 from mqttlink.url import Broker as BrokerSettings
-from tests.support import Broker, Central, fill_disk, run_cli, wait_for
+from tests.support import Broker, Central, fill_disk, run_cli, stored_readings, wait_for
 
 pytestmark = pytest.mark.hil
 
@@ -147,9 +149,9 @@ def wait_listening(db: Path, gws: Gateways, probe: str = "probe") -> None:
     wait_for(stored, 10, interval=0.1, what="the central service subscribed")
 
 
-def reading_store(central: Central) -> Store:
+def reading_store(central: Central) -> SqliteStore:
     """The central process's store, opened beside it (WAL: readers do not block it)."""
-    return Store(central.db)
+    return SqliteStore(central.db)
 
 
 def message(gw: str, channel: Channel, payload: bytes) -> Message:
@@ -158,7 +160,7 @@ def message(gw: str, channel: Channel, payload: bytes) -> Message:
 
 
 def new_ingest(db: Path, broker: Broker) -> Ingest:
-    store = Store(db)
+    store = SqliteStore(db)
     return Ingest(store, BrokerSettings.plain(broker.url), TOPICS, client_id=f"test-{db.stem}")
 
 
@@ -249,9 +251,9 @@ def test_uint64_value_is_stored_exactly_and_a_bad_message_is_rejected_alone_kept
     )
     ingest.ingest_round([message("gw-b", Channel.TELEMETRY, batch("gw-b", 2, reading(43)))])
 
-    (a,) = store.readings(gateway="gw-a")
+    (a,) = stored_readings(store, gateway="gw-a")
     assert a.value == UINT64_NA and type(a.value) is int  # exact, not a rounded float
-    typeof = store.db.execute("SELECT typeof(value) FROM readings WHERE gateway = 'gw-a'")
+    typeof = store.conn.execute("SELECT typeof(value) FROM readings WHERE gateway = 'gw-a'")
     assert typeof.fetchall() == [("text",)]  # its decimal digits: SQLite integers are 64-bit
     assert store.sequence_keys("gw-b") == {("s-gw-b", 1), ("s-gw-b", 2)}
     assert store.sequence_keys("gw-c") == set() and store.sequence_keys("gw-d") == set()
@@ -269,11 +271,11 @@ def test_uint64_value_is_stored_exactly_and_a_bad_message_is_rejected_alone_kept
     )
     # the rejected ones are kept whole as dead letters, and the rows they name are acked,
     # so that their gateways stop sending them
-    dead = {(r["gateway"], r["topic"].rsplit("/", 1)[1]): r for r in store.rejected()}
+    dead = {(r.gateway, r.topic.rsplit("/", 1)[1]): r for r in store.rejected()}
     assert set(dead) == {("gw-c", "telemetry"), ("gw-d", "telemetry"), ("gw-d", "alarms")}
-    assert json.loads(dead["gw-c", "telemetry"]["payload"])["readings"][0]["v"] == {"raw": 1}
-    assert "readings[0].v must be" in dead["gw-c", "telemetry"]["error"]
-    assert (dead["gw-d", "telemetry"]["seq_first"], dead["gw-d", "telemetry"]["seq_last"]) == (1, 2)
+    assert json.loads(dead["gw-c", "telemetry"].payload)["readings"][0]["v"] == {"raw": 1}
+    assert "readings[0].v must be" in dead["gw-c", "telemetry"].error
+    assert (dead["gw-d", "telemetry"].seq_first, dead["gw-d", "telemetry"].seq_last) == (1, 2)
     wait_for(
         lambda: (
             gateways.telemetry_acked("gw-c") == {(1, 1)}
@@ -302,10 +304,10 @@ def test_a_dead_letter_acks_only_rows_it_names_beyond_doubt(
         ]
     )
     ingest.ingest_round([message("gw-e", Channel.TELEMETRY, again)])  # sent once more
-    dead = {bytes(r["payload"]): r for r in ingest.store.rejected("gw-e")}
+    dead = {bytes(r.payload): r for r in ingest.store.rejected("gw-e")}
     assert len(dead) == 5
-    assert dead[again]["times"] == 2 and dead[again]["seq_first"] == 9
-    assert all(dead[p]["stream"] is None for p in (garbled, foreign, b"\xff not json", b"[]"))
+    assert dead[again].times == 2 and dead[again].seq_first == 9
+    assert all(dead[p].stream is None for p in (garbled, foreign, b"\xff not json", b"[]"))
     wait_for(lambda: gateways.telemetry_acked("gw-e") == {(9, 9)}, 10, what="the ack of 9")
     time.sleep(0.3)  # acks of a round go out together: nothing else comes
     assert gateways.telemetry_acked("gw-e") == {(9, 9)} and "gw-x" not in gateways.acks
@@ -327,8 +329,8 @@ def test_a_number_too_long_for_python_is_rejected_and_ingest_goes_on(
     )
     assert ingest.store.sequence_keys("gw-b") == {("s-gw-b", 1)}
     dead = ingest.store.rejected("gw-f")
-    assert len(dead) == 2 and all(r["stream"] is None for r in dead)
-    assert all(r["error"].startswith("not JSON") for r in dead)
+    assert len(dead) == 2 and all(r.stream is None for r in dead)
+    assert all(r.error.startswith("not JSON") for r in dead)
     wait_for(lambda: gateways.telemetry_acked("gw-b") == {(1, 1)}, 10, what="B acked")
     assert "gw-f" not in gateways.acks
 
@@ -363,7 +365,7 @@ def test_bad_payloads_are_rejected_once_never_redelivered_and_others_flow(
         gateways.publish("gw-b", Channel.TELEMETRY, batch("gw-b", 2, reading(43)))
         wait_for(lambda: (2, 2) in gateways.telemetry_acked("gw-b"), 10, what="B's next batch")
         assert central.running()
-        (a,) = reading_store(central).readings(gateway="gw-a")
+        (a,) = stored_readings(reading_store(central), gateway="gw-a")
         assert a.value == UINT64_NA
 
         # Restart: a message the center never PUBACKed the broker would deliver again now.
@@ -385,8 +387,8 @@ def test_bad_payloads_are_rejected_once_never_redelivered_and_others_flow(
         # their outbox rows acked, the two whose seq is out of range not
         dead = store.rejected("gw-c")
         store.close()
-        assert len(dead) == len(bad) and all(r["times"] == 1 for r in dead)
-        assert sorted((r["seq_first"] or 0) for r in dead) == [0, 0, 1, 1, 2, 3, 4]
+        assert len(dead) == len(bad) and all(r.times == 1 for r in dead)
+        assert sorted((r.seq_first or 0) for r in dead) == [0, 0, 1, 1, 2, 3, 4]
         assert query(central.db, "SELECT count(*) FROM alarm_events") == [(0,)]
         wait_for(
             lambda: (
@@ -409,16 +411,20 @@ def test_a_round_the_store_fails_is_rolled_back_retried_and_acked_once(
 ) -> None:
     monkeypatch.setattr(ingest_module, "STORE_RETRY_S", 0.05)
     store = ingest.store
-    real_commit = store.commit
+    real_round = store.round
     failures = iter([sqlite3.OperationalError("disk I/O error")] * 2)
 
-    def flaky_commit() -> None:
-        err = next(failures, None)
-        if err is not None:
-            raise err
-        real_commit()
+    @contextmanager
+    def flaky_round() -> Iterator[Round]:
+        """The round's writes done, its commit fails as a full disk's would: inside the real
+        round, which rolls it back and says StoreUnavailable."""
+        with real_round() as rnd:
+            yield rnd
+            err = next(failures, None)
+            if err is not None:
+                raise err
 
-    monkeypatch.setattr(store, "commit", flaky_commit)
+    monkeypatch.setattr(store, "round", flaky_round)
     ingest.ingest_retrying([message("gw-b", Channel.TELEMETRY, batch("gw-b", 1, reading(7)))])
     assert ingest.stats.store_failures == 2 and ingest.stats.rejected == 0
     assert store.sequence_keys("gw-b") == {("s-gw-b", 1)}
@@ -456,7 +462,7 @@ def test_run_central_returns_1_when_the_ingest_thread_dies(
     def crash() -> None:  # not an error of the store: nothing retries it
         raise RuntimeError("a bug in ingest")
 
-    monkeypatch.setattr(ing.store, "begin", crash)
+    monkeypatch.setattr(ing.store, "round", crash)
     ing._on_message(message("gw-b", Channel.TELEMETRY, batch("gw-b", 1)))
     stop = threading.Event()
     watchdog = threading.Timer(15, stop.set)  # bound: a hang returns 0 and fails, not forever
@@ -482,10 +488,10 @@ def test_run_central_returns_0_when_stopped(tmp_path: Path, mqtt_broker: Broker)
 
 
 def test_store_fsyncs_every_commit(tmp_path: Path) -> None:
-    store = Store(tmp_path / "central.db")
+    store = SqliteStore(tmp_path / "central.db")
     try:
-        assert store.db.execute("PRAGMA journal_mode").fetchone() == ("wal",)
-        assert store.db.execute("PRAGMA synchronous").fetchone() == (2,)  # FULL
+        assert store.conn.execute("PRAGMA journal_mode").fetchone() == ("wal",)
+        assert store.conn.execute("PRAGMA synchronous").fetchone() == (2,)  # FULL
     finally:
         store.close()
 
@@ -493,7 +499,7 @@ def test_store_fsyncs_every_commit(tmp_path: Path) -> None:
 def _open_store_when_told(path: Path, go: Any, errors: Any) -> None:
     go.wait()
     try:
-        Store(path).close()
+        SqliteStore(path).close()
     except Exception as exc:
         errors.put(f"{type(exc).__name__}: {exc}")
 
@@ -529,11 +535,11 @@ def test_fleet_tables_show_what_gateways_sent_as_text_not_markup(tmp_path: Path)
     """Error texts quote payloads: a gateway id like ``[/x]`` is rich markup, and the table
     of every dead letter failed on it ("closing tag ... doesn't match")."""
     db = tmp_path / "central.db"
-    store = Store(db)
-    store.insert_rejected(
-        "gw-a", "edgefleet/v1/gw/gw-a/telemetry", b"{}", "payload says gateway '[/x]'", None
-    )
-    store.db.conn.commit()
+    store = SqliteStore(db)
+    with store.round() as rnd:
+        rnd.insert_rejected(
+            "gw-a", "edgefleet/v1/gw/gw-a/telemetry", b"{}", "payload says gateway '[/x]'", None
+        )
     store.close()
     out = run_cli("fleet", "rejected", "--db", str(db), env={"COLUMNS": "200"})
     assert out.returncode == 0, out.stderr
@@ -543,16 +549,18 @@ def test_fleet_tables_show_what_gateways_sent_as_text_not_markup(tmp_path: Path)
 def test_a_gateway_keeps_only_its_newest_dead_letters(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(central.store, "REJECTED_KEEP", 3)
-    store = Store(tmp_path / "central.db")
+    monkeypatch.setattr(sqlite_writes, "REJECTED_KEEP", 3)
+    store = SqliteStore(tmp_path / "central.db")
     try:
         pruned = []
         for i in range(5):
-            pruned.append(store.insert_rejected("gw-a", "t", b"%d" % i, "bad", None))
+            with store.round() as rnd:
+                pruned.append(rnd.insert_rejected("gw-a", "t", b"%d" % i, "bad", None))
             time.sleep(0.01)  # last_seen orders them
-        store.insert_rejected("gw-b", "t", b"0", "bad", None)
+        with store.round() as rnd:
+            rnd.insert_rejected("gw-b", "t", b"0", "bad", None)
         assert pruned == [0, 0, 0, 1, 1]
-        assert [bytes(r["payload"]) for r in store.rejected("gw-a")] == [b"4", b"3", b"2"]
+        assert [bytes(r.payload) for r in store.rejected("gw-a")] == [b"4", b"3", b"2"]
         assert len(store.rejected("gw-b")) == 1
     finally:
         store.close()

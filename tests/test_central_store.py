@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from central.store import Store
+from central.store.sqlite import SqliteStore
 from edge_agent.contract.alarms import AlarmEvent, AlarmMessage, AlarmState, Severity
 
 
@@ -25,30 +25,30 @@ def event(seq: int, state: str, ts: float, **fields: Any) -> AlarmMessage:
 
 
 def test_reminders_and_retriggers_keep_the_time_the_alarm_was_raised(tmp_path: Path) -> None:
-    store = Store(tmp_path / "central.db")
+    store = SqliteStore(tmp_path / "central.db")
     try:
-        store.insert_alarm(event(1, "active", 100.0))
-        store.insert_alarm(event(2, "active", 400.0, reannounced=1))
-        store.insert_alarm(event(3, "cleared_unacked", 450.0))
-        store.insert_alarm(event(4, "active", 460.0, retrigger=True))
-        store.commit()
+        with store.round() as rnd:
+            rnd.insert_alarm(event(1, "active", 100.0))
+            rnd.insert_alarm(event(2, "active", 400.0, reannounced=1))
+            rnd.insert_alarm(event(3, "cleared_unacked", 450.0))
+            rnd.insert_alarm(event(4, "active", 460.0, retrigger=True))
         (alarm,) = store.alarms()
-        assert alarm["since"] == 100.0 and alarm["ts"] == 460.0 and alarm["state"] == "active"
-        assert alarm["events"] == 4
+        assert alarm.since == 100.0 and alarm.ts == 460.0 and alarm.state == "active"
+        assert alarm.events == 4
         assert len(store.alarm_history("gw-1", "det-3/smoke.alarm")) == 4
-        store.insert_alarm(event(5, "cleared_unacked", 500.0))
-        store.insert_alarm(event(6, "active", 900.0, occurrence=2))  # a new occurrence
-        store.commit()
-        assert store.alarms()[0]["since"] == 900.0
+        with store.round() as rnd:
+            rnd.insert_alarm(event(5, "cleared_unacked", 500.0))
+            rnd.insert_alarm(event(6, "active", 900.0, occurrence=2))  # a new occurrence
+        assert store.alarms()[0].since == 900.0
     finally:
         store.close()
 
 
 def test_since_comes_from_the_event_when_the_activation_was_never_stored(tmp_path: Path) -> None:
-    store = Store(tmp_path / "central.db")
+    store = SqliteStore(tmp_path / "central.db")
     try:  # a fresh center hears a reminder first: the alarm began at 100, not 400
-        store.insert_alarm(event(2, "active", 400.0, reannounced=1, since=100.0))
-        store.commit()
-        assert store.alarms()[0]["since"] == 100.0
+        with store.round() as rnd:
+            rnd.insert_alarm(event(2, "active", 400.0, reannounced=1, since=100.0))
+        assert store.alarms()[0].since == 100.0
     finally:
         store.close()

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 import edge_agent
-from central.store import Store
+from central.store.sqlite import SqliteStore
 from tests.support import run_cli
 
 REPO = Path(__file__).resolve().parent.parent
@@ -103,7 +103,7 @@ def test_the_help_of_a_command_loads_nothing_heavy_of_ours() -> None:
 
 def test_a_query_loads_the_store_but_not_the_agents_config_nor_mqtt(tmp_path: Path) -> None:
     db = tmp_path / "central.db"
-    Store(db).close()
+    SqliteStore(db).close()
     done, modules = loaded("fleet", "alarms", "list", "--db", str(db), "--json")
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout) == []

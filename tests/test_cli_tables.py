@@ -27,7 +27,7 @@ from click.testing import Result
 from rich.console import Console
 from typer.testing import CliRunner
 
-from central.store import Store
+from central.store.sqlite import SqliteStore
 from cli import output
 from cli.agent import app as agent_app
 from cli.alarm_history import LISTED_STATES
@@ -141,81 +141,114 @@ def alarm_event(seq: int, alarm: str, state: str, ts: float, **fields: Any) -> b
 @pytest.fixture
 def db(tmp_path: Path) -> Iterator[Path]:
     path = tmp_path / "central.db"
-    store = Store(path)
+    store = SqliteStore(path)
     try:
-        # gateways: one online, whose site is text that looks like markup; one gone offline
-        gw1 = {"gw": "gw-1", "online": True, "site": SENT, "agent_version": "0.1.0"}
-        gw1 |= {"tags": {"district": "jingan", "label": SENT}}
-        store.update_state("gw-1", decode_state(wire(gw1 | {"config_rev": "r7"})))
-        store.update_health("gw-1", decode_health(wire({"ts": NOW, "outbox": {"depth": 42}})))
-        # "last seen" is drawn relative to the clock when the command runs, not to NOW
-        store.seen(["gw-1"], now=time.time() - 600)
-        gw2 = {"gw": "gw-2", "online": True, "site": "pump room", "agent_version": "0.1.0"}
-        store.update_state("gw-2", decode_state(wire(gw2 | {"tags": ["not", "a", "mapping"]})))
-        store.update_state("gw-2", decode_state(wire({"gw": "gw-2", "online": False})))
-        store.seen(["gw-2"], now=time.time() - 3 * 3600)
+        with store.round() as rnd:
+            # gateways: one online, whose site is text that looks like markup; one gone offline
+            gw1 = {"gw": "gw-1", "online": True, "site": SENT, "agent_version": "0.1.0"}
+            gw1 |= {"tags": {"district": "jingan", "label": SENT}}
+            rnd.update_state("gw-1", decode_state(wire(gw1 | {"config_rev": "r7"})))
+            rnd.update_health("gw-1", decode_health(wire({"ts": NOW, "outbox": {"depth": 42}})))
+            # "last seen" is drawn relative to the clock when the command runs, not to NOW
+            rnd.seen(["gw-1"], now=time.time() - 600)
+            gw2 = {"gw": "gw-2", "online": True, "site": "pump room", "agent_version": "0.1.0"}
+            rnd.update_state("gw-2", decode_state(wire(gw2 | {"tags": ["not", "a", "mapping"]})))
+            rnd.update_state("gw-2", decode_state(wire({"gw": "gw-2", "online": False})))
+            rnd.seen(["gw-2"], now=time.time() - 3 * 3600)
 
-        # readings: a float, a bool, sent text, a bad one with its reason, and an old one
-        readings = [
-            {"dev": "det-3", "pt": "smoke", "v": 0.1 + 0.2, "u": "%/m", "q": "good", "ts": NOW - 3},
-            {
-                "dev": "det-3",
-                "pt": "temp",
-                "v": FLOAT32_4_499,
-                "u": "°C",
-                "q": "good",
-                "ts": NOW - 4,
-            },
-            {"dev": "det-3", "pt": "door", "v": True, "q": "good", "ts": NOW - 2},
-            {"dev": "det-3", "pt": "label", "v": SENT, "q": "good", "ts": NOW - 1},
-            {"dev": "det-3", "pt": "temp", "v": None, "q": "bad", "r": "timeout", "ts": NOW},
-            {"dev": "det-3", "pt": "smoke", "v": 1.5, "u": "%/m", "q": "good", "ts": NOW - 3600},
-        ]
-        batch = {"gw": "gw-1", "stream": "s1", "seq_first": 1, "seq_last": 6}
-        store.insert_telemetry(decode_telemetry(wire(batch | {"readings": readings})))
+            # readings: a float, a bool, sent text, a bad one with its reason, and an old one
+            readings = [
+                {
+                    "dev": "det-3",
+                    "pt": "smoke",
+                    "v": 0.1 + 0.2,
+                    "u": "%/m",
+                    "q": "good",
+                    "ts": NOW - 3,
+                },
+                {
+                    "dev": "det-3",
+                    "pt": "temp",
+                    "v": FLOAT32_4_499,
+                    "u": "°C",
+                    "q": "good",
+                    "ts": NOW - 4,
+                },
+                {"dev": "det-3", "pt": "door", "v": True, "q": "good", "ts": NOW - 2},
+                {"dev": "det-3", "pt": "label", "v": SENT, "q": "good", "ts": NOW - 1},
+                {"dev": "det-3", "pt": "temp", "v": None, "q": "bad", "r": "timeout", "ts": NOW},
+                {
+                    "dev": "det-3",
+                    "pt": "smoke",
+                    "v": 1.5,
+                    "u": "%/m",
+                    "q": "good",
+                    "ts": NOW - 3600,
+                },
+            ]
+            batch = {"gw": "gw-1", "stream": "s1", "seq_first": 1, "seq_last": 6}
+            rnd.insert_telemetry(decode_telemetry(wire(batch | {"readings": readings})))
 
-        # alarms: active, acknowledged and cleared; a message and an action from the edge
-        store.insert_alarm(decode_alarm(alarm_event(1, "det-3/smoke.alarm", "active", NOW - 300)))
-        action = {"phase": "on_active", "results": []}
-        store.insert_alarm(
-            decode_alarm(alarm_event(2, "det-3/smoke.alarm", "active", NOW - 299, action=action))
-        )
-        store.insert_alarm(
-            decode_alarm(
-                alarm_event(
-                    3, "det-3/smoke.alarm", "acknowledged", NOW - 200, msg=SENT, acked_by="li.wei"
+            # alarms: active, acknowledged and cleared; a message and an action from the edge
+            rnd.insert_alarm(decode_alarm(alarm_event(1, "det-3/smoke.alarm", "active", NOW - 300)))
+            action = {"phase": "on_active", "results": []}
+            rnd.insert_alarm(
+                decode_alarm(
+                    alarm_event(2, "det-3/smoke.alarm", "active", NOW - 299, action=action)
                 )
             )
-        )
-        store.insert_alarm(
-            decode_alarm(
-                alarm_event(4, "wl-1/water.high", "active", NOW - 150, severity="major", value=31)
+            rnd.insert_alarm(
+                decode_alarm(
+                    alarm_event(
+                        3,
+                        "det-3/smoke.alarm",
+                        "acknowledged",
+                        NOW - 200,
+                        msg=SENT,
+                        acked_by="li.wei",
+                    )
+                )
             )
-        )
-        store.insert_alarm(
-            decode_alarm(
-                alarm_event(5, "wl-1/water.high", "cleared", NOW - 100, severity="major", value=12)
+            rnd.insert_alarm(
+                decode_alarm(
+                    alarm_event(
+                        4, "wl-1/water.high", "active", NOW - 150, severity="major", value=31
+                    )
+                )
             )
-        )
-        store.insert_alarm(
-            decode_alarm(
-                alarm_event(6, "lift-1/lift.trapped", "active", NOW - 50, value=3, msg="trapped")
+            rnd.insert_alarm(
+                decode_alarm(
+                    alarm_event(
+                        5, "wl-1/water.high", "cleared", NOW - 100, severity="major", value=12
+                    )
+                )
             )
-        )
+            rnd.insert_alarm(
+                decode_alarm(
+                    alarm_event(
+                        6, "lift-1/lift.trapped", "active", NOW - 50, value=3, msg="trapped"
+                    )
+                )
+            )
 
-        # a loss the gateway reported, and two dead letters
-        dropped = {"first": 10, "last": 19, "count": 10, "ts_first": NOW - 7200}
-        dropped |= {"ts_last": NOW - 7100, "cause": "disk full"}
-        loss = alarm_event(
-            7, "agent/outbox.dropped", "active", NOW, severity="warning", value=10, dropped=dropped
-        )
-        store.insert_alarm(decode_alarm(loss))
-        bad = wire(batch | {"seq_first": 20, "seq_last": 20, "readings": [{"dev": SENT}]})
-        store.insert_rejected(
-            "gw-1", "edgefleet/v1/gw/gw-1/telemetry", bad, SENT, named_rows(bad, alarm=False)
-        )
-        store.insert_rejected("gw-1", "edgefleet/v1/gw/gw-1/alarms", b"\xff", "not JSON", None)
-        store.commit()
+            # a loss the gateway reported, and two dead letters
+            dropped = {"first": 10, "last": 19, "count": 10, "ts_first": NOW - 7200}
+            dropped |= {"ts_last": NOW - 7100, "cause": "disk full"}
+            loss = alarm_event(
+                7,
+                "agent/outbox.dropped",
+                "active",
+                NOW,
+                severity="warning",
+                value=10,
+                dropped=dropped,
+            )
+            rnd.insert_alarm(decode_alarm(loss))
+            bad = wire(batch | {"seq_first": 20, "seq_last": 20, "readings": [{"dev": SENT}]})
+            rnd.insert_rejected(
+                "gw-1", "edgefleet/v1/gw/gw-1/telemetry", bad, SENT, named_rows(bad, alarm=False)
+            )
+            rnd.insert_rejected("gw-1", "edgefleet/v1/gw/gw-1/alarms", b"\xff", "not JSON", None)
     finally:
         store.close()
     yield path
@@ -419,7 +452,7 @@ def test_a_shelved_alarm_is_listed_shelved_and_its_history_says_who_and_why(
     tmp_path: Path,
 ) -> None:
     path = tmp_path / "central.db"
-    store = Store(path)
+    store = SqliteStore(path)
     alarm = "det-3/smoke.alarm"
     until = NOW + 7200
     siren = {"write": {"device": "det-3", "point": "siren", "value": True}}
@@ -437,9 +470,9 @@ def test_a_shelved_alarm_is_listed_shelved_and_its_history_says_who_and_why(
         ),
         alarm_event(4, alarm, "active", NOW - 20, acked_by=["not", "a", "name"], reannounced=1),
     ]  # fmt: skip
-    for event in events:
-        store.insert_alarm(decode_alarm(event))
-    store.commit()
+    with store.round() as rnd:
+        for event in events:
+            rnd.insert_alarm(decode_alarm(event))
     store.close()
 
     listed = table(fleet("alarms", "list", "--db", str(path)).stdout)
@@ -778,15 +811,15 @@ CLEAR = "\x1b[2J\x1b]0;owned\x07"
 def test_escape_sequences_a_gateway_sends_are_shown_in_tables_not_obeyed(tmp_path: Path) -> None:
     """Rich passes an ESC in a cell to the terminal as it is: every sent cell is escaped."""
     path = tmp_path / "central.db"
-    store = Store(path)
+    store = SqliteStore(path)
     try:
-        state = {"gw": "gw-1", "online": True, "site": f"a{CLEAR}b", "agent_version": "1"}
-        state |= {"tags": {"label": f"\u202e{CLEAR}"}}
-        store.update_state("gw-1", decode_state(wire(state)))
-        store.insert_alarm(
-            decode_alarm(alarm_event(1, "det-3/smoke.alarm", "active", NOW, msg=f"fire{CLEAR}"))
-        )
-        store.commit()
+        with store.round() as rnd:
+            state = {"gw": "gw-1", "online": True, "site": f"a{CLEAR}b", "agent_version": "1"}
+            state |= {"tags": {"label": f"\u202e{CLEAR}"}}
+            rnd.update_state("gw-1", decode_state(wire(state)))
+            rnd.insert_alarm(
+                decode_alarm(alarm_event(1, "det-3/smoke.alarm", "active", NOW, msg=f"fire{CLEAR}"))
+            )
     finally:
         store.close()
     shown_as = "\\x1b[2J\\x1b]0;owned\\x07"

@@ -227,7 +227,7 @@ def test_outbox_cap_drops_oldest_telemetry_and_the_center_knows_exactly_what(
         n_dropped = dropped()
         db.close()
         losses = central.store().losses(GW)
-        lost = {(r["stream"], s) for r in losses for s in range(r["first_seq"], r["last_seq"] + 1)}
+        lost = {(r.stream, s) for r in losses for s in range(r.first_seq, r.last_seq + 1)}
         mark = produced_keys(outbox)
         wait_for(
             lambda: mark - lost <= stored(central),
@@ -238,16 +238,16 @@ def test_outbox_cap_drops_oldest_telemetry_and_the_center_knows_exactly_what(
     finally:
         agent.stop()
     have = stored(central)
-    assert sum(r["count"] for r in losses) == n_dropped == len(lost)
+    assert sum(r.count for r in losses) == n_dropped == len(lost)
     # what is missing at the center is exactly what the gateway reported dropped; a
     # dropped row may still have arrived (sent before the outage, its ack lost with the
     # broker): the center tells those apart by its own key
     assert mark - have == lost - have
     assert len(lost - have) > 0
     # dropped in rounds of whole runs, each round older than the next
-    spans = sorted((r["first_seq"], r["last_seq"]) for r in losses)
+    spans = sorted((r.first_seq, r.last_seq) for r in losses)
     assert all(a[1] < b[0] for a, b in itertools.pairwise(spans)), spans
-    assert min(r["ts_first"] for r in losses) < back
+    assert min(r.ts_first for r in losses) < back
 
 
 def test_full_disk_does_not_crash_the_agent_nor_corrupt_the_outbox(

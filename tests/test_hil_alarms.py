@@ -16,7 +16,7 @@ from edge_agent.contract import Channel, Topics
 from edge_agent.contract.schema import validate
 from tests.proxy import FaultProxy
 from tests.rig import GW, WireTap
-from tests.support import Agent, Broker, Central, ThreadedDevice, run_cli, wait_for
+from tests.support import Agent, Broker, Central, ThreadedDevice, run_cli, stored_readings, wait_for
 
 pytestmark = pytest.mark.hil
 POLL_S = 0.2
@@ -99,7 +99,9 @@ def test_fire_raises_writes_the_siren_and_clears_with_hysteresis(
     agent = Agent(tmp_path, config(tmp_path, mqtt_broker.url, detector.port)).start()
     try:
         wait_for(
-            lambda: central.store().readings(GW, "det-3", "smoke", limit=1), 20, what="readings"
+            lambda: stored_readings(central.store(), GW, "det-3", "smoke", limit=1),
+            20,
+            what="readings",
         )
         crossed = time.time()
         detector.set("smoke", 3.1)
@@ -107,7 +109,7 @@ def test_fire_raises_writes_the_siren_and_clears_with_hysteresis(
         (raised,) = [e for e in history(central) if e["state"] == "active" and "action" not in e]
 
         def since_crossing() -> list[Any]:
-            rows = central.store().readings(GW, "det-3", "smoke", since=crossed, limit=1000)
+            rows = stored_readings(central.store(), GW, "det-3", "smoke", since=crossed, limit=1000)
             return rows if any(r.value >= 2.4 for r in rows) else []
 
         readings = wait_for(since_crossing, 10, what="the reading that crossed")
@@ -221,7 +223,9 @@ def test_alarm_raised_and_cleared_offline_arrives_with_its_history_ahead_of_back
     agent = Agent(tmp_path, config(tmp_path, proxy.url, detector.port)).start()
     try:
         wait_for(
-            lambda: central.store().readings(GW, "det-3", "smoke", limit=1), 20, what="readings"
+            lambda: stored_readings(central.store(), GW, "det-3", "smoke", limit=1),
+            20,
+            what="readings",
         )
         proxy.refusing = True
         proxy.cut()  # the uplink is down

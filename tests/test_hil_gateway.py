@@ -23,6 +23,7 @@ from tests.support import (
     free_port,
     produced_keys,
     run_cli,
+    stored_readings,
     wait_for,
 )
 
@@ -256,13 +257,13 @@ def test_a_batch_the_center_cannot_store_is_kept_acked_and_never_sent_again(
 
         wait_for(lambda: backlog_left() == 0, 20, what="the backlog acked and deleted")
         (dead,) = central.store().rejected(GW)
-        assert dead["stream"] == stream and dead["seq_first"] <= 2 <= dead["seq_last"]
-        assert dead["error"].startswith("readings[1].v must be")
+        assert dead.stream == stream and dead.seq_first <= 2 <= dead.seq_last
+        assert dead.error.startswith("readings[1].v must be")
         # later readings flow as usual, and the dead letter is not sent again
-        wait_for(lambda: central.store().readings(GW, "tank-1", "level", limit=1), 10)
+        wait_for(lambda: stored_readings(central.store(), GW, "tank-1", "level", limit=1), 10)
         time.sleep(3 * 2)  # three of the test config's 2 s ack timeouts
         (dead,) = central.store().rejected(GW)
-        assert dead["times"] == 1
+        assert dead.times == 1
 
         out = run_cli("fleet", "rejected", "--db", str(central.db), "--json")
         assert out.returncode == 0, out.stderr

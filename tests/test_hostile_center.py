@@ -28,7 +28,9 @@ from typer.testing import CliRunner
 
 import central.store
 from central.ingest import Ingest
-from central.store import REJECTED_HEAD_BYTES, Store
+from central.store import REJECTED_HEAD_BYTES
+from central.store.sqlite import SqliteStore
+from central.store.sqlite import writes as sqlite_writes
 from cli.agent import app as agent_app
 from cli.fleet import app as fleet_app
 from drivers.modbus import ModbusPoint
@@ -36,7 +38,7 @@ from edge_agent.contract import Channel, Topics
 from edge_agent.contract.limits import MESSAGE_MAX_BYTES
 from mqttlink.session import Message
 from mqttlink.url import Broker as BrokerSettings
-from tests.support import Broker, ThreadedDevice, wait_for
+from tests.support import Broker, ThreadedDevice, stored_readings, wait_for
 from tests.test_central_robust import Gateways
 from tests.test_opcua_driver import ThreadedStation
 
@@ -63,9 +65,9 @@ def batch(gw: str, seq: int, **reading: Any) -> bytes:
     return json.dumps(obj).encode()
 
 
-def size(store: Store) -> int:
+def size(store: SqliteStore) -> int:
     """Bytes the store's files hold on disk (the database and its WAL)."""
-    path = Path(store.db.conn.execute("PRAGMA database_list").fetchone()[2])
+    path = Path(store.conn.execute("PRAGMA database_list").fetchone()[2])
     return sum(p.stat().st_size for p in (path, path.with_name(path.name + "-wal")) if p.exists())
 
 
@@ -75,7 +77,7 @@ def size(store: Store) -> int:
 def test_garbage_under_new_gateway_ids_cannot_fill_the_centers_disk(tmp_path: Path) -> None:
     """The tester's case: 20 payloads of 10 MB, each from a gateway id never seen before,
     added 190 MB. Now each keeps its head, its size and its hash."""
-    store = Store(tmp_path / "central.db")
+    store = SqliteStore(tmp_path / "central.db")
     try:
         before = size(store)
         sent = {}
@@ -84,8 +86,8 @@ def test_garbage_under_new_gateway_ids_cannot_fill_the_centers_disk(tmp_path: Pa
             topic = TOPICS.gw(gw, Channel.TELEMETRY)
             payload = bytes([i]) * 10_000_000
             sent[gw] = hashlib.sha256(topic.encode() + b"\0" + payload).hexdigest()
-            store.insert_rejected(gw, topic, payload, "x" * 100_000, None)
-            store.commit()
+            with store.round() as rnd:
+                rnd.insert_rejected(gw, topic, payload, "x" * 100_000, None)
         grown = size(store) - before
         rows = store.rejected(limit=100)
     finally:
@@ -93,34 +95,35 @@ def test_garbage_under_new_gateway_ids_cannot_fill_the_centers_disk(tmp_path: Pa
     assert grown < 2_000_000, f"20 dead letters of 10 MB took {grown} bytes"
     assert len(rows) == 20
     for row in rows:
-        assert bytes(row["payload"]) == bytes([int(row["gateway"].rsplit("-", 1)[1])]) * 4096
-        assert row["size"] == 10_000_000
-        assert row["digest"] == sent[row["gateway"]]
-        assert len(row["error"]) == central.store.REJECTED_ERROR_MAX
+        assert bytes(row.payload) == bytes([int(row.gateway.rsplit("-", 1)[1])]) * 4096
+        assert row.size == 10_000_000
+        assert row.digest == sent[row.gateway]
+        assert len(row.error) == central.store.REJECTED_ERROR_MAX
 
 
 def test_dead_letters_of_all_gateways_together_stay_within_their_byte_cap(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     each = REJECTED_HEAD_BYTES + len("t") + len("bad")  # what one of these dead letters keeps
-    monkeypatch.setattr(central.store, "REJECTED_MAX_BYTES", 10 * each)
-    store = Store(tmp_path / "central.db")
+    monkeypatch.setattr(sqlite_writes, "REJECTED_MAX_BYTES", 10 * each)
+    store = SqliteStore(tmp_path / "central.db")
     try:
         pruned = []
         for i in range(12):  # 12 gateways, one dead letter each: the per-gateway cap never acts
-            pruned.append(store.insert_rejected(f"gw-{i}", "t", b"%d" % i * 9000, "bad", None))
+            with store.round() as rnd:
+                pruned.append(rnd.insert_rejected(f"gw-{i}", "t", b"%d" % i * 9000, "bad", None))
             time.sleep(0.01)  # last_seen orders them
         kept = store.rejected(limit=100)
-        (total,) = store.db.execute(
+        (total,) = store.conn.execute(
             "SELECT sum(length(topic) + length(error) + length(payload)) FROM rejected"
         ).fetchone()
-        (counted,) = store.db.execute("SELECT bytes FROM rejected_bytes").fetchone()
+        (counted,) = store.conn.execute("SELECT bytes FROM rejected_bytes").fetchone()
     finally:
         store.close()
     # the 11th went past the cap: the oldest went, down to 90 % of it (9 kept); then 10 fit
     assert pruned == [0] * 10 + [2, 0]
-    assert [r["gateway"] for r in kept] == [f"gw-{i}" for i in range(11, 1, -1)]
-    assert total == counted == 10 * each <= central.store.REJECTED_MAX_BYTES
+    assert [r.gateway for r in kept] == [f"gw-{i}" for i in range(11, 1, -1)]
+    assert total == counted == 10 * each <= sqlite_writes.REJECTED_MAX_BYTES
 
 
 def test_a_store_from_before_dead_letters_had_a_size_opens_and_keeps_taking_them(
@@ -136,11 +139,12 @@ def test_a_store_from_before_dead_letters_had_a_size_opens_and_keeps_taking_them
     )
     conn.commit()
     conn.close()
-    store = Store(db)
+    store = SqliteStore(db)
     try:
-        store.insert_rejected("gw-a", "t", b"new", "bad", None)
-        rows = {bytes(r["payload"]): r["size"] for r in store.rejected("gw-a")}
-        (counted,) = store.db.execute("SELECT bytes FROM rejected_bytes").fetchone()
+        with store.round() as rnd:
+            rnd.insert_rejected("gw-a", "t", b"new", "bad", None)
+        rows = {bytes(r.payload): r.size for r in store.rejected("gw-a")}
+        (counted,) = store.conn.execute("SELECT bytes FROM rejected_bytes").fetchone()
     finally:
         store.close()
     assert rows == {b"\x00": None, b"new": 3}
@@ -152,7 +156,7 @@ def test_a_store_from_before_dead_letters_had_a_size_opens_and_keeps_taking_them
 
 @pytest.fixture
 def ingest(tmp_path: Path, mqtt_broker: Broker) -> Iterator[tuple[Ingest, Gateways]]:
-    store = Store(tmp_path / "central.db")
+    store = SqliteStore(tmp_path / "central.db")
     ing = Ingest(store, BrokerSettings.plain(mqtt_broker.url), TOPICS, client_id="test-hostile")
     watcher = Gateways(mqtt_broker)
     ing.start()
@@ -194,9 +198,12 @@ def test_hostile_messages_are_dead_letters_and_the_rest_of_the_round_is_stored(
     wait_for(
         lambda: (2, 2) in watcher.telemetry_acked("gw-big"), 10, what="gw-big's good batch acked"
     )
-    assert sorted((r.gateway, r.seq) for r in store.readings()) == [("gw-a", 3), ("gw-big", 2)]
+    assert sorted((r.gateway, r.seq) for r in stored_readings(store)) == [
+        ("gw-a", 3),
+        ("gw-big", 2),
+    ]
     assert store.alarms() == []
-    dead = {(r["gateway"], r["error"]): r for r in store.rejected(limit=100)}
+    dead = {(r.gateway, r.error): r for r in store.rejected(limit=100)}
     errors = sorted(dead)
     assert errors == [
         ("gw-a", "$.cpu is not a finite number"),
@@ -207,8 +214,8 @@ def test_hostile_messages_are_dead_letters_and_the_rest_of_the_round_is_stored(
         ("gw-big", f"message of {len(huge)} bytes, more than the {MESSAGE_MAX_BYTES} allowed"),
     ]
     big = dead[errors[-1]]
-    assert (big["size"], len(big["payload"]), big["stream"]) == (len(huge), 4096, None)
-    assert bytes(big["payload"]) == huge[:4096]
+    assert (big.size, len(big.payload), big.stream) == (len(huge), 4096, None)
+    assert bytes(big.payload) == huge[:4096]
     assert (1, 1) not in watcher.telemetry_acked("gw-big")  # refused unparsed: it names no rows
     assert ing.stats.rejected == 6
 
@@ -253,7 +260,7 @@ def old_store(tmp_path: Path) -> Path:
     """A store as an older center left it: it took what the contract now refuses
     (``ts: 1e308``, ``Infinity``, ``NaN`` inside JSON it kept as text)."""
     path = tmp_path / "central.db"
-    Store(path).close()
+    SqliteStore(path).close()
     conn = sqlite3.connect(path)
     inf = math.inf
     nan_body = '{"id": "m-1/hot", "state": "active", "msg": "hot", "ts": %r, "since": NaN, '

@@ -16,7 +16,7 @@ from mqttlink.session import Refused, Session
 from mqttlink.url import Broker as BrokerSettings
 from mqttlink.url import BrokerUrl
 from tests.rig import GW, devices_yaml
-from tests.support import Agent, Broker, Central, ThreadedDevice, run_cli, wait_for
+from tests.support import Agent, Broker, Central, ThreadedDevice, run_cli, stored_readings, wait_for
 
 pytestmark = pytest.mark.hil
 
@@ -105,7 +105,7 @@ def test_agent_center_and_fleet_log_in_with_the_right_password_and_not_a_wrong_o
         store = central.store()
         try:
             wait_for(
-                lambda: store.readings(GW, "tank-1", "level", None, 5),
+                lambda: stored_readings(store, GW, "tank-1", "level", None, 5),
                 30,
                 what="a reading of the gateway that logged in, in the center's store",
             )
@@ -153,12 +153,12 @@ def test_agent_center_and_fleet_log_in_with_the_right_password_and_not_a_wrong_o
             assert USERS[GW] not in proc.output() and USERS["center"] not in proc.output()
         wrong_store = wrong_center.store()
         try:
-            assert wrong_store.readings(None, None, None, None, 5) == []
+            assert stored_readings(wrong_store, None, None, None, None, 5) == []
         finally:
             wrong_store.close()
         store = central.store()
         try:
-            assert store.readings("gw-wrong", None, None, None, 5) == []
+            assert stored_readings(store, "gw-wrong", None, None, None, 5) == []
         finally:
             store.close()
     finally:

@@ -20,7 +20,7 @@ from mqttlink.url import Broker as BrokerSettings
 from mqttlink.url import BrokerUrl
 from tests.pki import Authority, Issued
 from tests.rig import GW, devices_yaml
-from tests.support import Agent, Broker, Central, ThreadedDevice, run_cli, wait_for
+from tests.support import Agent, Broker, Central, ThreadedDevice, run_cli, stored_readings, wait_for
 
 pytestmark = pytest.mark.hil
 
@@ -192,7 +192,7 @@ def test_agent_center_and_fleet_work_over_mqtts_and_are_refused_without_the_righ
         store = central.store()
         try:
             wait_for(
-                lambda: store.readings(GW, "tank-1", "level", None, 5),
+                lambda: stored_readings(store, GW, "tank-1", "level", None, 5),
                 30,
                 what="a reading from the gateway in the center's store, over mqtts",
             )
@@ -241,12 +241,12 @@ def test_agent_center_and_fleet_work_over_mqtts_and_are_refused_without_the_righ
         )
         store = central.store()
         try:
-            assert store.readings("gw-wrong-ca", None, None, None, 5) == []
+            assert stored_readings(store, "gw-wrong-ca", None, None, None, 5) == []
         finally:
             store.close()
         rogue_store = rogue_center.store()
         try:
-            assert rogue_store.readings(None, None, None, None, 5) == []
+            assert stored_readings(rogue_store, None, None, None, None, 5) == []
         finally:
             rogue_store.close()
         assert "retrying" in rogue_center.output(), rogue_center.output()

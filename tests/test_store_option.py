@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from central.store import Store
+from central.store.sqlite import SqliteStore
 from cli.fleet import app as fleet_app
 from edge_agent.outbox import Outbox
 
@@ -54,7 +54,7 @@ def test_a_db_that_is_not_a_central_store_is_refused_and_left_as_it_is(
 
 def test_a_limit_past_sqlite_integers_is_a_usage_error(tmp_path: Path) -> None:
     db = tmp_path / "central.db"
-    Store(db).close()
+    SqliteStore(db).close()
     for command in (("readings",), ("rejected",)):
         args = [*command, "--db", str(db), "--limit", str(10**23)]
         result = CliRunner().invoke(fleet_app, args)

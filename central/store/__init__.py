@@ -6,8 +6,8 @@ SQLite file (``central.store.sqlite``), the embedded default."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
 
+from central.store.api import Retention, Round, RoundCounts, Store
 from central.store.errors import (
     MessageRejected,
     NotACentralStore,
@@ -16,11 +16,13 @@ from central.store.errors import (
     StoreTooNew,
     StoreUnavailable,
 )
+from central.store.limits import (
+    REJECTED_ERROR_MAX,
+    REJECTED_HEAD_BYTES,
+    REJECTED_KEEP,
+    REJECTED_MAX_BYTES,
+)
 from central.store.rows import StoredReading
-from central.store.sqlite.legacy import Store, cell, count_rows
-
-if TYPE_CHECKING:
-    from central.store import api
 
 POSTGRES_SCHEMES = ("postgresql://", "postgres://")
 
@@ -29,7 +31,7 @@ def is_postgres(address: str | Path) -> bool:
     return isinstance(address, str) and address.startswith(POSTGRES_SCHEMES)
 
 
-def open_store(address: str | Path) -> api.Store:
+def open_store(address: str | Path) -> Store:
     """The store at ``address`` (made if missing), its schema brought to the latest version.
     ``StoreSchemaError`` if it cannot be used (untouched), ``StoreUnavailable`` if it
     cannot be reached."""
@@ -44,16 +46,21 @@ def open_store(address: str | Path) -> api.Store:
 
 
 __all__ = [
+    "REJECTED_ERROR_MAX",
+    "REJECTED_HEAD_BYTES",
+    "REJECTED_KEEP",
+    "REJECTED_MAX_BYTES",
     "MessageRejected",
     "NotACentralStore",
+    "Retention",
+    "Round",
+    "RoundCounts",
     "Store",
     "StoreError",
     "StoreSchemaError",
     "StoreTooNew",
     "StoreUnavailable",
     "StoredReading",
-    "cell",
-    "count_rows",
     "is_postgres",
     "open_store",
 ]

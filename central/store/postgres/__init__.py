@@ -18,7 +18,7 @@ import json
 import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 from urllib.parse import urlsplit, urlunsplit
 
 from central.store import api
@@ -62,7 +62,7 @@ def without_password(url: str) -> str:
 
 
 class PostgresStore:
-    backend: api.Backend = "postgresql"
+    backend: ClassVar[api.Backend] = "postgresql"
 
     def __init__(self, url: str) -> None:
         self.url = url

@@ -510,7 +510,7 @@ class PgRound:
             if not covered:  # the usual case: nothing of it stored yet
                 new_rows += rows
             else:
-                skip = set()
+                skip: set[int] = set()
                 for lo, hi in covered:
                     skip.update(range(lo - first, hi - first + 1))
                 duplicates += len(skip)

@@ -26,6 +26,12 @@ from typing import Any
 from central.migrations import DEAD_LETTER_BYTES
 from central.store.api import RoundCounts
 from central.store.errors import MessageRejected, StoreUnavailable
+from central.store.limits import (
+    REJECTED_ERROR_MAX,
+    REJECTED_HEAD_BYTES,
+    REJECTED_KEEP,
+    REJECTED_MAX_BYTES,
+)
 from central.store.sqlite.cells import (
     INT64_MAX,
     INT64_MIN,
@@ -37,16 +43,6 @@ from central.store.sqlite.cells import (
 from edge_agent.contract import AlarmMessage, AlarmState, NamedRows, TelemetryBatch
 from edge_agent.contract.alarms import DroppedRows
 
-REJECTED_KEEP = 1000
-"""Dead letters kept per gateway (the newest): a gateway sending garbage cannot push out
-the others' dead letters."""
-REJECTED_HEAD_BYTES = 4096
-"""What a dead letter keeps of its payload: enough to see what it was; ``size`` and the
-sha256 ``digest`` stand for the rest."""
-REJECTED_ERROR_MAX = 1000  # characters of the error kept (it may quote the payload)
-REJECTED_MAX_BYTES = 64 * 1024 * 1024
-"""Bytes of dead letters (topic, error, payload head) kept in all, the newest: gateway ids
-are many (anyone may make one up), so only a cap on the whole table bounds the disk."""
 _KEPT = DEAD_LETTER_BYTES
 """What one dead letter keeps, in bytes (the triggers of the migrations count the same)."""
 
@@ -354,7 +350,9 @@ class SqliteRound:
                 cell(state.get("started")),
                 cell(state.get("stream")),
                 json.dumps(state),
-                json.dumps(tags) if isinstance(tags, dict) else None,
+                # any JSON, as it came (the contract does not check tags): `fleet gateways`
+                # shows what is not a mapping as it is; a tag filter matches only mappings
+                None if tags is None else json.dumps(tags),
                 gateway,
             ),
         )
@@ -404,6 +402,8 @@ def device_fields(
     return (
         str(device),
         link if isinstance(link, str) else None,
-        float(last_good) if type(last_good) in (int, float) else None,
+        float(last_good)
+        if isinstance(last_good, int | float) and last_good is not True and last_good is not False
+        else None,
         error if isinstance(error, str) else None,
     )
