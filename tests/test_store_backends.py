@@ -544,3 +544,52 @@ def test_concurrent_writers_store_every_reading_exactly_once(pg_url: str) -> Non
         assert offered == sum(6 * (30 - (1 + w * 5) + 1) * 10 for w in range(4))
     finally:
         store.close()
+
+
+def test_a_lost_connection_is_unavailable_and_the_next_round_connects_again(pg_url: str) -> None:
+    store = open_store(pg_url)
+    try:
+        store_batches(store, numbered("gw-1", 1, 3))
+        with psycopg.connect(pg_url, autocommit=True) as admin:
+            admin.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                "WHERE application_name = 'edgefleet-central'"
+            )
+        with pytest.raises(StoreUnavailable, match="unavailable"):
+            store_batches(store, numbered("gw-1", 4, 6))
+        assert store_batches(store, numbered("gw-1", 4, 6)) == (3, 0)  # nothing was kept
+        assert store.count_readings() == 6  # the reader connects again too
+    finally:
+        store.close()
+
+
+def test_text_postgresql_cannot_hold_is_rejected_in_every_field(store: Store) -> None:
+    bad_readings = [
+        reading(T0, 1.0, dev="d\x00"),
+        reading(T0, 1.0, pt="\ud800"),  # a lone surrogate: a JSON escape may make one
+        reading(T0, 1.0, u="°\x00C"),
+        reading(T0, 1.0, r="why\x00"),
+    ]
+    with store.round() as rnd:
+        for i, r in enumerate(bad_readings):
+            with pytest.raises(MessageRejected), rnd.message():
+                rnd.insert_telemetry(batch("gw-1", "s1", 10 + i, [r]))
+        with rnd.message():
+            rnd.insert_telemetry(numbered("gw-1", 1, 2))
+    assert store.sequence_keys("gw-1") == {("s1", 1), ("s1", 2)}
+
+
+def test_a_state_postgresql_cannot_hold_is_rejected_and_the_registry_kept(pg_url: str) -> None:
+    store = open_store(pg_url)
+    try:
+        with store.round() as rnd:
+            with rnd.message():
+                rnd.update_state("gw-1", online_state("north", "1.0"), now=T0)
+            with pytest.raises(MessageRejected), rnd.message():
+                rnd.update_state("gw-1", online_state("so\x00uth", "1.0"), now=T0 + 1)
+            with pytest.raises(MessageRejected), rnd.message():
+                rnd.update_health("gw-1", {"devices": {"d\x00": {"link": "up"}}}, now=T0 + 1)
+        gw = store.gateway("gw-1")
+        assert gw is not None and gw.site == "north" and list(store.devices()) == []
+    finally:
+        store.close()
