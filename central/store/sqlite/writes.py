@@ -92,7 +92,7 @@ def translated(exc: BaseException) -> BaseException:
     else (a payload that breaks the contract) as it is."""
     if store_fault(exc):
         return StoreUnavailable(f"SQLite: {exc}")
-    if isinstance(exc, sqlite3.Error | OverflowError):
+    if isinstance(exc, sqlite3.Error | OverflowError | UnicodeEncodeError):
         return MessageRejected(f"{type(exc).__name__}: {exc}")
     return exc
 
