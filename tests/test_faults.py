@@ -302,8 +302,8 @@ def test_a_gateway_that_dies_shows_offline_within_the_keepalive_window(stack: di
     agent = make_agent(tmp, stack["broker"].url, stack["device"].port).start()
 
     def online() -> bool | None:
-        rows = central.store().gateways()
-        return rows[0]["online"] if rows else None
+        rows = list(central.store().gateways())
+        return rows[0].online if rows else None
 
     wait_for(lambda: online() is True, 20, what="the gateway online")
     agent.kill()  # no goodbye: only the Last Will can tell
@@ -319,7 +319,7 @@ def test_a_gateway_gone_silent_shows_offline_within_the_keepalive_window(stack: 
     agent = make_agent(tmp, proxy.url, stack["device"].port).start()
     try:
         wait_for(
-            lambda: central.store().gateways() and central.store().gateways()[0]["online"],
+            lambda: any(g.online for g in central.store().gateways()),
             20,
             what="the gateway online",
         )
@@ -327,7 +327,7 @@ def test_a_gateway_gone_silent_shows_offline_within_the_keepalive_window(stack: 
         proxy.stall()  # the link hangs: no FIN, no RST; only the keep-alive can tell
         silent = time.monotonic()
         wait_for(
-            lambda: central.store().gateways()[0]["online"] is False,
+            lambda: [g.online for g in central.store().gateways()] == [False],
             10,
             what="the Last Will after the keep-alive ran out",
         )

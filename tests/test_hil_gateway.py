@@ -151,7 +151,7 @@ def test_central_killed_and_restarted_loses_and_duplicates_nothing(
         assert stored <= final
         (rows,) = (
             central.store()
-            .db.execute("SELECT count(*) FROM readings WHERE gateway = ?", [GW])
+            .conn.execute("SELECT count(*) FROM readings WHERE gateway = ?", [GW])
             .fetchone()
         )
         assert rows == len(stored)

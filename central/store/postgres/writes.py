@@ -41,8 +41,8 @@ import math
 import time
 from collections import defaultdict
 from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
-from typing import TYPE_CHECKING, Any
+from contextlib import AbstractContextManager, contextmanager
+from typing import TYPE_CHECKING, Any, Protocol
 
 from central.store.api import RoundCounts
 from central.store.errors import MessageRejected, StoreUnavailable
@@ -53,7 +53,6 @@ from edge_agent.contract.alarms import DroppedRows
 if TYPE_CHECKING:
     import psycopg
 
-    from central.store.postgres import PostgresStore
 
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 KIND_NULL, KIND_BOOL, KIND_INT, KIND_FLOAT, KIND_TEXT = 0, 1, 2, 3, 4
@@ -174,8 +173,21 @@ class _Staged:
         self.devices: dict[tuple[str, str], Row] = {}
 
 
+class RoundHost(Protocol):
+    """What a round needs of its ``PostgresStore`` (named so, not imported: the store
+    imports this module)."""
+
+    def translating(self) -> AbstractContextManager[None]: ...
+
+    def translating_content(self) -> AbstractContextManager[None]: ...
+
+    def unavailable(self, exc: BaseException) -> str: ...
+
+    def ensure_partitions(self, days: Iterable[int]) -> int: ...
+
+
 class PgRound:
-    def __init__(self, store: PostgresStore, conn: psycopg.Connection[tuple[Any, ...]]) -> None:
+    def __init__(self, store: RoundHost, conn: psycopg.Connection[tuple[Any, ...]]) -> None:
         self.store = store
         self.conn = conn
         self.counts = RoundCounts()
