@@ -92,7 +92,9 @@ def test_fleet_acks_an_alarm_of_the_demo_through_the_printed_environment(tmp_pat
             env=env,
         )
         assert ack.returncode == 0, ack.stdout + ack.stderr
-        assert "acknowledged" in ack.stdout
+        # acknowledged; or cleared, if its condition went between the list and the ack
+        # (a demo sensor's offline alarm comes and goes): acked either way
+        assert "state: acknowledged" in ack.stdout or "state: cleared\n" in ack.stdout
 
         def acked() -> bool:
             out = run_cli("fleet", "alarms", "list", "-g", alarm["gateway"], "--json", env=env)
