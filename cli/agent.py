@@ -90,9 +90,8 @@ def run(
 
     from edge_agent.app import run_agent  # noqa: PLC0415
     from edge_agent.config import ConfigError  # noqa: PLC0415
-    from edge_agent.outbox import OutboxPathError, OutboxUnavailable  # noqa: PLC0415
-
     from edge_agent.contract.gateway_commands import RESTART_EXIT_CODE  # noqa: PLC0415
+    from edge_agent.outbox import OutboxPathError, OutboxUnavailable  # noqa: PLC0415
 
     async def main() -> bool:
         stop = asyncio.Event()

@@ -14,7 +14,7 @@ from central.commands import send_command
 from drivers.modbus.config import ModbusPoint
 from edge_agent.contract import Topics
 from edge_agent.contract.gateway_commands import RESTART_EXIT_CODE
-from mqttlink.url import BrokerUrl
+from mqttlink.url import Broker as BrokerSettings
 from tests.support import Agent, Broker, ThreadedDevice, run_cli, wait_for
 
 GW = "gw-cmd-1"
@@ -56,7 +56,7 @@ def test_ping_read_write_and_restart(
     agent = Agent(
         tmp_path, config(tmp_path, mqtt_broker.url, detector.port, key.with_suffix(".pub"))
     )
-    broker = BrokerUrl.plain(mqtt_broker.url)
+    broker = BrokerSettings.plain(mqtt_broker.url)
 
     def cmd(name: str, args: dict[str, Any]) -> dict[str, Any]:
         return send_command(broker, Topics(), GW, name, args, key, timeout_s=10)
@@ -100,7 +100,9 @@ def test_ping_read_write_and_restart(
         restart = cmd("restart", {"by": "li"})
         assert restart["ok"] is True
         assert restart["result"] == {"restarting": True, "exit_code": RESTART_EXIT_CODE}
-        code = wait_for(lambda: agent.proc.poll(), 20, what="the agent to exit")
+        proc = agent.proc
+        assert proc is not None
+        code = wait_for(proc.poll, 20, what="the agent to exit")
         assert code == RESTART_EXIT_CODE != 2
         assert "stopped" in agent.output()
     finally:

@@ -6,15 +6,10 @@ the center that sends them (``fleet cmd``). They travel as every command does
 (``contract/commands.py``: signed, with an expiry, never replayed) and are answered with
 ``{id, ok, result, error}``.
 
-============  =======================================  =============================================
-command       args                                     result (``ok: true``)
-============  =======================================  =============================================
-``ping``      ``{}``                                   ``{agent_version, uptime_s, outbox_depth, ts}``
-``read``      ``{device, point}``                      ``{device, point, value, unit, quality, ts,
-                                                       reason}``
-``write``     ``{device, point, value, by}``           ``{device, point, value, by, ts}``
-``restart``   ``{by}`` (optional)                      ``{restarting: true, exit_code}``
-============  =======================================  =============================================
+- ``ping``, args ``{}``: ``{agent_version, uptime_s, outbox_depth, ts}``;
+- ``read``, args ``{device, point}``: ``{device, point, value, unit, quality, ts, reason}``;
+- ``write``, args ``{device, point, value, by}``: ``{device, point, value, by, ts}``;
+- ``restart``, args ``{by}`` (optional): ``{restarting: true, exit_code}``.
 
 ``device`` and ``point`` must name a device of the gateway's config and one of its
 points; ``value`` is a boolean, a finite number or a text of at most ``VALUE_TEXT_MAX``
@@ -114,9 +109,7 @@ def write_value(value: object) -> WriteValue:
         return value
     if value is None:
         raise BadArguments("value is required")
-    raise BadArguments(
-        f"value must be a boolean, a number or a text, not {type(value).__name__}"
-    )
+    raise BadArguments(f"value must be a boolean, a number or a text, not {type(value).__name__}")
 
 
 def write_args(args: Mapping[str, Any]) -> WriteArgs:
