@@ -90,17 +90,18 @@ def run(
 
     from edge_agent.app import run_agent  # noqa: PLC0415
     from edge_agent.config import ConfigError  # noqa: PLC0415
+    from edge_agent.contract.gateway_commands import RESTART_EXIT_CODE  # noqa: PLC0415
     from edge_agent.outbox import OutboxPathError, OutboxUnavailable  # noqa: PLC0415
 
-    async def main() -> None:
+    async def main() -> bool:
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
-        await run_agent(loaded, stop)
+        return await run_agent(loaded, stop)
 
     try:
-        asyncio.run(main())
+        restart = asyncio.run(main())
     except OutboxPathError as exc:
         # what the check above found, had the path changed since: a problem of the config
         exit_with_problems(config, [f"{config}: outbox.path: {exc}"])
@@ -110,6 +111,8 @@ def run(
         # not exit 2: systemd starts us again, and the disk may have room by then
         typer.echo(f"edge-agent: not starting: {exc}", err=True)
         raise typer.Exit(1) from None
+    if restart:  # a restart command: stopped cleanly; systemd (Restart=always) starts us again
+        raise typer.Exit(RESTART_EXIT_CODE)
 
 
 app.command()(browse)

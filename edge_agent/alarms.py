@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from drivers.base import Driver, DriverError, Reading
+from drivers.base import Driver, DriverError, Reading, Value
 from edge_agent.config.models import AlarmsConfig
 from edge_agent.contract.alarms import (
     ActionReport,
@@ -34,6 +34,8 @@ log = logging.getLogger(__name__)
 TICK_S = 0.1
 HELD_MAX = 10_000
 """Alarm events kept in memory while a full disk refuses them; past this the oldest go."""
+WRITE_TIMEOUT_S = 10
+"""The longest a write of a point may take before it counts as failed."""
 
 
 @dataclass(slots=True)
@@ -269,14 +271,8 @@ class AlarmService:
 
     async def _write(self, action: Action) -> ActionResult:
         target = action.write
-        driver = self._drivers.get(target.device)
-        try:
-            if driver is None:
-                raise DriverError(f"no device {target.device}")
-            async with asyncio.timeout(10):  # not wait_for: see Sender.run
-                await driver.write(target.point, target.value)
-        except (DriverError, TimeoutError) as exc:
-            error = str(exc) or type(exc).__name__
+        error = await self.write_point(target.device, target.point, target.value)
+        if error is not None:
             log.warning(
                 "action write %s.%s=%r failed: %s",
                 target.device,
@@ -284,8 +280,21 @@ class AlarmService:
                 target.value,
                 error,
             )
-            return ActionResult(_target(action), False, error)
-        return ActionResult(_target(action), True, None)
+        return ActionResult(_target(action), error is None, error)
+
+    async def write_point(self, device: str, point: str, value: Value) -> str | None:
+        """Set one point as every write from the agent does (a rule's action, a ``write``
+        command): through the device's driver, which refuses a read-only point and a value
+        that does not fit, bounded by ``WRITE_TIMEOUT_S``. ``None``, or why it failed."""
+        driver = self._drivers.get(device)
+        try:
+            if driver is None:
+                raise DriverError(f"no device {device}")
+            async with asyncio.timeout(WRITE_TIMEOUT_S):  # not wait_for: see Sender.run
+                await driver.write(point, value)
+        except (DriverError, TimeoutError) as exc:
+            return str(exc) or type(exc).__name__
+        return None
 
     async def record_history(self, event: AlarmEvent) -> None:
         await self.record([event], acted=True)  # a result: nothing more to act on

@@ -25,6 +25,7 @@ from edge_agent.committer import Committer
 from edge_agent.config import ConfigError, LoadedConfig
 from edge_agent.contract.commands import load_public_key
 from edge_agent.devices import open_drivers, point_units
+from edge_agent.gateway_commands import GatewayCommands
 from edge_agent.health import HealthReporter
 from edge_agent.outbox import AgentOutbox
 from edge_agent.polling import DevicePoller
@@ -53,7 +54,9 @@ def _command_key(loaded: LoadedConfig) -> Ed25519PublicKey | None:
         raise ConfigError([loaded.problem(("central", "command_key"), message)]) from None
 
 
-async def run_agent(loaded: LoadedConfig, stop: asyncio.Event) -> None:
+async def run_agent(loaded: LoadedConfig, stop: asyncio.Event) -> bool:
+    """Run until ``stop`` is set; True when a ``restart`` command set it (the caller exits
+    with ``RESTART_EXIT_CODE``, for the service manager to start the agent again)."""
     cfg = loaded.config
     gw, topics, central = cfg.gateway.id, cfg.topics, cfg.central
     public_key = _command_key(loaded)  # before anything is opened that would need closing
@@ -96,13 +99,24 @@ async def run_agent(loaded: LoadedConfig, stop: asyncio.Event) -> None:
     drivers = open_drivers(cfg.devices)
     engine = await AlarmService.restore(cfg.compiled_rules(), outbox, cfg.alarms)
     alarms = AlarmService(engine, outbox.alarms, sender, drivers)
+    gateway_commands = GatewayCommands(
+        version=__version__,
+        devices=cfg.devices,
+        drivers=drivers,
+        outbox=outbox,
+        writer=alarms,
+        restart=stop.set,
+    )
     CommandChannel(
         gateway=gw,
         topics=topics,
         uplink=uplink,
         ledger=outbox,
         public_key=public_key,
-        handlers=dict.fromkeys(AlarmService.COMMANDS, alarms.command),
+        handlers={
+            **dict.fromkeys(AlarmService.COMMANDS, alarms.command),
+            **dict.fromkeys(GatewayCommands.COMMANDS, gateway_commands.command),
+        },
     )
     committer = Committer(outbox.telemetry, outbox.alarms, sender, alarms)
     pollers = [
@@ -139,3 +153,4 @@ async def run_agent(loaded: LoadedConfig, stop: asyncio.Event) -> None:
         health=health,
     )
     await run.run(stop)
+    return gateway_commands.restart_requested

@@ -79,6 +79,12 @@ class CommandChannel:
             log.info("command %s refused: %s", cmd_id, exc)
             self._uplink.reply(message, encode_reply(cmd_id, False, error=str(exc)))
             return
+        except Exception as exc:  # a handler's bug: answered, never an unanswered command
+            self.rejected += 1
+            log.exception("command %s failed", cmd_id)
+            error = f"internal error: {type(exc).__name__}"
+            self._uplink.reply(message, encode_reply(cmd_id, False, error=error))
+            return
         self.accepted += 1
         log.info("command %s (%s) done", cmd_id, command["cmd"])
         self._uplink.reply(message, encode_reply(cmd_id, True, result))
