@@ -194,6 +194,8 @@ def send_many(
                         finish(corr, "failed", "interrupted", None)
                 report()
                 if interrupted or (exhausted and not pending):
+                    while ready:  # what came while the last ones were reported
+                        report()
                     break
                 now = time.time()
                 for corr, p in list(pending.items()):

@@ -357,7 +357,6 @@ def _commands(
     # loaded by the command that uses it: fleet --help stays under 0.3 s
     from central.commands import CommandFailed, send_command  # noqa: PLC0415
     from edge_agent.contract import Topics  # noqa: PLC0415
-
     from edge_agent.contract.commands import load_private_key  # noqa: PLC0415
 
     if not key.exists():

@@ -111,12 +111,13 @@ def cmd(
 
     gateway, action = _target(words, where)
     args = _args(action, device, point, value, by)
+    filt = parse_where(where)
     url = broker_settings(broker, username, password_file, ca_file, cert_file, key_file)
     store = open_db(db)
     if gateway is not None:
         targets = [gateway]
     else:
-        targets = [g.id for g in store.gateways(parse_where(where))]
+        targets = [g.id for g in store.gateways(filt)]
         if not targets:
             raise typer.BadParameter("no gateway matches", param_hint="--where")
     if not key.exists():

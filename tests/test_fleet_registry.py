@@ -230,8 +230,9 @@ def test_retention_keeps_the_rollups_that_readings_bucket_returns(db: str) -> No
     raw = json.loads(ok("readings", "--db", db, "-g", "gw-00", "--all", "--json").stdout)
     assert raw == []
     minutes = json.loads(
-        ok("readings", "--db", db, "-g", "gw-00", "--from", str(T0), "--bucket", "1m", "--json")
-        .stdout
+        ok(
+            "readings", "--db", db, "-g", "gw-00", "--from", str(T0), "--bucket", "1m", "--json"
+        ).stdout
     )
     assert len(minutes) == 120
     assert [(m["start"], m["count"], m["avg"]) for m in minutes[:2]] == [
