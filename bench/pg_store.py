@@ -59,6 +59,9 @@ def batches(worker: int, rows: int) -> list[TelemetryBatch]:
 def ingest(url: str, worker: int, rows: int, ready: Any, go: Any, done: Any) -> None:
     work = batches(worker, rows)
     store = open_store(url)
+    # the days of T0 get partitions of their own, as today's do (older days would go to
+    # the default partition)
+    store.ensure_partitions({int(r["ts"] // 86_400) for b in work for r in b.readings})  # type: ignore[attr-defined]
     ready.set()
     go.wait()
     start = time.perf_counter()
@@ -148,7 +151,7 @@ def fill(url: str, gateways: int, readings: int) -> None:
 
     store = open_store(url)
     per_gw = max(1, readings // 10)  # ten gateways hold them, a second apart per point
-    days = max(1, round(per_gw / (86_400 * POINTS)))
+    days = per_gw / (86_400 * POINTS)  # each point a reading a second: 86,400 a day
     store.maintain(Retention(raw_s=None, rollups_s=None), now=T0)
     store.close()
     with psycopg.connect(url, autocommit=True) as conn:
@@ -162,7 +165,7 @@ def fill(url: str, gateways: int, readings: int) -> None:
         from central.store.postgres import PostgresStore  # noqa: PLC0415
 
         ps = PostgresStore(url)
-        ps.ensure_partitions({int(T0 // 86_400) + d for d in range(-1, days + 2)})
+        ps.ensure_partitions({int(T0 // 86_400) + d for d in range(-1, int(days) + 2)})
         ps.close()
         conn.execute(
             "INSERT INTO readings (gateway, stream, seq, device, point, value, kind, unit, "

@@ -171,6 +171,10 @@ DEAD_LETTER_BYTES = "length(CAST(topic AS BLOB)) + length(CAST(error AS BLOB)) +
 ``central.store`` prunes by."""
 
 
+def _nothing(conn: sqlite3.Connection) -> None:
+    """A version that changes nothing here: SQLite's readings are not partitioned."""
+
+
 def _add_rejected_size(conn: sqlite3.Connection) -> None:
     """A dead letter keeps only the head of its payload, so it says how big all of it was.
     An unversioned store from a main after 0.1.0 may have the column already."""
@@ -292,6 +296,11 @@ MIGRATIONS: tuple[Migration, ...] = (
         6,
         "alarms keep booleans and integers beyond 64 bits exactly",
         MappingProxyType({SQLITE: "ALTER TABLE alarms ADD COLUMN exact TEXT; -- JSON"}),
+    ),
+    Migration(
+        7,
+        "readings of days far from today in one default partition (PostgreSQL only)",
+        MappingProxyType({SQLITE: _nothing}),
     ),
 )
 LATEST = MIGRATIONS[-1].version

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from cli.durations import length_option, since_option, time_option
-from cli.output import Cell, print_rich, shown, strict, table, utc
+from cli.output import Cell, json_line, print_rich, shown, table, utc
 from cli.store_options import DEFAULT_DB, DbOpt, open_db
 from cli.where import WhereOpt, parse_where
 
@@ -30,6 +30,7 @@ if TYPE_CHECKING:
     from central.store.rows import ReadingBucket, StoredReading
 
 TABLE_CHUNK = 1000
+WRITE_CHUNK = 256
 AGGREGATES = ("avg", "min", "max", "count")
 LIMIT_MAX = 2**63 - 1
 
@@ -193,14 +194,14 @@ def _write(
 ) -> None:
     write = sys.stdout.write
     if out is Format.jsonl:
-        for row in rows:
-            write(_dumps(row) + "\n")
+        while chunk := list(islice(rows, WRITE_CHUNK)):  # one write a chunk, not a row
+            write("".join(json_line(row) + "\n" for row in chunk))
     elif out is Format.json:
         # one JSON document, written element by element
         first = True
         write("[")
         for row in rows:
-            write(("\n  " if first else ",\n  ") + _dumps(row))
+            write(("\n  " if first else ",\n  ") + json_line(row))
             first = False
         write("\n]\n" if not first else "]\n")
     elif out is Format.csv:
@@ -216,10 +217,6 @@ def _write(
         if not shown_any:
             typer.echo("no readings match", err=True)
     sys.stdout.flush()
-
-
-def _dumps(row: dict[str, Any]) -> str:
-    return json.dumps(strict(row), ensure_ascii=False, allow_nan=False)
 
 
 def _csv(columns: Sequence[str], rows: Iterable[dict[str, Any]]) -> None:

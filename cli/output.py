@@ -149,10 +149,23 @@ def print_jsonl(rows: Iterable[Any]) -> int:
     n = 0
     write = sys.stdout.write
     for row in rows:
-        write(json.dumps(strict(row), ensure_ascii=False, allow_nan=False) + "\n")
+        write(json_line(row) + "\n")
         n += 1
     sys.stdout.flush()
     return n
+
+
+_LINE = json.JSONEncoder(ensure_ascii=False, allow_nan=False)
+
+
+def json_line(row: Any) -> str:
+    """``row`` as one line of strict JSON. Rows are encoded as they are, and only one that
+    holds a NaN or an infinity is walked by ``strict`` (walking every row of a month of
+    readings took two thirds of the time)."""
+    try:
+        return _LINE.encode(row)
+    except ValueError:
+        return _LINE.encode(strict(row))
 
 
 def utc(ts: float | None) -> str:

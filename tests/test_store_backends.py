@@ -424,11 +424,54 @@ def test_retention_on_postgresql_drops_whole_partitions(pg_url: str) -> None:
         done = store.maintain(Retention(raw_s=None, rollups_s=None), now=now)
         assert done.partitions_created >= 8  # yesterday, today and the week ahead
         assert store.maintain(Retention(raw_s=None), now=now).partitions_created == 0
-        store_batches(store, numbered("gw-1", 1, 3, ts=now - 50 * DAY))  # its day made on demand
-        done = store.maintain(Retention(raw_s=30 * DAY), now=now)
-        assert (done.partitions_dropped, done.readings_deleted) == (1, 3)
+        store_batches(store, numbered("gw-1", 1, 3, ts=now - 3 * DAY))  # its day made on demand
+        store_batches(store, numbered("gw-1", 4, 5, ts=now - 50 * DAY))  # the default partition
+        assert _partition_of(pg_url, now - 3 * DAY) != "readings_default"
+        assert _partition_of(pg_url, now - 50 * DAY) == "readings_default"
+        done = store.maintain(Retention(raw_s=2 * DAY), now=now)
+        assert (done.partitions_dropped, done.readings_deleted) == (1, 5)
         assert store.count_readings() == 0
-        assert sum(b.count for b in store.buckets(ReadingQuery(), 60)) == 3
+        assert sum(b.count for b in store.buckets(ReadingQuery(), 60)) == 5
+    finally:
+        store.close()
+
+
+def _partition_of(url: str, ts: float) -> str:
+    with psycopg.connect(url) as conn:
+        row = conn.execute(
+            "SELECT tableoid::regclass::text FROM readings WHERE ts >= %s AND ts < %s LIMIT 1",
+            (ts - 60, ts + 60),
+        ).fetchone()
+    assert row is not None
+    return str(row[0])
+
+
+def _partitions(url: str) -> int:
+    with psycopg.connect(url) as conn:
+        row = conn.execute(
+            "SELECT count(*) FROM pg_inherits WHERE inhparent = 'readings'::regclass"
+        ).fetchone()
+    return int(row[0]) if row else 0
+
+
+def test_a_batch_spread_over_thousands_of_days_makes_no_partitions(pg_url: str) -> None:
+    """The contract lets a time be anything from 2000 to tomorrow: one batch of 2,000
+    readings a day apart each would have made 2,000 tables, and every query of the fleet
+    would plan over them. Days older than a week go to the default partition; they are
+    stored all the same, queried and removed by retention."""
+    store = open_store(pg_url)
+    try:
+        now = time.time()
+        store.maintain(Retention(raw_s=None, rollups_s=None), now=now)
+        before = _partitions(pg_url)
+        spread = [reading(now - (10 + i) * DAY, float(i)) for i in range(2000)]
+        assert store_batches(store, batch("gw-x", "s1", 1, spread)) == (2000, 0)
+        assert _partitions(pg_url) == before
+        assert len(list(store.readings(ReadingQuery(gateway="gw-x", limit=None)))) == 2000
+        assert store_batches(store, batch("gw-x", "s1", 1, spread)) == (0, 2000)  # once
+        done = store.maintain(Retention(raw_s=400 * DAY), now=now)
+        assert done.readings_deleted == 2000 - 391  # older than 400 days: 10 + i > 400
+        assert store.count_readings() == 391
     finally:
         store.close()
 

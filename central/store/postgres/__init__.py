@@ -76,6 +76,8 @@ class PostgresStore:
         self._reader: Conn | None = None
         self._ddl: Conn | None = None
         self._days: set[int] = set()
+        self._in_default: set[int] = set()
+        """Days ``create_days`` left in the default partition (it holds rows of them)."""
         conn = self._conn("writer")
         try:
             with self.translating():
@@ -169,13 +171,14 @@ class PostgresStore:
 
     def ensure_partitions(self, days: Iterable[int]) -> int:
         """Create the partitions of ``days`` not made yet (on the DDL connection)."""
-        missing = set(days) - self._days
+        missing = set(days) - self._days - self._in_default
         if not missing:
             return 0
         conn = self._conn("ddl")
         with self.translating():
             made = partitions.create_days(conn, missing)
             self._days = partitions.existing_days(conn)
+        self._in_default |= missing - self._days  # their rows are in the default partition
         return made
 
     def maintain(self, retention: api.Retention, now: float | None = None) -> Maintenance:

@@ -1,16 +1,22 @@
 """Partitions of ``readings`` (one per UTC day, RANGE on ``ts``) and retention.
 
 ``maintain()`` creates the partitions from yesterday to ``AHEAD_DAYS`` days from now, so
-that ingest normally finds its day there; a batch that names a day without a partition
-(a gateway's clock far off, a backfill) gets one on demand, before the round writes
-``readings``. Partitions are created on a connection of their own in a short
-transaction under ``pg_advisory_xact_lock(PARTITION_LOCK)`` (``CREATE TABLE IF NOT
-EXISTS … PARTITION OF``): workers creating the same day at once do not fail, and the
-round's transaction never waits on its own DDL. Which partitions exist is cached.
+that ingest normally finds its day there (the contract refuses times more than a day ahead).
+A batch that names a recent day without a partition (a gateway back after up to
+``RECENT_DAYS`` days offline) gets one on demand, before the round writes ``readings``. Days
+older than that go to the default partition ``readings_default`` (version 7): the contract
+lets a time be anything from 2000 on, and a partition per day named would let one hostile
+batch of 2,000 readings make 2,000 tables (and every query of the fleet plan over them).
+Such a day never gets a partition later (its rows are in the default one; ``create_days``
+checks), and retention deletes its rows from the default partition. Partitions are created
+on a connection of their own in a short transaction under
+``pg_advisory_xact_lock(PARTITION_LOCK)`` (``CREATE TABLE IF NOT EXISTS … PARTITION OF``):
+workers creating the same day at once do not fail, and the round's transaction never waits
+on its own DDL. Which partitions exist is cached.
 
-Retention drops whole partitions whose day ended more than ``Retention.raw_s`` ago (a
-``DROP TABLE`` is instant, where a ``DELETE`` of millions of rows is not); rollups older
-than ``rollups_s`` are deleted row by row (they are few).
+Retention drops whole partitions whose day ended more than ``Retention.raw_s`` ago (a ``DROP
+TABLE`` is instant, where a ``DELETE`` of millions of rows is not); rollups older than
+``rollups_s`` are deleted row by row (they are few).
 """
 
 from __future__ import annotations
@@ -24,6 +30,9 @@ if TYPE_CHECKING:
 
 DAY = 86_400
 AHEAD_DAYS = 7
+RECENT_DAYS = 7
+"""How far back a day still gets a partition of its own on demand."""
+DEFAULT = "readings_default"
 PARTITION_LOCK = 0x45466373_00000002
 LOCK_TIMEOUT = "10s"
 """How long creating or dropping a partition waits for other sessions' locks on
@@ -64,6 +73,12 @@ def create_days(conn: psycopg.Connection[tuple[Any, ...]], days: set[int]) -> in
         have = existing_days(conn)
         made = 0
         for day in sorted(days - have):
+            held = conn.execute(
+                f"SELECT 1 FROM {DEFAULT} WHERE ts >= %s AND ts < %s LIMIT 1",
+                (day * DAY, (day + 1) * DAY),
+            ).fetchone()
+            if held:  # its rows are in the default partition: the day stays there
+                continue
             conn.execute(
                 f"CREATE TABLE IF NOT EXISTS {partition_name(day)} PARTITION OF readings "
                 f"FOR VALUES FROM ({day * DAY}) TO ({(day + 1) * DAY})"
@@ -73,7 +88,8 @@ def create_days(conn: psycopg.Connection[tuple[Any, ...]], days: set[int]) -> in
 
 
 def drop_before(conn: psycopg.Connection[tuple[Any, ...]], cutoff: float) -> tuple[int, int]:
-    """Drop every partition whose day ends at or before ``cutoff``: (partitions, readings)."""
+    """Drop every partition whose day ends at or before ``cutoff``, and delete the default
+    partition's readings older than it: (partitions dropped, readings removed)."""
     dropped = readings = 0
     with conn.transaction():
         conn.execute(f"SET LOCAL lock_timeout = '{LOCK_TIMEOUT}'")
@@ -85,7 +101,16 @@ def drop_before(conn: psycopg.Connection[tuple[Any, ...]], cutoff: float) -> tup
             readings += int(row[0]) if row else 0
             conn.execute(f"DROP TABLE {partition_name(day)}")
             dropped += 1
+        cur = conn.execute(f"DELETE FROM {DEFAULT} WHERE ts < %s", (cutoff,))
+        readings += max(cur.rowcount, 0)
     return dropped, readings
+
+
+def on_demand(days: set[int], now: float | None = None) -> set[int]:
+    """Of the days a round names, those that get a partition of their own if missing: from
+    ``RECENT_DAYS`` ago to tomorrow (the rest go to the default partition)."""
+    today = day_of(time.time() if now is None else now)
+    return {d for d in days if today - RECENT_DAYS <= d <= today + 1}
 
 
 def ahead(now: float | None = None) -> set[int]:

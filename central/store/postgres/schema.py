@@ -2,9 +2,10 @@
 
 The versions are ``central.migrations``' (1: release 0.1.0's tables, 2: a dead letter's
 size, 3: the dead letters' byte total, 4: the store marked as one, 5: the registry, the
-command ledger and 1-minute rollups): a version means the same data on both backends, and
-this module checks that it knows exactly those versions. The version is kept in the table
-``schema_version`` (one row per migration applied, with when).
+command ledger and 1-minute rollups, 6: exact alarm values, 7: the default partition): a
+version means the same data on both backends, and this module checks that it knows exactly
+those versions. The version is kept in the table ``schema_version`` (one row per migration
+applied, with when).
 
 All missing migrations run in one transaction that first takes
 ``pg_advisory_xact_lock(MIGRATION_LOCK)`` and then reads the version again: two workers
@@ -237,7 +238,12 @@ UPDATE gateways SET online_since = last_seen;
 # ``value`` and ``occurrence`` are jsonb since version 1, so the step only says so.
 V6 = "COMMENT ON COLUMN alarms.value IS 'the event value, exactly as it came (jsonb)';"
 
-STEPS: Mapping[int, str] = MappingProxyType({1: V1, 2: V2, 3: V3, 4: V4, 5: V5, 6: V6})
+# Version 7: readings whose day has no partition of its own (a backfill from long ago, a
+# gateway's clock years off) go to one default partition, rather than each such day
+# getting a table: a hostile gateway could otherwise make thousands (``partitions``).
+V7 = "CREATE TABLE readings_default PARTITION OF readings DEFAULT;"
+
+STEPS: Mapping[int, str] = MappingProxyType({1: V1, 2: V2, 3: V3, 4: V4, 5: V5, 6: V6, 7: V7})
 if sorted(STEPS) != [m.version for m in MIGRATIONS]:  # pragma: no cover - import-time check
     raise RuntimeError("central.store.postgres.schema must give a step for every migration")
 LATEST = max(STEPS)

@@ -482,7 +482,7 @@ class PgRound:
 
     def _write_readings(self, batches: list[tuple[str, str, int, list[Row]]]) -> None:
         days = {partitions.day_of(row[10]) for _, _, _, rows in batches for row in rows}
-        self.store.ensure_partitions(days)
+        self.store.ensure_partitions(partitions.on_demand(days))
         conn = self.conn
         spans: dict[tuple[str, str], list[int]] = {}
         for gw, stream, first, rows in batches:
