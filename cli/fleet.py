@@ -27,6 +27,7 @@ from cli.durations import length_option
 from cli.fleet_cmd import cmd, commands
 from cli.fleet_gateways import devices_app, gateways_app, status
 from cli.fleet_readings import readings
+from cli.fleet_watch import watch
 from cli.output import (
     JsonOpt,
     print_fields,
@@ -59,6 +60,7 @@ app.command("status")(status)
 app.command("readings")(readings)
 app.command("cmd")(cmd)
 app.command("commands")(commands)
+app.command("watch")(watch)
 app.add_typer(alarms_app, name="alarms")
 app.add_typer(keys_app, name="keys")
 

@@ -1,0 +1,109 @@
+"""``fleet watch``: updates from the center's feed, never by polling; hostile feed events
+are dropped, not obeyed; the screen fits the terminal.
+
+The process test runs ``fleet watch`` through its entry point, piped (one line per
+change), against a real broker and a real store; feed events are published by a stock
+paho client, as a center (or an attacker who could publish there) would."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+from pathlib import Path
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
+from rich.console import Console
+
+from central.store import open_store
+from central.store.rows import FleetStatus
+from cli.fleet_watch import Alarm, View, parse_event, render
+from edge_agent.contract import decode_state
+from edge_agent.contract.payloads import dumps
+from tests.support import BIN, Broker, wait_for
+
+FEED = "edgefleet/v1/center/feed"
+
+
+def event(**fields: object) -> bytes:
+    base: dict[str, object] = {"worker": 0, "client": "c", "ts": time.time(), "readings": 0}
+    return json.dumps({**base, "alarms": [], "gateways": [], **fields}).encode()
+
+
+def test_hostile_feed_events_are_refused_whole() -> None:
+    assert parse_event(event(readings=5)) == {"readings": 5, "alarms": [], "gateways": []}
+    good_alarm = {"gateway": "g", "alarm_id": "d/r", "severity": "critical", "state": "active"}
+    assert parse_event(event(alarms=[good_alarm]))["alarms"] == [  # type: ignore[index]
+        ("g", "d/r", "critical", "active")
+    ]
+    for bad in (
+        b"not json",
+        b"[1, 2]",
+        event(readings="5"),
+        event(readings=-1),
+        event(readings=True),
+        event(alarms={"a": 1}),
+        event(alarms=[{**good_alarm, "state": 7}]),
+        event(alarms=[{**good_alarm, "gateway": "x" * 300}]),
+        event(alarms=[good_alarm] * 1001),
+        event(gateways=[{"gateway": "g", "online": "yes"}]),
+        b"[" * 100_000,
+    ):
+        assert parse_event(bad) is None, bad[:40]
+
+
+def test_the_screen_fits_the_terminal_and_shows_sent_text_literally() -> None:
+    status = FleetStatus(gateways=3, online=2, offline=1, alarms_by_severity={"critical": 200})
+    view = View(status=status)
+    for i in range(200):
+        gw = "gw-\x1b[2J" if i == 0 else f"gw-{i}"
+        view.alarms[(gw, "d/r")] = Alarm(gw, "d/r", "critical", "active", 1_700_000_000.0 + i)
+    console = Console(width=80, height=24, force_terminal=True, color_system=None)
+    with console.capture() as captured:
+        console.print(render(view, 24, time.time()))
+    lines = captured.get().splitlines()
+    assert len(lines) <= 24
+    assert "alarms (200), 18 shown" in captured.get()
+    assert "\x1b[2J" not in captured.get()  # a gateway's escape sequence is shown, not obeyed
+
+
+def test_watch_prints_what_the_feed_says_as_it_comes(tmp_path: Path, mqtt_broker: Broker) -> None:
+    db = tmp_path / "central.db"
+    store = open_store(str(db))
+    with store.round() as rnd:
+        for gw in ("gw-1", "gw-2"):
+            rnd.update_state(gw, decode_state(dumps({"gw": gw, "online": True})))
+    store.close()
+    watch = subprocess.Popen(
+        [str(BIN / "fleet"), "watch", "--db", str(db), "--broker", mqtt_broker.url,
+         "--duration", "20s"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    publisher = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
+    publisher.connect("127.0.0.1", mqtt_broker.port)
+    publisher.loop_start()
+    try:
+        assert watch.stdout is not None
+        first = watch.stdout.readline()  # the counts, read once from the store
+        assert "2 gateways: 2 online, 0 offline" in first, first
+        # the session is subscribed once it printed; a garbage event first: dropped
+        time.sleep(0.5)
+        publisher.publish(FEED, b"\xff garbage", qos=1).wait_for_publish(5)
+        publisher.publish(FEED, event(gateways=[{"gateway": "gw-2", "online": False}]), qos=1)
+        alarm = {"gateway": "gw-1", "alarm_id": "det-3/smoke", "severity": "major"}
+        publisher.publish(FEED, event(alarms=[{**alarm, "state": "active"}]), qos=1)
+        lines: list[str] = []
+        wait_for(
+            lambda: bool(lines.append(watch.stdout.readline()) or len(lines) >= 2),  # type: ignore[union-attr]
+            15,
+            what="two changes printed",
+        )
+        assert "gw-2 offline" in lines[0], lines
+        assert "gw-1 det-3/smoke major active" in lines[1], lines
+    finally:
+        publisher.loop_stop()
+        publisher.disconnect()
+        watch.terminate()
+        watch.wait(10)
+    assert "Traceback" not in (watch.stderr.read() if watch.stderr else "")
