@@ -219,44 +219,16 @@ def send_command(
     timeout_s: float = 10,
     ttl_s: float = 60,
 ) -> dict[str, Any]:
-    """Sign ``cmd`` with the center's key, send it, return the gateway's reply."""
-    key = _key(key_path)
-    command = new_command(cmd, args, ttl_s)
-    correlation = uuid.uuid4().bytes
-    reply_topic = f"{topics.root}/center/reply/{uuid.uuid4().hex}"
-    got: dict[str, Any] = {}
-    done = threading.Event()
-
-    def on_reply(msg: Message) -> None:
-        if msg.correlation != correlation:
-            return
-        try:
-            got.update(decode_reply(msg.payload))
-        except PayloadError as exc:
-            got.update(id=command["id"], ok=False, error=f"unreadable reply: {exc}")
-        done.set()
-
-    session = Session(broker, name="fleet", keepalive_s=10)
-    session.subscribe(Subscription(reply_topic, qos=1), on_reply)
-    try:
-        session.open(timeout_s=5)  # connected, and the reply subscription granted
-    except SessionError as exc:
-        raise CommandFailed(f"broker {broker}: {exc}") from None
-    try:
-        delivery = session.publish(
-            topics.gw(gateway, Channel.CMD),
-            sign(command, key),
-            qos=1,
-            response_topic=reply_topic,
-            correlation=correlation,
+    """Sign ``cmd`` with the center's key, send it to one gateway, return its reply;
+    ``CommandFailed`` if none came in ``timeout_s`` or it could not be sent."""
+    (outcome,) = send_many(
+        broker, topics, [gateway], cmd, args, key_path, timeout_s=timeout_s, ttl_s=ttl_s
+    )
+    if outcome.reply is not None:
+        return outcome.reply
+    if outcome.result == "timeout":
+        raise CommandFailed(
+            f"no reply from {gateway} within {timeout_s:g} s "
+            "(offline, or no command key configured there?)"
         )
-        if delivery is None or not delivery.accepted:
-            raise CommandFailed(f"broker {broker}: the connection dropped before the command")
-        if not done.wait(timeout_s):
-            raise CommandFailed(
-                f"no reply from {gateway} within {timeout_s:g} s "
-                "(offline, or no command key configured there?)"
-            )
-    finally:
-        session.close()
-    return got
+    raise CommandFailed(f"broker {broker}: {outcome.detail}")

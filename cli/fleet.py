@@ -38,7 +38,7 @@ from cli.output import (
     utc,
 )
 from cli.store_options import DEFAULT_DB, DbOpt, open_db
-from cli.topic_options import by_option, gateway_option, reason_option, topic_root_option
+from cli.topic_options import KeyOpt, RootOpt, by_option, gateway_option, reason_option
 from cli.where import WhereOpt, parse_where
 from edge_agent.contract.topics import DEFAULT_ROOT
 
@@ -64,10 +64,6 @@ app.command("watch")(watch)
 app.add_typer(alarms_app, name="alarms")
 app.add_typer(keys_app, name="keys")
 
-KeyOpt = Annotated[
-    Path,
-    typer.Option("--key", envvar="EDGEFLEET_KEY", help="the center's Ed25519 private key"),
-]
 GatewayArg = Annotated[
     str, typer.Option("--gateway", "-g", help="gateway id", callback=gateway_option)
 ]
@@ -89,16 +85,6 @@ LIMIT_MAX = 2**63 - 1
 
 REPLY_TIMES = ("shelved_until",)
 """Fields of a command's result that are unix times: shown in UTC."""
-
-RootOpt = Annotated[
-    str,
-    typer.Option(
-        "--topic-root",
-        envvar="EDGEFLEET_TOPIC_ROOT",
-        help="root of the fleet's topics",
-        callback=topic_root_option,
-    ),
-]
 
 
 @central_app.command("run")

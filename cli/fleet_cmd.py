@@ -44,7 +44,7 @@ from cli.output import (
     utc,
 )
 from cli.store_options import DEFAULT_DB, DbOpt, open_db
-from cli.topic_options import by_option, topic_root_option
+from cli.topic_options import KeyOpt, RootOpt, by_option
 from cli.where import WhereOpt, parse_where
 from edge_agent.contract.topics import DEFAULT_ROOT
 
@@ -83,18 +83,8 @@ def cmd(
     ] = "operator",
     db: DbOpt = DEFAULT_DB,
     broker: BrokerOpt = DEFAULT_BROKER,
-    topic_root: Annotated[
-        str,
-        typer.Option(
-            envvar="EDGEFLEET_TOPIC_ROOT",
-            help="root of the fleet's topics",
-            callback=topic_root_option,
-        ),
-    ] = DEFAULT_ROOT,
-    key: Annotated[
-        Path,
-        typer.Option("--key", envvar="EDGEFLEET_KEY", help="the center's Ed25519 private key"),
-    ] = Path("center.key"),
+    topic_root: RootOpt = DEFAULT_ROOT,
+    key: KeyOpt = Path("center.key"),
     json_out: JsonOpt = False,
     username: UsernameOpt = None,
     password_file: PasswordFileOpt = None,

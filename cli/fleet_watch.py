@@ -43,7 +43,7 @@ from cli.broker_options import (
 from cli.durations import length_option
 from cli.output import Column, Styled, printable, table, utc
 from cli.store_options import DEFAULT_DB, DbOpt, open_db
-from cli.topic_options import topic_root_option
+from cli.topic_options import RootOpt
 from edge_agent.contract.topics import DEFAULT_ROOT
 
 if TYPE_CHECKING:
@@ -94,14 +94,7 @@ class View:
 def watch(
     db: DbOpt = DEFAULT_DB,
     broker: BrokerOpt = DEFAULT_BROKER,
-    topic_root: Annotated[
-        str,
-        typer.Option(
-            envvar="EDGEFLEET_TOPIC_ROOT",
-            help="root of the fleet's topics",
-            callback=topic_root_option,
-        ),
-    ] = DEFAULT_ROOT,
+    topic_root: RootOpt = DEFAULT_ROOT,
     duration: Annotated[
         str | None, typer.Option(help="stop after this long (30s, 10m); default: until Ctrl-C")
     ] = None,

@@ -10,6 +10,9 @@ command carries (``--by``, ``--reason``) are bounded as the gateway bounds them
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Annotated
+
 import typer
 
 from edge_agent.contract.topics import TopicError, Topics, check_gateway_id
@@ -29,6 +32,22 @@ def topic_root_option(value: str) -> str:
         return Topics(value).root
     except TopicError as exc:
         raise typer.BadParameter(str(exc)) from None
+
+
+RootOpt = Annotated[
+    str,
+    typer.Option(
+        "--topic-root",
+        envvar="EDGEFLEET_TOPIC_ROOT",
+        help="root of the fleet's topics",
+        callback=topic_root_option,
+    ),
+]
+KeyOpt = Annotated[
+    Path,
+    typer.Option("--key", envvar="EDGEFLEET_KEY", help="the center's Ed25519 private key"),
+]
+"""The center's signing key, for the commands that send signed commands."""
 
 
 # the limits import the drivers' base (pydantic): they load for a command being run, never
