@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from edge_agent.bind_address import DEFAULT_HOST, bind_host_problem
+from edge_agent.bind_address import DEFAULT_HOST, MetricsUnavailable, bind_host_problem
 
 if TYPE_CHECKING:
     from central.metrics import CentralMetrics
@@ -46,7 +46,6 @@ def serve_metrics(host: str, port: int) -> CentralMetrics | None:
         return None
     # prometheus_client loads only when metrics are asked for
     from central.metrics import CentralMetrics  # noqa: PLC0415
-    from edge_agent.metrics_http import MetricsUnavailable  # noqa: PLC0415
 
     try:
         return CentralMetrics(host, port)

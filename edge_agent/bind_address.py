@@ -17,6 +17,10 @@ _HOSTNAME = re.compile(
 )
 
 
+class MetricsUnavailable(RuntimeError):
+    """A metrics endpoint could not be served (the message says where and why)."""
+
+
 def bind_host_problem(host: str) -> str | None:
     """What is wrong with ``host`` as an address to listen on; None if nothing is. Whether
     it is an address of this host is known only when it is bound (``MetricsUnavailable``)."""

@@ -21,9 +21,9 @@ from wsgiref.simple_server import WSGIServer
 
 from prometheus_client import CollectorRegistry, start_http_server
 
+from edge_agent.bind_address import MetricsUnavailable
 
-class MetricsUnavailable(RuntimeError):
-    """The endpoint could not be served (the message says where and why)."""
+__all__ = ["MetricsServer", "MetricsUnavailable"]
 
 
 class MetricsServer:

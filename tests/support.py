@@ -213,13 +213,15 @@ def agent_config(
     ack_timeout_s: float = 2,
     health_s: float = 1,
     keepalive_s: int = 2,
+    metrics_port: int | None = None,
 ) -> str:
     """An agent config for tests: short timeouts so that outages in tests stay short."""
+    metrics = "" if metrics_port is None else f", metrics_port: {metrics_port}"
     return (
         f"gateway: {{id: {gateway}, site: test bench}}\n"
         f"central: {{url: '{broker_url}', keepalive_s: {keepalive_s}}}\n"
         f"outbox: {{path: '{outbox}', ack_timeout_s: {ack_timeout_s}}}\n"
-        f"health: {{interval_s: {health_s}}}\n"
+        f"health: {{interval_s: {health_s}{metrics}}}\n"
         f"devices:\n{devices_yaml}"
     )
 
