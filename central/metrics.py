@@ -40,7 +40,8 @@ COMMIT_BUCKETS_S = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0
 
 @dataclass
 class _RoundCounts:
-    """What one worker's rounds did, as the hook saw them (the ingest thread writes)."""
+    """What one worker's rounds did, as the hook saw them (the ingest thread writes, a
+    scrape reads a copy: its rounds, buckets and sum agree)."""
 
     by_channel: dict[str, int] = field(default_factory=dict)
     acks: int = 0
@@ -54,7 +55,7 @@ class _Worker:
         self.worker = worker
         self.ingest = ingest
         self.counts = _RoundCounts()
-        self._lock = threading.Lock()  # a histogram is read whole: its buckets and sum agree
+        self._lock = threading.Lock()
         ingest.round_observers.append(self.round_done)
 
     def round_done(self, result: RoundResult, seconds: float) -> None:
@@ -75,20 +76,21 @@ class _Worker:
             counts.buckets[slot] += 1
             counts.seconds += seconds
 
-    def histogram(self) -> tuple[list[tuple[str, float]], float]:
-        """Cumulative buckets (``le``, count) ending with ``+Inf``, and the sum."""
+    def snapshot(self) -> _RoundCounts:
         with self._lock:
-            counts, total = list(self.counts.buckets), self.counts.seconds
-        out: list[tuple[str, float]] = []
-        running = 0
-        for le, n in zip([*map(str, COMMIT_BUCKETS_S), "+Inf"], counts, strict=True):
-            running += n
-            out.append((le, running))
-        return out, total
+            c = self.counts
+            return _RoundCounts(dict(c.by_channel), c.acks, c.rounds, list(c.buckets), c.seconds)
 
-    def by_channel(self) -> dict[str, int]:
-        with self._lock:
-            return dict(self.counts.by_channel)
+
+def _cumulative(counts: _RoundCounts) -> list[tuple[str, float]]:
+    """The histogram's buckets as Prometheus has them: (``le``, count up to it), ending
+    with ``+Inf``."""
+    out: list[tuple[str, float]] = []
+    running = 0
+    for le, n in zip([*map(str, COMMIT_BUCKETS_S), "+Inf"], counts.buckets, strict=True):
+        running += n
+        out.append((le, running))
+    return out
 
 
 class CentralCollector(Collector):
@@ -150,7 +152,8 @@ class CentralCollector(Collector):
         connected = gauge("connected", "1 while both broker sessions are connected")
         for w in workers:
             ing, st, label = w.ingest, w.ingest.stats, [w.worker]
-            channels = w.by_channel()
+            rc = w.snapshot()
+            channels = rc.by_channel
             for channel in Channel:
                 if channel in (Channel.ACK, Channel.CMD):
                     continue  # the center sends these, it does not ingest them
@@ -161,11 +164,10 @@ class CentralCollector(Collector):
             duplicates.add_metric(label, st.duplicates)
             alarms.add_metric(label, st.alarms_stored)
             rejected.add_metric(label, st.rejected)
-            acks.add_metric(label, w.counts.acks)
-            rounds.add_metric(label, w.counts.rounds)
+            acks.add_metric(label, rc.acks)
+            rounds.add_metric(label, rc.rounds)
             failures.add_metric(label, st.store_failures)
-            buckets, total = w.histogram()
-            commit.add_metric(label, buckets, total)
+            commit.add_metric(label, _cumulative(rc), rc.seconds)
             for lane in Lane:
                 count, nbytes, age = ing.inbox.waiting(lane)
                 lane_stats = ing.inbox.stats(lane)

@@ -40,7 +40,12 @@ class AgentCollector(Collector):
             return await self._figures()
 
         future = asyncio.run_coroutine_threadsafe(take(), self._loop)
-        return self._families(future.result(SCRAPE_TIMEOUT_S))
+        try:
+            figures = future.result(SCRAPE_TIMEOUT_S)
+        except TimeoutError:
+            future.cancel()  # the scrape fails (HTTP 500); nothing is left running for it
+            raise
+        return self._families(figures)
 
     def _families(self, fig: HealthFigures | None) -> Iterator[Metric]:
         def counter(name: str, doc: str, *labels: str) -> CounterMetricFamily:

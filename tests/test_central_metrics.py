@@ -96,7 +96,8 @@ def test_counters_grow_with_what_the_fleet_sends(
     rounds = sample(after, "edgefleet_central_rounds_total", **W)
     assert rounds is not None and 1 <= rounds <= 6
     acks = sample(after, "edgefleet_central_acks_sent_total", **W)
-    assert acks is not None and 2 <= acks <= 5  # at least telemetry's and the alarm's
+    # one per round and stream: an alarm that joins a telemetry round shares its ack
+    assert acks is not None and 1 <= acks <= 5
     # every round is in the histogram once, under +Inf and in the count
     assert sample(after, "edgefleet_central_commit_seconds_count", **W) == rounds
     assert sample(after, "edgefleet_central_commit_seconds_bucket", le="+Inf", **W) == rounds
