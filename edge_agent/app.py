@@ -71,10 +71,23 @@ def _metrics(loaded: LoadedConfig) -> AgentMetrics | None:
 async def run_agent(loaded: LoadedConfig, stop: asyncio.Event) -> bool:
     """Run until ``stop`` is set; True when a ``restart`` command set it (the caller exits
     with ``RESTART_EXIT_CODE``, for the service manager to start the agent again)."""
-    cfg = loaded.config
-    gw, topics, central = cfg.gateway.id, cfg.topics, cfg.central
     public_key = _command_key(loaded)  # before anything is opened that would need closing
     metrics = _metrics(loaded)  # likewise: a port taken stops the start here
+    try:
+        return await _run(loaded, stop, public_key, metrics)
+    finally:  # the run closed it first thing in its stop; not if the wiring failed
+        if metrics is not None:
+            await metrics.aclose()
+
+
+async def _run(
+    loaded: LoadedConfig,
+    stop: asyncio.Event,
+    public_key: Ed25519PublicKey | None,
+    metrics: AgentMetrics | None,
+) -> bool:
+    cfg = loaded.config
+    gw, topics, central = cfg.gateway.id, cfg.topics, cfg.central
     outbox = await AgentOutbox.from_config(cfg.outbox)
     presence = Presence(
         gw,

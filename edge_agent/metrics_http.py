@@ -39,11 +39,16 @@ class MetricsServer:
             raise MetricsUnavailable(f"cannot serve metrics on {host}:{port}: {reason}") from None
         self._server: WSGIServer = server
         self._thread: threading.Thread = thread
+        self._closed = False
         self.host = host
         self.port = int(server.server_address[1])  # the port given, or the one given us for 0
 
     def close(self) -> None:
-        """Stop serving; waits for the request in progress (a scrape is short)."""
+        """Stop serving; waits for the request in progress (a scrape is short). Again:
+        nothing."""
+        if self._closed:
+            return
+        self._closed = True
         self._server.shutdown()
         self._server.server_close()
         self._thread.join(5)
