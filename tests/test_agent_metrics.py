@@ -5,12 +5,21 @@ checks: ``check`` refuses what ``run`` would, and a port in use is one line, exi
 
 from __future__ import annotations
 
+import asyncio
 import socket
 import time
 from pathlib import Path
 
 import pytest
 
+from edge_agent.alarms import AlarmService
+from edge_agent.committer import Committer
+from edge_agent.contract import Topics
+from edge_agent.health import HealthReporter
+from edge_agent.metrics import AgentMetrics
+from edge_agent.outbox.memory import MemoryAlarmJournal, MemoryGauge, MemoryTelemetryLog
+from edge_agent.rules.engine import RuleEngine
+from edge_agent.sender import Sender
 from tests.rig import devices_yaml
 from tests.support import (
     Agent,
@@ -25,6 +34,7 @@ from tests.support import (
     scrape,
     wait_for,
 )
+from tests.test_health import Uplink as HealthUplink
 
 pytestmark = pytest.mark.hil
 
@@ -170,3 +180,56 @@ def test_check_takes_a_port_and_an_address_to_serve_on(tmp_path: Path, host: str
     )
     result = run_cli("edge-agent", "check", "-c", str(config))
     assert result.returncode == 0, result.stderr
+
+
+async def test_drops_by_cause_are_the_health_reports_counters(tmp_path: Path) -> None:
+    """What a full disk costs is hard to make happen here (tests/test_outbox_disk.py does);
+    the endpoint shows the same counters the health report does, each under its cause."""
+    telemetry = MemoryTelemetryLog()
+    journal = MemoryAlarmJournal(stream_id=telemetry.stream_id)
+    await telemetry.append([(time.time() - 3, "{}")])
+    uplink = HealthUplink()
+    topics = Topics("edgefleet/v1")
+    sender = Sender(
+        gateway="gw-1",
+        topics=topics,
+        telemetry=telemetry,
+        alarms=journal,
+        uplink=uplink,
+        batch_max=10,
+        window=4,
+        ack_timeout_s=10,
+    )
+    alarms = AlarmService(RuleEngine([]), journal, sender, {})
+    committer = Committer(telemetry, journal, sender, alarms)
+    committer.lost_disk_full, alarms.lost_disk_full = 7, 5
+    health = HealthReporter(
+        gateway="gw-1",
+        topics=topics,
+        outbox=MemoryGauge(telemetry, journal, tmp_path),
+        uplink=uplink,
+        sender=sender,
+        pollers=[],
+        interval_s=1,
+        sources=[alarms, committer],
+        produced=committer,
+        alarm_losses=alarms,
+    )
+    metrics = AgentMetrics("127.0.0.1", 0)
+    try:
+        metrics.expose(asyncio.get_running_loop(), health.figures)
+        got = await asyncio.to_thread(scrape, metrics.port)  # the loop stays free to answer
+    finally:
+        await metrics.aclose()
+    drops = "edgefleet_agent_dropped_total"
+    assert sample(got, drops, lane="telemetry", cause="disk_full") == 7
+    assert sample(got, drops, lane="alarms", cause="disk_full") == 5
+    assert sample(got, drops, lane="telemetry", cause="outbox_bound") == 0
+    assert sample(got, "edgefleet_agent_outbox_depth", lane="telemetry") == 1
+    age = sample(got, "edgefleet_agent_outbox_oldest_age_seconds")
+    assert age is not None and 3 <= age < 10
+    assert sample(got, "edgefleet_agent_uplink_connected") == 0
+    body = await health.report()  # the health message says the same
+    assert body["lost_disk_full"] == 7
+    alarm_body = body["alarms"]
+    assert isinstance(alarm_body, dict) and alarm_body["events_lost_disk_full"] == 5
