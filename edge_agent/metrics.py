@@ -70,7 +70,7 @@ class AgentCollector(Collector):
         link = gauge("device_up", "1 if the last poll reached the device, else 0", "device")
         last_good = gauge(
             "device_last_good_timestamp_seconds",
-            "When a poll last brought a good reading from the device (UTC); absent before",
+            "Edge time (UTC) of the newest good reading from the device; absent before the first",
             "device",
         )
         polls = counter("device_polls", "Polls of the device", "device")
