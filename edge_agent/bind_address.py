@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
+import socket
 
 DEFAULT_HOST = "127.0.0.1"
 """Loopback unless asked: the figures name devices and gateways."""
@@ -33,3 +34,21 @@ def bind_host_problem(host: str) -> str | None:
     if _HOSTNAME.match(host) and not host.replace(".", "").isdigit():
         return None
     return f"{host!r} is not an IP address (127.0.0.1, 0.0.0.0, ::1) or a host name"
+
+
+def local_address_problem(host: str) -> str | None:
+    """What keeps ``host`` from being listened on here (not an address of this host, a name
+    that does not resolve); None if it can be. Tried on a port the system picks, so the
+    port the service will take (held by the running service, maybe) is not asked for."""
+    try:
+        infos = socket.getaddrinfo(host, 0, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except OSError as exc:
+        return f"{host} does not resolve: {exc.strerror or exc}"
+    family, _, _, _, address = infos[0]
+    try:
+        with socket.socket(family, socket.SOCK_STREAM) as probe:
+            probe.bind(address)
+    except OSError as exc:
+        reason = exc.strerror.lower() if exc.strerror else str(exc)
+        return f"{host} is not an address of this host ({reason})"
+    return None

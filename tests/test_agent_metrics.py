@@ -171,15 +171,52 @@ def test_check_and_run_refuse_a_bad_metrics_setting_at_its_line(
     assert not outbox.exists()
 
 
-@pytest.mark.parametrize("host", ["127.0.0.1", "::1", "0.0.0.0", "localhost", "gw-1.lan"])
-def test_check_takes_a_port_and_an_address_to_serve_on(tmp_path: Path, host: str) -> None:
+@pytest.mark.parametrize(
+    ("host", "here"),
+    [
+        ("127.0.0.1", True),
+        ("::1", True),
+        ("0.0.0.0", True),
+        ("localhost", True),
+        ("gw-1.lan", False),  # a name: the schema takes it, this host may not have it
+    ],
+)
+def test_check_takes_a_port_and_an_address_to_serve_on(
+    tmp_path: Path, host: str, here: bool
+) -> None:
     config = tmp_path / "agent.yaml"
     config.write_text(
         f"gateway: {{id: gw-1}}\noutbox: {{path: '{tmp_path / 'o.db'}'}}\n"
         f"health: {{metrics_port: 9100, metrics_host: '{host}'}}\n"
     )
-    result = run_cli("edge-agent", "check", "-c", str(config))
+    result = run_cli("edge-agent", "check", *([] if here else ["--schema-only"]), "-c", str(config))
     assert result.returncode == 0, result.stderr
+
+
+@pytest.mark.parametrize(
+    ("host", "message"),
+    [
+        # TEST-NET-1 (RFC 5737): an address no host here has
+        ("192.0.2.1", "192.0.2.1 is not an address of this host (cannot assign requested address)"),
+        ("no-such-host.invalid", "no-such-host.invalid does not resolve"),
+    ],
+)
+@pytest.mark.parametrize("command", ["check", "run"])
+def test_an_address_this_host_does_not_have_is_refused_by_check_and_run_alike(
+    tmp_path: Path, host: str, message: str, command: str
+) -> None:
+    config = tmp_path / "agent.yaml"
+    outbox = tmp_path / "o.db"
+    config.write_text(
+        f"gateway: {{id: gw-1}}\noutbox: {{path: '{outbox}'}}\n"
+        f"health: {{metrics_port: 9100, metrics_host: '{host}'}}\n"
+    )
+    result = run_cli("edge-agent", command, "-c", str(config))
+    assert result.returncode == 2
+    assert f"{config}:3: health.metrics_host: {message}" in result.stderr
+    assert not outbox.exists()
+    schema_only = run_cli("edge-agent", "check", "--schema-only", "-c", str(config))
+    assert schema_only.returncode == 0, schema_only.stderr
 
 
 async def test_drops_by_cause_are_the_health_reports_counters(tmp_path: Path) -> None:
