@@ -15,6 +15,7 @@ never a torn number.
 
 from __future__ import annotations
 
+import bisect
 import threading
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -65,9 +66,7 @@ class _Worker:
             parsed = self.ingest.topics.parse(msg.topic)
             channel = "other" if parsed is None else parsed[1].value
             by_channel[channel] = by_channel.get(channel, 0) + 1
-        slot = next(
-            (i for i, le in enumerate(COMMIT_BUCKETS_S) if seconds <= le), len(COMMIT_BUCKETS_S)
-        )
+        slot = bisect.bisect_left(COMMIT_BUCKETS_S, seconds)  # the first le >= seconds
         with self._lock:
             for channel, n in by_channel.items():
                 counts.by_channel[channel] = counts.by_channel.get(channel, 0) + n
