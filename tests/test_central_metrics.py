@@ -16,6 +16,7 @@ import pytest
 from central.inbox import Inbox, Lane
 from central.ingest import Ingest, run_central
 from central.metrics import CentralMetrics
+from central.rounds import RoundResult
 from central.store.sqlite import SqliteStore
 from edge_agent.contract import Channel, Topics
 from mqttlink.session import Message
@@ -216,3 +217,26 @@ def test_bad_metrics_options_are_usage_errors(
     result = run_cli("fleet", "central", "run", "--db", str(tmp_path / "c.db"), *args)
     assert result.returncode == 2
     assert message in " ".join(result.stderr.split()).replace("│", "")
+
+
+def test_a_round_lands_in_the_first_bucket_it_fits(tmp_path: Path) -> None:
+    settings = BrokerSettings.plain(f"mqtt://127.0.0.1:{free_port()}")  # never connected
+    store = SqliteStore(tmp_path / "c.db")
+    ingest = Ingest(store, settings, TOPICS, client_id="buckets")
+    metrics = CentralMetrics("127.0.0.1", 0)
+    try:
+        metrics.add_worker(ingest)
+        (observe,) = ingest.round_observers
+        for seconds in (0.001, 0.0011, 20.0):  # on a bound, just past it, past the last
+            observe(RoundResult(), seconds)
+        got = scrape(metrics.port)
+    finally:
+        metrics.close()
+        store.close()
+    bucket = "edgefleet_central_commit_seconds_bucket"
+    assert sample(got, bucket, le="0.001", **W) == 1
+    assert sample(got, bucket, le="0.0025", **W) == 2
+    assert sample(got, bucket, le="10.0", **W) == 2
+    assert sample(got, bucket, le="+Inf", **W) == 3
+    assert sample(got, "edgefleet_central_commit_seconds_sum", **W) == pytest.approx(20.0021)
+    assert sample(got, "edgefleet_central_rounds_total", **W) == 3
