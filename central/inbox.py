@@ -68,10 +68,14 @@ class _Queues:
 
     def __init__(self, max_bytes: int) -> None:
         self.max_bytes = max_bytes
-        self.by_gateway: OrderedDict[str, deque[tuple[Message, int]]] = OrderedDict()
+        # (message, its size, when it came: time.monotonic())
+        self.by_gateway: OrderedDict[str, deque[tuple[Message, int, float]]] = OrderedDict()
         self.bytes = 0
         self.count = 0
         self.stats = LaneStats()
+        self.taken_since = 0.0
+        """When the oldest message of the last ``take`` came: what ``prepend`` stamps a
+        message put back with (it came no later than that)."""
 
     def fill(self) -> float:
         return self.bytes / self.max_bytes
@@ -80,7 +84,7 @@ class _Queues:
         queue = self.by_gateway.get(gw)
         if queue is None:
             queue = self.by_gateway[gw] = deque()
-        queue.append((msg, size))
+        queue.append((msg, size, time.monotonic()))
         self.bytes += size
         self.count += 1
         self.stats.peak_bytes = max(self.stats.peak_bytes, self.bytes)
@@ -90,7 +94,7 @@ class _Queues:
         if queue is None:
             queue = self.by_gateway[gw] = deque()
             self.by_gateway.move_to_end(gw, last=False)  # its turn was interrupted: first
-        queue.appendleft((msg, size))
+        queue.appendleft((msg, size, self.taken_since))
         self.bytes += size
         self.count += 1
 
@@ -99,9 +103,11 @@ class _Queues:
         limit is reached (so a round may pass ``max_bytes`` by one message)."""
         out: list[Message] = []
         taken = 0
+        since = time.monotonic()
         while self.by_gateway and len(out) < max_messages and (not out or taken < max_bytes):
             gw, queue = next(iter(self.by_gateway.items()))
-            msg, size = queue.popleft()
+            msg, size, came = queue.popleft()
+            since = min(since, came)
             if queue:
                 self.by_gateway.move_to_end(gw)  # served: the others go before it next time
             else:
@@ -110,7 +116,13 @@ class _Queues:
             taken += size
             self.bytes -= size
             self.count -= 1
+        self.taken_since = since
         return out
+
+    def oldest(self) -> float | None:
+        """When the oldest message waiting came (``time.monotonic()``); None if none
+        waits. Each gateway's queue is first in, first out: its head is its oldest."""
+        return min((queue[0][2] for queue in self.by_gateway.values()), default=None)
 
 
 class Inbox:
@@ -129,6 +141,15 @@ class Inbox:
     def pending(self, lane: Lane) -> int:
         with self._cond:
             return self._lanes[lane].count
+
+    def waiting(self, lane: Lane) -> tuple[int, int, float | None]:
+        """Messages waiting in ``lane``, their bytes, and how long the oldest of them has
+        waited in seconds (None: none waits): the ingest's lag, for its metrics."""
+        with self._cond:
+            queues = self._lanes[lane]
+            oldest = queues.oldest()
+            age = None if oldest is None else max(0.0, time.monotonic() - oldest)
+            return queues.count, queues.bytes, age
 
     def alarms_waiting(self) -> bool:
         """For a round in progress: stop at the next message and let the alarms go first."""

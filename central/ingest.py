@@ -47,7 +47,7 @@ import logging
 import threading
 import time
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from central.inbox import Inbox, Lane
@@ -88,6 +88,11 @@ class IngestStats:
     store_failures: int = 0
 
 
+RoundObserver = Callable[[RoundResult, float], None]
+"""Told of each round once it has committed and been acked: what it did, and how long
+storing and committing it took in seconds (``central.metrics``)."""
+
+
 class StoreFailed(RuntimeError):
     """The store failed ``STORE_TRIES`` rounds in a row: the service cannot go on."""
 
@@ -113,6 +118,7 @@ class Ingest:
         self.retention = retention
         self.topics = topics
         self.stats = IngestStats()
+        self.round_observers: list[RoundObserver] = []
         self.connected = threading.Event()
         """Set while both sessions are connected."""
         self.inbox = Inbox(INBOX_MAX_BYTES, ALARM_INBOX_MAX_BYTES, self._gateway_of)
@@ -299,13 +305,17 @@ class Ingest:
             taken.extend(self.inbox.take_now(Lane.ALARMS, ROUND_MAX_MESSAGES, ROUND_MAX_BYTES))
             return taken
 
+        started = time.monotonic()
         try:
             result = store_round(self.store, self.topics, msgs, lane, alarms_now)
         except BaseException:
             if taken:
                 self.inbox.put_back(Lane.ALARMS, taken)  # first again, at the next try
             raise
+        took = time.monotonic() - started
         self._after_commit(result)
+        for observe in self.round_observers:
+            observe(result, took)
         return result.rest
 
     def _after_commit(self, result: RoundResult) -> None:

@@ -89,6 +89,7 @@ def run(
     import asyncio  # noqa: PLC0415
 
     from edge_agent.app import run_agent  # noqa: PLC0415
+    from edge_agent.bind_address import MetricsUnavailable  # noqa: PLC0415
     from edge_agent.config import ConfigError  # noqa: PLC0415
     from edge_agent.contract.gateway_commands import RESTART_EXIT_CODE  # noqa: PLC0415
     from edge_agent.outbox import OutboxPathError, OutboxUnavailable  # noqa: PLC0415
@@ -107,8 +108,9 @@ def run(
         exit_with_problems(config, [f"{config}: outbox.path: {exc}"])
     except ConfigError as exc:  # a file named by the config changed since it was checked
         exit_with_problems(config, exc.problems)
-    except OutboxUnavailable as exc:
-        # not exit 2: systemd starts us again, and the disk may have room by then
+    except (OutboxUnavailable, MetricsUnavailable) as exc:
+        # not exit 2: systemd starts us again, and the disk may have room by then, or the
+        # metrics port be free (a check cannot know: the running agent holds it)
         typer.echo(f"edge-agent: not starting: {exc}", err=True)
         raise typer.Exit(1) from None
     if restart:  # a restart command: stopped cleanly; systemd (Restart=always) starts us again

@@ -36,6 +36,8 @@ from edge_agent.uplink import Uplink
 if TYPE_CHECKING:
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
+    from edge_agent.metrics import AgentMetrics
+
 log = logging.getLogger(__name__)
 
 
@@ -54,12 +56,38 @@ def _command_key(loaded: LoadedConfig) -> Ed25519PublicKey | None:
         raise ConfigError([loaded.problem(("central", "command_key"), message)]) from None
 
 
+def _metrics(loaded: LoadedConfig) -> AgentMetrics | None:
+    """The Prometheus endpoint, bound, if ``health.metrics_port`` asks for one; raises
+    ``MetricsUnavailable`` (the port is taken)."""
+    health = loaded.config.health
+    if health.metrics_port is None:
+        return None
+    # prometheus_client loads only on a gateway that serves metrics
+    from edge_agent.metrics import AgentMetrics  # noqa: PLC0415
+
+    return AgentMetrics(health.metrics_host, health.metrics_port)
+
+
 async def run_agent(loaded: LoadedConfig, stop: asyncio.Event) -> bool:
     """Run until ``stop`` is set; True when a ``restart`` command set it (the caller exits
     with ``RESTART_EXIT_CODE``, for the service manager to start the agent again)."""
+    public_key = _command_key(loaded)  # before anything is opened that would need closing
+    metrics = _metrics(loaded)  # likewise: a port taken stops the start here
+    try:
+        return await _run(loaded, stop, public_key, metrics)
+    finally:  # the run closed it first thing in its stop; not if the wiring failed
+        if metrics is not None:
+            await metrics.aclose()
+
+
+async def _run(
+    loaded: LoadedConfig,
+    stop: asyncio.Event,
+    public_key: Ed25519PublicKey | None,
+    metrics: AgentMetrics | None,
+) -> bool:
     cfg = loaded.config
     gw, topics, central = cfg.gateway.id, cfg.topics, cfg.central
-    public_key = _command_key(loaded)  # before anything is opened that would need closing
     outbox = await AgentOutbox.from_config(cfg.outbox)
     presence = Presence(
         gw,
@@ -131,7 +159,11 @@ async def run_agent(loaded: LoadedConfig, stop: asyncio.Event) -> bool:
         pollers=pollers,
         interval_s=cfg.health.interval_s,
         sources=[alarms, committer],
+        produced=committer,
+        alarm_losses=alarms,
     )
+    if metrics is not None:
+        metrics.expose(asyncio.get_running_loop(), health.figures)
     log.info(
         "gateway %s: %d device(s), %d rule(s), outbox %s (stream %s), central %s",
         gw,
@@ -151,6 +183,7 @@ async def run_agent(loaded: LoadedConfig, stop: asyncio.Event) -> bool:
         sender=sender,
         alarms=alarms,
         health=health,
+        first_closed=() if metrics is None else (metrics,),
     )
     await run.run(stop)
     return gateway_commands.restart_requested

@@ -46,6 +46,8 @@ class Committer:
         self._queue: asyncio.Queue[list[Reading]] = asyncio.Queue(maxsize=queue_max)
         self._encoder = ReadingEncoder()
         self._last_bounds_check = 0.0
+        self.produced = 0
+        """Readings handed over by the pollers (committed, or lost to a full disk)."""
         self.committed = 0
         self.lost_disk_full = 0
         self._disk_full = False
@@ -69,6 +71,7 @@ class Committer:
             return
         alarms = self._alarms
         write = alarms.take(alarms.observe(readings)) if alarms else AlarmWrite()
+        self.produced += len(readings)
         encode = self._encoder.encode
         rows = [(r.ts, encode(r)) for r in readings]
         check_bounds = time.monotonic() - self._last_bounds_check >= BOUNDS_CHECK_S

@@ -1,4 +1,9 @@
-"""Periodic health report: outbox depth and age, losses, per-device link status, resources."""
+"""Periodic health report: outbox depth and age, losses, per-device link status, resources.
+
+The figures are taken in one place (``HealthReporter.figures``) and shown two ways: the
+health message on the wire, and, when ``health.metrics_port`` is set, the Prometheus
+endpoint (``edge_agent.metrics``), so that both tell the same numbers.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +12,7 @@ import os
 import shutil
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
 from edge_agent.contract import Channel, Topics, encode_health
@@ -67,9 +73,9 @@ class ReportsDevices(Protocol):
     def device_health(self) -> dict[str, dict[str, object]]: ...
 
 
-def device_report(pollers: Sequence[DevicePoller]) -> dict[str, object]:
+def device_report(pollers: Sequence[DevicePoller]) -> dict[str, dict[str, object]]:
     """Per device id: the poller's counters, and what a multi-device driver adds."""
-    out: dict[str, object] = {}
+    out: dict[str, dict[str, object]] = {}
     for p in pollers:
         base = p.health.as_json()
         if isinstance(p.driver, ReportsDevices):
@@ -78,6 +84,45 @@ def device_report(pollers: Sequence[DevicePoller]) -> dict[str, object]:
         else:
             out[p.device.id] = base
     return out
+
+
+@dataclass(frozen=True, slots=True)
+class HealthFigures:
+    """The agent's figures at one moment: what a health message and a scrape show."""
+
+    ts: float
+    outbox: OutboxStats
+    devices: dict[str, dict[str, object]]
+    """Per device, as the health message carries it (``device_report``)."""
+    connected: bool
+    reconnects: int
+    inflight_batches: int
+    resends: int
+    bad_acks: int
+    readings_produced: int
+    readings_sent: int
+    rows_acked: int
+    lost_disk_full: int
+    """Readings the committer could not keep on a full disk."""
+    alarm_events_lost_disk_full: int
+
+    @property
+    def oldest_age_s(self) -> float | None:
+        return None if self.outbox.oldest_ts is None else max(0.0, self.ts - self.outbox.oldest_ts)
+
+
+class HealthCounts(Protocol):
+    """What the alarm service counts: events lost to a full disk."""
+
+    @property
+    def lost_disk_full(self) -> int: ...
+
+
+class HealthProduced(HealthCounts, Protocol):
+    """What the committer counts: readings handed over, and lost to a full disk."""
+
+    @property
+    def produced(self) -> int: ...
 
 
 class HealthReporter:
@@ -92,7 +137,11 @@ class HealthReporter:
         pollers: list[DevicePoller],
         interval_s: float,
         sources: Sequence[HealthSource] = (),
+        produced: HealthProduced | None = None,
+        alarm_losses: HealthCounts | None = None,
     ) -> None:
+        """``produced``: the committer (readings produced, lost to a full disk);
+        ``alarm_losses``: the alarm service (events lost to a full disk)."""
         self._gw = gateway
         self._topic = topics.gw(gateway, Channel.HEALTH)
         self._outbox = outbox
@@ -102,10 +151,34 @@ class HealthReporter:
         self._interval = interval_s
         self._cpu = CpuMeter()
         self._sources = list(sources)
+        self._produced = produced
+        self._alarm_losses = alarm_losses
+
+    async def figures(self) -> HealthFigures:
+        """The figures now; on the event loop (the parts' counters are the loop's)."""
+        stats: OutboxStats = await self._outbox.stats()
+        produced = self._produced
+        return HealthFigures(
+            ts=time.time(),
+            outbox=stats,
+            devices=device_report(self._pollers),
+            connected=self._uplink.connected.is_set(),
+            reconnects=self._uplink.reconnects,
+            inflight_batches=self._sender.inflight,
+            resends=self._sender.resends,
+            bad_acks=self._sender.bad_acks,
+            readings_produced=0 if produced is None else produced.produced,
+            readings_sent=self._sender.readings_sent,
+            rows_acked=self._sender.acked,
+            lost_disk_full=0 if produced is None else produced.lost_disk_full,
+            alarm_events_lost_disk_full=0
+            if self._alarm_losses is None
+            else self._alarm_losses.lost_disk_full,
+        )
 
     async def report(self) -> dict[str, object]:
-        stats: OutboxStats = await self._outbox.stats()
-        now = time.time()
+        fig = await self.figures()
+        stats, now = fig.outbox, fig.ts
         try:
             disk_free = shutil.disk_usage(self._outbox.folder).free / 1e6
         except OSError:
@@ -114,19 +187,17 @@ class HealthReporter:
             "outbox": {
                 "depth": stats.depth,
                 "alarms_depth": stats.alarms_depth,
-                "oldest_age_s": None
-                if stats.oldest_ts is None
-                else round(now - stats.oldest_ts, 3),
+                "oldest_age_s": None if fig.oldest_age_s is None else round(fig.oldest_age_s, 3),
                 "bytes": stats.bytes,
             },
             "dropped": {"telemetry": stats.dropped_telemetry},
-            "devices": device_report(self._pollers),
+            "devices": fig.devices,
             "uplink": {
-                "connected": self._uplink.connected.is_set(),
-                "reconnects": self._uplink.reconnects,
-                "inflight_batches": self._sender.inflight,
-                "resends": self._sender.resends,
-                "bad_acks": self._sender.bad_acks,
+                "connected": fig.connected,
+                "reconnects": fig.reconnects,
+                "inflight_batches": fig.inflight_batches,
+                "resends": fig.resends,
+                "bad_acks": fig.bad_acks,
             },
             "cpu_percent": self._cpu.percent(),
             "mem_rss_mb": round(rss_mb(), 1),

@@ -3,6 +3,8 @@ nothing; and the gateway's retained presence (``state``) that frames the run.
 
 The order of the stop:
 
+0. what reads the parts from outside closes (the metrics endpoint): no scrape meets a
+   part half stopped;
 1. the pollers stop: nothing new is read;
 2. the committer commits what was polled: it is durable before we go;
 3. the sender stops taking acks and lets those under way delete their rows, before
@@ -17,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Protocol
 
 from edge_agent.alarms import AlarmService
@@ -59,6 +61,10 @@ class RunUplink(Protocol):
     async def stop(self, last_words: tuple[str, bytes] | None = None) -> None: ...
 
 
+class Closes(Protocol):
+    async def aclose(self) -> None: ...
+
+
 class AgentRun:
     """The agent's parts, once wired: runs their tasks, and owns the order of the stop."""
 
@@ -74,8 +80,12 @@ class AgentRun:
         sender: Sender,
         alarms: AlarmService,
         health: HealthReporter,
+        first_closed: Sequence[Closes] = (),
     ) -> None:
+        """``first_closed``: what reads the other parts from outside (the metrics
+        endpoint), closed before anything else stops."""
         self.gateway = gateway
+        self._first_closed = list(first_closed)
         self._outbox = outbox
         self._uplink = uplink
         self._presence = presence
@@ -109,6 +119,8 @@ class AgentRun:
     async def _stop(
         self, polls: list[asyncio.Task[None]], services: list[asyncio.Task[Any]]
     ) -> None:
+        for part in self._first_closed:
+            await part.aclose()
         await cancel_all(polls)
         await self._committer.commit_pending()
         await self._sender.aclose()

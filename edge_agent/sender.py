@@ -127,6 +127,8 @@ class Sender:
         self._acks: set[asyncio.Task[None]] = set()
         self._closing = False
         self.batches_sent = 0
+        self.readings_sent = 0
+        """Readings published in telemetry batches, a resend's again."""
         self.resends = 0
         self.acked = 0
         self.bad_acks = 0
@@ -338,6 +340,8 @@ class Sender:
         first, last = rows[0][0], rows[-1][0]
         topic = self._topics.gw(self._gw, Channel.TELEMETRY)
         ok = self._uplink.publish(topic, payload)
+        if ok:
+            self.readings_sent += len(rows)
         return self._track(Lane.TELEMETRY, first, last, ok, backlog=backlog)
 
     def _publish_alarm(self, seq: int, event: AlarmEvent) -> bool:

@@ -14,11 +14,13 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from central.store import Store, StoredReading
 from central.store.api import ReadingQuery
@@ -50,6 +52,27 @@ def wait_for(
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout} s waiting for {what}")
         time.sleep(interval)
+
+
+Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
+"""A scrape: ``(sample name, sorted labels) -> value``."""
+
+
+def scrape(port: int, host: str = "127.0.0.1") -> Samples:
+    """The samples a Prometheus endpoint serves now, read over HTTP and parsed as
+    Prometheus parses them."""
+    with urllib.request.urlopen(f"http://{host}:{port}/metrics", timeout=5) as reply:
+        text = reply.read().decode()
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
+
+
+def sample(samples: Samples, name: str, **labels: str) -> float | None:
+    """One sample's value (None if it is not there)."""
+    return samples.get((name, tuple(sorted(labels.items()))))
 
 
 def port_open(port: int) -> bool:
@@ -190,13 +213,15 @@ def agent_config(
     ack_timeout_s: float = 2,
     health_s: float = 1,
     keepalive_s: int = 2,
+    metrics_port: int | None = None,
 ) -> str:
     """An agent config for tests: short timeouts so that outages in tests stay short."""
+    metrics = "" if metrics_port is None else f", metrics_port: {metrics_port}"
     return (
         f"gateway: {{id: {gateway}, site: test bench}}\n"
         f"central: {{url: '{broker_url}', keepalive_s: {keepalive_s}}}\n"
         f"outbox: {{path: '{outbox}', ack_timeout_s: {ack_timeout_s}}}\n"
-        f"health: {{interval_s: {health_s}}}\n"
+        f"health: {{interval_s: {health_s}{metrics}}}\n"
         f"devices:\n{devices_yaml}"
     )
 

@@ -99,3 +99,4 @@ def test_a_modbus_only_agent_never_loads_asyncua(
     loaded = loaded_by_agent(tmp_path, devices_yaml(modbus_server.port), "tank-1")
     assert "pymodbus" in loaded
     assert "asyncua" not in loaded
+    assert "prometheus_client" not in loaded  # no health.metrics_port: no metrics

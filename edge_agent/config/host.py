@@ -10,13 +10,15 @@ is a file ``run`` starts with, and one it refuses is refused the same way (``fil
 field: message``, exit 2, which systemd does not restart on).
 
 Each device's own files are its config model's to know (``DeviceBase.host_problems``); the
-gateway's (``central:``, ``profile_dirs``, ``outbox:``) are checked here.
+gateway's (``central:``, ``profile_dirs``, ``outbox:``, ``health.metrics_host``) are
+checked here.
 """
 
 from __future__ import annotations
 
 from drivers.host_files import ed25519_public_key_problem, folder_problem
 from drivers.mqtt.config import broker_file_problems
+from edge_agent.bind_address import local_address_problem
 from edge_agent.config.loader import ConfigError, LoadedConfig
 from edge_agent.config.models import AgentConfig
 from edge_agent.config.problems import Loc, Problem
@@ -52,4 +54,9 @@ def host_violations(cfg: AgentConfig) -> list[tuple[Loc, str]]:
     for i, device in enumerate(cfg.devices):
         for loc, message, _ in device.host_problems():
             found.append((("devices", i, *loc), message))
+    if cfg.health.metrics_port is not None:
+        # the port itself is not tried: the agent already running would hold it
+        problem = local_address_problem(cfg.health.metrics_host)
+        if problem is not None:
+            found.append((("health", "metrics_host"), problem))
     return found

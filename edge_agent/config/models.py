@@ -28,6 +28,7 @@ from drivers.base import Frozen, Violation, reject
 from drivers.modbus.config import ModbusDevice, bus_conflicts
 from drivers.mqtt.config import MqttDevice, broker_of, tls_file_problems
 from drivers.opcua.config import OpcUaDevice
+from edge_agent.bind_address import DEFAULT_HOST, bind_host_problem
 from edge_agent.contract.topics import DEFAULT_ROOT, GATEWAY_ID, Topics
 from edge_agent.durations import parse_duration
 from edge_agent.rules.compile import CompiledRule, Loc, RuleErrors, compile_rules
@@ -136,6 +137,43 @@ class OutboxConfig(Frozen):
 
 class HealthConfig(Frozen):
     interval_s: float = Field(default=10, gt=0)
+    metrics_port: int | None = Field(
+        default=None,
+        description="serve Prometheus metrics on this TCP port (1-65535); absent: none",
+    )
+    metrics_host: str = Field(
+        default=DEFAULT_HOST, description="address the metrics are served on (0.0.0.0: all)"
+    )
+
+    @field_validator("metrics_port", mode="before")
+    @classmethod
+    def _port(cls, v: object) -> object:
+        # a plain message for what a technician would write: 0, 70000, "9100/tcp"
+        if v is None:
+            return v
+        if isinstance(v, bool) or not isinstance(v, int) or not 1 <= v <= 65535:
+            raise ValueError(
+                f"{v!r} is not a TCP port: a whole number from 1 to 65535 (leave "
+                "metrics_port out to serve no metrics)"
+            )
+        return v
+
+    @field_validator("metrics_host")
+    @classmethod
+    def _host(cls, v: str) -> str:
+        problem = bind_host_problem(v)
+        if problem is not None:
+            raise ValueError(problem)
+        return v
+
+    @model_validator(mode="after")
+    def _host_needs_port(self) -> Self:
+        if self.metrics_port is None and "metrics_host" in self.model_fields_set:
+            reject(
+                type(self).__name__,
+                [(("metrics_host",), "metrics_host needs a metrics_port to serve on", None)],
+            )
+        return self
 
 
 class AlarmsConfig(Frozen):
