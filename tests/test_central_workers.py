@@ -1,0 +1,281 @@
+"""Several ingest workers (``fleet central run --workers N``) and the center's feed, every
+part real: Mosquitto with MQTT v5 shared subscriptions, PostgreSQL, agent processes
+polling a simulated Modbus device, the supervisor and its worker processes."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import paho.mqtt.client as mqtt
+import psycopg
+import pytest
+
+from central.feed import FEED_ITEMS_MAX, AlarmCommitted, Committed, GatewayCommitted, feed_events
+from edge_agent.contract import (
+    AlarmMessage,
+    Channel,
+    Topics,
+    encode_alarm,
+    encode_state,
+    encode_telemetry,
+)
+from edge_agent.contract.alarms import AlarmEvent, AlarmState, Severity
+from tests.rig import WireTap, devices_yaml
+from tests.support import (
+    Agent,
+    Broker,
+    Central,
+    PgCentral,
+    ThreadedDevice,
+    produced_keys,
+    run_cli,
+    wait_for,
+)
+
+FEED = Topics().feed()
+
+
+def feed(tap: WireTap) -> list[dict[str, Any]]:
+    return [json.loads(p) for topic, p in tap.snapshot() if topic == FEED]
+
+
+def start_agents(
+    tmp_path: Path, broker: Broker, device: ThreadedDevice, count: int
+) -> dict[str, tuple[Agent, Path]]:
+    agents = {}
+    for i in range(count):
+        gw = f"work-{i:04d}"
+        folder = tmp_path / gw
+        folder.mkdir()
+        outbox = folder / "outbox.db"
+        agent = Agent.for_devices(folder, broker.url, devices_yaml(device.port, 0.2), gw, outbox)
+        agents[gw] = (agent.start(), outbox)
+    return agents
+
+
+def stop_agents(agents: dict[str, tuple[Agent, Path]]) -> None:
+    for agent, _ in agents.values():
+        agent.stop()
+
+
+def assert_exactly_once(central: PgCentral, agents: dict[str, tuple[Agent, Path]]) -> None:
+    """Every reading produced up to a mark taken now is stored, once; nothing else is."""
+    marks = {gw: produced_keys(outbox) for gw, (_, outbox) in agents.items()}
+
+    def all_stored() -> bool:
+        with central.store() as store:
+            return all(keys <= store.sequence_keys(gw) for gw, keys in marks.items())
+
+    wait_for(all_stored, 30, 0.3, what="every reading produced up to the mark stored")
+    with central.store() as store, psycopg.connect(central.url) as conn:
+        for gw, keys in marks.items():
+            stored = store.sequence_keys(gw)
+            assert stored <= produced_keys(agents[gw][1]), f"{gw}: stored what it never made"
+            top = max(seq for _, seq in keys)
+            row = conn.execute(
+                "SELECT count(*) FROM readings WHERE gateway = %s AND seq <= %s", (gw, top)
+            ).fetchone()
+            assert row is not None
+            assert row[0] == len(keys), f"{gw}: {row[0]} rows for {len(keys)} readings"
+
+
+def online(central: PgCentral) -> dict[str, bool]:
+    with central.store() as store:
+        return {g.id: bool(g.online) for g in store.gateways()}
+
+
+@pytest.mark.hil
+def test_two_workers_split_five_gateways_and_store_each_reading_once(
+    tmp_path: Path, mqtt_broker: Broker, modbus_server: ThreadedDevice, pg_url: str
+) -> None:
+    tap = WireTap(mqtt_broker)
+    central = PgCentral(tmp_path, mqtt_broker.url, pg_url, "--workers", "2").start(sessions=4)
+    agents = start_agents(tmp_path, mqtt_broker, modbus_server, 5)
+    try:
+        wait_for(
+            lambda: online(central) == dict.fromkeys(agents, True),
+            20,
+            0.3,
+            what="five gateways online in the registry",
+        )
+        assert_exactly_once(central, agents)
+        events = feed(tap)
+        per_worker = Counter[int]()
+        for e in events:
+            per_worker[e["worker"]] += e["readings"]
+        assert set(per_worker) == {0, 1} and min(per_worker.values()) > 0, per_worker
+        # the state channel is not shared: worker 0 alone stores it
+        assert {e["worker"] for e in events if e["gateways"]} == {0}
+        assert {g["gateway"] for e in events for g in e["gateways"]} == set(agents)
+        # each worker its own sessions
+        out = central.output()
+        for k in (0, 1):
+            assert f" w{k} central.ingest: central connected to" in out
+            assert f" w{k} central.ingest: central-alarms connected to" in out
+
+        stop_agents(agents)  # goodbyes: retained offline states, to worker 0
+        wait_for(
+            lambda: online(central) == dict.fromkeys(agents, False),
+            15,
+            0.3,
+            what="five gateways offline in the registry",
+        )
+    finally:
+        stop_agents(agents)
+        rc = central.stop()
+        tap.close()
+    assert rc == 0
+    assert "Traceback" not in central.output()
+
+
+@pytest.mark.hil
+def test_a_worker_killed_is_started_again_and_nothing_is_lost_or_doubled(
+    tmp_path: Path, mqtt_broker: Broker, modbus_server: ThreadedDevice, pg_url: str
+) -> None:
+    tap = WireTap(mqtt_broker)
+    central = PgCentral(tmp_path, mqtt_broker.url, pg_url, "--workers", "2").start(sessions=4)
+    agents = start_agents(tmp_path, mqtt_broker, modbus_server, 2)
+    try:
+        wait_for(lambda: len(feed(tap)) > 5, 20, what="rounds committed")
+        victim = central.worker_pids()[1]
+        os.kill(victim, signal.SIGKILL)
+        wait_for(
+            lambda: central.worker_pids()[1] != victim,
+            15,
+            what="worker 1 started again",
+        )
+        assert f"worker 1 (pid {victim}) was killed by SIGKILL; starting it again" in (
+            central.output()
+        )
+        since = len(feed(tap))
+        wait_for(
+            lambda: any(e["worker"] == 1 and e["readings"] for e in feed(tap)[since:]),
+            20,
+            what="the new worker 1 committing",
+        )
+        assert_exactly_once(central, agents)
+    finally:
+        stop_agents(agents)
+        rc = central.stop()
+        tap.close()
+    assert rc == 0
+
+
+def test_several_workers_on_sqlite_are_refused(tmp_path: Path) -> None:
+    db = tmp_path / "central.db"
+    out = run_cli(
+        "fleet", "central", "run", "--workers", "2", "--db", str(db), "--broker", "mqtt://x:1"
+    )
+    assert out.returncode == 2
+    assert out.stderr.strip().splitlines() == [
+        "error: --workers 2 needs a PostgreSQL store (--db postgresql://…): SQLite has one "
+        "writer, so one worker"
+    ]
+    assert not db.exists()
+
+
+def test_a_bad_share_group_is_a_usage_error(tmp_path: Path) -> None:
+    out = run_cli("fleet", "central", "run", "--share-group", "a/b", "--db", str(tmp_path / "c"))
+    assert out.returncode == 2
+    assert "share group 'a/b'" in out.stderr
+
+
+def alarm(gw: str, seq: int, state: str) -> AlarmMessage:
+    event = AlarmEvent(
+        id="det-3/smoke.alarm",
+        rule="smoke.alarm",
+        dev="det-3",
+        severity=Severity.CRITICAL,
+        state=AlarmState(state),
+        value=3.0,
+        ts=time.time(),
+        msg="smoke",
+        occurrence=1,
+    )
+    return AlarmMessage(gw=gw, stream="s1", seq=seq, event=event)
+
+
+@pytest.mark.hil
+def test_the_feed_tells_what_each_round_committed(tmp_path: Path, mqtt_broker: Broker) -> None:
+    """A stock MQTT v5 client on the feed hears of readings, alarms and gateway states
+    once they are committed, and of nothing that was already stored."""
+    heard: list[dict[str, Any]] = []
+    listener = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
+    listener.on_message = lambda _c, _u, m: heard.append(json.loads(m.payload))
+    listener.connect("127.0.0.1", mqtt_broker.port)
+    listener.subscribe(FEED, qos=0)
+    listener.loop_start()
+    central = Central(tmp_path, mqtt_broker.url).start()
+    sender = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
+    sender.connect("127.0.0.1", mqtt_broker.port)
+    sender.loop_start()
+    topics = Topics()
+    gw = "feed-0001"
+    try:
+        wait_for(lambda: "central-alarms connected" in central.output(), 10)
+        now = time.time()
+        readings = [
+            {"dev": "d", "pt": "p", "v": float(i), "q": "good", "ts": now} for i in range(7)
+        ]
+        batch = encode_telemetry(gw, "s1", 1, readings)
+
+        def tel() -> None:
+            sender.publish(topics.gw(gw, Channel.TELEMETRY), batch, qos=1).wait_for_publish(5)
+
+        tel()
+        wait_for(lambda: any(e["readings"] == 7 for e in heard), 10, what="7 readings in the feed")
+        tel()  # the same batch again: duplicates, not readings
+        wait_for(lambda: any(e["duplicates"] == 7 for e in heard), 10, what="7 duplicates")
+        assert sum(e["readings"] for e in heard) == 7
+
+        payload = encode_alarm(alarm(gw, 1, "active"))
+        sender.publish(topics.gw(gw, Channel.ALARMS), payload, qos=1)
+        sender.publish(
+            topics.gw(gw, Channel.STATE),
+            encode_state(gw, False, agent_version="9.9"),
+            qos=1,
+            retain=True,
+        )
+        wait_for(lambda: any(e["alarms"] for e in heard), 10, what="the alarm in the feed")
+        wait_for(lambda: any(e["gateways"] for e in heard), 10, what="the state in the feed")
+        (alarms,) = [e["alarms"] for e in heard if e["alarms"]]
+        assert alarms == [
+            {
+                "gateway": gw,
+                "alarm_id": "det-3/smoke.alarm",
+                "severity": "critical",
+                "state": "active",
+            }
+        ]
+        (gateways,) = [e["gateways"] for e in heard if e["gateways"]]
+        assert gateways == [{"gateway": gw, "online": False}]
+        assert {e["worker"] for e in heard} == {0}
+        assert all(e["parts"] == 1 and e["part"] == 1 for e in heard)
+    finally:
+        sender.loop_stop()
+        sender.disconnect()
+        listener.loop_stop()
+        listener.disconnect()
+        central.stop()
+
+
+def test_a_round_with_many_alarms_goes_out_in_bounded_parts() -> None:
+    n = FEED_ITEMS_MAX
+    alarms = [AlarmCommitted("gw", f"dev/rule-{i}", "critical", "active") for i in range(2 * n + 1)]
+    gateways = [GatewayCommitted(f"gw-{i}", True) for i in range(3)]
+    events = [json.loads(e) for e in feed_events(3, Committed(40, 2, alarms, gateways), 1.0)]
+    assert [(e["part"], e["parts"]) for e in events] == [(1, 3), (2, 3), (3, 3)]
+    assert [len(e["alarms"]) for e in events] == [n, n, 1]
+    assert [a["alarm_id"] for e in events for a in e["alarms"]] == [a.alarm_id for a in alarms]
+    assert [len(e["gateways"]) for e in events] == [3, 0, 0]
+    assert [e["readings"] for e in events] == [40, 0, 0]
+    assert [e["duplicates"] for e in events] == [2, 0, 0]
+    assert {e["worker"] for e in events} == {3}
+    assert max(len(e) for e in feed_events(0, Committed(alarms=alarms))) < 50_000
+    assert feed_events(0, Committed()) == []
