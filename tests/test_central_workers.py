@@ -26,6 +26,7 @@ from edge_agent.contract import (
     encode_telemetry,
 )
 from edge_agent.contract.alarms import AlarmEvent, AlarmState, Severity
+from edge_agent.contract.schema import CENTER_FEED, validate
 from tests.rig import WireTap, devices_yaml
 from tests.support import (
     Agent,
@@ -42,7 +43,13 @@ FEED = Topics().feed()
 
 
 def feed(tap: WireTap) -> list[dict[str, Any]]:
-    return [json.loads(p) for topic, p in tap.snapshot() if topic == FEED]
+    """The feed events the tap feed(tap), each checked against the contract's schema."""
+    events = []
+    for topic, payload in tap.snapshot():
+        if topic == FEED:
+            validate(CENTER_FEED, payload)
+            events.append(json.loads(payload))
+    return events
 
 
 def start_agents(
@@ -205,12 +212,7 @@ def alarm(gw: str, seq: int, state: str) -> AlarmMessage:
 def test_the_feed_tells_what_each_round_committed(tmp_path: Path, mqtt_broker: Broker) -> None:
     """A stock MQTT v5 client on the feed hears of readings, alarms and gateway states
     once they are committed, and of nothing that was already stored."""
-    heard: list[dict[str, Any]] = []
-    listener = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
-    listener.on_message = lambda _c, _u, m: heard.append(json.loads(m.payload))
-    listener.connect("127.0.0.1", mqtt_broker.port)
-    listener.subscribe(FEED, qos=0)
-    listener.loop_start()
+    tap = WireTap(mqtt_broker)  # a stock client on the fleet's root, the feed among it
     central = Central(tmp_path, mqtt_broker.url).start()
     sender = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
     sender.connect("127.0.0.1", mqtt_broker.port)
@@ -229,10 +231,12 @@ def test_the_feed_tells_what_each_round_committed(tmp_path: Path, mqtt_broker: B
             sender.publish(topics.gw(gw, Channel.TELEMETRY), batch, qos=1).wait_for_publish(5)
 
         tel()
-        wait_for(lambda: any(e["readings"] == 7 for e in heard), 10, what="7 readings in the feed")
+        wait_for(
+            lambda: any(e["readings"] == 7 for e in feed(tap)), 10, what="7 readings in the feed"
+        )
         tel()  # the same batch again: duplicates, not readings
-        wait_for(lambda: any(e["duplicates"] == 7 for e in heard), 10, what="7 duplicates")
-        assert sum(e["readings"] for e in heard) == 7
+        wait_for(lambda: any(e["duplicates"] == 7 for e in feed(tap)), 10, what="7 duplicates")
+        assert sum(e["readings"] for e in feed(tap)) == 7
 
         payload = encode_alarm(alarm(gw, 1, "active"))
         sender.publish(topics.gw(gw, Channel.ALARMS), payload, qos=1)
@@ -242,9 +246,9 @@ def test_the_feed_tells_what_each_round_committed(tmp_path: Path, mqtt_broker: B
             qos=1,
             retain=True,
         )
-        wait_for(lambda: any(e["alarms"] for e in heard), 10, what="the alarm in the feed")
-        wait_for(lambda: any(e["gateways"] for e in heard), 10, what="the state in the feed")
-        (alarms,) = [e["alarms"] for e in heard if e["alarms"]]
+        wait_for(lambda: any(e["alarms"] for e in feed(tap)), 10, what="the alarm in the feed")
+        wait_for(lambda: any(e["gateways"] for e in feed(tap)), 10, what="the state in the feed")
+        (alarms,) = [e["alarms"] for e in feed(tap) if e["alarms"]]
         assert alarms == [
             {
                 "gateway": gw,
@@ -253,26 +257,40 @@ def test_the_feed_tells_what_each_round_committed(tmp_path: Path, mqtt_broker: B
                 "state": "active",
             }
         ]
-        (gateways,) = [e["gateways"] for e in heard if e["gateways"]]
+
+        def alarm_acks() -> int:
+            ack = topics.gw(gw, Channel.ACK)
+            return sum(1 for t, p in tap.snapshot() if t == ack and json.loads(p).get("alarms"))
+
+        wait_for(lambda: alarm_acks() == 1, 10, what="the alarm acked")
+        sender.publish(topics.gw(gw, Channel.ALARMS), payload, qos=1)  # again: stored already
+        wait_for(lambda: alarm_acks() == 2, 10, what="the alarm acked again")
+        time.sleep(0.2)  # the feed goes out after the ack
+        assert [e["alarms"] for e in feed(tap) if e["alarms"]] == [alarms]
+        (gateways,) = [e["gateways"] for e in feed(tap) if e["gateways"]]
         assert gateways == [{"gateway": gw, "online": False}]
-        assert {e["worker"] for e in heard} == {0}
-        assert all(e["parts"] == 1 and e["part"] == 1 for e in heard)
+        assert {e["worker"] for e in feed(tap)} == {0}
+        assert all(e["parts"] == 1 and e["part"] == 1 for e in feed(tap))
     finally:
         sender.loop_stop()
         sender.disconnect()
-        listener.loop_stop()
-        listener.disconnect()
+        tap.close()
         central.stop()
 
 
 def test_a_round_with_many_alarms_goes_out_in_bounded_parts() -> None:
     n = FEED_ITEMS_MAX
-    alarms = [AlarmCommitted("gw", f"dev/rule-{i}", "critical", "active") for i in range(2 * n + 1)]
+    alarms = [AlarmCommitted("gw", f"dev/rule-{i}", "critical", "active") for i in range(2 * n)]
+    alarms.append(AlarmCommitted("gw", "d/" + "r" * 500, "minor", "cleared"))
     gateways = [GatewayCommitted(f"gw-{i}", True) for i in range(3)]
-    events = [json.loads(e) for e in feed_events(3, Committed(40, 2, alarms, gateways), 1.0)]
+    raw = feed_events(3, Committed(40, 2, alarms, gateways), 1.0)
+    for payload in raw:
+        validate(CENTER_FEED, payload)
+    events = [json.loads(e) for e in raw]
     assert [(e["part"], e["parts"]) for e in events] == [(1, 3), (2, 3), (3, 3)]
     assert [len(e["alarms"]) for e in events] == [n, n, 1]
-    assert [a["alarm_id"] for e in events for a in e["alarms"]] == [a.alarm_id for a in alarms]
+    ids = [a["alarm_id"] for e in events for a in e["alarms"]]
+    assert ids == [a.alarm_id[:200] for a in alarms]
     assert [len(e["gateways"]) for e in events] == [3, 0, 0]
     assert [e["readings"] for e in events] == [40, 0, 0]
     assert [e["duplicates"] for e in events] == [2, 0, 0]
