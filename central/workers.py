@@ -81,6 +81,7 @@ class _Worker:
     backoff: Backoff = field(
         default_factory=lambda: Backoff(first_s=RESTART_FIRST_S, cap_s=RESTART_CAP_S)
     )
+    """Between restarts (``_died``)."""
     deaths: deque[float] = field(default_factory=deque)
 
 
@@ -94,13 +95,21 @@ class Supervisor:
         workers: int,
         stop: threading.Event,
         env: dict[str, str] | None = None,
+        *,
+        restart_first_s: float = RESTART_FIRST_S,
+        restart_cap_s: float = RESTART_CAP_S,
+        stop_wait_s: float = STOP_WAIT_S,
     ) -> None:
         if not 1 <= workers <= WORKERS_MAX:
             raise ValueError(f"workers must be 1 to {WORKERS_MAX}")
         self._command = command
         self._stop = stop
         self._env = env
-        self._workers = [_Worker(k) for k in range(workers)]
+        self._stop_wait_s = stop_wait_s
+        self._workers = [
+            _Worker(k, backoff=Backoff(first_s=restart_first_s, cap_s=restart_cap_s))
+            for k in range(workers)
+        ]
 
     def pids(self) -> list[int | None]:
         """Each worker's process id (None while it waits to be started again)."""
@@ -183,7 +192,7 @@ class Supervisor:
         for w in running:
             assert w.proc is not None
             w.proc.send_signal(signal.SIGTERM)
-        deadline = time.monotonic() + STOP_WAIT_S
+        deadline = time.monotonic() + self._stop_wait_s
         for w in running:
             assert w.proc is not None
             try:

@@ -5,8 +5,11 @@ polling a simulated Modbus device, the supervisor and its worker processes."""
 from __future__ import annotations
 
 import json
+import logging
 import os
 import signal
+import sys
+import threading
 import time
 from collections import Counter
 from pathlib import Path
@@ -17,6 +20,7 @@ import psycopg
 import pytest
 
 from central.feed import FEED_ITEMS_MAX, AlarmCommitted, Committed, GatewayCommitted, feed_events
+from central.workers import RESTARTS_MAX, Supervisor
 from edge_agent.contract import (
     AlarmMessage,
     Channel,
@@ -133,12 +137,27 @@ def test_two_workers_split_five_gateways_and_store_each_reading_once(
             0.3,
             what="five gateways offline in the registry",
         )
+        pids = central.worker_pids()
     finally:
         stop_agents(agents)
         rc = central.stop()
         tap.close()
     assert rc == 0
+    assert sorted(pids) == [0, 1] and not any(alive(p) for p in pids.values())
     assert "Traceback" not in central.output()
+
+
+@pytest.mark.hil
+def test_workers_stop_when_their_supervisor_is_killed(
+    tmp_path: Path, mqtt_broker: Broker, pg_url: str
+) -> None:
+    central = PgCentral(tmp_path, mqtt_broker.url, pg_url, "--workers", "2").start(sessions=4)
+    pids = central.worker_pids()
+    central.kill()
+    wait_for(
+        lambda: not any(alive(p) for p in pids.values()), 10, what="the workers gone by themselves"
+    )
+    assert central.output().count("the supervisor") == 2  # "... is gone: stopping", each
 
 
 @pytest.mark.hil
@@ -297,3 +316,78 @@ def test_a_round_with_many_alarms_goes_out_in_bounded_parts() -> None:
     assert {e["worker"] for e in events} == {3}
     assert max(len(e) for e in feed_events(0, Committed(alarms=alarms))) < 50_000
     assert feed_events(0, Committed()) == []
+
+
+# --- the supervisor on its own, with stand-in workers ------------------------------------
+
+
+def supervise(code: str, workers: int = 2) -> tuple[int, float]:
+    """Run a ``Supervisor`` over ``python -c code`` workers (fast restarts); its exit code
+    and how long it ran."""
+    stop = threading.Event()
+    sup = Supervisor(
+        lambda k: [sys.executable, "-c", code, str(k)],
+        workers,
+        stop,
+        restart_first_s=0.02,
+        restart_cap_s=0.05,
+        stop_wait_s=2,
+    )
+    t0 = time.monotonic()
+    rc = sup.run()
+    return rc, time.monotonic() - t0
+
+
+def test_a_worker_that_keeps_dying_ends_the_supervisor_with_1(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    rc, took = supervise("import sys, time; sys.exit(1) if sys.argv[1] == '1' else time.sleep(30)")
+    assert rc == 1 and took < 10
+    assert f"exited with status 1, {RESTARTS_MAX + 1} times within 60 s" in caplog.text
+
+
+def test_a_worker_with_a_usage_error_is_not_started_again(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO, "central.workers")
+    rc, took = supervise("import sys, time; sys.exit(2) if sys.argv[1] == '0' else time.sleep(30)")
+    assert rc == 2 and took < 5  # the sleeping one was stopped, not waited for
+    assert caplog.text.count("worker 0 started") == 1
+
+
+def test_stop_reaches_every_worker_as_sigterm(tmp_path: Path) -> None:
+    """Each stand-in writes down the signal it got; stopping the supervisor gives both
+    SIGTERM, and it returns 0."""
+    code = (
+        "import signal, sys, time, pathlib\n"
+        "def on(sig, _): pathlib.Path(sys.argv[1] + '.got').write_text(str(sig)); sys.exit(0)\n"
+        "signal.signal(signal.SIGTERM, on)\n"
+        "pathlib.Path(sys.argv[1] + '.up').write_text('')\n"
+        "time.sleep(30)\n"
+    )
+    stop = threading.Event()
+    sup = Supervisor(
+        lambda k: [sys.executable, "-c", code, str(tmp_path / str(k))], 2, stop, stop_wait_s=5
+    )
+    runner = threading.Thread(target=lambda: setattr(runner, "rc", sup.run()))
+    runner.start()
+    try:
+        wait_for(lambda: all((tmp_path / f"{k}.up").exists() for k in (0, 1)), 10)
+        pids = sup.pids()
+    finally:
+        stop.set()
+        runner.join(10)
+    assert getattr(runner, "rc", None) == 0
+    assert [(tmp_path / f"{k}.got").read_text() for k in (0, 1)] == [str(signal.SIGTERM)] * 2
+    for pid in pids:
+        assert pid is not None and not alive(pid)
+
+
+def alive(pid: int) -> bool:
+    """Running: not gone, and not a zombie (an orphan's reaper may be slow, or absent in
+    a container whose first process reaps nothing)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
