@@ -7,12 +7,15 @@ each knows only its own rounds, and a process that wants to hear of commits (``f
 watch``, a dashboard) cannot poll every store it might be. The feed is how it hears,
 the same on both backends and however many workers there are::
 
-    {"worker": 1, "ts": 1718083301.2, "readings": 480, "duplicates": 0,
+    {"worker": 1, "client": "edgefleet-central-w1", "ts": 1718083301.2,
+     "readings": 480, "duplicates": 0,
      "alarms": [{"gateway": "jingan-0001", "alarm_id": "det-3/smoke.alarm",
                  "severity": "critical", "state": "active"}],
      "gateways": [{"gateway": "jingan-0001", "online": false}],
      "part": 1, "parts": 1}
 
+- ``worker``, ``client``: which worker committed the round, and its MQTT client id (the
+  number alone does not tell the machines of one share group apart);
 - ``readings``, ``duplicates``: readings the round stored, and those it had already;
 - ``alarms``: the alarm events the round stored (not those it had already), each with the
   state it moved its alarm to, in the order they came;
@@ -85,7 +88,9 @@ class Committed:
         return not (self.readings or self.duplicates or self.alarms or self.gateways)
 
 
-def feed_events(worker: int, committed: Committed, ts: float | None = None) -> list[bytes]:
+def feed_events(
+    worker: int, client: str, committed: Committed, ts: float | None = None
+) -> list[bytes]:
     """The feed events of one committed round (none if it committed nothing): one, or
     several parts when it lists more than ``FEED_ITEMS_MAX`` alarms or gateways."""
     if committed.empty:
@@ -98,6 +103,7 @@ def feed_events(worker: int, committed: Committed, ts: float | None = None) -> l
         first = i == 0
         event = {
             "worker": worker,
+            "client": client,
             "ts": round(ts, 3),
             "readings": committed.readings if first else 0,
             "duplicates": committed.duplicates if first else 0,

@@ -132,6 +132,7 @@ class Ingest:
         would not deliver."""
         self.store = store
         self.worker = worker
+        self.client_id = client_id
         self.retention = retention
         self.topics = topics
         self.stats = IngestStats()
@@ -376,7 +377,7 @@ class Ingest:
         # queued: a notice missed is only a notice (central.feed); an alarm round's on the
         # alarm session, behind no telemetry
         feed = self._alarm_session if result.alarms else self._session
-        for event in feed_events(self.worker, result.committed()):
+        for event in feed_events(self.worker, self.client_id, result.committed()):
             feed.publish(self.topics.feed(), event, qos=0)
 
     def _reject(self, gw: str, channel: Channel, why: str) -> None:

@@ -96,6 +96,11 @@ def assert_exactly_once(central: PgCentral, agents: dict[str, tuple[Agent, Path]
             assert row[0] == len(keys), f"{gw}: {row[0]} rows for {len(keys)} readings"
 
 
+def stored_count(central: PgCentral) -> int:
+    with central.store() as store:
+        return store.count_readings()
+
+
 def online(central: PgCentral) -> dict[str, bool]:
     with central.store() as store:
         return {g.id: bool(g.online) for g in store.gateways()}
@@ -137,6 +142,14 @@ def test_two_workers_split_five_gateways_and_store_each_reading_once(
             0.3,
             what="five gateways offline in the registry",
         )
+        # the feed told every reading stored, once (a notice is published after its commit)
+        wait_for(
+            lambda: sum(e["readings"] for e in feed(tap)) == stored_count(central),
+            10,
+            0.3,
+            what="the feed's readings adding up to the store's",
+        )
+        assert {e["client"] for e in feed(tap)} == {"edgefleet-central-w0", "edgefleet-central-w1"}
         pids = central.worker_pids()
     finally:
         stop_agents(agents)
@@ -145,6 +158,40 @@ def test_two_workers_split_five_gateways_and_store_each_reading_once(
     assert rc == 0
     assert sorted(pids) == [0, 1] and not any(alive(p) for p in pids.values())
     assert "Traceback" not in central.output()
+
+
+@pytest.mark.hil
+def test_two_services_in_one_share_group_split_the_fleet(
+    tmp_path: Path, mqtt_broker: Broker, modbus_server: ThreadedDevice, pg_url: str
+) -> None:
+    """Two machines' worth: two ``fleet central run --share-group`` of one worker each,
+    with their own client ids, on one PostgreSQL database."""
+    tap = WireTap(mqtt_broker)
+    services = []
+    for name in ("a", "b"):
+        (tmp_path / name).mkdir()
+        args = ("--share-group", "city", "--client-id", f"center-{name}")
+        services.append(PgCentral(tmp_path / name, mqtt_broker.url, pg_url, *args).start())
+    agents = start_agents(tmp_path, mqtt_broker, modbus_server, 3)
+    try:
+        wait_for(lambda: online(services[0]) == dict.fromkeys(agents, True), 20, 0.3)
+        assert_exactly_once(services[0], agents)
+        for service in services:
+            out = service.output()
+            assert "shared subscriptions of group city" in out
+            assert "central connected to" in out and "central-alarms connected to" in out
+        # both worker 0 of their own, told apart by their client ids: each stored some
+        per_client = Counter[str]()
+        for e in feed(tap):
+            assert e["worker"] == 0
+            per_client[e["client"]] += e["readings"]
+        assert set(per_client) == {"center-a", "center-b"}, per_client
+        assert min(per_client.values()) > 0, per_client
+    finally:
+        stop_agents(agents)
+        codes = [s.stop() for s in services]
+        tap.close()
+    assert codes == [0, 0]
 
 
 @pytest.mark.hil
@@ -288,7 +335,7 @@ def test_the_feed_tells_what_each_round_committed(tmp_path: Path, mqtt_broker: B
         assert [e["alarms"] for e in feed(tap) if e["alarms"]] == [alarms]
         (gateways,) = [e["gateways"] for e in feed(tap) if e["gateways"]]
         assert gateways == [{"gateway": gw, "online": False}]
-        assert {e["worker"] for e in feed(tap)} == {0}
+        assert {(e["worker"], e["client"]) for e in feed(tap)} == {(0, "edgefleet-central")}
         assert all(e["parts"] == 1 and e["part"] == 1 for e in feed(tap))
     finally:
         sender.loop_stop()
@@ -302,7 +349,7 @@ def test_a_round_with_many_alarms_goes_out_in_bounded_parts() -> None:
     alarms = [AlarmCommitted("gw", f"dev/rule-{i}", "critical", "active") for i in range(2 * n)]
     alarms.append(AlarmCommitted("gw", "d/" + "r" * 500, "minor", "cleared"))
     gateways = [GatewayCommitted(f"gw-{i}", True) for i in range(3)]
-    raw = feed_events(3, Committed(40, 2, alarms, gateways), 1.0)
+    raw = feed_events(3, "c-w3", Committed(40, 2, alarms, gateways), 1.0)
     for payload in raw:
         validate(CENTER_FEED, payload)
     events = [json.loads(e) for e in raw]
@@ -313,9 +360,9 @@ def test_a_round_with_many_alarms_goes_out_in_bounded_parts() -> None:
     assert [len(e["gateways"]) for e in events] == [3, 0, 0]
     assert [e["readings"] for e in events] == [40, 0, 0]
     assert [e["duplicates"] for e in events] == [2, 0, 0]
-    assert {e["worker"] for e in events} == {3}
-    assert max(len(e) for e in feed_events(0, Committed(alarms=alarms))) < 50_000
-    assert feed_events(0, Committed()) == []
+    assert {(e["worker"], e["client"]) for e in events} == {(3, "c-w3")}
+    assert max(len(e) for e in feed_events(0, "c", Committed(alarms=alarms))) < 50_000
+    assert feed_events(0, "c", Committed()) == []
 
 
 # --- the supervisor on its own, with stand-in workers ------------------------------------
