@@ -31,3 +31,34 @@ def since_option(text: str | None, option: str = "--since") -> float | None:
     if text is None:
         return None
     return time.time() - length_option(text, option)
+
+
+def time_option(text: str | None, option: str) -> float | None:
+    """A point in time (``--from``, ``--to``): ISO 8601 (``2026-12-03T08:00``, UTC unless
+    it names an offset; ``Z`` allowed), a unix time (``1796259334``), or a duration ago
+    (``2h``); None for no limit."""
+    if text is None:
+        return None
+    raw = text.strip()
+    try:
+        return float(raw) if raw.replace(".", "", 1).isdigit() else _iso(raw)
+    except ValueError:
+        pass
+    try:
+        return time.time() - parse_duration(raw)
+    except ValueError:
+        raise typer.BadParameter(
+            f"{text!r} is not a time: use ISO 8601 (2026-12-03T08:00, UTC unless an offset "
+            "is given), a unix time, or a duration ago (2h)",
+            param_hint=option,
+        ) from None
+
+
+def _iso(text: str) -> float:
+    # loaded by the option that uses it
+    from datetime import UTC, datetime  # noqa: PLC0415
+
+    when = datetime.fromisoformat(text.replace("Z", "+00:00").replace("z", "+00:00"))
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return when.timestamp()

@@ -9,7 +9,7 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, NoReturn
 
 import typer
 
@@ -24,11 +24,12 @@ from cli.broker_options import (
     UsernameOpt,
     broker_settings,
 )
-from cli.durations import length_option, since_option
+from cli.durations import length_option
+from cli.fleet_cmd import cmd, commands
+from cli.fleet_gateways import devices_app, gateways_app, status
+from cli.fleet_readings import readings
 from cli.output import (
     JsonOpt,
-    Styled,
-    ago,
     print_fields,
     print_json,
     printable,
@@ -38,6 +39,7 @@ from cli.output import (
 )
 from cli.store_options import DEFAULT_DB, DbOpt, open_db
 from cli.topic_options import by_option, gateway_option, reason_option, topic_root_option
+from cli.where import WhereOpt, parse_where
 from edge_agent.contract.topics import DEFAULT_ROOT
 
 if TYPE_CHECKING:
@@ -49,11 +51,15 @@ app = program(
     lambda: package_version("fleet"),
 )
 central_app = group("The central service.")
-gateways_app = group("Gateways of the fleet.")
 alarms_app = group("Alarms raised at the edge: list, history, ack, shelve, reset.")
 keys_app = group("The center's command-signing key.")
 app.add_typer(central_app, name="central")
 app.add_typer(gateways_app, name="gateways")
+app.add_typer(devices_app, name="devices")
+app.command("status")(status)
+app.command("readings")(readings)
+app.command("cmd")(cmd)
+app.command("commands")(commands)
 app.add_typer(alarms_app, name="alarms")
 app.add_typer(keys_app, name="keys")
 
@@ -65,10 +71,17 @@ GatewayArg = Annotated[
     str, typer.Option("--gateway", "-g", help="gateway id", callback=gateway_option)
 ]
 AlarmArg = Annotated[str, typer.Argument(metavar="ALARM", help="alarm id, as listed: device/rule")]
+AlarmsArg = Annotated[
+    list[str],
+    typer.Argument(metavar="ALARM...", help="alarm ids, as listed (device/rule); one or more"),
+]
 ByOpt = Annotated[
     str,
     typer.Option("--by", help="who does it (kept in the alarm history)", callback=by_option),
 ]
+
+SEVERITIES = ("critical", "major", "minor", "warning")
+"""As the contract names them (``Severity``), most severe first."""
 
 LIMIT_MAX = 2**63 - 1
 """The largest ``--limit``: what SQLite's LIMIT takes (a larger one was an OverflowError)."""
@@ -239,70 +252,6 @@ def _supervise(workers: int, stop: threading.Event) -> None:
         raise typer.Exit(code)
 
 
-@gateways_app.command("list")
-def gateways_list(db: DbOpt = DEFAULT_DB, json_out: JsonOpt = False) -> None:
-    """List gateways: id, site, tags, online, agent version, last seen, outbox backlog."""
-    # loaded by the command that uses it: fleet --help stays under 0.3 s
-    rows = list(open_db(db).gateways())
-    show(
-        [r.to_json() for r in rows],
-        json_out,
-        ("gateway", "site", "tags", "online", "agent", "config", "last seen", "backlog"),
-        lambda: (
-            (
-                r.id,
-                r.site or "",
-                _tags(r.tags),
-                Styled("yes", "green") if r.online else Styled("no", "red"),
-                r.agent_version or "",
-                r.config_rev or "",
-                ago(r.last_seen),
-                "" if r.outbox_depth is None else str(r.outbox_depth),
-            )
-            for r in rows
-        ),
-    )
-
-
-@app.command("readings")
-def readings(
-    gateway: Annotated[str | None, typer.Option("--gateway", "-g", help="gateway id")] = None,
-    device: Annotated[str | None, typer.Option("--device", "-d", help="device id")] = None,
-    point: Annotated[str | None, typer.Option("--point", "-p", help="point name")] = None,
-    since: Annotated[
-        str | None, typer.Option(help="only newer than this, e.g. 30s, 10m, 2h")
-    ] = None,
-    limit: Annotated[
-        int, typer.Option(min=1, max=LIMIT_MAX, help="at most this many, newest first")
-    ] = 100,
-    db: DbOpt = DEFAULT_DB,
-    json_out: JsonOpt = False,
-) -> None:
-    """Readings stored at the center, newest first, with the edge's timestamps."""
-    # loaded by the command that uses it: fleet --help stays under 0.3 s
-    from central.store.api import ReadingQuery  # noqa: PLC0415
-
-    query = ReadingQuery(gateway, device, point, since=since_option(since), limit=limit)
-    rows = list(open_db(db).readings(query))
-    show(
-        [r.to_json() for r in rows],
-        json_out,
-        ("time (UTC)", "gateway", "device", "point", "value", "unit", "quality"),
-        lambda: (
-            (
-                utc(r.ts),
-                r.gateway,
-                r.device,
-                r.point,
-                shown(r.value),
-                r.unit or "",
-                r.quality if r.reason is None else f"{r.quality}: {r.reason}",
-            )
-            for r in rows
-        ),
-    )
-
-
 @app.command("losses")
 def losses(
     gateway: Annotated[str | None, typer.Option("--gateway", "-g", help="gateway id")] = None,
@@ -387,11 +336,17 @@ def alarms_list(
             "cleared_unacked, cleared or shelved"
         ),
     ] = None,
+    severity: Annotated[
+        list[str] | None,
+        typer.Option(help="only alarms of this severity (repeatable): " + ", ".join(SEVERITIES)),
+    ] = None,
+    where: WhereOpt = None,
     db: DbOpt = DEFAULT_DB,
     json_out: JsonOpt = False,
 ) -> None:
-    """Current alarms, as their latest transition left them, newest first; a shelved alarm
-    is listed shelved until its shelving ends."""
+    """Current alarms fleet-wide (or of one gateway, or of the gateways --where matches), as
+    their latest transition left them, newest first; a shelved alarm is listed shelved
+    until its shelving ends."""
     # loaded by the command that uses it: fleet --help stays under 0.3 s
     from central.store.api import AlarmQuery  # noqa: PLC0415
     from cli.alarm_history import LISTED_STATES, listed_alarm  # noqa: PLC0415
@@ -403,9 +358,16 @@ def alarms_list(
             f"{', '.join(LISTED_STATES)}",
             param_hint="--state",
         )
+    severities = tuple(dict.fromkeys(severity or ()))
+    if unknown := sorted(set(severities) - set(SEVERITIES)):
+        raise typer.BadParameter(
+            f"{', '.join(map(repr, unknown))}: a severity is one of {', '.join(SEVERITIES)}",
+            param_hint="--severity",
+        )
 
     now = time.time()
-    found = open_db(db).alarms(AlarmQuery(gateway))
+    query = AlarmQuery(gateway, severities=severities, where=parse_where(where))
+    found = open_db(db).alarms(query)
     rows = [listed_alarm(r.to_json(), now) for r in found]
     rows = [r for r in rows if not wanted or r["state"] in wanted]
     show(
@@ -427,6 +389,34 @@ def alarms_list(
     )
 
 
+@alarms_app.command("show")
+def alarms_show(
+    alarm: AlarmArg, gateway: GatewayArg, db: DbOpt = DEFAULT_DB, json_out: JsonOpt = False
+) -> None:
+    """One alarm as its latest transition left it: state, severity, value, since when, who
+    acknowledged it, shelving; exit 1 if the store has no such alarm."""
+    # loaded by the command that uses it: fleet --help stays under 0.3 s
+    from cli.alarm_history import listed_alarm  # noqa: PLC0415
+
+    row = open_db(db).alarm(gateway, alarm)
+    if row is None:
+        _no_such_alarm(alarm, gateway)
+    listed = listed_alarm(row.to_json(), time.time())
+    if json_out:
+        print_json(listed)
+    else:
+        print_fields(listed, times=("since", "ts", "shelved_until"))
+
+
+def _no_such_alarm(alarm: str, gateway: str) -> NoReturn:
+    typer.echo(
+        f"error: no such alarm: {alarm} on gateway {gateway} "
+        f"(`fleet alarms list -g {gateway}` lists its alarms)",
+        err=True,
+    )
+    raise typer.Exit(1)
+
+
 @alarms_app.command("history")
 def alarms_history(
     alarm: AlarmArg, gateway: GatewayArg, db: DbOpt = DEFAULT_DB, json_out: JsonOpt = False
@@ -438,48 +428,63 @@ def alarms_history(
 
     events = open_db(db).alarm_history(gateway, alarm)
     if not events:
-        typer.echo(
-            f"error: no such alarm: {alarm} on gateway {gateway} "
-            f"(`fleet alarms list -g {gateway}` lists its alarms)",
-            err=True,
-        )
-        raise typer.Exit(1)
+        _no_such_alarm(alarm, gateway)
     show(events, json_out, HISTORY_COLUMNS, lambda: history_rows(events))
 
 
-def _command(
+def _commands(
     broker: Broker,
     topic_root: str,
     gateway: str,
     cmd: str,
+    alarms: list[str],
     args: dict[str, object],
     key: Path,
     json_out: bool,
 ) -> None:
+    """``cmd`` for each alarm in turn (explicit ids, never a pattern), each reply printed;
+    exit 1 if any was refused or not answered, after trying them all."""
     # loaded by the command that uses it: fleet --help stays under 0.3 s
     from central.commands import CommandFailed, send_command  # noqa: PLC0415
     from edge_agent.contract import Topics  # noqa: PLC0415
+    from edge_agent.contract.commands import load_private_key  # noqa: PLC0415
 
     if not key.exists():
         typer.echo(f"error: no signing key at {key} (fleet keys init creates one)", err=True)
         raise typer.Exit(1)
     try:
-        reply = send_command(broker, Topics(topic_root), gateway, cmd, args, key)
-    except CommandFailed as exc:
+        load_private_key(key)  # once, before any is sent: a bad key is one error
+    except ValueError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(1) from None
-    if json_out:
-        print_json(reply)
-    elif reply.get("ok") is True:
-        typer.echo(f"{gateway}: {cmd} done")
-        result = reply.get("result")
-        if isinstance(result, dict):
-            print_fields(result, times=REPLY_TIMES)
-        elif result is not None:
-            typer.echo(printable(f"result: {shown(result)}"))
-    else:
-        typer.echo(printable(f"{gateway}: {cmd} refused: {shown(reply.get('error'))}"), err=True)
-    if reply.get("ok") is not True:
+    replies: list[dict[str, object]] = []
+    failed = False
+    for alarm in dict.fromkeys(alarms):
+        try:
+            reply = send_command(
+                broker, Topics(topic_root), gateway, cmd, {"alarm": alarm, **args}, key
+            )
+        except CommandFailed as exc:
+            typer.echo(f"error: {alarm}: {exc}", err=True)
+            failed = True
+            continue
+        replies.append(reply)
+        failed |= reply.get("ok") is not True
+        if json_out:
+            continue
+        if reply.get("ok") is True:
+            typer.echo(printable(f"{gateway}: {cmd} {alarm} done"))
+            result = reply.get("result")
+            if isinstance(result, dict):
+                print_fields(result, times=REPLY_TIMES)
+            elif result is not None:
+                typer.echo(printable(f"result: {shown(result)}"))
+        else:
+            error = shown(reply.get("error"))
+            typer.echo(printable(f"{gateway}: {cmd} {alarm} refused: {error}"), err=True)
+    if json_out and replies:
+        print_json(replies[0] if len(alarms) == 1 else replies)
+    if failed:
         raise typer.Exit(1)
 
 
@@ -487,7 +492,7 @@ def _alarm_command(name: str, cmd: str, doc: str) -> None:
     """ack, reset and unshelve take the same arguments: one definition, three commands."""
 
     def command(
-        alarm: AlarmArg,
+        alarms: AlarmsArg,
         gateway: GatewayArg,
         by: ByOpt = "operator",
         broker: BrokerOpt = DEFAULT_BROKER,
@@ -501,20 +506,24 @@ def _alarm_command(name: str, cmd: str, doc: str) -> None:
         key_file: KeyFileOpt = None,
     ) -> None:
         url = broker_settings(broker, username, password_file, ca_file, cert_file, key_file)
-        _command(url, topic_root, gateway, cmd, {"alarm": alarm, "by": by}, key, json_out)
+        _commands(url, topic_root, gateway, cmd, alarms, {"by": by}, key, json_out)
 
     command.__doc__ = doc
     alarms_app.command(name)(command)
 
 
-_alarm_command("ack", "alarm.ack", "Acknowledge an alarm on its gateway (a signed command).")
-_alarm_command("reset", "alarm.reset", "Release a latched alarm whose condition has gone.")
-_alarm_command("unshelve", "alarm.unshelve", "End a shelving early.")
+_alarm_command(
+    "ack", "alarm.ack", "Acknowledge alarms on their gateway (a signed command each), named by id."
+)
+_alarm_command(
+    "reset", "alarm.reset", "Release latched alarms whose condition has gone, named by id."
+)
+_alarm_command("unshelve", "alarm.unshelve", "End shelvings early, named by alarm id.")
 
 
 @alarms_app.command("shelve")
 def alarms_shelve(
-    alarm: AlarmArg,
+    alarms: AlarmsArg,
     gateway: GatewayArg,
     reason: Annotated[str, typer.Option(help="why (kept in the history)", callback=reason_option)],
     for_: Annotated[
@@ -531,11 +540,11 @@ def alarms_shelve(
     cert_file: CertFileOpt = None,
     key_file: KeyFileOpt = None,
 ) -> None:
-    """Suppress an alarm's annunciation for a while, with a reason."""
+    """Suppress alarms' annunciation for a while, with a reason, named by id."""
     url = broker_settings(broker, username, password_file, ca_file, cert_file, key_file)
     for_s = length_option(for_, "--for", positive=True)
-    args = {"alarm": alarm, "by": by, "reason": reason, "for_s": round(for_s, 3)}
-    _command(url, topic_root, gateway, "alarm.shelve", args, key, json_out)
+    args = {"by": by, "reason": reason, "for_s": round(for_s, 3)}
+    _commands(url, topic_root, gateway, "alarm.shelve", alarms, args, key, json_out)
 
 
 def _keep_option(text: str, option: str) -> float | None:
@@ -544,13 +553,6 @@ def _keep_option(text: str, option: str) -> float | None:
     if text.strip().lower() == "forever":
         return None
     return length_option(text, option, positive=True)
-
-
-def _tags(tags: object) -> str:
-    """``key=value, …`` as the gateway sent them; anything but a mapping as its JSON."""
-    if isinstance(tags, dict):
-        return ", ".join(f"{k}={shown(v)}" for k, v in tags.items())
-    return shown(tags)
 
 
 def main() -> None:

@@ -26,6 +26,7 @@ from __future__ import annotations
 import json
 import math
 import struct
+import sys
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -40,6 +41,9 @@ if TYPE_CHECKING:
     from rich.text import Text
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="print JSON instead of a table")]
+JsonlOpt = Annotated[
+    bool, typer.Option("--jsonl", help="print one JSON object a line, as they are read")
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,6 +141,18 @@ def strict(data: Any) -> Any:
 def print_json(data: Any) -> None:
     """Print strict JSON (``allow_nan=False``: no ``NaN`` or ``Infinity`` ever comes out)."""
     typer.echo(json.dumps(strict(data), indent=2, ensure_ascii=False, allow_nan=False))
+
+
+def print_jsonl(rows: Iterable[Any]) -> int:
+    """Print each row as one line of strict JSON as it comes (a script reads the first
+    before the store has found the last); return how many."""
+    n = 0
+    write = sys.stdout.write
+    for row in rows:
+        write(json.dumps(strict(row), ensure_ascii=False, allow_nan=False) + "\n")
+        n += 1
+    sys.stdout.flush()
+    return n
 
 
 def utc(ts: float | None) -> str:

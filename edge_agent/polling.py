@@ -28,6 +28,8 @@ class DeviceHealth:
     overruns: int = 0
     errors: int = 0
     bad_points: int = 0
+    last_good: float | None = None
+    """The edge time of the newest good reading: the center's ``fleet devices list``."""
     down_since: float | None = field(default=None, repr=False)
     driver: Callable[[], dict[str, object]] | None = field(default=None, repr=False)
     """The driver's own counters (requests, timeouts, backoffs …), if it keeps any."""
@@ -40,6 +42,7 @@ class DeviceHealth:
             "overruns": self.overruns,
             "errors": self.errors,
             "bad_points": self.bad_points,
+            "last_good": self.last_good,
         }
         if self.driver is not None:
             body["driver"] = self.driver()
@@ -83,6 +86,9 @@ class DevicePoller:
                 log.exception("device %s: driver failed", self.device.id)
             return self._all_bad(f"internal error: {exc!r}")
         bad = sum(1 for r in readings if r.quality is not Quality.GOOD)
+        good = [r.ts for r in readings if r.quality is Quality.GOOD]
+        if good:
+            self.health.last_good = max(good)
         if readings and all(r.quality is Quality.STALE for r in readings):
             # a driver that keeps its own session (OPC-UA, MQTT) says "down" this way
             self._link_down(readings[0].reason or "stale")

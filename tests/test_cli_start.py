@@ -143,4 +143,4 @@ def test_shell_completion_is_offered_and_completes_commands() -> None:
     assert completed.returncode == 0, completed.stderr
     assert completed.stdout.split() == ["alarms"]
     env = {"_FLEET_COMPLETE": "complete_bash", "COMP_WORDS": "fleet alarms s", "COMP_CWORD": "2"}
-    assert run_cli("fleet", env=env).stdout.split() == ["shelve"]
+    assert run_cli("fleet", env=env).stdout.split() == ["show", "shelve"]
