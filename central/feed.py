@@ -42,7 +42,7 @@ from typing import Any
 FEED_ITEMS_MAX = 100
 """Alarms (and, apart, gateways) listed in one feed event."""
 TEXT_MAX = 200
-"""An id longer than this (the contract keeps them shorter) is cut to it in the feed."""
+"""An alarm id or a client id longer than this is cut to it in the feed."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,7 +103,7 @@ def feed_events(
         first = i == 0
         event = {
             "worker": worker,
-            "client": client,
+            "client": client[:TEXT_MAX],
             "ts": round(ts, 3),
             "readings": committed.readings if first else 0,
             "duplicates": committed.duplicates if first else 0,

@@ -361,7 +361,17 @@ def test_a_round_with_many_alarms_goes_out_in_bounded_parts() -> None:
     assert [e["readings"] for e in events] == [40, 0, 0]
     assert [e["duplicates"] for e in events] == [2, 0, 0]
     assert {(e["worker"], e["client"]) for e in events} == {(3, "c-w3")}
-    assert max(len(e) for e in feed_events(0, "c", Committed(alarms=alarms))) < 50_000
+    # the biggest event there can be: every list full, every text as long as it gets
+    gw = "g" * 64
+    longest = Committed(
+        2**40,
+        2**40,
+        [AlarmCommitted(gw, "a" * 999, "critical", "cleared_unacked")] * n,
+        [GatewayCommitted(gw, False)] * n,
+    )
+    (biggest,) = feed_events(63, "c" * 999, longest, 1e10)
+    validate(CENTER_FEED, biggest)
+    assert len(biggest) < 50_000
     assert feed_events(0, "c", Committed()) == []
 
 
