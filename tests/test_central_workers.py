@@ -344,6 +344,41 @@ def test_the_feed_tells_what_each_round_committed(tmp_path: Path, mqtt_broker: B
         central.stop()
 
 
+@pytest.mark.hil
+def test_a_service_that_joins_a_share_group_leaves_its_unshared_subscriptions(
+    tmp_path: Path, mqtt_broker: Broker
+) -> None:
+    """The same client id, first alone, then in a share group: its persistent session
+    still holds the plain subscriptions, which would deliver every batch a second time."""
+    tap = WireTap(mqtt_broker)
+    central = Central(tmp_path, mqtt_broker.url).start()
+    sender = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
+    sender.connect("127.0.0.1", mqtt_broker.port)
+    sender.loop_start()
+    topic = Topics().gw("join-0001", Channel.TELEMETRY)
+    try:
+        wait_for(lambda: central.output().count(" connected to ") >= 2, 10)
+        central.stop()
+        central.args += ["--share-group", "city"]
+        central.start()
+        wait_for(lambda: central.output().count("session present: True") >= 2, 10)
+        time.sleep(0.3)  # the UNSUBSCRIBEs follow the CONNACK
+        now = time.time()
+        for first in (1, 6, 11):
+            readings = [{"dev": "d", "pt": "p", "v": 1.5, "q": "good", "ts": now}] * 5
+            batch = encode_telemetry("join-0001", "s1", first, readings)
+            sender.publish(topic, batch, qos=1).wait_for_publish(5)
+        wait_for(lambda: sum(e["readings"] for e in feed(tap)) == 15, 10, what="15 readings")
+        time.sleep(0.5)  # a second delivery would come within this
+        assert sum(e["duplicates"] for e in feed(tap)) == 0
+        assert "shared subscriptions of group city" in central.output()
+    finally:
+        sender.loop_stop()
+        sender.disconnect()
+        tap.close()
+        central.stop()
+
+
 def test_a_round_with_many_alarms_goes_out_in_bounded_parts() -> None:
     n = FEED_ITEMS_MAX
     alarms = [AlarmCommitted("gw", f"dev/rule-{i}", "critical", "active") for i in range(2 * n)]
