@@ -419,6 +419,16 @@ def run_central(store: Store, ingest: Ingest, stop: threading.Event) -> int:
     finally:
         ingest.stop()
         worker.join(timeout=5)
+        st = ingest.stats
+        log.info(
+            "ingest stopped: %d messages, %d readings stored, %d duplicates, %d alarm events, "
+            "%d rejected",
+            st.messages,
+            st.readings_stored,
+            st.duplicates,
+            st.alarms_stored,
+            st.rejected,
+        )
         try:
             store.close()
         except Exception as exc:  # the drivers' errors are not translated on close

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import signal
 import sys
 import threading
@@ -120,6 +121,7 @@ def test_two_workers_split_five_gateways_and_store_each_reading_once(
             0.3,
             what="five gateways online in the registry",
         )
+        wait_for(lambda: stored_count(central) >= 1000, 20, 0.3, what="1000 readings stored")
         assert_exactly_once(central, agents)
         events = feed(tap)
         per_worker = Counter[int]()
@@ -150,6 +152,9 @@ def test_two_workers_split_five_gateways_and_store_each_reading_once(
             what="the feed's readings adding up to the store's",
         )
         assert {e["client"] for e in feed(tap)} == {"edgefleet-central-w0", "edgefleet-central-w1"}
+        told = Counter[int]()
+        for e in feed(tap):
+            told[e["worker"]] += e["readings"]
         pids = central.worker_pids()
     finally:
         stop_agents(agents)
@@ -157,6 +162,13 @@ def test_two_workers_split_five_gateways_and_store_each_reading_once(
         tap.close()
     assert rc == 0
     assert sorted(pids) == [0, 1] and not any(alive(p) for p in pids.values())
+    # each worker's own count, in its last words, adds up to what the feed told
+    logged = Counter[int]()
+    for k, n in re.findall(
+        r" w(\d) central.ingest: ingest stopped: \d+ messages, (\d+) readings", central.output()
+    ):
+        logged[int(k)] += int(n)
+    assert logged == told
     assert "Traceback" not in central.output()
 
 
