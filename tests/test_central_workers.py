@@ -187,6 +187,7 @@ def test_two_services_in_one_share_group_split_the_fleet(
     agents = start_agents(tmp_path, mqtt_broker, modbus_server, 3)
     try:
         wait_for(lambda: online(services[0]) == dict.fromkeys(agents, True), 20, 0.3)
+        wait_for(lambda: stored_count(services[0]) >= 600, 20, 0.3, what="600 readings stored")
         assert_exactly_once(services[0], agents)
         for service in services:
             out = service.output()
