@@ -18,6 +18,18 @@ backlog. Telemetry rounds take the gateways in turn. A full inbox stops the sess
 reading its socket (QoS 1 waits at the broker) and sheds QoS 0 telemetry, counted and
 logged (``report_shed``).
 
+Several workers (``central.workers``, ``fleet central run --workers N``) split the fleet
+between them through MQTT v5 shared subscriptions (``$share/<group>/…/telemetry``,
+``…/alarms``, ``…/health``): the broker hands each message to one member of the group,
+and each worker stores, commits and acks what it was given, on sessions of its own
+(``<client id>-w<k>``, ``<client id>-w<k>-alarms``). A gateway's state is retained and is
+also its Last Will, and a shared subscription gets no retained message, so worker 0 alone
+subscribes to it, unshared. The workers share one PostgreSQL store, which keeps every
+reading once whoever writes it; SQLite has one writer, so one worker.
+
+After each commit the worker publishes what it committed on the center's feed
+(``central.feed``: ``<root>/center/feed``, QoS 0), after the PUBACKs and acks.
+
 What can fail, and what then:
 
 - one message the store cannot take (it breaks the contract, or holds something the
@@ -50,6 +62,7 @@ from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
+from central.feed import feed_events
 from central.inbox import Inbox, Lane
 from central.rounds import RoundResult, store_round
 from central.store.api import Maintenance, Retention, Store
@@ -111,10 +124,20 @@ class Ingest:
         topics: Topics,
         client_id: str = "edgefleet-central",
         retention: Retention | None = None,
+        *,
+        worker: int = 0,
+        share_group: str | None = None,
     ) -> None:
         """``retention``: what ``store.maintain`` removes, run on the ingest thread; None:
-        nothing is ever removed."""
+        nothing is ever removed. ``share_group``: take telemetry, alarms and health
+        through MQTT v5 shared subscriptions of that group (``$share/<group>/…``), so
+        that the broker splits them between the workers (``central.workers``); None: all
+        of them. ``worker``: this one's number, in the feed; worker 0 alone takes the
+        gateways' state (retained, and their Last Will), which a shared subscription
+        would not deliver."""
         self.store = store
+        self.worker = worker
+        self.client_id = client_id
         self.retention = retention
         self.topics = topics
         self.stats = IngestStats()
@@ -123,6 +146,7 @@ class Ingest:
         """Set while both sessions are connected."""
         self.inbox = Inbox(INBOX_MAX_BYTES, ALARM_INBOX_MAX_BYTES, self._gateway_of)
         self._broker = broker
+        self._share_group = share_group
         self._stop = threading.Event()
         self._pruned_dead_letters: set[str] = set()  # gateways told of, once each
         self._shed_logged = (0.0, 0)  # (when, how many shed by then)
@@ -130,15 +154,29 @@ class Ingest:
         self._alarm_session = self._new_session(f"{client_id}-alarms", "central-alarms")
         self._up: set[str] = set()
         self._up_lock = threading.Lock()
-        for ch in (Channel.TELEMETRY, Channel.STATE, Channel.HEALTH):
-            self._session.subscribe(Subscription(self.topics.pattern(ch), qos=1), self._on_message)
+        for ch in (Channel.TELEMETRY, Channel.HEALTH):
+            self._session.subscribe(Subscription(self._filter(ch), qos=1), self._on_message)
+        state = self.topics.pattern(Channel.STATE)
+        if worker == 0:  # never shared: a shared subscription gets no retained message
+            self._session.subscribe(Subscription(state, qos=1), self._on_message)
+        else:
+            self._session.forget(state, self._on_message)
         self._alarm_session.subscribe(
-            Subscription(self.topics.pattern(Channel.ALARMS), qos=1), self._on_alarm
+            Subscription(self._filter(Channel.ALARMS), qos=1), self._on_alarm
         )
         # Centrals before this one took alarms on the main session: what that persistent
         # session still holds comes in and is stored (and acked) with the telemetry lane,
         # and no more after that.
         self._session.forget(self.topics.pattern(Channel.ALARMS), self._on_message)
+        if share_group is not None:  # the same, for a session that was not shared before
+            self._session.forget(self.topics.pattern(Channel.TELEMETRY), self._on_message)
+            self._session.forget(self.topics.pattern(Channel.HEALTH), self._on_message)
+            self._alarm_session.forget(self.topics.pattern(Channel.ALARMS), self._on_alarm)
+
+    def _filter(self, channel: Channel) -> str:
+        if self._share_group is None:
+            return self.topics.pattern(channel)
+        return self.topics.shared(self._share_group, channel)
 
     def _new_session(self, client_id: str, name: str) -> Session:
         session = Session(
@@ -345,6 +383,12 @@ class Ingest:
             session.publish(
                 self.topics.gw(gw, Channel.ACK), encode_ack(ack), qos=1, queue_offline=True
             )
+        # the feed last: a listener that hears of a commit finds it acked already. QoS 0, not
+        # queued: a notice missed is only a notice (central.feed); an alarm round's on the
+        # alarm session, behind no telemetry
+        feed = self._alarm_session if result.alarms else self._session
+        for event in feed_events(self.worker, self.client_id, result.committed()):
+            feed.publish(self.topics.feed(), event, qos=0)
 
     def _reject(self, gw: str, channel: Channel, why: str) -> None:
         self.stats.rejected += 1
@@ -385,6 +429,16 @@ def run_central(store: Store, ingest: Ingest, stop: threading.Event) -> int:
     finally:
         ingest.stop()
         worker.join(timeout=5)
+        st = ingest.stats
+        log.info(
+            "ingest stopped: %d messages, %d readings stored, %d duplicates, %d alarm events, "
+            "%d rejected",
+            st.messages,
+            st.readings_stored,
+            st.duplicates,
+            st.alarms_stored,
+            st.rejected,
+        )
         try:
             store.close()
         except Exception as exc:  # the drivers' errors are not translated on close

@@ -25,6 +25,7 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from central.feed import AlarmCommitted, Committed, GatewayCommitted
 from central.inbox import Lane
 from central.store.api import Round, RoundCounts
 from central.store.errors import MessageRejected, StoreUnavailable
@@ -78,10 +79,19 @@ class RoundResult:
     counts: RoundCounts = field(default_factory=RoundCounts)
     pruned: dict[str, int] = field(default_factory=dict)
     """Gateways whose older dead letters made room for new ones, and how many went."""
+    alarms: list[AlarmCommitted] = field(default_factory=list)
+    """The alarm events stored (not those the store had already), in the order they came."""
+    gateways: list[GatewayCommitted] = field(default_factory=list)
+    """The state messages stored."""
 
     @property
     def messages(self) -> int:
         return len(self.puback)
+
+    def committed(self) -> Committed:
+        """What the round committed, for the feed (``central.feed``)."""
+        c = self.counts
+        return Committed(c.readings_stored, c.duplicates, self.alarms, self.gateways)
 
 
 def no_alarms() -> Sequence[Message]:
@@ -161,9 +171,10 @@ def _store_one(
     if parsed is None or parsed[1] not in STORED:
         return
     gw, channel = parsed
+    noted: list[AlarmCommitted | GatewayCommitted] = []
     try:
         with rnd.message():
-            ranges = _store_message(rnd, gw, channel, msg.payload)
+            ranges = _store_message(rnd, gw, channel, msg.payload, noted)
     except StoreUnavailable:
         raise
     except Exception as exc:  # the message's fault: its writes were undone
@@ -173,13 +184,23 @@ def _store_one(
         return
     if ranges is not None:
         acked.add(*ranges)
+    for note in noted:  # only now: a message rejected after all is in no one's feed
+        if isinstance(note, AlarmCommitted):
+            out.alarms.append(note)
+        else:
+            out.gateways.append(note)
     seen[gw] = None
 
 
 def _store_message(
-    rnd: Round, gw: str, channel: Channel, payload: bytes
+    rnd: Round,
+    gw: str,
+    channel: Channel,
+    payload: bytes,
+    noted: list[AlarmCommitted | GatewayCommitted],
 ) -> tuple[bool, str, str, int, int] | None:
-    """Decode and store one message; the range it stored, to ack once it is all stored."""
+    """Decode and store one message; the range it stored, to ack once it is all stored.
+    What the feed tells of it goes into ``noted``."""
     if channel is Channel.TELEMETRY:
         batch = decode_telemetry(payload)
         _same_gateway(gw, batch.gw)
@@ -188,11 +209,18 @@ def _store_message(
     if channel is Channel.ALARMS:
         event = decode_alarm(payload)
         _same_gateway(gw, event.gw)
+        before = rnd.counts.alarms_stored
         rnd.insert_alarm(event)
+        if rnd.counts.alarms_stored > before:  # new, not one the store had already
+            e = event.event
+            noted.append(AlarmCommitted(gw, e.id, str(e.severity), str(e.state)))
         return (True, gw, event.stream, event.seq, event.seq)
     if channel is Channel.STATE:
         if payload:  # an empty retained message clears a decommissioned gateway
-            rnd.update_state(gw, decode_state(payload))
+            state = decode_state(payload)
+            rnd.update_state(gw, state)
+            online = state.get("online")
+            noted.append(GatewayCommitted(gw, online if isinstance(online, bool) else None))
     else:
         rnd.update_health(gw, decode_health(payload))
     return None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import sys
 import threading
@@ -117,6 +118,30 @@ def central_run(
         typer.Option(help="how long their 1-minute rollups are kept: 400d, or forever"),
     ] = "400d",
     log_level: Annotated[str, typer.Option(help="debug, info, warning or error")] = "info",
+    workers: Annotated[
+        int,
+        typer.Option(
+            min=1,
+            max=64,
+            help="ingest worker processes splitting the fleet through MQTT v5 shared "
+            "subscriptions (PostgreSQL only: SQLite has one writer)",
+        ),
+    ] = 1,
+    share_group: Annotated[
+        str | None,
+        typer.Option(
+            help="the shared subscriptions' group, the same for every worker of one center "
+            "(on every machine) [default: edgefleet-central when --workers > 1, else no "
+            "shared subscription]",
+            callback=share_group_option,
+        ),
+    ] = None,
+    worker_index: Annotated[
+        int | None,
+        typer.Option(
+            min=0, hidden=True, help="set by the supervisor: which worker this process is"
+        ),
+    ] = None,
     username: UsernameOpt = None,
     password_file: PasswordFileOpt = None,
     ca_file: CaFileOpt = None,
@@ -128,33 +153,67 @@ def central_run(
     """Run the central service: store what the fleet sends and acknowledge it."""
     # loaded by the command that uses it: fleet --help stays under 0.3 s
     from central.ingest import Ingest, run_central  # noqa: PLC0415
-    from central.store import Retention  # noqa: PLC0415
+    from central.store import Retention, is_postgres  # noqa: PLC0415
+    from central.workers import worker_client_id  # noqa: PLC0415
     from edge_agent.contract import Topics  # noqa: PLC0415
 
+    if workers > 1 and not is_postgres(db):
+        typer.echo(
+            f"error: --workers {workers} needs a PostgreSQL store (--db postgresql://…): "
+            "SQLite has one writer, so one worker",
+            err=True,
+        )
+        raise typer.Exit(2)
+    if worker_index is not None and worker_index >= workers:
+        raise typer.BadParameter(
+            f"{worker_index} is not below --workers", param_hint="--worker-index"
+        )
+    who = "" if workers == 1 else " supervisor" if worker_index is None else f" w{worker_index}"
     logging.basicConfig(
         level=log_level.upper(),
         stream=sys.stderr,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        format=f"%(asctime)s %(levelname)s{who} %(name)s: %(message)s",
     )
     url = broker_settings(broker, username, password_file, ca_file, cert_file, key_file)
     retention = Retention(
         raw_s=_keep_option(keep_raw, "--keep-raw"),
         rollups_s=_keep_option(keep_rollups, "--keep-rollups"),
     )
-    metrics = serve_metrics(metrics_host, metrics_port)  # before the store: nothing to close
-    store = open_db(db, create=True)
-    ingest = Ingest(store, url, Topics(topic_root), client_id=client_id, retention=retention)
-    if metrics is not None:
-        metrics.add_worker(ingest)
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
+    if workers > 1 and worker_index is None:
+        _supervise(workers, stop)
+        return
+    worker = worker_index or 0
+    group = share_group if share_group is not None or workers == 1 else DEFAULT_SHARE_GROUP
+    # worker k serves its metrics on --metrics-port + k (the supervisor serves none);
+    # before the store: a port in use leaves nothing to close
+    metrics = serve_metrics(metrics_host, metrics_port + worker if metrics_port else 0)
+    store = open_db(db, create=True)
+    ingest = Ingest(
+        store,
+        url,
+        Topics(topic_root),
+        client_id=worker_client_id(client_id, worker, workers),
+        retention=retention,
+        worker=worker,
+        share_group=group,
+    )
+    if metrics is not None:
+        metrics.add_worker(ingest, str(worker))
+    if worker_index is not None:
+        from central.workers import watch_parent  # noqa: PLC0415
+
+        watch_parent(stop, os.getppid())
     logging.getLogger("central").info(
-        "central service: broker %s, store %s, keeping readings %s and rollups %s",
+        "central service%s: broker %s, store %s, keeping readings %s and rollups %s%s",
+        "" if workers == 1 else f" worker {worker} of {workers}",
         url,
         store.label,
         keep_raw,
         keep_rollups,
+        "" if group is None else f", shared subscriptions of group {group}",
     )
     try:
         code = run_central(store, ingest, stop)
@@ -162,6 +221,39 @@ def central_run(
         if metrics is not None:
             metrics.close()
     if code:  # ingest stopped by itself: exit non-zero, so that systemd restarts us
+        raise typer.Exit(code)
+
+
+DEFAULT_SHARE_GROUP = "edgefleet-central"
+
+
+def share_group_option(value: str | None) -> str | None:
+    """``--share-group``, if it can be an MQTT v5 share name (a topic level)."""
+    if value is None:
+        return None
+    from edge_agent.contract.topics import TopicError, check_share_group  # noqa: PLC0415
+
+    try:
+        return check_share_group(value)
+    except TopicError as exc:
+        raise typer.BadParameter(str(exc)) from None
+
+
+def _supervise(workers: int, stop: threading.Event) -> None:
+    """Run ``workers`` processes of this same command, each told its number, and keep them
+    up (``central.workers``). The workers get the command line as it came (and the
+    environment), so that nothing given by the environment, a password in a ``--db`` URL
+    among it, is put on a command line where ``ps`` would show it."""
+    from central.workers import Supervisor  # noqa: PLC0415
+
+    argv = sys.argv[1:]
+    # a frozen (PyInstaller) fleet is its own interpreter and takes no -m
+    frozen = getattr(sys, "frozen", False)
+    program = [sys.executable] if frozen else [sys.executable, "-m", "cli.fleet"]
+    supervisor = Supervisor(lambda k: [*program, *argv, "--worker-index", str(k)], workers, stop)
+    logging.getLogger("central").info("central service: %d ingest workers", workers)
+    code = supervisor.run()
+    if code:
         raise typer.Exit(code)
 
 
@@ -470,3 +562,7 @@ def _keep_option(text: str, option: str) -> float | None:
 
 def main() -> None:
     app()
+
+
+if __name__ == "__main__":  # how the supervisor starts its workers (``_supervise``)
+    main()

@@ -128,7 +128,7 @@ def watch(
             view.dropped += 1
 
     session = Session(url, name="fleet-watch", keepalive_s=10)
-    session.subscribe(f"{Topics(topic_root).root}/center/feed", on_feed)
+    session.subscribe(Topics(topic_root).feed(), on_feed)
     session.on_up(lambda _present: setattr(view, "connected", True))
     session.on_down(lambda _why: setattr(view, "connected", False))
     try:

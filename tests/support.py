@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import re
 import shutil
 import signal
 import socket
@@ -22,7 +23,7 @@ from typing import Any, TypeVar
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from central.store import Store, StoredReading
+from central.store import Store, StoredReading, open_store
 from central.store.api import ReadingQuery
 from central.store.sqlite import SqliteStore
 from drivers.simulated.modbus_server import SimulatedModbusDevice
@@ -258,6 +259,43 @@ class Central(Process):
     def store(self) -> SqliteStore:
         """The service's store, opened beside it (SQLite: ``conn`` for what tests ask)."""
         return SqliteStore(self.db)
+
+
+class PgCentral(Process):
+    """``fleet central run`` as a real process on a PostgreSQL store (``--workers N``: a
+    supervisor and its worker processes), its log in ``central.log``."""
+
+    def __init__(self, workdir: Path, broker_url: str, url: str, *args: str) -> None:
+        self.url = url
+        super().__init__(
+            "fleet",
+            ["central", "run", "--broker", broker_url, "--db", url, *args],
+            workdir / "central.log",
+        )
+
+    def start(self, sessions: int = 2) -> PgCentral:
+        """Start, and wait until ``sessions`` MQTT sessions are connected (two a worker)."""
+        super().start()
+        wait_for(
+            lambda: self.output().count(" connected to ") >= sessions,
+            20,
+            what=f"{sessions} central sessions connected",
+        )
+        return self
+
+    def worker_pids(self) -> dict[int, int]:
+        """Each worker's latest pid, from the supervisor's ``worker K started (pid P)``."""
+        found = re.findall(r"worker (\d+) started \(pid (\d+)\)", self.output())
+        return {int(k): int(pid) for k, pid in found}
+
+    @contextlib.contextmanager
+    def store(self) -> Iterator[Store]:
+        """The service's store, opened beside it, closed after."""
+        store = open_store(self.url)
+        try:
+            yield store
+        finally:
+            store.close()
 
 
 def stored_readings(

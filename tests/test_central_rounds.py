@@ -234,3 +234,26 @@ def test_the_memory_store_undoes_a_failed_message_alone() -> None:
         rnd.insert_telemetry(two)
         raise RuntimeError("the round fails")
     assert store.sequence_keys("gw-a") == {("s-gw-a", 1)}  # the round was not kept
+
+
+def test_the_round_lists_for_the_feed_what_it_stored_and_nothing_else() -> None:
+    """New alarm events and every state stored, in order; not an alarm the store had
+    already, nor one rejected, nor a cleared retained state."""
+    store = MemoryStore()
+    store_round(store, TOPICS, [alarm("gw-a", 1)], Lane.ALARMS)
+    state = raw("gw-b", Channel.STATE, json.dumps({"gw": "gw-b", "online": False}).encode())
+    bad = alarm("gw-c", 1)
+    bad = Message(bad.topic, bad.payload.replace(b'"major"', b'"dire"'), qos=1)
+    msgs = [alarm("gw-a", 1), alarm("gw-a", 2), bad, state, raw("gw-d", Channel.STATE, b"")]
+    out = store_round(store, TOPICS, msgs)
+    assert [a.to_json() for a in out.alarms] == [
+        {"gateway": "gw-a", "alarm_id": "m-1/over", "severity": "major", "state": "active"}
+    ]
+    assert [g.to_json() for g in out.gateways] == [{"gateway": "gw-b", "online": False}]
+    assert len(out.rejected) == 1
+    committed = out.committed()
+    assert (committed.readings, committed.alarms, committed.gateways) == (
+        0,
+        out.alarms,
+        out.gateways,
+    )

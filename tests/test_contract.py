@@ -55,7 +55,14 @@ from edge_agent.contract.alarms import (
     encode_alarm_body,
 )
 from edge_agent.contract.payloads import ACK_RANGES_MAX
-from edge_agent.contract.schema import CMD_REPLY, SCHEMA_FILES, SchemaName, load_schema, validate
+from edge_agent.contract.schema import (
+    CENTER_FEED,
+    CMD_REPLY,
+    SCHEMA_FILES,
+    SchemaName,
+    load_schema,
+    validate,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 SCHEMA_DIR = REPO / "edge_agent" / "contract" / "schemas"
@@ -121,7 +128,7 @@ def as_bytes(obj: Any) -> bytes:
 
 def test_every_schema_file_is_known_to_the_loader() -> None:
     assert {p.name for p in SCHEMA_DIR.glob("*.json")} == set(SCHEMA_FILES.values())
-    assert set(SCHEMA_FILES) == {*Channel, CMD_REPLY}
+    assert set(SCHEMA_FILES) == {*Channel, CMD_REPLY, CENTER_FEED}
 
 
 @pytest.mark.parametrize("name", ALL_SCHEMAS)

@@ -16,12 +16,13 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 from rich.console import Console
 
+from bench.flood import alarm_payload
 from central.store import open_store
 from central.store.rows import FleetStatus
 from cli.fleet_watch import Alarm, View, parse_event, render
-from edge_agent.contract import decode_state
+from edge_agent.contract import Channel, Topics, decode_state
 from edge_agent.contract.payloads import dumps
-from tests.support import BIN, Broker, wait_for
+from tests.support import BIN, Broker, Central, wait_for
 
 FEED = "edgefleet/v1/center/feed"
 
@@ -107,3 +108,39 @@ def test_watch_prints_what_the_feed_says_as_it_comes(tmp_path: Path, mqtt_broker
         watch.terminate()
         watch.wait(10)
     assert "Traceback" not in (watch.stderr.read() if watch.stderr else "")
+
+
+def test_watch_hears_what_a_real_center_commits(tmp_path: Path, mqtt_broker: Broker) -> None:
+    """End to end: a gateway's state and alarm cross the broker, the central service
+    stores them and tells its feed, and ``fleet watch`` prints them."""
+    central = Central(tmp_path, mqtt_broker.url).start()
+    watch = subprocess.Popen(
+        [str(BIN / "fleet"), "watch", "--db", str(central.db), "--broker", mqtt_broker.url,
+         "--duration", "30s"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    gateway = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
+    gateway.connect("127.0.0.1", mqtt_broker.port)
+    gateway.loop_start()
+    try:
+        assert watch.stdout is not None
+        assert "0 gateways" in watch.stdout.readline()
+        time.sleep(0.5)  # its subscription on its way: the first line comes after open()
+        topics = Topics()
+        state = {"gw": "gw-9", "online": True, "site": "bench"}
+        gateway.publish(topics.gw("gw-9", Channel.STATE), dumps(state), qos=1, retain=True)
+        gateway.publish(topics.gw("gw-9", Channel.ALARMS), alarm_payload("gw-9", 1), qos=1)
+        lines: list[str] = []
+        wait_for(
+            lambda: bool(lines.append(watch.stdout.readline()) or len(lines) >= 2),  # type: ignore[union-attr]
+            20,
+            what="the state and the alarm printed",
+        )
+        assert any("gw-9 online" in line for line in lines), lines
+        assert any("gw-9 " in line and " active" in line for line in lines if "online" not in line)
+    finally:
+        gateway.loop_stop()
+        gateway.disconnect()
+        watch.terminate()
+        watch.wait(10)
+        central.stop()

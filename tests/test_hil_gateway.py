@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from edge_agent.contract import Channel, Topics
-from edge_agent.contract.schema import validate
+from edge_agent.contract.schema import CENTER_FEED, validate
 from edge_agent.outbox import Lane, Outbox
 from tests.rig import GW, WireTap, devices_yaml, latest, value_is
 from tests.support import (
@@ -109,7 +109,12 @@ def test_readings_flow_from_device_to_fleet_query(
     # every payload that crossed the broker follows the published contract
     topics = Topics()
     seen: set[Channel] = set()
+    fed = 0
     for topic, payload in tap.snapshot():
+        if topic == topics.feed():  # the center's feed of its commits
+            validate(CENTER_FEED, payload)
+            fed += 1
+            continue
         parsed = topics.parse(topic)
         assert parsed is not None, topic
         if not payload:
@@ -117,6 +122,7 @@ def test_readings_flow_from_device_to_fleet_query(
         validate(parsed[1], payload)
         seen.add(parsed[1])
     assert {Channel.TELEMETRY, Channel.STATE, Channel.HEALTH, Channel.ACK} <= seen
+    assert fed > 0
 
 
 def test_central_killed_and_restarted_loses_and_duplicates_nothing(

@@ -24,7 +24,10 @@ from edge_agent.contract.topics import Channel
 CMD_REPLY: Literal["cmd_reply"] = "cmd_reply"
 """The reply to a command travels on the MQTT v5 response topic, not on a channel."""
 
-SchemaName = Channel | Literal["cmd_reply"]
+CENTER_FEED: Literal["feed"] = "feed"
+"""The center's feed (``{root}/center/feed``): what ingest committed, for any listener."""
+
+SchemaName = Channel | Literal["cmd_reply", "feed"]
 
 SCHEMA_FILES: Mapping[SchemaName, str] = MappingProxyType(
     {
@@ -35,6 +38,7 @@ SCHEMA_FILES: Mapping[SchemaName, str] = MappingProxyType(
         Channel.ACK: "ack.json",
         Channel.CMD: "cmd.json",
         CMD_REPLY: "cmd_reply.json",
+        CENTER_FEED: "feed.json",
     }
 )
 

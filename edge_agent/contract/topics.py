@@ -11,6 +11,8 @@ DEFAULT_ROOT = "edgefleet/v1"
 GATEWAY_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 """Use with ``fullmatch``: ``$`` would let a trailing newline through."""
 _ROOT = re.compile(r"[^$#+/\s][^#+/\s]*(/[^#+/\s]+)*")
+SHARE_GROUP = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+"""An MQTT v5 share name [MQTT-4.8.2]: no ``/``, ``+`` or ``#``; ours also no spaces."""
 
 
 class Channel(StrEnum):
@@ -35,6 +37,15 @@ def check_gateway_id(gateway: str) -> str:
     return gateway
 
 
+def check_share_group(group: str) -> str:
+    if not SHARE_GROUP.fullmatch(group):
+        raise TopicError(
+            f"share group {group!r} must be 1-64 letters, digits, '.', '_' or '-' "
+            "(no '/', '+', '#' or spaces: it is a topic level)"
+        )
+    return group
+
+
 @dataclass(frozen=True, slots=True)
 class Topics:
     """The topics of one contract root; ``gw(...)`` builds a gateway's, ``pattern(...)`` all."""
@@ -51,6 +62,15 @@ class Topics:
     def pattern(self, channel: Channel) -> str:
         """Subscription filter for a channel across the whole fleet."""
         return f"{self.root}/gw/+/{channel.value}"
+
+    def shared(self, group: str, channel: Channel) -> str:
+        """The fleet-wide filter of a channel as an MQTT v5 shared subscription
+        (``$share/<group>/…``): the broker gives each message to one member of the group."""
+        return f"$share/{check_share_group(group)}/{self.pattern(channel)}"
+
+    def feed(self) -> str:
+        """The center's feed of what it committed (``central.feed``)."""
+        return f"{self.root}/center/feed"
 
     def parse(self, topic: str) -> tuple[str, Channel] | None:
         """``(gateway, channel)`` of a contract topic, or None for anything else."""
