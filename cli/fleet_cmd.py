@@ -16,6 +16,7 @@ no gateway matching it).
 from __future__ import annotations
 
 import json
+import shutil
 import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
@@ -34,8 +35,10 @@ from cli.broker_options import (
 )
 from cli.output import (
     Cell,
+    Column,
     JsonOpt,
     Styled,
+    ids,
     inline,
     print_json,
     print_rich,
@@ -51,6 +54,7 @@ from edge_agent.contract.topics import DEFAULT_ROOT
 if TYPE_CHECKING:
     from central.commands import Outcome, Sent
     from central.store import Store
+    from central.store.rows import CommandRecord
 
 ACTIONS = ("ping", "read", "write", "restart")
 RESULT_STYLE = {"ok": "green", "refused": "yellow", "timeout": "red", "failed": "red"}
@@ -267,7 +271,7 @@ def _print(outcomes: list[Outcome], action: str, json_out: bool) -> None:
         return
     print_rich(
         table(
-            ("gateway", "result", "ms", "detail"),
+            (ids("gateway", (o.gateway for o in outcomes)), "result", "ms", "detail"),
             (_cells(o) for o in outcomes),
         )
     )
@@ -295,20 +299,27 @@ def commands(
     if json_out:
         print_json([r.to_json() for r in rows])
         return
-    print_rich(
-        table(
-            ("sent (UTC)", "gateway", "command", "args", "by", "result", "detail"),
-            (
-                (
-                    utc(r.sent),
-                    r.gateway,
-                    r.cmd,
-                    inline(r.args) if r.args else "",
-                    r.by or "",
-                    Styled(r.result, RESULT_STYLE.get(r.result, "")) if r.result else "(no answer)",
-                    inline(r.detail) if isinstance(r.detail, dict) else shown(r.detail),
-                )
-                for r in rows
-            ),
-        )
-    )
+    wide = shutil.get_terminal_size((200, 24)).columns >= WIDE_COLUMNS
+    columns: list[str | Column] = ["sent (UTC)", ids("gateway", (r.gateway for r in rows))]
+    columns += ["command", "args", "by", "result", "detail"] if wide else ["command", "result"]
+    print_rich(table(columns, (_ledger_cells(r, wide) for r in rows)))
+
+
+WIDE_COLUMNS = 130
+"""``fleet commands`` shows args, by and the reply's detail from this width (``--json``
+has them always)."""
+
+
+def _ledger_cells(r: CommandRecord, wide: bool) -> list[Cell]:
+    result = Styled(r.result, RESULT_STYLE.get(r.result, "")) if r.result else "(no answer)"
+    if not wide:
+        return [utc(r.sent), r.gateway, r.cmd, result]
+    return [
+        utc(r.sent),
+        r.gateway,
+        r.cmd,
+        inline(r.args) if r.args else "",
+        r.by or "",
+        result,
+        inline(r.detail) if isinstance(r.detail, dict) else shown(r.detail),
+    ]

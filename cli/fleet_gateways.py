@@ -19,10 +19,12 @@ import typer
 from cli.apps import group
 from cli.output import (
     Cell,
+    Column,
     JsonlOpt,
     JsonOpt,
     Styled,
     ago,
+    ids,
     print_fields,
     print_json,
     print_jsonl,
@@ -119,7 +121,7 @@ def gateways_list(
     page = list(rows)
     more = len(page) > limit
     page = page[:limit]
-    print_rich(table(GATEWAY_COLUMNS, (gateway_cells(r) for r in page)))
+    _print_gateways(page)
     if more:
         hint = f"next page: fleet gateways list --after {page[-1].id}"
         typer.echo(f"{len(page)} shown; more match ({hint}, or --all)", err=True)
@@ -129,7 +131,30 @@ def gateways_list(
 
 def _chunked_tables(rows: Iterator[GatewayRow]) -> None:
     while chunk := list(islice(rows, TABLE_CHUNK)):
-        print_rich(table(GATEWAY_COLUMNS, (gateway_cells(r) for r in chunk)))
+        _print_gateways(chunk)
+
+
+def _print_gateways(rows: list[GatewayRow]) -> None:
+    columns = gateway_columns(rows)
+    keep = [i for i, c in enumerate(GATEWAY_COLUMNS) if i == 0 or c in columns]
+    print_rich(table(columns, ([gateway_cells(r)[i] for i in keep] for r in rows)))
+
+
+NARROW = ("tags", "since", "config")
+"""Left out on a terminal narrower than ``WIDE_COLUMNS`` (``gateways show`` has them)."""
+WIDE_COLUMNS = 130
+
+
+def _wide() -> bool:
+    # loaded by the command that draws
+    import shutil  # noqa: PLC0415
+
+    return shutil.get_terminal_size((200, 24)).columns >= WIDE_COLUMNS
+
+
+def gateway_columns(rows: list[GatewayRow]) -> tuple[str | Column, ...]:
+    kept = GATEWAY_COLUMNS[1:] if _wide() else [c for c in GATEWAY_COLUMNS[1:] if c not in NARROW]
+    return (ids("gateway", (r.id for r in rows)), *kept)
 
 
 GatewayArg = Annotated[str, typer.Argument(metavar="GW", help="gateway id")]
@@ -168,7 +193,9 @@ def gateways_show(gateway: GatewayArg, db: DbOpt = DEFAULT_DB, json_out: JsonOpt
     fields["tags"] = tags_cell(row.tags)
     print_fields(fields, times=("online_since", "started", "last_seen"))
     if devices:
-        print_rich(table(DEVICE_COLUMNS, (device_cells(d) for d in devices), title="devices"))
+        print_rich(
+            table(device_columns(devices), (device_cells(d) for d in devices), title="devices")
+        )
     if alarms:
         print_rich(
             table(
@@ -183,6 +210,14 @@ def gateways_show(gateway: GatewayArg, db: DbOpt = DEFAULT_DB, json_out: JsonOpt
 
 
 DEVICE_COLUMNS = ("gateway", "device", "link", "last good reading (UTC)", "error", "reported")
+
+
+def device_columns(rows: list[DeviceRow]) -> tuple[str | Column, ...]:
+    return (
+        ids("gateway", (d.gateway for d in rows)),
+        ids("device", (d.device for d in rows)),
+        *DEVICE_COLUMNS[2:],
+    )
 
 
 def device_cells(d: DeviceRow) -> tuple[Cell, ...]:
@@ -213,7 +248,7 @@ def devices_list(
         print_json([r.to_json() for r in rows])
     else:
         found = list(rows)
-        print_rich(table(DEVICE_COLUMNS, (device_cells(d) for d in found)))
+        print_rich(table(device_columns(found), (device_cells(d) for d in found)))
         if not found:
             typer.echo("no devices reported yet", err=True)
 

@@ -69,6 +69,8 @@ class Column:
     no_wrap: bool = False
     fold: bool = False
     """Break a long cell anywhere (raw registers) rather than at spaces."""
+    min_width: int | None = None
+    """At least this wide: an id the operator types next is never cut (``ids``)."""
 
 
 def text(*parts: Part) -> Text:
@@ -96,10 +98,27 @@ def table(
     for col in columns:
         c = col if isinstance(col, Column) else Column(col)
         overflow: Literal["fold", "ellipsis"] = "fold" if c.fold else "ellipsis"
-        out.add_column(c.header, justify=c.justify, no_wrap=c.no_wrap, overflow=overflow)
+        out.add_column(
+            c.header,
+            justify=c.justify,
+            no_wrap=c.no_wrap,
+            overflow=overflow,
+            min_width=c.min_width,
+        )
     for row in rows:
         out.add_row(*(text(*cell) if isinstance(cell, tuple) else text(cell) for cell in row))
     return out
+
+
+ID_WIDTH_MAX = 40
+"""Wider ids than this may wrap: past it the other columns would have no room at 80."""
+
+
+def ids(header: str, values: Iterable[str]) -> Column:
+    """A column of ids (gateway, device, alarm) as wide as its longest, up to
+    ``ID_WIDTH_MAX``: what a person copies into the next command is shown whole."""
+    longest = max((len(printable(v)) for v in values), default=0)
+    return Column(header, min_width=min(max(longest, len(header)), ID_WIDTH_MAX))
 
 
 def print_rich(*renderables: RenderableType) -> None:
