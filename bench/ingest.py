@@ -1,9 +1,12 @@
 """Central ingest alone: telemetry batches published as fast as the broker takes them
 (QoS 1, 1,000 readings each, from several simulated gateways), stored and acknowledged by
 `fleet central run`. Reports rows/s into the central store (target 100,000/s) against
-the central table's raw insert rate measured in the same run.
+the central table's raw insert rate measured in the same run; then the same on a
+PostgreSQL server of its own with 1 and with 2 ingest workers (``--workers``: processes on
+MQTT v5 shared subscriptions), against raw ``COPY`` into the same schema.
 
-    .venv/bin/python -m bench.ingest [--readings 1000000] [--gateways 10] [--quick]
+    .venv/bin/python -m bench.ingest [--readings 1000000] [--gateways 10]
+        [--backend sqlite|postgresql|both] [--quick]
 
 Settings it relies on: Mosquitto with ``BROKER_CONF`` (a queue deep enough that the
 broker keeps every batch the publisher sends ahead of the center: with its default,
@@ -33,7 +36,7 @@ from bench.results import machine, merge, timestamp
 from drivers.base import Quality, Reading
 from edge_agent.contract import Channel, ReadingEncoder, Topics
 from edge_agent.contract.payloads import encode_telemetry_raw
-from tests.support import Broker, Central, wait_for
+from tests.support import Broker, Central, PgCentral, wait_for
 
 BATCH = 1000
 BROKER_CONF = "max_queued_messages 100000\n"
@@ -42,7 +45,7 @@ QUICK_READINGS = 20_000
 QUICK_GATEWAYS = 2
 
 
-def batches(gateways: int, readings: int) -> list[tuple[str, bytes, int]]:
+def batches(gateways: int, readings: int, t0: float = 1.7e9) -> list[tuple[str, bytes, int]]:
     """Pre-encoded telemetry messages, so the publisher costs nothing during the run."""
     encoder = ReadingEncoder()
     topics = Topics()
@@ -53,7 +56,7 @@ def batches(gateways: int, readings: int) -> list[tuple[str, bytes, int]]:
         for first in range(1, per_gw + 1, BATCH):
             bodies = [
                 encoder.encode(
-                    Reading("dev", f"p{i % 50}", float(i), "u", Quality.GOOD, 1.7e9 + i / 100)
+                    Reading("dev", f"p{i % 50}", float(i), "u", Quality.GOOD, t0 + i / 100)
                 )
                 for i in range(first, min(per_gw, first + BATCH - 1) + 1)
             ]
@@ -109,6 +112,65 @@ def run(readings: int, gateways: int) -> dict[str, Any]:
     }
 
 
+def run_postgresql(readings: int, gateways: int, workers: int, url: str) -> float:
+    """Rows/s through ``fleet central run --workers N`` into a fresh PostgreSQL database;
+    the readings are of the last hour (their day's partition made ahead by the service)."""
+    import psycopg  # noqa: PLC0415 (loaded by the bench that uses it)
+
+    messages = batches(gateways, readings, t0=time.time() - 3600)
+    total = sum(n for _, _, n in messages)
+    with tempfile.TemporaryDirectory() as name:
+        tmp = Path(name)
+        broker = Broker(tmp, extra_conf=BROKER_CONF).start()
+        central = PgCentral(tmp, broker.url, url, "--workers", str(workers))
+        central.start(sessions=2 * workers)
+        client = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
+        client.max_inflight_messages_set(INFLIGHT)
+        client.max_queued_messages_set(0)
+        client.connect("127.0.0.1", broker.port)
+        client.loop_start()
+        try:
+            with psycopg.connect(url, autocommit=True) as conn:
+                t0 = time.monotonic()
+                for topic, payload, _ in messages:
+                    client.publish(topic, payload, qos=1)
+
+                def stored() -> bool:
+                    row = conn.execute("SELECT count(*) FROM readings").fetchone()
+                    return row is not None and int(row[0]) >= total
+
+                wait_for(stored, 300, interval=0.1, what=f"{total} rows at the center")
+                took = time.monotonic() - t0
+        finally:
+            client.loop_stop()
+            client.disconnect()
+            central.stop()
+            broker.stop()
+    return total / took
+
+
+def run_pg(readings: int, gateways: int) -> dict[str, Any]:
+    # loaded by the bench that uses them
+    from bench.pg_store import raw_copy_rate  # noqa: PLC0415
+    from tests.pg import pg_server  # noqa: PLC0415
+
+    with pg_server() as server:
+        raw = raw_copy_rate(server.create_database(), min(200_000, readings))
+        one = run_postgresql(readings, gateways, 1, server.create_database())
+        two = run_postgresql(readings, gateways, 2, server.create_database())
+    return {
+        "readings": readings,
+        "gateways": gateways,
+        "batch": BATCH,
+        "rows_per_s_1_worker": round(one),
+        "rows_per_s_2_workers": round(two),
+        "raw_copy_per_s": round(raw),
+        "vs_raw_copy_1_worker": round(one / raw, 2),
+        "vs_raw_copy_2_workers": round(two / raw, 2),
+        "target_rows_per_s": 100_000,
+    }
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(
         prog="python -m bench.ingest", description=__doc__.split("\n", 1)[0]
@@ -116,9 +178,26 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--readings", type=int, default=None, help="in all (default 1,000,000)")
     ap.add_argument("--gateways", type=int, default=None, help="publishing (default 10)")
     ap.add_argument("--quick", action="store_true", help="smoke run of seconds, nothing saved")
+    ap.add_argument(
+        "--backend",
+        choices=("sqlite", "postgresql", "both"),
+        default="both",
+        help="SQLite (one worker), PostgreSQL (1 and 2 workers), or both",
+    )
     args = ap.parse_args(argv)
     readings = args.readings or (QUICK_READINGS if args.quick else 1_000_000)
     gateways = args.gateways or (QUICK_GATEWAYS if args.quick else 10)
+    if args.backend in ("postgresql", "both"):
+        p = run_pg(readings, gateways)
+        print(
+            f"central ingest on PostgreSQL: {p['readings']} readings from {p['gateways']} "
+            f"gateways: {p['rows_per_s_1_worker']} rows/s with 1 worker, "
+            f"{p['rows_per_s_2_workers']} with 2 (raw COPY {p['raw_copy_per_s']}/s)"
+        )
+        if not args.quick:
+            merge({"ingest_postgresql": {"at": timestamp(), "machine": machine(), **p}})
+    if args.backend == "postgresql":
+        return
     r = run(readings, gateways)
     print(
         f"central ingest: {r['readings']} readings from {r['gateways']} gateways in "
