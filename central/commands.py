@@ -148,7 +148,8 @@ def send_many(
             reply = {"ok": False, "error": f"unreadable reply: {exc}"}
         with lock:
             p = pending.get(corr)
-            if p is None or reply.get("id") not in (None, p.command_id):
+            # "?": a gateway that could not read the command's id (a bad signature) says so
+            if p is None or reply.get("id") not in (None, "?", p.command_id):
                 return  # not an answer to a command of ours (or to another one)
             result, detail = _outcome_of(reply)
             finish(corr, result, detail, reply)
