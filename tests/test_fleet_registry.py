@@ -206,6 +206,10 @@ def test_readings_per_bucket_from_the_rollups(db: str) -> None:
         (("--from", "yesterday"), "is not a time"),
         (("--since", "1h", "--from", "2h"), "not both"),
         (("--from", "2h", "--to", "3h"), "--to must be after"),
+        # past every calendar (9 * 400 reads as infinity): a usage error, never a traceback
+        (("--from", "9" * 20, "--bucket", "1m"), "not a time"),
+        (("--from", "9" * 400), "not a time"),
+        (("--to", "9" * 400, "--bucket", "1h"), "not a time"),
     ],
 )
 def test_bad_readings_options_are_usage_errors(db: str, extra: tuple[str, ...], says: str) -> None:
