@@ -11,6 +11,7 @@ import io
 import json
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -125,6 +126,11 @@ def test_where_filters_in_the_store_by_site_tag_state_version_and_id(db: str) ->
         ("state=asleep", "state is online or offline"),
         ("site", "is not KEY=VALUE"),
         ("site=a,site=b", "site is given twice"),
+        # PostgreSQL kept the last (d2), SQLite wanted both (none): the two stores disagreed
+        ("tag.district=d1,tag.district=d2", "tag.district is given twice"),
+        # an empty selection (an unset shell variable) must not mean the whole fleet
+        ("", "names no gateway field"),
+        (" , ", "names no gateway field"),
     ],
 )
 def test_a_bad_where_clause_is_a_usage_error_naming_the_fields(
@@ -133,6 +139,36 @@ def test_a_bad_where_clause_is_a_usage_error_naming_the_fields(
     result = run("gateways", "list", "--db", db, "--where", clause)
     assert result.exit_code == 2
     assert says in result.output
+
+
+def test_fleet_cmd_with_an_empty_where_sends_nothing(db: str, tmp_path: Path) -> None:
+    """``fleet cmd --where "$SELECTION" restart`` with the variable unset restarted every
+    gateway of the fleet; it is a usage error before anything is sent."""
+    result = run("cmd", "--db", db, "--where", "", "restart", "--key", str(tmp_path / "k"))
+    assert result.exit_code == 2, result.output
+    assert "names no gateway field" in result.output
+
+
+def test_where_matches_tag_names_and_values_of_any_characters_on_both_stores(db: str) -> None:
+    """A tag name holding a quote, a dot or CJK text, and values compared as text: both
+    stores answer the same (SQLite's JSON path could not name a key with a quote, and
+    it compared a nested object's JSON text with the value where PostgreSQL does not)."""
+    tags = {'a"b': "q", "floor.no": "3", "区": "东", "nested": {"x": "1"}, "n": 3}
+    store = open_store(db)
+    try:
+        with store.round() as rnd:
+            state = {"gw": "gw-tags", "online": True, "tags": tags}
+            rnd.update_state("gw-tags", decode_state(wire(state)))
+    finally:
+        store.close()
+
+    def where(text: str) -> list[str]:
+        return ids(ok("gateways", "list", "--db", db, "--all", "--json", "--where", text))
+
+    assert where('tag.a"b=q') == ["gw-tags"]
+    assert where("tag.floor.no=3,tag.区=东") == ["gw-tags"]
+    assert where('tag.nested={"x":"1"}') == []
+    assert where("tag.n=3") == []  # a number is not the text 3, on both stores
 
 
 def test_gateways_show_has_devices_and_exits_1_for_an_unknown_gateway(db: str) -> None:
