@@ -198,17 +198,23 @@ def apply(view: View, store: Store, payload: bytes, now: float) -> list[str]:
         view.stored.append((now, event["readings"]))
     # the feed only says what to read again: anyone who can publish on it could say
     # anything, so what is shown is the store's, and a row the store does not hold is not
+    online: dict[str, bool] = {}
+    if event["gateways"]:  # one query for the event's gateways, not one each
+        # loaded with the first event that names a gateway
+        from central.store.api import GatewayFilter  # noqa: PLC0415
+
+        ids = tuple(dict.fromkeys(gw for gw, _ in event["gateways"]))
+        online = {g.id: g.online for g in store.gateways(GatewayFilter(ids=ids))}
     for gw, said in event["gateways"]:
-        registered = store.gateway(gw)
-        if registered is None or registered.online != said:  # forged, or already past
+        if online.get(gw) is not said:  # forged, or already past
             continue
-        word = "online" if registered.online else "offline"
+        word = "online" if said else "offline"
         line = printable(f"{utc(now)} {gw} {word}")
         view.changes.append(line)
         lines.append(line)
-    for gw, alarm_id, _severity, _state in event["alarms"]:
-        row = store.alarm(gw, alarm_id)
-        key = (gw, alarm_id)
+    for key in dict.fromkeys((gw, alarm_id) for gw, alarm_id, _, _ in event["alarms"]):
+        gw, alarm_id = key
+        row = store.alarm(gw, alarm_id)  # once an event: the store says the same each time
         if row is None:
             continue
         if row.state in SHOWN_STATES:

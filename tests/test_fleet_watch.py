@@ -87,6 +87,9 @@ def test_a_forged_feed_event_shows_only_what_the_store_holds(tmp_path: Path) -> 
         lines = apply(view, store, event(alarms=[{**claim, "state": "cleared"}]), time.time())
         assert len(lines) == 1 and lines[0].endswith("gw-1 det-3/smoke major active"), lines
         assert view.alarms[("gw-1", "det-3/smoke")].severity == "major"
+        # one alarm named a thousand times in one event: read (and printed) once
+        flood = event(alarms=[{**claim, "state": "active"}] * 1000)
+        assert len(apply(view, store, flood, time.time())) == 1
         said = event(gateways=[{"gateway": "gw-1", "online": True}])
         assert [line[-11:] for line in apply(view, store, said, 0.0)] == ["gw-1 online"]
     finally:
