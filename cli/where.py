@@ -38,6 +38,10 @@ def parse_where(text: str | None) -> GatewayFilter:
 
     if text is None:
         return GatewayFilter()
+    try:
+        text.encode()
+    except UnicodeEncodeError:  # a byte that is not UTF-8 came as a lone surrogate
+        raise _bad(f"{text.encode(errors='surrogateescape')!r} is not UTF-8 text") from None
     ids: list[str] = []
     tags: list[tuple[str, str]] = []
     fields: dict[str, str] = {}

@@ -131,6 +131,8 @@ def test_where_filters_in_the_store_by_site_tag_state_version_and_id(db: str) ->
         # an empty selection (an unset shell variable) must not mean the whole fleet
         ("", "names no gateway field"),
         (" , ", "names no gateway field"),
+        # a byte from a Latin-1 terminal (argv's surrogateescape): no store encodes it
+        ("site=caf\udce9", "is not UTF-8 text"),
     ],
 )
 def test_a_bad_where_clause_is_a_usage_error_naming_the_fields(
