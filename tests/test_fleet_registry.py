@@ -155,7 +155,7 @@ def test_where_matches_tag_names_and_values_of_any_characters_on_both_stores(db:
     """A tag name holding a quote, a dot or CJK text, and values compared as text: both
     stores answer the same (SQLite's JSON path could not name a key with a quote, and
     it compared a nested object's JSON text with the value where PostgreSQL does not)."""
-    tags = {'a"b': "q", "floor.no": "3", "区": "东", "nested": {"x": "1"}, "n": 3}
+    tags = {'a"b': "q", "floor.no": "3", "区": "东", "nested": {"x": "1"}, "n": 3, "l": ["x"]}
     store = open_store(db)
     try:
         with store.round() as rnd:
@@ -171,6 +171,7 @@ def test_where_matches_tag_names_and_values_of_any_characters_on_both_stores(db:
     assert where("tag.floor.no=3,tag.区=东") == ["gw-tags"]
     assert where('tag.nested={"x":"1"}') == []
     assert where("tag.n=3") == []  # a number is not the text 3, on both stores
+    assert where("tag.l=x") == []  # nor is a list holding it
 
 
 def test_gateways_show_has_devices_and_exits_1_for_an_unknown_gateway(db: str) -> None:
