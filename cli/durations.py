@@ -13,6 +13,9 @@ import typer
 
 from edge_agent.durations import parse_duration
 
+LATEST = 253_402_300_799.0
+"""The last second of 9999-12-31 UTC: the latest time ``--from`` and ``--to`` take."""
+
 
 def length_option(text: str, option: str, *, positive: bool = False) -> float:
     """The seconds ``text`` (the value of ``option``) says; with ``positive``, more than 0
@@ -41,9 +44,17 @@ def time_option(text: str | None, option: str) -> float | None:
         return None
     raw = text.strip()
     try:
-        return float(raw) if raw.replace(".", "", 1).isdigit() else _iso(raw)
+        when = float(raw) if raw.replace(".", "", 1).isdigit() else _iso(raw)
     except ValueError:
         pass
+    else:
+        # enough digits read as infinity, or as a time no store can hold as an integer
+        # minute (SQLite's rollups): a typo, not a point in time
+        if when <= LATEST:
+            return when
+        raise typer.BadParameter(
+            f"{text!r} is not a time: it is after the year 9999", param_hint=option
+        )
     try:
         return time.time() - parse_duration(raw)
     except ValueError:

@@ -18,6 +18,8 @@ from __future__ import annotations
 import json
 import shutil
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -118,7 +120,7 @@ def cmd(
         typer.echo(f"error: no signing key at {key} (fleet keys init creates one)", err=True)
         raise typer.Exit(1)
     ledger = _Ledger(store, by)
-    with _progress(len(targets), enabled=not json_out) as advance:
+    with _progress(len(targets), enabled=not json_out) as advance, _interrupt() as stop:
 
         def outcome(o: Outcome) -> None:
             ledger.ended(o)
@@ -135,7 +137,7 @@ def cmd(
                 timeout_s=timeout,
                 on_sent=ledger.sent,
                 on_outcome=outcome,
-                stop=_interrupt(),
+                stop=stop,
             )
         except CommandFailed as exc:
             typer.echo(f"error: {exc}", err=True)
@@ -243,13 +245,18 @@ class _progress:
             self.bar.stop()
 
 
-def _interrupt() -> threading.Event:
-    """Set by Ctrl-C: outstanding commands end as failed, the rest is not sent."""
+@contextmanager
+def _interrupt() -> Iterator[threading.Event]:
+    """Set by Ctrl-C while the commands are out: outstanding commands end as failed, the
+    rest is not sent. After, Ctrl-C stops the process again (it was swallowed for good)."""
     import signal  # noqa: PLC0415
 
     stop = threading.Event()
-    signal.signal(signal.SIGINT, lambda *_: stop.set())
-    return stop
+    previous = signal.signal(signal.SIGINT, lambda *_: stop.set())
+    try:
+        yield stop
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def _print(outcomes: list[Outcome], action: str, json_out: bool) -> None:

@@ -222,9 +222,13 @@ def _write(
 def _csv(columns: Sequence[str], rows: Iterable[dict[str, Any]]) -> None:
     """RFC 4180 CSV, times as ISO 8601 UTC (what ``rules test --replay`` reads back)."""
     writer = csv.writer(sys.stdout, lineterminator="\n")
+    # the csv module quotes a field holding the line terminator (\n) but not a lone \r,
+    # which readers take for the end of a line: a row with one is quoted whole
+    quoted = csv.writer(sys.stdout, lineterminator="\n", quoting=csv.QUOTE_ALL)
     writer.writerow(columns)
     for row in rows:
-        writer.writerow([_csv_cell(c, row.get(c)) for c in columns])
+        cells = [_csv_cell(c, row.get(c)) for c in columns]
+        (quoted if any("\r" in cell for cell in cells) else writer).writerow(cells)
 
 
 def _csv_cell(column: str, value: Any) -> str:
@@ -236,4 +240,22 @@ def _csv_cell(column: str, value: Any) -> str:
         return "true" if value else "false"
     if isinstance(value, dict | list):
         return json.dumps(value, ensure_ascii=False)
+    if isinstance(value, str):
+        return _csv_text(value)
     return shown(value) if isinstance(value, float) else str(value)
+
+
+def _csv_text(sent: str) -> str:
+    """Text a gateway sent, as a spreadsheet shows rather than runs it: one that would
+    start a formula (``=HYPERLINK(…)``, ``@SUM(…)``, ``+cmd|…``) gets a leading ``'``,
+    which ``rules test --replay`` takes off again; a text that is a number is left be."""
+    # loaded by the format that uses it
+    from edge_agent.rules.series import FORMULA_START  # noqa: PLC0415
+
+    if not sent.startswith(FORMULA_START):
+        return sent
+    try:
+        float(sent)
+    except ValueError:
+        return "'" + sent
+    return sent

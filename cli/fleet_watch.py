@@ -6,7 +6,8 @@ cleared and acknowledged), then listens to the center's feed (``central.feed``:
 updates from each event: an alarm's new state, a gateway going online or offline, the
 readings stored. It never polls the store on a timer; an event that names a gateway or
 an alarm makes it read that one row (the feed says what moved, the store says where it
-is now), and the fleet's counts again at most every ``COUNTS_EVERY_S`` while events come.
+is now: a gateway or an alarm the store does not hold is not shown), and the fleet's
+counts again at most every ``COUNTS_EVERY_S`` while events come.
 
 On a terminal the view is a Rich Live screen that fits it (the newest alarms first, cut
 to the height); piped (``fleet watch | tee``), it writes one line per change instead, as
@@ -195,21 +196,32 @@ def apply(view: View, store: Store, payload: bytes, now: float) -> list[str]:
     lines: list[str] = []
     if event["readings"]:
         view.stored.append((now, event["readings"]))
-    for gw, online in event["gateways"]:
-        word = "online" if online else "offline"
+    # the feed only says what to read again: anyone who can publish on it could say
+    # anything, so what is shown is the store's, and a row the store does not hold is not
+    online: dict[str, bool] = {}
+    if event["gateways"]:  # one query for the event's gateways, not one each
+        # loaded with the first event that names a gateway
+        from central.store.api import GatewayFilter  # noqa: PLC0415
+
+        ids = tuple(dict.fromkeys(gw for gw, _ in event["gateways"]))
+        online = {g.id: g.online for g in store.gateways(GatewayFilter(ids=ids))}
+    for gw, said in event["gateways"]:
+        if online.get(gw) is not said:  # forged, or already past
+            continue
+        word = "online" if said else "offline"
         line = printable(f"{utc(now)} {gw} {word}")
         view.changes.append(line)
         lines.append(line)
-    for gw, alarm_id, severity, said in event["alarms"]:
-        row = store.alarm(gw, alarm_id)  # where it is now, which the feed may not say
-        state = row.state if row is not None else said
-        key = (gw, alarm_id)
-        if state in SHOWN_STATES:
-            since = (row.since or row.ts) if row is not None else now
-            view.alarms[key] = Alarm(gw, alarm_id, severity, state, since)
+    for key in dict.fromkeys((gw, alarm_id) for gw, alarm_id, _, _ in event["alarms"]):
+        gw, alarm_id = key
+        row = store.alarm(gw, alarm_id)  # once an event: the store says the same each time
+        if row is None:
+            continue
+        if row.state in SHOWN_STATES:
+            view.alarms[key] = Alarm(gw, alarm_id, row.severity, row.state, row.since or row.ts)
         else:
             view.alarms.pop(key, None)
-        lines.append(printable(f"{utc(now)} {gw} {alarm_id} {severity} {state}"))
+        lines.append(printable(f"{utc(now)} {gw} {alarm_id} {row.severity} {row.state}"))
     if event["gateways"] or event["alarms"]:
         view.stale = True
     if view.stale and now - view.counted >= COUNTS_EVERY_S:

@@ -4,7 +4,8 @@
 that match every clause (``id=GW`` names one; repeat ``id=`` for several). Values are
 compared exactly, in the store (SQL), never by listing the fleet here. A clause that is
 not one of these is a usage error (exit 2) naming them: a misspelt ``stat=offline`` must
-not quietly mean every gateway.
+not quietly mean every gateway, nor must an empty ``--where ""`` (an unset variable), nor
+a field given twice with two values (``tag.a=x,tag.a=y``).
 """
 
 from __future__ import annotations
@@ -37,6 +38,10 @@ def parse_where(text: str | None) -> GatewayFilter:
 
     if text is None:
         return GatewayFilter()
+    try:
+        text.encode()
+    except UnicodeEncodeError:  # a byte that is not UTF-8 came as a lone surrogate
+        raise _bad(f"{text.encode(errors='surrogateescape')!r} is not UTF-8 text") from None
     ids: list[str] = []
     tags: list[tuple[str, str]] = []
     fields: dict[str, str] = {}
@@ -50,13 +55,20 @@ def parse_where(text: str | None) -> GatewayFilter:
         if key == "id":
             ids.append(value)
         elif key.startswith("tag.") and len(key) > len("tag."):
-            tags.append((key[len("tag.") :], value))
+            name = key[len("tag.") :]
+            said = next((v for k, v in tags if k == name), value)
+            if said != value:  # no gateway has both; a store must not pick one
+                raise _bad(f"{key} is given twice ({said!r} and {value!r})")
+            tags.append((name, value))
         elif key in ("site", "state", "version"):
             if key in fields and fields[key] != value:
                 raise _bad(f"{key} is given twice ({fields[key]!r} and {value!r})")
             fields[key] = value
         else:
             raise _bad(f"{key!r} is not a gateway field; use one of {', '.join(KEYS)}")
+    if not ids and not tags and not fields:
+        # ``--where "$SELECTION"`` with the variable unset: not the whole fleet
+        raise _bad(f"{text!r} names no gateway field; use one of {', '.join(KEYS)}")
     state = fields.get("state")
     if state is not None and state not in STATES:
         raise _bad(f"state is {' or '.join(STATES)}, not {state!r}")

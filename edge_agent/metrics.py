@@ -13,7 +13,9 @@ gateway without a Prometheus has no use for.
 from __future__ import annotations
 
 import asyncio
+import threading
 from collections.abc import Awaitable, Callable, Iterator
+from concurrent.futures import Future
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
@@ -31,6 +33,8 @@ class AgentCollector(Collector):
     ) -> None:
         self._loop = loop
         self._figures = figures
+        self._lock = threading.Lock()
+        self._taking: Future[HealthFigures] | None = None
 
     def describe(self) -> Iterator[Metric]:
         return self._families(None)
@@ -39,7 +43,13 @@ class AgentCollector(Collector):
         async def take() -> HealthFigures:
             return await self._figures()
 
-        future = asyncio.run_coroutine_threadsafe(take(), self._loop)
+        # scrapes that come while the figures are being taken wait for those: each taking
+        # counts the outbox on its thread, ahead of the appends, and the HTTP server gives
+        # every connection a thread of its own (a burst of scrapes is a burst of counts)
+        with self._lock:
+            future = self._taking
+            if future is None or future.done():
+                future = self._taking = asyncio.run_coroutine_threadsafe(take(), self._loop)
         try:
             figures = future.result(SCRAPE_TIMEOUT_S)
         except TimeoutError:

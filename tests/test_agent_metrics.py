@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import socket
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -270,3 +271,38 @@ async def test_drops_by_cause_are_the_health_reports_counters(tmp_path: Path) ->
     assert body["lost_disk_full"] == 7
     alarm_body = body["alarms"]
     assert isinstance(alarm_body, dict) and alarm_body["events_lost_disk_full"] == 5
+
+
+async def test_scrapes_at_once_share_one_reading_of_the_figures() -> None:
+    """Each reading of the figures counts the outbox on its one thread (``count(*)`` over
+    what may be millions of rows), ahead of the appends waiting there: a burst of scrapes
+    (several Prometheus servers, or anyone who reaches the port) must cost one reading,
+    not one each."""
+    from edge_agent.health import HealthFigures  # noqa: PLC0415
+    from edge_agent.outbox.lanes import OutboxStats  # noqa: PLC0415
+
+    readings = 0
+
+    async def figures() -> HealthFigures:
+        nonlocal readings
+        readings += 1
+        await asyncio.sleep(0.5)  # an outbox count that takes a while
+        return HealthFigures(
+            time.time(), OutboxStats(readings, 0, None, 0, 0), {}, True, 0, 0, 0, 0, 0, 0, 0, 0, 0
+        )
+
+    metrics = AgentMetrics("127.0.0.1", 0)
+    try:
+        metrics.expose(asyncio.get_running_loop(), figures)
+        loop = asyncio.get_running_loop()
+        with ThreadPoolExecutor(20) as pool:  # twenty at once, not the default pool's few
+            burst = await asyncio.gather(
+                *(loop.run_in_executor(pool, scrape, metrics.port) for _ in range(20))
+            )
+        later = await asyncio.to_thread(scrape, metrics.port)  # a scrape after: figures anew
+    finally:
+        await metrics.aclose()
+    depths = [sample(got, "edgefleet_agent_outbox_depth", lane="telemetry") for got in burst]
+    assert readings <= 3, f"{readings} readings of the figures for one burst of 20 scrapes"
+    assert all(d is not None and d <= 3 for d in depths), depths
+    assert sample(later, "edgefleet_agent_outbox_depth", lane="telemetry") == readings

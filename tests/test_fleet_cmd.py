@@ -141,3 +141,26 @@ def test_cmd_usage_errors_exit_2_before_anything_is_sent(
     out = run_cli("fleet", "cmd", *args, "--db", str(tmp_path / "none.db"))
     assert out.returncode == 2, out.stdout + out.stderr
     assert says in out.stderr
+
+
+def test_cmd_gives_ctrl_c_back_when_its_commands_are_done(
+    tmp_path: Path, mqtt_broker: Broker
+) -> None:
+    """Ctrl-C ends the commands outstanding; once they are done it must stop the process
+    again (printing a table of ten thousand rows, a store that hangs), not be swallowed."""
+    import signal  # noqa: PLC0415
+
+    from typer.testing import CliRunner  # noqa: PLC0415
+
+    from central.store import open_store  # noqa: PLC0415
+    from cli.fleet import app  # noqa: PLC0415
+
+    open_store(str(tmp_path / "central.db")).close()
+    key = tmp_path / "center.key"
+    assert run_cli("fleet", "keys", "init", "--key", str(key)).returncode == 0
+    before = signal.getsignal(signal.SIGINT)
+    args = ["cmd", "gw-nobody", "ping", "--timeout", "0.5", "--key", str(key)]
+    args += ["--db", str(tmp_path / "central.db"), "--broker", mqtt_broker.url]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 1 and "timeout" in result.output, result.output
+    assert signal.getsignal(signal.SIGINT) is before

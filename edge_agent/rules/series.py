@@ -117,8 +117,15 @@ def parse_ts(text: str) -> float:
     return ts
 
 
+FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+"""What a spreadsheet runs a cell starting with: ``fleet readings --format csv`` writes a
+sent text starting so with a ``'`` before it, and a value read here loses that ``'``."""
+
+
 def parse_value(text: str, carries_text: bool) -> Value:
     """A row's value; None for an empty one (a bad reading)."""
+    if text.startswith("'") and text[1:].startswith(FORMULA_START):
+        text = text[1:]  # a text that fleet readings kept from a spreadsheet's formulas
     t = text.strip()
     low = t.lower()
     if t == "":

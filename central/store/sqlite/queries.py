@@ -316,14 +316,14 @@ def gateway_clauses(where: GatewayFilter) -> tuple[list[str], list[Any]]:
         clauses.append("agent_version = ?")
         args.append(where.version)
     for key, value in where.tags:
-        clauses.append("json_extract(tags, ?) = ?")
-        args += [json_path(key), value]
+        # by json_each, not a JSON path: a path cannot name a key holding a quote; and only
+        # a text value, as PostgreSQL's ``tags @> {key: value}`` has it
+        clauses.append(
+            "EXISTS (SELECT 1 FROM json_each(tags) t WHERE t.key = ? AND t.type = 'text' "
+            "AND t.value = ?)"
+        )
+        args += [key, value]
     return clauses, args
-
-
-def json_path(key: str) -> str:
-    """A JSON path naming one key of an object, whatever characters the key holds."""
-    return "$." + json.dumps(key)
 
 
 def _eq(**eq: str | None) -> tuple[list[str], list[Any]]:
