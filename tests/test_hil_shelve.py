@@ -62,7 +62,7 @@ def test_shelving_for_two_hours_shelves_on_the_gateway_for_7200_s(
         assert (event["reason"], event["shelved_by"]) == ("detector being cleaned", "li.wei")
         # the reply, as a person reads it: the state after the command, no dict repr
         assert shelve.stdout.splitlines() == [
-            f"{GW}: alarm.shelve done",
+            f"{GW}: alarm.shelve det-3/smoke.alarm done",
             f"alarm: {ALARM}",
             "state: shelved",
             "current: active",
