@@ -171,7 +171,7 @@ def send_many(
                     if gw is None:
                         exhausted = True
                         break
-                    command = new_command(cmd, args, ttl_s)
+                    command = new_command(gw, cmd, args, ttl_s)
                     corr = uuid.uuid4().bytes
                     sent = time.time()
                     # pending before it goes: a quick reply must find it

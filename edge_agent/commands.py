@@ -42,6 +42,7 @@ class CommandChannel:
         public_key: Any | None,
         handlers: Mapping[str, Handler],
     ) -> None:
+        self._gateway = gateway
         self._uplink = uplink
         self._ledger = ledger
         self._key = public_key
@@ -65,7 +66,7 @@ class CommandChannel:
                     log.warning("command refused: no central.command_key configured")
                     self._warned_no_key = True
                 raise CommandRejected("this gateway has no command key: commands are refused")
-            command = verify(message.payload, self._key)
+            command = verify(message.payload, self._key, self._gateway)
             cmd_id = command["id"]
             fresh = await self._ledger.remember(cmd_id, command["expires"], time.time())
             if not fresh:

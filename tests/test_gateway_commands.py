@@ -4,6 +4,7 @@ signed as the center signs them; refusals answered with a clear error."""
 from __future__ import annotations
 
 import json
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -12,8 +13,10 @@ import pytest
 
 from central.commands import send_command
 from drivers.modbus.config import ModbusPoint
-from edge_agent.contract import Topics
+from edge_agent.contract import Channel, Topics
+from edge_agent.contract.commands import decode_reply, load_private_key, new_command, sign
 from edge_agent.contract.gateway_commands import RESTART_EXIT_CODE
+from mqttlink.session import Session, Subscription
 from mqttlink.url import Broker as BrokerSettings
 from tests.support import Agent, Broker, ThreadedDevice, run_cli, wait_for
 
@@ -93,6 +96,12 @@ def test_ping_read_write_and_restart(
             assert reply["ok"] is False and error in reply["error"], (name, args, reply)
         assert detector.get("siren") is True  # nothing refused was written
 
+        # a command signed for another gateway, published on this one's topic: refused
+        replayed = _signed_for_another(broker, key)
+        assert replayed["ok"] is False, replayed
+        assert "signed for another gateway" in replayed["error"]
+        assert detector.get("siren") is True
+
         detector.stop()
         down = cmd("read", {"device": "det-3", "point": "smoke"})
         assert down["ok"] is False and "unavailable" in down["error"], down
@@ -115,3 +124,32 @@ def _ok(cmd: Any, name: str, args: dict[str, Any]) -> dict[str, Any] | None:
     except Exception:
         return None
     return reply if reply.get("ok") else None
+
+
+def _signed_for_another(broker: BrokerSettings, key: Path) -> dict[str, Any]:
+    """What a gateway (or anyone who read its topic) could try: republish on GW's topic
+    a command the center signed for gw-other."""
+    topics = Topics()
+    command = new_command(
+        "gw-other", "write", {"device": "det-3", "point": "siren", "value": False}
+    )
+    got: list[dict[str, Any]] = []
+    correlation = uuid.uuid4().bytes
+    reply_topic = f"{topics.root}/center/reply/{uuid.uuid4().hex}"
+    session = Session(broker, name="replayer")
+    session.subscribe(
+        Subscription(reply_topic, qos=1), lambda m: got.append(decode_reply(m.payload))
+    )
+    session.open(timeout_s=5)
+    try:
+        session.publish(
+            topics.gw(GW, Channel.CMD),
+            sign(command, load_private_key(key)),
+            qos=1,
+            response_topic=reply_topic,
+            correlation=correlation,
+        )
+        wait_for(lambda: bool(got), 10, what="the gateway's reply")
+    finally:
+        session.close()
+    return got[0]

@@ -394,9 +394,9 @@ def test_a_stock_consumer_acks_from_the_readme_and_the_agent_forgets_what_it_ack
 
 
 def readme_signed(command: dict[str, Any], key_file: Path) -> bytes:
-    """Sign as the README says: Ed25519 over the canonical JSON of id, cmd, args and
+    """Sign as the README says: Ed25519 over the canonical JSON of id, gw, cmd, args and
     expires (keys sorted, no whitespace, UTF-8), base64 in ``sig``."""
-    body = {k: command[k] for k in ("id", "cmd", "args", "expires")}
+    body = {k: command[k] for k in ("id", "gw", "cmd", "args", "expires")}
     canonical = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
     sig = load_private_key(key_file).sign(canonical.encode())
     return json.dumps({**body, "sig": base64.b64encode(sig).decode()}).encode()
@@ -414,7 +414,7 @@ def test_a_stock_client_commands_over_v5_request_response(
     try:
         agent.start()
         alarms.wait(lambda m: valid(m)["state"] == "active", 15, "the active alarm")
-        command = new_command("alarm.ack", {"alarm": ALARM, "by": "li.wei"}, ttl_s=60)
+        command = new_command(GW, "alarm.ack", {"alarm": ALARM, "by": "li.wei"}, ttl_s=60)
         signed = readme_signed(command, key_file)
         # the README's recipe is what the project's own signer does
         assert json.loads(signed) == json.loads(sign(command, load_private_key(key_file)))

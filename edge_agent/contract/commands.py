@@ -1,9 +1,12 @@
 """Commands from the center to a gateway: signed (Ed25519), with an expiry, never replayed.
 
-The signature covers the canonical JSON of ``{id, cmd, args, expires}``: keys sorted, no
-insignificant whitespace, UTF-8 (RFC 8785 for the values we use: strings, integers,
-floats Python prints the shortest way). The reply travels on the MQTT v5 response
-topic the command named, with its correlation data.
+The signature covers the canonical JSON of ``{id, gw, cmd, args, expires}``: keys sorted,
+no insignificant whitespace, UTF-8 (RFC 8785 for the values we use: strings, integers,
+floats Python prints the shortest way). ``gw`` is the gateway the command is for: a
+signed command seen on one gateway's topic (by that gateway, or on a lax broker) and
+published again to another's is refused there (``verify(…, gateway=…)``); ``id``, random,
+is the nonce the gateway's replay ledger remembers until ``expires``. The reply travels on
+the MQTT v5 response topic the command named, with its correlation data.
 
 ``cryptography`` is imported only when a key is used: a gateway that takes no commands
 does not pay for it.
@@ -38,20 +41,32 @@ def canonical(obj: dict[str, Any]) -> bytes:
     return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
 
 
-def new_command(cmd: str, args: dict[str, Any], ttl_s: float = 60) -> dict[str, Any]:
-    return {"id": uuid.uuid4().hex, "cmd": cmd, "args": args, "expires": time.time() + ttl_s}
+SIGNED = ("id", "gw", "cmd", "args", "expires")
+"""The fields of a command, every one under the signature."""
+
+
+def new_command(gw: str, cmd: str, args: dict[str, Any], ttl_s: float = 60) -> dict[str, Any]:
+    """A command for gateway ``gw``, valid for ``ttl_s``."""
+    return {
+        "id": uuid.uuid4().hex,
+        "gw": gw,
+        "cmd": cmd,
+        "args": args,
+        "expires": time.time() + ttl_s,
+    }
 
 
 def sign(command: dict[str, Any], key: Ed25519PrivateKey) -> bytes:
-    body = {k: command[k] for k in ("id", "cmd", "args", "expires")}
+    body = {k: command[k] for k in SIGNED}
     sig = base64.b64encode(key.sign(canonical(body))).decode()
     return dumps({**body, "sig": sig})
 
 
 def verify(
-    payload: bytes | bytearray, key: Ed25519PublicKey, now: float | None = None
+    payload: bytes | bytearray, key: Ed25519PublicKey, gateway: str, now: float | None = None
 ) -> dict[str, Any]:
-    """The command, if its signature, shape and expiry hold; replay is the caller's check."""
+    """The command, if its signature, shape and expiry hold and it is for ``gateway``;
+    replay is the caller's check."""
     # cryptography loads only where commands are signed or checked
     from cryptography.exceptions import InvalidSignature  # noqa: PLC0415
 
@@ -62,14 +77,17 @@ def verify(
     sig = obj.pop("sig", None)
     if not isinstance(sig, str):
         raise CommandRejected("unsigned command")
-    if set(obj) != {"id", "cmd", "args", "expires"}:
-        raise CommandRejected("a command has exactly id, cmd, args, expires and sig")
+    if set(obj) != set(SIGNED):
+        raise CommandRejected("a command has exactly id, gw, cmd, args, expires and sig")
     try:
         key.verify(base64.b64decode(sig, validate=True), canonical(obj))
     except (InvalidSignature, ValueError):
         raise CommandRejected("bad signature") from None
     if not isinstance(obj["id"], str) or not isinstance(obj["cmd"], str):
         raise CommandRejected("id and cmd must be strings")
+    if obj["gw"] != gateway:
+        # signed, but for another gateway: a replay from its topic
+        raise CommandRejected("the command is signed for another gateway, not this one")
     if not isinstance(obj["args"], dict):
         raise CommandRejected("args must be an object")
     expires = obj["expires"]
