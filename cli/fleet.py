@@ -25,6 +25,7 @@ from cli.broker_options import (
     broker_settings,
 )
 from cli.durations import length_option
+from cli.fleet_broker import broker_config
 from cli.fleet_cmd import cmd, commands
 from cli.fleet_gateways import devices_app, gateways_app, status
 from cli.fleet_readings import readings
@@ -68,6 +69,7 @@ app.command("readings")(readings)
 app.command("cmd")(cmd)
 app.command("commands")(commands)
 app.command("watch")(watch)
+app.command("broker-config")(broker_config)
 app.add_typer(alarms_app, name="alarms")
 app.add_typer(keys_app, name="keys")
 

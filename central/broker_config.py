@@ -1,0 +1,150 @@
+"""The broker's configuration (``fleet broker-config``): a Mosquitto 2 config and its ACL,
+rendered from the templates in ``packaging/`` for one fleet CA folder.
+
+The CA folder is the one ``fleet ca init`` makes: ``ca.crt`` (the fleet's CA), ``crl.pem``
+(the certificates it revoked), ``broker.crt`` and ``broker.key`` (the broker's server
+certificate); the broker reads nothing else of it. Its paths are resolved when the config
+is written, so the config works from any directory Mosquitto is started in.
+
+Every value written into a config line is checked first: a newline in a path or an
+address would otherwise add a line of its own to the config (``allow_anonymous true``).
+
+Errors: ``BrokerConfigError`` (nothing was written) is the only one raised:
+
+    BrokerConfigError
+    ├── CaFolderError     the CA folder lacks a file the broker needs
+    └── ExistingFiles     an output file is there and ``force`` was not given
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from string import Template
+
+from edge_agent.contract.limits import MESSAGE_MAX_BYTES
+from edge_agent.contract.topics import DEFAULT_ROOT, Topics
+
+TEMPLATES = Path(__file__).resolve().parent.parent / "packaging"
+"""``packaging/`` of the checkout (``fleet`` is installed from one, editable)."""
+
+CONFIG_NAME = "mosquitto.conf"
+ACL_NAME = "edgefleet.acl"
+
+CENTER_IDENTITY = "edgefleet-central"
+"""The common name of the center's client certificate (``central.crt``): the ACL's user."""
+
+CA_FILES = ("ca.crt", "crl.pem", "broker.crt", "broker.key")
+"""What the broker reads from the CA folder."""
+
+PACKET_HEADROOM = 65_536
+"""Bytes a packet may hold beside a payload of ``MESSAGE_MAX_BYTES``: its topic (ours are
+short, MQTT allows 65,535 bytes) and its properties (a command's response topic and
+correlation data). ``max_packet_size`` is their sum."""
+
+DEFAULT_DATA_DIR = Path("/var/lib/mosquitto")
+"""Where Debian's package keeps Mosquitto's persistence file."""
+
+_HOSTNAME = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,62}[A-Za-z0-9])?(?:\.[A-Za-z0-9-]{1,63})*")
+_UNSAFE = re.compile(r"[\x00-\x1f\x7f]")
+
+
+class BrokerConfigError(Exception):
+    """The config could not be written; nothing was."""
+
+
+class CaFolderError(BrokerConfigError):
+    """The CA folder lacks a file the broker needs."""
+
+
+class ExistingFiles(BrokerConfigError):
+    """An output file exists and overwriting was not asked for."""
+
+
+@dataclass(frozen=True)
+class BrokerConfig:
+    """What a generated config says: where the CA folder is, what the listener binds."""
+
+    ca_dir: Path
+    out: Path
+    port: int = 8883
+    bind: str = "127.0.0.1"
+    topic_root: str = DEFAULT_ROOT
+    data_dir: Path = DEFAULT_DATA_DIR
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.port <= 65535:
+            raise ValueError(f"port {self.port} is not 1-65535")
+        if not _is_address(self.bind):
+            raise ValueError(f"bind address {self.bind!r} is not an IP address or host name")
+        Topics(self.topic_root)  # raises TopicError (a ValueError) for a wildcard or space
+        for what, path in (("CA folder", self.ca_dir), ("out", self.out), ("data", self.data_dir)):
+            _check_path(what, path)
+
+    def render(self) -> dict[str, str]:
+        """The two files' texts by name (``mosquitto.conf``, ``edgefleet.acl``)."""
+        ca, out, data = (p.resolve() for p in (self.ca_dir, self.out, self.data_dir))
+        for what, path in (("CA folder", ca), ("out", out), ("data folder", data)):
+            _check_path(what, path)  # the working directory's name is in them now
+        conf = _template(CONFIG_NAME).substitute(
+            port=self.port,
+            bind=self.bind,
+            cafile=ca / "ca.crt",
+            certfile=ca / "broker.crt",
+            keyfile=ca / "broker.key",
+            crlfile=ca / "crl.pem",
+            acl_file=out / ACL_NAME,
+            # Mosquitto 2.0 joins the location and the file name as they are
+            data_dir=f"{data}/",
+            message_size_limit=MESSAGE_MAX_BYTES,
+            max_packet_size=MESSAGE_MAX_BYTES + PACKET_HEADROOM,
+        )
+        acl = _template(ACL_NAME).substitute(root=self.topic_root)
+        return {CONFIG_NAME: conf, ACL_NAME: acl}
+
+    def write(self, force: bool = False) -> list[Path]:
+        """Write both files into ``out`` (made if missing); the paths written.
+
+        Raises ``CaFolderError`` if the CA folder lacks a file the broker reads, and
+        ``ExistingFiles`` if an output file is there and ``force`` is not set; either
+        way before anything is written."""
+        missing = [name for name in CA_FILES if not (self.ca_dir / name).is_file()]
+        if missing:
+            raise CaFolderError(
+                f"{self.ca_dir} has no {', '.join(missing)} (fleet ca init makes the CA folder)"
+            )
+        texts = self.render()
+        paths = [self.out / name for name in texts]
+        there = [str(p) for p in paths if p.exists() or p.is_symlink()]
+        if there and not force:
+            raise ExistingFiles(f"{', '.join(there)} exists; --force overwrites")
+        self.out.mkdir(parents=True, exist_ok=True)
+        for path, text in zip(paths, texts.values(), strict=True):
+            tmp = path.with_name(path.name + ".tmp")
+            tmp.write_text(text)
+            tmp.chmod(0o644)  # no secret inside; Mosquitto's own user must read them
+            tmp.replace(path)
+        return paths
+
+
+def _template(name: str) -> Template:
+    path = TEMPLATES / name
+    try:
+        return Template(path.read_text())
+    except OSError as exc:
+        raise BrokerConfigError(f"cannot read the template {path}: {exc.strerror}") from None
+
+
+def _is_address(text: str) -> bool:
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        return _HOSTNAME.fullmatch(text) is not None
+    return True
+
+
+def _check_path(what: str, path: Path) -> None:
+    if _UNSAFE.search(str(path)) or str(path) != str(path).strip():
+        raise ValueError(f"{what} {str(path)!r} holds control characters or edge spaces")

@@ -1,0 +1,58 @@
+"""``fleet broker-config``: the broker's config and ACL for the fleet's CA folder
+(``central.broker_config``, loaded when the command runs: ``fleet --help`` stays fast)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from cli.topic_options import RootOpt
+from edge_agent.contract.topics import DEFAULT_ROOT
+
+
+def broker_config(
+    out: Annotated[
+        Path, typer.Option("--out", help="folder to write mosquitto.conf and edgefleet.acl in")
+    ],
+    ca_dir: Annotated[
+        Path,
+        typer.Option(
+            "--ca-dir",
+            help="the fleet's CA folder (fleet ca init): ca.crt, crl.pem, broker.crt, "
+            "broker.key are read from it, by absolute path",
+        ),
+    ] = Path("fleet-ca"),
+    port: Annotated[
+        int, typer.Option("--port", min=1, max=65535, help="the TLS listener's port")
+    ] = 8883,
+    bind: Annotated[
+        str, typer.Option("--bind", help="the address the listener binds (0.0.0.0: all)")
+    ] = "127.0.0.1",
+    topic_root: RootOpt = DEFAULT_ROOT,
+    data_dir: Annotated[
+        Path, typer.Option("--data-dir", help="where Mosquitto keeps its persistence file")
+    ] = Path("/var/lib/mosquitto"),
+    force: Annotated[
+        bool, typer.Option("--force", help="overwrite the files if they are there")
+    ] = False,
+) -> None:
+    """Write a Mosquitto 2 config (one TLS listener that requires a certificate of the
+    fleet's CA and checks its CRL) and the ACL that confines each gateway to its topics."""
+    from central.broker_config import BrokerConfig, BrokerConfigError  # noqa: PLC0415
+
+    try:
+        config = BrokerConfig(
+            ca_dir=ca_dir, out=out, port=port, bind=bind, topic_root=topic_root, data_dir=data_dir
+        )
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from None
+    try:
+        written = config.write(force=force)
+    except BrokerConfigError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from None
+    for path in written:
+        typer.echo(f"wrote {path}")
+    typer.echo(f"run: mosquitto -c {written[0]}")
