@@ -77,8 +77,7 @@ class BrokerConfig:
     def __post_init__(self) -> None:
         if not 1 <= self.port <= 65535:
             raise ValueError(f"port {self.port} is not 1-65535")
-        if not _is_address(self.bind):
-            raise ValueError(f"bind address {self.bind!r} is not an IP address or host name")
+        check_address(self.bind)
         Topics(self.topic_root)  # raises TopicError (a ValueError) for a wildcard or space
         for what, path in (("CA folder", self.ca_dir), ("out", self.out), ("data", self.data_dir)):
             _check_path(what, path)
@@ -137,12 +136,14 @@ def _template(name: str) -> Template:
         raise BrokerConfigError(f"cannot read the template {path}: {exc.strerror}") from None
 
 
-def _is_address(text: str) -> bool:
+def check_address(text: str) -> str:
+    """``text`` if it is an IP address or a host name (a listener's bind address)."""
     try:
         ipaddress.ip_address(text)
     except ValueError:
-        return _HOSTNAME.fullmatch(text) is not None
-    return True
+        if _HOSTNAME.fullmatch(text) is None:
+            raise ValueError(f"{text!r} is not an IP address or host name") from None
+    return text
 
 
 def _check_path(what: str, path: Path) -> None:

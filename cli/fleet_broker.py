@@ -12,6 +12,15 @@ from cli.topic_options import RootOpt
 from edge_agent.contract.topics import DEFAULT_ROOT
 
 
+def _bind_option(value: str) -> str:
+    from central.broker_config import check_address  # noqa: PLC0415
+
+    try:
+        return check_address(value)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from None
+
+
 def broker_config(
     out: Annotated[
         Path, typer.Option("--out", help="folder to write mosquitto.conf and edgefleet.acl in")
@@ -28,7 +37,10 @@ def broker_config(
         int, typer.Option("--port", min=1, max=65535, help="the TLS listener's port")
     ] = 8883,
     bind: Annotated[
-        str, typer.Option("--bind", help="the address the listener binds (0.0.0.0: all)")
+        str,
+        typer.Option(
+            "--bind", help="the address the listener binds (0.0.0.0: all)", callback=_bind_option
+        ),
     ] = "127.0.0.1",
     topic_root: RootOpt = DEFAULT_ROOT,
     data_dir: Annotated[

@@ -1,5 +1,6 @@
 """A certificate authority made in the test: a CA, a broker certificate for 127.0.0.1 and
-client certificates it signs, as PEM files (``cryptography``, no openssl command)."""
+client certificates it signs, as PEM files (``cryptography``, no openssl command); and
+``fleet_ca``, the CA folder as ``fleet ca init`` lays it out."""
 
 from __future__ import annotations
 
@@ -60,18 +61,44 @@ class Authority:
         self.ca_file = folder / "ca.pem"
         self.ca_file.write_bytes(self._cert.public_bytes(serialization.Encoding.PEM))
 
-    def server(self, name: str = "broker") -> Issued:
+    def server(self, name: str = "broker", stem: str | None = None) -> Issued:
         """A server certificate for 127.0.0.1 (and localhost)."""
         sans = [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
-        return self.issue(name, ExtendedKeyUsageOID.SERVER_AUTH, sans)
+        return self.issue(name, ExtendedKeyUsageOID.SERVER_AUTH, sans, stem)
 
-    def client(self, name: str) -> Issued:
-        """A client certificate whose common name is ``name``."""
-        return self.issue(name, ExtendedKeyUsageOID.CLIENT_AUTH, [x509.DNSName(name)])
+    def client(self, name: str, stem: str | None = None, folder: Path | None = None) -> Issued:
+        """A client certificate whose common name is ``name`` (in ``folder``: the CA's)."""
+        usage = ExtendedKeyUsageOID.CLIENT_AUTH
+        return self.issue(name, usage, [x509.DNSName(name)], stem, folder)
+
+    def write_key(self, path: Path) -> None:
+        """The CA's private key, PEM, mode 0600."""
+        path.write_bytes(_private_pem(self._key))
+        path.chmod(0o600)
+
+    def write_crl(self, path: Path) -> None:
+        """A CRL signed by the CA that revokes nothing."""
+        now = datetime.datetime.now(datetime.UTC)
+        crl = (
+            x509.CertificateRevocationListBuilder()
+            .issuer_name(self._name)
+            .last_update(now - datetime.timedelta(minutes=5))
+            .next_update(now + datetime.timedelta(days=1))
+            .add_extension(x509.CRLNumber(1), critical=False)
+            .sign(self._key, hashes.SHA256())
+        )
+        path.write_bytes(crl.public_bytes(serialization.Encoding.PEM))
 
     def issue(
-        self, name: str, usage: x509.ObjectIdentifier, sans: list[x509.GeneralName]
+        self,
+        name: str,
+        usage: x509.ObjectIdentifier,
+        sans: list[x509.GeneralName],
+        stem: str | None = None,
+        folder: Path | None = None,
     ) -> Issued:
+        """A certificate for ``name``: ``<stem>.pem`` and ``<stem>.key`` (stem: the name),
+        or ``<stem>.crt`` when the stem is given, as the fleet's CA folder names them."""
         key = ec.generate_private_key(ec.SECP256R1())
         now = datetime.datetime.now(datetime.UTC)
         cert = (
@@ -91,13 +118,51 @@ class Authority:
             )
             .sign(self._key, hashes.SHA256())
         )
-        issued = Issued(self.folder / f"{name}.pem", self.folder / f"{name}.key")
+        base = (folder or self.folder) / (stem or name)
+        suffix = ".crt" if stem else ".pem"
+        issued = Issued(base.with_name(base.name + suffix), base.with_name(base.name + ".key"))
         issued.cert.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-        issued.key.write_bytes(
-            key.private_bytes(
-                serialization.Encoding.PEM,
-                serialization.PrivateFormat.PKCS8,
-                serialization.NoEncryption(),
-            )
-        )
+        issued.key.write_bytes(_private_pem(key))
+        issued.key.chmod(0o600)
         return issued
+
+
+def _private_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
+    return key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+
+
+CENTRAL = "edgefleet-central"
+
+
+@dataclass(frozen=True)
+class FleetCa:
+    """A CA folder as ``fleet ca init`` makes it: ``ca.crt``, ``ca.key``, ``crl.pem``,
+    ``broker.crt``/``broker.key`` (127.0.0.1), ``central.crt``/``central.key`` (CN
+    ``edgefleet-central``), ``command.key``/``command.pub`` (Ed25519); its ``authority``
+    issues gateways' certificates (``gateway``) outside it."""
+
+    folder: Path
+    authority: Authority
+    broker: Issued
+    central: Issued
+
+    def gateway(self, gw: str, folder: Path) -> Issued:
+        """Gateway ``gw``'s client certificate (CN = its id), ``folder/<gw>.pem`` and key."""
+        folder.mkdir(parents=True, exist_ok=True)
+        return self.authority.client(gw, folder=folder)
+
+
+def fleet_ca(folder: Path) -> FleetCa:
+    # the command key is the center's, made as `fleet keys init` makes it
+    from edge_agent.contract.commands import generate_keys  # noqa: PLC0415
+
+    ca = Authority(folder, "EdgeFleet fleet CA")
+    ca.ca_file = ca.ca_file.rename(folder / "ca.crt")
+    ca.write_key(folder / "ca.key")
+    ca.write_crl(folder / "crl.pem")
+    broker = ca.server("broker", stem="broker")
+    central = ca.client(CENTRAL, stem="central")
+    generate_keys(folder / "command.key")
+    return FleetCa(folder, ca, broker, central)

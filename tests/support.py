@@ -106,13 +106,37 @@ def mosquitto_binary() -> str:
 
 
 class Broker:
-    """A Mosquitto process on a loopback port; stop() and start() keep the port."""
+    """A Mosquitto process on a loopback port; stop() and start() keep the port.
 
-    def __init__(self, workdir: Path, port: int | None = None, extra_conf: str = "") -> None:
+    By default it runs a config of its own (anonymous, no persistence, ``extra_conf``
+    appended); with ``config`` (a ``mosquitto.conf`` alone in its folder, whose listener
+    is on 127.0.0.1:``port``) it runs that file unchanged. Started as root, Mosquitto
+    drops to its own user, which cannot read a test's private files: then a config of two
+    lines keeps root and takes ``config`` in with ``include_dir``."""
+
+    def __init__(
+        self,
+        workdir: Path,
+        port: int | None = None,
+        extra_conf: str = "",
+        config: Path | None = None,
+    ) -> None:
         self.workdir = workdir
         self.port = port or free_port()
         self.conf = workdir / "mosquitto.conf"
         self.log = workdir / "mosquitto.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+        if config is not None:
+            if port is None or extra_conf or config.parent == workdir:
+                raise ValueError(
+                    "a given config names its port, takes nothing more, and "
+                    "sits in a folder of its own"
+                )
+            self.conf = config
+            if os.geteuid() == 0:
+                self.conf = workdir / "as-root.conf"
+                self.conf.write_text(f"user root\ninclude_dir {config.parent}\n")
+            return
         self.conf.write_text(
             f"listener {self.port} 127.0.0.1\n"
             "allow_anonymous true\n"
@@ -123,7 +147,6 @@ class Broker:
             "log_type error\nlog_type warning\nlog_type notice\nlog_type information\n"
             f"{extra_conf}"
         )
-        self.proc: subprocess.Popen[bytes] | None = None
 
     @property
     def url(self) -> str:

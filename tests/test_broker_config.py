@@ -1,0 +1,329 @@
+"""``fleet broker-config`` against a real Mosquitto started with the config it writes, for a
+CA folder laid out as ``fleet ca init`` makes it (``tests.pki.fleet_ca``): who may connect,
+publish and read what. Every client is MQTT v5 (paho, and a stock ``mosquitto_pub``), so a
+denied publish is seen as PUBACK 0x87; with Mosquitto's ACL file a denied subscription is
+granted and delivers nothing, which is what is checked."""
+
+from __future__ import annotations
+
+import shutil
+import ssl
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import paho.mqtt.client as mqtt
+import pytest
+from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.properties import Properties
+from paho.mqtt.reasoncodes import ReasonCode
+
+from central.broker_config import BrokerConfig
+from edge_agent.contract.limits import MESSAGE_MAX_BYTES
+from edge_agent.contract.topics import Channel, Topics
+from tests.pki import CENTRAL, Authority, FleetCa, Issued, fleet_ca
+from tests.support import Broker, free_port, run_cli, wait_for
+
+TOPICS = Topics()
+A, B = "gw-a", "gw-b"
+NOT_AUTHORIZED = 0x87
+GATEWAY_WRITES = (Channel.TELEMETRY, Channel.ALARMS, Channel.STATE, Channel.HEALTH)
+
+
+@dataclass
+class Fleet:
+    ca: FleetCa
+    broker: Broker
+    gateways: dict[str, Issued]
+    rogue: Authority
+    workdir: Path
+    clients: list[Client] = field(default_factory=list)
+
+    def client(self, issued: Issued | None, name: str) -> Client:
+        c = Client(self, issued, name)
+        self.clients.append(c)
+        return c
+
+
+class Client:
+    """A paho MQTT v5 client over TLS, keeping every PUBACK's reason code and message."""
+
+    def __init__(self, fleet: Fleet, issued: Issued | None, name: str) -> None:
+        self.port = fleet.broker.port
+        self.paho = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=name, protocol=mqtt.MQTTv5)
+        self.paho.tls_set(
+            ca_certs=str(fleet.ca.folder / "ca.crt"),
+            certfile=str(issued.cert) if issued else None,
+            keyfile=str(issued.key) if issued else None,
+        )
+        self.connected = threading.Event()
+        self.acked: dict[int, int] = {}
+        self.granted: dict[int, list[int]] = {}
+        self.got: list[tuple[str, bytes]] = []
+        self.paho.on_connect = self._on_connect
+        self.paho.on_publish = self._on_publish
+        self.paho.on_subscribe = self._on_subscribe
+        self.paho.on_message = lambda _c, _u, msg: self.got.append((msg.topic, msg.payload))
+
+    def _on_connect(self, _c: object, _u: object, _f: object, rc: ReasonCode, _p: object) -> None:
+        if rc.value == 0:
+            self.connected.set()
+
+    def _on_publish(self, _c: object, _u: object, mid: int, rc: ReasonCode, _p: object) -> None:
+        self.acked[mid] = rc.value
+
+    def _on_subscribe(
+        self, _c: object, _u: object, mid: int, rcs: list[ReasonCode], _p: Properties | None
+    ) -> None:
+        self.granted[mid] = [rc.value for rc in rcs]
+
+    def connect(self, timeout: float = 5) -> bool:
+        """Whether the broker took the connection (a CONNACK of success) within ``timeout``."""
+        try:
+            self.paho.connect("127.0.0.1", self.port, keepalive=10)
+        except (OSError, ssl.SSLError):
+            return False
+        self.paho.loop_start()
+        return self.connected.wait(timeout)
+
+    def publish(self, topic: str, payload: bytes = b"x", retain: bool = False) -> int:
+        """Publish at QoS 1 and return the PUBACK's reason code."""
+        info = self.paho.publish(topic, payload, qos=1, retain=retain)
+        return wait_for(lambda: self.acked.get(info.mid), 10, what=f"PUBACK of {topic}") or 0
+
+    def publish_ok(self, topic: str, payload: bytes = b"x") -> None:
+        info = self.paho.publish(topic, payload, qos=1)
+        wait_for(lambda: info.mid in self.acked, 10, what=f"PUBACK of {topic}")
+        assert self.acked[info.mid] == 0, (topic, hex(self.acked[info.mid]))
+
+    def subscribe(self, *topics: str) -> list[int]:
+        """Subscribe at QoS 1 and return the SUBACK's reason codes (1: granted QoS 1)."""
+        _, mid = self.paho.subscribe([(t, 1) for t in topics])
+        return wait_for(lambda: self.granted.get(mid), 10, what=f"SUBACK of {topics}")
+
+    def payloads(self, topic: str) -> list[bytes]:
+        return [p for t, p in self.got if t == topic]
+
+    def close(self) -> None:
+        self.paho.disconnect()
+        self.paho.loop_stop()
+
+
+def write_config(ca: Path, out: Path, port: int, data: Path, *extra: str) -> None:
+    made = run_cli(
+        "fleet",
+        "broker-config",
+        "--out",
+        str(out),
+        "--ca-dir",
+        str(ca),
+        "--port",
+        str(port),
+        "--data-dir",
+        str(data),
+        *extra,
+    )
+    assert made.returncode == 0, made.stderr
+    assert str(out / "mosquitto.conf") in made.stdout
+
+
+@pytest.fixture
+def fleet(tmp_path: Path) -> Iterator[Fleet]:
+    """Mosquitto on the generated config, a fleet CA, gateways A and B, and another CA."""
+    ca = fleet_ca(tmp_path / "fleet-ca")
+    port = free_port()
+    out = tmp_path / "broker-config"
+    data = tmp_path / "broker-data"
+    data.mkdir()
+    write_config(ca.folder, out, port, data)
+    run = tmp_path / "broker"
+    run.mkdir()
+    broker = Broker(run, port, config=out / "mosquitto.conf").start()
+    gateways = {gw: ca.gateway(gw, tmp_path / "gateways") for gw in (A, B)}
+    fleet = Fleet(ca, broker, gateways, Authority(tmp_path / "rogue", "Someone else's CA"), run)
+    yield fleet
+    for c in fleet.clients:
+        c.close()
+    broker.stop()
+
+
+def connected(fleet: Fleet, issued: Issued | None, name: str) -> Client:
+    c = fleet.client(issued, name)
+    assert c.connect(), f"{name} could not connect"
+    return c
+
+
+def test_the_generated_config_names_the_ca_folder_by_absolute_path_and_the_contracts_size(
+    tmp_path: Path,
+) -> None:
+    ca = fleet_ca(tmp_path / "fleet-ca")
+    write_config(ca.folder, tmp_path / "out", 18883, tmp_path / "data", "--bind", "0.0.0.0")
+    conf = (tmp_path / "out" / "mosquitto.conf").read_text().splitlines()
+    folder = ca.folder.resolve()
+    for line in (
+        "listener 18883 0.0.0.0",
+        f"cafile {folder / 'ca.crt'}",
+        f"certfile {folder / 'broker.crt'}",
+        f"keyfile {folder / 'broker.key'}",
+        f"crlfile {folder / 'crl.pem'}",
+        "require_certificate true",
+        "use_identity_as_username true",
+        "allow_anonymous false",
+        f"acl_file {(tmp_path / 'out' / 'edgefleet.acl').resolve()}",
+        f"persistence_location {(tmp_path / 'data').resolve()}/",
+        f"message_size_limit {MESSAGE_MAX_BYTES}",
+    ):
+        assert line in conf
+    acl = (tmp_path / "out" / "edgefleet.acl").read_text()
+    assert "%c" not in acl and "$" not in acl  # every placeholder filled
+    assert f"user {CENTRAL}" in acl.splitlines()
+
+
+def test_it_refuses_to_overwrite_without_force_and_a_ca_folder_without_its_files(
+    tmp_path: Path,
+) -> None:
+    ca = fleet_ca(tmp_path / "fleet-ca")
+    out = tmp_path / "out"
+    write_config(ca.folder, out, 18883, tmp_path / "data")
+    (out / "edgefleet.acl").write_text("kept\n")
+    again = run_cli("fleet", "broker-config", "--out", str(out), "--ca-dir", str(ca.folder))
+    assert again.returncode == 1 and "--force" in again.stderr, again.stderr
+    assert (out / "edgefleet.acl").read_text() == "kept\n"
+    write_config(ca.folder, out, 18884, tmp_path / "data", "--force")
+    assert "listener 18884 127.0.0.1" in (out / "mosquitto.conf").read_text()
+    assert "kept" not in (out / "edgefleet.acl").read_text()
+
+    (ca.folder / "crl.pem").unlink()
+    empty = tmp_path / "out2"
+    no_crl = run_cli("fleet", "broker-config", "--out", str(empty), "--ca-dir", str(ca.folder))
+    assert no_crl.returncode == 1 and "crl.pem" in no_crl.stderr, no_crl.stderr
+    assert not empty.exists()
+
+
+@pytest.mark.parametrize(
+    ("option", "value"),
+    [("--bind", "127.0.0.1\nallow_anonymous true"), ("--topic-root", "a/#"), ("--port", "0")],
+)
+def test_a_value_that_would_break_the_config_is_a_usage_error(
+    tmp_path: Path, option: str, value: str
+) -> None:
+    ca = fleet_ca(tmp_path / "fleet-ca")
+    out = tmp_path / "out"
+    bad = run_cli(
+        "fleet", "broker-config", "--out", str(out), "--ca-dir", str(ca.folder), option, value
+    )
+    assert bad.returncode == 2 and option in bad.stderr, bad.stderr
+    assert not out.exists()
+
+
+def test_the_template_renders_as_packaging_shows_it() -> None:
+    """packaging/ holds the templates: rendered, every $name is filled."""
+    texts = BrokerConfig(ca_dir=Path("/etc/edgefleet/ca"), out=Path("/etc/mosquitto")).render()
+    assert "$" not in texts["mosquitto.conf"] and "$" not in texts["edgefleet.acl"]
+    assert "pattern readwrite edgefleet/v1/gw/%u/state" in texts["edgefleet.acl"]
+
+
+@pytest.mark.hil
+def test_only_certificates_of_the_fleet_ca_connect(fleet: Fleet) -> None:
+    assert fleet.client(fleet.gateways[A], "a").connect()
+    assert fleet.client(fleet.ca.central, "center").connect()
+    assert not fleet.client(None, "anonymous").connect()
+    rogue_dir = fleet.workdir / "rogue-certs"
+    rogue_dir.mkdir()
+    for cn in (A, CENTRAL):
+        other = fleet.rogue.client(cn, folder=rogue_dir)
+        assert not fleet.client(other, f"rogue-{cn}").connect(), cn
+
+
+@pytest.mark.hil
+def test_a_gateway_publishes_only_its_own_data_and_the_center_sees_none_of_the_rest(
+    fleet: Fleet,
+) -> None:
+    center = connected(fleet, fleet.ca.central, "center")
+    b = connected(fleet, fleet.gateways[B], "b")
+    a = connected(fleet, fleet.gateways[A], "a")
+    assert center.subscribe("#") == [1]
+    assert b.subscribe(TOPICS.gw(B, Channel.CMD), TOPICS.gw(B, Channel.ACK)) == [1, 1]
+
+    # B's data, anyone's commands and acks, the center's feed: PUBACK 0x87 each
+    forbidden = [TOPICS.gw(B, ch) for ch in GATEWAY_WRITES]
+    forbidden += [TOPICS.gw(gw, ch) for gw in (A, B) for ch in (Channel.ACK, Channel.CMD)]
+    forbidden += [TOPICS.feed(), f"{TOPICS.root}/gw/{B}/other", "elsewhere"]
+    for topic in forbidden:
+        assert a.publish(topic, b"forged") == NOT_AUTHORIZED, topic
+    assert a.publish(TOPICS.gw(B, Channel.STATE), b"forged", retain=True) == NOT_AUTHORIZED
+
+    # its own data and a reply to the center go through, after the forgeries
+    own = [TOPICS.gw(A, ch) for ch in GATEWAY_WRITES] + [f"{TOPICS.root}/center/reply/r1"]
+    for topic in own:
+        a.publish_ok(topic, b"real")
+    wait_for(lambda: len(center.got) >= len(own), 10, what="A's own messages at the center")
+    time.sleep(0.3)
+    assert sorted(center.got) == sorted((t, b"real") for t in own)
+    assert b.got == []
+
+
+@pytest.mark.hil
+def test_a_gateway_reads_only_its_own_commands_acks_and_state(fleet: Fleet) -> None:
+    center = connected(fleet, fleet.ca.central, "center")
+    b = connected(fleet, fleet.gateways[B], "b")
+    a = connected(fleet, fleet.gateways[A], "a")
+    theirs = [TOPICS.gw(B, ch) for ch in (Channel.CMD, Channel.ACK, Channel.TELEMETRY)]
+    theirs += [f"{TOPICS.root}/center/reply/#", TOPICS.feed()]
+    mine = [TOPICS.gw(A, ch) for ch in (Channel.CMD, Channel.ACK, Channel.STATE)]
+    # the ACL file grants a subscription it will deliver nothing to
+    assert a.subscribe(*theirs, *mine) == [1] * (len(theirs) + len(mine))
+    assert b.subscribe(TOPICS.gw(B, Channel.CMD), TOPICS.gw(B, Channel.ACK)) == [1, 1]
+
+    # the center writes commands and acks (to B, then to A) and its feed
+    for topic in (TOPICS.gw(B, Channel.CMD), TOPICS.gw(B, Channel.ACK), TOPICS.feed()):
+        center.publish_ok(topic, b"for B")
+    b.publish_ok(TOPICS.gw(B, Channel.TELEMETRY), b"B's data")
+    b.publish_ok(f"{TOPICS.root}/center/reply/r1", b"B's reply")
+    for topic in mine:
+        (center if topic != TOPICS.gw(A, Channel.STATE) else a).publish_ok(topic, b"for A")
+    wait_for(lambda: len(a.got) >= len(mine), 10, what="A's own topics")
+    time.sleep(0.3)
+    assert sorted(a.got) == sorted((t, b"for A") for t in mine)
+    assert sorted(b.got) == [
+        (TOPICS.gw(B, Channel.ACK), b"for B"),
+        (TOPICS.gw(B, Channel.CMD), b"for B"),
+    ]
+    # the center cannot write a gateway's data
+    assert center.publish(TOPICS.gw(B, Channel.TELEMETRY)) == NOT_AUTHORIZED
+
+
+@pytest.mark.hil
+def test_a_stock_mosquitto_pub_with_a_gateways_certificate_is_refused_on_anothers_topic(
+    fleet: Fleet,
+) -> None:
+    pub = shutil.which("mosquitto_pub")
+    assert pub is not None, "mosquitto_pub is missing (apt-get install mosquitto-clients)"
+    center = connected(fleet, fleet.ca.central, "center")
+    assert center.subscribe("#") == [1]
+    a = fleet.gateways[A]
+
+    def mosquitto_pub(topic: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [pub, "-V", "mqttv5", "-d", "-h", "127.0.0.1", "-p", str(fleet.broker.port)]
+            + ["--cafile", str(fleet.ca.folder / "ca.crt")]
+            + ["--cert", str(a.cert), "--key", str(a.key), "-q", "1"]
+            + ["-i", "stock-a", "-t", topic, "-m", "from mosquitto_pub"],
+            capture_output=True,
+            text=True,
+            timeout=20,
+            check=False,
+        )
+
+    refused = mosquitto_pub(TOPICS.gw(B, Channel.TELEMETRY))
+    said = refused.stdout + refused.stderr
+    assert "received PUBACK" in said and "RC:135" in said, said
+    assert "Not authorized" in said, said
+    own = mosquitto_pub(TOPICS.gw(A, Channel.TELEMETRY))
+    assert own.returncode == 0 and "RC:0" in own.stdout + own.stderr, own
+    wait_for(lambda: center.got, 10, what="A's own telemetry at the center")
+    time.sleep(0.3)
+    assert center.got == [(TOPICS.gw(A, Channel.TELEMETRY), b"from mosquitto_pub")]
