@@ -307,11 +307,18 @@ def test_a_stock_mosquitto_pub_with_a_gateways_certificate_is_refused_on_another
     a = fleet.gateways[A]
 
     def mosquitto_pub(topic: str) -> subprocess.CompletedProcess[str]:
+        where = ["-h", "127.0.0.1", "-p", str(fleet.broker.port)]
+        tls = [
+            "--cafile",
+            str(fleet.ca.folder / "ca.crt"),
+            "--cert",
+            str(a.cert),
+            "--key",
+            str(a.key),
+        ]
+        what = ["-q", "1", "-i", "stock-a", "-t", topic, "-m", "from mosquitto_pub"]
         return subprocess.run(
-            [pub, "-V", "mqttv5", "-d", "-h", "127.0.0.1", "-p", str(fleet.broker.port)]
-            + ["--cafile", str(fleet.ca.folder / "ca.crt")]
-            + ["--cert", str(a.cert), "--key", str(a.key), "-q", "1"]
-            + ["-i", "stock-a", "-t", topic, "-m", "from mosquitto_pub"],
+            [pub, "-V", "mqttv5", "-d", *where, *tls, *what],
             capture_output=True,
             text=True,
             timeout=20,

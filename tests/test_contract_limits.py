@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 
+from central.broker_config import BrokerConfig
 from drivers.base import DEVICE_ID, UNIT_MAX, PointBase, Quality, Reading
 from edge_agent.contract import (
     AlarmEvent,
@@ -44,7 +45,10 @@ from edge_agent.contract.limits import (
 from edge_agent.contract.payloads import encode_telemetry_raw
 
 NOW = time.time()
-TEMPLATE = Path(__file__).resolve().parent.parent / "packaging" / "mosquitto.conf"
+# the broker config `fleet broker-config` renders from packaging/mosquitto.conf
+BROKER_CONF = BrokerConfig(Path("/etc/edgefleet/ca"), Path("/etc/mosquitto/edgefleet")).render()[
+    "mosquitto.conf"
+]
 STREAM = "0f3c2a9e-5b7d-4c1e-8a6f-2d4b9e7c1a3f"
 
 
@@ -106,9 +110,11 @@ def test_a_message_over_the_limit_is_refused_before_it_is_parsed() -> None:
     assert decode_telemetry(fits).seq_last == 1
 
 
-def test_the_broker_template_refuses_what_the_contract_does() -> None:
-    lines = TEMPLATE.read_text().splitlines()
+def test_the_broker_config_refuses_what_the_contract_does() -> None:
+    lines = BROKER_CONF.splitlines()
     assert f"message_size_limit {MESSAGE_MAX_BYTES}" in lines
+    (packet,) = [line for line in lines if line.startswith("max_packet_size ")]
+    assert int(packet.split()[1]) > MESSAGE_MAX_BYTES  # the payload and its topic fit
 
 
 # --- values JSON cannot hold -------------------------------------------------------------

@@ -27,6 +27,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from typer.testing import CliRunner
 
 import central.store
+from central.broker_config import BrokerConfig
 from central.ingest import Ingest
 from central.store import REJECTED_HEAD_BYTES
 from central.store.sqlite import SqliteStore
@@ -46,7 +47,10 @@ pytestmark = pytest.mark.hil
 
 TOPICS = Topics()
 NOW = time.time()
-TEMPLATE = Path(__file__).resolve().parent.parent / "packaging" / "mosquitto.conf"
+# the broker config `fleet broker-config` renders from packaging/mosquitto.conf
+BROKER_CONF = BrokerConfig(Path("/etc/edgefleet/ca"), Path("/etc/mosquitto/edgefleet")).render()[
+    "mosquitto.conf"
+]
 WIDE = {"COLUMNS": "200", "FORCE_COLOR": None, "NO_COLOR": None}
 
 
@@ -223,11 +227,14 @@ def test_hostile_messages_are_dead_letters_and_the_rest_of_the_round_is_stored(
 # --- the broker refuses what the center would ----------------------------------------------
 
 
-def test_the_broker_template_drops_a_message_over_the_contracts_size(tmp_path: Path) -> None:
-    (limit,) = [
-        line for line in TEMPLATE.read_text().splitlines() if line.startswith("message_size_limit")
+def test_the_broker_config_drops_a_message_over_the_contracts_size(tmp_path: Path) -> None:
+    limits = [
+        line
+        for line in BROKER_CONF.splitlines()
+        if line.startswith(("message_size_limit ", "max_packet_size "))
     ]
-    broker = Broker(tmp_path, extra_conf=limit + "\n").start()
+    assert len(limits) == 2
+    broker = Broker(tmp_path, extra_conf="".join(f"{line}\n" for line in limits)).start()
     got: list[int] = []
     clients = [mqtt.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5) for _ in range(3)]
     sub, hostile, gateway = clients

@@ -2,10 +2,10 @@
 and how long a reading's texts may grow. Both sides read them from here.
 
 - ``MESSAGE_MAX_BYTES``: the center refuses a bigger message before decoding it (a dead
-  letter, kept only as a head), the broker template (``packaging/mosquitto.conf``,
-  ``message_size_limit``) refuses it before that, and the agent never builds one: it cuts
-  a telemetry batch in bytes as well as in readings. A refused batch would otherwise be
-  resent at every ack timeout for ever.
+  letter, kept only as a head), the broker config (``fleet broker-config``,
+  ``message_size_limit``, from ``packaging/mosquitto.conf``) refuses it before that, and
+  the agent never builds one: it cuts a telemetry batch in bytes as well as in readings.
+  A refused batch would otherwise be resent at every ack timeout for ever.
 - Timestamps: edge clocks are UTC seconds; anything before ``TS_MIN`` (2000-01-01) or more
   than ``TS_AHEAD_S`` (a day) ahead of the receiver's clock is not a time but a broken clock
   or a hostile sender, and would make every time-ordered query of the fleet misbehave (a
