@@ -95,8 +95,7 @@ class BrokerConfig:
             keyfile=ca / "broker.key",
             crlfile=ca / "crl.pem",
             acl_file=out / ACL_NAME,
-            # Mosquitto 2.0 joins the location and the file name as they are
-            data_dir=f"{data}/",
+            data_dir=data,  # Mosquitto 2 puts the "/" before the file's name
             message_size_limit=MESSAGE_MAX_BYTES,
             max_packet_size=MESSAGE_MAX_BYTES + PACKET_HEADROOM,
         )

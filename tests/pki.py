@@ -76,17 +76,21 @@ class Authority:
         path.write_bytes(_private_pem(self._key))
         path.chmod(0o600)
 
-    def write_crl(self, path: Path) -> None:
-        """A CRL signed by the CA that revokes nothing."""
+    def write_crl(self, path: Path, revoked: tuple[Issued, ...] = (), number: int = 1) -> None:
+        """A CRL signed by the CA that revokes ``revoked`` (by default nothing)."""
         now = datetime.datetime.now(datetime.UTC)
-        crl = (
+        builder = (
             x509.CertificateRevocationListBuilder()
             .issuer_name(self._name)
             .last_update(now - datetime.timedelta(minutes=5))
             .next_update(now + datetime.timedelta(days=1))
-            .add_extension(x509.CRLNumber(1), critical=False)
-            .sign(self._key, hashes.SHA256())
+            .add_extension(x509.CRLNumber(number), critical=False)
         )
+        for issued in revoked:
+            serial = x509.load_pem_x509_certificate(issued.cert.read_bytes()).serial_number
+            entry = x509.RevokedCertificateBuilder().serial_number(serial).revocation_date(now)
+            builder = builder.add_revoked_certificate(entry.build())
+        crl = builder.sign(self._key, hashes.SHA256())
         path.write_bytes(crl.public_bytes(serialization.Encoding.PEM))
 
     def issue(
