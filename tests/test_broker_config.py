@@ -6,7 +6,9 @@ granted and delivers nothing, which is what is checked."""
 
 from __future__ import annotations
 
+import json
 import shutil
+import sqlite3
 import ssl
 import subprocess
 import threading
@@ -25,7 +27,18 @@ from central.broker_config import BrokerConfig
 from edge_agent.contract.limits import MESSAGE_MAX_BYTES
 from edge_agent.contract.topics import Channel, Topics
 from tests.pki import CENTRAL, Authority, FleetCa, Issued, fleet_ca
-from tests.support import Broker, free_port, run_cli, wait_for
+from tests.rig import GW, devices_yaml
+from tests.support import (
+    Agent,
+    Broker,
+    Central,
+    ThreadedDevice,
+    free_port,
+    produced_keys,
+    run_cli,
+    stored_readings,
+    wait_for,
+)
 
 TOPICS = Topics()
 A, B = "gw-a", "gw-b"
@@ -349,3 +362,82 @@ def test_a_stock_mosquitto_pub_with_a_gateways_certificate_is_refused_on_another
     wait_for(lambda: center.got, 10, what="A's own telemetry at the center")
     time.sleep(0.3)
     assert center.got == [(TOPICS.gw(A, Channel.TELEMETRY), b"from mosquitto_pub")]
+
+
+@pytest.mark.hil
+def test_the_agent_and_the_center_work_through_the_generated_config(
+    tmp_path: Path, fleet: Fleet, modbus_server: ThreadedDevice
+) -> None:
+    """The real agent (gateway GW's certificate) and ``fleet central run`` (the center's):
+    readings are stored and acked (the agent deletes what was acked), its state reaches
+    the registry, and a command goes out and its reply comes back."""
+    url = f"mqtts://127.0.0.1:{fleet.broker.port}"
+    folder = fleet.ca.folder
+    gw = fleet.ca.gateway(GW, tmp_path / "gw")
+    command_pub = folder / "command.pub"
+    tls = f"ca_file: '{folder / 'ca.crt'}', cert_file: '{gw.cert}', key_file: '{gw.key}'"
+    outbox = tmp_path / "gw" / "outbox.db"
+    agent = Agent(
+        tmp_path / "gw",
+        f"gateway: {{id: {GW}, site: test bench}}\n"
+        f"central: {{url: '{url}', keepalive_s: 2, {tls}, command_key: '{command_pub}'}}\n"
+        f"outbox: {{path: '{outbox}', ack_timeout_s: 2}}\n"
+        "health: {interval_s: 1}\n"
+        f"devices:\n{devices_yaml(modbus_server.port, 0.2)}",
+    )
+    center_env = {
+        "EDGEFLEET_BROKER_CA_FILE": str(folder / "ca.crt"),
+        "EDGEFLEET_BROKER_CERT_FILE": str(fleet.ca.central.cert),
+        "EDGEFLEET_BROKER_KEY_FILE": str(fleet.ca.central.key),
+    }
+    (tmp_path / "center").mkdir()
+    central = Central(tmp_path / "center", url)
+    central.env.update(center_env)
+    try:
+        central.start()
+        agent.start()
+        store = central.store()
+        try:
+            wait_for(
+                lambda: len(stored_readings(store, GW, "tank-1", "level", None, 20)) >= 10,
+                30,
+                what="readings of the gateway in the center's store",
+            )
+            row = wait_for(lambda: store.gateway(GW), 10, what="the gateway in the registry")
+            assert row.online and row.site == "test bench"
+        finally:
+            store.close()
+
+        def outbox_rows() -> int:
+            db = sqlite3.connect(outbox)
+            try:
+                return int(db.execute("SELECT COUNT(*) FROM telemetry").fetchone()[0])
+            finally:
+                db.close()
+
+        # acked rows leave the outbox: fewer rows there than it ever produced
+        wait_for(
+            lambda: outbox_rows() < len(produced_keys(outbox)) - 5,
+            20,
+            what="the center's acks deleting rows of the outbox",
+        )
+        replied = run_cli(
+            "fleet",
+            "alarms",
+            "ack",
+            "tank-1/no.such.alarm",
+            "-g",
+            GW,
+            "--broker",
+            url,
+            "--key",
+            str(folder / "command.key"),
+            "--json",
+            env=center_env,
+        )
+        # the gateway answers (there is no such alarm): the command and its reply passed
+        assert replied.returncode == 1 and "error" in json.loads(replied.stdout), replied
+    finally:
+        agent.stop()
+        central.stop()
+    assert "Not authorized" not in agent.output() + central.output()
