@@ -446,9 +446,11 @@ def _commands(
     args: dict[str, object],
     key: Path,
     json_out: bool,
+    db: str,
 ) -> None:
     """``cmd`` for each alarm in turn (explicit ids, never a pattern), each reply printed;
-    exit 1 if any was refused or not answered, after trying them all."""
+    exit 1 if any was refused or not answered, after trying them all. Each goes into the
+    command ledger of the store at ``db``, if there is one."""
     # loaded by the command that uses it: fleet --help stays under 0.3 s
     from central.commands import CommandFailed, send_command  # noqa: PLC0415
     from edge_agent.contract import Topics  # noqa: PLC0415
@@ -462,12 +464,22 @@ def _commands(
     except ValueError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(1) from None
+    from cli.fleet_cmd import Ledger  # noqa: PLC0415
+
+    ledger = Ledger.at(db, str(args.get("by", "operator")))
     replies: list[dict[str, object]] = []
     failed = False
     for alarm in dict.fromkeys(alarms):
         try:
             reply = send_command(
-                broker, Topics(topic_root), gateway, cmd, {"alarm": alarm, **args}, key
+                broker,
+                Topics(topic_root),
+                gateway,
+                cmd,
+                {"alarm": alarm, **args},
+                key,
+                on_sent=(lambda _: None) if ledger is None else ledger.sent,
+                on_outcome=(lambda _: None) if ledger is None else ledger.ended,
             )
         except CommandFailed as exc:
             typer.echo(f"error: {alarm}: {exc}", err=True)
@@ -504,6 +516,7 @@ def _alarm_command(name: str, cmd: str, doc: str) -> None:
         topic_root: RootOpt = DEFAULT_ROOT,
         key: KeyOpt = Path("center.key"),
         json_out: JsonOpt = False,
+        db: DbOpt = DEFAULT_DB,
         username: UsernameOpt = None,
         password_file: PasswordFileOpt = None,
         ca_file: CaFileOpt = None,
@@ -511,7 +524,7 @@ def _alarm_command(name: str, cmd: str, doc: str) -> None:
         key_file: KeyFileOpt = None,
     ) -> None:
         url = broker_settings(broker, username, password_file, ca_file, cert_file, key_file)
-        _commands(url, topic_root, gateway, cmd, alarms, {"by": by}, key, json_out)
+        _commands(url, topic_root, gateway, cmd, alarms, {"by": by}, key, json_out, db)
 
     command.__doc__ = doc
     alarms_app.command(name)(command)
@@ -539,6 +552,7 @@ def alarms_shelve(
     topic_root: RootOpt = DEFAULT_ROOT,
     key: KeyOpt = Path("center.key"),
     json_out: JsonOpt = False,
+    db: DbOpt = DEFAULT_DB,
     username: UsernameOpt = None,
     password_file: PasswordFileOpt = None,
     ca_file: CaFileOpt = None,
@@ -549,7 +563,7 @@ def alarms_shelve(
     url = broker_settings(broker, username, password_file, ca_file, cert_file, key_file)
     for_s = length_option(for_, "--for", positive=True)
     args = {"by": by, "reason": reason, "for_s": round(for_s, 3)}
-    _commands(url, topic_root, gateway, "alarm.shelve", alarms, args, key, json_out)
+    _commands(url, topic_root, gateway, "alarm.shelve", alarms, args, key, json_out, db)
 
 
 def _keep_option(text: str, option: str) -> float | None:
