@@ -117,6 +117,39 @@ def run(
         raise typer.Exit(RESTART_EXIT_CODE)
 
 
+@app.command()
+def enroll(
+    bundle: Annotated[
+        Path, typer.Argument(metavar="BUNDLE", help="the enrollment bundle from fleet provision")
+    ],
+    folder: Annotated[
+        Path, typer.Option("--dir", help="where the gateway's config and files go")
+    ] = Path("/etc/edgefleet"),
+    force: Annotated[
+        bool, typer.Option("--force", help="overwrite an existing agent.yaml and key")
+    ] = False,
+) -> None:
+    """Install an enrollment bundle: the CA certificate, the gateway's certificate and key
+    (0600), the center's command key and a starter agent.yaml."""
+    # loaded by the command that uses it: --help stays fast
+    from edge_agent.enroll import EnrollError, install, read_bundle  # noqa: PLC0415
+
+    try:
+        written = install(read_bundle(bundle), folder, force=force)
+    except EnrollError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from None
+    config = folder / "agent.yaml"
+    typer.echo(f"enrolled into {folder}: {', '.join(p.name for p in written)}")
+    typer.echo(
+        "next:\n"
+        f"  1. add this gateway's devices to {config} (replace `devices: []`)\n"
+        f"  2. edge-agent check -c {config}\n"
+        "  3. systemctl enable --now edge-agent\n"
+        f"then delete {bundle}: it holds the gateway's private key"
+    )
+
+
 app.command()(browse)
 app.add_typer(probe_app, name="probe")
 app.add_typer(rules_app, name="rules")
