@@ -91,11 +91,16 @@ def starter_config(gateway: str, site: str, tags: dict[str, str], broker: str) -
         f"  tags: {q(tags, ensure_ascii=False)}\n"
         "central:\n"
         f"  url: {q(broker)}\n"
-        f"  ca_file: {CA_FILE}             # the fleet's CA: it signed the broker\n"
-        f"  cert_file: {CERT_FILE}     # this gateway's certificate (CN = its id)\n"
-        f"  key_file: {KEY_FILE}       # and its key (0600)\n"
-        f"  command_key: {COMMAND_KEY_FILE}   # the center's command-signing public key\n"
-        "devices: []\n"
+        + "".join(
+            f"  {key}: {value}".ljust(30) + f"# {why}\n"
+            for key, value, why in (
+                ("ca_file", CA_FILE, "the fleet's CA: it signed the broker"),
+                ("cert_file", CERT_FILE, "this gateway's certificate (CN = its id)"),
+                ("key_file", KEY_FILE, "and its key (0600)"),
+                ("command_key", COMMAND_KEY_FILE, "the center's command-signing public key"),
+            )
+        )
+        + "devices: []\n"
         "# devices:\n"
         "#   - id: tank-1\n"
         "#     modbus: {host: 192.168.1.20, port: 502, unit: 1}\n"
