@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import sys
 from pathlib import Path
@@ -128,6 +129,14 @@ def enroll(
     force: Annotated[
         bool, typer.Option("--force", help="overwrite an existing agent.yaml and key")
     ] = False,
+    owner: Annotated[
+        str | None,
+        typer.Option(
+            "--owner",
+            help="the user the agent runs as (edgefleet under the shipped systemd unit): "
+            "the key is given to it",
+        ),
+    ] = None,
 ) -> None:
     """Install an enrollment bundle: the CA certificate, the gateway's certificate and key
     (0600), the center's command key and a starter agent.yaml."""
@@ -135,19 +144,21 @@ def enroll(
     from edge_agent.enroll import EnrollError, install, read_bundle  # noqa: PLC0415
 
     try:
-        written = install(read_bundle(bundle), folder, force=force)
+        written = install(read_bundle(bundle), folder, force=force, owner=owner)
     except EnrollError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(1) from None
     config = folder / "agent.yaml"
     typer.echo(f"enrolled into {folder}: {', '.join(p.name for p in written)}")
-    typer.echo(
-        "next:\n"
-        f"  1. add this gateway's devices to {config} (replace `devices: []`)\n"
-        f"  2. edge-agent check -c {config}\n"
-        "  3. systemctl enable --now edge-agent\n"
-        f"then delete {bundle}: it holds the gateway's private key"
-    )
+    steps = [f"add this gateway's devices to {config} (replace `devices: []`)"]
+    if owner is None and os.geteuid() == 0:
+        # root owns the key now; the shipped unit runs the agent as edgefleet
+        steps.append(f"chown edgefleet {folder / 'gateway.key'} (the agent's user)")
+    steps += [f"edge-agent check -c {config}", "systemctl enable --now edge-agent"]
+    typer.echo("next:")
+    for i, step in enumerate(steps, 1):
+        typer.echo(f"  {i}. {step}")
+    typer.echo(f"then delete {bundle}: it holds the gateway's private key")
 
 
 app.command()(browse)

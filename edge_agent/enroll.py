@@ -4,12 +4,14 @@ installed into the gateway's config folder.
 Nothing is written unless all of it can be: a folder that holds any of the bundle's files
 already (another enrollment's key, an edited config) is refused, unless ``force``; the
 bundle's config must pass the schema pass first. The key is 0600 from the moment it
-exists; the rest 0644.
+exists (given to the agent's user with ``owner``: the shipped systemd unit runs it as
+``edgefleet``, and a key root owns it could not read); the rest 0644.
 """
 
 from __future__ import annotations
 
 import os
+import pwd
 from pathlib import Path
 
 from edge_agent.config.loader import ConfigError, parse_config
@@ -35,8 +37,12 @@ def read_bundle(path: Path) -> Bundle:
     return bundle
 
 
-def install(bundle: Bundle, folder: Path, *, force: bool = False) -> list[Path]:
-    """The bundle's files written into ``folder`` (made if missing); the paths written."""
+def install(
+    bundle: Bundle, folder: Path, *, force: bool = False, owner: str | None = None
+) -> list[Path]:
+    """The bundle's files written into ``folder`` (made if missing); the paths written.
+    ``owner``: the user the agent runs as, given the key (it alone may read it)."""
+    ids = _user(owner) if owner is not None else None
     targets = [folder / name for name in FILES]
     present = [p.name for p in targets if p.exists() or p.is_symlink()]
     if present and not force:
@@ -51,10 +57,21 @@ def install(bundle: Bundle, folder: Path, *, force: bool = False) -> list[Path]:
     try:
         folder.mkdir(parents=True, exist_ok=True)
         for path in targets:
-            _write(path, bundle.files[path.name].encode(), 0o600 if path.name in PRIVATE else 0o644)
+            private = path.name in PRIVATE
+            _write(path, bundle.files[path.name].encode(), 0o600 if private else 0o644)
+            if private and ids is not None:
+                os.chown(path, *ids, follow_symlinks=False)
     except OSError as exc:
         raise EnrollError(f"cannot write into {folder}: {exc.strerror or exc}") from None
     return targets
+
+
+def _user(name: str) -> tuple[int, int]:
+    try:
+        entry = pwd.getpwnam(name)
+    except KeyError:
+        raise EnrollError(f"no user {name!r} on this host (--owner)") from None
+    return entry.pw_uid, entry.pw_gid
 
 
 def _write(path: Path, data: bytes, mode: int) -> None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import pwd
 import stat
 from pathlib import Path
 
@@ -184,6 +185,32 @@ def test_enroll_refuses_what_is_not_a_bundle(tmp_path: Path) -> None:
     out = run_cli("edge-agent", "enroll", str(junk), "--dir", str(tmp_path / "etc"))
     assert out.returncode == 1 and "not an enrollment bundle" in out.stderr, out.stderr
     assert not (tmp_path / "etc").exists()
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="giving a file to another user takes root")
+def test_enroll_gives_the_key_to_the_agents_user(tmp_path: Path) -> None:
+    assert ca_init(tmp_path / "ca")[0] == 0
+    bundle = tmp_path / "gw.bundle"
+    assert provision(tmp_path, GW, "--out", str(bundle))[0] == 0
+    etc = tmp_path / "etc"
+    unknown = run_cli(
+        "edge-agent", "enroll", str(bundle), "--dir", str(etc), "--owner", "no-such-user-x"
+    )
+    assert unknown.returncode == 1 and "no user 'no-such-user-x'" in unknown.stderr
+    assert not etc.exists()
+    hinted = run_cli("edge-agent", "enroll", str(bundle), "--dir", str(tmp_path / "etc2"))
+    assert f"chown edgefleet {tmp_path / 'etc2' / 'gateway.key'}" in hinted.stdout
+    out = run_cli("edge-agent", "enroll", str(bundle), "--dir", str(etc), "--owner", "nobody")
+    assert out.returncode == 0, out.stderr
+    assert "chown" not in out.stdout
+    nobody = pwd.getpwnam("nobody")
+    key = (etc / "gateway.key").stat()
+    assert (key.st_uid, key.st_gid, stat.S_IMODE(key.st_mode)) == (
+        nobody.pw_uid,
+        nobody.pw_gid,
+        0o600,
+    )
+    assert (etc / "agent.yaml").stat().st_uid == 0
 
 
 def readable_by_broker() -> str:

@@ -100,7 +100,8 @@ def starter_config(gateway: str, site: str, tags: dict[str, str], broker: str) -
                 ("command_key", COMMAND_KEY_FILE, "the center's command-signing public key"),
             )
         )
-        + "devices: []\n"
+        + "# outbox: {path: /var/lib/edgefleet/outbox.db}  # under the shipped systemd unit\n"
+        "devices: []\n"
         "# devices:\n"
         "#   - id: tank-1\n"
         "#     modbus: {host: 192.168.1.20, port: 502, unit: 1}\n"
