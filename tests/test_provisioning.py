@@ -281,6 +281,13 @@ def test_an_enrolled_gateway_reaches_the_center_over_tls_with_its_own_identity(
         finally:
             store.close()
         assert identity.kind == "certificate"
+        shown = run_cli(
+            "fleet", "gateways", "show", GW, "--db", str(center / "central.db"), "--json"
+        )
+        assert shown.returncode == 0, shown.stderr
+        listed = json.loads(shown.stdout)
+        assert listed["online"] is True and listed["site"] == "test bench"
+        assert [i["fingerprint"] for i in listed["identities"]] == [identity.fingerprint]
         # each connected as its certificate's common name, the broker's username for it
         log = broker.log.read_text()
         assert f"u'{GW}'" in log, log
