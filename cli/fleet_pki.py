@@ -61,10 +61,10 @@ def ca_init(
     # cryptography loads for this command only
     from central.pki import DEFAULT_BROKER_IPS, DEFAULT_BROKER_NAMES, PkiError, init_ca  # noqa: PLC0415
 
-    names = broker_name if broker_name else list(DEFAULT_BROKER_NAMES)
-    ips = broker_ip if broker_ip else list(DEFAULT_BROKER_IPS)
-    if broker_name and not broker_ip:
-        ips = []  # names given alone: the certificate holds only them
+    if broker_name or broker_ip:  # given: the certificate holds exactly these
+        names, ips = broker_name or [], broker_ip or []
+    else:
+        names, ips = list(DEFAULT_BROKER_NAMES), list(DEFAULT_BROKER_IPS)
     try:
         written = init_ca(folder, broker_names=names, broker_ips=ips, days=days, force=force)
     except PkiError as exc:

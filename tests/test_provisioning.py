@@ -110,6 +110,12 @@ def test_ca_init_refuses_an_address_that_is_not_one(tmp_path: Path) -> None:
     rc, out = ca_init(tmp_path / "ca", "--broker-ip", "broker.example")
     assert rc == 1 and "not an IP address" in out, out
     assert not (tmp_path / "ca").exists()
+    rc, out = ca_init(tmp_path / "ip-only", "--broker-ip", "10.0.0.7", "--broker-ip", "::1")
+    assert rc == 0, out
+    broker = cert(tmp_path / "ip-only" / "broker.crt")
+    sans = broker.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert sans.get_values_for_type(x509.DNSName) == []
+    assert [str(ip) for ip in sans.get_values_for_type(x509.IPAddress)] == ["10.0.0.7", "::1"]
 
 
 def test_provision_writes_one_bundle_0600_and_enroll_installs_it(tmp_path: Path) -> None:
@@ -177,6 +183,17 @@ def test_provision_writes_one_bundle_0600_and_enroll_installs_it(tmp_path: Path)
     forced = run_cli("edge-agent", "enroll", str(bundle), "--dir", str(etc), "--force")
     assert forced.returncode == 0, forced.stderr
     assert not (etc / "agent.yaml").read_text().endswith("# edited\n")
+
+
+def test_provision_without_a_ca_writes_and_records_nothing(tmp_path: Path) -> None:
+    bundle = tmp_path / "gw.bundle"
+    rc, out = provision(tmp_path, GW, "--out", str(bundle))
+    assert rc == 1 and "is not a fleet CA" in out and "fleet ca init" in out, out
+    assert not bundle.exists() and not (tmp_path / "central.db").exists()
+    assert ca_init(tmp_path / "ca")[0] == 0
+    rc, out = provision(tmp_path, GW, "--out", str(bundle), "--tag", "district")
+    assert rc == 2 and "key=value" in out, out
+    assert not bundle.exists()
 
 
 def test_enroll_refuses_what_is_not_a_bundle(tmp_path: Path) -> None:
