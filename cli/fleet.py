@@ -27,6 +27,7 @@ from cli.broker_options import (
 from cli.durations import length_option
 from cli.fleet_cmd import cmd, commands
 from cli.fleet_gateways import devices_app, gateways_app, status
+from cli.fleet_pki import ca_app, provision
 from cli.fleet_readings import readings
 from cli.fleet_watch import watch
 from cli.metrics_options import (
@@ -70,6 +71,8 @@ app.command("commands")(commands)
 app.command("watch")(watch)
 app.add_typer(alarms_app, name="alarms")
 app.add_typer(keys_app, name="keys")
+app.add_typer(ca_app, name="ca")
+app.command("provision")(provision)
 
 GatewayArg = Annotated[
     str, typer.Option("--gateway", "-g", help="gateway id", callback=gateway_option)
