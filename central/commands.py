@@ -219,11 +219,23 @@ def send_command(
     key_path: Path,
     timeout_s: float = 10,
     ttl_s: float = 60,
+    on_sent: Callable[[Sent], None] = lambda _: None,
+    on_outcome: Callable[[Outcome], None] = lambda _: None,
 ) -> dict[str, Any]:
     """Sign ``cmd`` with the center's key, send it to one gateway, return its reply;
-    ``CommandFailed`` if none came in ``timeout_s`` or it could not be sent."""
+    ``CommandFailed`` if none came in ``timeout_s`` or it could not be sent. ``on_sent``
+    and ``on_outcome`` as for ``send_many`` (the command ledger)."""
     (outcome,) = send_many(
-        broker, topics, [gateway], cmd, args, key_path, timeout_s=timeout_s, ttl_s=ttl_s
+        broker,
+        topics,
+        [gateway],
+        cmd,
+        args,
+        key_path,
+        timeout_s=timeout_s,
+        ttl_s=ttl_s,
+        on_sent=on_sent,
+        on_outcome=on_outcome,
     )
     if outcome.reply is not None:
         return outcome.reply

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import sys
 from pathlib import Path
@@ -115,6 +116,49 @@ def run(
         raise typer.Exit(1) from None
     if restart:  # a restart command: stopped cleanly; systemd (Restart=always) starts us again
         raise typer.Exit(RESTART_EXIT_CODE)
+
+
+@app.command()
+def enroll(
+    bundle: Annotated[
+        Path, typer.Argument(metavar="BUNDLE", help="the enrollment bundle from fleet provision")
+    ],
+    folder: Annotated[
+        Path, typer.Option("--dir", help="where the gateway's config and files go")
+    ] = Path("/etc/edgefleet"),
+    force: Annotated[
+        bool, typer.Option("--force", help="overwrite an existing agent.yaml and key")
+    ] = False,
+    owner: Annotated[
+        str | None,
+        typer.Option(
+            "--owner",
+            help="the user the agent runs as (edgefleet under the shipped systemd unit): "
+            "the key is given to it",
+        ),
+    ] = None,
+) -> None:
+    """Install an enrollment bundle: the CA certificate, the gateway's certificate and key
+    (0600), the center's command key and a starter agent.yaml."""
+    # loaded by the command that uses it: --help stays fast
+    from edge_agent.enroll import EnrollError, install, read_bundle  # noqa: PLC0415
+
+    try:
+        written = install(read_bundle(bundle), folder, force=force, owner=owner)
+    except EnrollError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from None
+    config = folder / "agent.yaml"
+    typer.echo(f"enrolled into {folder}: {', '.join(p.name for p in written)}")
+    steps = [f"add this gateway's devices to {config} (replace `devices: []`)"]
+    if owner is None and os.geteuid() == 0:
+        # root owns the key now; the shipped unit runs the agent as edgefleet
+        steps.append(f"chown edgefleet {folder / 'gateway.key'} (the agent's user)")
+    steps += [f"edge-agent check -c {config}", "systemctl enable --now edge-agent"]
+    typer.echo("next:")
+    for i, step in enumerate(steps, 1):
+        typer.echo(f"  {i}. {step}")
+    typer.echo(f"then delete {bundle}: it holds the gateway's private key")
 
 
 app.command()(browse)

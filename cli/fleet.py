@@ -28,6 +28,7 @@ from cli.durations import length_option
 from cli.fleet_broker import broker_config
 from cli.fleet_cmd import cmd, commands
 from cli.fleet_gateways import devices_app, gateways_app, status
+from cli.fleet_pki import ca_app, provision
 from cli.fleet_readings import readings
 from cli.fleet_watch import watch
 from cli.metrics_options import (
@@ -72,6 +73,8 @@ app.command("watch")(watch)
 app.command("broker-config")(broker_config)
 app.add_typer(alarms_app, name="alarms")
 app.add_typer(keys_app, name="keys")
+app.add_typer(ca_app, name="ca")
+app.command("provision")(provision)
 
 GatewayArg = Annotated[
     str, typer.Option("--gateway", "-g", help="gateway id", callback=gateway_option)
@@ -448,9 +451,11 @@ def _commands(
     args: dict[str, object],
     key: Path,
     json_out: bool,
+    db: str,
 ) -> None:
     """``cmd`` for each alarm in turn (explicit ids, never a pattern), each reply printed;
-    exit 1 if any was refused or not answered, after trying them all."""
+    exit 1 if any was refused or not answered, after trying them all. Each goes into the
+    command ledger of the store at ``db``, if there is one."""
     # loaded by the command that uses it: fleet --help stays under 0.3 s
     from central.commands import CommandFailed, send_command  # noqa: PLC0415
     from edge_agent.contract import Topics  # noqa: PLC0415
@@ -464,12 +469,22 @@ def _commands(
     except ValueError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(1) from None
+    from cli.fleet_cmd import Ledger  # noqa: PLC0415
+
+    ledger = Ledger.at(db, str(args.get("by", "operator")))
     replies: list[dict[str, object]] = []
     failed = False
     for alarm in dict.fromkeys(alarms):
         try:
             reply = send_command(
-                broker, Topics(topic_root), gateway, cmd, {"alarm": alarm, **args}, key
+                broker,
+                Topics(topic_root),
+                gateway,
+                cmd,
+                {"alarm": alarm, **args},
+                key,
+                on_sent=(lambda _: None) if ledger is None else ledger.sent,
+                on_outcome=(lambda _: None) if ledger is None else ledger.ended,
             )
         except CommandFailed as exc:
             typer.echo(f"error: {alarm}: {exc}", err=True)
@@ -506,6 +521,7 @@ def _alarm_command(name: str, cmd: str, doc: str) -> None:
         topic_root: RootOpt = DEFAULT_ROOT,
         key: KeyOpt = Path("center.key"),
         json_out: JsonOpt = False,
+        db: DbOpt = DEFAULT_DB,
         username: UsernameOpt = None,
         password_file: PasswordFileOpt = None,
         ca_file: CaFileOpt = None,
@@ -513,7 +529,7 @@ def _alarm_command(name: str, cmd: str, doc: str) -> None:
         key_file: KeyFileOpt = None,
     ) -> None:
         url = broker_settings(broker, username, password_file, ca_file, cert_file, key_file)
-        _commands(url, topic_root, gateway, cmd, alarms, {"by": by}, key, json_out)
+        _commands(url, topic_root, gateway, cmd, alarms, {"by": by}, key, json_out, db)
 
     command.__doc__ = doc
     alarms_app.command(name)(command)
@@ -541,6 +557,7 @@ def alarms_shelve(
     topic_root: RootOpt = DEFAULT_ROOT,
     key: KeyOpt = Path("center.key"),
     json_out: JsonOpt = False,
+    db: DbOpt = DEFAULT_DB,
     username: UsernameOpt = None,
     password_file: PasswordFileOpt = None,
     ca_file: CaFileOpt = None,
@@ -551,7 +568,7 @@ def alarms_shelve(
     url = broker_settings(broker, username, password_file, ca_file, cert_file, key_file)
     for_s = length_option(for_, "--for", positive=True)
     args = {"by": by, "reason": reason, "for_s": round(for_s, 3)}
-    _commands(url, topic_root, gateway, "alarm.shelve", alarms, args, key, json_out)
+    _commands(url, topic_root, gateway, "alarm.shelve", alarms, args, key, json_out, db)
 
 
 def _keep_option(text: str, option: str) -> float | None:

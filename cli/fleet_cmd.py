@@ -119,7 +119,7 @@ def cmd(
     if not key.exists():
         typer.echo(f"error: no signing key at {key} (fleet keys init creates one)", err=True)
         raise typer.Exit(1)
-    ledger = _Ledger(store, by)
+    ledger = Ledger(store, by)
     with _progress(len(targets), enabled=not json_out) as advance, _interrupt() as stop:
 
         def outcome(o: Outcome) -> None:
@@ -199,8 +199,20 @@ def _value(text: str) -> bool | int | float | str:
     raise typer.BadParameter("a value is true, false, a number or a text", param_hint="--value")
 
 
-class _Ledger:
+class Ledger:
     """The store's command ledger, written on the command's own thread."""
+
+    @classmethod
+    def at(cls, db: str, by: str) -> Ledger | None:
+        """The ledger of the central store at ``db``, or None where there is none (a
+        command sent from a machine without the store is sent all the same)."""
+        # loaded by the command that uses it
+        from central.store import is_postgres  # noqa: PLC0415
+        from cli.store_options import store_problem  # noqa: PLC0415
+
+        if not is_postgres(db) and store_problem(Path(db)) is not None:
+            return None
+        return cls(open_db(db), by)
 
     def __init__(self, store: Store, by: str) -> None:
         self.store = store

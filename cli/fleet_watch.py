@@ -42,7 +42,7 @@ from cli.broker_options import (
     broker_settings,
 )
 from cli.durations import length_option
-from cli.output import Column, Styled, printable, table, utc
+from cli.output import Styled, printable, text, utc
 from cli.store_options import DEFAULT_DB, DbOpt, open_db
 from cli.topic_options import RootOpt
 from edge_agent.contract.topics import DEFAULT_ROOT
@@ -278,31 +278,64 @@ def _summary(view: View, now: float) -> str:
 
 def render(view: View, height: int, now: float) -> RenderableType:
     """The screen: a line of counts, the recent gateway changes, then the alarms, most
-    severe and newest first, as many as fit in ``height`` lines."""
+    severe and newest first, as many as fit in ``height`` lines: one line each, ids whole
+    (they are what ``fleet alarms ack`` takes), no rules, so that 80 columns hold a
+    row."""
     # rich loads only when the screen is drawn
     from rich.console import Group  # noqa: PLC0415
+    from rich.table import Table  # noqa: PLC0415
     from rich.text import Text  # noqa: PLC0415
 
-    link = Styled("connected", "green") if view.connected else Styled("reconnecting", "red")
-    head = Text(printable(_summary(view, now)) + " · feed ", no_wrap=True, overflow="ellipsis")
-    head.append(link.text, style=link.style)
+    s = view.status
+    severities = ", ".join(f"{k} {v}" for k, v in s.alarms_by_severity.items()) or "none"
+    head = Text(no_wrap=True, overflow="ellipsis")
+    link = Styled("live", "green") if view.connected else Styled("reconnecting", "red")
+    head.append(link.text, style=link.style)  # first: what says whether the rest is current
     if view.dropped:
-        head.append(f" · {view.dropped} feed events dropped", style="yellow")
+        head.append(f" ({view.dropped} events dropped)", style="yellow")
+    head.append(
+        printable(
+            f" · {s.gateways} gateways, {s.online} online, {s.offline} offline · alarms: "
+            f"{severities} · {view.rate(now):.0f} readings/s"
+        )
+    )
     changes = [Text(c, no_wrap=True, overflow="ellipsis") for c in view.changes]
     ordered = sorted(
         view.alarms.values(),
         key=lambda a: (SEVERITY_ORDER.get(a.severity, 9), -a.since),
     )
-    room = max(0, height - 1 - len(changes) - 5)  # the table's borders and header
+    room = max(0, height - 1 - len(changes) - 2)  # the title and the header
     shown = ordered[:room]
-    rows = [
-        (utc(a.since), a.gateway, a.alarm_id, a.severity, Styled(a.state, STATE_STYLE[a.state]))
-        for a in shown
-    ]
     title = f"alarms ({len(ordered)})" + (
         f", {len(shown)} shown" if len(shown) < len(ordered) else ""
     )
-    headers = ("since (UTC)", "gateway", "alarm", "severity", "state")
-    columns = [Column(h, no_wrap=True) for h in headers]  # a row is one line: the room holds
-    alarms = table(columns, rows, title=title)
+    alarms = Table(
+        title=Text(title),
+        box=None,
+        pad_edge=False,
+        padding=(0, 1, 0, 0),
+        header_style="bold underline",
+    )
+    cells = [
+        (_since(a.since, now), printable(a.gateway), printable(a.alarm_id), a.severity, a.state)
+        for a in shown
+    ]
+    for i, header in enumerate(("since", "gateway", "alarm", "severity", "state")):
+        width = max((len(c[i]) for c in cells), default=len(header))
+        # the ids whole (up to a point), the others as wide as they are
+        alarms.add_column(header, no_wrap=True, min_width=min(max(width, len(header)), 48))
+    for a, (since, *_) in zip(shown, cells, strict=True):
+        alarms.add_row(
+            since,
+            text(a.gateway),
+            text(a.alarm_id),
+            text(a.severity),
+            text(Styled(a.state, STATE_STYLE[a.state])),
+        )
     return Group(head, *changes, alarms)
+
+
+def _since(ts: float, now: float) -> str:
+    """``HH:MM:SS`` (UTC) today, the date as well before."""
+    when = utc(ts)
+    return when[11:19] if utc(now)[:10] == when[:10] else when[:16]

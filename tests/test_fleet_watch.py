@@ -108,7 +108,8 @@ def test_the_screen_fits_the_terminal_and_shows_sent_text_literally() -> None:
         console.print(render(view, 24, time.time()))
     lines = captured.get().splitlines()
     assert len(lines) <= 24
-    assert "alarms (200), 18 shown" in captured.get()
+    assert "alarms (200), 21 shown" in captured.get()  # 24 lines: counts, title, header
+    assert "gw-199 " in captured.get()  # ids whole at 80 columns
     assert "\x1b[2J" not in captured.get()  # a gateway's escape sequence is shown, not obeyed
 
 

@@ -170,11 +170,18 @@ def test_acknowledging_from_the_center_changes_the_state_on_both_sides(
             mqtt_broker.url,
             "--key",
             str(key),
+            "--db",
+            str(central.db),
             "--json",
         )
         assert ack.returncode == 0, ack.stdout + ack.stderr
         reply = json.loads(ack.stdout)
         assert reply["ok"] is True and reply["result"]["state"] == "acknowledged"
+        # in the command ledger: what, to whom, by whom, with what result
+        ledger = json.loads(run_cli("fleet", "commands", "--db", str(central.db), "--json").stdout)
+        assert [(r["cmd"], r["gateway"], r["by"], r["result"]) for r in ledger] == [
+            ("alarm.ack", GW, "li.wei", "ok")
+        ]
         wait_for(lambda: alarm_state(central) == "acknowledged", 10, what="the ack at the center")
         assert alarms(central)[0]["acked_by"] == "li.wei"
         # the gateway's own state, persisted in its outbox, says so too

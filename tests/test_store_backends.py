@@ -28,7 +28,7 @@ from central.store.api import (
     Retention,
     Store,
 )
-from central.store.rows import CommandRecord
+from central.store.rows import CommandRecord, Identity
 from edge_agent.contract import TelemetryBatch
 from edge_agent.contract.alarms import AlarmEvent, AlarmMessage, AlarmState, Severity
 from tests.support import free_port
@@ -645,3 +645,28 @@ def test_a_state_postgresql_cannot_hold_is_rejected_and_the_registry_kept(pg_url
         assert gw is not None and gw.site == "north" and list(store.devices()) == []
     finally:
         store.close()
+
+
+def test_identities_are_kept_and_register_the_gateway_with_its_site_and_tags(
+    store: Store,
+) -> None:
+    first = Identity("gw-9", "certificate", "ab" * 32, T0, T0 + 825 * DAY)
+    store.add_identity(first, site="Jing'an / 1266", tags={"district": "jingan"})
+    row = store.gateway("gw-9")
+    assert row is not None
+    assert (row.site, row.tags, row.online) == ("Jing'an / 1266", {"district": "jingan"}, False)
+    assert (store.status().gateways, store.status().offline) == (1, 1)
+    # provisioned again (a new certificate), no site given: the one it had is kept
+    second = Identity("gw-9", "certificate", "cd" * 32, T0 + DAY, T0 + 826 * DAY)
+    store.add_identity(second)
+    store.add_identity(Identity("gw-1", "password", "ef" * 32, T0 + 2 * DAY))
+    assert store.identities("gw-9") == [first, second]
+    assert [i.gateway for i in store.identities()] == ["gw-9", "gw-9", "gw-1"]
+    row = store.gateway("gw-9")
+    assert row is not None and row.site == "Jing'an / 1266" and row.tags == {"district": "jingan"}
+    # its own online state says where it is from then on
+    with store.round() as rnd:
+        rnd.update_state("gw-9", {"online": True, "site": "moved", "tags": {"a": "b"}})
+    row = store.gateway("gw-9")
+    assert row is not None and row.online and row.site == "moved" and row.tags == {"a": "b"}
+    assert store.identities("gw-2") == []

@@ -41,6 +41,7 @@ from central.store.rows import (
     DeviceRow,
     FleetStatus,
     GatewayRow,
+    Identity,
     LossRow,
     ReadingBucket,
     StoredReading,
@@ -240,6 +241,20 @@ class Store(Protocol):
 
     def commands(self, gateway: str | None = None, limit: int = 100) -> list[CommandRecord]:
         """The ledger, newest first."""
+        ...
+
+    # --- identities --------------------------------------------------------------------
+
+    def add_identity(
+        self, identity: Identity, site: str | None = None, tags: dict[str, str] | None = None
+    ) -> None:
+        """Register a gateway's new identity (``fleet provision``); a gateway the registry
+        does not know yet is added, offline, with ``site`` and ``tags`` (given ones replace
+        what it had; its own online state replaces them again)."""
+        ...
+
+    def identities(self, gateway: str | None = None) -> list[Identity]:
+        """The identities issued (of one gateway), oldest first."""
         ...
 
     def close(self) -> None: ...

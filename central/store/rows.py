@@ -183,6 +183,23 @@ class CommandRecord:
 
 
 @dataclass(frozen=True, slots=True)
+class Identity:
+    """What a gateway proves itself with: a certificate the fleet's CA issued (``kind``
+    ``certificate``, ``fingerprint`` the SHA-256 of its DER, hex) or a password. Never
+    the secret itself."""
+
+    gateway: str
+    kind: str
+    fingerprint: str
+    issued: float
+    expires: float | None = None
+    revoked: float | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return _json(self)
+
+
+@dataclass(frozen=True, slots=True)
 class FleetStatus:
     """``fleet status``'s one screen, counted in the store (never by listing gateways)."""
 

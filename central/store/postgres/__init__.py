@@ -33,6 +33,7 @@ from central.store.rows import (
     DeviceRow,
     FleetStatus,
     GatewayRow,
+    Identity,
     LossRow,
     ReadingBucket,
     StoredReading,
@@ -315,6 +316,45 @@ class PostgresStore:
     def commands(self, gateway: str | None = None, limit: int = 100) -> list[CommandRecord]:
         with self.translating():
             return queries.commands(self._read(), gateway, limit)
+
+    def add_identity(
+        self, identity: Identity, site: str | None = None, tags: dict[str, str] | None = None
+    ) -> None:
+        try:
+            params = (
+                text(identity.gateway, "the gateway id"),
+                None if site is None else text(site, "the site"),
+                None if tags is None else jsonb(tags, "the tags"),
+            )
+            row = (
+                params[0],
+                text(identity.kind, "the kind"),
+                text(identity.fingerprint, "the fingerprint"),
+                identity.issued,
+                identity.expires,
+                identity.revoked,
+            )
+        except (ContentError, TypeError, ValueError) as exc:
+            raise MessageRejected(f"the identity cannot be recorded: {exc}") from exc
+        with self.translating():
+            conn = self._conn("writer")
+            with conn.transaction():
+                conn.execute(
+                    "INSERT INTO gateways (id, site, tags) VALUES (%s, %s, %s::jsonb) "
+                    "ON CONFLICT (id) DO UPDATE SET "
+                    "site = coalesce(excluded.site, gateways.site), "
+                    "tags = coalesce(excluded.tags, gateways.tags)",
+                    params,
+                )
+                conn.execute(
+                    "INSERT INTO identities (gateway, kind, fingerprint, issued, expires, "
+                    "revoked) VALUES (%s, %s, %s, %s, %s, %s)",
+                    row,
+                )
+
+    def identities(self, gateway: str | None = None) -> list[Identity]:
+        with self.translating():
+            return queries.identities(self._read(), gateway)
 
     def close(self) -> None:
         for which in ("writer", "reader", "ddl"):

@@ -16,6 +16,7 @@ from central.store.rows import (
     DeviceRow,
     FleetStatus,
     GatewayRow,
+    Identity,
     LossRow,
     ReadingBucket,
     StoredReading,
@@ -364,3 +365,13 @@ def commands(conn: Conn, gw: str | None, limit: int) -> list[CommandRecord]:
             )
         )
     return out
+
+
+def identities(conn: Conn, gw: str | None) -> list[Identity]:
+    sql = "SELECT gateway, kind, fingerprint, issued, expires, revoked FROM identities"
+    args: list[Any] = []
+    if gw is not None:
+        sql += " WHERE gateway = %s"
+        args.append(gw)
+    sql += " ORDER BY issued, gateway, fingerprint"
+    return [Identity(*row) for row in conn.execute(sql, args)]

@@ -23,6 +23,7 @@ from central.store.rows import (
     DeviceRow,
     FleetStatus,
     GatewayRow,
+    Identity,
     LossRow,
     ReadingBucket,
     StoredReading,
@@ -259,6 +260,37 @@ class SqliteQueries:
                 sql, [*args, limit]
             )
         ]
+
+    def add_identity(
+        self, identity: Identity, site: str | None = None, tags: dict[str, str] | None = None
+    ) -> None:
+        with self.conn:
+            self.conn.execute(
+                "INSERT INTO gateways (id, site, tags) VALUES (?, ?, ?) ON CONFLICT (id) DO "
+                "UPDATE SET site = coalesce(excluded.site, gateways.site), "
+                "tags = coalesce(excluded.tags, gateways.tags)",
+                (identity.gateway, site, None if tags is None else json.dumps(tags)),
+            )
+            self.conn.execute(
+                "INSERT INTO identities (gateway, kind, fingerprint, issued, expires, revoked) "
+                "VALUES (?, ?, ?, ?, ?, ?)",
+                (
+                    identity.gateway,
+                    identity.kind,
+                    identity.fingerprint,
+                    identity.issued,
+                    identity.expires,
+                    identity.revoked,
+                ),
+            )
+
+    def identities(self, gateway: str | None = None) -> list[Identity]:
+        clauses, args = _eq(gateway=gateway)
+        sql = (
+            "SELECT gateway, kind, fingerprint, issued, expires, revoked FROM identities"
+            f"{_where(clauses)} ORDER BY issued, gateway, fingerprint"
+        )
+        return [Identity(*row) for row in self.conn.execute(sql, args)]
 
 
 def _loads(text: str | None) -> Any:

@@ -1,0 +1,187 @@
+"""``fleet ca init`` and ``fleet provision``: the fleet's certificate authority, and a
+gateway's identity issued from it into one enrollment bundle (``central.pki``,
+``edge_agent.contract.enrollment``). ``cryptography`` loads inside the commands only:
+``fleet --help`` does not pay for it."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from cli.apps import group
+from cli.store_options import DEFAULT_DB, DbOpt, open_db
+from cli.topic_options import gateway_option
+
+ca_app = group("The fleet's certificate authority: CA, broker, center and command keys.")
+
+DEFAULT_CA_DIR = Path("fleet-ca")
+CaDirOpt = Annotated[
+    Path,
+    typer.Option("--dir", envvar="EDGEFLEET_CA_DIR", help="the CA folder (fleet ca init makes it)"),
+]
+ForceOpt = Annotated[bool, typer.Option("--force", help="overwrite what is there")]
+
+
+@ca_app.command("init")
+def ca_init(
+    folder: CaDirOpt = DEFAULT_CA_DIR,
+    broker_name: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--broker-name",
+            help="a DNS name of the broker, for its certificate (repeatable) [default: localhost]",
+        ),
+    ] = None,
+    broker_ip: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--broker-ip",
+            help="an IP address of the broker, for its certificate (repeatable) "
+            "[default: 127.0.0.1]",
+        ),
+    ] = None,
+    days: Annotated[
+        int,
+        typer.Option("--days", min=1, max=36500, help="how long the CA and its certificates last"),
+    ] = 3650,
+    force: Annotated[
+        bool,
+        typer.Option(
+            "--force",
+            help="replace an existing CA and its keys (every gateway must then be enrolled again)",
+        ),
+    ] = False,
+) -> None:
+    """Create the fleet's CA in a folder: ca.crt/ca.key, an empty crl.pem, the broker's
+    server certificate, the center's client certificate (CN edgefleet-central) and the
+    command-signing key pair (command.key, command.pub)."""
+    # cryptography loads for this command only
+    from central.pki import DEFAULT_BROKER_IPS, DEFAULT_BROKER_NAMES, PkiError, init_ca  # noqa: PLC0415
+
+    if broker_name or broker_ip:  # given: the certificate holds exactly these
+        names, ips = broker_name or [], broker_ip or []
+    else:
+        names, ips = list(DEFAULT_BROKER_NAMES), list(DEFAULT_BROKER_IPS)
+    try:
+        written = init_ca(folder, broker_names=names, broker_ips=ips, days=days, force=force)
+    except PkiError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from None
+    except OSError as exc:
+        typer.echo(f"error: cannot write into {folder}: {exc.strerror or exc}", err=True)
+        raise typer.Exit(1) from None
+    typer.echo(f"fleet CA in {folder}: {', '.join(p.name for p in written)}")
+    typer.echo(
+        f"broker certificate for {', '.join([*names, *ips])}; keep {folder} on the center "
+        "(its .key files are secrets)"
+    )
+
+
+def tag_option(values: list[str] | None) -> list[str] | None:
+    for value in values or ():
+        key, eq, _ = value.partition("=")
+        if not eq or not key:
+            raise typer.BadParameter(f"{value!r}: a tag is key=value")
+    return values
+
+
+def provision(
+    gateway: Annotated[
+        str,
+        typer.Argument(metavar="GW", help="the new gateway's id", callback=gateway_option),
+    ],
+    site: Annotated[str, typer.Option("--site", help="where the gateway is")] = "",
+    tag: Annotated[
+        list[str] | None,
+        typer.Option("--tag", help="a tag, key=value (repeatable)", callback=tag_option),
+    ] = None,
+    ca_dir: Annotated[
+        Path, typer.Option("--ca-dir", envvar="EDGEFLEET_CA_DIR", help="the CA folder")
+    ] = DEFAULT_CA_DIR,
+    broker: Annotated[
+        str,
+        typer.Option("--broker", help="the broker URL the gateway connects to (mqtts://)"),
+    ] = "mqtts://localhost:8883",
+    out: Annotated[
+        Path | None,
+        typer.Option("--out", help="the enrollment bundle to write [default: GW.bundle]"),
+    ] = None,
+    days: Annotated[
+        int, typer.Option("--days", min=1, max=36500, help="how long the certificate lasts")
+    ] = 825,
+    force: ForceOpt = False,
+    db: DbOpt = DEFAULT_DB,
+) -> None:
+    """Issue a gateway's client certificate (CN = GW), record its identity in the registry
+    and write one enrollment bundle (0600) for `edge-agent enroll`."""
+    # cryptography and the store load for this command only
+    from central.pki import COMMAND_PUB, PkiError, issue_client, write_private  # noqa: PLC0415
+    from central.store import StoreError  # noqa: PLC0415
+    from central.store.rows import Identity  # noqa: PLC0415
+    from edge_agent.contract import enrollment  # noqa: PLC0415
+    from mqttlink.url import BrokerUrl  # noqa: PLC0415
+
+    try:
+        url = BrokerUrl.parse(broker)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--broker") from None
+    if url.scheme != "mqtts":
+        raise typer.BadParameter(
+            "a gateway's certificate is for a TLS listener: mqtts://", param_hint="--broker"
+        )
+    bundle_path = out if out is not None else Path(f"{gateway}.bundle")
+    if bundle_path.exists() and not force:
+        typer.echo(f"error: {bundle_path} exists; not overwriting it (--force does)", err=True)
+        raise typer.Exit(1)
+    tags = dict(t.partition("=")[::2] for t in tag or ())
+    try:
+        command_pub = (ca_dir / COMMAND_PUB).read_text()
+        issued = issue_client(ca_dir, gateway, days)
+        ca_crt = (ca_dir / "ca.crt").read_text()
+    except PkiError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from None
+    except OSError as exc:
+        typer.echo(
+            f"error: {ca_dir} is not a fleet CA ({exc.filename}: {exc.strerror}; "
+            "fleet ca init makes one)",
+            err=True,
+        )
+        raise typer.Exit(1) from None
+    bundle = enrollment.Bundle(
+        gateway=gateway,
+        broker=broker,
+        files={
+            enrollment.CA_FILE: ca_crt,
+            enrollment.CERT_FILE: issued.cert_pem.decode(),
+            enrollment.KEY_FILE: issued.key_pem.decode(),
+            enrollment.COMMAND_KEY_FILE: command_pub,
+            enrollment.CONFIG_FILE: enrollment.starter_config(gateway, site, tags, broker),
+        },
+    )
+    store = open_db(db, create=True)
+    try:
+        store.add_identity(
+            Identity(gateway, "certificate", issued.fingerprint, time.time(), issued.not_after),
+            site=site or None,
+            tags=tags or None,
+        )
+    except StoreError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from None
+    finally:
+        store.close()
+    try:
+        write_private(bundle_path, bundle.encode(), force=force)
+    except (PkiError, OSError) as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from None
+    expires = time.strftime("%Y-%m-%d", time.gmtime(issued.not_after))
+    typer.echo(
+        f"gateway {gateway}: certificate sha256 {issued.fingerprint} until {expires}; "
+        f"bundle {bundle_path} (it holds the gateway's key: hand it over, then delete it)"
+    )
+    typer.echo(f"on the gateway: edge-agent enroll {bundle_path.name}")
