@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from string import Template
 
+from central.pki import BROKER_CERT, BROKER_KEY, CA_CERT, CENTRAL_CN, CRL
 from edge_agent.contract.limits import MESSAGE_MAX_BYTES
 from edge_agent.contract.topics import DEFAULT_ROOT, Topics
 
@@ -33,11 +34,8 @@ TEMPLATES = Path(__file__).resolve().parent.parent / "packaging"
 CONFIG_NAME = "mosquitto.conf"
 ACL_NAME = "edgefleet.acl"
 
-CENTER_IDENTITY = "edgefleet-central"
-"""The common name of the center's client certificate (``central.crt``): the ACL's user."""
-
-CA_FILES = ("ca.crt", "crl.pem", "broker.crt", "broker.key")
-"""What the broker reads from the CA folder."""
+CA_FILES = (CA_CERT, CRL, BROKER_CERT, BROKER_KEY)
+"""What the broker reads from the CA folder (named as ``central.pki`` makes them)."""
 
 PACKET_HEADROOM = 65_536
 """Bytes a packet may hold beside a payload of ``MESSAGE_MAX_BYTES``: its topic (ours are
@@ -90,16 +88,16 @@ class BrokerConfig:
         conf = _template(CONFIG_NAME).substitute(
             port=self.port,
             bind=self.bind,
-            cafile=ca / "ca.crt",
-            certfile=ca / "broker.crt",
-            keyfile=ca / "broker.key",
-            crlfile=ca / "crl.pem",
+            cafile=ca / CA_CERT,
+            certfile=ca / BROKER_CERT,
+            keyfile=ca / BROKER_KEY,
+            crlfile=ca / CRL,
             acl_file=out / ACL_NAME,
             data_dir=data,  # Mosquitto 2 puts the "/" before the file's name
             message_size_limit=MESSAGE_MAX_BYTES,
             max_packet_size=MESSAGE_MAX_BYTES + PACKET_HEADROOM,
         )
-        acl = _template(ACL_NAME).substitute(root=self.topic_root)
+        acl = _template(ACL_NAME).substitute(root=self.topic_root, center=CENTRAL_CN)
         return {CONFIG_NAME: conf, ACL_NAME: acl}
 
     def write(self, force: bool = False) -> list[Path]:

@@ -24,6 +24,7 @@ from tests.support import (
     Central,
     Process,
     ThreadedDevice,
+    free_port,
     run_cli,
     stored_readings,
     wait_for,
@@ -230,31 +231,22 @@ def test_enroll_gives_the_key_to_the_agents_user(tmp_path: Path) -> None:
     assert (etc / "agent.yaml").stat().st_uid == 0
 
 
-def readable_by_broker() -> str:
-    """Mosquitto started as root drops to its own user, which cannot read files in a test's
-    private folder: keep root (outside root, the setting does nothing)."""
-    return "user root\n" if os.geteuid() == 0 else ""
-
-
 @pytest.mark.hil
 def test_an_enrolled_gateway_reaches_the_center_over_tls_with_its_own_identity(
     tmp_path: Path, modbus_server: ThreadedDevice
 ) -> None:
     ca = tmp_path / "ca"
     assert ca_init(ca)[0] == 0
-    broker_dir = tmp_path / "broker"
+    # the broker on the config fleet broker-config makes from that CA folder, ACL included
+    broker_dir, conf_dir = tmp_path / "broker", tmp_path / "broker-config"
     broker_dir.mkdir()
-    broker = Broker(
-        broker_dir,
-        extra_conf=(
-            f"cafile {ca / 'ca.crt'}\n"
-            f"certfile {ca / 'broker.crt'}\n"
-            f"keyfile {ca / 'broker.key'}\n"
-            f"crlfile {ca / 'crl.pem'}\n"
-            "require_certificate true\n"
-            "use_identity_as_username true\n" + readable_by_broker()
-        ),
-    )
+    port = free_port()
+    made = run_cli(
+        "fleet", "broker-config", "--out", str(conf_dir), "--ca-dir", str(ca),
+        "--port", str(port), "--data-dir", str(broker_dir),
+    )  # fmt: skip
+    assert made.returncode == 0, made.stderr
+    broker = Broker(broker_dir, port, config=conf_dir / "mosquitto.conf")
     url = f"mqtts://127.0.0.1:{broker.port}"
     center = tmp_path / "center"
     center.mkdir()
