@@ -370,7 +370,9 @@ def test_the_agent_and_the_center_work_through_the_generated_config(
 ) -> None:
     """The real agent (gateway GW's certificate) and ``fleet central run`` (the center's):
     readings are stored and acked (the agent deletes what was acked), its state reaches
-    the registry, and a command goes out and its reply comes back."""
+    the registry, and a command goes out and its reply comes back. Another gateway's
+    forged telemetry, ack and retained offline state for GW are refused, and none of it
+    reaches the store or the registry."""
     url = f"mqtts://127.0.0.1:{fleet.broker.port}"
     folder = fleet.ca.folder
     gw = fleet.ca.gateway(GW, tmp_path / "gw")
@@ -408,6 +410,19 @@ def test_the_agent_and_the_center_work_through_the_generated_config(
         finally:
             store.close()
 
+        # gateway A's certificate forges GW's data, an ack and a retained offline state
+        a = connected(fleet, fleet.gateways[A], "a")
+        forged = {"gw": GW, "stream": "forged", "seq_first": 1, "seq_last": 1}
+        reading = {"dev": "tank-1", "pt": "level", "v": 9999.5, "u": None, "q": "good"}
+        forged["readings"] = [{**reading, "ts": time.time()}]
+        ack = {"stream": "forged", "telemetry": [[1, 10**9]], "alarms": []}
+        for topic, body, retain in (
+            (TOPICS.gw(GW, Channel.TELEMETRY), forged, False),
+            (TOPICS.gw(GW, Channel.ACK), ack, False),
+            (TOPICS.gw(GW, Channel.STATE), {"online": False}, True),
+        ):
+            assert a.publish(topic, json.dumps(body).encode(), retain) == NOT_AUTHORIZED
+
         def outbox_rows() -> int:
             db = sqlite3.connect(outbox)
             try:
@@ -437,6 +452,16 @@ def test_the_agent_and_the_center_work_through_the_generated_config(
         )
         # the gateway answers (there is no such alarm): the command and its reply passed
         assert replied.returncode == 1 and "error" in json.loads(replied.stdout), replied
+        store = central.store()
+        try:
+            stored = stored_readings(store, GW, limit=None)
+            assert stored
+            assert [r for r in stored if r.stream == "forged" or r.value == 9999.5] == []
+            assert store.rejected() == []
+            row = store.gateway(GW)
+            assert row is not None and row.online
+        finally:
+            store.close()
     finally:
         agent.stop()
         central.stop()
