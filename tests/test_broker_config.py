@@ -76,7 +76,9 @@ class Client:
         self.acked: dict[int, int] = {}
         self.granted: dict[int, list[int]] = {}
         self.got: list[tuple[str, bytes]] = []
+        self.disconnects = 0
         self.paho.on_connect = self._on_connect
+        self.paho.on_disconnect = self._on_disconnect
         self.paho.on_publish = self._on_publish
         self.paho.on_subscribe = self._on_subscribe
         self.paho.on_message = lambda _c, _u, msg: self.got.append((msg.topic, msg.payload))
@@ -84,6 +86,9 @@ class Client:
     def _on_connect(self, _c: object, _u: object, _f: object, rc: ReasonCode, _p: object) -> None:
         if rc.value == 0:
             self.connected.set()
+
+    def _on_disconnect(self, *_: object) -> None:
+        self.disconnects += 1
 
     def _on_publish(self, _c: object, _u: object, mid: int, rc: ReasonCode, _p: object) -> None:
         self.acked[mid] = rc.value
@@ -262,6 +267,19 @@ def test_a_certificate_the_crl_revokes_cannot_connect(fleet: Fleet) -> None:
     assert not fleet.client(fleet.gateways[A], "a-revoked").connect()
     assert fleet.client(fleet.gateways[B], "b").connect()
     assert fleet.client(fleet.ca.central, "center").connect()
+
+
+@pytest.mark.hil
+@pytest.mark.xfail(
+    strict=True,
+    reason="client ids are not bound to identities yet (use_username_as_clientid needs the "
+    "center on a listener of its own): a gateway can still take over the center's session",
+)
+def test_a_gateway_cannot_take_over_the_centers_session_by_its_client_id(fleet: Fleet) -> None:
+    center = connected(fleet, fleet.ca.central, "edgefleet-central")
+    intruder = connected(fleet, fleet.gateways[A], "edgefleet-central")
+    time.sleep(1)
+    assert center.disconnects == 0 and intruder.connected.is_set()
 
 
 @pytest.mark.hil
