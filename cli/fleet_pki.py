@@ -118,12 +118,24 @@ def provision(
     """Issue a gateway's client certificate (CN = GW), record its identity in the registry
     and write one enrollment bundle (0600) for `edge-agent enroll`."""
     # cryptography and the store load for this command only
-    from central.pki import COMMAND_PUB, PkiError, issue_client, write_private  # noqa: PLC0415
+    from central.pki import (  # noqa: PLC0415
+        CENTRAL_CN,
+        COMMAND_PUB,
+        PkiError,
+        issue_client,
+        write_private,
+    )
     from central.store import StoreError  # noqa: PLC0415
     from central.store.rows import Identity  # noqa: PLC0415
     from edge_agent.contract import enrollment  # noqa: PLC0415
     from mqttlink.url import BrokerUrl  # noqa: PLC0415
 
+    if gateway == CENTRAL_CN or gateway.startswith("edgefleet-"):
+        # the broker's ACL gives the center's name the center's rights
+        raise typer.BadParameter(
+            f"{gateway!r}: ids starting edgefleet- are the center's, not a gateway's",
+            param_hint="GW",
+        )
     try:
         url = BrokerUrl.parse(broker)
     except ValueError as exc:

@@ -270,19 +270,6 @@ def test_a_certificate_the_crl_revokes_cannot_connect(fleet: Fleet) -> None:
 
 
 @pytest.mark.hil
-@pytest.mark.xfail(
-    strict=True,
-    reason="client ids are not bound to identities yet (use_username_as_clientid needs the "
-    "center on a listener of its own): a gateway can still take over the center's session",
-)
-def test_a_gateway_cannot_take_over_the_centers_session_by_its_client_id(fleet: Fleet) -> None:
-    center = connected(fleet, fleet.ca.central, "edgefleet-central")
-    intruder = connected(fleet, fleet.gateways[A], "edgefleet-central")
-    time.sleep(1)
-    assert center.disconnects == 0 and intruder.connected.is_set()
-
-
-@pytest.mark.hil
 def test_a_gateway_publishes_only_its_own_data_and_the_center_sees_none_of_the_rest(
     fleet: Fleet,
 ) -> None:

@@ -159,6 +159,9 @@ def test_provision_writes_one_bundle_0600_and_enroll_installs_it(tmp_path: Path)
     assert rc == 2 and "gateway id" in out, out
     rc, out = provision(tmp_path, "gw-2", "--broker", "mqtt://broker.example")
     assert rc == 2 and "mqtts://" in out, out
+    # the center's name would get the center's rights from the broker's ACL
+    rc, out = provision(tmp_path, "edgefleet-central", "--out", str(tmp_path / "c.bundle"))
+    assert rc == 2 and "the center's" in out, out
 
     etc = tmp_path / "etc"
     out_ = run_cli("edge-agent", "enroll", str(bundle), "--dir", str(etc))
