@@ -63,7 +63,14 @@ class ExistingFiles(BrokerConfigError):
 
 @dataclass(frozen=True)
 class BrokerConfig:
-    """What a generated config says: where the CA folder is, what the listener binds."""
+    """What a generated config says: where the CA folder is, what the two listeners bind.
+
+    Gateways connect to ``port``, where the broker takes a client's id from its
+    certificate (``use_username_as_clientid``): whatever client id a gateway asks for, it
+    gets its own, so it cannot take over another's session, nor the center's. The center
+    connects to ``center_port``, where its processes keep the client ids they choose
+    (``edgefleet-central``, ``…-alarms``, ``…-w1``…); bind it where only the center's
+    machines reach it (``center_bind``, loopback by default)."""
 
     ca_dir: Path
     out: Path
@@ -71,11 +78,17 @@ class BrokerConfig:
     bind: str = "127.0.0.1"
     topic_root: str = DEFAULT_ROOT
     data_dir: Path = DEFAULT_DATA_DIR
+    center_port: int = 8884
+    center_bind: str = "127.0.0.1"
 
     def __post_init__(self) -> None:
-        if not 1 <= self.port <= 65535:
-            raise ValueError(f"port {self.port} is not 1-65535")
+        for what, port in (("port", self.port), ("center port", self.center_port)):
+            if not 1 <= port <= 65535:
+                raise ValueError(f"{what} {port} is not 1-65535")
+        if self.port == self.center_port:
+            raise ValueError("the gateways' and the center's listeners need ports of their own")
         check_address(self.bind)
+        check_address(self.center_bind)
         Topics(self.topic_root)  # raises TopicError (a ValueError) for a wildcard or space
         for what, path in (("CA folder", self.ca_dir), ("out", self.out), ("data", self.data_dir)):
             _check_path(what, path)
@@ -88,6 +101,8 @@ class BrokerConfig:
         conf = _template(CONFIG_NAME).substitute(
             port=self.port,
             bind=self.bind,
+            center_port=self.center_port,
+            center_bind=self.center_bind,
             cafile=ca / CA_CERT,
             certfile=ca / BROKER_CERT,
             keyfile=ca / BROKER_KEY,

@@ -42,6 +42,18 @@ def broker_config(
             "--bind", help="the address the listener binds (0.0.0.0: all)", callback=_bind_option
         ),
     ] = "127.0.0.1",
+    center_port: Annotated[
+        int,
+        typer.Option("--center-port", min=1, max=65535, help="the center's TLS listener's port"),
+    ] = 8884,
+    center_bind: Annotated[
+        str,
+        typer.Option(
+            "--center-bind",
+            help="the address the center's listener binds: where only the center reaches it",
+            callback=_bind_option,
+        ),
+    ] = "127.0.0.1",
     topic_root: RootOpt = DEFAULT_ROOT,
     data_dir: Annotated[
         Path, typer.Option("--data-dir", help="where Mosquitto keeps its persistence file")
@@ -50,13 +62,21 @@ def broker_config(
         bool, typer.Option("--force", help="overwrite the files if they are there")
     ] = False,
 ) -> None:
-    """Write a Mosquitto 2 config (one TLS listener that requires a certificate of the
-    fleet's CA and checks its CRL) and the ACL that confines each gateway to its topics."""
+    """Write a Mosquitto 2 config (TLS listeners that require a certificate of the fleet's
+    CA and check its CRL: the gateways', where a client's id is its certificate's name,
+    and the center's) and the ACL that confines each gateway to its topics."""
     from central.broker_config import BrokerConfig, BrokerConfigError  # noqa: PLC0415
 
     try:
         config = BrokerConfig(
-            ca_dir=ca_dir, out=out, port=port, bind=bind, topic_root=topic_root, data_dir=data_dir
+            ca_dir=ca_dir,
+            out=out,
+            port=port,
+            bind=bind,
+            topic_root=topic_root,
+            data_dir=data_dir,
+            center_port=center_port,
+            center_bind=center_bind,
         )
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from None

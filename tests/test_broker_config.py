@@ -34,6 +34,7 @@ from tests.support import (
     Central,
     ThreadedDevice,
     free_port,
+    port_open,
     produced_keys,
     run_cli,
     stored_readings,
@@ -53,10 +54,14 @@ class Fleet:
     gateways: dict[str, Issued]
     rogue: Authority
     workdir: Path
+    center_port: int
     clients: list[Client] = field(default_factory=list)
 
-    def client(self, issued: Issued | None, name: str) -> Client:
-        c = Client(self, issued, name)
+    def client(self, issued: Issued | None, name: str, port: int | None = None) -> Client:
+        """A client on the gateways' listener; the center's certificate on the center's."""
+        if port is None:
+            port = self.center_port if issued is self.ca.central else self.broker.port
+        c = Client(self, issued, name, port)
         self.clients.append(c)
         return c
 
@@ -64,8 +69,8 @@ class Fleet:
 class Client:
     """A paho MQTT v5 client over TLS, keeping every PUBACK's reason code and message."""
 
-    def __init__(self, fleet: Fleet, issued: Issued | None, name: str) -> None:
-        self.port = fleet.broker.port
+    def __init__(self, fleet: Fleet, issued: Issued | None, name: str, port: int) -> None:
+        self.port = port
         self.paho = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=name, protocol=mqtt.MQTTv5)
         self.paho.tls_set(
             ca_certs=str(fleet.ca.folder / "ca.crt"),
@@ -131,7 +136,9 @@ class Client:
         self.paho.loop_stop()
 
 
-def write_config(ca: Path, out: Path, port: int, data: Path, *extra: str) -> None:
+def write_config(
+    ca: Path, out: Path, port: int, data: Path, *extra: str, center_port: int | None = None
+) -> None:
     made = run_cli(
         "fleet",
         "broker-config",
@@ -141,6 +148,8 @@ def write_config(ca: Path, out: Path, port: int, data: Path, *extra: str) -> Non
         str(ca),
         "--port",
         str(port),
+        "--center-port",
+        str(center_port or port + 1),
         "--data-dir",
         str(data),
         *extra,
@@ -153,16 +162,18 @@ def write_config(ca: Path, out: Path, port: int, data: Path, *extra: str) -> Non
 def fleet(tmp_path: Path) -> Iterator[Fleet]:
     """Mosquitto on the generated config, a fleet CA, gateways A and B, and another CA."""
     ca = fleet_ca(tmp_path / "fleet-ca")
-    port = free_port()
+    port, center_port = free_port(), free_port()
     out = tmp_path / "broker-config"
     data = tmp_path / "broker-data"
     data.mkdir()
-    write_config(ca.folder, out, port, data)
+    write_config(ca.folder, out, port, data, center_port=center_port)
     run = tmp_path / "broker"
     run.mkdir()
     broker = Broker(run, port, config=out / "mosquitto.conf").start()
+    wait_for(lambda: port_open(center_port), 10, what="the center's listener")
     gateways = {gw: ca.gateway(gw, tmp_path / "gateways") for gw in (A, B)}
-    fleet = Fleet(ca, broker, gateways, Authority(tmp_path / "rogue", "Someone else's CA"), run)
+    rogue = Authority(tmp_path / "rogue", "Someone else's CA")
+    fleet = Fleet(ca, broker, gateways, rogue, run, center_port)
     yield fleet
     for c in fleet.clients:
         c.close()
@@ -380,6 +391,7 @@ def test_the_agent_and_the_center_work_through_the_generated_config(
     forged telemetry, ack and retained offline state for GW are refused, and none of it
     reaches the store or the registry."""
     url = f"mqtts://127.0.0.1:{fleet.broker.port}"
+    center_url = f"mqtts://127.0.0.1:{fleet.center_port}"
     folder = fleet.ca.folder
     gw = fleet.ca.gateway(GW, tmp_path / "gw")
     command_pub = folder / "command.pub"
@@ -399,7 +411,7 @@ def test_the_agent_and_the_center_work_through_the_generated_config(
         "EDGEFLEET_BROKER_KEY_FILE": str(fleet.ca.central.key),
     }
     (tmp_path / "center").mkdir()
-    central = Central(tmp_path / "center", url)
+    central = Central(tmp_path / "center", center_url)
     central.env.update(center_env)
     try:
         central.start()
@@ -472,3 +484,17 @@ def test_the_agent_and_the_center_work_through_the_generated_config(
         agent.stop()
         central.stop()
     assert "Not authorized" not in agent.output() + central.output()
+
+
+@pytest.mark.hil
+def test_a_gateway_cannot_take_over_the_centers_session_by_its_client_id(fleet: Fleet) -> None:
+    """On the gateways' listener a client's id is its certificate's name: gateway A asking
+    for the center's client id (or B's) gets its own, and the center, on its listener,
+    keeps its session."""
+    center = connected(fleet, fleet.ca.central, "edgefleet-central")
+    b = connected(fleet, fleet.gateways[B], "b")
+    intruder = connected(fleet, fleet.gateways[A], "edgefleet-central")
+    as_b = connected(fleet, fleet.gateways[A], B)  # B's id, which B's session has
+    time.sleep(1)
+    assert center.disconnects == 0 and b.disconnects == 0
+    assert intruder.connected.is_set() and as_b.connected.is_set()

@@ -243,14 +243,15 @@ def test_an_enrolled_gateway_reaches_the_center_over_tls_with_its_own_identity(
     # the broker on the config fleet broker-config makes from that CA folder, ACL included
     broker_dir, conf_dir = tmp_path / "broker", tmp_path / "broker-config"
     broker_dir.mkdir()
-    port = free_port()
+    port, center_port = free_port(), free_port()
     made = run_cli(
         "fleet", "broker-config", "--out", str(conf_dir), "--ca-dir", str(ca),
-        "--port", str(port), "--data-dir", str(broker_dir),
+        "--port", str(port), "--center-port", str(center_port), "--data-dir", str(broker_dir),
     )  # fmt: skip
     assert made.returncode == 0, made.stderr
     broker = Broker(broker_dir, port, config=conf_dir / "mosquitto.conf")
     url = f"mqtts://127.0.0.1:{broker.port}"
+    center_url = f"mqtts://127.0.0.1:{center_port}"
     center = tmp_path / "center"
     center.mkdir()
     bundle = tmp_path / f"{GW}.bundle"
@@ -271,7 +272,7 @@ def test_an_enrolled_gateway_reaches_the_center_over_tls_with_its_own_identity(
     checked = run_cli("edge-agent", "check", "-c", str(config))
     assert checked.returncode == 0, checked.stdout + checked.stderr
 
-    central = Central(center, url)
+    central = Central(center, center_url)  # the center's own listener
     central.args += [
         "--ca-file", str(ca / "ca.crt"),
         "--cert-file", str(ca / "central.crt"),
