@@ -114,6 +114,7 @@ async def _run(
         uplink.publish(presence.topic, presence.online(), retain=True)
 
     uplink.on_up(announce)
+    presence.watch(uplink)
     sender = Sender(
         gateway=gw,
         topics=topics,

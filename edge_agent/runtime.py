@@ -19,28 +19,88 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, Protocol
 
 from edge_agent.alarms import AlarmService
 from edge_agent.committer import Committer
-from edge_agent.contract import Channel, Topics, encode_state
+from edge_agent.contract import Channel, PayloadError, Topics, encode_state
+from edge_agent.contract.payloads import loads
 from edge_agent.health import HealthReporter
 from edge_agent.outbox import AgentOutbox
 from edge_agent.polling import DevicePoller
 from edge_agent.sender import Sender
+from edge_agent.uplink import Inbound
 
 log = logging.getLogger(__name__)
 
 
 class Presence:
     """The gateway's retained ``state``: online with who it is on every connect, offline
-    with a goodbye at a clean stop, and offline as the Last Will otherwise."""
+    with a goodbye at a clean stop, and offline as the Last Will otherwise.
+
+    The gateway also listens to its own state topic (``watch``), and puts it right when
+    the retained copy is not what it said: a client that can publish there (a lax
+    broker) could otherwise leave a running gateway shown offline for good, since its
+    state is published only at connect. It answers at most once every
+    ``CORRECT_EVERY_S`` (and once more at the end of that, if it was wrong again), so
+    that a flood of forged states cannot make it flood in turn."""
+
+    CORRECT_EVERY_S = 5.0
 
     def __init__(self, gateway: str, topics: Topics, identity: Mapping[str, Any]) -> None:
         self.gateway = gateway
         self.topic = topics.gw(gateway, Channel.STATE)
         self.identity = dict(identity)
+        self.corrected = 0
+        """Times a wrong retained state was put right."""
+        self._last_fix = -float("inf")
+        self._pending: asyncio.TimerHandle | None = None
+        self._leaving = False
+
+    def watch(self, uplink: StateUplink) -> None:
+        """Put the retained state right whenever it is not this gateway's own."""
+        mine = loads(self.online())
+        echoed = False  # since this connect: what comes before our own is an older copy
+
+        def connected() -> None:
+            nonlocal echoed
+            echoed = False
+
+        def received(message: Inbound) -> None:
+            nonlocal echoed
+            try:
+                said = loads(message.payload)
+            except PayloadError:
+                said = None
+            if said == mine:
+                echoed = True  # our own, as the broker keeps it
+                return
+            if not echoed or self._leaving:
+                return  # the retained copy of before (our Will): ours is on its way
+            loop = asyncio.get_running_loop()
+            wait = self._last_fix + self.CORRECT_EVERY_S - loop.time()
+            if wait <= 0:
+                fix()
+            elif self._pending is None:
+                self._pending = loop.call_later(wait, fix)
+
+        def fix() -> None:
+            self._pending = None
+            if self._leaving:
+                return
+            self._last_fix = asyncio.get_running_loop().time()
+            if uplink.publish(self.topic, self.online(), retain=True):
+                self.corrected += 1
+                if self.corrected == 1:
+                    log.warning(
+                        "the retained state of %s was not its own: published it again "
+                        "(someone else can publish on its state topic)",
+                        self.gateway,
+                    )
+
+        uplink.on_up(connected)
+        uplink.subscribe(self.topic, received)
 
     @property
     def will(self) -> tuple[str, bytes]:
@@ -50,7 +110,24 @@ class Presence:
         return encode_state(self.gateway, True, **self.identity)
 
     def goodbye(self) -> tuple[str, bytes]:
+        """The last words of a clean stop; from now on the state is not put right."""
+        self._leaving = True
+        if self._pending is not None:
+            self._pending.cancel()
+            self._pending = None
         return self.topic, encode_state(self.gateway, False, **self.identity, stopped=time.time())
+
+
+class StateUplink(Protocol):
+    """What ``Presence.watch`` needs of the MQTT session."""
+
+    def on_up(self, fn: Callable[[], None]) -> None: ...
+
+    def subscribe(self, topic: str, handler: Callable[[Inbound], None]) -> None: ...
+
+    def publish(
+        self, topic: str, payload: bytes, *, qos: int = 1, retain: bool = False
+    ) -> bool: ...
 
 
 class RunUplink(Protocol):
