@@ -323,15 +323,26 @@ def sqlite_version(conn: sqlite3.Connection, label: str, latest: int = LATEST) -
     """The store's schema version, 0 for a new file; ``StoreSchemaError`` if this code,
     which knows versions up to ``latest``, cannot use it. Reads only. ``label`` names the
     file in messages."""
+    # One read transaction for the three reads: read one by one, another process's
+    # migrations could commit between them, and version 0 with version 5's tables looked
+    # like a foreign database (CI saw it once, with two processes opening a new store).
+    snapshot = not conn.in_transaction
     try:
-        (version,) = conn.execute("PRAGMA user_version").fetchone()
-        (application_id,) = conn.execute("PRAGMA application_id").fetchone()
-        tables = {
-            str(name)
-            for (name,) in conn.execute(
-                "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%'"
-            )
-        }
+        if snapshot:
+            conn.execute("BEGIN")
+        try:
+            (version,) = conn.execute("PRAGMA user_version").fetchone()
+            (application_id,) = conn.execute("PRAGMA application_id").fetchone()
+            tables = {
+                str(name)
+                for (name,) in conn.execute(
+                    "SELECT name FROM sqlite_master"
+                    " WHERE type = 'table' AND name NOT LIKE 'sqlite_%'"
+                )
+            }
+        finally:
+            if snapshot and conn.in_transaction:
+                conn.execute("COMMIT")
     except sqlite3.DatabaseError as exc:  # not SQLite at all, or damaged
         raise NotACentralStore(f"{label} is not a central store (SQLite says: {exc})") from exc
     if application_id == AGENT_OUTBOX_ID:

@@ -89,9 +89,15 @@ class Gateways:
         self._lock = threading.Lock()
         self.client = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
         self.client.on_message = self._on_message
+        subscribed = threading.Event()
+        self.client.on_subscribe = lambda *args: subscribed.set()
         self.client.connect("127.0.0.1", broker.port)
         self.client.subscribe(TOPICS.pattern(Channel.ACK), qos=1)
         self.client.loop_start()
+        # an ack published before the SUBACK would reach no one (CI saw one lost so)
+        if not subscribed.wait(10):
+            self.close()
+            raise AssertionError("the watcher's subscription to acks was not confirmed in 10 s")
 
     def _on_message(self, client: Any, userdata: Any, msg: mqtt.MQTTMessage) -> None:
         parsed = TOPICS.parse(msg.topic)
