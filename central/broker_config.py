@@ -25,6 +25,7 @@ from pathlib import Path
 from string import Template
 
 from central.pki import BROKER_CERT, BROKER_KEY, CA_CERT, CENTRAL_CN, CRL
+from central.revocation import revoked_gateways, with_denials
 from edge_agent.contract.limits import MESSAGE_MAX_BYTES
 from edge_agent.contract.topics import DEFAULT_ROOT, Topics
 
@@ -113,6 +114,8 @@ class BrokerConfig:
             max_packet_size=MESSAGE_MAX_BYTES + PACKET_HEADROOM,
         )
         acl = _template(ACL_NAME).substitute(root=self.topic_root, center=CENTRAL_CN)
+        # the gateways `fleet revoke` revoked stay denied in a config made again
+        acl = with_denials(acl, revoked_gateways(ca))
         return {CONFIG_NAME: conf, ACL_NAME: acl}
 
     def write(self, force: bool = False) -> list[Path]:

@@ -56,6 +56,7 @@ What can fail, and what then:
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import time
 from collections import defaultdict
@@ -87,6 +88,7 @@ SHED_LOG_S = 30.0  # shed messages are logged at the first, then at most this of
 UNREACHABLE_REMIND_S = 60.0  # "still cannot reach the broker", this often in an outage
 STORE_TRIES = 5  # rounds the store fails in a row before the service gives up (exit 1)
 STORE_RETRY_S = 1.0  # pause before trying a failed round again
+REVOKED_REFRESH_S = 5.0  # how soon a gateway revoked is refused here too
 MAINTAIN_S = 300.0  # retention runs this often (and at start), between rounds
 
 
@@ -154,6 +156,8 @@ class Ingest:
         self._alarm_session = self._new_session(f"{client_id}-alarms", "central-alarms")
         self._up: set[str] = set()
         self._up_lock = threading.Lock()
+        self._revoked: frozenset[str] = frozenset()
+        self._revoked_at = -math.inf  # monotonic time of the last look
         for ch in (Channel.TELEMETRY, Channel.HEALTH):
             self._session.subscribe(Subscription(self._filter(ch), qos=1), self._on_message)
         state = self.topics.pattern(Channel.STATE)
@@ -345,7 +349,9 @@ class Ingest:
 
         started = time.monotonic()
         try:
-            result = store_round(self.store, self.topics, msgs, lane, alarms_now)
+            result = store_round(
+                self.store, self.topics, msgs, lane, alarms_now, self._revoked_now(started)
+            )
         except BaseException:
             if taken:
                 self.inbox.put_back(Lane.ALARMS, taken)  # first again, at the next try
@@ -355,6 +361,14 @@ class Ingest:
         for observe in self.round_observers:
             observe(result, took)
         return result.rest
+
+    def _revoked_now(self, now: float) -> frozenset[str]:
+        """The revoked gateways (``fleet revoke``), looked up again every
+        ``REVOKED_REFRESH_S``: what one sends after that is refused, not stored."""
+        if now - self._revoked_at >= REVOKED_REFRESH_S:
+            self._revoked = self.store.revoked_gateways()
+            self._revoked_at = now
+        return self._revoked
 
     def _after_commit(self, result: RoundResult) -> None:
         for lane, msg in result.puback:

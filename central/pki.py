@@ -177,6 +177,11 @@ def write_private(path: Path, data: bytes, *, force: bool = False) -> Path:
     return _write_private(path, data)
 
 
+def load_authority(folder: Path) -> _Authority:
+    """The CA in ``folder``, its certificate and key; ``PkiError`` if it is not one."""
+    return _Authority.load(folder)
+
+
 class _Authority:
     def __init__(self, cert: x509.Certificate, key: EllipticCurvePrivateKey) -> None:
         self.cert = cert

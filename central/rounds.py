@@ -20,7 +20,7 @@ Per message (``Round.message()``: its writes alone are undone if it fails):
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Container, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -130,11 +130,13 @@ def store_round(
     msgs: Sequence[Message],
     lane: Lane = Lane.DATA,
     alarms_now: Callable[[], Sequence[Message]] = no_alarms,
+    revoked: Container[str] = frozenset(),
 ) -> RoundResult:
     """Store ``msgs`` (come on ``lane``) in one unit of work and commit it; return what to
     acknowledge. ``alarms_now`` gives the alarms waiting now (taken from wherever they
     wait: the caller puts them back if this raises); a telemetry round asks before each
-    message. Raises ``StoreUnavailable`` (nothing kept, nothing to ack)."""
+    message. What a gateway in ``revoked`` sends is a dead letter, acked to no one.
+    Raises ``StoreUnavailable`` (nothing kept, nothing to ack)."""
     out = RoundResult()
     acked = _Acked()
     seen: dict[str, None] = {}
@@ -146,10 +148,10 @@ def store_round(
                 alarms = alarms_now()
                 if alarms:
                     for alarm in alarms:
-                        _store_one(rnd, topics, alarm, acked, seen, out)
+                        _store_one(rnd, topics, alarm, acked, seen, out, revoked)
                     done = msgs[:i]
                     break
-            _store_one(rnd, topics, msg, acked, seen, out)
+            _store_one(rnd, topics, msg, acked, seen, out, revoked)
         if seen:
             rnd.seen(seen)
     out.counts = rnd.counts
@@ -166,11 +168,17 @@ def _store_one(
     acked: _Acked,
     seen: dict[str, None],
     out: RoundResult,
+    revoked: Container[str],
 ) -> None:
     parsed = topics.parse(msg.topic)
     if parsed is None or parsed[1] not in STORED:
         return
     gw, channel = parsed
+    if gw in revoked:  # defence in depth: the broker should have refused it already
+        why = f"gateway {gw} is revoked (fleet revoke): nothing it sends is stored"
+        out.rejected.append(Rejection(gw, channel, why))
+        _dead_letter(rnd, gw, channel, msg, why, None, out)
+        return
     noted: list[AlarmCommitted | GatewayCommitted] = []
     try:
         with rnd.message():
@@ -232,14 +240,14 @@ def _dead_letter(
     channel: Channel,
     msg: Message,
     why: str,
-    acked: _Acked,
+    acked: _Acked | None,
     out: RoundResult,
 ) -> None:
     """Keep a rejected message (its head) in the store and, when it names the outbox rows
-    it was sent for, ack them: the gateway would otherwise send it, and everything behind
-    it, again at every ack timeout until its outbox drops it."""
+    it was sent for, ack them (unless ``acked`` is None): the gateway would otherwise send
+    it, and everything behind it, again at every ack timeout until its outbox drops it."""
     rows = None
-    if channel in (Channel.TELEMETRY, Channel.ALARMS):
+    if acked is not None and channel in (Channel.TELEMETRY, Channel.ALARMS):
         rows = named_rows(msg.payload, alarm=channel is Channel.ALARMS)
         if rows is not None and rows.gw != gw:
             rows = None  # another gateway's rows are not this one's to ack
@@ -253,7 +261,7 @@ def _dead_letter(
         return
     if pruned:
         out.pruned[gw] = out.pruned.get(gw, 0) + pruned
-    if rows is not None:
+    if rows is not None and acked is not None:
         acked.add(channel is Channel.ALARMS, gw, rows.stream, rows.first, rows.last)
 
 

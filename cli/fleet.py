@@ -30,6 +30,7 @@ from cli.fleet_cmd import cmd, commands
 from cli.fleet_gateways import devices_app, gateways_app, status
 from cli.fleet_pki import ca_app, provision
 from cli.fleet_readings import readings
+from cli.fleet_revoke import revoke
 from cli.fleet_watch import watch
 from cli.metrics_options import (
     DEFAULT_METRICS_HOST,
@@ -75,6 +76,7 @@ app.add_typer(alarms_app, name="alarms")
 app.add_typer(keys_app, name="keys")
 app.add_typer(ca_app, name="ca")
 app.command("provision")(provision)
+app.command("revoke")(revoke)
 
 GatewayArg = Annotated[
     str, typer.Option("--gateway", "-g", help="gateway id", callback=gateway_option)

@@ -266,12 +266,24 @@ def devices_list(
             typer.echo("no devices reported yet", err=True)
 
 
+EXPIRY_WARNING_S = 30 * 86400
+EXPIRING_SHOWN = 10
+
+
 def status(db: DbOpt = DEFAULT_DB, json_out: JsonOpt = False) -> None:
     """The fleet on one screen: gateways online and offline, active alarms by severity,
-    gateways with a backlog or data loss, agent versions in the field, ingest rate."""
-    s = open_db(db).status(time.time())
+    gateways with a backlog or data loss, agent versions in the field, ingest rate, and
+    the gateways whose certificates expire within 30 days."""
+    now = time.time()
+    store = open_db(db)
+    try:
+        s = store.status(now)
+        expiring = store.expiring(now + EXPIRY_WARNING_S)
+    finally:
+        store.close()
     if json_out:
-        print_json(s.to_json())
+        listed = [{"gateway": i.gateway, "expires": i.expires} for i in expiring]
+        print_json(s.to_json() | {"certificates_expiring": listed})
         return
     severities = ", ".join(f"{k} {v}" for k, v in s.alarms_by_severity.items()) or "none"
     versions = ", ".join(f"{k} ×{v}" for k, v in s.versions.items()) or "none"
@@ -286,4 +298,18 @@ def status(db: DbOpt = DEFAULT_DB, json_out: JsonOpt = False) -> None:
         ("agent versions", versions),
         ("readings, this minute and the last", str(s.readings_last_minute)),
     ]
+    rows.append(
+        (
+            "certificates expiring in 30 days",
+            Styled(str(len(expiring)), "yellow") if expiring else "0",
+        )
+    )
     print_rich(table(("fleet", ""), rows))
+    if expiring:
+        soon: list[tuple[Cell, ...]] = [
+            (i.gateway, time.strftime("%Y-%m-%d %H:%M", time.gmtime(i.expires or 0)))
+            for i in expiring[:EXPIRING_SHOWN]
+        ]
+        if len(expiring) > EXPIRING_SHOWN:
+            soon.append((f"… and {len(expiring) - EXPIRING_SHOWN} more", "--json lists all"))
+        print_rich(table(("certificate of", "expires (UTC)"), soon))

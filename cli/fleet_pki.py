@@ -125,6 +125,7 @@ def provision(
         issue_client,
         write_private,
     )
+    from central.revocation import record_issued  # noqa: PLC0415
     from central.store import StoreError  # noqa: PLC0415
     from central.store.rows import Identity  # noqa: PLC0415
     from edge_agent.contract import enrollment  # noqa: PLC0415
@@ -187,6 +188,8 @@ def provision(
     finally:
         store.close()
     try:
+        # the CA keeps a copy, so that fleet revoke finds its serial
+        record_issued(ca_dir, gateway, issued.cert_pem)
         write_private(bundle_path, bundle.encode(), force=force)
     except (PkiError, OSError) as exc:
         typer.echo(f"error: {exc}", err=True)

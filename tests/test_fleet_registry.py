@@ -19,6 +19,7 @@ from click.testing import Result
 from typer.testing import CliRunner
 
 from central.store import Retention, open_store
+from central.store.rows import Identity
 from cli.fleet import app as fleet_app
 from edge_agent.contract import decode_health, decode_state, decode_telemetry
 from edge_agent.contract.payloads import dumps
@@ -205,6 +206,25 @@ def test_status_counts_the_fleet_in_the_store(db: str) -> None:
     assert status["versions"] == {"0.1.0": 9, "0.2.0": 3}
     drawn = ok("status", "--db", db).stdout
     assert "offline" in drawn and "0.2.0 ×3" in drawn
+
+
+def test_status_lists_the_certificates_that_expire_within_30_days(db: str) -> None:
+    now, day = time.time(), 86_400.0
+    store = open_store(db)
+    try:
+        store.add_identity(Identity("gw-00", "certificate", "a" * 64, now - day, now + 3 * day))
+        store.add_identity(Identity("gw-01", "certificate", "b" * 64, now - day, now + 99 * day))
+        # gw-02's old certificate expires soon, but it was renewed: nothing to do
+        store.add_identity(Identity("gw-02", "certificate", "c" * 64, now - 9 * day, now + day))
+        store.add_identity(Identity("gw-02", "certificate", "d" * 64, now, now + 800 * day))
+        store.add_identity(Identity("gw-03", "certificate", "e" * 64, now - day, now + 9 * day))
+    finally:
+        store.close()
+    status = json.loads(ok("status", "--db", db, "--json").stdout)
+    assert [c["gateway"] for c in status["certificates_expiring"]] == ["gw-00", "gw-03"]
+    drawn = ok("status", "--db", db).stdout
+    assert "certificates expiring in 30 days" in drawn
+    assert "gw-00" in drawn and "gw-03" in drawn and "gw-02" not in drawn
 
 
 def test_readings_in_a_range_oldest_first_as_csv_and_jsonl(db: str) -> None:

@@ -670,3 +670,26 @@ def test_identities_are_kept_and_register_the_gateway_with_its_site_and_tags(
     row = store.gateway("gw-9")
     assert row is not None and row.online and row.site == "moved" and row.tags == {"a": "b"}
     assert store.identities("gw-2") == []
+
+
+def test_revoking_marks_every_live_identity_and_expiring_lists_the_newest_live_one(
+    store: Store,
+) -> None:
+    old = Identity("gw-1", "certificate", "01" * 32, T0, T0 + 10 * DAY)
+    new = Identity("gw-1", "certificate", "02" * 32, T0 + DAY, T0 + 20 * DAY)  # renewed
+    other = Identity("gw-2", "certificate", "03" * 32, T0, T0 + 5 * DAY)
+    far = Identity("gw-3", "certificate", "04" * 32, T0, T0 + 400 * DAY)
+    for identity in (old, new, other, far):
+        store.add_identity(identity)
+    assert store.revoked_gateways() == frozenset()
+    # expiring within 30 days of T0: each gateway's newest live identity, soonest first
+    assert store.expiring(T0 + 30 * DAY) == [other, new]
+    assert store.revoke_identities("gw-2", T0 + 2 * DAY) == 1
+    assert store.revoke_identities("gw-2", T0 + 3 * DAY) == 0  # already: kept as it was
+    assert store.revoked_gateways() == {"gw-2"}
+    assert [i.revoked for i in store.identities("gw-2")] == [T0 + 2 * DAY]
+    assert store.expiring(T0 + 30 * DAY) == [new]
+    # provisioned again after it was revoked: a live identity, no longer revoked
+    store.add_identity(Identity("gw-2", "certificate", "05" * 32, T0 + 4 * DAY, T0 + 9 * DAY))
+    assert store.revoked_gateways() == frozenset()
+    assert store.revoke_identities("gw-unknown", T0) == 0

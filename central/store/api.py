@@ -257,4 +257,18 @@ class Store(Protocol):
         """The identities issued (of one gateway), oldest first."""
         ...
 
+    def revoke_identities(self, gateway: str, when: float) -> int:
+        """Mark every identity of ``gateway`` not revoked yet revoked at ``when`` (``fleet
+        revoke``); how many were."""
+        ...
+
+    def revoked_gateways(self) -> frozenset[str]:
+        """The gateways whose every identity is revoked: ingest refuses what they send."""
+        ...
+
+    def expiring(self, before: float) -> list[Identity]:
+        """Per gateway not revoked, its newest live identity if it expires before
+        ``before``, soonest first: the certificates to renew (``fleet status``)."""
+        ...
+
     def close(self) -> None: ...

@@ -356,6 +356,24 @@ class PostgresStore:
         with self.translating():
             return queries.identities(self._read(), gateway)
 
+    def revoke_identities(self, gateway: str, when: float) -> int:
+        with self.translating():
+            conn = self._conn("writer")
+            with conn.transaction():
+                cur = conn.execute(
+                    "UPDATE identities SET revoked = %s WHERE gateway = %s AND revoked IS NULL",
+                    (when, text(gateway, "the gateway id")),
+                )
+            return cur.rowcount
+
+    def revoked_gateways(self) -> frozenset[str]:
+        with self.translating():
+            return queries.revoked_gateways(self._read())
+
+    def expiring(self, before: float) -> list[Identity]:
+        with self.translating():
+            return queries.expiring(self._read(), before)
+
     def close(self) -> None:
         for which in ("writer", "reader", "ddl"):
             conn: Conn | None = getattr(self, f"_{which}")

@@ -375,3 +375,20 @@ def identities(conn: Conn, gw: str | None) -> list[Identity]:
         args.append(gw)
     sql += " ORDER BY issued, gateway, fingerprint"
     return [Identity(*row) for row in conn.execute(sql, args)]
+
+
+def revoked_gateways(conn: Conn) -> frozenset[str]:
+    rows = conn.execute(
+        "SELECT gateway FROM identities GROUP BY gateway HAVING count(revoked) = count(*)"
+    )
+    return frozenset(row[0] for row in rows)
+
+
+def expiring(conn: Conn, before: float) -> list[Identity]:
+    sql = (
+        "SELECT gateway, kind, fingerprint, issued, expires, revoked FROM identities AS i "
+        "WHERE revoked IS NULL AND expires IS NOT NULL AND expires < %s AND issued = "
+        "(SELECT max(issued) FROM identities WHERE gateway = i.gateway AND revoked IS NULL) "
+        "ORDER BY expires, gateway"
+    )
+    return [Identity(*row) for row in conn.execute(sql, (before,))]

@@ -292,6 +292,31 @@ class SqliteQueries:
         )
         return [Identity(*row) for row in self.conn.execute(sql, args)]
 
+    def revoke_identities(self, gateway: str, when: float) -> int:
+        with self.conn:
+            cur = self.conn.execute(
+                "UPDATE identities SET revoked = ? WHERE gateway = ? AND revoked IS NULL",
+                (when, gateway),
+            )
+        return cur.rowcount
+
+    def revoked_gateways(self) -> frozenset[str]:
+        return frozenset(row[0] for row in self.conn.execute(REVOKED_SQL))
+
+    def expiring(self, before: float) -> list[Identity]:
+        return [Identity(*row) for row in self.conn.execute(EXPIRING_SQL, (before,))]
+
+
+REVOKED_SQL = "SELECT gateway FROM identities GROUP BY gateway HAVING count(revoked) = count(*)"
+"""Gateways with identities, every one revoked (one provisioned again has a live one)."""
+EXPIRING_SQL = (
+    "SELECT gateway, kind, fingerprint, issued, expires, revoked FROM identities AS i "
+    "WHERE revoked IS NULL AND expires IS NOT NULL AND expires < ? AND issued = "
+    "(SELECT max(issued) FROM identities WHERE gateway = i.gateway AND revoked IS NULL) "
+    "ORDER BY expires, gateway"
+)
+"""Each gateway's newest live identity, if it expires before the time given."""
+
 
 def _loads(text: str | None) -> Any:
     return None if text is None else json.loads(text)
