@@ -66,6 +66,12 @@ def check(
     cfg = loaded.config
     if not schema_only:
         exit_if_outbox_path_is_wrong(config, loaded)
+        # run starts with it (the gateway still polls and alarms locally); check says it
+        from edge_agent.config import certificate_time_problems  # noqa: PLC0415
+
+        expired = certificate_time_problems(loaded)
+        if expired:
+            exit_with_problems(config, expired)
     points = sum(len(d.points) for d in cfg.devices)
     typer.echo(
         f"{config}: ok - gateway {cfg.gateway.id}, {len(cfg.devices)} device(s), "
@@ -88,6 +94,12 @@ def run(
     )
     # the runtime (drivers, outbox) and asyncio load only for run, never for check or --help
     import asyncio  # noqa: PLC0415
+
+    from edge_agent.config import certificate_time_problems  # noqa: PLC0415
+
+    for problem in certificate_time_problems(loaded):
+        # not refused: polling, the outbox and local alarms go on without the center
+        logging.getLogger("edge_agent").error("%s (the center is out of reach until then)", problem)
 
     from edge_agent.app import run_agent  # noqa: PLC0415
     from edge_agent.bind_address import MetricsUnavailable  # noqa: PLC0415

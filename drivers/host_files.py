@@ -16,6 +16,7 @@ from __future__ import annotations
 import os
 import ssl
 import stat
+import time
 from pathlib import Path
 
 MAX_READ = 1024 * 1024
@@ -112,6 +113,48 @@ def cert_and_key_problems(cert: Path, key: Path) -> list[tuple[str, str]]:
     except OSError as exc:
         return [("cert", f"{cert}: {_why(exc)}")]
     return problems
+
+
+def client_certificate_problems(
+    path: Path, common_name: str, now: float
+) -> tuple[str | None, str | None]:
+    """A client certificate's identity and time, each a problem or None: its common name
+    must be ``common_name`` (the broker takes it as the client's name: any other, and every
+    publish is refused), and ``now`` must be in its validity. Both None if the file is not
+    a certificate at all: ``cert_and_key_problems`` says that."""
+    # cryptography loads only where a certificate is to be checked
+    from cryptography import x509  # noqa: PLC0415
+    from cryptography.x509.oid import NameOID  # noqa: PLC0415
+
+    head = _head(path)
+    if isinstance(head, str):
+        return None, None
+    try:
+        cert = x509.load_pem_x509_certificate(head)
+    except ValueError:
+        return None, None
+    names = [str(a.value) for a in cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)]
+    identity = None
+    if names != [common_name]:
+        shown = ", ".join(repr(n[:80]) for n in names) or "none"
+        identity = (
+            f"{path} is the certificate of {shown}, not of this gateway ({common_name!r}): "
+            "the broker would take it for that one"
+        )
+    when = None
+    after, before = cert.not_valid_after_utc.timestamp(), cert.not_valid_before_utc.timestamp()
+    if now > after:
+        when = (
+            f"{path} expired on {_day(after)}: the broker refuses it "
+            "(fleet provision GW --force issues a new one)"
+        )
+    elif now < before:
+        when = f"{path} is not valid before {_day(before)}: is this gateway's clock right?"
+    return identity, when
+
+
+def _day(ts: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(ts))
 
 
 def certificate_problem(path: Path) -> str | None:

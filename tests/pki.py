@@ -66,10 +66,17 @@ class Authority:
         sans = [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
         return self.issue(name, ExtendedKeyUsageOID.SERVER_AUTH, sans, stem)
 
-    def client(self, name: str, stem: str | None = None, folder: Path | None = None) -> Issued:
-        """A client certificate whose common name is ``name`` (in ``folder``: the CA's)."""
+    def client(
+        self,
+        name: str,
+        stem: str | None = None,
+        folder: Path | None = None,
+        validity: tuple[datetime.timedelta, datetime.timedelta] | None = None,
+    ) -> Issued:
+        """A client certificate whose common name is ``name`` (in ``folder``: the CA's),
+        valid from now + ``validity[0]`` to now + ``validity[1]`` (default: -5 min, 1 day)."""
         usage = ExtendedKeyUsageOID.CLIENT_AUTH
-        return self.issue(name, usage, [x509.DNSName(name)], stem, folder)
+        return self.issue(name, usage, [x509.DNSName(name)], stem, folder, validity)
 
     def write_key(self, path: Path) -> None:
         """The CA's private key, PEM, mode 0600."""
@@ -100,19 +107,21 @@ class Authority:
         sans: list[x509.GeneralName],
         stem: str | None = None,
         folder: Path | None = None,
+        validity: tuple[datetime.timedelta, datetime.timedelta] | None = None,
     ) -> Issued:
         """A certificate for ``name``: ``<stem>.pem`` and ``<stem>.key`` (stem: the name),
         or ``<stem>.crt`` when the stem is given, as the fleet's CA folder names them."""
         key = ec.generate_private_key(ec.SECP256R1())
         now = datetime.datetime.now(datetime.UTC)
+        start, end = validity or (datetime.timedelta(minutes=-5), datetime.timedelta(days=1))
         cert = (
             x509.CertificateBuilder()
             .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)]))
             .issuer_name(self._name)
             .public_key(key.public_key())
             .serial_number(x509.random_serial_number())
-            .not_valid_before(now - datetime.timedelta(minutes=5))
-            .not_valid_after(now + datetime.timedelta(days=1))
+            .not_valid_before(now + start)
+            .not_valid_after(now + end)
             .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
             .add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
             .add_extension(x509.SubjectAlternativeName(sans), critical=False)

@@ -171,14 +171,15 @@ def test_agent_center_and_fleet_work_over_mqtts_and_are_refused_without_the_righ
     # a gateway that trusts another CA: it never connects, and says why
     lost_dir = tmp_path / "gw-wrong-ca"
     lost_dir.mkdir()
+    lost_cert = pki.ca.client("gw-wrong-ca", folder=lost_dir)  # its own: the CA is what is wrong
     lost = Agent(
         lost_dir,
         agent_text(
             lost_dir,
             tls_broker,
             modbus_server.port,
-            f"ca_file: '{pki.rogue.ca_file}', cert_file: '{pki.gateway.cert}', "
-            f"key_file: '{pki.gateway.key}'",
+            f"ca_file: '{pki.rogue.ca_file}', cert_file: '{lost_cert.cert}', "
+            f"key_file: '{lost_cert.key}'",
             "gw-wrong-ca",
         ),
     )

@@ -8,7 +8,7 @@ Imports run one way: ``host`` → ``loader`` → ``expand`` (devices built from 
 ``profiles`` (the profile format and library) → ``models`` → ``problems`` → ``yaml_lines``.
 """
 
-from edge_agent.config.host import check_host, host_problems
+from edge_agent.config.host import certificate_time_problems, check_host, host_problems
 from edge_agent.config.loader import ConfigError, LoadedConfig, load_config, parse_config
 from edge_agent.config.models import AgentConfig, DeviceConfig
 from edge_agent.config.problems import Problem
@@ -19,6 +19,7 @@ __all__ = [
     "DeviceConfig",
     "LoadedConfig",
     "Problem",
+    "certificate_time_problems",
     "check_host",
     "host_problems",
     "load_config",

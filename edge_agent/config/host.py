@@ -16,7 +16,13 @@ checked here.
 
 from __future__ import annotations
 
-from drivers.host_files import ed25519_public_key_problem, folder_problem
+import time
+
+from drivers.host_files import (
+    client_certificate_problems,
+    ed25519_public_key_problem,
+    folder_problem,
+)
 from drivers.mqtt.config import broker_file_problems
 from edge_agent.bind_address import local_address_problem
 from edge_agent.config.loader import ConfigError, LoadedConfig
@@ -37,12 +43,33 @@ def check_host(loaded: LoadedConfig) -> LoadedConfig:
     return loaded
 
 
+def certificate_time_problems(loaded: LoadedConfig, now: float | None = None) -> list[Problem]:
+    """The gateway's client certificate expired (or not valid yet, by this clock), at its
+    line. ``check`` refuses it; ``run`` only logs it and starts: a gateway whose
+    certificate ran out still polls, buffers every reading and raises its alarms locally
+    until it is renewed."""
+    central = loaded.config.central
+    cert = central.files.cert_file
+    if cert is None:
+        return []
+    _, when = client_certificate_problems(
+        cert, loaded.config.gateway.id, time.time() if now is None else now
+    )
+    return [] if when is None else [loaded.problem(("central", *central.loc("cert_file")), when)]
+
+
 def host_violations(cfg: AgentConfig) -> list[tuple[Loc, str]]:
     """The host pass as ``(loc, message)``: for a caller with its own way to say where."""
     found: list[tuple[Loc, str]] = []
     central = cfg.central
-    for loc, message, _ in broker_file_problems(central):
-        found.append((("central", *loc), message))
+    for loc, message, _ in broker_file_problems(central.files):
+        found.append((("central", *central.loc(*loc)), message))
+    cert, cert_loc = central.files.cert_file, ("central", *central.loc("cert_file"))
+    if cert is not None and all(loc != cert_loc for loc, _ in found):
+        # its name is the gateway's identity at the broker (use_identity_as_username)
+        identity, _ = client_certificate_problems(cert, cfg.gateway.id, time.time())
+        if identity is not None:
+            found.append((cert_loc, identity))
     if central.command_key is not None:
         problem = ed25519_public_key_problem(central.command_key)
         if problem is not None:

@@ -10,6 +10,7 @@ so that it does not collide with the runtime class it configures (``Outbox``).
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Self
 
@@ -70,6 +71,32 @@ class GatewayConfig(Frozen):
     tags: dict[str, str] = Field(default_factory=dict)
 
 
+class TlsFiles(Frozen):
+    """``central: tls:``, the files of a TLS client certificate (``edge-agent enroll``
+    installs them); paths relative to the config file."""
+
+    ca: Path | None = Field(default=None, description="the fleet's CA (default: system)")
+    cert: Path | None = Field(default=None, description="this gateway's certificate")
+    key: Path | None = Field(default=None, description="its private key (0600)")
+
+
+TLS_KEYS = {"ca_file": "ca", "cert_file": "cert", "key_file": "key"}
+"""The flat keys of ``central:`` and their names under ``tls:``."""
+
+
+@dataclass(slots=True)
+class BrokerFiles:
+    """A ``central:`` section as ``drivers.mqtt.config`` reads a broker section, its TLS
+    files taken from ``tls:`` when it has one."""
+
+    url: str
+    username: str | None
+    password_file: Path | None
+    ca_file: Path | None
+    cert_file: Path | None
+    key_file: Path | None
+
+
 class Central(Frozen):
     url: str = Field(
         default="mqtt://127.0.0.1:1883", description="the central broker: mqtt:// or mqtts://"
@@ -80,6 +107,9 @@ class Central(Frozen):
     ca_file: Path | None = Field(default=None, description="mqtts: CA bundle (default: system)")
     cert_file: Path | None = Field(default=None, description="mqtts: client certificate")
     key_file: Path | None = Field(default=None, description="mqtts: client certificate's key")
+    tls: TlsFiles | None = Field(
+        default=None, description="mqtts: {ca, cert, key}, in place of the three *_file keys"
+    )
     keepalive_s: int = Field(default=10, ge=2, le=3600)
     command_key: Path | None = Field(
         default=None, description="the center's Ed25519 public key; without it, no commands"
@@ -105,14 +135,39 @@ class Central(Frozen):
         problems: list[Violation] = []
         if self.password_file is not None and self.username is None:
             problems.append((("username",), "password_file needs a username", None))
-        problems += tls_file_problems(self)
+        if self.tls is not None:
+            for flat in TLS_KEYS:
+                if getattr(self, flat) is not None:
+                    problems.append(((flat,), f"{flat} and tls: are two ways to say it: one", None))
+        problems += [
+            (self.loc(*loc), why, value) for loc, why, value in tls_file_problems(self.files)
+        ]
         reject(type(self).__name__, problems)
         return self
 
     @property
+    def files(self) -> BrokerFiles:
+        """The broker section as the MQTT client's settings read it."""
+        tls = self.tls or TlsFiles()
+        return BrokerFiles(
+            url=self.url,
+            username=self.username,
+            password_file=self.password_file,
+            ca_file=tls.ca or self.ca_file,
+            cert_file=tls.cert or self.cert_file,
+            key_file=tls.key or self.key_file,
+        )
+
+    def loc(self, *loc: str | int) -> tuple[str | int, ...]:
+        """Where a problem of ``files`` is in this section: under ``tls:`` if it has one."""
+        if self.tls is not None and loc and loc[0] in TLS_KEYS:
+            return ("tls", TLS_KEYS[str(loc[0])], *loc[1:])
+        return loc
+
+    @property
     def broker(self) -> Broker:
         """The settings the uplink connects with (files are read at each connect)."""
-        return broker_of(self)
+        return broker_of(self.files)
 
 
 def _duration(value: object) -> object:
