@@ -51,7 +51,9 @@ def write_config(folder: Path, tls: str, url: str = "mqtts://127.0.0.1:8883") ->
     return config
 
 
-def gateway_files(folder: Path, cn: str = GW, validity: tuple[datetime.timedelta, ...] = ()) -> Issued:
+def gateway_files(
+    folder: Path, cn: str = GW, validity: tuple[datetime.timedelta, ...] = ()
+) -> Issued:
     ca = Authority(folder / "ca")
     (folder / "ca").chmod(0o755)
     ca.ca_file.chmod(0o644)
