@@ -1,0 +1,189 @@
+"""Certificate requests over MQTT: a gateway enrolling with a one-time token (it makes its
+own key, which never leaves it), and a gateway renewing its certificate before it expires.
+
+Enrollment goes through the broker's enrollment listener, which takes clients without a
+certificate and mounts them under ``ENROLL_MOUNT`` (so that nothing they publish can reach
+a topic of the fleet; the broker's ACL lets them write only the request topic and read
+only replies)::
+
+    edgefleet/v1/enroll/request          gateway -> center
+      {"format": "edgefleet-csr/1", "gw": "jingan-0001", "token": "…",
+       "reply": "<32 hex digits, random>", "csr": "-----BEGIN CERTIFICATE REQUEST-----…"}
+    edgefleet/v1/enroll/reply/<reply>    center -> gateway
+      {"format": "edgefleet-csr/1", "gw": "jingan-0001", "status": "signed",
+       "broker": "mqtts://…:8883", "files": {"ca.crt": PEM, "gateway.crt": PEM,
+       "command.pub": PEM, "agent.yaml": TEXT}}
+      or {"format": …, "gw": …, "status": "pending" | "refused", "reason": "…"}
+
+A renewal goes over the gateway's own certificate listener, where the broker knows who
+it is (``…/gw/G/csr`` only G may write, ``…/gw/G/cert`` only G may read)::
+
+    edgefleet/v1/gw/<gw>/csr     {"format": "edgefleet-csr/1", "gw": …, "csr": PEM}
+    edgefleet/v1/gw/<gw>/cert    {"format": …, "gw": …, "status": "signed", "cert": PEM}
+                                 or {"status": "refused", "reason": "…"}
+
+Nothing here is secret but the token, which only the center reads (and keeps a hash of).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from edge_agent.contract.topics import GATEWAY_ID, Topics
+
+FORMAT = "edgefleet-csr/1"
+ENROLL_MOUNT = "enrollment/"
+"""The enrollment listener's ``mount_point``: its clients' topics live under it."""
+CSR_MAX = 16 * 1024
+"""A CSR of an EC or Ed25519 key is well under 1 KB."""
+REQUEST_MAX = 32 * 1024
+REPLY_MAX = 256 * 1024
+TOKEN = re.compile(r"[A-Za-z0-9_-]{16,128}")
+NONCE = re.compile(r"[0-9a-f]{32}")
+CSR_CHANNEL = "csr"
+CERT_CHANNEL = "cert"
+
+Status = Literal["signed", "pending", "refused"]
+
+
+class CsrError(ValueError):
+    """Not a request or reply of this contract; the message says what is wrong."""
+
+
+def request_topic(topics: Topics) -> str:
+    """Where a gateway sends its enrollment request (as it names it, on its listener)."""
+    return f"{topics.root}/enroll/request"
+
+
+def reply_topic(topics: Topics, nonce: str) -> str:
+    return f"{topics.root}/enroll/reply/{check_nonce(nonce)}"
+
+
+def mounted(topic: str) -> str:
+    """A topic of the enrollment listener as the rest of the broker (the center) sees it."""
+    return ENROLL_MOUNT + topic
+
+
+def renewal_topic(topics: Topics, gateway: str) -> str:
+    return f"{topics.root}/gw/{_gw(gateway)}/{CSR_CHANNEL}"
+
+
+def certificate_topic(topics: Topics, gateway: str) -> str:
+    return f"{topics.root}/gw/{_gw(gateway)}/{CERT_CHANNEL}"
+
+
+def check_nonce(nonce: str) -> str:
+    if not NONCE.fullmatch(nonce):
+        raise CsrError("reply must be 32 lower-case hex digits")
+    return nonce
+
+
+@dataclass(frozen=True, slots=True)
+class EnrollRequest:
+    gw: str
+    token: str
+    nonce: str
+    csr: str
+
+    def encode(self) -> bytes:
+        body = {"format": FORMAT, "gw": self.gw, "token": self.token, "reply": self.nonce}
+        return json.dumps(body | {"csr": self.csr}).encode()
+
+    @classmethod
+    def decode(cls, payload: bytes) -> EnrollRequest:
+        obj = _object(payload, REQUEST_MAX)
+        token = _text(obj, "token")
+        if not TOKEN.fullmatch(token):
+            raise CsrError("token must be 16-128 letters, digits, '-' or '_'")
+        return cls(_gw(_text(obj, "gw")), token, check_nonce(_text(obj, "reply")), _csr(obj))
+
+
+@dataclass(frozen=True, slots=True)
+class RenewRequest:
+    gw: str
+    csr: str
+
+    def encode(self) -> bytes:
+        return json.dumps({"format": FORMAT, "gw": self.gw, "csr": self.csr}).encode()
+
+    @classmethod
+    def decode(cls, payload: bytes) -> RenewRequest:
+        obj = _object(payload, REQUEST_MAX)
+        return cls(_gw(_text(obj, "gw")), _csr(obj))
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    """The center's answer: ``signed`` with the files (enrollment) or the certificate
+    (renewal), or ``pending`` / ``refused`` with why."""
+
+    gw: str
+    status: Status
+    reason: str = ""
+    cert: str = ""
+    broker: str = ""
+    files: dict[str, str] | None = None
+
+    def encode(self) -> bytes:
+        obj: dict[str, Any] = {"format": FORMAT, "gw": self.gw, "status": self.status}
+        if self.reason:
+            obj["reason"] = self.reason
+        if self.cert:
+            obj["cert"] = self.cert
+        if self.broker:
+            obj["broker"] = self.broker
+        if self.files is not None:
+            obj["files"] = self.files
+        return json.dumps(obj).encode()
+
+    @classmethod
+    def decode(cls, payload: bytes) -> Reply:
+        obj = _object(payload, REPLY_MAX)
+        status = obj.get("status")
+        if status not in ("signed", "pending", "refused"):
+            raise CsrError("status must be signed, pending or refused")
+        files = obj.get("files")
+        if files is not None and (
+            not isinstance(files, dict)
+            or not all(isinstance(k, str) and isinstance(v, str) for k, v in files.items())
+        ):
+            raise CsrError("files must map file names to their text")
+        texts = {k: obj.get(k, "") for k in ("reason", "cert", "broker")}
+        if not all(isinstance(v, str) for v in texts.values()):
+            raise CsrError("reason, cert and broker must be text")
+        return cls(_gw(_text(obj, "gw")), status, files=files, **texts)
+
+
+def _object(payload: bytes, limit: int) -> dict[str, Any]:
+    if len(payload) > limit:
+        raise CsrError(f"larger than {limit} bytes")
+    try:
+        obj = json.loads(payload)
+    except (ValueError, UnicodeDecodeError):
+        raise CsrError("not JSON") from None
+    if not isinstance(obj, dict) or obj.get("format") != FORMAT:
+        raise CsrError(f"not a message of format {FORMAT}")
+    return obj
+
+
+def _text(obj: dict[str, Any], name: str) -> str:
+    value = obj.get(name)
+    if not isinstance(value, str):
+        raise CsrError(f"field {name!r} must be text")
+    return value
+
+
+def _gw(gateway: str) -> str:
+    if not GATEWAY_ID.fullmatch(gateway):
+        raise CsrError(f"{gateway[:80]!r} is not a gateway id")
+    return gateway
+
+
+def _csr(obj: dict[str, Any]) -> str:
+    csr = _text(obj, "csr")
+    if len(csr) > CSR_MAX or "-----BEGIN CERTIFICATE REQUEST-----" not in csr:
+        raise CsrError(f"csr must be one PEM certificate request of at most {CSR_MAX} bytes")
+    return csr
