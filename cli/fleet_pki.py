@@ -25,6 +25,31 @@ CaDirOpt = Annotated[
 ForceOpt = Annotated[bool, typer.Option("--force", help="overwrite what is there")]
 
 
+def broker_name_option(values: list[str] | None) -> list[str] | None:
+    """Each ``--broker-name`` a DNS name, checked before the CA folder is touched: a usage
+    error (exit 2), not a certificate half made."""
+    from central.pki import check_dns_name  # noqa: PLC0415
+
+    for value in values or ():
+        try:
+            check_dns_name(value)
+        except ValueError as exc:
+            raise typer.BadParameter(str(exc)) from None
+    return values
+
+
+def broker_ip_option(values: list[str] | None) -> list[str] | None:
+    """Each ``--broker-ip`` an IP address: a usage error (exit 2) otherwise."""
+    from central.pki import check_ip  # noqa: PLC0415
+
+    for value in values or ():
+        try:
+            check_ip(value)
+        except ValueError as exc:
+            raise typer.BadParameter(str(exc)) from None
+    return values
+
+
 @ca_app.command("init")
 def ca_init(
     folder: CaDirOpt = DEFAULT_CA_DIR,
@@ -32,7 +57,9 @@ def ca_init(
         list[str] | None,
         typer.Option(
             "--broker-name",
-            help="a DNS name of the broker, for its certificate (repeatable) [default: localhost]",
+            help="a DNS name of the broker, for its certificate (repeatable; *.NAME for a "
+            "wildcard) [default: localhost]",
+            callback=broker_name_option,
         ),
     ] = None,
     broker_ip: Annotated[
@@ -41,6 +68,7 @@ def ca_init(
             "--broker-ip",
             help="an IP address of the broker, for its certificate (repeatable) "
             "[default: 127.0.0.1]",
+            callback=broker_ip_option,
         ),
     ] = None,
     days: Annotated[

@@ -107,9 +107,17 @@ def test_ca_init_makes_the_folder_with_private_keys_0600_and_never_overwrites_th
     assert [str(i) for i in sans.value.get_values_for_type(x509.IPAddress)] == ["127.0.0.1"]
 
 
+def one_error(out: str) -> str:
+    """The one line of an error a command printed; no traceback before it."""
+    assert "Traceback" not in out, out
+    errors = [line for line in out.splitlines() if line.startswith(("error:", "Error:"))]
+    assert len(errors) == 1, out
+    return errors[0]
+
+
 def test_ca_init_refuses_an_address_that_is_not_one(tmp_path: Path) -> None:
     rc, out = ca_init(tmp_path / "ca", "--broker-ip", "broker.example")
-    assert rc == 1 and "not an IP address" in out, out
+    assert rc == 2 and "not an IP address" in one_error(out), out
     assert not (tmp_path / "ca").exists()
     rc, out = ca_init(tmp_path / "ip-only", "--broker-ip", "10.0.0.7", "--broker-ip", "::1")
     assert rc == 0, out
@@ -117,6 +125,49 @@ def test_ca_init_refuses_an_address_that_is_not_one(tmp_path: Path) -> None:
     sans = broker.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     assert sans.get_values_for_type(x509.DNSName) == []
     assert [str(ip) for ip in sans.get_values_for_type(x509.IPAddress)] == ["10.0.0.7", "::1"]
+
+
+@pytest.mark.parametrize(
+    ("name", "says"),
+    [
+        ("", "empty"),
+        ("a" * 300, "at most 253"),
+        ("bröker.example", "not ASCII"),
+        ("bad name/x", "not a DNS name"),
+        ("-broker.example", "not a DNS name"),
+        ("b" * 64 + ".example", "not a DNS name"),
+        ("broker..example", "not a DNS name"),
+        ("*.example", "wildcard"),
+        ("10.0.0.5", "--broker-ip"),
+    ],
+)
+def test_ca_init_refuses_a_broker_name_that_is_no_dns_name_before_making_anything(
+    tmp_path: Path, name: str, says: str
+) -> None:
+    rc, out = ca_init(tmp_path / "ca", "--broker-name", "broker.example", "--broker-name", name)
+    assert rc == 2, out
+    error = one_error(out)
+    assert "--broker-name" in error and says in error, error
+    assert not (tmp_path / "ca").exists()
+
+
+def test_ca_init_takes_a_long_dns_name_and_a_wildcard(tmp_path: Path) -> None:
+    long_name = ".".join(c * 63 for c in "abc") + ".example"  # 199 characters
+    rc, out = ca_init(tmp_path / "ca", "--broker-name", long_name, "--broker-name", "*.b.example")
+    assert rc == 0, out
+    broker = cert(tmp_path / "ca" / "broker.crt")
+    sans = broker.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert sans.get_values_for_type(x509.DNSName) == [long_name, "*.b.example"]
+    assert common_name(broker) == "EdgeFleet broker"  # a CN holds 64 characters
+
+
+def test_ca_init_that_cannot_write_a_file_leaves_the_folder_as_it_was(tmp_path: Path) -> None:
+    ca = tmp_path / "ca"
+    (ca / "central.crt").mkdir(parents=True)  # in the way of the 7th file written
+    rc, out = ca_init(ca)
+    assert rc == 1 and "central.crt" in one_error(out), out
+    assert [p.name for p in ca.iterdir()] == ["central.crt"]
+    assert list((ca / "central.crt").iterdir()) == []
 
 
 def test_provision_writes_one_bundle_0600_and_enroll_installs_it(tmp_path: Path) -> None:
