@@ -25,6 +25,7 @@ failure leaves the folder as it was (and no folder, if it made it).
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import hashlib
 import ipaddress
@@ -36,6 +37,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from cryptography import x509
+from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
@@ -166,10 +168,11 @@ def _write_all(folder: Path, files: dict[str, bytes]) -> None:
         for tmp, name in zip(staged, files, strict=True):
             tmp.replace(folder / name)
     except OSError:
-        for tmp in staged:
-            tmp.unlink(missing_ok=True)
-        if made:
-            folder.rmdir()
+        with contextlib.suppress(OSError):
+            for tmp in staged:
+                tmp.unlink(missing_ok=True)
+            if made:
+                folder.rmdir()
         raise
 
 
@@ -258,6 +261,54 @@ def write_private(path: Path, data: bytes, *, force: bool = False) -> Path:
     if path.exists() and not force:
         raise PkiError(f"{path} exists; not overwriting it (--force does)")
     return _write_private(path, data)
+
+
+def check_broker_files(folder: Path) -> None:
+    """What the broker reads of ``folder`` is what it claims: ``ca.crt`` a CA certificate,
+    ``broker.crt`` a certificate that CA signed, ``crl.pem`` a CRL it signed; ``PkiError``
+    naming the file otherwise. A broker started on any of them wrong would refuse every
+    client, or start and trust no one, with a message about TLS, not the file."""
+    ca = _load_cert(folder / CA_CERT)
+    try:
+        is_ca = ca.extensions.get_extension_for_class(x509.BasicConstraints).value.ca
+    except x509.ExtensionNotFound:
+        is_ca = False
+    if not is_ca:
+        raise PkiError(f"{folder / CA_CERT} is a certificate but not a CA's")
+    broker = _load_cert(folder / BROKER_CERT)
+    try:
+        broker.verify_directly_issued_by(ca)
+    except (ValueError, TypeError, InvalidSignature):
+        raise PkiError(
+            f"{folder / BROKER_CERT} is not signed by {folder / CA_CERT} (another CA's "
+            "certificate: fleet ca init --force makes the folder again)"
+        ) from None
+    path = folder / CRL
+    try:
+        crl = x509.load_pem_x509_crl(_read(path))
+    except ValueError:
+        raise PkiError(f"{path} is not a PEM certificate revocation list") from None
+    try:
+        # a key that cannot sign (X25519) raises TypeError: nothing it signed, either
+        signed = crl.is_signature_valid(ca.public_key())  # type: ignore[arg-type]
+    except TypeError:
+        signed = False
+    if not signed or crl.issuer != ca.subject:
+        raise PkiError(f"{path} is not signed by {folder / CA_CERT}")
+
+
+def _load_cert(path: Path) -> x509.Certificate:
+    try:
+        return x509.load_pem_x509_certificate(_read(path))
+    except ValueError:
+        raise PkiError(f"{path} is not a PEM certificate") from None
+
+
+def _read(path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError as exc:
+        raise PkiError(f"{path}: cannot be read ({exc.strerror or exc})") from None
 
 
 class _Authority:
