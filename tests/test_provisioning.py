@@ -259,6 +259,58 @@ def test_enroll_refuses_what_is_not_a_bundle(tmp_path: Path) -> None:
     assert not (tmp_path / "etc").exists()
 
 
+def test_enroll_refuses_a_bundle_whose_certificates_and_keys_are_not_what_they_claim(
+    tmp_path: Path,
+) -> None:
+    """A bundle damaged, edited by hand or put together from two gateways' (or two CAs')
+    installs nothing: each file is checked for what it is and whose it is."""
+    assert ca_init(tmp_path / "ca")[0] == 0
+    assert ca_init(tmp_path / "other-ca")[0] == 0
+    mine, theirs, foreign = tmp_path / "gw.bundle", tmp_path / "gw-2.bundle", tmp_path / "f"
+    assert provision(tmp_path, GW, "--out", str(mine))[0] == 0
+    assert provision(tmp_path, "gw-2", "--out", str(theirs))[0] == 0
+    other = run_cli(
+        "fleet", "provision", GW, "--ca-dir", str(tmp_path / "other-ca"), "--out", str(foreign),
+        "--db", str(tmp_path / "other.db"),
+    )  # fmt: skip
+    assert other.returncode == 0, other.stderr
+    good = json.loads(mine.read_text())
+    files = good["files"]
+    theirs_files = json.loads(theirs.read_text())["files"]
+    foreign_files = json.loads(foreign.read_text())["files"]
+    garbage = "-----BEGIN CERTIFICATE-----\nbm90IGEgY2VydA==\n-----END CERTIFICATE-----\n"
+    cases = [
+        ({"ca.crt": garbage}, "ca.crt is not a PEM certificate"),
+        ({"ca.crt": files["gateway.crt"]}, "ca.crt is a certificate but not a CA's"),
+        ({"ca.crt": foreign_files["ca.crt"]}, "gateway.crt is not signed by its ca.crt"),
+        ({"gateway.crt": "hello"}, "gateway.crt is not a PEM certificate"),
+        ({"gateway.crt": files["ca.crt"]}, "gateway.crt is for 'EdgeFleet CA'"),
+        (
+            {
+                "gateway.crt": theirs_files["gateway.crt"],
+                "gateway.key": theirs_files["gateway.key"],
+            },
+            "gateway.crt is for 'gw-2', not gateway",
+        ),
+        ({"gateway.key": "not a key"}, "gateway.key is not an unencrypted PEM private key"),
+        ({"gateway.key": theirs_files["gateway.key"]}, "gateway.key is not the key of"),
+        ({"command.pub": garbage}, "command.pub is not a PEM public key"),
+        ({"command.pub": files["gateway.crt"]}, "command.pub is not a PEM public key"),
+    ]
+    for change, says in cases:
+        bad = tmp_path / "bad.bundle"
+        bad.write_text(json.dumps({**good, "files": {**files, **change}}))
+        etc = tmp_path / "etc"
+        out = run_cli("edge-agent", "enroll", str(bad), "--dir", str(etc))
+        assert out.returncode == 1, (change.keys(), out.stdout + out.stderr)
+        error = one_error(out.stderr)
+        assert says in error, (says, error)
+        assert not etc.exists(), error
+    # the same files, unchanged, install
+    out = run_cli("edge-agent", "enroll", str(mine), "--dir", str(tmp_path / "etc"))
+    assert out.returncode == 0, out.stderr
+
+
 @pytest.mark.skipif(os.geteuid() != 0, reason="giving a file to another user takes root")
 def test_enroll_gives_the_key_to_the_agents_user(tmp_path: Path) -> None:
     assert ca_init(tmp_path / "ca")[0] == 0

@@ -162,18 +162,23 @@ def load_private_key(path: Path) -> Ed25519PrivateKey:
 
 
 def load_public_key(path: Path) -> Ed25519PublicKey:
+    return parse_public_key(_key_file(path), str(path))
+
+
+def parse_public_key(pem: bytes, where: str) -> Ed25519PublicKey:
+    """The Ed25519 public key in ``pem``; ``ValueError`` naming ``where`` (a file, or the
+    bundle's ``command.pub``) for anything else."""
     # cryptography loads only where commands are signed or checked
     from cryptography.exceptions import UnsupportedAlgorithm  # noqa: PLC0415
     from cryptography.hazmat.primitives import serialization  # noqa: PLC0415
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey  # noqa: PLC0415
 
-    pem = _key_file(path)
     try:
         key = serialization.load_pem_public_key(pem)
     except (ValueError, UnsupportedAlgorithm) as exc:
-        raise ValueError(f"{path} is not a PEM public key ({_first_line(exc)})") from None
+        raise ValueError(f"{where} is not a PEM public key ({_first_line(exc)})") from None
     if not isinstance(key, Ed25519PublicKey):
-        raise ValueError(f"{path} is not an Ed25519 public key")
+        raise ValueError(f"{where} is not an Ed25519 public key")
     return key
 
 
