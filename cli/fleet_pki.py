@@ -116,7 +116,26 @@ def tag_option(values: list[str] | None) -> list[str] | None:
     return values
 
 
+def require_named_store(ctx: typer.Context, db: str) -> None:
+    """Exit 1 unless the store is there or was named (``--db``, ``EDGEFLEET_DB``). Like
+    every ``fleet`` command but ``fleet central run``, provision does not make a store it
+    was not told of: ``central.db`` made in whatever folder it ran in would hold an
+    identity the center never sees. A store named on purpose is made if missing, so a
+    fleet can be provisioned before the center first runs."""
+    source = ctx.get_parameter_source("db")
+    # by name: Typer's own copy of click (0.2x) has its own ParameterSource class
+    if getattr(source, "name", None) != "DEFAULT" or Path(db).exists():
+        return
+    typer.echo(
+        f"error: no central store at {db} (the default, in this folder): name the "
+        "center's store with --db or EDGEFLEET_DB (it is made there if missing)",
+        err=True,
+    )
+    raise typer.Exit(1)
+
+
 def provision(
+    ctx: typer.Context,
     gateway: Annotated[
         str,
         typer.Argument(metavar="GW", help="the new gateway's id", callback=gateway_option),
@@ -172,6 +191,7 @@ def provision(
         raise typer.BadParameter(
             "a gateway's certificate is for a TLS listener: mqtts://", param_hint="--broker"
         )
+    require_named_store(ctx, db)
     bundle_path = out if out is not None else Path(f"{gateway}.bundle")
     if bundle_path.exists() and not force:
         typer.echo(f"error: {bundle_path} exists; not overwriting it (--force does)", err=True)

@@ -251,6 +251,39 @@ def test_provision_without_a_ca_writes_and_records_nothing(tmp_path: Path) -> No
     assert not bundle.exists()
 
 
+def test_provision_makes_no_store_it_was_not_told_of(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """As every fleet command but `fleet central run`, provision does not make the default
+    ./central.db; a store named (--db, EDGEFLEET_DB) is made if missing."""
+    from typer.testing import CliRunner  # noqa: PLC0415
+
+    from cli.fleet import app  # noqa: PLC0415
+
+    assert ca_init(tmp_path / "ca")[0] == 0
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("EDGEFLEET_DB", raising=False)
+    runner = CliRunner()
+    args = ["provision", GW, "--ca-dir", "ca", "--out", "gw.bundle"]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 1, result.output
+    error = one_error(result.output)
+    assert "no central store at central.db" in error and "--db or EDGEFLEET_DB" in error
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ca"]
+
+    result = runner.invoke(app, args, env={"EDGEFLEET_DB": str(tmp_path / "named.db")})
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "named.db").is_file() and not (tmp_path / "central.db").exists()
+    open_store(tmp_path / "central.db").close()  # the center's store, here: it is used
+    result = runner.invoke(app, [*args, "--force"])
+    assert result.exit_code == 0, result.output
+    store = open_store(tmp_path / "central.db")
+    try:
+        assert len(store.identities(GW)) == 1
+    finally:
+        store.close()
+
+
 def test_enroll_refuses_what_is_not_a_bundle(tmp_path: Path) -> None:
     junk = tmp_path / "junk.bundle"
     junk.write_text('{"format": "something else"}')
