@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import pwd
+import re
 import stat
 from pathlib import Path
 
@@ -18,6 +19,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from central.store import open_store
+from edge_agent.config.loader import load_config
 from tests.rig import GW, devices_yaml
 from tests.support import (
     Broker,
@@ -44,6 +46,19 @@ def cert(path: Path) -> x509.Certificate:
 
 def common_name(c: x509.Certificate) -> str:
     return str(c.subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value)
+
+
+def unit_state_folders() -> tuple[list[Path], list[Path]]:
+    """The shipped systemd unit's state folders (``StateDirectory=``, under /var/lib) and
+    the paths its ``ProtectSystem=strict`` leaves writable (``ReadWritePaths=``)."""
+    unit = (Path(__file__).resolve().parent.parent / "packaging" / "edge-agent.service").read_text()
+    values: dict[str, list[str]] = {}
+    for line in unit.splitlines():
+        key, eq, value = line.partition("=")
+        if eq and not line.startswith("#"):
+            values.setdefault(key.strip(), []).extend(value.split())
+    state = [Path("/var/lib") / name for name in values.get("StateDirectory", [])]
+    return state, [Path(p) for p in values.get("ReadWritePaths", [])]
 
 
 def ca_init(folder: Path, *args: str) -> tuple[int, str]:
@@ -229,6 +244,10 @@ def test_provision_writes_one_bundle_0600_and_enroll_installs_it(tmp_path: Path)
     # and with its files: the certificate is the key's, the command key a public key
     checked = run_cli("edge-agent", "check", "-c", str(etc / "agent.yaml"))
     assert checked.returncode == 0, checked.stdout + checked.stderr
+    # its outbox is where the shipped unit lets the agent write, not beside the config
+    state_dirs, writable = unit_state_folders()
+    outbox = load_config(etc / "agent.yaml").config.outbox.path
+    assert outbox.is_absolute() and outbox.parent in state_dirs and outbox.parent in writable
 
     # an enrolled gateway's edited config is not overwritten by a second enroll
     (etc / "agent.yaml").write_text((etc / "agent.yaml").read_text() + "# edited\n")
@@ -402,6 +421,9 @@ def test_an_enrolled_gateway_reaches_the_center_over_tls_with_its_own_identity(
     config = etc / "agent.yaml"
     text = config.read_text()
     assert "devices: []\n" in text
+    # the starter's outbox is the shipped unit's state folder; here the test's own
+    outbox = f"outbox: {{path: {etc / 'outbox.db'}}}"
+    text = re.sub(r"^outbox: .*$", outbox, text, count=1, flags=re.MULTILINE)
     config.write_text(
         text.replace("devices: []\n", f"devices:\n{devices_yaml(modbus_server.port, 0.2)}")
     )
