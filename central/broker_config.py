@@ -1,5 +1,10 @@
 """The broker's configuration (``fleet broker-config``): a Mosquitto 2 config and its ACL,
-rendered from the templates in ``packaging/`` for one fleet CA folder.
+rendered from the templates in ``central/broker_templates/`` for one fleet CA folder.
+
+The templates are package data, read through ``importlib.resources``: ``fleet`` installed
+from a wheel finds them as well as a checkout does. They are the one copy;
+``packaging/mosquitto.conf`` and ``packaging/edgefleet.acl``, where the docs show them
+with the rest of what is shipped, are links to them.
 
 The CA folder is the one ``fleet ca init`` makes: ``ca.crt`` (the fleet's CA), ``crl.pem``
 (the certificates it revoked), ``broker.crt`` and ``broker.key`` (the broker's server
@@ -23,6 +28,7 @@ import contextlib
 import ipaddress
 import re
 from dataclasses import dataclass
+from importlib import resources
 from pathlib import Path
 from string import Template
 
@@ -38,8 +44,8 @@ from central.pki import (
 from edge_agent.contract.limits import MESSAGE_MAX_BYTES
 from edge_agent.contract.topics import DEFAULT_ROOT, Topics
 
-TEMPLATES = Path(__file__).resolve().parent.parent / "packaging"
-"""``packaging/`` of the checkout (``fleet`` is installed from one, editable)."""
+TEMPLATES = resources.files("central") / "broker_templates"
+"""The templates, package data of ``central`` (``pyproject.toml``'s package-data)."""
 
 CONFIG_NAME = "mosquitto.conf"
 ACL_NAME = "edgefleet.acl"
@@ -188,11 +194,13 @@ def _write_all(folder: Path, texts: dict[str, str]) -> None:
 
 
 def _template(name: str) -> Template:
-    path = TEMPLATES / name
     try:
-        return Template(path.read_text())
+        return Template((TEMPLATES / name).read_text(encoding="utf-8"))
     except OSError as exc:
-        raise BrokerConfigError(f"cannot read the template {path}: {exc.strerror}") from None
+        raise BrokerConfigError(
+            f"cannot read the template {name} of the installed package "
+            f"({exc.strerror or exc}): reinstall edgefleet"
+        ) from None
 
 
 def check_address(text: str) -> str:

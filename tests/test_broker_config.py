@@ -318,8 +318,32 @@ def test_a_value_that_would_break_the_config_is_a_usage_error(
     assert not out.exists()
 
 
+def test_the_templates_are_package_data_and_packaging_shows_the_same_files() -> None:
+    """broker-config reads its templates from the central package, which a wheel carries
+    (pyproject's package-data), not from a checkout's packaging/; packaging/ links to
+    them, so there is one copy."""
+    import fnmatch  # noqa: PLC0415
+    import tomllib  # noqa: PLC0415
+    from importlib import resources  # noqa: PLC0415
+
+    root = Path(__file__).resolve().parent.parent
+    data = tomllib.loads((root / "pyproject.toml").read_text())
+    globs = data["tool"]["setuptools"]["package-data"]["central"]
+    package = resources.files("central")
+    for name in ("mosquitto.conf", "edgefleet.acl"):
+        inside = f"broker_templates/{name}"
+        assert any(fnmatch.fnmatch(inside, g) for g in globs), (inside, globs)
+        assert (package / "broker_templates" / name).is_file()
+        shown = root / "packaging" / name
+        assert shown.resolve() == (root / "central" / inside).resolve(), shown
+    from central import broker_config  # noqa: PLC0415
+
+    assert "packaging" not in str(broker_config.TEMPLATES)
+
+
 def test_the_template_renders_as_packaging_shows_it() -> None:
-    """packaging/ holds the templates: rendered, every $name is filled."""
+    """packaging/ shows the templates (links to the package's): rendered, every $name is
+    filled."""
     texts = BrokerConfig(ca_dir=Path("/etc/edgefleet/ca"), out=Path("/etc/mosquitto")).render()
     assert "$" not in texts["mosquitto.conf"] and "$" not in texts["edgefleet.acl"]
     assert "pattern readwrite edgefleet/v1/gw/%u/state" in texts["edgefleet.acl"]
