@@ -163,6 +163,7 @@ def _write_all(folder: Path, files: dict[str, bytes]) -> None:
     try:
         for name, data in files.items():
             tmp = folder / f".{name}.tmp"
+            tmp.unlink(missing_ok=True)  # a stale one (or a link) is not written through
             staged.append(tmp)
             (_write_private if name in PRIVATE_FILES else _write_public)(tmp, data)
         for tmp, name in zip(staged, files, strict=True):

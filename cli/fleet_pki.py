@@ -170,7 +170,6 @@ def provision(
         COMMAND_PUB,
         PkiError,
         issue_client,
-        write_private,
     )
     from central.store import StoreError  # noqa: PLC0415
     from central.store.rows import Identity  # noqa: PLC0415
@@ -222,26 +221,43 @@ def provision(
             enrollment.CONFIG_FILE: enrollment.starter_config(gateway, site, tags, broker),
         },
     )
+    # the bundle is staged beside its place before the registry records the identity, and
+    # renamed in after: a bundle that cannot be written records nothing, and a registry
+    # that refuses leaves no bundle
     store = open_db(db, create=True)
     try:
-        store.add_identity(
-            Identity(gateway, "certificate", issued.fingerprint, time.time(), issued.not_after),
-            site=site or None,
-            tags=tags or None,
-        )
-    except StoreError as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(1) from None
+        staged = _stage_bundle(bundle_path, bundle.encode())
+        try:
+            store.add_identity(
+                Identity(gateway, "certificate", issued.fingerprint, time.time(), issued.not_after),
+                site=site or None,
+                tags=tags or None,
+            )
+        except StoreError as exc:
+            staged.unlink(missing_ok=True)
+            typer.echo(f"error: {exc}", err=True)
+            raise typer.Exit(1) from None
     finally:
         store.close()
-    try:
-        write_private(bundle_path, bundle.encode(), force=force)
-    except (PkiError, OSError) as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(1) from None
+    staged.replace(bundle_path)
     expires = time.strftime("%Y-%m-%d", time.gmtime(issued.not_after))
     typer.echo(
         f"gateway {gateway}: certificate sha256 {issued.fingerprint} until {expires}; "
         f"bundle {bundle_path} (it holds the gateway's key: hand it over, then delete it)"
     )
     typer.echo(f"on the gateway: edge-agent enroll {bundle_path.name}")
+
+
+def _stage_bundle(path: Path, data: bytes) -> Path:
+    """``data`` in a 0600 file beside ``path``, to be renamed onto it; exit 1 with one line
+    if it cannot be written there (no such folder, not writable)."""
+    # loaded by the command that uses it, as in provision
+    from central.pki import write_private  # noqa: PLC0415
+
+    staged = path.with_name(f".{path.name}.tmp")
+    try:
+        staged.unlink(missing_ok=True)  # a stale one (or a link) is not written through
+        return write_private(staged, data)
+    except OSError as exc:
+        typer.echo(f"error: cannot write the bundle {path}: {exc.strerror or exc}", err=True)
+        raise typer.Exit(1) from None

@@ -270,6 +270,20 @@ def test_provision_without_a_ca_writes_and_records_nothing(tmp_path: Path) -> No
     assert not bundle.exists()
 
 
+def test_provision_that_cannot_write_its_bundle_records_no_identity(tmp_path: Path) -> None:
+    assert ca_init(tmp_path / "ca")[0] == 0
+    open_store(tmp_path / "central.db").close()
+    rc, out = provision(tmp_path, GW, "--out", str(tmp_path / "no-such-folder" / "gw.bundle"))
+    assert rc == 1, out
+    assert "cannot write the bundle" in one_error(out), out
+    store = open_store(tmp_path / "central.db")
+    try:
+        assert store.identities(GW) == [] and store.gateway(GW) is None
+    finally:
+        store.close()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ca", "central.db"]
+
+
 def test_provision_makes_no_store_it_was_not_told_of(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
