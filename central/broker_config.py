@@ -1,5 +1,10 @@
 """The broker's configuration (``fleet broker-config``): a Mosquitto 2 config and its ACL,
-rendered from the templates in ``packaging/`` for one fleet CA folder.
+rendered from the templates in ``central/broker_templates/`` for one fleet CA folder.
+
+The templates are package data, read through ``importlib.resources``: ``fleet`` installed
+from a wheel finds them as well as a checkout does. They are the one copy;
+``packaging/mosquitto.conf`` and ``packaging/edgefleet.acl``, where the docs show them
+with the rest of what is shipped, are links to them.
 
 The CA folder is the one ``fleet ca init`` makes: ``ca.crt`` (the fleet's CA), ``crl.pem``
 (the certificates it revoked), ``broker.crt`` and ``broker.key`` (the broker's server
@@ -11,26 +16,37 @@ address would otherwise add a line of its own to the config (``allow_anonymous t
 
 Errors: ``BrokerConfigError`` (nothing was written) is the only one raised:
 
-    BrokerConfigError
-    ├── CaFolderError     the CA folder lacks a file the broker needs
+    BrokerConfigError     ``out`` is not a folder, or cannot be written
+    ├── CaFolderError     the CA folder lacks a file the broker needs, or one is not what
+    │                     it claims (``central.pki.check_broker_files``)
     └── ExistingFiles     an output file is there and ``force`` was not given
 """
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import re
 from dataclasses import dataclass
+from importlib import resources
 from pathlib import Path
 from string import Template
 
-from central.pki import BROKER_CERT, BROKER_KEY, CA_CERT, CENTRAL_CN, CRL
+from central.pki import (
+    BROKER_CERT,
+    BROKER_KEY,
+    CA_CERT,
+    CENTRAL_CN,
+    CRL,
+    PkiError,
+    check_broker_files,
+)
 from central.revocation import revoked_gateways, with_denials
 from edge_agent.contract.limits import MESSAGE_MAX_BYTES
 from edge_agent.contract.topics import DEFAULT_ROOT, Topics
 
-TEMPLATES = Path(__file__).resolve().parent.parent / "packaging"
-"""``packaging/`` of the checkout (``fleet`` is installed from one, editable)."""
+TEMPLATES = resources.files("central") / "broker_templates"
+"""The templates, package data of ``central`` (``pyproject.toml``'s package-data)."""
 
 CONFIG_NAME = "mosquitto.conf"
 ACL_NAME = "edgefleet.acl"
@@ -55,7 +71,8 @@ class BrokerConfigError(Exception):
 
 
 class CaFolderError(BrokerConfigError):
-    """The CA folder lacks a file the broker needs."""
+    """The CA folder lacks a file the broker needs, or holds one that is not what it is
+    named (not PEM, or not signed by the folder's CA)."""
 
 
 class ExistingFiles(BrokerConfigError):
@@ -121,34 +138,72 @@ class BrokerConfig:
     def write(self, force: bool = False) -> list[Path]:
         """Write both files into ``out`` (made if missing); the paths written.
 
-        Raises ``CaFolderError`` if the CA folder lacks a file the broker reads, and
-        ``ExistingFiles`` if an output file is there and ``force`` is not set; either
-        way before anything is written."""
+        Raises ``CaFolderError`` if the CA folder lacks a file the broker reads or holds
+        one that is not what it claims, ``ExistingFiles`` if an output file is there and
+        ``force`` is not set, and ``BrokerConfigError`` if ``out`` is no folder or cannot
+        be written; every way, nothing is written."""
+        self._check_ca_folder()
+        texts = self.render()
+        if self.out.exists() and not self.out.is_dir():
+            raise BrokerConfigError(
+                f"{self.out} is a file, not a folder: --out names the folder that "
+                f"{CONFIG_NAME} and {ACL_NAME} go in"
+            )
+        paths = [self.out / name for name in texts]
+        there = [str(p) for p in paths if p.exists() or p.is_symlink()]
+        if there and not force:
+            raise ExistingFiles(f"{', '.join(there)} exists; --force overwrites")
+        try:
+            _write_all(self.out, texts)
+        except OSError as exc:
+            raise BrokerConfigError(
+                f"cannot write into {self.out}: {exc.strerror or exc}"
+            ) from None
+        return paths
+
+    def _check_ca_folder(self) -> None:
         missing = [name for name in CA_FILES if not (self.ca_dir / name).is_file()]
         if missing:
             raise CaFolderError(
                 f"{self.ca_dir} has no {', '.join(missing)} (fleet ca init makes the CA folder)"
             )
-        texts = self.render()
-        paths = [self.out / name for name in texts]
-        there = [str(p) for p in paths if p.exists() or p.is_symlink()]
-        if there and not force:
-            raise ExistingFiles(f"{', '.join(there)} exists; --force overwrites")
-        self.out.mkdir(parents=True, exist_ok=True)
-        for path, text in zip(paths, texts.values(), strict=True):
-            tmp = path.with_name(path.name + ".tmp")
+        try:
+            check_broker_files(self.ca_dir)
+        except PkiError as exc:
+            raise CaFolderError(str(exc)) from None
+
+
+def _write_all(folder: Path, texts: dict[str, str]) -> None:
+    """Both files or neither: each written beside its place, then both renamed in (and a
+    folder made for them removed again if that fails)."""
+    made = not folder.exists()
+    folder.mkdir(parents=True, exist_ok=True)
+    staged: list[Path] = []
+    try:
+        for name, text in texts.items():
+            tmp = folder / f"{name}.tmp"
+            staged.append(tmp)
             tmp.write_text(text)
             tmp.chmod(0o644)  # no secret inside; Mosquitto's own user must read them
-            tmp.replace(path)
-        return paths
+        for tmp, name in zip(staged, texts, strict=True):
+            tmp.replace(folder / name)
+    except OSError:
+        with contextlib.suppress(OSError):
+            for tmp in staged:
+                tmp.unlink(missing_ok=True)
+            if made:
+                folder.rmdir()
+        raise
 
 
 def _template(name: str) -> Template:
-    path = TEMPLATES / name
     try:
-        return Template(path.read_text())
+        return Template((TEMPLATES / name).read_text(encoding="utf-8"))
     except OSError as exc:
-        raise BrokerConfigError(f"cannot read the template {path}: {exc.strerror}") from None
+        raise BrokerConfigError(
+            f"cannot read the template {name} of the installed package "
+            f"({exc.strerror or exc}): reinstall edgefleet"
+        ) from None
 
 
 def check_address(text: str) -> str:

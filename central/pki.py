@@ -17,25 +17,32 @@ Keys are EC P-256, certificates X.509 (``cryptography``, imported only here: the
 commands that do not use the CA never load it). A private key file is made 0600 before
 a byte is written into it, and nothing here overwrites one unless told to (``force``):
 ``PkiError`` otherwise, as for a folder that is not a CA.
+
+``init_ca`` checks every name and builds every key and certificate in memory before it
+writes a byte, then writes each file beside its place and renames them all into it: a
+failure leaves the folder as it was (and no folder, if it made it).
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import hashlib
 import ipaddress
 import os
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from cryptography import x509
+from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from edge_agent.contract.commands import generate_keys
+from edge_agent.contract.commands import new_key_pair
 
 if TYPE_CHECKING:
     from cryptography.hazmat.primitives.asymmetric.ec import EllipticCurvePrivateKey
@@ -57,6 +64,9 @@ CENTRAL_CN = "edgefleet-central"
 takes the certificate's identity as one (``use_identity_as_username``)."""
 DEFAULT_BROKER_NAMES = ("localhost",)
 DEFAULT_BROKER_IPS = ("127.0.0.1",)
+BROKER_CN = "EdgeFleet broker"
+"""The broker certificate's common name when its first name is too long for one (a common
+name holds 64 characters, a DNS name 253); clients check the names, not the CN."""
 DEFAULT_CA_DAYS = 3650
 DEFAULT_CERT_DAYS = 825
 BACKDATE = datetime.timedelta(minutes=5)
@@ -95,7 +105,15 @@ def init_ca(
             f"{folder} already holds {', '.join(existing)}; not overwriting keys the fleet "
             "trusts (--force replaces them, and every gateway must then be enrolled again)"
         )
-    folder.mkdir(parents=True, exist_ok=True)
+    broker_cn = broker_names[0] if broker_names and len(broker_names[0]) <= 64 else BROKER_CN
+    files = _ca_files(broker_cn, sans, days)
+    _write_all(folder, files)
+    return [folder / name for name in files]
+
+
+def _ca_files(broker_cn: str, sans: list[x509.GeneralName], days: int) -> dict[str, bytes]:
+    """Every file of a new CA folder by name, in memory (private keys as ``PRIVATE_FILES``
+    names them)."""
     now = _now()
     ca_key = _new_key()
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "EdgeFleet CA")])
@@ -114,26 +132,49 @@ def init_ca(
         )
         .sign(ca_key, hashes.SHA256())
     )
-    written = [
-        _write_private(folder / CA_KEY, _key_pem(ca_key)),
-        _write_public(folder / CA_CERT, _cert_pem(ca_cert)),
-        _write_public(folder / CRL, _empty_crl(ca_cert, ca_key, now, days)),
-    ]
+    files = {
+        CA_KEY: _key_pem(ca_key),
+        CA_CERT: _cert_pem(ca_cert),
+        CRL: _empty_crl(ca_cert, ca_key, now, days),
+    }
     authority = _Authority(ca_cert, ca_key)
-    broker_cn = broker_names[0] if broker_names else "broker"
     central_sans: list[x509.GeneralName] = [x509.DNSName(CENTRAL_CN)]
     for cert_name, key_name, cn, usage, alt in (
         (BROKER_CERT, BROKER_KEY, broker_cn, ExtendedKeyUsageOID.SERVER_AUTH, sans),
         (CENTRAL_CERT, CENTRAL_KEY, CENTRAL_CN, ExtendedKeyUsageOID.CLIENT_AUTH, central_sans),
     ):
         key = _new_key()
-        cert = authority.issue(cn, key, usage, alt, days)
-        written.append(_write_private(folder / key_name, _key_pem(key)))
-        written.append(_write_public(folder / cert_name, _cert_pem(cert)))
-    command_key = folder / COMMAND_KEY
-    command_key.unlink(missing_ok=True)  # generate_keys makes it 0600 only when new
-    written += [command_key, generate_keys(command_key)]
-    return written
+        files[key_name] = _key_pem(key)
+        files[cert_name] = _cert_pem(authority.issue(cn, key, usage, alt, days))
+    files[COMMAND_KEY], files[COMMAND_PUB] = new_key_pair()
+    return files
+
+
+def _write_all(folder: Path, files: dict[str, bytes]) -> None:
+    """``files`` into ``folder``, all or none: each is written beside its place first (a
+    private one 0600 from the start), then all are renamed into place. What is in the way
+    and is not a file (a directory) is refused before anything is written."""
+    blocked = [n for n in files if (folder / n).exists() and not (folder / n).is_file()]
+    if blocked:
+        raise PkiError(f"{folder}: {', '.join(blocked)} is there and is not a file; move it away")
+    made = not folder.exists()
+    folder.mkdir(parents=True, exist_ok=True)
+    staged: list[Path] = []
+    try:
+        for name, data in files.items():
+            tmp = folder / f".{name}.tmp"
+            tmp.unlink(missing_ok=True)  # a stale one (or a link) is not written through
+            staged.append(tmp)
+            (_write_private if name in PRIVATE_FILES else _write_public)(tmp, data)
+        for tmp, name in zip(staged, files, strict=True):
+            tmp.replace(folder / name)
+    except OSError:
+        with contextlib.suppress(OSError):
+            for tmp in staged:
+                tmp.unlink(missing_ok=True)
+            if made:
+                folder.rmdir()
+        raise
 
 
 def issue_client(
@@ -156,17 +197,63 @@ def issue_client(
 
 
 def broker_sans(names: Sequence[str], ips: Sequence[str]) -> list[x509.GeneralName]:
-    """The broker certificate's subject alternative names; ``PkiError`` for an address
-    that is not one, or no name at all."""
-    sans: list[x509.GeneralName] = [x509.DNSName(n) for n in names]
-    for ip in ips:
-        try:
-            sans.append(x509.IPAddress(ipaddress.ip_address(ip)))
-        except ValueError:
-            raise PkiError(f"--broker-ip {ip!r} is not an IP address") from None
+    """The broker certificate's subject alternative names; ``PkiError`` for a name or an
+    address that is not one, or no name at all."""
+    try:
+        sans: list[x509.GeneralName] = [x509.DNSName(check_dns_name(n)) for n in names]
+        sans += [x509.IPAddress(ipaddress.ip_address(check_ip(ip))) for ip in ips]
+    except ValueError as exc:
+        raise PkiError(str(exc)) from None
     if not sans:
         raise PkiError("the broker certificate needs at least one name or IP address")
     return sans
+
+
+_LABEL = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?", re.IGNORECASE)
+DNS_NAME_MAX = 253
+
+
+def check_dns_name(name: str) -> str:
+    """``name`` if it is a DNS host name a TLS client can match (RFC 1123 labels of ASCII
+    letters, digits and inner hyphens, each at most 63 long, 253 in all), or a wildcard
+    ``*.`` before at least two such labels (``*.broker.example``: one label's worth of any
+    name, as clients match it); ``ValueError`` saying what is wrong otherwise."""
+    shown = repr(name) if len(name) <= 80 else repr(name[:77] + "...")
+    if not name:
+        raise ValueError("a broker name is empty; give a DNS name (broker.example)")
+    if not name.isascii():
+        raise ValueError(f"broker name {shown} is not ASCII: give its IDNA form (xn--...) instead")
+    if len(name) > DNS_NAME_MAX:
+        raise ValueError(f"broker name {shown} is {len(name)} characters; at most 253")
+    if _is_ip(name):
+        raise ValueError(f"broker name {shown} is an IP address: give it as --broker-ip")
+    labels = name.split(".")
+    if labels[0] == "*":
+        labels = labels[1:]
+        if len(labels) < 2:
+            raise ValueError(f"broker name {shown}: a wildcard needs two labels after '*.'")
+    bad = next((label for label in labels if not _LABEL.fullmatch(label)), None)
+    if bad is not None:
+        raise ValueError(
+            f"broker name {shown} is not a DNS name: label {bad!r} must be 1-63 letters, "
+            "digits and inner hyphens"
+        )
+    return name
+
+
+def check_ip(text: str) -> str:
+    """``text`` if it is an IPv4 or IPv6 address; ``ValueError`` otherwise."""
+    if not _is_ip(text):
+        raise ValueError(f"broker IP {text!r} is not an IP address")
+    return text
+
+
+def _is_ip(text: str) -> bool:
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        return False
+    return True
 
 
 def write_private(path: Path, data: bytes, *, force: bool = False) -> Path:
@@ -180,6 +267,54 @@ def write_private(path: Path, data: bytes, *, force: bool = False) -> Path:
 def load_authority(folder: Path) -> _Authority:
     """The CA in ``folder``, its certificate and key; ``PkiError`` if it is not one."""
     return _Authority.load(folder)
+
+
+def check_broker_files(folder: Path) -> None:
+    """What the broker reads of ``folder`` is what it claims: ``ca.crt`` a CA certificate,
+    ``broker.crt`` a certificate that CA signed, ``crl.pem`` a CRL it signed; ``PkiError``
+    naming the file otherwise. A broker started on any of them wrong would refuse every
+    client, or start and trust no one, with a message about TLS, not the file."""
+    ca = _load_cert(folder / CA_CERT)
+    try:
+        is_ca = ca.extensions.get_extension_for_class(x509.BasicConstraints).value.ca
+    except x509.ExtensionNotFound:
+        is_ca = False
+    if not is_ca:
+        raise PkiError(f"{folder / CA_CERT} is a certificate but not a CA's")
+    broker = _load_cert(folder / BROKER_CERT)
+    try:
+        broker.verify_directly_issued_by(ca)
+    except (ValueError, TypeError, InvalidSignature):
+        raise PkiError(
+            f"{folder / BROKER_CERT} is not signed by {folder / CA_CERT} (another CA's "
+            "certificate: fleet ca init --force makes the folder again)"
+        ) from None
+    path = folder / CRL
+    try:
+        crl = x509.load_pem_x509_crl(_read(path))
+    except ValueError:
+        raise PkiError(f"{path} is not a PEM certificate revocation list") from None
+    try:
+        # a key that cannot sign (X25519) raises TypeError: nothing it signed, either
+        signed = crl.is_signature_valid(ca.public_key())  # type: ignore[arg-type]
+    except TypeError:
+        signed = False
+    if not signed or crl.issuer != ca.subject:
+        raise PkiError(f"{path} is not signed by {folder / CA_CERT}")
+
+
+def _load_cert(path: Path) -> x509.Certificate:
+    try:
+        return x509.load_pem_x509_certificate(_read(path))
+    except ValueError:
+        raise PkiError(f"{path} is not a PEM certificate") from None
+
+
+def _read(path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError as exc:
+        raise PkiError(f"{path}: cannot be read ({exc.strerror or exc})") from None
 
 
 class _Authority:

@@ -16,6 +16,7 @@ no gateway matching it).
 from __future__ import annotations
 
 import json
+import math
 import shutil
 import threading
 from collections.abc import Iterator
@@ -60,6 +61,22 @@ if TYPE_CHECKING:
 
 ACTIONS = ("ping", "read", "write", "restart")
 RESULT_STYLE = {"ok": "green", "refused": "yellow", "timeout": "red", "failed": "red"}
+TIMEOUT_MIN_S, TIMEOUT_MAX_S = 0.1, 3600.0
+
+
+def timeout_option(value: float) -> float:
+    """``--timeout`` in seconds, finite and in range: ``nan`` fails every comparison, so a
+    range check alone would call it out of range in a way that reads as a lie."""
+    if not math.isfinite(value):
+        raise typer.BadParameter(
+            f"{value} is not a time: give a finite number of seconds "
+            f"({TIMEOUT_MIN_S:g} to {TIMEOUT_MAX_S:g})"
+        )
+    if not TIMEOUT_MIN_S <= value <= TIMEOUT_MAX_S:
+        raise typer.BadParameter(
+            f"give {TIMEOUT_MIN_S:g} to {TIMEOUT_MAX_S:g} seconds, not {value:g}"
+        )
+    return value
 
 
 def cmd(
@@ -82,7 +99,10 @@ def cmd(
         typer.Option(help='write: the value (true, false, a number, or text; "42" for text)'),
     ] = None,
     timeout: Annotated[
-        float, typer.Option(min=0.1, max=3600, help="seconds to wait for each gateway's reply")
+        float,
+        typer.Option(
+            help="seconds to wait for each gateway's reply (0.1 to 3600)", callback=timeout_option
+        ),
     ] = 10.0,
     by: Annotated[
         str, typer.Option(help="who asks (in the ledger and the gateway's log)", callback=by_option)

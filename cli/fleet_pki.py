@@ -25,6 +25,31 @@ CaDirOpt = Annotated[
 ForceOpt = Annotated[bool, typer.Option("--force", help="overwrite what is there")]
 
 
+def broker_name_option(values: list[str] | None) -> list[str] | None:
+    """Each ``--broker-name`` a DNS name, checked before the CA folder is touched: a usage
+    error (exit 2), not a certificate half made."""
+    from central.pki import check_dns_name  # noqa: PLC0415
+
+    for value in values or ():
+        try:
+            check_dns_name(value)
+        except ValueError as exc:
+            raise typer.BadParameter(str(exc)) from None
+    return values
+
+
+def broker_ip_option(values: list[str] | None) -> list[str] | None:
+    """Each ``--broker-ip`` an IP address: a usage error (exit 2) otherwise."""
+    from central.pki import check_ip  # noqa: PLC0415
+
+    for value in values or ():
+        try:
+            check_ip(value)
+        except ValueError as exc:
+            raise typer.BadParameter(str(exc)) from None
+    return values
+
+
 @ca_app.command("init")
 def ca_init(
     folder: CaDirOpt = DEFAULT_CA_DIR,
@@ -32,7 +57,9 @@ def ca_init(
         list[str] | None,
         typer.Option(
             "--broker-name",
-            help="a DNS name of the broker, for its certificate (repeatable) [default: localhost]",
+            help="a DNS name of the broker, for its certificate (repeatable; *.NAME for a "
+            "wildcard) [default: localhost]",
+            callback=broker_name_option,
         ),
     ] = None,
     broker_ip: Annotated[
@@ -41,6 +68,7 @@ def ca_init(
             "--broker-ip",
             help="an IP address of the broker, for its certificate (repeatable) "
             "[default: 127.0.0.1]",
+            callback=broker_ip_option,
         ),
     ] = None,
     days: Annotated[
@@ -88,7 +116,26 @@ def tag_option(values: list[str] | None) -> list[str] | None:
     return values
 
 
+def require_named_store(ctx: typer.Context, db: str) -> None:
+    """Exit 1 unless the store is there or was named (``--db``, ``EDGEFLEET_DB``). Like
+    every ``fleet`` command but ``fleet central run``, provision does not make a store it
+    was not told of: ``central.db`` made in whatever folder it ran in would hold an
+    identity the center never sees. A store named on purpose is made if missing, so a
+    fleet can be provisioned before the center first runs."""
+    source = ctx.get_parameter_source("db")
+    # by name: Typer's own copy of click (0.2x) has its own ParameterSource class
+    if getattr(source, "name", None) != "DEFAULT" or Path(db).exists():
+        return
+    typer.echo(
+        f"error: no central store at {db} (the default, in this folder): name the "
+        "center's store with --db or EDGEFLEET_DB (it is made there if missing)",
+        err=True,
+    )
+    raise typer.Exit(1)
+
+
 def provision(
+    ctx: typer.Context,
     gateway: Annotated[
         str,
         typer.Argument(metavar="GW", help="the new gateway's id", callback=gateway_option),
@@ -123,7 +170,6 @@ def provision(
         COMMAND_PUB,
         PkiError,
         issue_client,
-        write_private,
     )
     from central.revocation import record_issued  # noqa: PLC0415
     from central.store import StoreError  # noqa: PLC0415
@@ -145,6 +191,7 @@ def provision(
         raise typer.BadParameter(
             "a gateway's certificate is for a TLS listener: mqtts://", param_hint="--broker"
         )
+    require_named_store(ctx, db)
     bundle_path = out if out is not None else Path(f"{gateway}.bundle")
     if bundle_path.exists() and not force:
         typer.echo(f"error: {bundle_path} exists; not overwriting it (--force does)", err=True)
@@ -175,28 +222,49 @@ def provision(
             enrollment.CONFIG_FILE: enrollment.starter_config(gateway, site, tags, broker),
         },
     )
+    # the bundle is staged beside its place before the registry records the identity, and
+    # renamed in after: a bundle that cannot be written records nothing, and a registry
+    # that refuses leaves no bundle
     store = open_db(db, create=True)
     try:
-        store.add_identity(
-            Identity(gateway, "certificate", issued.fingerprint, time.time(), issued.not_after),
-            site=site or None,
-            tags=tags or None,
-        )
-    except StoreError as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(1) from None
+        staged = _stage_bundle(bundle_path, bundle.encode())
+        try:
+            store.add_identity(
+                Identity(gateway, "certificate", issued.fingerprint, time.time(), issued.not_after),
+                site=site or None,
+                tags=tags or None,
+            )
+        except StoreError as exc:
+            staged.unlink(missing_ok=True)
+            typer.echo(f"error: {exc}", err=True)
+            raise typer.Exit(1) from None
     finally:
         store.close()
     try:
-        # the CA keeps a copy, so that fleet revoke finds its serial
-        record_issued(ca_dir, gateway, issued.cert_pem)
-        write_private(bundle_path, bundle.encode(), force=force)
+        record_issued(ca_dir, gateway, issued.cert_pem)  # so that fleet revoke finds its serial
     except (PkiError, OSError) as exc:
-        typer.echo(f"error: {exc}", err=True)
+        staged.unlink(missing_ok=True)
+        typer.echo(f"error: cannot keep a copy of the certificate in {ca_dir}: {exc}", err=True)
         raise typer.Exit(1) from None
+    staged.replace(bundle_path)
     expires = time.strftime("%Y-%m-%d", time.gmtime(issued.not_after))
     typer.echo(
         f"gateway {gateway}: certificate sha256 {issued.fingerprint} until {expires}; "
         f"bundle {bundle_path} (it holds the gateway's key: hand it over, then delete it)"
     )
     typer.echo(f"on the gateway: edge-agent enroll {bundle_path.name}")
+
+
+def _stage_bundle(path: Path, data: bytes) -> Path:
+    """``data`` in a 0600 file beside ``path``, to be renamed onto it; exit 1 with one line
+    if it cannot be written there (no such folder, not writable)."""
+    # loaded by the command that uses it, as in provision
+    from central.pki import write_private  # noqa: PLC0415
+
+    staged = path.with_name(f".{path.name}.tmp")
+    try:
+        staged.unlink(missing_ok=True)  # a stale one (or a link) is not written through
+        return write_private(staged, data)
+    except OSError as exc:
+        typer.echo(f"error: cannot write the bundle {path}: {exc.strerror or exc}", err=True)
+        raise typer.Exit(1) from None

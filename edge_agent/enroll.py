@@ -3,7 +3,10 @@ installed into the gateway's config folder.
 
 Nothing is written unless all of it can be: a folder that holds any of the bundle's files
 already (another enrollment's key, an edited config) is refused, unless ``force``; the
-bundle's config must pass the schema pass first. The key is 0600 from the moment it
+bundle's config must pass the schema pass first, and its files must be what they are named
+(``check_identity``: a CA certificate, a certificate that CA signed for this gateway, the
+key of that certificate, an Ed25519 public key), so a bundle that was damaged, edited or
+mixed up with another gateway's installs nothing. The key is 0600 from the moment it
 exists (given to the agent's user with ``owner``: the shipped systemd unit runs it as
 ``edgefleet``, and a key root owns it could not read); the rest 0644.
 """
@@ -13,10 +16,25 @@ from __future__ import annotations
 import os
 import pwd
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from edge_agent.config.loader import ConfigError, parse_config
-from edge_agent.contract.enrollment import CONFIG_FILE, FILES, PRIVATE, Bundle, BundleError
+from edge_agent.contract.commands import parse_public_key
+from edge_agent.contract.enrollment import (
+    CA_FILE,
+    CERT_FILE,
+    COMMAND_KEY_FILE,
+    CONFIG_FILE,
+    FILES,
+    KEY_FILE,
+    PRIVATE,
+    Bundle,
+    BundleError,
+)
 from edge_agent.contract.topics import GATEWAY_ID
+
+if TYPE_CHECKING:
+    from cryptography import x509
 
 
 class EnrollError(Exception):
@@ -50,6 +68,7 @@ def install(
             f"{folder} already holds {', '.join(present)}; not overwriting them "
             "(--force does, for a gateway enrolled again)"
         )
+    check_identity(bundle)
     try:
         parse_config(bundle.files[CONFIG_FILE], f"the bundle's {CONFIG_FILE}", folder)
     except ConfigError as exc:
@@ -64,6 +83,69 @@ def install(
     except OSError as exc:
         raise EnrollError(f"cannot write into {folder}: {exc.strerror or exc}") from None
     return targets
+
+
+def check_identity(bundle: Bundle) -> None:
+    """The bundle's certificates and keys are what their names say, and belong together:
+    ``ca.crt`` a CA certificate, ``gateway.crt`` a certificate that CA signed whose common
+    name is the bundle's gateway (the broker takes it as the gateway's identity),
+    ``gateway.key`` that certificate's key, ``command.pub`` an Ed25519 public key.
+    ``EnrollError`` saying which is wrong otherwise: an agent started on any of them would
+    fail at the broker, or refuse every command, far from the cause."""
+    # cryptography loads for enroll only: the agent's other commands do not pay for it
+    from cryptography import x509  # noqa: PLC0415
+    from cryptography.exceptions import InvalidSignature  # noqa: PLC0415
+    from cryptography.x509.oid import NameOID  # noqa: PLC0415
+
+    ca = _certificate(bundle, CA_FILE)
+    try:
+        is_ca = ca.extensions.get_extension_for_class(x509.BasicConstraints).value.ca
+    except x509.ExtensionNotFound:
+        is_ca = False
+    if not is_ca:
+        raise EnrollError(f"the bundle's {CA_FILE} is a certificate but not a CA's")
+    cert = _certificate(bundle, CERT_FILE)
+    names = [a.value for a in cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)]
+    if names != [bundle.gateway]:
+        shown = ", ".join(repr(n) for n in names) or "none"
+        raise EnrollError(
+            f"the bundle's {CERT_FILE} is for {shown}, not gateway {bundle.gateway!r}"
+        )
+    try:
+        cert.verify_directly_issued_by(ca)
+    except (ValueError, TypeError, InvalidSignature):
+        raise EnrollError(f"the bundle's {CERT_FILE} is not signed by its {CA_FILE}") from None
+    _check_key(bundle, cert)
+    try:
+        parse_public_key(
+            bundle.files[COMMAND_KEY_FILE].encode(), f"the bundle's {COMMAND_KEY_FILE}"
+        )
+    except ValueError as exc:
+        raise EnrollError(str(exc)) from None
+
+
+def _certificate(bundle: Bundle, name: str) -> x509.Certificate:
+    from cryptography import x509  # noqa: PLC0415
+
+    try:
+        return x509.load_pem_x509_certificate(bundle.files[name].encode())
+    except ValueError:
+        raise EnrollError(f"the bundle's {name} is not a PEM certificate") from None
+
+
+def _check_key(bundle: Bundle, cert: x509.Certificate) -> None:
+    from cryptography.exceptions import UnsupportedAlgorithm  # noqa: PLC0415
+    from cryptography.hazmat.primitives import serialization  # noqa: PLC0415
+
+    try:
+        key = serialization.load_pem_private_key(bundle.files[KEY_FILE].encode(), None)
+    except (ValueError, TypeError, UnsupportedAlgorithm):  # not PEM, encrypted, unknown
+        raise EnrollError(
+            f"the bundle's {KEY_FILE} is not an unencrypted PEM private key"
+        ) from None
+    spki = serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    if key.public_key().public_bytes(*spki) != cert.public_key().public_bytes(*spki):
+        raise EnrollError(f"the bundle's {KEY_FILE} is not the key of its {CERT_FILE}")
 
 
 def _user(name: str) -> tuple[int, int]:

@@ -233,6 +233,75 @@ def test_it_refuses_to_overwrite_without_force_and_a_ca_folder_without_its_files
     assert not empty.exists()
 
 
+def one_error(out: str) -> str:
+    """The one line of an error a command printed; no traceback before it."""
+    assert "Traceback" not in out, out
+    errors = [line for line in out.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1, out
+    return errors[0]
+
+
+def refused(ca: Path, out: Path) -> str:
+    """The error line of a broker-config that exits 1 (and leaves ``out`` as it was)."""
+    made = run_cli("fleet", "broker-config", "--out", str(out), "--ca-dir", str(ca))
+    assert made.returncode == 1, made.stdout + made.stderr
+    return one_error(made.stderr)
+
+
+def test_an_out_that_is_a_file_or_cannot_be_made_is_a_one_line_error(tmp_path: Path) -> None:
+    ca = fleet_ca(tmp_path / "fleet-ca")
+    a_file = tmp_path / "a-file"
+    a_file.write_text("kept\n")
+    assert "is a file, not a folder" in refused(ca.folder, a_file)
+    assert a_file.read_text() == "kept\n"
+    assert "cannot write into" in refused(ca.folder, a_file / "below")
+    if Path("/proc/self").is_dir():  # a folder nobody can make a folder in, even root
+        assert "cannot write into /proc/edgefleet-x" in refused(
+            ca.folder, Path("/proc/edgefleet-x")
+        )
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a-file", "fleet-ca"]
+
+
+@pytest.mark.parametrize(
+    ("name", "says"),
+    [
+        ("ca.crt", "is not a PEM certificate"),
+        ("broker.crt", "is not a PEM certificate"),
+        ("crl.pem", "is not a PEM certificate revocation list"),
+    ],
+)
+def test_a_ca_folder_file_that_is_not_pem_writes_nothing(
+    tmp_path: Path, name: str, says: str
+) -> None:
+    ca = fleet_ca(tmp_path / "fleet-ca")
+    (ca.folder / name).write_text("-----BEGIN CERTIFICATE-----\nnot base64\n")
+    error = refused(ca.folder, tmp_path / "out")
+    assert name in error and says in error, error
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_ca_folder_whose_broker_certificate_or_crl_another_ca_signed_writes_nothing(
+    tmp_path: Path,
+) -> None:
+    ca = fleet_ca(tmp_path / "fleet-ca")
+    out = tmp_path / "out"
+    other = Authority(tmp_path / "other", "EdgeFleet fleet CA")  # the same name, not the key
+    good = (ca.folder / "broker.crt").read_bytes()
+    other.server("broker", stem="broker")
+    (ca.folder / "broker.crt").write_bytes((other.folder / "broker.crt").read_bytes())
+    error = refused(ca.folder, out)
+    assert "broker.crt is not signed by" in error and "ca.crt" in error, error
+    (ca.folder / "broker.crt").write_bytes(good)
+    other.write_crl(ca.folder / "crl.pem")
+    error = refused(ca.folder, out)
+    assert "crl.pem is not signed by" in error, error
+    ca.authority.write_crl(ca.folder / "crl.pem")
+    (ca.folder / "ca.crt").write_bytes(good)  # a certificate, but not a CA's
+    error = refused(ca.folder, out)
+    assert "ca.crt is a certificate but not a CA's" in error, error
+    assert not out.exists()
+
+
 @pytest.mark.parametrize(
     ("option", "value"),
     [("--bind", "127.0.0.1\nallow_anonymous true"), ("--topic-root", "a/#"), ("--port", "0")],
@@ -249,8 +318,32 @@ def test_a_value_that_would_break_the_config_is_a_usage_error(
     assert not out.exists()
 
 
+def test_the_templates_are_package_data_and_packaging_shows_the_same_files() -> None:
+    """broker-config reads its templates from the central package, which a wheel carries
+    (pyproject's package-data), not from a checkout's packaging/; packaging/ links to
+    them, so there is one copy."""
+    import fnmatch  # noqa: PLC0415
+    import tomllib  # noqa: PLC0415
+    from importlib import resources  # noqa: PLC0415
+
+    root = Path(__file__).resolve().parent.parent
+    data = tomllib.loads((root / "pyproject.toml").read_text())
+    globs = data["tool"]["setuptools"]["package-data"]["central"]
+    package = resources.files("central")
+    for name in ("mosquitto.conf", "edgefleet.acl"):
+        inside = f"broker_templates/{name}"
+        assert any(fnmatch.fnmatch(inside, g) for g in globs), (inside, globs)
+        assert (package / "broker_templates" / name).is_file()
+        shown = root / "packaging" / name
+        assert shown.resolve() == (root / "central" / inside).resolve(), shown
+    from central import broker_config  # noqa: PLC0415
+
+    assert "packaging" not in str(broker_config.TEMPLATES)
+
+
 def test_the_template_renders_as_packaging_shows_it() -> None:
-    """packaging/ holds the templates: rendered, every $name is filled."""
+    """packaging/ shows the templates (links to the package's): rendered, every $name is
+    filled."""
     texts = BrokerConfig(ca_dir=Path("/etc/edgefleet/ca"), out=Path("/etc/mosquitto")).render()
     assert "$" not in texts["mosquitto.conf"] and "$" not in texts["edgefleet.acl"]
     assert "pattern readwrite edgefleet/v1/gw/%u/state" in texts["edgefleet.acl"]

@@ -133,6 +133,10 @@ def test_cmd_where_three_live_one_offline(
         (("bench-1", "write", "-d", "det-3", "-p", "siren"), "write needs --value"),
         (("bench-1", "ping", "--value", "1"), "ping takes no --value"),
         (("--where", "colour=red", "ping"), "'colour' is not a gateway field"),
+        (("bench-1", "ping", "--timeout", "nan"), "a finite number of seconds"),
+        (("bench-1", "ping", "--timeout", "inf"), "a finite number of seconds"),
+        (("bench-1", "ping", "--timeout", "0.05"), "0.1 to 3600 seconds, not 0.05"),
+        (("bench-1", "ping", "--timeout", "5000"), "0.1 to 3600 seconds, not 5000"),
     ],
 )
 def test_cmd_usage_errors_exit_2_before_anything_is_sent(

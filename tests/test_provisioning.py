@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import pwd
+import re
 import stat
 from pathlib import Path
 
@@ -18,6 +19,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from central.store import open_store
+from edge_agent.config.loader import load_config
 from tests.rig import GW, devices_yaml
 from tests.support import (
     Broker,
@@ -44,6 +46,19 @@ def cert(path: Path) -> x509.Certificate:
 
 def common_name(c: x509.Certificate) -> str:
     return str(c.subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value)
+
+
+def unit_state_folders() -> tuple[list[Path], list[Path]]:
+    """The shipped systemd unit's state folders (``StateDirectory=``, under /var/lib) and
+    the paths its ``ProtectSystem=strict`` leaves writable (``ReadWritePaths=``)."""
+    unit = (Path(__file__).resolve().parent.parent / "packaging" / "edge-agent.service").read_text()
+    values: dict[str, list[str]] = {}
+    for line in unit.splitlines():
+        key, eq, value = line.partition("=")
+        if eq and not line.startswith("#"):
+            values.setdefault(key.strip(), []).extend(value.split())
+    state = [Path("/var/lib") / name for name in values.get("StateDirectory", [])]
+    return state, [Path(p) for p in values.get("ReadWritePaths", [])]
 
 
 def ca_init(folder: Path, *args: str) -> tuple[int, str]:
@@ -107,9 +122,17 @@ def test_ca_init_makes_the_folder_with_private_keys_0600_and_never_overwrites_th
     assert [str(i) for i in sans.value.get_values_for_type(x509.IPAddress)] == ["127.0.0.1"]
 
 
+def one_error(out: str) -> str:
+    """The one line of an error a command printed; no traceback before it."""
+    assert "Traceback" not in out, out
+    errors = [line for line in out.splitlines() if line.startswith(("error:", "Error:"))]
+    assert len(errors) == 1, out
+    return errors[0]
+
+
 def test_ca_init_refuses_an_address_that_is_not_one(tmp_path: Path) -> None:
     rc, out = ca_init(tmp_path / "ca", "--broker-ip", "broker.example")
-    assert rc == 1 and "not an IP address" in out, out
+    assert rc == 2 and "not an IP address" in one_error(out), out
     assert not (tmp_path / "ca").exists()
     rc, out = ca_init(tmp_path / "ip-only", "--broker-ip", "10.0.0.7", "--broker-ip", "::1")
     assert rc == 0, out
@@ -117,6 +140,49 @@ def test_ca_init_refuses_an_address_that_is_not_one(tmp_path: Path) -> None:
     sans = broker.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     assert sans.get_values_for_type(x509.DNSName) == []
     assert [str(ip) for ip in sans.get_values_for_type(x509.IPAddress)] == ["10.0.0.7", "::1"]
+
+
+@pytest.mark.parametrize(
+    ("name", "says"),
+    [
+        ("", "empty"),
+        ("a" * 300, "at most 253"),
+        ("bröker.example", "not ASCII"),
+        ("bad name/x", "not a DNS name"),
+        ("-broker.example", "not a DNS name"),
+        ("b" * 64 + ".example", "not a DNS name"),
+        ("broker..example", "not a DNS name"),
+        ("*.example", "wildcard"),
+        ("10.0.0.5", "--broker-ip"),
+    ],
+)
+def test_ca_init_refuses_a_broker_name_that_is_no_dns_name_before_making_anything(
+    tmp_path: Path, name: str, says: str
+) -> None:
+    rc, out = ca_init(tmp_path / "ca", "--broker-name", "broker.example", "--broker-name", name)
+    assert rc == 2, out
+    error = one_error(out)
+    assert "--broker-name" in error and says in error, error
+    assert not (tmp_path / "ca").exists()
+
+
+def test_ca_init_takes_a_long_dns_name_and_a_wildcard(tmp_path: Path) -> None:
+    long_name = ".".join(c * 63 for c in "abc") + ".example"  # 199 characters
+    rc, out = ca_init(tmp_path / "ca", "--broker-name", long_name, "--broker-name", "*.b.example")
+    assert rc == 0, out
+    broker = cert(tmp_path / "ca" / "broker.crt")
+    sans = broker.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert sans.get_values_for_type(x509.DNSName) == [long_name, "*.b.example"]
+    assert common_name(broker) == "EdgeFleet broker"  # a CN holds 64 characters
+
+
+def test_ca_init_that_cannot_write_a_file_leaves_the_folder_as_it_was(tmp_path: Path) -> None:
+    ca = tmp_path / "ca"
+    (ca / "central.crt").mkdir(parents=True)  # in the way of the 7th file written
+    rc, out = ca_init(ca)
+    assert rc == 1 and "central.crt" in one_error(out), out
+    assert [p.name for p in ca.iterdir()] == ["central.crt"]
+    assert list((ca / "central.crt").iterdir()) == []
 
 
 def test_provision_writes_one_bundle_0600_and_enroll_installs_it(tmp_path: Path) -> None:
@@ -178,6 +244,10 @@ def test_provision_writes_one_bundle_0600_and_enroll_installs_it(tmp_path: Path)
     # and with its files: the certificate is the key's, the command key a public key
     checked = run_cli("edge-agent", "check", "-c", str(etc / "agent.yaml"))
     assert checked.returncode == 0, checked.stdout + checked.stderr
+    # its outbox is where the shipped unit lets the agent write, not beside the config
+    state_dirs, writable = unit_state_folders()
+    outbox = load_config(etc / "agent.yaml").config.outbox.path
+    assert outbox.is_absolute() and outbox.parent in state_dirs and outbox.parent in writable
 
     # an enrolled gateway's edited config is not overwritten by a second enroll
     (etc / "agent.yaml").write_text((etc / "agent.yaml").read_text() + "# edited\n")
@@ -200,12 +270,111 @@ def test_provision_without_a_ca_writes_and_records_nothing(tmp_path: Path) -> No
     assert not bundle.exists()
 
 
+def test_provision_that_cannot_write_its_bundle_records_no_identity(tmp_path: Path) -> None:
+    assert ca_init(tmp_path / "ca")[0] == 0
+    open_store(tmp_path / "central.db").close()
+    rc, out = provision(tmp_path, GW, "--out", str(tmp_path / "no-such-folder" / "gw.bundle"))
+    assert rc == 1, out
+    assert "cannot write the bundle" in one_error(out), out
+    store = open_store(tmp_path / "central.db")
+    try:
+        assert store.identities(GW) == [] and store.gateway(GW) is None
+    finally:
+        store.close()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ca", "central.db"]
+
+
+def test_provision_makes_no_store_it_was_not_told_of(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """As every fleet command but `fleet central run`, provision does not make the default
+    ./central.db; a store named (--db, EDGEFLEET_DB) is made if missing."""
+    from typer.testing import CliRunner  # noqa: PLC0415
+
+    from cli.fleet import app  # noqa: PLC0415
+
+    assert ca_init(tmp_path / "ca")[0] == 0
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("EDGEFLEET_DB", raising=False)
+    runner = CliRunner()
+    args = ["provision", GW, "--ca-dir", "ca", "--out", "gw.bundle"]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 1, result.output
+    error = one_error(result.output)
+    assert "no central store at central.db" in error and "--db or EDGEFLEET_DB" in error
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ca"]
+
+    result = runner.invoke(app, args, env={"EDGEFLEET_DB": str(tmp_path / "named.db")})
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "named.db").is_file() and not (tmp_path / "central.db").exists()
+    open_store(tmp_path / "central.db").close()  # the center's store, here: it is used
+    result = runner.invoke(app, [*args, "--force"])
+    assert result.exit_code == 0, result.output
+    store = open_store(tmp_path / "central.db")
+    try:
+        assert len(store.identities(GW)) == 1
+    finally:
+        store.close()
+
+
 def test_enroll_refuses_what_is_not_a_bundle(tmp_path: Path) -> None:
     junk = tmp_path / "junk.bundle"
     junk.write_text('{"format": "something else"}')
     out = run_cli("edge-agent", "enroll", str(junk), "--dir", str(tmp_path / "etc"))
     assert out.returncode == 1 and "not an enrollment bundle" in out.stderr, out.stderr
     assert not (tmp_path / "etc").exists()
+
+
+def test_enroll_refuses_a_bundle_whose_certificates_and_keys_are_not_what_they_claim(
+    tmp_path: Path,
+) -> None:
+    """A bundle damaged, edited by hand or put together from two gateways' (or two CAs')
+    installs nothing: each file is checked for what it is and whose it is."""
+    assert ca_init(tmp_path / "ca")[0] == 0
+    assert ca_init(tmp_path / "other-ca")[0] == 0
+    mine, theirs, foreign = tmp_path / "gw.bundle", tmp_path / "gw-2.bundle", tmp_path / "f"
+    assert provision(tmp_path, GW, "--out", str(mine))[0] == 0
+    assert provision(tmp_path, "gw-2", "--out", str(theirs))[0] == 0
+    other = run_cli(
+        "fleet", "provision", GW, "--ca-dir", str(tmp_path / "other-ca"), "--out", str(foreign),
+        "--db", str(tmp_path / "other.db"),
+    )  # fmt: skip
+    assert other.returncode == 0, other.stderr
+    good = json.loads(mine.read_text())
+    files = good["files"]
+    theirs_files = json.loads(theirs.read_text())["files"]
+    foreign_files = json.loads(foreign.read_text())["files"]
+    garbage = "-----BEGIN CERTIFICATE-----\nbm90IGEgY2VydA==\n-----END CERTIFICATE-----\n"
+    cases = [
+        ({"ca.crt": garbage}, "ca.crt is not a PEM certificate"),
+        ({"ca.crt": files["gateway.crt"]}, "ca.crt is a certificate but not a CA's"),
+        ({"ca.crt": foreign_files["ca.crt"]}, "gateway.crt is not signed by its ca.crt"),
+        ({"gateway.crt": "hello"}, "gateway.crt is not a PEM certificate"),
+        ({"gateway.crt": files["ca.crt"]}, "gateway.crt is for 'EdgeFleet CA'"),
+        (
+            {
+                "gateway.crt": theirs_files["gateway.crt"],
+                "gateway.key": theirs_files["gateway.key"],
+            },
+            "gateway.crt is for 'gw-2', not gateway",
+        ),
+        ({"gateway.key": "not a key"}, "gateway.key is not an unencrypted PEM private key"),
+        ({"gateway.key": theirs_files["gateway.key"]}, "gateway.key is not the key of"),
+        ({"command.pub": garbage}, "command.pub is not a PEM public key"),
+        ({"command.pub": files["gateway.crt"]}, "command.pub is not a PEM public key"),
+    ]
+    for change, says in cases:
+        bad = tmp_path / "bad.bundle"
+        bad.write_text(json.dumps({**good, "files": {**files, **change}}))
+        etc = tmp_path / "etc"
+        out = run_cli("edge-agent", "enroll", str(bad), "--dir", str(etc))
+        assert out.returncode == 1, (change.keys(), out.stdout + out.stderr)
+        error = one_error(out.stderr)
+        assert says in error, (says, error)
+        assert not etc.exists(), error
+    # the same files, unchanged, install
+    out = run_cli("edge-agent", "enroll", str(mine), "--dir", str(tmp_path / "etc"))
+    assert out.returncode == 0, out.stderr
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="giving a file to another user takes root")
@@ -266,6 +435,9 @@ def test_an_enrolled_gateway_reaches_the_center_over_tls_with_its_own_identity(
     config = etc / "agent.yaml"
     text = config.read_text()
     assert "devices: []\n" in text
+    # the starter's outbox is the shipped unit's state folder; here the test's own
+    outbox = f"outbox: {{path: {etc / 'outbox.db'}}}"
+    text = re.sub(r"^outbox: .*$", outbox, text, count=1, flags=re.MULTILINE)
     config.write_text(
         text.replace("devices: []\n", f"devices:\n{devices_yaml(modbus_server.port, 0.2)}")
     )

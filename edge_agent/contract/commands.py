@@ -117,26 +117,32 @@ def decode_reply(payload: bytes | bytearray) -> dict[str, Any]:
 
 def generate_keys(private_path: Path) -> Path:
     """A new Ed25519 key pair: the private key (mode 0600) and ``.pub`` beside it."""
+    private_pem, public_pem = new_key_pair()
+    private_path.parent.mkdir(parents=True, exist_ok=True)
+    private_path.touch(mode=0o600)
+    private_path.write_bytes(private_pem)
+    public_path = private_path.with_suffix(".pub")
+    public_path.write_bytes(public_pem)
+    return public_path
+
+
+def new_key_pair() -> tuple[bytes, bytes]:
+    """A new Ed25519 key pair as PEM (PKCS #8, SubjectPublicKeyInfo), in memory: for a
+    caller that writes it with other files, all or none (``fleet ca init``)."""
     # cryptography loads only where commands are signed or checked
     from cryptography.hazmat.primitives import serialization  # noqa: PLC0415
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey  # noqa: PLC0415
 
     key = Ed25519PrivateKey.generate()
-    private_path.parent.mkdir(parents=True, exist_ok=True)
-    pem = key.private_bytes(
+    private_pem = key.private_bytes(
         serialization.Encoding.PEM,
         serialization.PrivateFormat.PKCS8,
         serialization.NoEncryption(),
     )
-    private_path.touch(mode=0o600)
-    private_path.write_bytes(pem)
-    public_path = private_path.with_suffix(".pub")
-    public_path.write_bytes(
-        key.public_key().public_bytes(
-            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
-        )
+    public_pem = key.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
     )
-    return public_path
+    return private_pem, public_pem
 
 
 def load_private_key(path: Path) -> Ed25519PrivateKey:
@@ -156,18 +162,23 @@ def load_private_key(path: Path) -> Ed25519PrivateKey:
 
 
 def load_public_key(path: Path) -> Ed25519PublicKey:
+    return parse_public_key(_key_file(path), str(path))
+
+
+def parse_public_key(pem: bytes, where: str) -> Ed25519PublicKey:
+    """The Ed25519 public key in ``pem``; ``ValueError`` naming ``where`` (a file, or the
+    bundle's ``command.pub``) for anything else."""
     # cryptography loads only where commands are signed or checked
     from cryptography.exceptions import UnsupportedAlgorithm  # noqa: PLC0415
     from cryptography.hazmat.primitives import serialization  # noqa: PLC0415
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey  # noqa: PLC0415
 
-    pem = _key_file(path)
     try:
         key = serialization.load_pem_public_key(pem)
     except (ValueError, UnsupportedAlgorithm) as exc:
-        raise ValueError(f"{path} is not a PEM public key ({_first_line(exc)})") from None
+        raise ValueError(f"{where} is not a PEM public key ({_first_line(exc)})") from None
     if not isinstance(key, Ed25519PublicKey):
-        raise ValueError(f"{path} is not an Ed25519 public key")
+        raise ValueError(f"{where} is not an Ed25519 public key")
     return key
 
 

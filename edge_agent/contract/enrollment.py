@@ -11,7 +11,8 @@ It is JSON (``FORMAT`` names its version)::
 ``gateway.key`` is the gateway's private key: the bundle is a secret (written 0600),
 carried by the technician, and may be deleted once enrolled. ``agent.yaml`` is a starter
 config naming the other files by relative paths (the agent resolves them from the
-config's folder) and no devices yet.
+config's folder), the outbox where the shipped systemd unit lets the agent write
+(``OUTBOX_PATH``), and no devices yet.
 """
 
 from __future__ import annotations
@@ -29,6 +30,12 @@ CONFIG_FILE = "agent.yaml"
 FILES = (CA_FILE, CERT_FILE, KEY_FILE, COMMAND_KEY_FILE, CONFIG_FILE)
 PRIVATE = frozenset({KEY_FILE})
 """Installed 0600; the others 0644."""
+
+OUTBOX_PATH = "/var/lib/edgefleet/outbox.db"
+"""The starter config's outbox: in the state folder of the shipped unit
+(``packaging/edge-agent.service``: ``StateDirectory=edgefleet``, the one folder its
+``ProtectSystem=strict`` leaves writable). The default, ``outbox.db`` beside the config,
+would be ``/etc/edgefleet/outbox.db``, which the agent cannot create there."""
 
 BUNDLE_MAX = 1024 * 1024
 """A bundle is a few kilobytes: a larger file is something else."""
@@ -75,8 +82,9 @@ class Bundle:
 
 def starter_config(gateway: str, site: str, tags: dict[str, str], broker: str) -> str:
     """The agent config a new gateway starts from: its identity, the center over mqtts://
-    with the bundle's files, and no devices (``edge-agent check`` passes it; the agent
-    runs, connects and polls nothing until devices are added)."""
+    with the bundle's files, the outbox where the shipped unit can write it, and no devices
+    (``edge-agent check`` passes it; the agent runs, connects and polls nothing until
+    devices are added)."""
     # JSON strings and objects are YAML flow scalars and mappings: quoted whatever the
     # site or a tag holds (a colon, a leading 0, "yes")
     q = json.dumps
@@ -100,7 +108,7 @@ def starter_config(gateway: str, site: str, tags: dict[str, str], broker: str) -
                 ("command_key", COMMAND_KEY_FILE, "the center's command-signing public key"),
             )
         )
-        + "# outbox: {path: /var/lib/edgefleet/outbox.db}  # under the shipped systemd unit\n"
+        + f"outbox: {{path: {OUTBOX_PATH}}}  # the shipped systemd unit's StateDirectory\n"
         "devices: []\n"
         "# devices:\n"
         "#   - id: tank-1\n"
