@@ -42,6 +42,7 @@ from central.pki import (
     check_broker_files,
 )
 from central.revocation import revoked_gateways, with_denials
+from edge_agent.contract.csr import ENROLL_MOUNT, mounted, request_topic
 from edge_agent.contract.limits import MESSAGE_MAX_BYTES
 from edge_agent.contract.topics import DEFAULT_ROOT, Topics
 
@@ -98,15 +99,22 @@ class BrokerConfig:
     data_dir: Path = DEFAULT_DATA_DIR
     center_port: int = 8884
     center_bind: str = "127.0.0.1"
+    enroll_port: int | None = None
+    """The enrollment listener's port (token enrollment), None: no such listener."""
+    enroll_bind: str = "127.0.0.1"
 
     def __post_init__(self) -> None:
-        for what, port in (("port", self.port), ("center port", self.center_port)):
+        ports = [("port", self.port), ("center port", self.center_port)]
+        if self.enroll_port is not None:
+            ports.append(("enrollment port", self.enroll_port))
+        for what, port in ports:
             if not 1 <= port <= 65535:
                 raise ValueError(f"{what} {port} is not 1-65535")
-        if self.port == self.center_port:
-            raise ValueError("the gateways' and the center's listeners need ports of their own")
+        if len({port for _, port in ports}) != len(ports):
+            raise ValueError("each listener needs a port of its own")
         check_address(self.bind)
         check_address(self.center_bind)
+        check_address(self.enroll_bind)
         Topics(self.topic_root)  # raises TopicError (a ValueError) for a wildcard or space
         for what, path in (("CA folder", self.ca_dir), ("out", self.out), ("data", self.data_dir)):
             _check_path(what, path)
@@ -129,11 +137,44 @@ class BrokerConfig:
             data_dir=data,  # Mosquitto 2 puts the "/" before the file's name
             message_size_limit=MESSAGE_MAX_BYTES,
             max_packet_size=MESSAGE_MAX_BYTES + PACKET_HEADROOM,
+            **self._enroll_conf(ca),
         )
-        acl = _template(ACL_NAME).substitute(root=self.topic_root, center=CENTRAL_CN)
+        acl = _template(ACL_NAME).substitute(
+            root=self.topic_root, center=CENTRAL_CN, **self._enroll_acl()
+        )
         # the gateways `fleet revoke` revoked stay denied in a config made again
         acl = with_denials(acl, revoked_gateways(ca))
         return {CONFIG_NAME: conf, ACL_NAME: acl}
+
+    def _enroll_conf(self, ca: Path) -> dict[str, str]:
+        if self.enroll_port is None:
+            return {"enroll_listener": "", "allow_anonymous": "allow_anonymous false"}
+        listener = (
+            "# the enrollment listener (fleet provision --token): TLS that proves the broker,\n"
+            "# no client certificate. Its clients are mounted under "
+            f"{ENROLL_MOUNT}: nothing they\n"
+            "# publish reaches a fleet topic, and the ACL lets them write only enrollment\n"
+            "# requests and read only the answers\n"
+            f"listener {self.enroll_port} {self.enroll_bind}\n"
+            f"cafile {ca / CA_CERT}\ncertfile {ca / BROKER_CERT}\nkeyfile {ca / BROKER_KEY}\n"
+            f"mount_point {ENROLL_MOUNT}\n"
+        )
+        # anonymous clients can only come in on the enrollment listener: the other two
+        # refuse a client without a certificate at the TLS handshake
+        return {"enroll_listener": listener, "allow_anonymous": "allow_anonymous true"}
+
+    def _enroll_acl(self) -> dict[str, str]:
+        if self.enroll_port is None:
+            return {"enroll_acl": "", "enroll_center": ""}
+        topics = Topics(self.topic_root)
+        request = mounted(request_topic(topics))
+        replies = mounted(f"{topics.root}/enroll/reply/+")
+        anonymous = (
+            "# clients without a certificate (the enrollment listener's alone), as mounted\n"
+            f"topic write {request}\ntopic read {replies}\n\n"
+        )
+        center = f"topic read {request}\ntopic write {replies}\n"
+        return {"enroll_acl": anonymous, "enroll_center": center}
 
     def write(self, force: bool = False) -> list[Path]:
         """Write both files into ``out`` (made if missing); the paths written.

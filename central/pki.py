@@ -196,6 +196,45 @@ def issue_client(
     )
 
 
+def sign_request(
+    folder: Path, common_name: str, csr_pem: bytes, days: int = DEFAULT_CERT_DAYS
+) -> ClientCertificate:
+    """A client certificate for the key of a certificate request (a gateway that made its
+    own key: token enrollment, renewal), from the CA in ``folder``. Only the request's key
+    is taken: the name is ``common_name``, whatever the request asks for. ``PkiError`` for
+    a request that is not one, not signed by its own key, or not of an EC P-256 key."""
+    try:
+        csr = x509.load_pem_x509_csr(csr_pem)
+    except ValueError:
+        raise PkiError("not a PEM certificate request") from None
+    if not csr.is_signature_valid:
+        raise PkiError("the request is not signed by its own key")
+    public = csr.public_key()
+    if not isinstance(public, ec.EllipticCurvePublicKey) or public.curve.name != "secp256r1":
+        raise PkiError("the request's key must be EC P-256")
+    authority = _Authority.load(folder)
+    cert = authority.issue(
+        common_name, public, ExtendedKeyUsageOID.CLIENT_AUTH, [x509.DNSName(common_name)], days
+    )
+    return ClientCertificate(
+        cert_pem=_cert_pem(cert),
+        key_pem=b"",
+        fingerprint=hashlib.sha256(cert.public_bytes(serialization.Encoding.DER)).hexdigest(),
+        not_before=cert.not_valid_before_utc.timestamp(),
+        not_after=cert.not_valid_after_utc.timestamp(),
+    )
+
+
+def request_key_fingerprint(csr_pem: bytes) -> str:
+    """SHA-256 of a request's public key (DER SubjectPublicKeyInfo), hex: what an operator
+    compares with what the gateway printed before approving it."""
+    try:
+        csr = x509.load_pem_x509_csr(csr_pem)
+    except ValueError:
+        raise PkiError("not a PEM certificate request") from None
+    return hashlib.sha256(_spki(csr.public_key())).hexdigest()
+
+
 def broker_sans(names: Sequence[str], ips: Sequence[str]) -> list[x509.GeneralName]:
     """The broker certificate's subject alternative names; ``PkiError`` for a name or an
     address that is not one, or no name at all."""
@@ -343,7 +382,7 @@ class _Authority:
     def issue(
         self,
         common_name: str,
-        key: EllipticCurvePrivateKey,
+        key: EllipticCurvePrivateKey | ec.EllipticCurvePublicKey,
         usage: x509.ObjectIdentifier,
         sans: list[x509.GeneralName],
         days: int,
@@ -354,7 +393,7 @@ class _Authority:
             x509.CertificateBuilder()
             .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)]))
             .issuer_name(self.cert.subject)
-            .public_key(key.public_key())
+            .public_key(key if isinstance(key, ec.EllipticCurvePublicKey) else key.public_key())
             .serial_number(x509.random_serial_number())
             .not_valid_before(now - BACKDATE)
             .not_valid_after(not_after)

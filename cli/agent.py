@@ -21,6 +21,7 @@ from cli.sim import sim_app
 
 if TYPE_CHECKING:
     from edge_agent.config import LoadedConfig
+    from edge_agent.contract.enrollment import Bundle
 
 app = program(
     "edge-agent",
@@ -133,8 +134,42 @@ def run(
 @app.command()
 def enroll(
     bundle: Annotated[
-        Path, typer.Argument(metavar="BUNDLE", help="the enrollment bundle from fleet provision")
-    ],
+        Path | None,
+        typer.Argument(
+            metavar="[BUNDLE]",
+            help="the enrollment bundle from fleet provision (or --token)",
+            show_default=False,
+        ),
+    ] = None,
+    token: Annotated[
+        str | None,
+        typer.Option(
+            "--token",
+            help="a one-time token from fleet provision GW --token: this gateway makes its "
+            "own key and the center signs it",
+        ),
+    ] = None,
+    gateway: Annotated[
+        str | None, typer.Option("--gateway", help="with --token: this gateway's id")
+    ] = None,
+    broker: Annotated[
+        str | None,
+        typer.Option("--broker", help="with --token: the broker's enrollment listener, mqtts://"),
+    ] = None,
+    ca_file: Annotated[
+        Path | None,
+        typer.Option(
+            "--ca-file",
+            help="with --token: the fleet's CA certificate (ca.crt), that the broker is "
+            "checked against",
+            exists=True,
+            dir_okay=False,
+        ),
+    ] = None,
+    wait: Annotated[
+        str,
+        typer.Option("--wait", help="with --token: how long to wait for the certificate (10m, 1h)"),
+    ] = "10m",
     folder: Annotated[
         Path, typer.Option("--dir", help="where the gateway's config and files go")
     ] = Path("/etc/edgefleet"),
@@ -151,12 +186,21 @@ def enroll(
     ] = None,
 ) -> None:
     """Install an enrollment bundle: the CA certificate, the gateway's certificate and key
-    (0600), the center's command key and a starter agent.yaml."""
+    (0600), the center's command key and a starter agent.yaml. With --token instead, make
+    the key here and have the center sign it (its answer is installed the same way)."""
     # loaded by the command that uses it: --help stays fast
     from edge_agent.enroll import EnrollError, install, read_bundle  # noqa: PLC0415
 
     try:
-        written = install(read_bundle(bundle), folder, force=force, owner=owner)
+        if token is not None:
+            if bundle is not None:
+                raise typer.BadParameter("a bundle or --token, not both")
+            got = _enroll_by_token(token, gateway, broker, ca_file, wait)
+        elif bundle is not None:
+            got = read_bundle(bundle)
+        else:
+            raise typer.BadParameter("give the BUNDLE from fleet provision, or --token")
+        written = install(got, folder, force=force, owner=owner)
     except EnrollError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(1) from None
@@ -170,7 +214,39 @@ def enroll(
     typer.echo("next:")
     for i, step in enumerate(steps, 1):
         typer.echo(f"  {i}. {step}")
-    typer.echo(f"then delete {bundle}: it holds the gateway's private key")
+    if bundle is not None:
+        typer.echo(f"then delete {bundle}: it holds the gateway's private key")
+
+
+def _enroll_by_token(
+    token: str, gateway: str | None, broker: str | None, ca_file: Path | None, wait: str
+) -> Bundle:
+    from edge_agent.contract.csr import TOKEN  # noqa: PLC0415
+    from edge_agent.contract.topics import GATEWAY_ID  # noqa: PLC0415
+    from edge_agent.durations import parse_duration  # noqa: PLC0415
+    from edge_agent.enroll_token import new_key, request_certificate  # noqa: PLC0415
+
+    for name, value in (("--gateway", gateway), ("--broker", broker), ("--ca-file", ca_file)):
+        if value is None:
+            raise typer.BadParameter(f"--token needs {name}")
+    assert gateway is not None and broker is not None and ca_file is not None
+    if not GATEWAY_ID.fullmatch(gateway):
+        raise typer.BadParameter(f"{gateway!r} is not a gateway id", param_hint="--gateway")
+    if not TOKEN.fullmatch(token):
+        raise typer.BadParameter("not a token of fleet provision --token", param_hint="--token")
+    try:
+        wait_s = parse_duration(wait)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--wait") from None
+    key = new_key(gateway)
+    typer.echo(f"gateway {gateway}: new key, sha256 {key.fingerprint}")
+
+    def pending(reason: str) -> None:
+        typer.echo(f"waiting: {reason}")
+
+    return request_certificate(
+        gateway, token, broker, ca_file, key, wait_s=wait_s, on_pending=pending
+    )
 
 
 app.command()(browse)

@@ -27,6 +27,7 @@ from cli.broker_options import (
 from cli.durations import length_option
 from cli.fleet_broker import broker_config
 from cli.fleet_cmd import cmd, commands
+from cli.fleet_enroll import central_enroll
 from cli.fleet_gateways import devices_app, gateways_app, status
 from cli.fleet_pki import ca_app, provision
 from cli.fleet_readings import readings
@@ -64,6 +65,7 @@ central_app = group("The central service.")
 alarms_app = group("Alarms raised at the edge: list, history, ack, shelve, reset.")
 keys_app = group("The center's command-signing key.")
 app.add_typer(central_app, name="central")
+central_app.command("enroll")(central_enroll)
 app.add_typer(gateways_app, name="gateways")
 app.add_typer(devices_app, name="devices")
 app.command("status")(status)

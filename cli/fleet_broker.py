@@ -54,6 +54,24 @@ def broker_config(
             callback=_bind_option,
         ),
     ] = "127.0.0.1",
+    enroll_port: Annotated[
+        int | None,
+        typer.Option(
+            "--enroll-port",
+            min=1,
+            max=65535,
+            help="an enrollment listener on this port, for fleet provision --token (TLS, "
+            "no client certificate, confined to enrollment) [default: none]",
+        ),
+    ] = None,
+    enroll_bind: Annotated[
+        str,
+        typer.Option(
+            "--enroll-bind",
+            help="the address the enrollment listener binds",
+            callback=_bind_option,
+        ),
+    ] = "127.0.0.1",
     topic_root: RootOpt = DEFAULT_ROOT,
     data_dir: Annotated[
         Path, typer.Option("--data-dir", help="where Mosquitto keeps its persistence file")
@@ -77,6 +95,8 @@ def broker_config(
             data_dir=data_dir,
             center_port=center_port,
             center_bind=center_bind,
+            enroll_port=enroll_port,
+            enroll_bind=enroll_bind,
         )
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from None

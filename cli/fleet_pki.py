@@ -12,6 +12,7 @@ from typing import Annotated
 import typer
 
 from cli.apps import group
+from cli.fleet_enroll import approve, issue_token, show_pending
 from cli.store_options import DEFAULT_DB, DbOpt, open_db
 from cli.topic_options import gateway_option
 
@@ -116,6 +117,42 @@ def tag_option(values: list[str] | None) -> list[str] | None:
     return values
 
 
+def _enrollment_request(
+    ctx: typer.Context,
+    verb: str,
+    gateway: str | None,
+    ca_dir: Path,
+    db: str,
+    site: str,
+    tags: dict[str, str],
+    broker: str,
+    days: int,
+    json_out: bool,
+) -> None:
+    if verb == "pending":
+        if gateway is not None:
+            raise typer.BadParameter("pending takes no gateway")
+        show_pending(ca_dir, json_out)
+        return
+    if gateway is None:
+        raise typer.BadParameter("approve which gateway? fleet provision approve GW")
+    gateway_option(gateway)
+    require_named_store(ctx, db)
+    approve(ca_dir, db, gateway, site, tags, broker, days)
+
+
+def _ttl(text: str) -> float:
+    from edge_agent.durations import parse_duration  # noqa: PLC0415
+
+    try:
+        seconds = parse_duration(text)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--token-ttl") from None
+    if not 60 <= seconds <= 90 * 86400:
+        raise typer.BadParameter("a token lasts 1 minute to 90 days", param_hint="--token-ttl")
+    return seconds
+
+
 def require_named_store(ctx: typer.Context, db: str) -> None:
     """Exit 1 unless the store is there or was named (``--db``, ``EDGEFLEET_DB``). Like
     every ``fleet`` command but ``fleet central run``, provision does not make a store it
@@ -138,8 +175,20 @@ def provision(
     ctx: typer.Context,
     gateway: Annotated[
         str,
-        typer.Argument(metavar="GW", help="the new gateway's id", callback=gateway_option),
+        typer.Argument(
+            metavar="GW",
+            help="the new gateway's id; or approve (then GW), or pending",
+            callback=gateway_option,
+        ),
     ],
+    approved: Annotated[
+        str | None,
+        typer.Argument(
+            metavar="[GW]",
+            help="after approve: the gateway whose request to sign",
+            show_default=False,
+        ),
+    ] = None,
     site: Annotated[str, typer.Option("--site", help="where the gateway is")] = "",
     tag: Annotated[
         list[str] | None,
@@ -160,10 +209,24 @@ def provision(
         int, typer.Option("--days", min=1, max=36500, help="how long the certificate lasts")
     ] = 825,
     force: ForceOpt = False,
+    token: Annotated[
+        bool,
+        typer.Option(
+            "--token",
+            help="make a one-time enrollment token instead of a bundle: the gateway makes "
+            "its own key, and fleet central enroll signs its request once",
+        ),
+    ] = False,
+    token_ttl: Annotated[
+        str, typer.Option("--token-ttl", help="how long the token stays good: 7d, 12h")
+    ] = "7d",
+    json_out: Annotated[bool, typer.Option("--json", help="pending: as JSON")] = False,
     db: DbOpt = DEFAULT_DB,
 ) -> None:
     """Issue a gateway's client certificate (CN = GW), record its identity in the registry
-    and write one enrollment bundle (0600) for `edge-agent enroll`."""
+    and write one enrollment bundle (0600) for `edge-agent enroll`; with --token, a
+    one-time token instead. `fleet provision pending` lists enrollment requests no token
+    vouches for; `fleet provision approve GW` signs one."""
     # cryptography and the store load for this command only
     from central.pki import (  # noqa: PLC0415
         CENTRAL_CN,
@@ -177,6 +240,12 @@ def provision(
     from edge_agent.contract import enrollment  # noqa: PLC0415
     from mqttlink.url import BrokerUrl  # noqa: PLC0415
 
+    tags = dict(t.partition("=")[::2] for t in tag or ())
+    if gateway in ("approve", "pending"):
+        _enrollment_request(ctx, gateway, approved, ca_dir, db, site, tags, broker, days, json_out)
+        return
+    if approved is not None:
+        raise typer.BadParameter(f"one gateway at a time: {approved!r} is one too many")
     if gateway == CENTRAL_CN or gateway.startswith("edgefleet-"):
         # the broker's ACL gives the center's name the center's rights
         raise typer.BadParameter(
@@ -191,12 +260,14 @@ def provision(
         raise typer.BadParameter(
             "a gateway's certificate is for a TLS listener: mqtts://", param_hint="--broker"
         )
+    if token:
+        issue_token(ca_dir, gateway, site, tags, broker, _ttl(token_ttl))
+        return
     require_named_store(ctx, db)
     bundle_path = out if out is not None else Path(f"{gateway}.bundle")
     if bundle_path.exists() and not force:
         typer.echo(f"error: {bundle_path} exists; not overwriting it (--force does)", err=True)
         raise typer.Exit(1)
-    tags = dict(t.partition("=")[::2] for t in tag or ())
     try:
         command_pub = (ca_dir / COMMAND_PUB).read_text()
         issued = issue_client(ca_dir, gateway, days)

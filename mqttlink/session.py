@@ -203,10 +203,13 @@ class Session:
         start_empty: bool = False,
         backoff: Backoff | None = None,
         loop: asyncio.AbstractEventLoop | None = None,
+        mount_point: str = "",
     ) -> None:
         """``name`` is how log lines name this session. ``loop``: run handlers there
         instead of on paho's thread. ``max_inflight``: QoS 1 messages sent and not yet
-        acknowledged (paho's default, 20, when None)."""
+        acknowledged (paho's default, 20, when None). ``mount_point``: the listener's
+        (Mosquitto's ``mount_point``), taken off the topics of messages that come with
+        it: Mosquitto 2.0.11 sends them so, though the client subscribed without it."""
         self.broker = broker
         self.name = name
         self._keepalive = keepalive_s
@@ -218,6 +221,7 @@ class Session:
         self._start_empty = start_empty
         self._backoff = backoff or Backoff(first_s=0.5, cap_s=2.0)
         self._loop = loop
+        self._mount = mount_point
         self._subs: list[tuple[Subscription, Handler]] = []
         self._forget: list[tuple[str, Handler | None]] = []
         self._pending: dict[int, Subscription] = {}  # SUBSCRIBE packet id -> subscription
@@ -563,6 +567,8 @@ class Session:
             return
         if self._manual_ack and msg.qos > 0:
             self._arrivals.arrived(msg.mid, msg.qos)
+        if self._mount and topic.startswith(self._mount):
+            topic = topic[len(self._mount) :]
         props = msg.properties
         message = Message(
             topic,

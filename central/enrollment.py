@@ -1,0 +1,332 @@
+"""Token enrollment and renewal, decided on the center: one-time tokens, requests waiting
+for an operator, and what to answer a certificate request (``edge_agent.contract.csr``).
+
+The CA folder (``central.pki``) keeps them, beside the CA key that signs::
+
+    enroll/tokens/GW.json    a one-time token for gateway GW (``fleet provision GW
+                             --token``): its SHA-256 only, when it expires, whether it
+                             was used, and the site, tags and broker of its starter config
+    enroll/pending/GW.json   a request no token vouches for: it waits for ``fleet
+                             provision approve GW``, never signed by itself
+
+Rules, in order, for an enrollment request of gateway GW:
+
+- a pending request of GW that an operator approved, for the same key: signed (the
+  certificate made at approval, sent now);
+- GW has a token: the request's token must be it (compared in constant time), unused and
+  unexpired; then the request is signed, the token marked used (before the answer goes
+  out: a second use is refused even if the first answer is lost), and the gateway
+  recorded in the registry with its new identity;
+- no token for GW: the request waits as pending (the newest one per gateway, at most
+  ``PENDING_MAX`` gateways): the answer says so, with the key's fingerprint to compare.
+
+A renewal (over the gateway's own certificate, so the broker vouches for the name) is
+signed if the gateway has a live identity and the key is new; the same key again gets
+the same certificate again (an answer lost on the way), and a gateway renews at most once
+per ``RENEW_MIN_INTERVAL_S``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import os
+import secrets
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from central.pki import (
+    CA_CERT,
+    COMMAND_PUB,
+    DEFAULT_CERT_DAYS,
+    PkiError,
+    request_key_fingerprint,
+    sign_request,
+)
+from central.revocation import ISSUED_DIR, record_issued
+from central.store.api import Store
+from central.store.rows import Identity
+from edge_agent.contract import enrollment
+from edge_agent.contract.csr import EnrollRequest, RenewRequest, Reply
+from edge_agent.contract.topics import check_gateway_id
+
+TOKENS_DIR = Path("enroll/tokens")
+PENDING_DIR = Path("enroll/pending")
+TOKEN_TTL_S = 7 * 86400
+PENDING_MAX = 1000
+RENEW_MIN_INTERVAL_S = 3600.0
+
+
+class EnrollmentError(Exception):
+    """An operator's enrollment command cannot be done; the message says why."""
+
+
+@dataclass
+class TokenRecord:
+    gateway: str
+    digest: str
+    """SHA-256 of the token, hex: the token itself is never kept."""
+    expires: float
+    site: str = ""
+    tags: dict[str, str] = field(default_factory=dict)
+    broker: str = ""
+    used: float | None = None
+
+
+@dataclass
+class Pending:
+    gateway: str
+    csr: str
+    key_fingerprint: str
+    first_seen: float
+    last_seen: float
+    requests: int = 1
+    approved: float | None = None
+    cert: str = ""
+    site: str = ""
+    tags: dict[str, str] = field(default_factory=dict)
+    broker: str = ""
+
+
+def new_token(
+    folder: Path,
+    gateway: str,
+    *,
+    site: str = "",
+    tags: dict[str, str] | None = None,
+    broker: str,
+    ttl_s: float = TOKEN_TTL_S,
+    now: float | None = None,
+) -> str:
+    """A new one-time token for ``gateway`` (one it had before is replaced); the token,
+    which is shown once and kept nowhere."""
+    token = secrets.token_urlsafe(24)  # 192 bits
+    now = time.time() if now is None else now
+    record = TokenRecord(gateway, _digest(token), now + ttl_s, site, dict(tags or {}), broker)
+    _write(folder / TOKENS_DIR / f"{check_gateway_id(gateway)}.json", asdict(record))
+    return token
+
+
+def pending(folder: Path) -> list[Pending]:
+    """The requests waiting for an operator, oldest first."""
+    where = folder / PENDING_DIR
+    out = [_pending(p) for p in sorted(where.glob("*.json"))] if where.is_dir() else []
+    return sorted((p for p in out if p is not None), key=lambda p: p.first_seen)
+
+
+def approve(
+    folder: Path,
+    store: Store,
+    gateway: str,
+    *,
+    site: str = "",
+    tags: dict[str, str] | None = None,
+    broker: str,
+    days: int = DEFAULT_CERT_DAYS,
+    now: float | None = None,
+) -> Pending:
+    """Sign gateway ``gateway``'s pending request and record its identity; the gateway
+    gets the certificate at its next try. ``EnrollmentError`` if none is pending."""
+    path = folder / PENDING_DIR / f"{check_gateway_id(gateway)}.json"
+    record = _pending(path)
+    if record is None:
+        raise EnrollmentError(f"no request of {gateway} is pending (fleet provision pending)")
+    if record.approved is not None:
+        return record
+    now = time.time() if now is None else now
+    issued = _issue(folder, store, gateway, record.csr.encode(), days, site, tags, now)
+    record.approved, record.cert = now, issued
+    record.site, record.tags, record.broker = site, dict(tags or {}), broker
+    _write(path, asdict(record))
+    return record
+
+
+def enroll(
+    folder: Path,
+    store: Store,
+    request: EnrollRequest,
+    *,
+    days: int = DEFAULT_CERT_DAYS,
+    now: float | None = None,
+) -> Reply:
+    """The answer to an enrollment request (see the module's rules)."""
+    now = time.time() if now is None else now
+    gw = request.gw
+    try:
+        fingerprint = request_key_fingerprint(request.csr.encode())
+    except PkiError as exc:
+        return Reply(gw, "refused", reason=str(exc))
+    pending_path = folder / PENDING_DIR / f"{gw}.json"
+    waiting = _pending(pending_path)
+    if waiting is not None and waiting.approved is not None:
+        if waiting.key_fingerprint != fingerprint:
+            return Reply(gw, "refused", reason="approved for another key: ask the operator")
+        pending_path.unlink(missing_ok=True)
+        return _signed(folder, gw, waiting.cert, waiting.site, waiting.tags, waiting.broker)
+    token_path = folder / TOKENS_DIR / f"{gw}.json"
+    token = _token(token_path)
+    if token is None:
+        return _wait(folder, pending_path, waiting, request, fingerprint, now)
+    if not hmac.compare_digest(token.digest, _digest(request.token)):
+        return Reply(gw, "refused", reason="not this gateway's token")
+    if token.used is not None:
+        return Reply(gw, "refused", reason="the token was used already: it works once")
+    if now > token.expires:
+        return Reply(gw, "refused", reason="the token expired (fleet provision GW --token)")
+    try:
+        cert = _issue(folder, store, gw, request.csr.encode(), days, token.site, token.tags, now)
+    except PkiError as exc:
+        return Reply(gw, "refused", reason=str(exc))
+    token.used = now
+    _write(token_path, asdict(token))  # used before anyone hears of the certificate
+    return _signed(folder, gw, cert, token.site, token.tags, token.broker)
+
+
+def renew(
+    folder: Path,
+    store: Store,
+    topic_gateway: str,
+    request: RenewRequest,
+    *,
+    days: int = DEFAULT_CERT_DAYS,
+    now: float | None = None,
+) -> Reply:
+    """The answer to a renewal request that came on ``topic_gateway``'s own topic."""
+    now = time.time() if now is None else now
+    gw = topic_gateway
+    if request.gw != gw:
+        return Reply(gw, "refused", reason=f"the request names {request.gw!r}, not {gw!r}")
+    live = [i for i in store.identities(gw) if i.revoked is None and i.kind == "certificate"]
+    if not live:
+        return Reply(gw, "refused", reason="no live identity in the registry (revoked?)")
+    try:
+        fingerprint = request_key_fingerprint(request.csr.encode())
+    except PkiError as exc:
+        return Reply(gw, "refused", reason=str(exc))
+    again = _issued_for_key(folder, gw, fingerprint)
+    if again is not None:
+        return Reply(gw, "signed", cert=again)
+    if now - max(i.issued for i in live) < RENEW_MIN_INTERVAL_S:
+        return Reply(gw, "refused", reason="renewed less than an hour ago")
+    try:
+        cert = _issue(folder, store, gw, request.csr.encode(), days, None, None, now)
+    except PkiError as exc:
+        return Reply(gw, "refused", reason=str(exc))
+    return Reply(gw, "signed", cert=cert)
+
+
+def _issue(
+    folder: Path,
+    store: Store,
+    gw: str,
+    csr: bytes,
+    days: int,
+    site: str | None,
+    tags: dict[str, str] | None,
+    now: float,
+) -> str:
+    issued = sign_request(folder, gw, csr, days)
+    record_issued(folder, gw, issued.cert_pem)
+    store.add_identity(
+        Identity(gw, "certificate", issued.fingerprint, now, issued.not_after),
+        site=site or None,
+        tags=tags or None,
+    )
+    return issued.cert_pem.decode()
+
+
+def _signed(
+    folder: Path, gw: str, cert: str, site: str, tags: dict[str, str], broker: str
+) -> Reply:
+    files = {
+        enrollment.CA_FILE: (folder / CA_CERT).read_text(),
+        enrollment.CERT_FILE: cert,
+        enrollment.COMMAND_KEY_FILE: (folder / COMMAND_PUB).read_text(),
+        enrollment.CONFIG_FILE: enrollment.starter_config(gw, site, tags, broker),
+    }
+    return Reply(gw, "signed", broker=broker, files=files)
+
+
+def _wait(
+    folder: Path,
+    path: Path,
+    waiting: Pending | None,
+    request: EnrollRequest,
+    fingerprint: str,
+    now: float,
+) -> Reply:
+    gw = request.gw
+    if waiting is None:
+        where = folder / PENDING_DIR
+        if where.is_dir() and sum(1 for _ in where.glob("*.json")) >= PENDING_MAX:
+            return Reply(gw, "refused", reason="too many requests wait for an operator")
+        waiting = Pending(gw, request.csr, fingerprint, now, now, requests=0)
+    if waiting.key_fingerprint != fingerprint:  # a newer request: the newest waits
+        waiting.csr, waiting.key_fingerprint = request.csr, fingerprint
+    waiting.last_seen, waiting.requests = now, waiting.requests + 1
+    _write(path, asdict(waiting))
+    return Reply(
+        gw,
+        "pending",
+        reason=f"waiting for an operator: fleet provision approve {gw} (key sha256 {fingerprint})",
+    )
+
+
+def _issued_for_key(folder: Path, gw: str, fingerprint: str) -> str | None:
+    """The certificate on record as issued to ``gw`` for the key ``fingerprint``, if any."""
+    # cryptography: the center's, loaded with central.pki already
+    from cryptography import x509  # noqa: PLC0415
+    from cryptography.hazmat.primitives import serialization  # noqa: PLC0415
+
+    where = folder / ISSUED_DIR / gw
+    for path in sorted(where.glob("*.pem")) if where.is_dir() else ():
+        pem = path.read_bytes()
+        key = x509.load_pem_x509_certificate(pem).public_key()
+        spki = key.public_bytes(
+            serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+        if hashlib.sha256(spki).hexdigest() == fingerprint:
+            return pem.decode()
+    return None
+
+
+def _digest(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def _token(path: Path) -> TokenRecord | None:
+    obj = _read(path)
+    return None if obj is None else TokenRecord(**obj)
+
+
+def _pending(path: Path) -> Pending | None:
+    obj = _read(path)
+    return None if obj is None else Pending(**obj)
+
+
+def _read(path: Path) -> dict[str, Any] | None:
+    try:
+        obj = json.loads(path.read_text())
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as exc:
+        raise EnrollmentError(f"{path} cannot be read: {exc}") from None
+    if not isinstance(obj, dict):
+        raise EnrollmentError(f"{path} is not a record of this release")
+    return obj
+
+
+def _write(path: Path, obj: dict[str, Any]) -> None:
+    """``obj`` into ``path`` by a rename, 0600 (a token's hash is no secret, but the folder
+    is the CA's)."""
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        json.dump(obj, f)
+        f.flush()
+        os.fsync(f.fileno())
+    tmp.replace(path)

@@ -1,0 +1,166 @@
+"""The center's signing service (``fleet central enroll``): answers certificate requests,
+token enrollments from the broker's enrollment listener and renewals from gateways'
+own topics (``edge_agent.contract.csr``), by the rules of ``central.enrollment``.
+
+It is a process of its own, apart from ingest: the CA's key is in memory only here. One
+session, on the center's listener; requests are answered one at a time, at most
+``RATE_PER_S`` a second (a burst of ``BURST``): a flood of requests from clients without
+a certificate costs the center a bounded amount of work and disk, and the rest are
+dropped, counted and said once a minute.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from central import enrollment
+from central.pki import DEFAULT_CERT_DAYS
+from central.store.api import Store
+from central.store.errors import StoreError
+from edge_agent.contract.csr import (
+    CsrError,
+    EnrollRequest,
+    RenewRequest,
+    Reply,
+    certificate_topic,
+    mounted,
+    reply_topic,
+    request_topic,
+)
+from edge_agent.contract.topics import GATEWAY_ID, Topics
+from mqttlink.session import Message, Session, Subscription
+from mqttlink.url import Broker
+
+log = logging.getLogger(__name__)
+
+RATE_PER_S = 20.0
+BURST = 50
+DROPPED_LOG_S = 60.0
+
+
+@dataclass
+class SignerStats:
+    signed: int = 0
+    pending: int = 0
+    refused: int = 0
+    malformed: int = 0
+    dropped: int = 0
+
+
+class Signer:
+    def __init__(
+        self,
+        store: Store,
+        ca_dir: Path,
+        broker: Broker,
+        topics: Topics,
+        *,
+        client_id: str = "edgefleet-central-enroll",
+        days: int = DEFAULT_CERT_DAYS,
+    ) -> None:
+        self.store = store
+        self.ca_dir = ca_dir
+        self.topics = topics
+        self.days = days
+        self.stats = SignerStats()
+        self.ready = threading.Event()
+        self._lock = threading.Lock()
+        self._tokens = float(BURST)
+        self._refilled = time.monotonic()
+        self._dropped_logged = 0.0
+        self._session = Session(broker, client_id=client_id, name="central-enroll")
+        self._session.on_up(lambda _present: self.ready.set())
+        self._session.on_down(lambda _why: self.ready.clear())
+        self._session.subscribe(
+            Subscription(mounted(request_topic(topics)), qos=1), self._on_enroll
+        )
+        renewals = f"{topics.root}/gw/+/csr"
+        self._session.subscribe(Subscription(renewals, qos=1), self._on_renew)
+
+    def start(self) -> None:
+        self._session.start()
+
+    def close(self) -> None:
+        self._session.close()
+
+    def _admit(self) -> bool:
+        """The token bucket: whether this request may be answered now."""
+        now = time.monotonic()
+        self._tokens = min(BURST, self._tokens + (now - self._refilled) * RATE_PER_S)
+        self._refilled = now
+        if self._tokens >= 1:
+            self._tokens -= 1
+            return True
+        self.stats.dropped += 1
+        if now - self._dropped_logged > DROPPED_LOG_S:
+            self._dropped_logged = now
+            log.warning(
+                "certificate requests come faster than %g a second: %d dropped so far",
+                RATE_PER_S,
+                self.stats.dropped,
+            )
+        return False
+
+    def _on_enroll(self, msg: Message) -> None:
+        with self._lock:
+            if not self._admit():
+                return
+            try:
+                request = EnrollRequest.decode(msg.payload)
+            except CsrError as exc:
+                self.stats.malformed += 1
+                log.info("an enrollment request that is not one: %s", exc)
+                return
+            reply = self._answer(
+                lambda: enrollment.enroll(self.ca_dir, self.store, request, days=self.days)
+            )
+            if reply is None:
+                return
+            topic = mounted(reply_topic(self.topics, request.nonce))
+            self._session.publish(topic, reply.encode(), qos=1)
+
+    def _on_renew(self, msg: Message) -> None:
+        parts = msg.topic.split("/")
+        gw = parts[-2] if len(parts) >= 2 else ""
+        if not GATEWAY_ID.fullmatch(gw):
+            return
+        with self._lock:
+            if not self._admit():
+                return
+            try:
+                request = RenewRequest.decode(msg.payload)
+            except CsrError as exc:
+                self.stats.malformed += 1
+                log.info("a renewal request of %s that is not one: %s", gw, exc)
+                return
+            reply = self._answer(
+                lambda: enrollment.renew(self.ca_dir, self.store, gw, request, days=self.days)
+            )
+            if reply is not None:
+                self._session.publish(certificate_topic(self.topics, gw), reply.encode(), qos=1)
+
+    def _answer(self, decide: Callable[[], Reply]) -> Reply | None:
+        try:
+            reply = decide()
+        except (StoreError, enrollment.EnrollmentError, OSError) as exc:
+            # nothing answered: the gateway asks again, and may be answered then
+            log.warning("cannot answer a certificate request now: %s", exc)
+            return None
+        setattr(self.stats, reply.status, getattr(self.stats, reply.status) + 1)
+        why = f" ({reply.reason})" if reply.status == "refused" else ""
+        log.info("certificate request of %s: %s%s", reply.gw, reply.status, why)
+        return reply
+
+
+def run_signer(signer: Signer, stop: threading.Event) -> int:
+    signer.start()
+    try:
+        stop.wait()
+    finally:
+        signer.close()
+    return 0

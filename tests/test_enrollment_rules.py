@@ -1,0 +1,160 @@
+"""The center's rules for certificate requests (``central.enrollment``), in-process on a
+real CA folder and a real SQLite store: tokens once and until they expire, requests no
+token vouches for waiting, renewals only for a live identity, a new key, once an hour."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+
+from central import enrollment
+from central.enrollment import EnrollmentError
+from central.pki import init_ca
+from central.store.sqlite import SqliteStore
+from edge_agent.contract.csr import CsrError, EnrollRequest, RenewRequest, Reply
+from edge_agent.enroll_token import new_key
+
+BROKER = "mqtts://127.0.0.1:8883"
+NONCE = "0" * 32
+T0 = 1_800_000_000.0
+
+
+@pytest.fixture
+def ca(tmp_path: Path) -> Path:
+    init_ca(tmp_path / "ca")
+    return tmp_path / "ca"
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[SqliteStore]:
+    s = SqliteStore(tmp_path / "central.db")
+    yield s
+    s.close()
+
+
+def request(gw: str, token: str, csr: str | None = None) -> EnrollRequest:
+    return EnrollRequest(gw, token, NONCE, csr or new_key(gw).csr_pem)
+
+
+def cert_key(reply: Reply) -> bytes:
+    pem = reply.cert or (reply.files or {})["gateway.crt"]
+    key = x509.load_pem_x509_certificate(pem.encode()).public_key()
+    return key.public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo)
+
+
+def test_a_token_is_good_once_and_until_it_expires(ca: Path, store: SqliteStore) -> None:
+    token = enrollment.new_token(ca, "gw-1", broker=BROKER, ttl_s=60, now=T0)
+    late = enrollment.enroll(ca, store, request("gw-1", token), now=T0 + 61)
+    assert (late.status, "expired" in late.reason) == ("refused", True)
+    token = enrollment.new_token(ca, "gw-1", site="north", broker=BROKER, now=T0)
+    first = enrollment.enroll(ca, store, request("gw-1", token), now=T0 + 1)
+    assert first.status == "signed" and first.broker == BROKER
+    assert "north" in (first.files or {})["agent.yaml"]
+    second = enrollment.enroll(ca, store, request("gw-1", token), now=T0 + 2)
+    assert (second.status, "used already" in second.reason) == ("refused", True)
+    assert [i.gateway for i in store.identities()] == ["gw-1"]
+    # another gateway's token is not this one's
+    other = enrollment.new_token(ca, "gw-2", broker=BROKER, now=T0)
+    assert enrollment.enroll(ca, store, request("gw-3", other), now=T0).status == "pending"
+    wrong = enrollment.enroll(ca, store, request("gw-2", "x" * 32), now=T0)
+    assert (wrong.status, wrong.reason) == ("refused", "not this gateway's token")
+
+
+def test_a_request_without_a_token_waits_and_only_the_approved_key_is_signed(
+    ca: Path, store: SqliteStore
+) -> None:
+    key = new_key("gw-9")
+    ask = request("gw-9", "t" * 32, key.csr_pem)
+    assert enrollment.enroll(ca, store, ask, now=T0).status == "pending"
+    assert enrollment.enroll(ca, store, ask, now=T0 + 5).status == "pending"
+    (waiting,) = enrollment.pending(ca)
+    assert (waiting.key_fingerprint, waiting.requests) == (key.fingerprint, 2)
+    assert store.identities("gw-9") == []
+    with pytest.raises(EnrollmentError):
+        enrollment.approve(ca, store, "gw-unknown", broker=BROKER)
+    enrollment.approve(ca, store, "gw-9", broker=BROKER, site="south")
+    # another key asking in its name after the approval is refused, the approved one signed
+    stranger = enrollment.enroll(ca, store, request("gw-9", "t" * 32), now=T0 + 6)
+    assert stranger.status == "refused"
+    signed = enrollment.enroll(ca, store, ask, now=T0 + 7)
+    assert signed.status == "signed"
+    assert enrollment.pending(ca) == []
+    assert [i.gateway for i in store.identities()] == ["gw-9"]
+
+
+def test_requests_waiting_are_capped(
+    ca: Path, store: SqliteStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(enrollment, "PENDING_MAX", 3)
+    csr = new_key("x").csr_pem
+    replies = [enrollment.enroll(ca, store, request(f"gw-{i}", "t" * 32, csr)) for i in range(5)]
+    assert [r.status for r in replies] == ["pending"] * 3 + ["refused"] * 2
+    assert len(enrollment.pending(ca)) == 3
+
+
+def test_a_renewal_needs_a_live_identity_a_new_key_and_an_hour(
+    ca: Path, store: SqliteStore
+) -> None:
+    token = enrollment.new_token(ca, "gw-1", broker=BROKER, now=T0)
+    assert enrollment.enroll(ca, store, request("gw-1", token), now=T0).status == "signed"
+    renewal = RenewRequest("gw-1", new_key("gw-1").csr_pem)
+    soon = enrollment.renew(ca, store, "gw-1", renewal, now=T0 + 60)
+    assert (soon.status, "an hour" in soon.reason) == ("refused", True)
+    later = enrollment.renew(ca, store, "gw-1", renewal, now=T0 + 7200)
+    assert later.status == "signed"
+    # the same request again (its answer lost): the same certificate, no new identity
+    again = enrollment.renew(ca, store, "gw-1", renewal, now=T0 + 7300)
+    assert again.status == "signed" and cert_key(again) == cert_key(later)
+    assert again.cert == later.cert
+    assert len(store.identities("gw-1")) == 2
+    # on another gateway's topic, or for a gateway revoked or never seen: refused
+    assert enrollment.renew(ca, store, "gw-2", renewal).status == "refused"
+    assert enrollment.renew(ca, store, "gw-7", RenewRequest("gw-7", renewal.csr)).status == (
+        "refused"
+    )
+    store.revoke_identities("gw-1", T0 + 8000)
+    fresh = RenewRequest("gw-1", new_key("gw-1").csr_pem)
+    gone = enrollment.renew(ca, store, "gw-1", fresh, now=T0 + 20000)
+    assert (gone.status, "revoked" in gone.reason) == ("refused", True)
+
+
+def test_the_contract_refuses_what_is_not_a_request() -> None:
+    for payload in (
+        b"{}",
+        b"not json",
+        b'{"format": "edgefleet-csr/1", "gw": "a/b", "token": "t", "reply": "0", "csr": ""}',
+        b"x" * 100_000,
+    ):
+        with pytest.raises(CsrError):
+            EnrollRequest.decode(payload)
+    good = request("gw-1", "t" * 32)
+    assert EnrollRequest.decode(good.encode()) == good
+    with pytest.raises(CsrError):
+        EnrollRequest.decode(good.encode().replace(NONCE.encode(), b"../../etc"))
+
+
+def test_a_request_for_another_key_type_or_not_signed_by_its_key_is_refused(
+    ca: Path, store: SqliteStore
+) -> None:
+    from cryptography.hazmat.primitives import hashes, serialization  # noqa: PLC0415
+    from cryptography.hazmat.primitives.asymmetric import rsa  # noqa: PLC0415
+    from cryptography.x509.oid import NameOID  # noqa: PLC0415
+
+    rsa_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    csr = (
+        x509.CertificateSigningRequestBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "gw-1")]))
+        .sign(rsa_key, hashes.SHA256())
+        .public_bytes(serialization.Encoding.PEM)
+        .decode()
+    )
+    token = enrollment.new_token(ca, "gw-1", broker=BROKER)
+    refused = enrollment.enroll(ca, store, request("gw-1", token, csr))
+    assert (refused.status, "P-256" in refused.reason) == ("refused", True)
+    # the token is still good: a refused request does not use it up
+    assert enrollment.enroll(ca, store, request("gw-1", token)).status == "signed"
+    assert len(store.identities("gw-1")) == 1

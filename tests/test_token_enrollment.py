@@ -1,0 +1,266 @@
+"""Token enrollment through a real Mosquitto on the config ``fleet broker-config
+--enroll-port`` writes, with the real ``fleet central enroll`` signing and the real
+``edge-agent enroll --token`` making its own key: a token works once; a request no token
+vouches for waits until ``fleet provision approve``; the enrollment listener's clients
+(no certificate) reach nothing of the fleet; the enrolled gateway then runs over TLS."""
+
+from __future__ import annotations
+
+import json
+import ssl
+import stat
+import subprocess
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import paho.mqtt.client as mqtt
+import pytest
+from cryptography import x509
+from cryptography.x509.oid import NameOID
+from paho.mqtt.enums import CallbackAPIVersion
+
+from central.store.sqlite import SqliteStore
+from edge_agent.contract.topics import Channel, Topics
+from tests.support import BIN, Broker, Process, free_port, port_open, run_cli, wait_for
+
+pytestmark = pytest.mark.hil
+
+TOPICS = Topics()
+GW = "gw-token"
+NOT_AUTHORIZED = 0x87
+
+
+@dataclass
+class Center:
+    ca: Path
+    db: Path
+    port: int
+    center_port: int
+    enroll_port: int
+    broker: Broker
+    signer: Process
+
+
+@pytest.fixture
+def center(tmp_path: Path) -> Iterator[Center]:
+    ca, db = tmp_path / "ca", tmp_path / "central.db"
+    assert run_cli("fleet", "ca", "init", "--dir", str(ca)).returncode == 0
+    SqliteStore(db).close()
+    port, center_port, enroll_port = free_port(), free_port(), free_port()
+    conf, data, run = tmp_path / "broker-config", tmp_path / "broker-data", tmp_path / "broker"
+    data.mkdir()
+    run.mkdir()
+    made = run_cli(
+        "fleet", "broker-config", "--out", str(conf), "--ca-dir", str(ca), "--port", str(port),
+        "--center-port", str(center_port), "--enroll-port", str(enroll_port),
+        "--data-dir", str(data),
+    )  # fmt: skip
+    assert made.returncode == 0, made.stderr
+    broker = Broker(run, port, config=conf / "mosquitto.conf").start()
+    wait_for(lambda: port_open(enroll_port), 10, what="the enrollment listener")
+    args = ["central", "enroll", "--ca-dir", str(ca), "--db", str(db)]
+    args += ["--broker", f"mqtts://127.0.0.1:{center_port}", "--ca-file", str(ca / "ca.crt")]
+    args += ["--cert-file", str(ca / "central.crt"), "--key-file", str(ca / "central.key")]
+    signer = Process(
+        "fleet",
+        args,
+        tmp_path / "signer.log",
+    ).start()
+    try:
+        wait_for(lambda: "signing service" in signer.output(), 15, what="the signing service")
+        yield Center(ca, db, port, center_port, enroll_port, broker, signer)
+    finally:
+        signer.stop()
+        broker.stop()
+
+
+def token_for(center: Center, gw: str) -> str:
+    out = run_cli(
+        "fleet", "provision", gw, "--token", "--ca-dir", str(center.ca), "--site", "bench",
+        "--broker", f"mqtts://127.0.0.1:{center.port}",
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    return out.stdout.splitlines()[1]
+
+
+def enroll_args(center: Center, gw: str, token: str, folder: Path) -> list[str]:
+    return [
+        "enroll", "--token", token, "--gateway", gw, "--dir", str(folder), "--wait", "30s",
+        "--broker", f"mqtts://127.0.0.1:{center.enroll_port}",
+        "--ca-file", str(center.ca / "ca.crt"),
+    ]  # fmt: skip
+
+
+def enroll(center: Center, gw: str, token: str, folder: Path) -> subprocess.CompletedProcess[str]:
+    return run_cli("edge-agent", *enroll_args(center, gw, token, folder), timeout=60)
+
+
+def common_name(path: Path) -> str:
+    cert = x509.load_pem_x509_certificate(path.read_bytes())
+    return str(cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value)
+
+
+def test_a_token_enrolls_once_and_the_gateway_then_runs_over_tls(
+    center: Center, tmp_path: Path
+) -> None:
+    token = token_for(center, GW)
+    etc = tmp_path / "etc"
+    done = enroll(center, GW, token, etc)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "new key, sha256" in done.stdout
+    assert common_name(etc / "gateway.crt") == GW
+    assert stat.S_IMODE((etc / "gateway.key").stat().st_mode) == 0o600
+    assert token not in (etc / "agent.yaml").read_text()
+    store = SqliteStore(center.db)
+    try:
+        (identity,) = store.identities(GW)
+        assert identity.kind == "certificate" and identity.revoked is None
+        gateway = store.gateway(GW)
+        assert gateway is not None and gateway.site == "bench"
+    finally:
+        store.close()
+    # the token works once: the same token again, even with a new key, is refused
+    again = enroll(center, GW, token, tmp_path / "etc2")
+    assert again.returncode == 1 and "used already" in again.stderr, again.stderr
+    assert not (tmp_path / "etc2" / "gateway.key").exists()
+
+    # the enrolled gateway: its config passes check, and the agent connects over mTLS as
+    # itself (its retained state reaches the center)
+    checked = run_cli("edge-agent", "check", "-c", str(etc / "agent.yaml"))
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    states: list[bytes] = []
+    watcher = center_client(center, states)
+    agent = Process("edge-agent", ["run", "-c", str(etc / "agent.yaml")], tmp_path / "agent.log")
+    config = (etc / "agent.yaml").read_text()
+    (etc / "agent.yaml").write_text(
+        config.replace("/var/lib/edgefleet/outbox.db", str(tmp_path / "outbox.db"))
+    )
+    agent.start()
+    try:
+        wait_for(
+            lambda: any(json.loads(s).get("online") is True for s in states if s),
+            20,
+            what="the token-enrolled gateway online at the center",
+        )
+    finally:
+        agent.stop()
+        watcher.loop_stop()
+        watcher.disconnect()
+
+
+def center_client(center: Center, states: list[bytes]) -> mqtt.Client:
+    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="test-watch", protocol=mqtt.MQTTv5)
+    client.tls_set(
+        ca_certs=str(center.ca / "ca.crt"),
+        certfile=str(center.ca / "central.crt"),
+        keyfile=str(center.ca / "central.key"),
+    )
+    client.on_message = lambda _c, _u, msg: states.append(bytes(msg.payload))
+    client.connect("127.0.0.1", center.center_port)
+    client.subscribe(TOPICS.gw(GW, Channel.STATE), qos=1)
+    client.loop_start()
+    return client
+
+
+def test_a_wrong_or_expired_token_is_refused_and_installs_nothing(
+    center: Center, tmp_path: Path
+) -> None:
+    token_for(center, GW)
+    wrong = enroll(center, GW, "A" * 32, tmp_path / "etc")
+    assert wrong.returncode == 1 and "not this gateway's token" in wrong.stderr, wrong.stderr
+    assert not (tmp_path / "etc").exists()
+    short = run_cli(
+        "fleet", "provision", "gw-short", "--token", "--token-ttl", "1s", "--ca-dir",
+        str(center.ca),
+    )  # fmt: skip
+    assert short.returncode == 2 and "1 minute" in short.stderr, short.stderr
+
+
+def test_a_request_no_token_vouches_for_waits_until_an_operator_approves_it(
+    center: Center, tmp_path: Path
+) -> None:
+    etc = tmp_path / "etc"
+    gw = "gw-walk-in"
+    with (tmp_path / "enroll.log").open("w") as log:
+        proc = subprocess.Popen(
+            [str(BIN / "edge-agent"), *enroll_args(center, gw, "B" * 32, etc)],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+    try:
+        wait_for(lambda: "waiting" in (tmp_path / "enroll.log").read_text(), 30, what="pending")
+        printed = (tmp_path / "enroll.log").read_text()
+        fingerprint = printed.split("sha256 ", 1)[1].split()[0]
+        listed = run_cli("fleet", "provision", "pending", "--ca-dir", str(center.ca), "--json")
+        assert listed.returncode == 0, listed.stderr
+        (waiting,) = json.loads(listed.stdout)
+        assert (waiting["gateway"], waiting["key_sha256"]) == (gw, fingerprint)
+        assert not etc.exists()  # never signed by itself
+        approved = run_cli(
+            "fleet", "provision", "approve", gw, "--ca-dir", str(center.ca),
+            "--db", str(center.db), "--broker", f"mqtts://127.0.0.1:{center.port}",
+        )  # fmt: skip
+        assert approved.returncode == 0, approved.stderr
+        assert proc.wait(30) == 0, (tmp_path / "enroll.log").read_text()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(5)
+    assert common_name(etc / "gateway.crt") == gw
+    listed = run_cli("fleet", "provision", "pending", "--ca-dir", str(center.ca), "--json")
+    assert json.loads(listed.stdout) == []
+
+
+def test_a_client_of_the_enrollment_listener_reaches_nothing_of_the_fleet(
+    center: Center,
+) -> None:
+    """No certificate: it may write a request and read answers, nothing else (its topics
+    are mounted apart, so that even the pattern every gateway may write to is not its)."""
+    acked: dict[int, int] = {}
+    got: list[str] = []
+    connected = threading.Event()
+    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="intruder", protocol=mqtt.MQTTv5)
+    client.tls_set(ca_certs=str(center.ca / "ca.crt"), cert_reqs=ssl.CERT_REQUIRED)
+    client.on_connect = lambda *_: connected.set()
+    client.on_publish = lambda _c, _u, mid, rc, _p: acked.__setitem__(mid, rc.value)
+    client.on_message = lambda _c, _u, msg: got.append(msg.topic)
+    client.connect("127.0.0.1", center.enroll_port)
+    client.loop_start()
+    try:
+        assert connected.wait(10)
+        client.subscribe([("#", 1), (TOPICS.gw(GW, Channel.CMD), 1)])
+        forbidden = [TOPICS.gw(GW, ch) for ch in (Channel.TELEMETRY, Channel.ACK, Channel.CMD)]
+        forbidden += [f"{TOPICS.root}/center/reply/r1", f"{TOPICS.root}/gw/{GW}/csr"]
+        for topic in forbidden:
+            mid = client.publish(topic, b"forged", qos=1).mid
+            code = wait_for(lambda m=mid: acked.get(m), 10, what=f"PUBACK of {topic}")
+            assert code == NOT_AUTHORIZED, topic
+        # and the certificate listeners refuse it without a certificate
+        for port in (center.port, center.center_port):
+            assert not connects_without_certificate(center, port), port
+    finally:
+        client.loop_stop()
+        client.disconnect()
+    assert got == []
+
+
+def connects_without_certificate(center: Center, port: int) -> bool:
+    """Whether a client without a certificate gets a CONNACK on ``port`` within 3 s (TLS
+    1.3 lets the client finish its handshake before the broker reads that it has none)."""
+    ok = threading.Event()
+    plain = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
+    plain.tls_set(ca_certs=str(center.ca / "ca.crt"))
+    plain.on_connect = lambda _c, _u, _f, rc, _p: ok.set() if rc.value == 0 else None
+    try:
+        plain.connect("127.0.0.1", port)
+    except (OSError, ssl.SSLError):
+        return False
+    plain.loop_start()
+    try:
+        return ok.wait(3)
+    finally:
+        plain.loop_stop()
+        plain.disconnect()
