@@ -86,6 +86,7 @@ def run(
     log_level: Annotated[str, typer.Option(help="debug, info, warning or error")] = "info",
 ) -> None:
     """Run the agent: poll devices, keep every reading in the outbox, publish to the center."""
+    _finish_certificate_swap(config)
     loaded = load_config_or_exit(config, host=True)
     exit_if_outbox_path_is_wrong(config, loaded)
     logging.basicConfig(
@@ -216,6 +217,19 @@ def enroll(
         typer.echo(f"  {i}. {step}")
     if bundle is not None:
         typer.echo(f"then delete {bundle}: it holds the gateway's private key")
+
+
+def _finish_certificate_swap(config: Path) -> None:
+    """A renewal a stop cut between its two renames is finished before the host pass
+    looks at the certificate and key (``edge_agent.renewal``)."""
+    files = load_config_or_exit(config).config.central.files
+    if files.cert_file is not None and files.key_file is not None:
+        from edge_agent.renewal import finish_swap  # noqa: PLC0415
+
+        try:
+            finish_swap(files.cert_file, files.key_file)
+        except OSError as exc:  # the host pass says what is wrong with the files
+            logging.getLogger("edge_agent").error("cannot finish a certificate swap: %s", exc)
 
 
 def _enroll_by_token(

@@ -29,6 +29,7 @@ from edge_agent.gateway_commands import GatewayCommands
 from edge_agent.health import HealthReporter
 from edge_agent.outbox import AgentOutbox
 from edge_agent.polling import DevicePoller
+from edge_agent.renewal import CertFiles, Renewer
 from edge_agent.runtime import AgentRun, Presence
 from edge_agent.sender import Sender
 from edge_agent.uplink import Uplink
@@ -174,6 +175,18 @@ async def _run(
         outbox.stream_id,
         central.broker,
     )
+    files = central.files
+    more: list[Renewer] = []
+    if files.cert_file is not None and files.key_file is not None:
+        more.append(
+            Renewer(
+                gateway=gw,
+                topics=topics,
+                uplink=uplink,
+                files=CertFiles(files.cert_file, files.key_file, files.ca_file),
+                renew_before_s=central.renew_before,
+            )
+        )
     run = AgentRun(
         gateway=gw,
         outbox=outbox,
@@ -185,6 +198,7 @@ async def _run(
         alarms=alarms,
         health=health,
         first_closed=() if metrics is None else (metrics,),
+        more=more,
     )
     await run.run(stop)
     return gateway_commands.restart_requested

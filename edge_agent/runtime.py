@@ -142,6 +142,12 @@ class Closes(Protocol):
     async def aclose(self) -> None: ...
 
 
+class Runs(Protocol):
+    """A part with a task of its own that runs until cancelled (the certificate renewer)."""
+
+    async def run(self) -> None: ...
+
+
 class AgentRun:
     """The agent's parts, once wired: runs their tasks, and owns the order of the stop."""
 
@@ -158,6 +164,7 @@ class AgentRun:
         alarms: AlarmService,
         health: HealthReporter,
         first_closed: Sequence[Closes] = (),
+        more: Sequence[Runs] = (),
     ) -> None:
         """``first_closed``: what reads the other parts from outside (the metrics
         endpoint), closed before anything else stops."""
@@ -171,6 +178,7 @@ class AgentRun:
         self._sender = sender
         self._alarms = alarms
         self._health = health
+        self._more = list(more)
 
     async def run(self, stop: asyncio.Event) -> None:
         """Until ``stop`` is set, or a task fails (raised as ``RuntimeError``)."""
@@ -181,6 +189,7 @@ class AgentRun:
             asyncio.create_task(self._sender.run(), name="sender"),
             asyncio.create_task(self._health.run(), name="health"),
             asyncio.create_task(self._alarms.run(), name="alarms"),
+            *(asyncio.create_task(part.run(), name=type(part).__name__) for part in self._more),
         ]
         stop_task = asyncio.create_task(stop.wait(), name="stop")
         try:

@@ -71,6 +71,14 @@ class GatewayConfig(Frozen):
     tags: dict[str, str] = Field(default_factory=dict)
 
 
+def _duration(value: object) -> object:
+    """Text through the one duration parser (``7d``); a YAML number is seconds already."""
+    return parse_duration(value) if isinstance(value, str) else value
+
+
+Duration = Annotated[float, BeforeValidator(_duration), Field(gt=0)]
+
+
 class TlsFiles(Frozen):
     """``central: tls:``, the files of a TLS client certificate (``edge-agent enroll``
     installs them); paths relative to the config file."""
@@ -116,6 +124,10 @@ class Central(Frozen):
     )
     reconnect_max_s: float = Field(
         default=2.0, ge=0.5, le=300, description="cap of the jittered reconnect backoff"
+    )
+    renew_before: Duration = Field(
+        default=30 * 86400,
+        description="a client certificate is renewed in band this long before it expires",
     )
 
     @field_validator("url")
@@ -168,14 +180,6 @@ class Central(Frozen):
     def broker(self) -> Broker:
         """The settings the uplink connects with (files are read at each connect)."""
         return broker_of(self.files)
-
-
-def _duration(value: object) -> object:
-    """Text through the one duration parser (``7d``); a YAML number is seconds already."""
-    return parse_duration(value) if isinstance(value, str) else value
-
-
-Duration = Annotated[float, BeforeValidator(_duration), Field(gt=0)]
 
 
 class OutboxConfig(Frozen):

@@ -1,0 +1,166 @@
+"""A gateway renews its certificate in band before it expires, against a real Mosquitto on
+the generated config, the real ``fleet central enroll`` signing and the real agent: the
+new key and certificate replace the files, the agent reconnects with them after the
+broker restarts, and no reading is lost on the way. A swap a stop cut short is finished
+at the next start."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+from cryptography import x509
+
+from central.pki import issue_client
+from central.revocation import record_issued
+from central.store.rows import Identity
+from central.store.sqlite import SqliteStore
+from edge_agent.renewal import finish_swap
+from tests.rig import GW, devices_yaml
+from tests.support import (
+    Broker,
+    Central,
+    Process,
+    ThreadedDevice,
+    free_port,
+    port_open,
+    run_cli,
+    stored_readings,
+    wait_for,
+)
+
+pytestmark = pytest.mark.hil
+
+
+def serial(path: Path) -> int:
+    return x509.load_pem_x509_certificate(path.read_bytes()).serial_number
+
+
+def test_a_gateway_renews_its_certificate_before_it_expires_and_loses_nothing(
+    tmp_path: Path, modbus_server: ThreadedDevice
+) -> None:
+    ca, center_dir, etc = tmp_path / "ca", tmp_path / "center", tmp_path / "etc"
+    center_dir.mkdir()
+    etc.mkdir()
+    assert run_cli("fleet", "ca", "init", "--dir", str(ca)).returncode == 0
+    port, center_port = free_port(), free_port()
+    conf, data, run = tmp_path / "broker-config", tmp_path / "broker-data", tmp_path / "broker"
+    data.mkdir()
+    run.mkdir()
+    made = run_cli(
+        "fleet", "broker-config", "--out", str(conf), "--ca-dir", str(ca), "--port", str(port),
+        "--center-port", str(center_port), "--data-dir", str(data),
+    )  # fmt: skip
+    assert made.returncode == 0, made.stderr
+    # the gateway's certificate: a day's, issued two hours ago (renewals come an hour apart)
+    db = center_dir / "central.db"
+    issued = issue_client(ca, GW, days=1)
+    (etc / "gateway.crt").write_bytes(issued.cert_pem)
+    (etc / "gateway.key").write_bytes(issued.key_pem)
+    (etc / "gateway.key").chmod(0o600)
+    record_issued(ca, GW, issued.cert_pem)
+    store = SqliteStore(db)
+    try:
+        two_hours_ago = time.time() - 7200
+        store.add_identity(
+            Identity(GW, "certificate", issued.fingerprint, two_hours_ago, issued.not_after)
+        )
+    finally:
+        store.close()
+    before = serial(etc / "gateway.crt")
+    config = etc / "agent.yaml"
+    config.write_text(
+        f"gateway: {{id: {GW}}}\n"
+        "central:\n"
+        f"  url: mqtts://127.0.0.1:{port}\n"
+        "  tls: {ca: ../ca/ca.crt, cert: gateway.crt, key: gateway.key}\n"
+        "  renew_before: 2d\n"  # the day's certificate is due at once
+        "  keepalive_s: 2\n"
+        f"outbox: {{path: {tmp_path / 'outbox.db'}, ack_timeout_s: 2}}\n"
+        f"devices:\n{devices_yaml(modbus_server.port, 0.2)}"
+    )
+    tls = ["--ca-file", str(ca / "ca.crt"), "--cert-file", str(ca / "central.crt")]
+    tls += ["--key-file", str(ca / "central.key")]
+    center_url = f"mqtts://127.0.0.1:{center_port}"
+    central = Central(center_dir, center_url, db)
+    central.args += tls
+    signer = Process(
+        "fleet",
+        ["central", "enroll", "--ca-dir", str(ca), "--db", str(db), "--broker", center_url, *tls],
+        tmp_path / "signer.log",
+    )
+    agent = Process("edge-agent", ["run", "-c", str(config)], tmp_path / "agent.log")
+    broker = Broker(run, port, config=conf / "mosquitto.conf").start()
+    try:
+        wait_for(lambda: port_open(center_port), 10, what="the center's listener")
+        central.start()
+        signer.start()
+        agent.start()
+        wait_for(lambda: "certificate renewed" in agent.output(), 60, what="the renewal")
+        assert serial(etc / "gateway.crt") != before
+        assert (etc / "gateway.key").read_bytes() != issued.key_pem
+        assert (etc / "gateway.key").stat().st_mode & 0o777 == 0o600
+        assert not (etc / "gateway.crt.new").exists() and not (etc / "gateway.key.new").exists()
+        renewed = x509.load_pem_x509_certificate((etc / "gateway.crt").read_bytes())
+        assert renewed.not_valid_after_utc.timestamp() > time.time() + 800 * 86400
+
+        # the broker goes and comes back: the agent connects with the new pair
+        broker.stop()
+        time.sleep(1)
+        broker.start()
+        wait_for(lambda: port_open(center_port), 10, what="the center's listener again")
+        store = central.store()
+        try:
+            wait_for(
+                lambda: (
+                    len(stored_readings(store, GW, "tank-1", "level", None, 10_000)) > 0
+                    and store.status(time.time()).online == 1
+                ),
+                30,
+                what="the gateway back online with its new certificate",
+            )
+            counted = len(stored_readings(store, GW, "tank-1", "level", None, 10_000))
+            wait_for(
+                lambda: (
+                    len(stored_readings(store, GW, "tank-1", "level", None, 10_000)) > counted + 5
+                ),
+                30,
+                what="readings flowing after the reconnect",
+            )
+            assert len(store.identities(GW)) == 2
+            assert store.losses(GW) == []
+        finally:
+            store.close()
+    finally:
+        agent.stop()
+        signer.stop()
+        central.stop()
+        broker.stop()
+    # every reading the agent produced reached the center: seqs without a gap
+    store = SqliteStore(db)
+    try:
+        seqs = sorted(r.seq for r in stored_readings(store, GW, None, None, None, 100_000))
+    finally:
+        store.close()
+    assert seqs == list(range(seqs[0], seqs[0] + len(seqs))), "a reading went missing"
+    assert "Traceback" not in agent.output()
+
+
+def test_a_swap_cut_between_its_renames_is_finished(tmp_path: Path) -> None:
+    cert, key = tmp_path / "gateway.crt", tmp_path / "gateway.key"
+    cert.write_text("old cert")
+    key.write_text("new key")  # the key's rename happened
+    (tmp_path / "gateway.crt.new").write_text("new cert")
+    assert finish_swap(cert, key)
+    assert (cert.read_text(), key.read_text()) == ("new cert", "new key")
+    # both left: both renamed in
+    (tmp_path / "gateway.crt.new").write_text("newer cert")
+    (tmp_path / "gateway.key.new").write_text("newer key")
+    assert finish_swap(cert, key)
+    assert (cert.read_text(), key.read_text()) == ("newer cert", "newer key")
+    # only a key written, the certificate never came: the old pair stays
+    (tmp_path / "gateway.key.new").write_text("orphan")
+    assert not finish_swap(cert, key)
+    assert (cert.read_text(), key.read_text()) == ("newer cert", "newer key")
+    assert not (tmp_path / "gateway.key.new").exists()
