@@ -6,13 +6,15 @@ PostgreSQL server of its own with 1 and with 2 ingest workers (``--workers``: pr
 MQTT v5 shared subscriptions), against raw ``COPY`` into the same schema.
 
     .venv/bin/python -m bench.ingest [--readings 1000000] [--gateways 10]
-        [--backend sqlite|postgresql|both] [--quick]
+        [--backend sqlite|postgresql|both] [--unsigned-acks] [--quick]
 
 Settings it relies on: Mosquitto with ``BROKER_CONF`` (a queue deep enough that the
 broker keeps every batch the publisher sends ahead of the center: with its default,
 1,000 messages per client, it drops batches once the center falls that far behind), the
 publisher with ``INFLIGHT`` unacked messages, and the central service with its defaults
-(WAL, ``synchronous=FULL``, a commit per batch).
+(WAL, ``synchronous=FULL``, a commit per batch) and a signing key (``--key``: every ack
+signed, as a fleet whose gateways check acks needs; ``--unsigned-acks`` runs it without,
+to see what the signatures cost).
 
 ``--quick`` is a smoke run of seconds (``QUICK_READINGS`` from ``QUICK_GATEWAYS``
 gateways): it checks that the bench completes and prints its figures, does not judge
@@ -35,6 +37,7 @@ from bench.drain import raw_insert_rate
 from bench.results import machine, merge, timestamp
 from drivers.base import Quality, Reading
 from edge_agent.contract import Channel, ReadingEncoder, Topics
+from edge_agent.contract.commands import generate_keys
 from edge_agent.contract.payloads import encode_telemetry_raw
 from tests.support import Broker, Central, PgCentral, wait_for
 
@@ -65,14 +68,23 @@ def batches(gateways: int, readings: int, t0: float = 1.7e9) -> list[tuple[str, 
     return out
 
 
-def run(readings: int, gateways: int) -> dict[str, Any]:
+def signing_key(tmp: Path, signed: bool) -> Path | None:
+    """The center's signing key for the run (made in ``tmp``), or None: acks unsigned."""
+    if not signed:
+        return None
+    key = tmp / "keys" / "center.key"
+    generate_keys(key)
+    return key
+
+
+def run(readings: int, gateways: int, signed: bool = True) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as name:
         tmp = Path(name)
         raw = raw_insert_rate(tmp, min(200_000, readings))
         messages = batches(gateways, readings)
         total = sum(n for _, _, n in messages)
         broker = Broker(tmp, extra_conf=BROKER_CONF).start()
-        central = Central(tmp, broker.url).start()
+        central = Central(tmp, broker.url, key=signing_key(tmp, signed)).start()
         client = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
         client.max_inflight_messages_set(INFLIGHT)
         client.max_queued_messages_set(0)
@@ -109,10 +121,13 @@ def run(readings: int, gateways: int) -> dict[str, Any]:
         "central_raw_insert_per_s": round(raw),
         "vs_raw_insert": round(total / took / raw, 2),
         "target_rows_per_s": 100_000,
+        "acks_signed": signed,
     }
 
 
-def run_postgresql(readings: int, gateways: int, workers: int, url: str) -> float:
+def run_postgresql(
+    readings: int, gateways: int, workers: int, url: str, signed: bool = True
+) -> float:
     """Rows/s through ``fleet central run --workers N`` into a fresh PostgreSQL database;
     the readings are of the last hour (their day's partition made ahead by the service)."""
     import psycopg  # noqa: PLC0415 (loaded by the bench that uses it)
@@ -122,7 +137,9 @@ def run_postgresql(readings: int, gateways: int, workers: int, url: str) -> floa
     with tempfile.TemporaryDirectory() as name:
         tmp = Path(name)
         broker = Broker(tmp, extra_conf=BROKER_CONF).start()
-        central = PgCentral(tmp, broker.url, url, "--workers", str(workers))
+        key = signing_key(tmp, signed)
+        signing = [] if key is None else ["--key", str(key)]
+        central = PgCentral(tmp, broker.url, url, "--workers", str(workers), *signing)
         central.start(sessions=2 * workers)
         client = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
         client.max_inflight_messages_set(INFLIGHT)
@@ -149,15 +166,15 @@ def run_postgresql(readings: int, gateways: int, workers: int, url: str) -> floa
     return total / took
 
 
-def run_pg(readings: int, gateways: int) -> dict[str, Any]:
+def run_pg(readings: int, gateways: int, signed: bool = True) -> dict[str, Any]:
     # loaded by the bench that uses them
     from bench.pg_store import raw_copy_rate  # noqa: PLC0415
     from tests.pg import pg_server  # noqa: PLC0415
 
     with pg_server() as server:
         raw = raw_copy_rate(server.create_database(), min(200_000, readings))
-        one = run_postgresql(readings, gateways, 1, server.create_database())
-        two = run_postgresql(readings, gateways, 2, server.create_database())
+        one = run_postgresql(readings, gateways, 1, server.create_database(), signed)
+        two = run_postgresql(readings, gateways, 2, server.create_database(), signed)
     return {
         "readings": readings,
         "gateways": gateways,
@@ -168,6 +185,7 @@ def run_pg(readings: int, gateways: int) -> dict[str, Any]:
         "vs_raw_copy_1_worker": round(one / raw, 2),
         "vs_raw_copy_2_workers": round(two / raw, 2),
         "target_rows_per_s": 100_000,
+        "acks_signed": signed,
     }
 
 
@@ -184,11 +202,17 @@ def main(argv: list[str] | None = None) -> None:
         default="both",
         help="SQLite (one worker), PostgreSQL (1 and 2 workers), or both",
     )
+    ap.add_argument(
+        "--unsigned-acks",
+        action="store_true",
+        help="run the center without a signing key (to compare: by default it signs)",
+    )
     args = ap.parse_args(argv)
+    signed = not args.unsigned_acks
     readings = args.readings or (QUICK_READINGS if args.quick else 1_000_000)
     gateways = args.gateways or (QUICK_GATEWAYS if args.quick else 10)
     if args.backend in ("postgresql", "both"):
-        p = run_pg(readings, gateways)
+        p = run_pg(readings, gateways, signed)
         print(
             f"central ingest on PostgreSQL: {p['readings']} readings from {p['gateways']} "
             f"gateways: {p['rows_per_s_1_worker']} rows/s with 1 worker, "
@@ -198,11 +222,12 @@ def main(argv: list[str] | None = None) -> None:
             merge({"ingest_postgresql": {"at": timestamp(), "machine": machine(), **p}})
     if args.backend == "postgresql":
         return
-    r = run(readings, gateways)
+    r = run(readings, gateways, signed)
     print(
         f"central ingest: {r['readings']} readings from {r['gateways']} gateways in "
         f"{r['seconds']} s = {r['rows_per_s']} rows/s "
-        f"(raw insert {r['central_raw_insert_per_s']}/s, ratio {r['vs_raw_insert']})"
+        f"(raw insert {r['central_raw_insert_per_s']}/s, ratio {r['vs_raw_insert']}; "
+        f"acks {'signed' if signed else 'unsigned'})"
     )
     if args.quick:
         return

@@ -5,7 +5,9 @@ Order matters for the delivery guarantee. For each round of messages:
 1. store everything in one transaction and commit it;
 2. only then send the MQTT PUBACKs (the session's manual ack: an uncommitted message
    stays the broker's to redeliver), and publish on each gateway's ``ack`` topic the seq
-   ranges now committed, so the gateway may delete them from its outbox.
+   ranges now committed, so the gateway may delete them from its outbox; signed with the
+   center's key when it has one (``contract.acks``: one signature per ack message), so
+   that a gateway that trusts the key takes acks from no one else.
 
 The sessions are persistent (clean start off, long session expiry), so messages that
 arrive while the central service is down wait at the broker; what the broker could not
@@ -62,6 +64,7 @@ import time
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from central.feed import feed_events
 from central.inbox import Inbox, Lane
@@ -70,10 +73,14 @@ from central.store.api import Maintenance, Retention, Store
 from central.store.errors import StoreError, StoreUnavailable
 from central.store.limits import REJECTED_KEEP, REJECTED_MAX_BYTES
 from edge_agent.contract import Channel, Topics, encode_ack
+from edge_agent.contract.acks import sign_ack
 from mqttlink.backoff import Backoff
 from mqttlink.outage import OutageLog
 from mqttlink.session import Message, Session, Subscription
 from mqttlink.url import Broker
+
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 log = logging.getLogger(__name__)
 
@@ -129,6 +136,7 @@ class Ingest:
         *,
         worker: int = 0,
         share_group: str | None = None,
+        ack_key: Ed25519PrivateKey | None = None,
     ) -> None:
         """``retention``: what ``store.maintain`` removes, run on the ingest thread; None:
         nothing is ever removed. ``share_group``: take telemetry, alarms and health
@@ -136,8 +144,12 @@ class Ingest:
         that the broker splits them between the workers (``central.workers``); None: all
         of them. ``worker``: this one's number, in the feed; worker 0 alone takes the
         gateways' state (retained, and their Last Will), which a shared subscription
-        would not deliver."""
+        would not deliver. ``ack_key``: the center's signing key (``fleet keys init``, the
+        one commands are signed with): every ack is signed with it (``contract.acks``), so
+        that a gateway that trusts it takes acks from no one else; None: acks go unsigned,
+        which only a gateway without ``central.command_key`` takes."""
         self.store = store
+        self._ack_key = ack_key
         self.worker = worker
         self.client_id = client_id
         self.retention = retention
@@ -394,9 +406,10 @@ class Ingest:
             # queued while the broker is away: it goes out after the reconnect; an alarm's
             # on the alarm session, which no telemetry holds up
             session = self._alarm_session if ack.alarms else self._session
-            session.publish(
-                self.topics.gw(gw, Channel.ACK), encode_ack(ack), qos=1, queue_offline=True
-            )
+            # one signature per ack message: per gateway and stream per round
+            key = self._ack_key
+            payload = encode_ack(ack) if key is None else sign_ack(ack, gw, key)
+            session.publish(self.topics.gw(gw, Channel.ACK), payload, qos=1, queue_offline=True)
         # the feed last: a listener that hears of a commit finds it acked already. QoS 0, not
         # queued: a notice missed is only a notice (central.feed); an alarm round's on the
         # alarm session, behind no telemetry

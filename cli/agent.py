@@ -78,6 +78,16 @@ def check(
         f"{config}: ok - gateway {cfg.gateway.id}, {len(cfg.devices)} device(s), "
         f"{points} point(s), config rev {loaded.revision}"
     )
+    if cfg.central.command_key is None:
+        # valid (the plain demo), but worth saying: a warning, the exit status stays 0
+        where = loaded.problem(("central",), UNAUTHENTICATED)
+        typer.echo(f"warning: {where}", err=True)
+
+
+UNAUTHENTICATED = (
+    "no command_key: commands are refused, and acks are not authenticated (any client the "
+    "broker lets publish on this gateway's ack topic can make it delete its outbox)"
+)
 
 
 @app.command()

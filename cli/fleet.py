@@ -54,6 +54,8 @@ from cli.where import WhereOpt, parse_where
 from edge_agent.contract.topics import DEFAULT_ROOT
 
 if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
     from mqttlink.url import Broker
 
 app = program(
@@ -158,6 +160,16 @@ def central_run(
     key_file: KeyFileOpt = None,
     metrics_port: MetricsPortOpt = 0,
     metrics_host: MetricsHostOpt = DEFAULT_METRICS_HOST,
+    key: Annotated[
+        Path | None,
+        typer.Option(
+            "--key",
+            envvar="EDGEFLEET_KEY",
+            help="the center's Ed25519 private key, as fleet cmd takes it (fleet keys init's "
+            "center.key, or fleet ca init's command.key): every ack is signed with it, and "
+            "gateways with central.command_key take no other [default: acks unsigned]",
+        ),
+    ] = None,
 ) -> None:
     """Run the central service: store what the fleet sends and acknowledge it."""
     # loaded by the command that uses it: fleet --help stays under 0.3 s
@@ -184,6 +196,7 @@ def central_run(
         format=f"%(asctime)s %(levelname)s{who} %(name)s: %(message)s",
     )
     url = broker_settings(broker, username, password_file, ca_file, cert_file, key_file)
+    ack_key = _ack_key(key)  # every worker loads it: a bad key stops the start here
     retention = Retention(
         raw_s=_keep_option(keep_raw, "--keep-raw"),
         rollups_s=_keep_option(keep_rollups, "--keep-rollups"),
@@ -208,6 +221,7 @@ def central_run(
         retention=retention,
         worker=worker,
         share_group=group,
+        ack_key=ack_key,
     )
     if metrics is not None:
         metrics.add_worker(ingest, str(worker))
@@ -224,6 +238,11 @@ def central_run(
         keep_rollups,
         "" if group is None else f", shared subscriptions of group {group}",
     )
+    if ack_key is None:
+        logging.getLogger("central").warning(
+            "no --key: acks go unsigned, and gateways with central.command_key ignore them "
+            "(their outboxes never drain)"
+        )
     try:
         code = run_central(store, ingest, stop)
     finally:
@@ -231,6 +250,19 @@ def central_run(
             metrics.close()
     if code:  # ingest stopped by itself: exit non-zero, so that systemd restarts us
         raise typer.Exit(code)
+
+
+def _ack_key(key: Path | None) -> Ed25519PrivateKey | None:
+    """The signing key ``--key`` names, or a one-line error and exit 1."""
+    if key is None:
+        return None
+    from edge_agent.contract.commands import load_private_key  # noqa: PLC0415
+
+    try:
+        return load_private_key(key)
+    except ValueError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from None
 
 
 DEFAULT_SHARE_GROUP = "edgefleet-central"

@@ -14,6 +14,7 @@ checked: a gateway without TLS does not pay for it at each check.
 from __future__ import annotations
 
 import os
+import re
 import ssl
 import stat
 import time
@@ -21,6 +22,13 @@ from pathlib import Path
 
 MAX_READ = 1024 * 1024
 """Bytes read of a file to tell what it is: bigger than any key, certificate or bundle."""
+
+_PEM_BLOCK = re.compile(rb"-----BEGIN ([A-Z0-9 ]+)-----.*?-----END \1-----", re.DOTALL)
+
+
+def pem_blocks(data: bytes) -> list[bytes]:
+    """Each PEM block of a file, in order (a file of trusted keys may hold several)."""
+    return [m.group(0) for m in _PEM_BLOCK.finditer(data)]
 
 
 def _why(exc: OSError) -> str:
@@ -197,8 +205,9 @@ def private_key_problem(path: Path) -> str | None:
 
 
 def ed25519_public_key_problem(path: Path) -> str | None:
-    """An Ed25519 public key in PEM (the center's, that signs commands); the private key
-    in its place is a mistake said as such, as it must never be on a gateway."""
+    """Ed25519 public keys in PEM, one or more (the center's, that sign commands and acks;
+    the new one beside the old while it is rotated); a private key in their place is a
+    mistake said as such, as it must never be on a gateway."""
     # cryptography loads only where a key is to be checked
     from cryptography.exceptions import UnsupportedAlgorithm  # noqa: PLC0415
     from cryptography.hazmat.primitives import serialization  # noqa: PLC0415
@@ -212,12 +221,15 @@ def ed25519_public_key_problem(path: Path) -> str | None:
             f"{path} is a private key: give the center's public key (the .pub beside it), "
             "and keep the private key off the gateway"
         )
-    try:
-        key = serialization.load_pem_public_key(head)
-    except (ValueError, UnsupportedAlgorithm):
-        return f"{path} is not a PEM public key"
-    if not isinstance(key, Ed25519PublicKey):
-        return f"{path} is a public key, but not an Ed25519 one"
+    blocks = pem_blocks(head) or [head]
+    for i, block in enumerate(blocks, 1):
+        which = path if len(blocks) == 1 else f"{path} (key {i} of {len(blocks)})"
+        try:
+            key = serialization.load_pem_public_key(block)
+        except (ValueError, UnsupportedAlgorithm):
+            return f"{which} is not a PEM public key"
+        if not isinstance(key, Ed25519PublicKey):
+            return f"{which} is a public key, but not an Ed25519 one"
     return None
 
 

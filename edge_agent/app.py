@@ -23,7 +23,7 @@ from edge_agent.alarms import AlarmService
 from edge_agent.commands import CommandChannel
 from edge_agent.committer import Committer
 from edge_agent.config import ConfigError, LoadedConfig
-from edge_agent.contract.commands import load_public_key
+from edge_agent.contract.commands import load_public_keys
 from edge_agent.devices import open_drivers, point_units
 from edge_agent.gateway_commands import GatewayCommands
 from edge_agent.health import HealthReporter
@@ -42,14 +42,15 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
-def _command_key(loaded: LoadedConfig) -> Ed25519PublicKey | None:
-    """The center's key, or a ``ConfigError`` at ``central.command_key`` (the host pass
-    checked it; this is for a file changed since), never a traceback and a restart loop."""
+def _command_keys(loaded: LoadedConfig) -> tuple[Ed25519PublicKey, ...]:
+    """The center's keys (none without ``central.command_key``), or a ``ConfigError`` at
+    ``central.command_key`` (the host pass checked it; this is for a file changed since),
+    never a traceback and a restart loop."""
     path = loaded.config.central.command_key
     if path is None:
-        return None
+        return ()
     try:
-        return load_public_key(path)
+        return load_public_keys(path)
     except (OSError, ValueError) as exc:
         message = (
             f"{path}: {exc.strerror.lower() if isinstance(exc, OSError) and exc.strerror else exc}"
@@ -72,10 +73,10 @@ def _metrics(loaded: LoadedConfig) -> AgentMetrics | None:
 async def run_agent(loaded: LoadedConfig, stop: asyncio.Event) -> bool:
     """Run until ``stop`` is set; True when a ``restart`` command set it (the caller exits
     with ``RESTART_EXIT_CODE``, for the service manager to start the agent again)."""
-    public_key = _command_key(loaded)  # before anything is opened that would need closing
+    keys = _command_keys(loaded)  # before anything is opened that would need closing
     metrics = _metrics(loaded)  # likewise: a port taken stops the start here
     try:
-        return await _run(loaded, stop, public_key, metrics)
+        return await _run(loaded, stop, keys, metrics)
     finally:  # the run closed it first thing in its stop; not if the wiring failed
         if metrics is not None:
             await metrics.aclose()
@@ -84,7 +85,7 @@ async def run_agent(loaded: LoadedConfig, stop: asyncio.Event) -> bool:
 async def _run(
     loaded: LoadedConfig,
     stop: asyncio.Event,
-    public_key: Ed25519PublicKey | None,
+    keys: tuple[Ed25519PublicKey, ...],
     metrics: AgentMetrics | None,
 ) -> bool:
     cfg = loaded.config
@@ -125,6 +126,7 @@ async def _run(
         batch_max=cfg.outbox.batch_max,
         window=cfg.outbox.window,
         ack_timeout_s=cfg.outbox.ack_timeout_s,
+        keys=keys,
     )
     drivers = open_drivers(cfg.devices)
     engine = await AlarmService.restore(cfg.compiled_rules(), outbox, cfg.alarms)
@@ -142,7 +144,7 @@ async def _run(
         topics=topics,
         uplink=uplink,
         ledger=outbox,
-        public_key=public_key,
+        keys=keys,
         handlers={
             **dict.fromkeys(AlarmService.COMMANDS, alarms.command),
             **dict.fromkeys(GatewayCommands.COMMANDS, gateway_commands.command),

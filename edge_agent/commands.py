@@ -2,7 +2,9 @@
 replay), carried out, and answered on the MQTT v5 response topic.
 
 A gateway without ``central.command_key`` refuses every command (and says so once): an
-unsigned channel into a building's sirens is not a default anyone should get.
+unsigned channel into a building's sirens is not a default anyone should get. A command
+signed by any of the keys in that file holds (the new key beside the old while the
+center's key is rotated).
 """
 
 from __future__ import annotations
@@ -10,14 +12,17 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable, Mapping
-from typing import Any, Protocol
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Protocol
 
 from edge_agent.contract import Channel, Topics
 from edge_agent.contract.commands import CommandRejected, encode_reply, verify
 from edge_agent.outbox import CommandLedger
 from edge_agent.rules.engine import CommandRefused
 from edge_agent.uplink import Inbound
+
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 log = logging.getLogger(__name__)
 Handler = Callable[[str, Mapping[str, Any]], Awaitable[dict[str, Any]]]
@@ -39,13 +44,13 @@ class CommandChannel:
         topics: Topics,
         uplink: CommandUplink,
         ledger: CommandLedger,
-        public_key: Any | None,
+        keys: Sequence[Ed25519PublicKey],
         handlers: Mapping[str, Handler],
     ) -> None:
         self._gateway = gateway
         self._uplink = uplink
         self._ledger = ledger
-        self._key = public_key
+        self._keys = tuple(keys)
         self._handlers = handlers
         self._tasks: set[asyncio.Task[None]] = set()
         self._warned_no_key = False
@@ -61,12 +66,12 @@ class CommandChannel:
     async def _handle(self, message: Inbound) -> None:
         cmd_id = "?"
         try:
-            if self._key is None:
+            if not self._keys:
                 if not self._warned_no_key:
                     log.warning("command refused: no central.command_key configured")
                     self._warned_no_key = True
                 raise CommandRejected("this gateway has no command key: commands are refused")
-            command = verify(message.payload, self._key, self._gateway)
+            command = verify(message.payload, self._keys, self._gateway)
             cmd_id = command["id"]
             fresh = await self._ledger.remember(cmd_id, command["expires"], time.time())
             if not fresh:

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from edge_agent.config.loader import ConfigError, parse_config
-from edge_agent.contract.commands import parse_public_key
+from edge_agent.contract.commands import parse_public_keys
 from edge_agent.contract.enrollment import (
     CA_FILE,
     CERT_FILE,
@@ -117,7 +117,7 @@ def check_identity(bundle: Bundle) -> None:
         raise EnrollError(f"the bundle's {CERT_FILE} is not signed by its {CA_FILE}") from None
     _check_key(bundle, cert)
     try:
-        parse_public_key(
+        parse_public_keys(
             bundle.files[COMMAND_KEY_FILE].encode(), f"the bundle's {COMMAND_KEY_FILE}"
         )
     except ValueError as exc:

@@ -99,6 +99,7 @@ class HealthFigures:
     inflight_batches: int
     resends: int
     bad_acks: int
+    rejected_acks: int
     readings_produced: int
     readings_sent: int
     rows_acked: int
@@ -167,6 +168,7 @@ class HealthReporter:
             inflight_batches=self._sender.inflight,
             resends=self._sender.resends,
             bad_acks=self._sender.bad_acks,
+            rejected_acks=self._sender.rejected_acks,
             readings_produced=0 if produced is None else produced.produced,
             readings_sent=self._sender.readings_sent,
             rows_acked=self._sender.acked,
@@ -198,6 +200,7 @@ class HealthReporter:
                 "inflight_batches": fig.inflight_batches,
                 "resends": fig.resends,
                 "bad_acks": fig.bad_acks,
+                "rejected_acks": fig.rejected_acks,
             },
             "cpu_percent": self._cpu.percent(),
             "mem_rss_mb": round(rss_mb(), 1),

@@ -93,6 +93,10 @@ class AgentCollector(Collector):
         reconnects = counter("uplink_reconnects", "Reconnections to the central broker")
         inflight = gauge("uplink_inflight_batches", "Batches published and not acked yet")
         resends = counter("uplink_resends", "Times unacked batches were sent again")
+        rejected_acks = counter(
+            "uplink_rejected_acks",
+            "Acks not signed by the center's key for this gateway, which deleted nothing",
+        )
         if fig is not None:
             stats = fig.outbox
             depth.add_metric(["telemetry"], stats.depth)
@@ -120,8 +124,9 @@ class AgentCollector(Collector):
             reconnects.add_metric([], fig.reconnects)
             inflight.add_metric([], fig.inflight_batches)
             resends.add_metric([], fig.resends)
+            rejected_acks.add_metric([], fig.rejected_acks)
         yield from (depth, size, oldest, dropped, link, last_good, polls, errors, overruns)
-        yield from (produced, sent, acked, connected, reconnects, inflight, resends)
+        yield from (produced, sent, acked, connected, reconnects, inflight, resends, rejected_acks)
 
 
 class AgentMetrics:

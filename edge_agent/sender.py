@@ -22,6 +22,11 @@ never comes all lead to the same recovery: forget what is in flight and start ag
 the oldest unacked row. The center's primary key drops what it already has. Rows leave
 the outbox only when the center acks them; an acked batch whose rows could not be deleted
 (a full disk) stays in flight, so the ack timeout sends it again.
+
+With the center's keys (``central.command_key``) an ack must be signed by one of them for
+this gateway (``contract/acks.py``); any other deletes nothing and is counted in
+``rejected_acks``, the first of each kind (unsigned, bad signature, another gateway's)
+logged. Without keys acks are taken unsigned (the plain demo).
 """
 
 from __future__ import annotations
@@ -30,9 +35,9 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from edge_agent.contract import (
     Ack,
@@ -43,10 +48,14 @@ from edge_agent.contract import (
     Topics,
     decode_ack,
 )
+from edge_agent.contract.acks import AckRejected, verify_ack
 from edge_agent.contract.alarms import encode_alarm_within
 from edge_agent.contract.payloads import encode_telemetry_within
 from edge_agent.outbox import AlarmJournal, Lane, SentLane, TelemetryLog
 from edge_agent.uplink import Inbound
+
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 log = logging.getLogger(__name__)
 
@@ -102,8 +111,11 @@ class Sender:
         batch_max: int,
         window: int,
         ack_timeout_s: float,
+        keys: Sequence[Ed25519PublicKey] = (),
     ) -> None:
+        """``keys``: the center's public keys; with any, only acks they sign are taken."""
         self._gw = gateway
+        self._keys = tuple(keys)
         self._topics = topics
         self._telemetry = telemetry
         self._alarms = alarms
@@ -134,6 +146,9 @@ class Sender:
         self.bad_acks = 0
         self._bad_acks_logged = 0  # bad_acks when the last warning went out
         self._bad_ack_logged_at: float | None = None
+        self.rejected_acks = 0
+        """Acks of the right shape but not signed by the center's key for this gateway."""
+        self._rejections_logged: set[str] = set()
         uplink.subscribe(topics.gw(gateway, Channel.ACK), self.on_ack)
         uplink.on_up(self._on_up)
         uplink.on_down(self._on_down)
@@ -162,9 +177,15 @@ class Sender:
 
     def on_ack(self, message: Inbound) -> None:
         try:
-            ack = decode_ack(message.payload)
+            if self._keys:
+                ack = verify_ack(message.payload, self._keys, self._gw)
+            else:
+                ack = decode_ack(message.payload)
         except PayloadError as exc:
             self._bad_ack(exc)
+            return
+        except AckRejected as exc:
+            self._rejected_ack(exc)
             return
         if ack.stream != self._stream:
             return  # an ack for an outbox file this gateway no longer has
@@ -189,6 +210,21 @@ class Sender:
         self._bad_ack_logged_at, self._bad_acks_logged = now, self.bad_acks
         more = f" ({since} more ignored since the last warning)" if since else ""
         log.warning("ignoring an ack that breaks the contract: %s%s", exc, more)
+
+    def _rejected_ack(self, exc: AckRejected) -> None:
+        """Count an ack that is not the center's for this gateway; it deletes nothing. The
+        first of each kind is logged: someone else publishes on our ack topic (the broker's
+        ACL lets them), or the center signs with a key this gateway does not trust, or not
+        at all; the count is in the health report from then on."""
+        self.rejected_acks += 1
+        if exc.reason in self._rejections_logged:
+            return
+        self._rejections_logged.add(exc.reason)
+        log.warning(
+            "ignoring an ack that is not the center's for this gateway: %s (nothing deleted; "
+            "later ones of this kind are only counted, uplink.rejected_acks in health)",
+            exc,
+        )
 
     async def _apply_ack(self, ack: Ack) -> None:
         for lane, ranges in ((Lane.TELEMETRY, ack.telemetry), (Lane.ALARMS, ack.alarms)):

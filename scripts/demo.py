@@ -213,7 +213,8 @@ def main() -> int:
         f"listener {broker_port} 127.0.0.1\nallow_anonymous true\npersistence false\n"
     )
     # The center's signing key, as `fleet keys init` makes it: the gateways trust its .pub,
-    # so `fleet alarms ack` works against the demo as the README shows.
+    # so `fleet alarms ack` works against the demo as the README shows, and they take only
+    # the acks the center signs with it.
     center_key = workdir / "center.key"
     center_pub = generate_keys(center_key)
     db = workdir / "central.db"
@@ -227,7 +228,10 @@ def main() -> int:
         wait_port(broker_port, broker, "mosquitto")
         stack.spawn(
             "central",
-            [str(BIN / "fleet"), "central", "run", "--broker", broker_url, "--db", str(db)],
+            [
+                *(str(BIN / "fleet"), "central", "run", "--broker", broker_url),
+                *("--db", str(db), "--key", str(center_key)),
+            ],
         )
         # The simulated devices: one broker plays the central one and the gateways' local one.
         configs = workdir / "configs"

@@ -109,7 +109,8 @@ class SimFile(Frozen):
     command_key: Path | None = Field(
         default=None,
         description="the center's public key (fleet keys init): central.command_key of the "
-        "written agent configs, so that the center's commands are accepted",
+        "written agent configs, so that the center's commands are accepted (and only "
+        "the acks it signs: run it with --key)",
     )
     rule_packs: list[str] = Field(default_factory=list)
     health_s: float = Field(default=5.0, gt=0)

@@ -253,11 +253,15 @@ def agent_config(
 class Central(Process):
     """``fleet central run`` as a real process with its own store file."""
 
-    def __init__(self, workdir: Path, broker_url: str, db: Path | None = None) -> None:
+    def __init__(
+        self, workdir: Path, broker_url: str, db: Path | None = None, key: Path | None = None
+    ) -> None:
+        """``key``: the center's signing key (``--key``), for gateways that check acks."""
         self.db = db or workdir / "central.db"
+        signing = [] if key is None else ["--key", str(key)]
         super().__init__(
             "fleet",
-            ["central", "run", "--broker", broker_url, "--db", str(self.db)],
+            ["central", "run", "--broker", broker_url, "--db", str(self.db), *signing],
             workdir / "central.log",
         )
 

@@ -287,9 +287,8 @@ async def test_scrapes_at_once_share_one_reading_of_the_figures() -> None:
         nonlocal readings
         readings += 1
         await asyncio.sleep(0.5)  # an outbox count that takes a while
-        return HealthFigures(
-            time.time(), OutboxStats(readings, 0, None, 0, 0), {}, True, 0, 0, 0, 0, 0, 0, 0, 0, 0
-        )
+        counts = [0] * 10  # every count after ``connected``: none matters here
+        return HealthFigures(time.time(), OutboxStats(readings, 0, None, 0, 0), {}, True, *counts)
 
     metrics = AgentMetrics("127.0.0.1", 0)
     try:

@@ -504,7 +504,7 @@ def test_the_agent_and_the_center_work_through_the_generated_config(
         "EDGEFLEET_BROKER_KEY_FILE": str(fleet.ca.central.key),
     }
     (tmp_path / "center").mkdir()
-    central = Central(tmp_path / "center", center_url)
+    central = Central(tmp_path / "center", center_url, key=folder / "command.key")
     central.env.update(center_env)
     try:
         central.start()

@@ -30,7 +30,9 @@ from edge_agent.contract import (
     encode_state,
     encode_telemetry,
 )
+from edge_agent.contract.acks import verify_ack
 from edge_agent.contract.alarms import AlarmEvent, AlarmState, Severity
+from edge_agent.contract.commands import generate_keys, load_public_keys
 from edge_agent.contract.schema import CENTER_FEED, validate
 from tests.rig import WireTap, devices_yaml
 from tests.support import (
@@ -170,6 +172,60 @@ def test_two_workers_split_five_gateways_and_store_each_reading_once(
         logged[int(k)] += int(n)
     assert logged == told
     assert "Traceback" not in central.output()
+
+
+@pytest.mark.hil
+def test_every_worker_signs_its_acks_with_the_key_of_the_command_line(
+    tmp_path: Path, mqtt_broker: Broker, pg_url: str
+) -> None:
+    """``--key`` reaches each worker (the supervisor gives them its command line): every
+    ack on the wire, whichever worker committed it, verifies for its topic's gateway."""
+    key = tmp_path / "keys" / "center.key"
+    trusted = load_public_keys(generate_keys(key))
+    tap = WireTap(mqtt_broker)
+    central = PgCentral(tmp_path, mqtt_broker.url, pg_url, "--workers", "2", "--key", str(key))
+    central.start(sessions=4)
+    sender = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
+    sender.connect("127.0.0.1", mqtt_broker.port)
+    sender.loop_start()
+    topics = Topics()
+    gateways = [f"sign-{i:04d}" for i in range(6)]
+    try:
+        now = time.time()
+        for gw in gateways:
+            for first in (1, 11, 21):
+                readings = [
+                    {"dev": "d", "pt": "p", "v": float(i), "q": "good", "ts": now}
+                    for i in range(10)
+                ]
+                payload = encode_telemetry(gw, "s1", first, readings)
+                sender.publish(topics.gw(gw, Channel.TELEMETRY), payload, qos=1)
+
+        def acked() -> dict[str, set[int]]:
+            seqs: dict[str, set[int]] = {}
+            for topic, payload in tap.snapshot():
+                if topic.endswith("/ack"):
+                    gw = topic.split("/")[-2]
+                    ack = verify_ack(payload, trusted, gw)  # raises if any is not signed
+                    for a, b in ack.telemetry:
+                        seqs.setdefault(gw, set()).update(range(a, b + 1))
+            return seqs
+
+        want = {gw: set(range(1, 31)) for gw in gateways}
+        wait_for(
+            lambda: acked() == want,
+            20,
+            0.3,
+            what="every batch acked, signed",
+        )
+        served = Counter(e["worker"] for e in feed(tap) if e["readings"])
+        assert set(served) == {0, 1}, served  # both workers committed, and so signed, some
+    finally:
+        sender.loop_stop()
+        sender.disconnect()
+        central.stop()
+        tap.close()
+    assert "no --key" not in central.output()
 
 
 @pytest.mark.hil

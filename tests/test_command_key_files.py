@@ -81,3 +81,46 @@ def test_a_command_key_that_is_not_one_is_a_config_problem_for_check_and_run(
         ), out.stderr
         assert "Traceback" not in out.stderr
     assert not (tmp_path / "outbox.db").exists()  # run stopped before anything was made
+
+
+def test_central_run_refuses_a_signing_key_that_is_not_one_in_one_line(
+    tmp_path: Path, not_keys: dict[str, tuple[Path, str]]
+) -> None:
+    """``fleet central run --key`` signs every ack with it: a file that is not the
+    center's private key stops the start, before a store is made or a broker is tried."""
+    db = tmp_path / "central.db"
+    for name in ("garbage", "public", "dir"):
+        key, says = not_keys[name]
+        args = ["central", "run", "--key", str(key), "--db", str(db)]
+        out = run_cli("fleet", *args, "--broker", "mqtt://127.0.0.1:1", timeout=30)
+        assert out.returncode == 1, (name, out.stdout, out.stderr)
+        assert out.stderr.startswith(f"error: {key}") and says in out.stderr, out.stderr
+        assert len(out.stderr.splitlines()) == 1, out.stderr
+    assert not db.exists()
+
+
+def test_check_warns_that_acks_are_unauthenticated_without_a_command_key(
+    tmp_path: Path,
+) -> None:
+    generate_keys(tmp_path / "center.key")
+    config = tmp_path / "agent.yaml"
+    text = agent_config(
+        gateway="gw-1",
+        broker_url=f"mqtt://127.0.0.1:{free_port()}",
+        outbox=tmp_path / "outbox.db",
+        devices_yaml="  []\n",
+    )
+    config.write_text(text)
+    out = run_cli("edge-agent", "check", "-c", str(config), timeout=30)
+    assert out.returncode == 0, out.stderr
+    assert ": ok - gateway gw-1" in out.stdout
+    assert re.fullmatch(
+        rf"warning: {re.escape(str(config))}:2: central: no command_key: commands are refused, "
+        r"and acks are not authenticated \(.*\)\n",
+        out.stderr,
+    ), out.stderr
+    keyed = text.replace("central: {", f"central: {{command_key: '{tmp_path / 'center.pub'}', ")
+    config.write_text(keyed)
+    out = run_cli("edge-agent", "check", "-c", str(config), timeout=30)
+    assert out.returncode == 0, out.stderr
+    assert out.stderr == "", out.stderr

@@ -216,7 +216,8 @@ def batch(**reading: Any) -> dict[str, Any]:
         (Channel.TELEMETRY, {"gw": "a/b", "stream": "s", "seq_first": 1, "seq_last": 0}, "$"),
         (Channel.ACK, {"stream": STREAM, "telemetry": [[1, 2, 3]]}, "$.telemetry[0]"),
         (Channel.ACK, {"stream": STREAM, "telemetry": [[0, 2]]}, "$.telemetry[0][0]"),
-        (Channel.ACK, {"stream": STREAM, "gw": GW}, "$"),
+        (Channel.ACK, {"stream": STREAM, "gw": GW, "sig": "A" * 86 + "=="}, "$"),
+        (Channel.ACK, {"stream": STREAM, "note": "x"}, "$"),
         (Channel.STATE, {"gw": GW, "online": True}, "$"),
         (Channel.STATE, {"gw": GW, "online": "yes"}, "$.online"),
         (

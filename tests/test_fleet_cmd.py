@@ -53,7 +53,7 @@ def test_cmd_where_three_live_one_offline(
 ) -> None:
     key = tmp_path / "center.key"
     assert run_cli("fleet", "keys", "init", "--key", str(key)).returncode == 0
-    central = Central(tmp_path, mqtt_broker.url).start()
+    central = Central(tmp_path, mqtt_broker.url, key=key).start()
     agents = []
     for gw in GATEWAYS:
         work = tmp_path / gw

@@ -150,7 +150,7 @@ def test_acknowledging_from_the_center_changes_the_state_on_both_sides(
     key = tmp_path / "keys" / "center.key"
     made = run_cli("fleet", "keys", "init", "--key", str(key))
     assert made.returncode == 0, made.stderr
-    central = Central(tmp_path, mqtt_broker.url).start()
+    central = Central(tmp_path, mqtt_broker.url, key=key).start()
     agent = Agent(
         tmp_path, config(tmp_path, mqtt_broker.url, detector.port, key.with_suffix(".pub"))
     ).start()

@@ -1,6 +1,8 @@
 """The agent, for real, against peers that lie: a client publishing acks that break the
-contract on the gateway's ``ack`` topic (real Mosquitto), and a Modbus TCP device that
-answers every request with an MBAP length of 2. Each was reproduced on a real agent: an
+contract on the gateway's ``ack`` topic (real Mosquitto), a client forging acks of the
+right shape on a broker that lets anyone publish anywhere (unsigned, signed with another
+key, signed for another gateway), and a Modbus TCP device that answers every request with
+an MBAP length of 2. The first and last were reproduced on a real agent: an
 ``OverflowError`` traceback per ack; a traceback from asyncio per poll (164 in 90 s).
 
 What must hold: the log stays quiet (one warning per cause, no traceback), the bad input
@@ -24,9 +26,20 @@ import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
-from edge_agent.contract import Channel, Topics
+from edge_agent.contract import Ack, Channel, Topics, encode_ack
+from edge_agent.contract.acks import sign_ack
+from edge_agent.contract.commands import generate_keys, load_private_key
+from edge_agent.contract.payloads import SEQ_MAX
 from tests.rig import GW, devices_yaml
-from tests.support import Agent, Broker, ThreadedDevice, wait_for
+from tests.support import (
+    Agent,
+    Broker,
+    Central,
+    ThreadedDevice,
+    agent_config,
+    stored_readings,
+    wait_for,
+)
 
 pytestmark = pytest.mark.hil
 TOPICS = Topics()
@@ -127,6 +140,105 @@ def test_acks_that_break_the_contract_are_counted_and_delete_nothing(
     log = agent.output()
     assert "Traceback" not in log and "OverflowError" not in log, log[-3000:]
     assert log.count("ignoring an ack that breaks the contract") == 1, log[-3000:]
+
+
+def outbox_rows(path: Path, upto: int) -> list[tuple[int, float]]:
+    """(seq, edge time) of the outbox's first telemetry rows, up to seq ``upto``."""
+    db = sqlite3.connect(path, timeout=5)
+    try:
+        rows = db.execute("SELECT seq, body FROM telemetry WHERE seq <= ? ORDER BY seq", (upto,))
+        return [(int(seq), float(json.loads(body)["ts"])) for seq, body in rows]
+    finally:
+        db.close()
+
+
+def test_forged_acks_on_a_lax_broker_delete_nothing_and_the_centers_signed_acks_do(
+    tmp_path: Path, broker: Broker, modbus_server: ThreadedDevice
+) -> None:
+    """The broker lets anyone publish anywhere (anonymous, no ACL); the gateway has the
+    center's key. A stock client publishes acks of the right shape covering every seq the
+    outbox can hold: unsigned, signed with another key, signed by the center's key for
+    another gateway, and the center's own for this gateway with its ranges widened after
+    signing. None deletes a row; each is counted; the log says each kind once. Then the
+    real center, started with the key, stores the readings and its acks empty the outbox."""
+    center_key = tmp_path / "keys" / "center.key"
+    center_pub = generate_keys(center_key)
+    other_key = tmp_path / "other" / "center.key"
+    generate_keys(other_key)
+    outbox = tmp_path / "outbox.db"
+    text = agent_config(
+        gateway=GW,
+        broker_url=broker.url,
+        outbox=outbox,
+        devices_yaml=devices_yaml(modbus_server.port),
+        ack_timeout_s=1,
+    )
+    agent = Agent(tmp_path, text.replace("central: {", f"central: {{command_key: '{center_pub}', "))
+    agent.start()
+    peer = Peer(broker)
+    central = Central(tmp_path, broker.url, key=center_key)
+    try:
+        stream = str(wait_for(lambda: stream_of(outbox), 20, what="the agent's outbox"))
+        wait_for(lambda: outbox_span(outbox)[1] >= 5, 20, what="readings in the outbox")
+        first = outbox_rows(outbox, 5)
+        everything = Ack(stream, telemetry=((1, SEQ_MAX),), alarms=((1, SEQ_MAX),))
+        widened = json.loads(
+            sign_ack(Ack(stream, telemetry=((1, 1),)), GW, load_private_key(center_key))
+        )
+        widened["telemetry"] = [[1, SEQ_MAX]]
+        forged = [
+            encode_ack(everything),  # unsigned
+            sign_ack(everything, GW, load_private_key(other_key)),  # another key
+            sign_ack(everything, "gw-other", load_private_key(center_key)),  # another gateway
+            json.dumps(widened).encode(),  # the center's, altered
+        ]
+        rounds = 3
+        for _ in range(rounds):
+            for payload in forged:
+                peer.publish_ack(payload)
+        counted = len(forged) * rounds
+
+        def rejected() -> bool:
+            health = peer.last_health()
+            return health is not None and health["uplink"].get("rejected_acks") == counted
+
+        wait_for(rejected, 20, what=f"uplink.rejected_acks == {counted} in a health report")
+        low, count = outbox_span(outbox)
+        assert low == 1 and count >= 5, "a forged ack deleted readings"
+        assert outbox_rows(outbox, 5) == first
+        health = peer.last_health()
+        assert health is not None and health["uplink"]["bad_acks"] == 0
+
+        # the real center: stores what the gateway kept, and its signed acks delete it
+        central.start()
+        wait_for(
+            lambda: (outbox_span(outbox)[0] or 0) > first[-1][0],
+            30,
+            what="the center's signed acks deleting the first rows",
+        )
+        store = central.store()
+        try:
+            stored = {
+                (r.seq, r.ts)
+                for r in stored_readings(store, GW, limit=None)
+                if r.stream == stream and r.seq <= first[-1][0]
+            }
+        finally:
+            store.close()
+        assert stored == set(first), "the readings kept through the forged acks never arrived"
+        assert agent.running()
+    finally:
+        peer.close()
+        agent.stop()
+        central.stop()
+    log = agent.output()
+    assert "Traceback" not in log, log[-3000:]
+    warned = [line for line in log.splitlines() if "not the center's for this gateway" in line]
+    # each kind once (unsigned, bad signature, another gateway's), the rest only counted
+    assert len(warned) == 3, warned
+    assert any("unsigned ack" in w for w in warned), warned
+    assert any("bad signature" in w for w in warned), warned
+    assert any("signed for gateway 'gw-other'" in w for w in warned), warned
 
 
 class LengthTwoHandler(socketserver.BaseRequestHandler):

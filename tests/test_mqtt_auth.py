@@ -75,7 +75,7 @@ def test_agent_center_and_fleet_log_in_with_the_right_password_and_not_a_wrong_o
 
     center_dir = tmp_path / "center"
     center_dir.mkdir()
-    central = Central(center_dir, auth_broker.url)
+    central = Central(center_dir, auth_broker.url, key=key)
     central.args += ["--username", "center", "--password-file", str(center_pw)]
     wrong_dir = tmp_path / "wrong-center"
     wrong_dir.mkdir()

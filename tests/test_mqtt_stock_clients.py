@@ -349,13 +349,23 @@ def test_a_stock_consumer_acks_from_the_readme_and_the_agent_forgets_what_it_ack
         telemetry = sorted({(b["seq_first"], b["seq_last"]) for b in got if "seq_first" in b})
         alarms = sorted({(e["seq"], e["seq"]) for e in got if "seq" in e})
         assert {b["stream"] for b in got} == {batch["stream"]}
-        ack = json.dumps(
-            {
-                "stream": batch["stream"],
-                "telemetry": [list(r) for r in telemetry],
-                "alarms": [list(r) for r in alarms],
-            }
-        ).encode()
+        body = {
+            "gw": GW,
+            "stream": batch["stream"],
+            "telemetry": [list(r) for r in telemetry],
+            "alarms": [list(r) for r in alarms],
+        }
+        # the gateway has the center's key: an unsigned ack deletes nothing
+        unsigned = json.dumps({k: v for k, v in body.items() if k != "gw"}).encode()
+        validate(Channel.ACK, unsigned)
+        stock_pub(mqtt_broker, TOPICS.gw(GW, Channel.ACK), unsigned)
+        refused = sub.wait(
+            lambda m: on(Channel.HEALTH)(m) and m.json()["uplink"].get("rejected_acks") == 1,
+            5,
+            "health counting the unsigned ack",
+        )
+        assert valid(refused)["outbox"]["alarms_depth"] == 1
+        ack = readme_signed(body, agent_dir / "keys" / "center.key", ACK_SIGNED)
         validate(Channel.ACK, ack)
         acked = time.monotonic()
         stock_pub(mqtt_broker, TOPICS.gw(GW, Channel.ACK), ack)
@@ -393,10 +403,17 @@ def test_a_stock_consumer_acks_from_the_readme_and_the_agent_forgets_what_it_ack
         sub.close()
 
 
-def readme_signed(command: dict[str, Any], key_file: Path) -> bytes:
-    """Sign as the README says: Ed25519 over the canonical JSON of id, gw, cmd, args and
-    expires (keys sorted, no whitespace, UTF-8), base64 in ``sig``."""
-    body = {k: command[k] for k in ("id", "gw", "cmd", "args", "expires")}
+CMD_SIGNED = ("id", "gw", "cmd", "args", "expires")
+ACK_SIGNED = ("gw", "stream", "telemetry", "alarms")
+
+
+def readme_signed(
+    message: dict[str, Any], key_file: Path, fields: tuple[str, ...] = CMD_SIGNED
+) -> bytes:
+    """Sign as the README says: Ed25519 over the canonical JSON of the signed fields (a
+    command's id, gw, cmd, args and expires; an ack's gw, stream, telemetry and alarms),
+    keys sorted, no whitespace, UTF-8, base64 in ``sig``."""
+    body = {k: message[k] for k in fields}
     canonical = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
     sig = load_private_key(key_file).sign(canonical.encode())
     return json.dumps({**body, "sig": base64.b64encode(sig).decode()}).encode()

@@ -138,7 +138,7 @@ def test_agent_center_and_fleet_work_over_mqtts_and_are_refused_without_the_righ
     }
     center_dir = tmp_path / "center"
     center_dir.mkdir()
-    central = Central(center_dir, url(tls_broker))
+    central = Central(center_dir, url(tls_broker), key=key)
     central.env.update(tls_env)
     # a second center with a client certificate from another CA: it never gets in
     rogue_dir = tmp_path / "rogue-center"

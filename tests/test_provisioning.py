@@ -444,7 +444,8 @@ def test_an_enrolled_gateway_reaches_the_center_over_tls_with_its_own_identity(
     checked = run_cli("edge-agent", "check", "-c", str(config))
     assert checked.returncode == 0, checked.stdout + checked.stderr
 
-    central = Central(center, center_url)  # the center's own listener
+    # the center's own listener, signing acks with the key the gateway was given
+    central = Central(center, center_url, key=ca / "command.key")
     central.args += [
         "--ca-file", str(ca / "ca.crt"),
         "--cert-file", str(ca / "central.crt"),

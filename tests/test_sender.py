@@ -19,6 +19,7 @@ from types import SimpleNamespace
 from typing import Any, TypeVar
 
 import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from drivers.base import Quality, Reading
 from edge_agent import sender as sender_module
@@ -33,6 +34,7 @@ from edge_agent.contract import (
     decode_telemetry,
     encode_ack,
 )
+from edge_agent.contract.acks import sign_ack
 from edge_agent.contract.limits import MESSAGE_MAX_BYTES, VALUE_TEXT_MAX
 from edge_agent.contract.payloads import ACK_RANGES_MAX, SEQ_MAX
 from edge_agent.outbox import AgentOutbox, DbThread, Lane, Outbox
@@ -96,7 +98,17 @@ class GatedThread(DbThread):
 class Rig:
     """A real Sender and Outbox (on their own thread, as in the agent), a fake center."""
 
-    def __init__(self, tmp: Path, *, window: int, batch_max: int, ack_timeout_s: float) -> None:
+    def __init__(
+        self,
+        tmp: Path,
+        *,
+        window: int,
+        batch_max: int,
+        ack_timeout_s: float,
+        key: Ed25519PrivateKey | None = None,
+    ) -> None:
+        """``key``: the center's; the sender trusts its public half, and acks are signed."""
+        self.key = key
         self.loop = asyncio.get_running_loop()
         self.thread = GatedThread(self)
         self.outbox = Outbox(tmp / "outbox.db", max_bytes=10**9)
@@ -122,6 +134,7 @@ class Rig:
             batch_max=batch_max,
             window=window,
             ack_timeout_s=ack_timeout_s,
+            keys=() if key is None else (key.public_key(),),
         )
         self.task: asyncio.Task[None] | None = None
 
@@ -156,7 +169,8 @@ class Rig:
     def ack(self, first: int, last: int) -> None:
         self.delivered.update(range(first, last + 1))
         ack = Ack(self.outbox.stream_id, telemetry=((first, last),))
-        self.sender.on_ack(Inbound(encode_ack(ack)))
+        payload = encode_ack(ack) if self.key is None else sign_ack(ack, "gw-1", self.key)
+        self.sender.on_ack(Inbound(payload))
 
     async def commit(self, n: int) -> int:
         last = await self.in_db(lambda: self.outbox.append(Lane.TELEMETRY, rows(n)))
@@ -450,6 +464,47 @@ async def test_acks_that_break_the_contract_delete_nothing_are_counted_and_logge
     rig.ack(1, 10)
     await settle_acks(rig)
     assert await rig.left_in_outbox() == 0
+
+
+async def test_with_the_centers_key_only_its_acks_for_this_gateway_delete(
+    make_rig: Callable[..., Rig], caplog: pytest.LogCaptureFixture
+) -> None:
+    """Unsigned, another key's, another gateway's, the center's altered: nothing deleted,
+    each counted in ``rejected_acks`` (not ``bad_acks``: they keep the contract's shape),
+    the first of each kind a warning; the center's own is applied."""
+    center = Ed25519PrivateKey.generate()
+    rig = make_rig(window=16, batch_max=10, ack_timeout_s=30, key=center)
+    rig.auto_ack = False
+    await rig.commit(10)
+    rig.start()
+    assert await wait_until(lambda: bool(rig.published), 5, lambda: None)
+    everything = Ack(rig.outbox.stream_id, telemetry=((1, SEQ_MAX),))
+    altered = json.loads(sign_ack(Ack(rig.outbox.stream_id, telemetry=((1, 1),)), "gw-1", center))
+    altered["telemetry"] = [[1, 10]]
+    forged = [
+        encode_ack(everything),
+        sign_ack(everything, "gw-1", Ed25519PrivateKey.generate()),
+        sign_ack(everything, "gw-2", center),
+        json.dumps(altered).encode(),
+    ]
+    with caplog.at_level(logging.DEBUG):
+        for _ in range(3):
+            for payload in forged:
+                rig.sender.on_ack(Inbound(payload))
+            await settle_acks(rig)
+    assert await rig.left_in_outbox() == 10, "a forged ack deleted rows"
+    assert (rig.sender.rejected_acks, rig.sender.bad_acks, rig.sender.acked) == (12, 0, 0)
+    noisy = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert len(noisy) == 3, noisy  # unsigned, bad signature (twice the kind), gateway
+    assert "unsigned ack" in noisy[0] and "bad signature" in noisy[1], noisy
+    assert "signed for gateway 'gw-2'" in noisy[2], noisy
+    # an ack that breaks the contract is still a bad ack, signed or not
+    rig.sender.on_ack(Inbound(hostile_acks(rig.outbox.stream_id)[0]))
+    assert rig.sender.bad_acks == 1
+    rig.ack(1, 10)
+    await settle_acks(rig)
+    assert await rig.left_in_outbox() == 0
+    assert rig.sender.acked == 10
 
 
 async def test_bad_acks_warn_again_after_a_quiet_minute_with_the_count_between(

@@ -8,6 +8,11 @@ published again to another's is refused there (``verify(…, gateway=…)``); ``
 is the nonce the gateway's replay ledger remembers until ``expires``. The reply travels on
 the MQTT v5 response topic the command named, with its correlation data.
 
+The gateway trusts one or more public keys (``central.command_key`` names a file of one
+or more PEM blocks, ``load_public_keys``): a signature by any of them holds, so that the
+center's key can be rotated by giving gateways the new key beside the old one first. The
+same keys and the same canonical JSON authenticate acks (``contract/acks.py``).
+
 ``cryptography`` is imported only when a key is used: a gateway that takes no commands
 does not pay for it.
 """
@@ -18,9 +23,11 @@ import base64
 import json
 import time
 import uuid
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from drivers.host_files import pem_blocks
 from edge_agent.contract.payloads import PayloadError, dumps, loads
 
 if TYPE_CHECKING:
@@ -45,6 +52,30 @@ SIGNED = ("id", "gw", "cmd", "args", "expires")
 """The fields of a command, every one under the signature."""
 
 
+def signature(body: dict[str, Any], key: Ed25519PrivateKey) -> str:
+    """The ``sig`` of ``body``: Ed25519 over its canonical JSON, standard base64."""
+    return base64.b64encode(key.sign(canonical(body))).decode()
+
+
+def signed_by(body: dict[str, Any], sig: str, keys: Sequence[Ed25519PublicKey]) -> bool:
+    """Whether ``sig`` is a signature of ``body`` by one of ``keys``."""
+    # cryptography loads only where commands are signed or checked
+    from cryptography.exceptions import InvalidSignature  # noqa: PLC0415
+
+    try:
+        raw = base64.b64decode(sig, validate=True)
+    except ValueError:
+        return False
+    message = canonical(body)
+    for key in keys:
+        try:
+            key.verify(raw, message)
+        except InvalidSignature:
+            continue
+        return True
+    return False
+
+
 def new_command(gw: str, cmd: str, args: dict[str, Any], ttl_s: float = 60) -> dict[str, Any]:
     """A command for gateway ``gw``, valid for ``ttl_s``."""
     return {
@@ -58,18 +89,17 @@ def new_command(gw: str, cmd: str, args: dict[str, Any], ttl_s: float = 60) -> d
 
 def sign(command: dict[str, Any], key: Ed25519PrivateKey) -> bytes:
     body = {k: command[k] for k in SIGNED}
-    sig = base64.b64encode(key.sign(canonical(body))).decode()
-    return dumps({**body, "sig": sig})
+    return dumps({**body, "sig": signature(body, key)})
 
 
 def verify(
-    payload: bytes | bytearray, key: Ed25519PublicKey, gateway: str, now: float | None = None
+    payload: bytes | bytearray,
+    keys: Sequence[Ed25519PublicKey],
+    gateway: str,
+    now: float | None = None,
 ) -> dict[str, Any]:
-    """The command, if its signature, shape and expiry hold and it is for ``gateway``;
-    replay is the caller's check."""
-    # cryptography loads only where commands are signed or checked
-    from cryptography.exceptions import InvalidSignature  # noqa: PLC0415
-
+    """The command, if it is signed by one of ``keys``, its shape and expiry hold and it
+    is for ``gateway``; replay is the caller's check."""
     try:
         obj = loads(payload)
     except PayloadError as exc:
@@ -79,10 +109,8 @@ def verify(
         raise CommandRejected("unsigned command")
     if set(obj) != set(SIGNED):
         raise CommandRejected("a command has exactly id, gw, cmd, args, expires and sig")
-    try:
-        key.verify(base64.b64decode(sig, validate=True), canonical(obj))
-    except (InvalidSignature, ValueError):
-        raise CommandRejected("bad signature") from None
+    if not signed_by(obj, sig, keys):
+        raise CommandRejected("bad signature")
     if not isinstance(obj["id"], str) or not isinstance(obj["cmd"], str):
         raise CommandRejected("id and cmd must be strings")
     if obj["gw"] != gateway:
@@ -161,25 +189,33 @@ def load_private_key(path: Path) -> Ed25519PrivateKey:
     return key
 
 
-def load_public_key(path: Path) -> Ed25519PublicKey:
-    return parse_public_key(_key_file(path), str(path))
+def load_public_keys(path: Path) -> tuple[Ed25519PublicKey, ...]:
+    """The Ed25519 public keys in a file of one or more PEM blocks (several while the
+    center's key is rotated: the new one beside the old); ``ValueError`` naming the path,
+    and the block when there are several, for anything else in it."""
+    return parse_public_keys(_key_file(path), str(path))
 
 
-def parse_public_key(pem: bytes, where: str) -> Ed25519PublicKey:
-    """The Ed25519 public key in ``pem``; ``ValueError`` naming ``where`` (a file, or the
-    bundle's ``command.pub``) for anything else."""
+def parse_public_keys(pem: bytes, where: str) -> tuple[Ed25519PublicKey, ...]:
+    """``load_public_keys`` of text already read (an enrollment bundle's ``command.pub``);
+    ``where`` names it in messages."""
     # cryptography loads only where commands are signed or checked
     from cryptography.exceptions import UnsupportedAlgorithm  # noqa: PLC0415
     from cryptography.hazmat.primitives import serialization  # noqa: PLC0415
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey  # noqa: PLC0415
 
-    try:
-        key = serialization.load_pem_public_key(pem)
-    except (ValueError, UnsupportedAlgorithm) as exc:
-        raise ValueError(f"{where} is not a PEM public key ({_first_line(exc)})") from None
-    if not isinstance(key, Ed25519PublicKey):
-        raise ValueError(f"{where} is not an Ed25519 public key")
-    return key
+    blocks = pem_blocks(pem) or [pem]  # no PEM block at all: cryptography says why
+    keys: list[Ed25519PublicKey] = []
+    for i, block in enumerate(blocks, 1):
+        which = where if len(blocks) == 1 else f"{where} (key {i} of {len(blocks)})"
+        try:
+            key = serialization.load_pem_public_key(block)
+        except (ValueError, UnsupportedAlgorithm) as exc:
+            raise ValueError(f"{which} is not a PEM public key ({_first_line(exc)})") from None
+        if not isinstance(key, Ed25519PublicKey):
+            raise ValueError(f"{which} is not an Ed25519 public key")
+        keys.append(key)
+    return tuple(keys)
 
 
 KEY_FILE_MAX = 64 * 1024

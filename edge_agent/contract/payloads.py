@@ -380,8 +380,13 @@ def _ranges(obj: JSON, name: str) -> tuple[SeqRange, ...]:
 def decode_ack(payload: Raw) -> Ack:
     """Validate an ack before it can delete anything: a stream id of the contract's form,
     and per lane at most ``ACK_RANGES_MAX`` ranges of seqs an outbox can hold (SQLite's
-    signed 64 bits, from 1), each with first <= last."""
-    obj = loads(payload)
+    signed 64 bits, from 1), each with first <= last. Its signature, if any, is not
+    checked here (``acks.verify_ack`` does)."""
+    return ack_from(loads(payload))
+
+
+def ack_from(obj: JSON) -> Ack:
+    """The ack an object decoded from the wire holds (``decode_ack``'s checks)."""
     stream = _stream_field(obj)
     return Ack(stream, _ranges(obj, "telemetry"), _ranges(obj, "alarms"))
 
