@@ -372,6 +372,48 @@ def keys_init(key: KeyOpt = Path("center.key")) -> None:
     typer.echo(f"private key {key} (keep it on the center), public key {public}")
 
 
+@keys_app.command("rotate")
+def keys_rotate(
+    key: KeyOpt = Path("center.key"),
+    finish: Annotated[
+        bool, typer.Option("--finish", help="step 2: sign with the new key from now on")
+    ] = False,
+    forget_old: Annotated[
+        bool,
+        typer.Option(
+            "--forget-old",
+            help="with --finish, or after it: delete the old key, and its public key from .pub",
+        ),
+    ] = False,
+) -> None:
+    """Rotate the center's signing key in two steps: first a new key beside the current
+    one and a .pub holding both (give it to every gateway: they accept either); then,
+    with --finish, the new key signs. No gateway is enrolled again."""
+    # loaded by the command that uses it: fleet --help stays under 0.3 s
+    from central.key_rotation import RotationError, begin  # noqa: PLC0415
+    from central.key_rotation import finish as finish_rotation  # noqa: PLC0415
+
+    try:
+        done = finish_rotation(key, forget_old=forget_old) if finish or forget_old else begin(key)
+    except (RotationError, OSError) as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from None
+    if not (finish or forget_old):
+        typer.echo(
+            f"new key {key}.next beside {key}; {done.public} now holds both public keys. "
+            "Give it to every gateway (central.command_key), then: "
+            f"fleet keys rotate --key {key} --finish"
+        )
+    elif forget_old:
+        typer.echo(f"{key} signs alone; {done.public} holds its public key only")
+    else:
+        typer.echo(
+            f"{key} is the new key (restart fleet central run and use it with fleet cmd); "
+            f"the old one is {key}.old; {done.public} still holds both. Once every gateway "
+            f"has it: fleet keys rotate --key {key} --forget-old"
+        )
+
+
 @alarms_app.command("list")
 def alarms_list(
     gateway: Annotated[str | None, typer.Option("--gateway", "-g", help="gateway id")] = None,

@@ -1,0 +1,108 @@
+"""Rotating the center's signing key (``fleet keys rotate``) without re-enrolling a gateway.
+
+Gateways accept a signature by any key in their ``central.command_key`` file (one or more
+PEM public keys), so a rotation is two steps, with the gateways' files updated between:
+
+1. ``begin``: a new key pair beside the current one (``KEY.next``, 0600), and ``KEY.pub``
+   made to hold both public keys, the current one first. The center still signs with
+   the current key; give the new ``KEY.pub`` to every gateway (a config update, or a new
+   bundle), which then accepts both.
+2. ``finish``: the new key becomes ``KEY`` (the old one is kept as ``KEY.old``, 0600,
+   until ``--forget-old``), and the center signs with it from its next start. ``KEY.pub``
+   keeps both, so that a gateway not yet updated with it still takes both keys' acks and
+   commands... until the old key is forgotten: then ``KEY.pub`` holds the new one alone.
+
+The command key, the CA and (later) the release key are separate files: rotating one
+touches nothing of the others.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from drivers.host_files import pem_blocks
+from edge_agent.contract.commands import load_private_key, new_key_pair
+
+
+class RotationError(Exception):
+    """The rotation cannot be done now; the message says why and what to do."""
+
+
+@dataclass(frozen=True, slots=True)
+class Rotation:
+    key: Path
+    public: Path
+    keys_in_public: int
+
+
+def next_path(key: Path) -> Path:
+    return key.with_name(key.name + ".next")
+
+
+def old_path(key: Path) -> Path:
+    return key.with_name(key.name + ".old")
+
+
+def public_path(key: Path) -> Path:
+    return key.with_suffix(".pub")
+
+
+def begin(key: Path) -> Rotation:
+    """Step 1; ``RotationError`` if a rotation is under way already or ``key`` is none."""
+    _current(key)
+    if next_path(key).exists():
+        raise RotationError(
+            f"a rotation is under way ({next_path(key)} exists): fleet keys rotate --finish"
+        )
+    private_pem, public_pem = new_key_pair()
+    current_pub = _public_of(key)
+    _write(next_path(key), private_pem, 0o600)
+    _write(public_path(key), current_pub + public_pem, 0o644)
+    return Rotation(key, public_path(key), 2)
+
+
+def finish(key: Path, *, forget_old: bool = False) -> Rotation:
+    """Step 2: the new key in ``key``'s place."""
+    _current(key)
+    new = next_path(key)
+    if new.exists():
+        load_private_key(new)  # a damaged file stops here, before anything moves
+        os.replace(key, old_path(key))
+        os.replace(new, key)
+    elif not forget_old:
+        raise RotationError(f"no rotation under way: fleet keys rotate begins one for {key}")
+    if forget_old:
+        old_path(key).unlink(missing_ok=True)
+        _write(public_path(key), _public_of(key), 0o644)
+        return Rotation(key, public_path(key), 1)
+    blocks = pem_blocks(public_path(key).read_bytes())
+    return Rotation(key, public_path(key), len(blocks))
+
+
+def _current(key: Path) -> None:
+    try:
+        load_private_key(key)
+    except ValueError as exc:
+        raise RotationError(f"{exc} (fleet keys init makes one)") from None
+
+
+def _public_of(key: Path) -> bytes:
+    from cryptography.hazmat.primitives import serialization  # noqa: PLC0415
+
+    return (
+        load_private_key(key)
+        .public_key()
+        .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+    )
+
+
+def _write(path: Path, data: bytes, mode: int) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.unlink(missing_ok=True)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+    with os.fdopen(fd, "wb") as f:
+        os.fchmod(f.fileno(), mode)
+        f.write(data)
+    tmp.replace(path)
