@@ -146,31 +146,37 @@ def enroll(
         typer.Option(
             "--owner",
             help="the user the agent runs as (edgefleet under the shipped systemd unit): "
-            "the key is given to it",
+            "the key (or password file) is given to it",
         ),
     ] = None,
 ) -> None:
     """Install an enrollment bundle: the CA certificate, the gateway's certificate and key
-    (0600), the center's command key and a starter agent.yaml."""
+    (0600) or its password file (0600), the center's command key and a starter
+    agent.yaml."""
     # loaded by the command that uses it: --help stays fast
+    from edge_agent.contract.enrollment import KEY_FILE, PASSWORD, PASSWORD_FILE  # noqa: PLC0415
     from edge_agent.enroll import EnrollError, install, read_bundle  # noqa: PLC0415
 
     try:
-        written = install(read_bundle(bundle), folder, force=force, owner=owner)
+        read = read_bundle(bundle)
+        written = install(read, folder, force=force, owner=owner)
     except EnrollError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(1) from None
+    secret, what = (
+        (PASSWORD_FILE, "password") if read.kind == PASSWORD else (KEY_FILE, "private key")
+    )
     config = folder / "agent.yaml"
     typer.echo(f"enrolled into {folder}: {', '.join(p.name for p in written)}")
     steps = [f"add this gateway's devices to {config} (replace `devices: []`)"]
     if owner is None and os.geteuid() == 0:
-        # root owns the key now; the shipped unit runs the agent as edgefleet
-        steps.append(f"chown edgefleet {folder / 'gateway.key'} (the agent's user)")
+        # root owns the secret now; the shipped unit runs the agent as edgefleet
+        steps.append(f"chown edgefleet {folder / secret} (the agent's user)")
     steps += [f"edge-agent check -c {config}", "systemctl enable --now edge-agent"]
     typer.echo("next:")
     for i, step in enumerate(steps, 1):
         typer.echo(f"  {i}. {step}")
-    typer.echo(f"then delete {bundle}: it holds the gateway's private key")
+    typer.echo(f"then delete {bundle}: it holds the gateway's {what}")
 
 
 app.command()(browse)
