@@ -202,7 +202,7 @@ def test_enroll_refuses_a_password_bundle_that_is_not_what_it_claims(tmp_path: P
     good = json.loads((tmp_path / f"{A}.bundle").read_text())
     files = good["files"]
     cert_files = bundle_files(tmp_path, C)
-    cases = [
+    cases: list[tuple[dict[str, object], str]] = [
         ({"files": {**files, "gateway.pass": "short\n"}}, "gateway.pass is not one line"),
         ({"files": {**files, "gateway.pass": "a b" * 20 + "\n"}}, "gateway.pass is not one line"),
         (
@@ -223,7 +223,7 @@ def test_enroll_refuses_a_password_bundle_that_is_not_what_it_claims(tmp_path: P
         assert says in out.stderr and "Traceback" not in out.stderr, (says, out.stderr)
         assert not etc.exists()
     # a certificate bundle without "kind" (as the first were written) still installs
-    legacy = {k: v for k, v in json.loads((tmp_path / f"{C}.bundle").read_text()).items()}
+    legacy = json.loads((tmp_path / f"{C}.bundle").read_text())
     assert legacy.pop("kind") == "certificate"
     (tmp_path / "legacy.bundle").write_text(json.dumps(legacy))
     out = run_cli(
@@ -381,8 +381,8 @@ def password_fleet(tmp_path: Path) -> Iterator[Fleet]:
     run = tmp_path / "broker"
     run.mkdir()
     broker = Broker(run, port, config=conf / "mosquitto.conf").start()
-    for p in (center_port, password_port):
-        wait_for(lambda p=p: port_open(p), 10, what=f"the listener on {p}")
+    wait_for(lambda: port_open(center_port), 10, what="the center's listener")
+    wait_for(lambda: port_open(password_port), 10, what="the password listener")
     assert broker.proc is not None
     pid_file = tmp_path / "mosquitto.pid"
     pid_file.write_text(f"{broker.proc.pid}\n")
