@@ -20,6 +20,8 @@ Errors: ``PasswordError``, the message saying which file or program and why.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import os
 import re
@@ -27,6 +29,7 @@ import secrets
 import shutil
 import subprocess
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 from edge_agent.contract.topics import check_gateway_id
@@ -140,18 +143,36 @@ def set_line(path: Path, line: str) -> None:
     match = _LINE.fullmatch(line)
     if match is None:
         raise PasswordError("not a hashed password line")
-    lines = entries(path)
-    lines[match["user"]] = line
-    _replace(path, lines)
+    with _locked(path):
+        lines = entries(path)
+        lines[match["user"]] = line
+        _replace(path, lines)
 
 
 def remove(path: Path, gateway: str) -> bool:
     """Take ``gateway``'s line out of the password file; whether there was one."""
-    lines = entries(path)
-    if lines.pop(check_gateway_id(gateway), None) is None:
-        return False
-    _replace(path, lines)
+    with _locked(path):
+        lines = entries(path)
+        if lines.pop(check_gateway_id(gateway), None) is None:
+            return False
+        _replace(path, lines)
     return True
+
+
+@contextlib.contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    """Two ``fleet`` commands changing the file at once: one after the other, so that
+    neither loses the other's line (a lock file beside it: the file itself is renamed)."""
+    lock = path.with_name(f".{path.name}.lock")
+    try:
+        fd = os.open(lock, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+    except OSError as exc:
+        raise PasswordError(f"cannot lock the password file {path}: {exc.strerror}") from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
 
 
 def ensure(path: Path) -> bool:

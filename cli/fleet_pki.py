@@ -202,6 +202,11 @@ def provision(
         raise typer.BadParameter(
             "is for a gateway provisioned --password", param_hint="--passwords"
         )
+    # by name: Typer's own copy of click (0.2x) has its own ParameterSource class
+    if password and getattr(ctx.get_parameter_source("days"), "name", None) != "DEFAULT":
+        raise typer.BadParameter(
+            "is for a certificate; a password has no expiry", param_hint="--days"
+        )
     if broker is None:
         broker = f"mqtts://localhost:{DEFAULT_PASSWORD_PORT if password else 8883}"
     try:

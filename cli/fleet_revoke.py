@@ -86,6 +86,8 @@ def revoke(
             raise typer.Exit(1)
         pid = _broker_pid(broker_pid_file) if broker_pid_file is not None else None
         try:
+            if pw_path.exists():
+                password_file.entries(pw_path)  # a file it would not change, before the CRL
             done = revoke_in_ca(ca_dir, gateway)
             # a password the file still has (of a gateway provisioned both ways) goes too
             removed = pw_path.exists() and password_file.remove(pw_path, gateway)

@@ -192,6 +192,25 @@ def test_provision_refuses_a_password_file_with_a_plain_line_and_a_plain_broker(
     assert rc == 2 and "over TLS only" in out, out
     rc, out = provision(tmp_path, A, "--passwords", str(pw_file))
     assert rc == 2 and "--password" in out, out
+    rc, out = provision(tmp_path, A, "--password", "--days", "30")
+    assert rc == 2 and "--days" in out and "no expiry" in out, out
+
+
+def test_revoke_of_a_password_gateway_without_its_password_file_changes_nothing(
+    tmp_path: Path,
+) -> None:
+    assert fleet("ca", "init", "--dir", str(tmp_path / "ca"))[0] == 0
+    assert provision(tmp_path, A, "--password")[0] == 0
+    pw_file = tmp_path / "ca" / "passwords"
+    moved = pw_file.rename(tmp_path / "moved")
+    args = ["revoke", A, "--ca-dir", str(tmp_path / "ca"), "--db", str(tmp_path / "central.db")]
+    rc, out = fleet(*args)
+    assert rc == 1 and f"no password file {pw_file}" in out and "--passwords" in out, out
+    assert not (tmp_path / "ca" / "revoked.txt").exists()
+    rc, out = fleet(*args, "--passwords", str(moved))
+    assert rc == 0 and f"its password taken out of {moved}" in out, out
+    assert moved.read_text() == ""
+    assert (tmp_path / "ca" / "revoked.txt").read_text().splitlines()[-1] == A
 
 
 def test_enroll_refuses_a_password_bundle_that_is_not_what_it_claims(tmp_path: Path) -> None:
