@@ -32,6 +32,7 @@ from importlib import resources
 from pathlib import Path
 from string import Template
 
+from central.passwords import PASSWORDS, PasswordError, ensure
 from central.pki import (
     BROKER_CERT,
     BROKER_KEY,
@@ -59,6 +60,9 @@ PACKET_HEADROOM = 65_536
 """Bytes a packet may hold beside a payload of ``MESSAGE_MAX_BYTES``: its topic (ours are
 short, MQTT allows 65,535 bytes) and its properties (a command's response topic and
 correlation data). ``max_packet_size`` is their sum."""
+
+DEFAULT_PASSWORD_PORT = 8886
+"""The password listener's port, shown (as a comment) where it is off."""
 
 DEFAULT_DATA_DIR = Path("/var/lib/mosquitto")
 """Where Debian's package keeps Mosquitto's persistence file."""
@@ -89,7 +93,13 @@ class BrokerConfig:
     gets its own, so it cannot take over another's session, nor the center's. The center
     connects to ``center_port``, where its processes keep the client ids they choose
     (``edgefleet-central``, ``…-alarms``, ``…-w1``…); bind it where only the center's
-    machines reach it (``center_bind``, loopback by default)."""
+    machines reach it (``center_bind``, loopback by default).
+
+    With ``password_port``, a third listener takes gateways that log in with a username
+    and a password (``fleet provision --password``) over TLS that authenticates the
+    broker only; the password file (``password_file``, default ``passwords`` in the CA
+    folder, made empty if missing) holds their hashes, and a client's id is its username
+    there too."""
 
     ca_dir: Path
     out: Path
@@ -102,33 +112,63 @@ class BrokerConfig:
     enroll_port: int | None = None
     """The enrollment listener's port (token enrollment), None: no such listener."""
     enroll_bind: str = "127.0.0.1"
+    password_port: int | None = None
+    password_bind: str = "127.0.0.1"
+    password_file: Path | None = None
 
     def __post_init__(self) -> None:
         ports = [("port", self.port), ("center port", self.center_port)]
         if self.enroll_port is not None:
             ports.append(("enrollment port", self.enroll_port))
+        if self.password_port is not None:
+            ports.append(("password port", self.password_port))
         for what, port in ports:
             if not 1 <= port <= 65535:
                 raise ValueError(f"{what} {port} is not 1-65535")
         if len({port for _, port in ports}) != len(ports):
-            raise ValueError("each listener needs a port of its own")
+            raise ValueError(
+                "each listener (gateways', center's, enrollment, password) needs a port of its own"
+            )
         check_address(self.bind)
         check_address(self.center_bind)
         check_address(self.enroll_bind)
+        check_address(self.password_bind)
         Topics(self.topic_root)  # raises TopicError (a ValueError) for a wildcard or space
-        for what, path in (("CA folder", self.ca_dir), ("out", self.out), ("data", self.data_dir)):
+        for what, path in (
+            ("CA folder", self.ca_dir),
+            ("out", self.out),
+            ("data", self.data_dir),
+            ("password file", self.passwords),
+        ):
             _check_path(what, path)
+
+    @property
+    def passwords(self) -> Path:
+        """The password file the password listener reads."""
+        return self.password_file if self.password_file is not None else self.ca_dir / PASSWORDS
 
     def render(self) -> dict[str, str]:
         """The two files' texts by name (``mosquitto.conf``, ``edgefleet.acl``)."""
-        ca, out, data = (p.resolve() for p in (self.ca_dir, self.out, self.data_dir))
-        for what, path in (("CA folder", ca), ("out", out), ("data folder", data)):
+        ca, out, data, passwords = (
+            p.resolve() for p in (self.ca_dir, self.out, self.data_dir, self.passwords)
+        )
+        for what, path in (
+            ("CA folder", ca),
+            ("out", out),
+            ("data folder", data),
+            ("password file", passwords),
+        ):
             _check_path(what, path)  # the working directory's name is in them now
         conf = _template(CONFIG_NAME).substitute(
             port=self.port,
             bind=self.bind,
             center_port=self.center_port,
             center_bind=self.center_bind,
+            # the password listener's lines: comments unless it is asked for
+            password="" if self.password_port is not None else "# ",
+            password_port=self.password_port or DEFAULT_PASSWORD_PORT,
+            password_bind=self.password_bind,
+            password_file=passwords,
             cafile=ca / CA_CERT,
             certfile=ca / BROKER_CERT,
             keyfile=ca / BROKER_KEY,
@@ -194,13 +234,21 @@ class BrokerConfig:
         there = [str(p) for p in paths if p.exists() or p.is_symlink()]
         if there and not force:
             raise ExistingFiles(f"{', '.join(there)} exists; --force overwrites")
+        made = False
+        if self.password_port is not None:
+            # Mosquitto does not start on a password_file that is missing: an empty one
+            # (left there if the config cannot be written: it is of no harm)
+            try:
+                made = ensure(self.passwords)
+            except PasswordError as exc:
+                raise BrokerConfigError(str(exc)) from None
         try:
             _write_all(self.out, texts)
         except OSError as exc:
             raise BrokerConfigError(
                 f"cannot write into {self.out}: {exc.strerror or exc}"
             ) from None
-        return paths
+        return [*paths, self.passwords] if made else paths
 
     def _check_ca_folder(self) -> None:
         missing = [name for name in CA_FILES if not (self.ca_dir / name).is_file()]

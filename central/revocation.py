@@ -53,10 +53,15 @@ def record_issued(folder: Path, gateway: str, cert_pem: bytes) -> Path:
     where.mkdir(parents=True, exist_ok=True)
     path = where / f"{cert.serial_number:x}.pem"
     _replace(path, cert_pem)
+    reinstate(folder, gateway)
+    return path
+
+
+def reinstate(folder: Path, gateway: str) -> None:
+    """Take ``gateway`` off the revoked list (if it is there): it has a new identity."""
     revoked = revoked_gateways(folder)
     if gateway in revoked:
         _write_revoked(folder, [g for g in revoked if g != gateway])
-    return path
 
 
 def revoke(folder: Path, gateway: str, now: datetime.datetime | None = None) -> Revocation:

@@ -192,41 +192,46 @@ def enroll(
         typer.Option(
             "--owner",
             help="the user the agent runs as (edgefleet under the shipped systemd unit): "
-            "the key is given to it",
+            "the key (or password file) is given to it",
         ),
     ] = None,
 ) -> None:
     """Install an enrollment bundle: the CA certificate, the gateway's certificate and key
-    (0600), the center's command key and a starter agent.yaml. With --token instead, make
-    the key here and have the center sign it (its answer is installed the same way)."""
+    (0600) or its password file (0600), the center's command key and a starter
+    agent.yaml. With --token instead, make the key here and have the center sign it (its
+    answer is installed the same way)."""
     # loaded by the command that uses it: --help stays fast
+    from edge_agent.contract.enrollment import KEY_FILE, PASSWORD, PASSWORD_FILE  # noqa: PLC0415
     from edge_agent.enroll import EnrollError, install, read_bundle  # noqa: PLC0415
 
     try:
         if token is not None:
             if bundle is not None:
                 raise typer.BadParameter("a bundle or --token, not both")
-            got = _enroll_by_token(token, gateway, broker, ca_file, wait)
+            read = _enroll_by_token(token, gateway, broker, ca_file, wait)
         elif bundle is not None:
-            got = read_bundle(bundle)
+            read = read_bundle(bundle)
         else:
             raise typer.BadParameter("give the BUNDLE from fleet provision, or --token")
-        written = install(got, folder, force=force, owner=owner)
+        written = install(read, folder, force=force, owner=owner)
     except EnrollError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(1) from None
+    secret, what = (
+        (PASSWORD_FILE, "password") if read.kind == PASSWORD else (KEY_FILE, "private key")
+    )
     config = folder / "agent.yaml"
     typer.echo(f"enrolled into {folder}: {', '.join(p.name for p in written)}")
     steps = [f"add this gateway's devices to {config} (replace `devices: []`)"]
     if owner is None and os.geteuid() == 0:
-        # root owns the key now; the shipped unit runs the agent as edgefleet
-        steps.append(f"chown edgefleet {folder / 'gateway.key'} (the agent's user)")
+        # root owns the secret now; the shipped unit runs the agent as edgefleet
+        steps.append(f"chown edgefleet {folder / secret} (the agent's user)")
     steps += [f"edge-agent check -c {config}", "systemctl enable --now edge-agent"]
     typer.echo("next:")
     for i, step in enumerate(steps, 1):
         typer.echo(f"  {i}. {step}")
     if bundle is not None:
-        typer.echo(f"then delete {bundle}: it holds the gateway's private key")
+        typer.echo(f"then delete {bundle}: it holds the gateway's {what}")
 
 
 def _finish_certificate_swap(config: Path) -> None:

@@ -72,6 +72,32 @@ def broker_config(
             callback=_bind_option,
         ),
     ] = "127.0.0.1",
+    password_port: Annotated[
+        int | None,
+        typer.Option(
+            "--password-port",
+            min=1,
+            max=65535,
+            help="a third TLS listener, for gateways with a username and password (fleet "
+            "provision --password), on this port (8886 is usual) [default: none]",
+        ),
+    ] = None,
+    password_bind: Annotated[
+        str,
+        typer.Option(
+            "--password-bind",
+            help="the address the password listener binds",
+            callback=_bind_option,
+        ),
+    ] = "127.0.0.1",
+    passwords: Annotated[
+        Path | None,
+        typer.Option(
+            "--passwords",
+            help="the password file the password listener reads (mosquitto_passwd hashes; "
+            "made empty, 0600, if missing) [default: CA-DIR/passwords]",
+        ),
+    ] = None,
     topic_root: RootOpt = DEFAULT_ROOT,
     data_dir: Annotated[
         Path, typer.Option("--data-dir", help="where Mosquitto keeps its persistence file")
@@ -82,7 +108,8 @@ def broker_config(
 ) -> None:
     """Write a Mosquitto 2 config (TLS listeners that require a certificate of the fleet's
     CA and check its CRL: the gateways', where a client's id is its certificate's name,
-    and the center's) and the ACL that confines each gateway to its topics."""
+    and the center's; with --password-port, one for gateways with a password) and the ACL
+    that confines each gateway to its topics."""
     from central.broker_config import BrokerConfig, BrokerConfigError  # noqa: PLC0415
 
     try:
@@ -97,6 +124,9 @@ def broker_config(
             center_bind=center_bind,
             enroll_port=enroll_port,
             enroll_bind=enroll_bind,
+            password_port=password_port,
+            password_bind=password_bind,
+            password_file=passwords,
         )
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from None

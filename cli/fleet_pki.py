@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
@@ -15,6 +15,9 @@ from cli.apps import group
 from cli.fleet_enroll import approve, issue_token, show_pending
 from cli.store_options import DEFAULT_DB, DbOpt, open_db
 from cli.topic_options import gateway_option
+
+if TYPE_CHECKING:
+    from central.store.rows import Identity
 
 ca_app = group("The fleet's certificate authority: CA, broker, center and command keys.")
 
@@ -198,9 +201,13 @@ def provision(
         Path, typer.Option("--ca-dir", envvar="EDGEFLEET_CA_DIR", help="the CA folder")
     ] = DEFAULT_CA_DIR,
     broker: Annotated[
-        str,
-        typer.Option("--broker", help="the broker URL the gateway connects to (mqtts://)"),
-    ] = "mqtts://localhost:8883",
+        str | None,
+        typer.Option(
+            "--broker",
+            help="the broker URL the gateway connects to (mqtts://) "
+            "[default: mqtts://localhost:8883, with --password :8886]",
+        ),
+    ] = None,
     out: Annotated[
         Path | None,
         typer.Option("--out", help="the enrollment bundle to write [default: GW.bundle]"),
@@ -208,6 +215,22 @@ def provision(
     days: Annotated[
         int, typer.Option("--days", min=1, max=36500, help="how long the certificate lasts")
     ] = 825,
+    password: Annotated[
+        bool,
+        typer.Option(
+            "--password",
+            help="a username (GW) and a random password in place of a client certificate, "
+            "for the broker's password listener (fleet broker-config --password-port)",
+        ),
+    ] = False,
+    passwords: Annotated[
+        Path | None,
+        typer.Option(
+            "--passwords",
+            help="with --password: the broker's password file, where the password's hash "
+            "goes (mosquitto_passwd) [default: CA-DIR/passwords]",
+        ),
+    ] = None,
     force: ForceOpt = False,
     token: Annotated[
         bool,
@@ -223,26 +246,19 @@ def provision(
     json_out: Annotated[bool, typer.Option("--json", help="pending: as JSON")] = False,
     db: DbOpt = DEFAULT_DB,
 ) -> None:
-    """Issue a gateway's client certificate (CN = GW), record its identity in the registry
-    and write one enrollment bundle (0600) for `edge-agent enroll`; with --token, a
-    one-time token instead. `fleet provision pending` lists enrollment requests no token
-    vouches for; `fleet provision approve GW` signs one."""
+    """Issue a gateway's client certificate (CN = GW), or with --password a random password
+    for username GW (its hash into the broker's password file), record its identity in
+    the registry and write one enrollment bundle (0600) for `edge-agent enroll`; with
+    --token, a one-time token instead. `fleet provision pending` lists enrollment
+    requests no token vouches for; `fleet provision approve GW` signs one."""
     # cryptography and the store load for this command only
-    from central.pki import (  # noqa: PLC0415
-        CENTRAL_CN,
-        COMMAND_PUB,
-        PkiError,
-        issue_client,
-    )
-    from central.revocation import record_issued  # noqa: PLC0415
-    from central.store import StoreError  # noqa: PLC0415
-    from central.store.rows import Identity  # noqa: PLC0415
-    from edge_agent.contract import enrollment  # noqa: PLC0415
+    from central.pki import CENTRAL_CN  # noqa: PLC0415
     from mqttlink.url import BrokerUrl  # noqa: PLC0415
 
     tags = dict(t.partition("=")[::2] for t in tag or ())
     if gateway in ("approve", "pending"):
-        _enrollment_request(ctx, gateway, approved, ca_dir, db, site, tags, broker, days, json_out)
+        url = broker or "mqtts://localhost:8883"
+        _enrollment_request(ctx, gateway, approved, ca_dir, db, site, tags, url, days, json_out)
         return
     if approved is not None:
         raise typer.BadParameter(f"one gateway at a time: {approved!r} is one too many")
@@ -252,13 +268,27 @@ def provision(
             f"{gateway!r}: ids starting edgefleet- are the center's, not a gateway's",
             param_hint="GW",
         )
+    if passwords is not None and not password:
+        raise typer.BadParameter(
+            "is for a gateway provisioned --password", param_hint="--passwords"
+        )
+    # by name: Typer's own copy of click (0.2x) has its own ParameterSource class
+    if password and getattr(ctx.get_parameter_source("days"), "name", None) != "DEFAULT":
+        raise typer.BadParameter(
+            "is for a certificate; a password has no expiry", param_hint="--days"
+        )
+    if broker is None:
+        broker = f"mqtts://localhost:{DEFAULT_PASSWORD_PORT if password else 8883}"
     try:
         url = BrokerUrl.parse(broker)
     except ValueError as exc:
         raise typer.BadParameter(str(exc), param_hint="--broker") from None
     if url.scheme != "mqtts":
         raise typer.BadParameter(
-            "a gateway's certificate is for a TLS listener: mqtts://", param_hint="--broker"
+            "a gateway's certificate is for a TLS listener: mqtts://"
+            if not password
+            else "a password goes to the broker over TLS only: mqtts://",
+            param_hint="--broker",
         )
     if token:
         issue_token(ca_dir, gateway, site, tags, broker, _ttl(token_ttl))
@@ -268,13 +298,58 @@ def provision(
     if bundle_path.exists() and not force:
         typer.echo(f"error: {bundle_path} exists; not overwriting it (--force does)", err=True)
         raise typer.Exit(1)
+    issue = _PasswordIssue(passwords) if password else _CertificateIssue(days)
+    issue.make(ca_dir, gateway, site, tags, broker)
+    # the bundle is staged beside its place before the registry records the identity, and
+    # renamed in after: a bundle that cannot be written records nothing, and a registry
+    # that refuses leaves no bundle
+    _record(issue, bundle_path, db, site, tags)
     try:
-        command_pub = (ca_dir / COMMAND_PUB).read_text()
-        issued = issue_client(ca_dir, gateway, days)
-        ca_crt = (ca_dir / "ca.crt").read_text()
-    except PkiError as exc:
+        issue.keep(ca_dir)
+    except _Refused as exc:
+        issue.staged.unlink(missing_ok=True)
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(1) from None
+    issue.staged.replace(bundle_path)
+    typer.echo(f"gateway {gateway}: {issue.said}; bundle {bundle_path} ({issue.held})")
+    typer.echo(f"on the gateway: edge-agent enroll {bundle_path.name}")
+
+
+DEFAULT_PASSWORD_PORT = 8886
+"""The password listener's port (``fleet broker-config --password-port``), as the docs
+give it."""
+
+
+class _Refused(Exception):
+    """A step of provision failed; the message is the error line."""
+
+
+class _Issue:
+    """One way of issuing a gateway's identity: ``make`` builds it and its bundle in
+    memory, ``keep`` writes what the CA folder keeps of it once the registry has it."""
+
+    kind: str
+    bundle: bytes
+    identity: Identity
+    said: str
+    held: str
+    staged: Path
+
+    def make(
+        self, ca_dir: Path, gateway: str, site: str, tags: dict[str, str], broker: str
+    ) -> None:
+        raise NotImplementedError
+
+    def keep(self, ca_dir: Path) -> None:
+        raise NotImplementedError
+
+
+def _ca_files(ca_dir: Path) -> tuple[str, str]:
+    """The CA certificate and the command key's public half, for a bundle."""
+    from central.pki import CA_CERT, COMMAND_PUB  # noqa: PLC0415
+
+    try:
+        return (ca_dir / CA_CERT).read_text(), (ca_dir / COMMAND_PUB).read_text()
     except OSError as exc:
         typer.echo(
             f"error: {ca_dir} is not a fleet CA ({exc.filename}: {exc.strerror}; "
@@ -282,48 +357,121 @@ def provision(
             err=True,
         )
         raise typer.Exit(1) from None
-    bundle = enrollment.Bundle(
-        gateway=gateway,
-        broker=broker,
-        files={
-            enrollment.CA_FILE: ca_crt,
-            enrollment.CERT_FILE: issued.cert_pem.decode(),
-            enrollment.KEY_FILE: issued.key_pem.decode(),
-            enrollment.COMMAND_KEY_FILE: command_pub,
-            enrollment.CONFIG_FILE: enrollment.starter_config(gateway, site, tags, broker),
-        },
-    )
-    # the bundle is staged beside its place before the registry records the identity, and
-    # renamed in after: a bundle that cannot be written records nothing, and a registry
-    # that refuses leaves no bundle
+
+
+class _CertificateIssue(_Issue):
+    def __init__(self, days: int) -> None:
+        self.days = days
+
+    def make(
+        self, ca_dir: Path, gateway: str, site: str, tags: dict[str, str], broker: str
+    ) -> None:
+        from central.pki import PkiError, issue_client  # noqa: PLC0415
+        from central.store.rows import Identity  # noqa: PLC0415
+        from edge_agent.contract import enrollment  # noqa: PLC0415
+
+        ca_crt, command_pub = _ca_files(ca_dir)
+        try:
+            issued = issue_client(ca_dir, gateway, self.days)
+        except PkiError as exc:
+            typer.echo(f"error: {exc}", err=True)
+            raise typer.Exit(1) from None
+        self.gateway, self.cert_pem = gateway, issued.cert_pem
+        self.bundle = enrollment.Bundle(
+            gateway=gateway,
+            broker=broker,
+            files={
+                enrollment.CA_FILE: ca_crt,
+                enrollment.CERT_FILE: issued.cert_pem.decode(),
+                enrollment.KEY_FILE: issued.key_pem.decode(),
+                enrollment.COMMAND_KEY_FILE: command_pub,
+                enrollment.CONFIG_FILE: enrollment.starter_config(gateway, site, tags, broker),
+            },
+        ).encode()
+        self.identity = Identity(
+            gateway, "certificate", issued.fingerprint, time.time(), issued.not_after
+        )
+        expires = time.strftime("%Y-%m-%d", time.gmtime(issued.not_after))
+        self.said = f"certificate sha256 {issued.fingerprint} until {expires}"
+        self.held = "it holds the gateway's key: hand it over, then delete it"
+
+    def keep(self, ca_dir: Path) -> None:
+        from central.pki import PkiError  # noqa: PLC0415
+        from central.revocation import record_issued  # noqa: PLC0415
+
+        try:
+            record_issued(ca_dir, self.gateway, self.cert_pem)  # fleet revoke finds its serial
+        except (PkiError, OSError) as exc:
+            raise _Refused(f"cannot keep a copy of the certificate in {ca_dir}: {exc}") from None
+
+
+class _PasswordIssue(_Issue):
+    def __init__(self, passwords: Path | None) -> None:
+        self.passwords = passwords
+
+    def make(
+        self, ca_dir: Path, gateway: str, site: str, tags: dict[str, str], broker: str
+    ) -> None:
+        from central import passwords  # noqa: PLC0415
+        from central.store.rows import Identity  # noqa: PLC0415
+        from edge_agent.contract import enrollment  # noqa: PLC0415
+
+        ca_crt, command_pub = _ca_files(ca_dir)
+        self.file = self.passwords or ca_dir / passwords.PASSWORDS
+        secret = passwords.new_password()
+        try:
+            passwords.entries(self.file)  # a file we would refuse to change, refused first
+            self.line = passwords.hash_line(gateway, secret)
+        except passwords.PasswordError as exc:
+            typer.echo(f"error: {exc}", err=True)
+            raise typer.Exit(1) from None
+        self.gateway = gateway
+        self.bundle = enrollment.Bundle(
+            gateway=gateway,
+            broker=broker,
+            kind=enrollment.PASSWORD,
+            files={
+                enrollment.CA_FILE: ca_crt,
+                enrollment.PASSWORD_FILE: secret + "\n",
+                enrollment.COMMAND_KEY_FILE: command_pub,
+                enrollment.CONFIG_FILE: enrollment.starter_config(
+                    gateway, site, tags, broker, enrollment.PASSWORD
+                ),
+            },
+        ).encode()
+        print_ = passwords.fingerprint(self.line)
+        self.identity = Identity(gateway, "password", print_, time.time(), None)
+        self.said = f"password, its hash in {self.file} (sha256 of the line {print_})"
+        self.held = "it holds the gateway's password: hand it over, then delete it"
+
+    def keep(self, ca_dir: Path) -> None:
+        from central import passwords  # noqa: PLC0415
+        from central.pki import PkiError  # noqa: PLC0415
+        from central.revocation import reinstate  # noqa: PLC0415
+
+        try:
+            passwords.set_line(self.file, self.line)
+            reinstate(ca_dir, self.gateway)  # a gateway provisioned again is not revoked
+        except (passwords.PasswordError, PkiError, OSError) as exc:
+            raise _Refused(str(exc)) from None
+
+
+def _record(issue: _Issue, bundle_path: Path, db: str, site: str, tags: dict[str, str]) -> None:
+    """Stage the bundle, then record the identity and the gateway in the registry; exit 1
+    (and no bundle) if the registry refuses."""
+    from central.store import StoreError  # noqa: PLC0415
+
     store = open_db(db, create=True)
     try:
-        staged = _stage_bundle(bundle_path, bundle.encode())
+        issue.staged = _stage_bundle(bundle_path, issue.bundle)
         try:
-            store.add_identity(
-                Identity(gateway, "certificate", issued.fingerprint, time.time(), issued.not_after),
-                site=site or None,
-                tags=tags or None,
-            )
+            store.add_identity(issue.identity, site=site or None, tags=tags or None)
         except StoreError as exc:
-            staged.unlink(missing_ok=True)
+            issue.staged.unlink(missing_ok=True)
             typer.echo(f"error: {exc}", err=True)
             raise typer.Exit(1) from None
     finally:
         store.close()
-    try:
-        record_issued(ca_dir, gateway, issued.cert_pem)  # so that fleet revoke finds its serial
-    except (PkiError, OSError) as exc:
-        staged.unlink(missing_ok=True)
-        typer.echo(f"error: cannot keep a copy of the certificate in {ca_dir}: {exc}", err=True)
-        raise typer.Exit(1) from None
-    staged.replace(bundle_path)
-    expires = time.strftime("%Y-%m-%d", time.gmtime(issued.not_after))
-    typer.echo(
-        f"gateway {gateway}: certificate sha256 {issued.fingerprint} until {expires}; "
-        f"bundle {bundle_path} (it holds the gateway's key: hand it over, then delete it)"
-    )
-    typer.echo(f"on the gateway: edge-agent enroll {bundle_path.name}")
 
 
 def _stage_bundle(path: Path, data: bytes) -> Path:

@@ -1,6 +1,7 @@
-"""``fleet revoke GW``: the gateway's certificates on the CRL, its name denied everything in
-the broker's ACL, the broker told to reload both, and its identities marked revoked in the
-registry, so that the center refuses what it still sends (``central.revocation``)."""
+"""``fleet revoke GW``: the gateway's certificates on the CRL, its password (if it has one)
+out of the broker's password file, its name denied everything in the broker's ACL, the
+broker told to reload them, and its identities marked revoked in the registry, so that
+the center refuses what it still sends (``central.revocation``, ``central.passwords``)."""
 
 from __future__ import annotations
 
@@ -17,7 +18,8 @@ from cli.store_options import DEFAULT_DB, DbOpt, open_db, require_db
 from cli.topic_options import gateway_option
 
 RELOAD_HINT = (
-    "tell the broker to reload (it re-reads the CRL and the ACL on SIGHUP): "
+    "tell the broker to reload (it re-reads the CRL, the password file and the ACL on "
+    "SIGHUP): "
     "systemctl reload mosquitto, or kill -HUP <its pid>"
 )
 
@@ -37,6 +39,14 @@ def revoke(
             "gateways are denied every topic in it",
         ),
     ] = None,
+    passwords: Annotated[
+        Path | None,
+        typer.Option(
+            "--passwords",
+            help="the broker's password file (fleet provision --password): the gateway's "
+            "line is taken out [default: CA-DIR/passwords, if it is there]",
+        ),
+    ] = None,
     broker_pid_file: Annotated[
         Path | None,
         typer.Option(
@@ -46,27 +56,46 @@ def revoke(
     ] = None,
     db: DbOpt = DEFAULT_DB,
 ) -> None:
-    """Revoke a gateway: its certificates go on the CRL (it cannot connect again), its name
-    is denied every topic in the broker's ACL (its live session can do nothing once the
+    """Revoke a gateway: its certificates go on the CRL and its password out of the
+    broker's password file (it cannot connect again), its name is denied every topic in
+    the broker's ACL (its live session can do nothing once the
     broker reloads), and the center refuses what it sends."""
     # cryptography and the store load for this command only
+    from central import passwords as password_file  # noqa: PLC0415
     from central.pki import PkiError  # noqa: PLC0415
     from central.revocation import revoke as revoke_in_ca  # noqa: PLC0415
     from central.revocation import revoked_gateways, update_acl  # noqa: PLC0415
     from central.store import StoreError  # noqa: PLC0415
 
     store = open_db(require_db(db))
+    pw_path = passwords if passwords is not None else ca_dir / password_file.PASSWORDS
     try:
-        if not store.identities(gateway):
+        identities = store.identities(gateway)
+        if not identities:
             typer.echo(
                 f"error: {db} has no identity of {gateway} (fleet provision makes one)", err=True
             )
             raise typer.Exit(1)
+        has_password = any(i.kind == "password" for i in identities)
+        if has_password and not pw_path.exists():
+            typer.echo(
+                f"error: {gateway} has a password and there is no password file {pw_path} "
+                "(--passwords names the broker's)",
+                err=True,
+            )
+            raise typer.Exit(1)
         pid = _broker_pid(broker_pid_file) if broker_pid_file is not None else None
         try:
+            if pw_path.exists():
+                password_file.entries(pw_path)  # a file it would not change, before the CRL
             done = revoke_in_ca(ca_dir, gateway)
+            # a password the file still has (of a gateway provisioned both ways) goes too
+            removed = pw_path.exists() and password_file.remove(pw_path, gateway)
             if acl is not None:
                 update_acl(acl, revoked_gateways(ca_dir))
+        except password_file.PasswordError as exc:
+            typer.echo(f"error: {exc}", err=True)
+            raise typer.Exit(1) from None
         except PkiError as exc:
             typer.echo(f"error: {exc}", err=True)
             raise typer.Exit(1) from None
@@ -83,8 +112,12 @@ def revoke(
     if done.serials:
         serials = ", ".join(f"{s:x}" for s in done.serials)
         typer.echo(f"{gateway}: certificate serial {serials} on the CRL (number {done.crl_number})")
-    else:
+    elif any(i.kind == "certificate" for i in identities):
         typer.echo(f"{gateway}: no certificate of it on record in {ca_dir} not already revoked")
+    if removed:
+        typer.echo(f"{gateway}: its password taken out of {pw_path}")
+    elif has_password:
+        typer.echo(f"{gateway}: no password of it in {pw_path} (taken out before)")
     typer.echo(f"{gateway}: {marked} identit{'y' if marked == 1 else 'ies'} marked revoked")
     if acl is not None:
         typer.echo(f"{gateway}: denied every topic in {acl}")

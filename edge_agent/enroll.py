@@ -5,10 +5,12 @@ Nothing is written unless all of it can be: a folder that holds any of the bundl
 already (another enrollment's key, an edited config) is refused, unless ``force``; the
 bundle's config must pass the schema pass first, and its files must be what they are named
 (``check_identity``: a CA certificate, a certificate that CA signed for this gateway, the
-key of that certificate, an Ed25519 public key), so a bundle that was damaged, edited or
-mixed up with another gateway's installs nothing. The key is 0600 from the moment it
-exists (given to the agent's user with ``owner``: the shipped systemd unit runs it as
-``edgefleet``, and a key root owns it could not read); the rest 0644.
+key of that certificate, an Ed25519 public key; for a ``password`` bundle, a password as
+``fleet provision --password`` makes it, and a config that logs in as the gateway with
+it), so a bundle that was damaged, edited or mixed up with another gateway's installs
+nothing. The key (or the password file) is 0600 from the moment it exists (given to the
+agent's user with ``owner``: the shipped systemd unit runs it as ``edgefleet``, and a key
+root owns it could not read); the rest 0644.
 """
 
 from __future__ import annotations
@@ -25,8 +27,10 @@ from edge_agent.contract.enrollment import (
     CERT_FILE,
     COMMAND_KEY_FILE,
     CONFIG_FILE,
-    FILES,
     KEY_FILE,
+    PASSWORD,
+    PASSWORD_FILE,
+    PASSWORD_TEXT,
     PRIVATE,
     Bundle,
     BundleError,
@@ -59,9 +63,10 @@ def install(
     bundle: Bundle, folder: Path, *, force: bool = False, owner: str | None = None
 ) -> list[Path]:
     """The bundle's files written into ``folder`` (made if missing); the paths written.
-    ``owner``: the user the agent runs as, given the key (it alone may read it)."""
+    ``owner``: the user the agent runs as, given the key or the password file (it alone
+    may read it)."""
     ids = _user(owner) if owner is not None else None
-    targets = [folder / name for name in FILES]
+    targets = [folder / name for name in bundle.names]
     present = [p.name for p in targets if p.exists() or p.is_symlink()]
     if present and not force:
         raise EnrollError(
@@ -70,9 +75,17 @@ def install(
         )
     check_identity(bundle)
     try:
-        parse_config(bundle.files[CONFIG_FILE], f"the bundle's {CONFIG_FILE}", folder)
+        config = parse_config(bundle.files[CONFIG_FILE], f"the bundle's {CONFIG_FILE}", folder)
     except ConfigError as exc:
         raise EnrollError(f"the bundle's {CONFIG_FILE} is not a valid config: {exc}") from None
+    if bundle.kind == PASSWORD and (
+        config.central.username != bundle.gateway
+        or config.central.password_file != folder / PASSWORD_FILE
+    ):
+        raise EnrollError(
+            f"the bundle's {CONFIG_FILE} does not log in as gateway {bundle.gateway!r} with "
+            f"its {PASSWORD_FILE}"
+        )
     try:
         folder.mkdir(parents=True, exist_ok=True)
         for path in targets:
@@ -89,13 +102,13 @@ def check_identity(bundle: Bundle) -> None:
     """The bundle's certificates and keys are what their names say, and belong together:
     ``ca.crt`` a CA certificate, ``gateway.crt`` a certificate that CA signed whose common
     name is the bundle's gateway (the broker takes it as the gateway's identity),
-    ``gateway.key`` that certificate's key, ``command.pub`` an Ed25519 public key.
-    ``EnrollError`` saying which is wrong otherwise: an agent started on any of them would
-    fail at the broker, or refuse every command, far from the cause."""
+    ``gateway.key`` that certificate's key, ``command.pub`` an Ed25519 public key; in a
+    ``password`` bundle, ``gateway.pass`` one line of a password (``PASSWORD_TEXT``) in
+    place of the certificate and key. ``EnrollError`` saying which is wrong otherwise: an
+    agent started on any of them would fail at the broker, or refuse every command, far
+    from the cause."""
     # cryptography loads for enroll only: the agent's other commands do not pay for it
     from cryptography import x509  # noqa: PLC0415
-    from cryptography.exceptions import InvalidSignature  # noqa: PLC0415
-    from cryptography.x509.oid import NameOID  # noqa: PLC0415
 
     ca = _certificate(bundle, CA_FILE)
     try:
@@ -104,6 +117,31 @@ def check_identity(bundle: Bundle) -> None:
         is_ca = False
     if not is_ca:
         raise EnrollError(f"the bundle's {CA_FILE} is a certificate but not a CA's")
+    if bundle.kind == PASSWORD:
+        _check_password(bundle)
+    else:
+        _check_certificate(bundle, ca)
+    try:
+        parse_public_keys(
+            bundle.files[COMMAND_KEY_FILE].encode(), f"the bundle's {COMMAND_KEY_FILE}"
+        )
+    except ValueError as exc:
+        raise EnrollError(str(exc)) from None
+
+
+def _check_password(bundle: Bundle) -> None:
+    text = bundle.files[PASSWORD_FILE]
+    if not text.endswith("\n") or PASSWORD_TEXT.fullmatch(text[:-1]) is None:
+        raise EnrollError(
+            f"the bundle's {PASSWORD_FILE} is not one line of a password as fleet provision "
+            "--password makes it (22 or more letters, digits, - and _)"
+        )
+
+
+def _check_certificate(bundle: Bundle, ca: x509.Certificate) -> None:
+    from cryptography.exceptions import InvalidSignature  # noqa: PLC0415
+    from cryptography.x509.oid import NameOID  # noqa: PLC0415
+
     cert = _certificate(bundle, CERT_FILE)
     names = [a.value for a in cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)]
     if names != [bundle.gateway]:
@@ -116,12 +154,6 @@ def check_identity(bundle: Bundle) -> None:
     except (ValueError, TypeError, InvalidSignature):
         raise EnrollError(f"the bundle's {CERT_FILE} is not signed by its {CA_FILE}") from None
     _check_key(bundle, cert)
-    try:
-        parse_public_keys(
-            bundle.files[COMMAND_KEY_FILE].encode(), f"the bundle's {COMMAND_KEY_FILE}"
-        )
-    except ValueError as exc:
-        raise EnrollError(str(exc)) from None
 
 
 def _certificate(bundle: Bundle, name: str) -> x509.Certificate:

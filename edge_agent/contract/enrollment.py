@@ -3,33 +3,54 @@
 
 It is JSON (``FORMAT`` names its version)::
 
-    {"format": "edgefleet-enrollment/1", "gateway": "jingan-0001",
+    {"format": "edgefleet-enrollment/1", "kind": "certificate", "gateway": "jingan-0001",
      "broker": "mqtts://broker.example:8883",
      "files": {"ca.crt": PEM, "gateway.crt": PEM, "gateway.key": PEM,
                "command.pub": PEM, "agent.yaml": TEXT}}
 
-``gateway.key`` is the gateway's private key: the bundle is a secret (written 0600),
-carried by the technician, and may be deleted once enrolled. ``agent.yaml`` is a starter
-config naming the other files by relative paths (the agent resolves them from the
-config's folder), the outbox where the shipped systemd unit lets the agent write
-(``OUTBOX_PATH``), and no devices yet.
+``kind`` says how the gateway proves who it is, and which files the bundle holds
+(``FILES_OF``): ``certificate`` (a client certificate and its key; a bundle without
+``kind``, as the first ones were written, is one) or ``password`` (``gateway.pass``, the
+password of username GW, in place of ``gateway.crt`` and ``gateway.key``; the broker is
+still authenticated by TLS, with ``ca.crt``).
+
+``gateway.key`` or ``gateway.pass`` is the gateway's secret: the bundle is a secret
+(written 0600), carried by the technician, and may be deleted once enrolled.
+``agent.yaml`` is a starter config naming the other files by relative paths (the agent
+resolves them from the config's folder), the outbox where the shipped systemd unit lets
+the agent write (``OUTBOX_PATH``), and no devices yet.
 """
 
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 
 FORMAT = "edgefleet-enrollment/1"
 
+CERTIFICATE = "certificate"
+PASSWORD = "password"
+
 CA_FILE = "ca.crt"
 CERT_FILE = "gateway.crt"
 KEY_FILE = "gateway.key"
+PASSWORD_FILE = "gateway.pass"
 COMMAND_KEY_FILE = "command.pub"
 CONFIG_FILE = "agent.yaml"
 FILES = (CA_FILE, CERT_FILE, KEY_FILE, COMMAND_KEY_FILE, CONFIG_FILE)
-PRIVATE = frozenset({KEY_FILE})
+"""A ``certificate`` bundle's files."""
+FILES_OF = {
+    CERTIFICATE: FILES,
+    PASSWORD: (CA_FILE, PASSWORD_FILE, COMMAND_KEY_FILE, CONFIG_FILE),
+}
+"""Each kind's files, exactly."""
+PRIVATE = frozenset({KEY_FILE, PASSWORD_FILE})
 """Installed 0600; the others 0644."""
+
+PASSWORD_TEXT = re.compile(r"[A-Za-z0-9_-]{22,256}")
+"""A password as ``fleet provision --password`` makes it: at least 128 bits in URL-safe
+base64, nothing that needs quoting. ``gateway.pass`` holds it and a newline."""
 
 OUTBOX_PATH = "/var/lib/edgefleet/outbox.db"
 """The starter config's outbox: in the state folder of the shipped unit
@@ -50,11 +71,31 @@ class Bundle:
     gateway: str
     broker: str
     files: dict[str, str]
-    """By file name (``FILES``): its text."""
+    """By file name (``FILES_OF[kind]``): its text."""
+    kind: str = CERTIFICATE
+
+    def __post_init__(self) -> None:
+        if self.kind not in FILES_OF:
+            raise BundleError(f"kind {self.kind!r} is not one of {', '.join(FILES_OF)}")
+        if set(self.files) != set(FILES_OF[self.kind]):
+            raise BundleError(
+                f"a {self.kind} bundle's files must be exactly {', '.join(FILES_OF[self.kind])}"
+            )
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        """Its files' names, in the order they are installed."""
+        return FILES_OF[self.kind]
 
     def encode(self) -> bytes:
         return json.dumps(
-            {"format": FORMAT, "gateway": self.gateway, "broker": self.broker, "files": self.files},
+            {
+                "format": FORMAT,
+                "kind": self.kind,
+                "gateway": self.gateway,
+                "broker": self.broker,
+                "files": self.files,
+            },
             indent=1,
         ).encode()
 
@@ -69,22 +110,39 @@ class Bundle:
         if not isinstance(obj, dict) or obj.get("format") != FORMAT:
             raise BundleError(f"not an enrollment bundle of format {FORMAT}")
         gateway, broker, files = obj.get("gateway"), obj.get("broker"), obj.get("files")
+        kind = obj.get("kind", CERTIFICATE)  # the first bundles had no kind
         if not isinstance(gateway, str) or not isinstance(broker, str):
             raise BundleError("the bundle has no gateway id or broker URL")
+        if not isinstance(kind, str) or kind not in FILES_OF:
+            raise BundleError(f"the bundle's kind {kind!r} is not one of {', '.join(FILES_OF)}")
+        names = FILES_OF[kind]
         if (
             not isinstance(files, dict)
-            or set(files) != set(FILES)
+            or set(files) != set(names)
             or not all(isinstance(v, str) for v in files.values())
         ):
-            raise BundleError(f"the bundle's files must be exactly {', '.join(FILES)}")
-        return cls(gateway, broker, files)
+            raise BundleError(f"the bundle's files must be exactly {', '.join(names)}")
+        return cls(gateway, broker, files, kind)
 
 
-def starter_config(gateway: str, site: str, tags: dict[str, str], broker: str) -> str:
+def starter_config(
+    gateway: str, site: str, tags: dict[str, str], broker: str, kind: str = CERTIFICATE
+) -> str:
     """The agent config a new gateway starts from: its identity, the center over mqtts://
-    with the bundle's files, the outbox where the shipped unit can write it, and no devices
-    (``edge-agent check`` passes it; the agent runs, connects and polls nothing until
-    devices are added)."""
+    with the bundle's files (a certificate and its key, or for ``kind`` ``password`` the
+    username GW and its password file), the outbox where the shipped unit can write it,
+    and no devices (``edge-agent check`` passes it; the agent runs, connects and polls
+    nothing until devices are added)."""
+    if kind == PASSWORD:
+        identity = [
+            ("username", json.dumps(gateway), "this gateway's broker username: its id"),
+            ("password_file", PASSWORD_FILE, "and its password (0600)"),
+        ]
+    else:
+        identity = [
+            ("cert_file", CERT_FILE, "this gateway's certificate (CN = its id)"),
+            ("key_file", KEY_FILE, "and its key (0600)"),
+        ]
     # JSON strings and objects are YAML flow scalars and mappings: quoted whatever the
     # site or a tag holds (a colon, a leading 0, "yes")
     q = json.dumps
@@ -103,8 +161,7 @@ def starter_config(gateway: str, site: str, tags: dict[str, str], broker: str) -
             f"  {key}: {value}".ljust(30) + f"# {why}\n"
             for key, value, why in (
                 ("ca_file", CA_FILE, "the fleet's CA: it signed the broker"),
-                ("cert_file", CERT_FILE, "this gateway's certificate (CN = its id)"),
-                ("key_file", KEY_FILE, "and its key (0600)"),
+                *identity,
                 ("command_key", COMMAND_KEY_FILE, "the center's command-signing public key"),
             )
         )
