@@ -257,8 +257,8 @@ def provision(
 
     tags = dict(t.partition("=")[::2] for t in tag or ())
     if gateway in ("approve", "pending"):
-        url = broker or "mqtts://localhost:8883"
-        _enrollment_request(ctx, gateway, approved, ca_dir, db, site, tags, url, days, json_out)
+        to = broker or "mqtts://localhost:8883"
+        _enrollment_request(ctx, gateway, approved, ca_dir, db, site, tags, to, days, json_out)
         return
     if approved is not None:
         raise typer.BadParameter(f"one gateway at a time: {approved!r} is one too many")
