@@ -12,6 +12,12 @@ Per message (``Round.message()``: its writes alone are undone if it fails):
   it either. The rest of the round commits;
 - the store itself failing (``StoreUnavailable``): raised, the whole round rolled back by
   the store, nothing PUBACKed or acked; the caller tries the round again later;
+- a message that resends seqs the store holds with other content (a ``Conflict``,
+  ``central.store.conflicts``: a forgery stored first, or a gateway reusing its seqs): the
+  stored rows stay, its other readings are stored; once the round has committed, a second
+  unit of work keeps the message whole as a dead letter flagged as a conflict, and only
+  then is anything PUBACKed or acked (it is acked: sent again, it would conflict again).
+  If that fails, nothing is acked and the round, tried again, finds the conflict again;
 - a telemetry round is cut short by alarms: before each of its messages it asks for the
   alarms waiting (``alarms_now``); if some are, they are stored in its transaction, and
   committed with what it stored so far; the messages not begun come back in ``rest``.
@@ -28,6 +34,7 @@ from typing import Protocol
 from central.feed import AlarmCommitted, Committed, GatewayCommitted
 from central.inbox import Lane
 from central.store.api import Round, RoundCounts
+from central.store.conflicts import Conflict
 from central.store.errors import MessageRejected, StoreUnavailable
 from edge_agent.contract import (
     Ack,
@@ -79,6 +86,9 @@ class RoundResult:
     counts: RoundCounts = field(default_factory=RoundCounts)
     pruned: dict[str, int] = field(default_factory=dict)
     """Gateways whose older dead letters made room for new ones, and how many went."""
+    conflicts: list[Conflict] = field(default_factory=list)
+    """Messages that resent seqs with other content than stored: kept whole as dead
+    letters (``fleet rejected``), acked."""
     alarms: list[AlarmCommitted] = field(default_factory=list)
     """The alarm events stored (not those the store had already), in the order they came."""
     gateways: list[GatewayCommitted] = field(default_factory=list)
@@ -138,6 +148,7 @@ def store_round(
     out = RoundResult()
     acked = _Acked()
     seen: dict[str, None] = {}
+    sources: dict[int, tuple[object, Message]] = {}
     done: Sequence[Message] = msgs
     alarms: Sequence[Message] = ()
     with store.round() as rnd:
@@ -146,13 +157,15 @@ def store_round(
                 alarms = alarms_now()
                 if alarms:
                     for alarm in alarms:
-                        _store_one(rnd, topics, alarm, acked, seen, out)
+                        _store_one(rnd, topics, alarm, acked, seen, sources, out)
                     done = msgs[:i]
                     break
-            _store_one(rnd, topics, msg, acked, seen, out)
+            _store_one(rnd, topics, msg, acked, seen, sources, out)
         if seen:
             rnd.seen(seen)
     out.counts = rnd.counts
+    if rnd.conflicts:
+        _keep_conflicts(store, rnd.conflicts, sources, out)
     out.puback = [(lane, msg) for msg in done] + [(Lane.ALARMS, a) for a in alarms]
     out.acks = acked.acks()
     out.rest = list(msgs[len(done) :])
@@ -165,13 +178,14 @@ def _store_one(
     msg: Message,
     acked: _Acked,
     seen: dict[str, None],
+    sources: dict[int, tuple[object, Message]],
     out: RoundResult,
 ) -> None:
     parsed = topics.parse(msg.topic)
     if parsed is None or parsed[1] not in STORED:
         return
     gw, channel = parsed
-    noted: list[AlarmCommitted | GatewayCommitted] = []
+    noted: list[AlarmCommitted | GatewayCommitted | Source] = []
     try:
         with rnd.message():
             ranges = _store_message(rnd, gw, channel, msg.payload, noted)
@@ -187,9 +201,50 @@ def _store_one(
     for note in noted:  # only now: a message rejected after all is in no one's feed
         if isinstance(note, AlarmCommitted):
             out.alarms.append(note)
+        elif isinstance(note, Source):
+            # by identity: the store names a conflict by the object it was given
+            sources[id(note.decoded)] = (note.decoded, msg)
         else:
             out.gateways.append(note)
     seen[gw] = None
+
+
+@dataclass(frozen=True, slots=True)
+class Source:
+    """What a message was decoded to, as given to the store."""
+
+    decoded: object
+
+
+def _keep_conflicts(
+    store: RoundStore,
+    conflicts: Sequence[Conflict],
+    sources: dict[int, tuple[object, Message]],
+    out: RoundResult,
+) -> None:
+    """Keep each message in conflict whole, as a dead letter flagged so, in a unit of work
+    of its own (the round has committed: a PostgreSQL round finds its telemetry's conflicts
+    only then). Raises ``StoreUnavailable``: then nothing is acked, and the round tried
+    again finds the same conflicts (the stored rows are still there)."""
+    with store.round() as rnd:
+        for c in conflicts:
+            _decoded, msg = sources[id(c.source)]
+            rows = named_rows(msg.payload, alarm=c.alarm)
+            try:
+                with rnd.message():
+                    pruned = rnd.insert_rejected(
+                        c.gateway, msg.topic, bytes(msg.payload), c.describe(), rows, whole=True
+                    )
+            except StoreUnavailable:
+                raise
+            except Exception as err:  # still acked: its seqs are stored, the stored content stays
+                log.warning(
+                    "could not keep a conflicting message from %s: %s", c.gateway, _why(err)
+                )
+                continue
+            if pruned:
+                out.pruned[c.gateway] = out.pruned.get(c.gateway, 0) + pruned
+    out.conflicts = list(conflicts)
 
 
 def _store_message(
@@ -197,18 +252,21 @@ def _store_message(
     gw: str,
     channel: Channel,
     payload: bytes,
-    noted: list[AlarmCommitted | GatewayCommitted],
+    noted: list[AlarmCommitted | GatewayCommitted | Source],
 ) -> tuple[bool, str, str, int, int] | None:
     """Decode and store one message; the range it stored, to ack once it is all stored.
-    What the feed tells of it goes into ``noted``."""
+    What the feed tells of it goes into ``noted``, and what it was decoded to (a conflict
+    names it)."""
     if channel is Channel.TELEMETRY:
         batch = decode_telemetry(payload)
         _same_gateway(gw, batch.gw)
+        noted.append(Source(batch))
         rnd.insert_telemetry(batch)
         return (False, gw, batch.stream, batch.seq_first, batch.seq_last)
     if channel is Channel.ALARMS:
         event = decode_alarm(payload)
         _same_gateway(gw, event.gw)
+        noted.append(Source(event))
         before = rnd.counts.alarms_stored
         rnd.insert_alarm(event)
         if rnd.counts.alarms_stored > before:  # new, not one the store had already

@@ -153,6 +153,109 @@ def test_alarm_events_are_kept_once_and_set_the_current_state(store: Store) -> N
     assert store.alarms(AlarmQuery(where=GatewayFilter(site="elsewhere"))) == []
 
 
+# --- conflicts: a resent seq whose content is not the stored one ---------------------------
+
+
+def store_conflicts(store: Store, *batches: TelemetryBatch) -> list[tuple[int, int]]:
+    with store.round() as rnd:
+        for b in batches:
+            with rnd.message():
+                rnd.insert_telemetry(b)
+    assert rnd.counts.conflicts == sum(c.count for c in rnd.conflicts)
+    for c in rnd.conflicts:
+        assert any(c.source is b for b in batches) and not c.alarm
+    return [r for c in rnd.conflicts for r in c.seqs]
+
+
+def test_a_resend_of_every_kind_of_value_as_it_was_is_a_duplicate(store: Store) -> None:
+    values: list[Any] = [True, False, BIG, -(2**70), 0, 1, 1.0, 0.1, "42", "", None, "ünï"]
+    sent = batch("gw-1", "s1", 1, [reading(T0 + i, v) for i, v in enumerate(values)])
+    units = batch("gw-1", "s1", 20, [reading(T0, 1.0, u="kWh"), reading(T0, 1.0, q="bad", r="x")])
+    store_batches(store, sent, units)
+    assert store_conflicts(store, sent, units) == []
+    assert store_batches(store, sent, units) == (0, len(values) + 2)
+
+
+def test_a_resend_that_differs_is_a_conflict_and_the_stored_rows_stay(store: Store) -> None:
+    stored = [reading(T0, 1.0), reading(T0 + 1, 1, u="kWh"), reading(T0 + 2, True)]
+    stored += [reading(T0 + 3, BIG), reading(T0 + 4, "on", q="bad", r="e")]
+    store_batches(store, batch("gw-1", "s1", 1, stored))
+    # each field in turn differs, seq by seq; seq 6 and 7 are new
+    resent = [
+        reading(T0, 1),  # an integer, not the float 1.0
+        reading(T0 + 1, 1, u="Wh"),
+        reading(T0 + 2, 1),  # the number 1, not true
+        reading(T0 + 3, BIG - 1),
+        reading(T0 + 4, "on", q="bad", r="f"),
+        reading(T0 + 5),
+        reading(T0 + 6),
+    ]
+    assert store_conflicts(store, batch("gw-1", "s1", 1, resent)) == [(1, 5)]
+    others = [reading(T0 + 10, 1.0, dev="d2"), reading(T0 + 1.5, 1, u="kWh")]
+    assert store_conflicts(store, batch("gw-1", "s1", 1, others)) == [(1, 2)]
+    assert store.count_readings() == 7
+    got = [r.value for r in store.readings(ReadingQuery(gateway="gw-1", oldest_first=True))]
+    assert got == [1.0, 1, True, BIG, "on", 1.0, 1.0]
+    # partly the same: a duplicate where it is, a conflict where it is not
+    with store.round() as rnd, rnd.message():
+        rnd.insert_telemetry(batch("gw-1", "s1", 1, [reading(T0, 1.0), reading(T0 + 1, 2)]))
+    assert (rnd.counts.duplicates, rnd.counts.conflicts, rnd.counts.readings_stored) == (1, 1, 0)
+    assert [c.seqs for c in rnd.conflicts] == [((2, 2),)]
+
+
+def test_a_conflict_within_one_round_keeps_the_first_and_flags_the_second(store: Store) -> None:
+    first = numbered("gw-1", 1, 4)
+    other = batch("gw-1", "s1", 3, [reading(T0 + 3, 3.0), reading(T0 + 4, 9.0), reading(T0 + 9)])
+    assert store_conflicts(store, first, other, numbered("gw-1", 2, 3)) == [(4, 4)]
+    assert store.count_readings() == 5
+    assert store_conflicts(store, numbered("gw-1", 1, 4), other) == [(4, 4)]
+
+
+def test_a_message_undone_takes_its_conflicts_with_it(store: Store) -> None:
+    store_batches(store, numbered("gw-1", 1, 2))
+    store_alarms(store, event(1, "active", T0))
+    with store.round() as rnd:
+        with pytest.raises(MessageRejected), rnd.message():
+            rnd.insert_alarm(event(1, "cleared", T0))
+            raise MessageRejected("the rest of the message was bad")
+        with rnd.message():
+            rnd.insert_alarm(event(1, "active", T0))
+    assert (rnd.counts.conflicts, rnd.conflicts) == (0, [])
+
+
+def test_a_resent_alarm_event_with_other_fields_is_a_conflict(store: Store) -> None:
+    real = event(1, "active", T0, value=3.0)
+    store_alarms(store, real)
+    resent = [
+        event(1, "active", T0, value=3.0),
+        event(1, "active", T0, value=3),  # the same number, spelt as an integer
+        event(1, "cleared", T0),
+        event(1, "active", T0, severity="warning"),
+        event(1, "active", T0, value=True),
+        event(1, "active", T0, msg="all is well"),
+        event(1, "active", T0, extra={"note": "x"}),
+    ]
+    with store.round() as rnd:
+        for m in resent:
+            with rnd.message():
+                rnd.insert_alarm(m)
+    assert [resent.index(c.source) for c in rnd.conflicts] == [2, 3, 4, 5, 6]  # type: ignore[arg-type]
+    assert all(c.alarm and c.seqs == ((1, 1),) for c in rnd.conflicts)
+    assert (rnd.counts.alarms_stored, rnd.counts.conflicts) == (0, 5)
+    (alarm,) = store.alarms()
+    assert (alarm.state, alarm.severity, alarm.events) == ("active", "critical", 1)
+
+
+def test_a_conflict_is_kept_whole_as_a_dead_letter(store: Store) -> None:
+    payload = b"x" * 100_000
+    with store.round() as rnd:
+        rnd.insert_rejected("gw-1", "t/gw/gw-1/telemetry", payload, "CONFLICT: seqs 1", None, True)
+        rnd.insert_rejected("gw-1", "t/gw/gw-1/telemetry", b"y" * 9000, "bad", None)
+    kept = {r.error: r for r in store.rejected("gw-1")}
+    assert kept["CONFLICT: seqs 1"].payload == payload and kept["CONFLICT: seqs 1"].conflict
+    assert len(kept["bad"].payload) == 4096 and not kept["bad"].conflict
+
+
 # --- hostile content -----------------------------------------------------------------------
 
 
