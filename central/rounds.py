@@ -16,7 +16,8 @@ Per message (``Round.message()``: its writes alone are undone if it fails):
   ``central.store.conflicts``: a forgery stored first, or a gateway reusing its seqs): the
   stored rows stay, its other readings are stored; once the round has committed, a second
   unit of work keeps the message whole as a dead letter flagged as a conflict, and only
-  then is anything PUBACKed or acked (it is acked: sent again, it would conflict again).
+  then is anything PUBACKed or acked (it is acked: sent again, it would conflict again;
+  but not if its dead letter could not be kept, as it may hold the only copy).
   If that fails, nothing is acked and the round, tried again, finds the conflict again;
 - a telemetry round is cut short by alarms: before each of its messages it asks for the
   alarms waiting (``alarms_now``); if some are, they are stored in its transaction, and
@@ -38,8 +39,10 @@ from central.store.conflicts import Conflict
 from central.store.errors import MessageRejected, StoreUnavailable
 from edge_agent.contract import (
     Ack,
+    AlarmMessage,
     Channel,
     PayloadError,
+    TelemetryBatch,
     Topics,
     decode_alarm,
     decode_health,
@@ -119,6 +122,12 @@ class _Acked:
         ranges = self.alarms if alarm else self.telemetry
         ranges.setdefault((gateway, stream), []).append((first, last))
 
+    def drop(self, alarm: bool, gateway: str, stream: str, first: int, last: int) -> None:
+        """Take back a range ``add`` gave (once)."""
+        ranges = (self.alarms if alarm else self.telemetry).get((gateway, stream), [])
+        if (first, last) in ranges:
+            ranges.remove((first, last))
+
     def acks(self) -> list[tuple[str, Ack]]:
         keys = dict.fromkeys([*self.telemetry, *self.alarms])
         return [
@@ -165,7 +174,7 @@ def store_round(
             rnd.seen(seen)
     out.counts = rnd.counts
     if rnd.conflicts:
-        _keep_conflicts(store, rnd.conflicts, sources, out)
+        _keep_conflicts(store, rnd.conflicts, sources, acked, out)
     out.puback = [(lane, msg) for msg in done] + [(Lane.ALARMS, a) for a in alarms]
     out.acks = acked.acks()
     out.rest = list(msgs[len(done) :])
@@ -220,27 +229,39 @@ def _keep_conflicts(
     store: RoundStore,
     conflicts: Sequence[Conflict],
     sources: dict[int, tuple[object, Message]],
+    acked: _Acked,
     out: RoundResult,
 ) -> None:
     """Keep each message in conflict whole, as a dead letter flagged so, in a unit of work
     of its own (the round has committed: a PostgreSQL round finds its telemetry's conflicts
     only then). Raises ``StoreUnavailable``: then nothing is acked, and the round tried
-    again finds the same conflicts (the stored rows are still there)."""
+    again finds the same conflicts (the stored rows are still there). A message whose dead
+    letter cannot be kept is not acked: the gateway keeps what may be its only copy."""
     with store.round() as rnd:
         for c in conflicts:
-            _decoded, msg = sources[id(c.source)]
-            rows = named_rows(msg.payload, alarm=c.alarm)
+            decoded, msg = sources[id(c.source)]
             try:
                 with rnd.message():
                     pruned = rnd.insert_rejected(
-                        c.gateway, msg.topic, bytes(msg.payload), c.describe(), rows, whole=True
+                        c.gateway,
+                        msg.topic,
+                        bytes(msg.payload),
+                        c.describe(),
+                        named_rows(msg.payload, alarm=c.alarm),
+                        whole=True,
                     )
             except StoreUnavailable:
                 raise
-            except Exception as err:  # still acked: its seqs are stored, the stored content stays
+            except Exception as err:
                 log.warning(
-                    "could not keep a conflicting message from %s: %s", c.gateway, _why(err)
+                    "could not keep a conflicting message from %s (not acked): %s",
+                    c.gateway,
+                    _why(err),
                 )
+                if isinstance(decoded, TelemetryBatch):
+                    acked.drop(False, c.gateway, c.stream, decoded.seq_first, decoded.seq_last)
+                elif isinstance(decoded, AlarmMessage):
+                    acked.drop(True, c.gateway, c.stream, decoded.seq, decoded.seq)
                 continue
             if pruned:
                 out.pruned[c.gateway] = out.pruned.get(c.gateway, 0) + pruned

@@ -340,3 +340,13 @@ def test_when_the_conflict_cannot_be_kept_nothing_is_acked_and_the_retry_finds_i
     out = store_round(store, TOPICS, [real])  # tried again: the stored forgery is still there
     assert len(out.conflicts) == 1 and len(store.contents.dead_letters) == 1
     assert out.acks == [("gw-a", ack("s-gw-a", telemetry=[(1, 1)], alarms=[]))]
+
+
+def test_a_conflict_whose_dead_letter_cannot_be_kept_is_not_acked() -> None:
+    store = MemoryStore()
+    store_round(store, TOPICS, [forged("gw-a", 1), batch("gw-a", 5)])
+    store.inject(MessageRejected("no room"), write="insert_rejected")
+    out = store_round(store, TOPICS, [batch("gw-a", 1), batch("gw-a", 5)])  # 5: as it was
+    assert len(out.conflicts) == 1 and store.contents.dead_letters == {}
+    # the real seq 1 stays in the gateway's outbox (it may be its only copy); 5 is acked
+    assert out.acks == [("gw-a", ack("s-gw-a", telemetry=[(5, 5)], alarms=[]))]
