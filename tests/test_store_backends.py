@@ -15,6 +15,7 @@ import psycopg
 import pytest
 
 from central.store import (
+    REJECTED_WHOLE_BYTES,
     MessageRejected,
     NotACentralStore,
     StoreTooNew,
@@ -254,6 +255,18 @@ def test_a_conflict_is_kept_whole_as_a_dead_letter(store: Store) -> None:
     kept = {r.error: r for r in store.rejected("gw-1")}
     assert kept["CONFLICT: seqs 1"].payload == payload and kept["CONFLICT: seqs 1"].conflict
     assert len(kept["bad"].payload) == 4096 and not kept["bad"].conflict
+    # whole while the gateway's dead letters hold at most REJECTED_WHOLE_BYTES, then a head
+    mib = 1024 * 1024
+    with store.round() as rnd:
+        for i in range(REJECTED_WHOLE_BYTES // mib):
+            rnd.insert_rejected("gw-2", "t", bytes([i]) * mib, f"CONFLICT: {i}", None, True)
+    with store.round() as rnd:
+        rnd.insert_rejected("gw-2", "t", b"z" * mib, "CONFLICT: more", None, True)
+        rnd.insert_rejected("gw-1", "t", b"z" * mib, "CONFLICT: gw-1's", None, True)
+    kept = {r.error: r for r in store.rejected(limit=100)}
+    assert len(kept["CONFLICT: 7"].payload) == mib == kept["CONFLICT: more"].size
+    assert len(kept["CONFLICT: more"].payload) == 4096
+    assert len(kept["CONFLICT: gw-1's"].payload) == mib  # another gateway's budget
 
 
 # --- hostile content -----------------------------------------------------------------------

@@ -172,8 +172,9 @@ class Round(Protocol):
     ) -> int:
         """Keep a dead letter (its head, size, digest; the same message again counts
         ``times``); ``whole``: all of its payload, not only its head (a conflict's: what
-        it holds may be the real readings). Return how many older dead letters made room
-        (caps per gateway and in all)."""
+        it holds may be the real readings), while the gateway's dead letters hold less than
+        ``REJECTED_WHOLE_BYTES``. Return how many older dead letters made room (caps per
+        gateway and in all)."""
         ...
 
     def seen(self, gateways: Iterable[str], now: float | None = None) -> None:

@@ -13,8 +13,10 @@ holds is what is stored under that ``(gateway, stream, seq)``:
   float back either way), a boolean not a number, an object whatever its keys' order.
 
 Otherwise the seq is in conflict: the stored content stays (the store cannot tell which of
-the two is the real one), the resent message is kept whole as a dead letter, flagged for
-an operator (``fleet rejected``), and acked, so that the gateway does not send it for ever.
+the two is the real one), the resent message is kept whole as a dead letter (while its
+gateway's dead letters hold under ``REJECTED_WHOLE_BYTES``; beyond, by its head, as any
+other), flagged for an operator (``fleet rejected``), and acked, so that the gateway does
+not send it for ever.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
+from central.store.limits import REJECTED_WHOLE_BYTES
 from edge_agent.contract import merge_ranges
 
 CONFLICT_PREFIX = "CONFLICT: "
@@ -52,12 +55,13 @@ class Conflict:
     def describe(self) -> str:
         """The dead letter's error: which seqs, and what was done."""
         what = "alarm event seq" if self.alarm else "telemetry seqs"
+        whole_mib = REJECTED_WHOLE_BYTES >> 20
         kept = "alarm event" if self.alarm else "readings"
         return (
             f"{CONFLICT_PREFIX}{what} {show_ranges(self.seqs)} of stream {self.stream!r} were "
             f"stored before with other content: the stored {kept} stay, this message is kept "
-            "here whole and was acked (a forgery, or a gateway that reused its seqs; compare "
-            "with what is stored)"
+            f"here (whole while the gateway's dead letters hold under {whole_mib} MiB) and was "
+            "acked (a forgery, or a gateway that reused its seqs; compare with what is stored)"
         )
 
 

@@ -22,7 +22,12 @@ from typing import Any
 from central.store.api import RoundCounts
 from central.store.conflicts import Conflict, conflict, reading_key, same_event
 from central.store.errors import StoreError, StoreUnavailable
-from central.store.limits import REJECTED_ERROR_MAX, REJECTED_HEAD_BYTES, REJECTED_KEEP
+from central.store.limits import (
+    REJECTED_ERROR_MAX,
+    REJECTED_HEAD_BYTES,
+    REJECTED_KEEP,
+    REJECTED_WHOLE_BYTES,
+)
 from edge_agent.contract import AlarmMessage, NamedRows, TelemetryBatch
 
 
@@ -196,6 +201,9 @@ class MemoryRound:
         self._write("insert_rejected", gateway)
         letters = self.contents.dead_letters
         digest = hashlib.sha256(topic.encode() + b"\0" + payload).hexdigest()
+        if whole:
+            held = sum(len(d.head) for (gw, _), d in letters.items() if gw == gateway)
+            whole = held + len(payload) <= REJECTED_WHOLE_BYTES
         old = letters.pop((gateway, digest), None)
         letter = DeadLetter(
             gateway,

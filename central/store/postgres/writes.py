@@ -55,6 +55,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from central.store.api import RoundCounts
 from central.store.conflicts import Conflict, conflict, same_event
 from central.store.errors import MessageRejected, StoreUnavailable
+from central.store.limits import REJECTED_WHOLE_BYTES
 from central.store.postgres import partitions
 from edge_agent.contract import AlarmMessage, AlarmState, NamedRows, TelemetryBatch
 from edge_agent.contract.alarms import DroppedRows
@@ -413,6 +414,13 @@ class PgRound:
         if len(error) > REJECTED_ERROR_MAX:
             error = error[: REJECTED_ERROR_MAX - 1] + "…"
         with self.store.translating_content():
+            if whole:  # the gateway's at most REJECTED_KEEP rows, by the primary key's prefix
+                row = self.conn.execute(
+                    "SELECT coalesce(sum(octet_length(payload)), 0) FROM rejected "
+                    "WHERE gateway = %s",
+                    (_printable(gateway),),
+                ).fetchone()
+                whole = int(row[0] if row else 0) + len(payload) <= REJECTED_WHOLE_BYTES
             self.conn.execute(
                 "INSERT INTO rejected AS r (gateway, digest, topic, error, payload, size, "
                 "stream, seq_first, seq_last, first_seen, last_seen) "

@@ -32,6 +32,7 @@ from central.store.limits import (
     REJECTED_HEAD_BYTES,
     REJECTED_KEEP,
     REJECTED_MAX_BYTES,
+    REJECTED_WHOLE_BYTES,
 )
 from central.store.sqlite.cells import (
     INT64_MAX,
@@ -245,6 +246,12 @@ class SqliteRound:
         at most ``REJECTED_MAX_BYTES``: return how many older ones made room."""
         digest = hashlib.sha256(topic.encode() + b"\0" + payload).hexdigest()
         now = time.time()
+        if whole:  # the gateway's at most REJECTED_KEEP rows, by the primary key's prefix
+            ((held,),) = self.conn.execute(
+                "SELECT coalesce(sum(length(payload)), 0) FROM rejected WHERE gateway = ?",
+                (gateway,),
+            )
+            whole = held + len(payload) <= REJECTED_WHOLE_BYTES
         if len(error) > REJECTED_ERROR_MAX:
             error = error[: REJECTED_ERROR_MAX - 1] + "…"
         self.conn.execute(
