@@ -25,7 +25,11 @@ the readings of covered seqs are looked for in ``readings`` by the index it has 
 one query; one not found there is a conflict (the stored row stays). That costs nothing
 while nothing is resent; a digest per stored reading would have cost every reading a hash
 and a second write to save a lookup of the few resent after a lost ack. Covered by an
-earlier batch of the same round, a seq is compared with that batch's row.
+earlier batch of the same round, a seq is compared with that batch's row. A resent
+reading whose partition retention has dropped is not found either: it is flagged as a
+conflict (nothing is left to compare it with), where SQLite, whose retention deletes the
+seq's row too, stores it again; only a gateway resending readings older than the raw
+retention meets either.
 
 The alternatives were worse: a dedup row per reading doubles the writes; a unique key on
 ``(gateway, stream, seq_first)`` of batches misses overlapping batches (an outbox may
