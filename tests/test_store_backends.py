@@ -5,6 +5,7 @@ file and on a real PostgreSQL database (``store_address``), and some only on Pos
 from __future__ import annotations
 
 import contextlib
+import json
 import sqlite3
 import threading
 import time
@@ -14,6 +15,8 @@ from typing import Any
 import psycopg
 import pytest
 
+from central.inbox import Lane
+from central.rounds import store_round
 from central.store import (
     REJECTED_WHOLE_BYTES,
     MessageRejected,
@@ -30,8 +33,9 @@ from central.store.api import (
     Store,
 )
 from central.store.rows import CommandRecord, Identity
-from edge_agent.contract import TelemetryBatch
+from edge_agent.contract import Ack, Channel, TelemetryBatch, Topics
 from edge_agent.contract.alarms import AlarmEvent, AlarmMessage, AlarmState, Severity
+from mqttlink.session import Message
 from tests.support import free_port
 
 DAY = 86_400
@@ -786,3 +790,47 @@ def test_identities_are_kept_and_register_the_gateway_with_its_site_and_tags(
     row = store.gateway("gw-9")
     assert row is not None and row.online and row.site == "moved" and row.tags == {"a": "b"}
     assert store.identities("gw-2") == []
+
+
+def test_a_round_flags_a_conflict_keeps_the_message_whole_and_acks_it(store: Store) -> None:
+    """The round logic on each backend (PostgreSQL finds telemetry's conflicts only when
+    the round commits): a forgery first, then the real batch and alarm with its seqs."""
+    topics = Topics()
+
+    def message(channel: Channel, body: dict[str, Any]) -> Message:
+        return Message(topics.gw("gw-1", channel), json.dumps(body).encode(), qos=1)
+
+    def telemetry(values: list[float]) -> Message:
+        readings = [reading(T0 + i, v) for i, v in enumerate(values)]
+        return message(
+            Channel.TELEMETRY,
+            {
+                "gw": "gw-1",
+                "stream": "s1",
+                "seq_first": 1,
+                "seq_last": len(values),
+                "readings": readings,
+            },
+        )
+
+    alarm = event(1, "active", T0).to_json()
+    store_round(store, topics, [telemetry([0.0, 0.0])])
+    store_round(store, topics, [message(Channel.ALARMS, alarm | {"state": "cleared"})], Lane.ALARMS)
+    real = telemetry([1.0, 2.0, 3.0])
+    out = store_round(store, topics, [real, telemetry([1.0, 2.0, 3.0])])
+    assert [(c.seqs, c.alarm) for c in out.conflicts] == [(((1, 2),), False)] * 2
+    assert out.acks == [("gw-1", Ack("s1", telemetry=((1, 3),), alarms=()))]
+    assert (out.counts.readings_stored, out.counts.conflicts) == (1, 4)
+    real_alarm = message(Channel.ALARMS, alarm)
+    out = store_round(store, topics, [real_alarm], Lane.ALARMS)
+    assert out.acks == [("gw-1", Ack("s1", telemetry=(), alarms=((1, 1),)))]
+    assert out.alarms == [] and len(out.conflicts) == 1
+    letters = {d.topic.rsplit("/", 1)[1]: d for d in store.rejected("gw-1")}
+    assert letters["telemetry"].payload == real.payload and letters["telemetry"].times == 2
+    assert letters["alarms"].payload == real_alarm.payload
+    assert all(d.conflict and d.error.startswith("CONFLICT: ") for d in letters.values())
+    values = [r.value for r in store.readings(ReadingQuery(gateway="gw-1", oldest_first=True))]
+    assert values == [0.0, 0.0, 3.0]
+    # resent as it was: a plain duplicate, nothing flagged
+    out = store_round(store, topics, [telemetry([0.0, 0.0, 3.0])])
+    assert out.conflicts == [] and (out.counts.duplicates, out.counts.conflicts) == (3, 0)
