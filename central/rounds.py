@@ -74,6 +74,14 @@ class Rejection:
     why: str
 
 
+@dataclass(frozen=True, slots=True)
+class Source:
+    """What a message was decoded to, as given to the store (a ``Conflict`` names it by
+    identity, and the round finds the message by it)."""
+
+    decoded: object
+
+
 @dataclass(slots=True)
 class RoundResult:
     """What to do now that the round has committed."""
@@ -216,13 +224,6 @@ def _store_one(
         else:
             out.gateways.append(note)
     seen[gw] = None
-
-
-@dataclass(frozen=True, slots=True)
-class Source:
-    """What a message was decoded to, as given to the store."""
-
-    decoded: object
 
 
 def _keep_conflicts(
