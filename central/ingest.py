@@ -43,6 +43,10 @@ What can fail, and what then:
   outbox rows beyond doubt, so that the gateway does not resend it either; the rest of
   the round commits. A message over the contract's ``MESSAGE_MAX_BYTES`` is refused so
   before it is parsed, naming nothing;
+- a message that resends seqs stored with other content (a conflict,
+  ``central.store.conflicts``): the stored rows stay; the message is kept whole as a dead
+  letter flagged as a conflict, PUBACKed and acked; logged once per gateway and stream
+  (telemetry and alarms apart), the rest counted;
 - the store itself (``StoreUnavailable``: disk full, I/O error, a lock held too long,
   the server gone): the round is rolled back, nothing is PUBACKed or acked, and the
   round is tried again after ``STORE_RETRY_S``; after ``STORE_TRIES`` failures in a row
@@ -70,6 +74,7 @@ from central.feed import feed_events
 from central.inbox import Inbox, Lane
 from central.rounds import RoundResult, store_round
 from central.store.api import Maintenance, Retention, Store
+from central.store.conflicts import Conflict
 from central.store.errors import StoreError, StoreUnavailable
 from central.store.limits import REJECTED_KEEP, REJECTED_MAX_BYTES
 from edge_agent.contract import Channel, Topics, encode_ack
@@ -107,6 +112,12 @@ class IngestStats:
     alarms_stored: int = 0
     rejected: int = 0
     rejected_by_gateway: dict[str, int] = field(default_factory=lambda: defaultdict(int))
+    conflicts: int = 0
+    """Messages that resent seqs with other content than stored."""
+    conflicts_by_stream: dict[tuple[str, str, bool], int] = field(
+        default_factory=lambda: defaultdict(int)
+    )
+    """By (gateway, stream, alarm): an alarm's conflict is logged even after telemetry's."""
     store_failures: int = 0
 
 
@@ -392,6 +403,8 @@ class Ingest:
         st.alarms_stored += result.counts.alarms_stored
         for rejection in result.rejected:
             self._reject(rejection.gateway, rejection.channel, rejection.why)
+        for conflict in result.conflicts:
+            self._conflict(conflict)
         for gw in result.pruned:
             if gw not in self._pruned_dead_letters:
                 self._pruned_dead_letters.add(gw)
@@ -429,6 +442,18 @@ class Ingest:
                 why,
             )
 
+    def _conflict(self, c: Conflict) -> None:
+        self.stats.conflicts += 1
+        key = (c.gateway, c.stream, c.alarm)
+        count = self.stats.conflicts_by_stream[key] = self.stats.conflicts_by_stream[key] + 1
+        if count == 1:  # log once per gateway and stream (and lane), count the rest
+            log.error(
+                "%s: %s (see fleet rejected; later conflicts of this stream's %s are only counted)",
+                c.gateway,
+                c.describe(),
+                "alarms" if c.alarm else "telemetry",
+            )
+
 
 def run_central(store: Store, ingest: Ingest, stop: threading.Event) -> int:
     """Run ingest on its own thread until ``stop`` is set: 0. If the ingest thread ends
@@ -459,12 +484,13 @@ def run_central(store: Store, ingest: Ingest, stop: threading.Event) -> int:
         st = ingest.stats
         log.info(
             "ingest stopped: %d messages, %d readings stored, %d duplicates, %d alarm events, "
-            "%d rejected",
+            "%d rejected, %d in conflict with what was stored",
             st.messages,
             st.readings_stored,
             st.duplicates,
             st.alarms_stored,
             st.rejected,
+            st.conflicts,
         )
         try:
             store.close()

@@ -131,6 +131,11 @@ class CentralCollector(Collector):
         rejected = counter(
             "messages_rejected", "Messages the store could not take (kept as dead letters)"
         )
+        conflicts = counter(
+            "messages_in_conflict",
+            "Messages that resent seqs stored with other content (kept whole as dead letters, "
+            "flagged, acked)",
+        )
         acks = counter("acks_sent", "Acks published to gateways (one per gateway and stream)")
         rounds = counter("rounds", "Rounds stored and committed")
         failures = counter("store_failures", "Rounds the store failed (rolled back, retried)")
@@ -163,6 +168,7 @@ class CentralCollector(Collector):
             duplicates.add_metric(label, st.duplicates)
             alarms.add_metric(label, st.alarms_stored)
             rejected.add_metric(label, st.rejected)
+            conflicts.add_metric(label, st.conflicts)
             acks.add_metric(label, rc.acks)
             rounds.add_metric(label, rc.rounds)
             failures.add_metric(label, st.store_failures)
@@ -176,7 +182,8 @@ class CentralCollector(Collector):
                 waits.add_metric([*label, lane.value], lane_stats.waits)
                 lag.add_metric([*label, lane.value], age or 0.0)
             connected.add_metric(label, 1 if ing.connected.is_set() else 0)
-        yield from (messages, readings, duplicates, alarms, rejected, acks, rounds, failures)
+        yield from (messages, readings, duplicates, alarms, rejected, conflicts, acks, rounds)
+        yield failures
         yield from (commit, depth, size, shed, waits, lag, connected)
 
 

@@ -12,6 +12,13 @@ Per message (``Round.message()``: its writes alone are undone if it fails):
   it either. The rest of the round commits;
 - the store itself failing (``StoreUnavailable``): raised, the whole round rolled back by
   the store, nothing PUBACKed or acked; the caller tries the round again later;
+- a message that resends seqs the store holds with other content (a ``Conflict``,
+  ``central.store.conflicts``: a forgery stored first, or a gateway reusing its seqs): the
+  stored rows stay, its other readings are stored; once the round has committed, a second
+  unit of work keeps the message whole as a dead letter flagged as a conflict, and only
+  then is anything PUBACKed or acked (it is acked: sent again, it would conflict again;
+  but not if its dead letter could not be kept, as it may hold the only copy).
+  If that fails, nothing is acked and the round, tried again, finds the conflict again;
 - a telemetry round is cut short by alarms: before each of its messages it asks for the
   alarms waiting (``alarms_now``); if some are, they are stored in its transaction, and
   committed with what it stored so far; the messages not begun come back in ``rest``.
@@ -28,11 +35,14 @@ from typing import Protocol
 from central.feed import AlarmCommitted, Committed, GatewayCommitted
 from central.inbox import Lane
 from central.store.api import Round, RoundCounts
+from central.store.conflicts import Conflict
 from central.store.errors import MessageRejected, StoreUnavailable
 from edge_agent.contract import (
     Ack,
+    AlarmMessage,
     Channel,
     PayloadError,
+    TelemetryBatch,
     Topics,
     decode_alarm,
     decode_health,
@@ -64,6 +74,14 @@ class Rejection:
     why: str
 
 
+@dataclass(frozen=True, slots=True)
+class Source:
+    """What a message was decoded to, as given to the store (a ``Conflict`` names it by
+    identity, and the round finds the message by it)."""
+
+    decoded: object
+
+
 @dataclass(slots=True)
 class RoundResult:
     """What to do now that the round has committed."""
@@ -79,6 +97,9 @@ class RoundResult:
     counts: RoundCounts = field(default_factory=RoundCounts)
     pruned: dict[str, int] = field(default_factory=dict)
     """Gateways whose older dead letters made room for new ones, and how many went."""
+    conflicts: list[Conflict] = field(default_factory=list)
+    """Messages that resent seqs with other content than stored: kept whole as dead
+    letters (``fleet rejected``), acked."""
     alarms: list[AlarmCommitted] = field(default_factory=list)
     """The alarm events stored (not those the store had already), in the order they came."""
     gateways: list[GatewayCommitted] = field(default_factory=list)
@@ -108,6 +129,12 @@ class _Acked:
     def add(self, alarm: bool, gateway: str, stream: str, first: int, last: int) -> None:
         ranges = self.alarms if alarm else self.telemetry
         ranges.setdefault((gateway, stream), []).append((first, last))
+
+    def drop(self, alarm: bool, gateway: str, stream: str, first: int, last: int) -> None:
+        """Take back a range ``add`` gave (once)."""
+        ranges = (self.alarms if alarm else self.telemetry).get((gateway, stream), [])
+        if (first, last) in ranges:
+            ranges.remove((first, last))
 
     def acks(self) -> list[tuple[str, Ack]]:
         keys = dict.fromkeys([*self.telemetry, *self.alarms])
@@ -140,6 +167,7 @@ def store_round(
     out = RoundResult()
     acked = _Acked()
     seen: dict[str, None] = {}
+    sources: dict[int, tuple[object, Message]] = {}
     done: Sequence[Message] = msgs
     alarms: Sequence[Message] = ()
     with store.round() as rnd:
@@ -148,13 +176,15 @@ def store_round(
                 alarms = alarms_now()
                 if alarms:
                     for alarm in alarms:
-                        _store_one(rnd, topics, alarm, acked, seen, out, revoked)
+                        _store_one(rnd, topics, alarm, acked, seen, sources, out, revoked)
                     done = msgs[:i]
                     break
-            _store_one(rnd, topics, msg, acked, seen, out, revoked)
+            _store_one(rnd, topics, msg, acked, seen, sources, out, revoked)
         if seen:
             rnd.seen(seen)
     out.counts = rnd.counts
+    if rnd.conflicts:
+        _keep_conflicts(store, rnd.conflicts, sources, acked, out)
     out.puback = [(lane, msg) for msg in done] + [(Lane.ALARMS, a) for a in alarms]
     out.acks = acked.acks()
     out.rest = list(msgs[len(done) :])
@@ -167,6 +197,7 @@ def _store_one(
     msg: Message,
     acked: _Acked,
     seen: dict[str, None],
+    sources: dict[int, tuple[object, Message]],
     out: RoundResult,
     revoked: Container[str],
 ) -> None:
@@ -179,7 +210,7 @@ def _store_one(
         out.rejected.append(Rejection(gw, channel, why))
         _dead_letter(rnd, gw, channel, msg, why, None, out)
         return
-    noted: list[AlarmCommitted | GatewayCommitted] = []
+    noted: list[AlarmCommitted | GatewayCommitted | Source] = []
     try:
         with rnd.message():
             ranges = _store_message(rnd, gw, channel, msg.payload, noted)
@@ -195,9 +226,55 @@ def _store_one(
     for note in noted:  # only now: a message rejected after all is in no one's feed
         if isinstance(note, AlarmCommitted):
             out.alarms.append(note)
+        elif isinstance(note, Source):
+            # by identity: the store names a conflict by the object it was given
+            sources[id(note.decoded)] = (note.decoded, msg)
         else:
             out.gateways.append(note)
     seen[gw] = None
+
+
+def _keep_conflicts(
+    store: RoundStore,
+    conflicts: Sequence[Conflict],
+    sources: dict[int, tuple[object, Message]],
+    acked: _Acked,
+    out: RoundResult,
+) -> None:
+    """Keep each message in conflict whole, as a dead letter flagged so, in a unit of work
+    of its own (the round has committed: a PostgreSQL round finds its telemetry's conflicts
+    only then). Raises ``StoreUnavailable``: then nothing is acked, and the round tried
+    again finds the same conflicts (the stored rows are still there). A message whose dead
+    letter cannot be kept is not acked: the gateway keeps what may be its only copy."""
+    with store.round() as rnd:
+        for c in conflicts:
+            decoded, msg = sources[id(c.source)]
+            try:
+                with rnd.message():
+                    pruned = rnd.insert_rejected(
+                        c.gateway,
+                        msg.topic,
+                        bytes(msg.payload),
+                        c.describe(),
+                        named_rows(msg.payload, alarm=c.alarm),
+                        whole=True,
+                    )
+            except StoreUnavailable:
+                raise
+            except Exception as err:
+                log.warning(
+                    "could not keep a conflicting message from %s (not acked): %s",
+                    c.gateway,
+                    _why(err),
+                )
+                if isinstance(decoded, TelemetryBatch):
+                    acked.drop(False, c.gateway, c.stream, decoded.seq_first, decoded.seq_last)
+                elif isinstance(decoded, AlarmMessage):
+                    acked.drop(True, c.gateway, c.stream, decoded.seq, decoded.seq)
+                continue
+            if pruned:
+                out.pruned[c.gateway] = out.pruned.get(c.gateway, 0) + pruned
+    out.conflicts = list(conflicts)
 
 
 def _store_message(
@@ -205,18 +282,21 @@ def _store_message(
     gw: str,
     channel: Channel,
     payload: bytes,
-    noted: list[AlarmCommitted | GatewayCommitted],
+    noted: list[AlarmCommitted | GatewayCommitted | Source],
 ) -> tuple[bool, str, str, int, int] | None:
     """Decode and store one message; the range it stored, to ack once it is all stored.
-    What the feed tells of it goes into ``noted``."""
+    What the feed tells of it goes into ``noted``, and what it was decoded to (a conflict
+    names it)."""
     if channel is Channel.TELEMETRY:
         batch = decode_telemetry(payload)
         _same_gateway(gw, batch.gw)
+        noted.append(Source(batch))
         rnd.insert_telemetry(batch)
         return (False, gw, batch.stream, batch.seq_first, batch.seq_last)
     if channel is Channel.ALARMS:
         event = decode_alarm(payload)
         _same_gateway(gw, event.gw)
+        noted.append(Source(event))
         before = rnd.counts.alarms_stored
         rnd.insert_alarm(event)
         if rnd.counts.alarms_stored > before:  # new, not one the store had already

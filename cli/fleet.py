@@ -335,7 +335,8 @@ def rejected(
     db: DbOpt = DEFAULT_DB,
     json_out: JsonOpt = False,
 ) -> None:
-    """Messages the center could not store (dead letters): why, and what they held."""
+    """Messages the center could not store (dead letters): why, and what they held; and
+    messages that resent seqs stored with other content (CONFLICT: kept whole, look)."""
     # loaded by the command that uses it: fleet --help stays under 0.3 s
     rows = open_db(db).rejected(gateway, limit)
     show(
@@ -346,7 +347,8 @@ def rejected(
             (
                 r.gateway,
                 r.topic,
-                f"{r.stream} {r.seq_first}..{r.seq_last} (acked)"
+                f"{r.stream} {r.seq_first}..{r.seq_last} "
+                + ("(acked, CONFLICT)" if r.conflict else "(acked)")
                 if r.stream
                 else "unknown (not acked)",
                 str(r.times),

@@ -103,6 +103,7 @@ def test_counters_grow_with_what_the_fleet_sends(
     assert sample(after, "edgefleet_central_duplicates_total", **W) == 2
     assert sample(after, "edgefleet_central_alarms_stored_total", **W) == 1
     assert sample(after, "edgefleet_central_messages_rejected_total", **W) == 1
+    assert sample(after, "edgefleet_central_messages_in_conflict_total", **W) == 0
     assert sample(after, "edgefleet_central_store_failures_total", **W) == 0
     rounds = sample(after, "edgefleet_central_rounds_total", **W)
     assert rounds is not None and rounds >= 2  # the probe's, and at least one of the rest

@@ -30,7 +30,7 @@ def batch(gw: str, seq: int, n: int = 1, *, payload_gw: str | None = None) -> Me
         "stream": f"s-{gw}",
         "seq_first": seq,
         "seq_last": seq + n - 1,
-        "readings": [reading(float(i)) for i in range(n)],
+        "readings": [reading(float(seq + i)) for i in range(n)],
     }
     return Message(TOPICS.gw(gw, Channel.TELEMETRY), json.dumps(body).encode(), qos=1)
 
@@ -257,3 +257,96 @@ def test_the_round_lists_for_the_feed_what_it_stored_and_nothing_else() -> None:
         out.alarms,
         out.gateways,
     )
+
+
+# --- conflicts: a resent seq whose content differs from the stored one ---------------------
+
+
+def forged(gw: str, seq: int, n: int = 1, v: float = 666.0) -> Message:
+    """A batch of ``gw``'s stream and seqs with other values than the real one's."""
+    body = json.loads(batch(gw, seq, n).payload)
+    for r in body["readings"]:
+        r["v"] = v
+    return Message(TOPICS.gw(gw, Channel.TELEMETRY), json.dumps(body).encode(), qos=1)
+
+
+def test_a_resend_that_differs_is_kept_whole_flagged_and_acked_not_a_duplicate() -> None:
+    store = MemoryStore()
+    store_round(store, TOPICS, [batch("gw-a", 1, 2), forged("gw-a", 3, 2)])  # ahead of the real
+    real = batch("gw-a", 3, 4)  # 3, 4: taken by the forgery; 5, 6: new
+    out = store_round(store, TOPICS, [real])
+    assert store.commits == 3  # the round, then the unit of work keeping the conflict
+    assert out.acks == [("gw-a", ack("s-gw-a", telemetry=[(3, 6)], alarms=[]))]
+    assert out.puback == [(Lane.DATA, real)]
+    assert (out.counts.readings_stored, out.counts.duplicates, out.counts.conflicts) == (2, 0, 2)
+    (c,) = out.conflicts
+    assert (c.gateway, c.stream, c.alarm, c.seqs) == ("gw-a", "s-gw-a", False, ((3, 4),))
+    assert out.rejected == []  # not a message the store could not take: one to look at
+    # the stored rows stay (the store cannot tell which is real); the new seqs are stored
+    readings = store.contents.readings
+    assert [readings[("gw-a", "s-gw-a", s)]["v"] for s in (3, 4, 5, 6)] == [666.0, 666.0, 5.0, 6.0]
+    (letter,) = store.contents.dead_letters.values()
+    assert letter.head == real.payload and letter.size == len(real.payload)  # whole
+    assert letter.error.startswith("CONFLICT: telemetry seqs 3..4 of stream 's-gw-a' were ")
+    assert letter.rows is not None and (letter.rows.first, letter.rows.last) == (3, 6)
+    # sent again (its ack lost): the same dead letter counted again, acked again
+    again = store_round(store, TOPICS, [real])
+    assert again.acks == out.acks and len(again.conflicts) == 1
+    assert [d.times for d in store.contents.dead_letters.values()] == [2]
+    assert (again.counts.duplicates, again.counts.conflicts) == (2, 2)
+
+
+def test_an_identical_resend_is_a_plain_duplicate_and_flags_nothing() -> None:
+    store = MemoryStore()
+    store_round(store, TOPICS, [batch("gw-a", 1, 3)])
+    out = store_round(store, TOPICS, [batch("gw-a", 1, 3), batch("gw-a", 2, 3)])
+    assert (out.counts.readings_stored, out.counts.duplicates, out.counts.conflicts) == (1, 5, 0)
+    assert out.conflicts == [] and store.contents.dead_letters == {}
+    assert store.commits == 2  # no second unit of work
+    # the same within one round: a forgery and the real batch together, the first one wins
+    out = store_round(store, TOPICS, [forged("gw-a", 10, 2), batch("gw-a", 10, 2)])
+    assert [c.seqs for c in out.conflicts] == [((10, 11),)]
+    assert out.acks == [("gw-a", ack("s-gw-a", telemetry=[(10, 11)], alarms=[]))]
+
+
+def test_a_resent_alarm_event_with_other_fields_is_a_conflict_and_changes_nothing() -> None:
+    store = MemoryStore()
+    body = json.loads(alarm("gw-a", 1).payload) | {"severity": "warning", "state": "cleared"}
+    forgery = Message(TOPICS.gw("gw-a", Channel.ALARMS), json.dumps(body).encode(), qos=1)
+    store_round(store, TOPICS, [forgery], Lane.ALARMS)
+    real = alarm("gw-a", 1)
+    out = store_round(store, TOPICS, [real], Lane.ALARMS)
+    assert out.acks == [("gw-a", ack("s-gw-a", telemetry=[], alarms=[(1, 1)]))]
+    assert out.alarms == [] and out.counts.alarms_stored == 0
+    assert [(c.alarm, c.seqs) for c in out.conflicts] == [(True, ((1, 1),))]
+    (letter,) = store.contents.dead_letters.values()
+    assert letter.head == real.payload
+    assert letter.error.startswith("CONFLICT: alarm event seq 1 of stream 's-gw-a'")
+    assert store.contents.alarms[("gw-a", "m-1/over")].event.severity == "warning"
+    # the same event again (its key order changed, 3.0 spelt 3) is a plain duplicate
+    same = json.dumps(dict(reversed(list(body.items()))) | {"value": 3}).encode()
+    out = store_round(store, TOPICS, [raw("gw-a", Channel.ALARMS, same)], Lane.ALARMS)
+    assert out.conflicts == [] and len(store.contents.dead_letters) == 1
+
+
+def test_when_the_conflict_cannot_be_kept_nothing_is_acked_and_the_retry_finds_it() -> None:
+    store = MemoryStore()
+    store_round(store, TOPICS, [forged("gw-a", 1)])
+    store.inject(StoreUnavailable("disk full"), write="insert_rejected")
+    real = batch("gw-a", 1)
+    with pytest.raises(StoreUnavailable, match="disk full"):
+        store_round(store, TOPICS, [real])
+    assert store.contents.dead_letters == {}
+    out = store_round(store, TOPICS, [real])  # tried again: the stored forgery is still there
+    assert len(out.conflicts) == 1 and len(store.contents.dead_letters) == 1
+    assert out.acks == [("gw-a", ack("s-gw-a", telemetry=[(1, 1)], alarms=[]))]
+
+
+def test_a_conflict_whose_dead_letter_cannot_be_kept_is_not_acked() -> None:
+    store = MemoryStore()
+    store_round(store, TOPICS, [forged("gw-a", 1), batch("gw-a", 5)])
+    store.inject(MessageRejected("no room"), write="insert_rejected")
+    out = store_round(store, TOPICS, [batch("gw-a", 1), batch("gw-a", 5)])  # 5: as it was
+    assert len(out.conflicts) == 1 and store.contents.dead_letters == {}
+    # the real seq 1 stays in the gateway's outbox (it may be its only copy); 5 is acked
+    assert out.acks == [("gw-a", ack("s-gw-a", telemetry=[(5, 5)], alarms=[]))]

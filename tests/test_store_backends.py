@@ -5,6 +5,7 @@ file and on a real PostgreSQL database (``store_address``), and some only on Pos
 from __future__ import annotations
 
 import contextlib
+import json
 import sqlite3
 import threading
 import time
@@ -14,7 +15,10 @@ from typing import Any
 import psycopg
 import pytest
 
+from central.inbox import Lane
+from central.rounds import store_round
 from central.store import (
+    REJECTED_WHOLE_BYTES,
     MessageRejected,
     NotACentralStore,
     StoreTooNew,
@@ -29,8 +33,9 @@ from central.store.api import (
     Store,
 )
 from central.store.rows import CommandRecord, Identity
-from edge_agent.contract import TelemetryBatch
+from edge_agent.contract import Ack, Channel, TelemetryBatch, Topics
 from edge_agent.contract.alarms import AlarmEvent, AlarmMessage, AlarmState, Severity
+from mqttlink.session import Message
 from tests.support import free_port
 
 DAY = 86_400
@@ -151,6 +156,121 @@ def test_alarm_events_are_kept_once_and_set_the_current_state(store: Store) -> N
     assert store.alarms(AlarmQuery(states=("cleared",))) == []
     assert len(store.alarms(AlarmQuery(severities=("critical",), gateway="gw-1"))) == 1
     assert store.alarms(AlarmQuery(where=GatewayFilter(site="elsewhere"))) == []
+
+
+# --- conflicts: a resent seq whose content is not the stored one ---------------------------
+
+
+def store_conflicts(store: Store, *batches: TelemetryBatch) -> list[tuple[int, int]]:
+    with store.round() as rnd:
+        for b in batches:
+            with rnd.message():
+                rnd.insert_telemetry(b)
+    assert rnd.counts.conflicts == sum(c.count for c in rnd.conflicts)
+    for c in rnd.conflicts:
+        assert any(c.source is b for b in batches) and not c.alarm
+    return [r for c in rnd.conflicts for r in c.seqs]
+
+
+def test_a_resend_of_every_kind_of_value_as_it_was_is_a_duplicate(store: Store) -> None:
+    values: list[Any] = [True, False, BIG, -(2**70), 0, 1, 1.0, 0.1, "42", "", None, "ünï"]
+    sent = batch("gw-1", "s1", 1, [reading(T0 + i, v) for i, v in enumerate(values)])
+    units = batch("gw-1", "s1", 20, [reading(T0, 1.0, u="kWh"), reading(T0, 1.0, q="bad", r="x")])
+    store_batches(store, sent, units)
+    assert store_conflicts(store, sent, units) == []
+    assert store_batches(store, sent, units) == (0, len(values) + 2)
+
+
+def test_a_resend_that_differs_is_a_conflict_and_the_stored_rows_stay(store: Store) -> None:
+    stored = [reading(T0, 1.0), reading(T0 + 1, 1, u="kWh"), reading(T0 + 2, True)]
+    stored += [reading(T0 + 3, BIG), reading(T0 + 4, "on", q="bad", r="e")]
+    store_batches(store, batch("gw-1", "s1", 1, stored))
+    # each field in turn differs, seq by seq; seq 6 and 7 are new
+    resent = [
+        reading(T0, 1),  # an integer, not the float 1.0
+        reading(T0 + 1, 1, u="Wh"),
+        reading(T0 + 2, 1),  # the number 1, not true
+        reading(T0 + 3, BIG - 1),
+        reading(T0 + 4, "on", q="bad", r="f"),
+        reading(T0 + 5),
+        reading(T0 + 6),
+    ]
+    assert store_conflicts(store, batch("gw-1", "s1", 1, resent)) == [(1, 5)]
+    others = [reading(T0 + 10, 1.0, dev="d2"), reading(T0 + 1.5, 1, u="kWh")]
+    assert store_conflicts(store, batch("gw-1", "s1", 1, others)) == [(1, 2)]
+    assert store.count_readings() == 7
+    got = [r.value for r in store.readings(ReadingQuery(gateway="gw-1", oldest_first=True))]
+    assert got == [1.0, 1, True, BIG, "on", 1.0, 1.0]
+    # partly the same: a duplicate where it is, a conflict where it is not
+    with store.round() as rnd, rnd.message():
+        rnd.insert_telemetry(batch("gw-1", "s1", 1, [reading(T0, 1.0), reading(T0 + 1, 2)]))
+    assert (rnd.counts.duplicates, rnd.counts.conflicts, rnd.counts.readings_stored) == (1, 1, 0)
+    assert [c.seqs for c in rnd.conflicts] == [((2, 2),)]
+
+
+def test_a_conflict_within_one_round_keeps_the_first_and_flags_the_second(store: Store) -> None:
+    first = numbered("gw-1", 1, 4)
+    other = batch("gw-1", "s1", 3, [reading(T0 + 3, 3.0), reading(T0 + 4, 9.0), reading(T0 + 9)])
+    assert store_conflicts(store, first, other, numbered("gw-1", 2, 3)) == [(4, 4)]
+    assert store.count_readings() == 5
+    assert store_conflicts(store, numbered("gw-1", 1, 4), other) == [(4, 4)]
+
+
+def test_a_message_undone_takes_its_conflicts_with_it(store: Store) -> None:
+    store_batches(store, numbered("gw-1", 1, 2))
+    store_alarms(store, event(1, "active", T0))
+    with store.round() as rnd:
+        with pytest.raises(MessageRejected), rnd.message():
+            rnd.insert_alarm(event(1, "cleared", T0))
+            raise MessageRejected("the rest of the message was bad")
+        with rnd.message():
+            rnd.insert_alarm(event(1, "active", T0))
+    assert (rnd.counts.conflicts, rnd.conflicts) == (0, [])
+
+
+def test_a_resent_alarm_event_with_other_fields_is_a_conflict(store: Store) -> None:
+    real = event(1, "active", T0, value=3.0)
+    store_alarms(store, real)
+    resent = [
+        event(1, "active", T0, value=3.0),
+        event(1, "active", T0, value=3),  # the same number, spelt as an integer
+        event(1, "cleared", T0),
+        event(1, "active", T0, severity="warning"),
+        event(1, "active", T0, value=True),
+        event(1, "active", T0, msg="all is well"),
+        event(1, "active", T0, extra={"note": "x"}),
+    ]
+    with store.round() as rnd:
+        for m in resent:
+            with rnd.message():
+                rnd.insert_alarm(m)
+    assert [resent.index(c.source) for c in rnd.conflicts] == [2, 3, 4, 5, 6]  # type: ignore[arg-type]
+    assert all(c.alarm and c.seqs == ((1, 1),) for c in rnd.conflicts)
+    assert (rnd.counts.alarms_stored, rnd.counts.conflicts) == (0, 5)
+    (alarm,) = store.alarms()
+    assert (alarm.state, alarm.severity, alarm.events) == ("active", "critical", 1)
+
+
+def test_a_conflict_is_kept_whole_as_a_dead_letter(store: Store) -> None:
+    payload = b"x" * 100_000
+    with store.round() as rnd:
+        rnd.insert_rejected("gw-1", "t/gw/gw-1/telemetry", payload, "CONFLICT: seqs 1", None, True)
+        rnd.insert_rejected("gw-1", "t/gw/gw-1/telemetry", b"y" * 9000, "bad", None)
+    kept = {r.error: r for r in store.rejected("gw-1")}
+    assert kept["CONFLICT: seqs 1"].payload == payload and kept["CONFLICT: seqs 1"].conflict
+    assert len(kept["bad"].payload) == 4096 and not kept["bad"].conflict
+    # whole while the gateway's dead letters hold at most REJECTED_WHOLE_BYTES, then a head
+    mib = 1024 * 1024
+    with store.round() as rnd:
+        for i in range(REJECTED_WHOLE_BYTES // mib):
+            rnd.insert_rejected("gw-2", "t", bytes([i]) * mib, f"CONFLICT: {i}", None, True)
+    with store.round() as rnd:
+        rnd.insert_rejected("gw-2", "t", b"z" * mib, "CONFLICT: more", None, True)
+        rnd.insert_rejected("gw-1", "t", b"z" * mib, "CONFLICT: gw-1's", None, True)
+    kept = {r.error: r for r in store.rejected(limit=100)}
+    assert len(kept["CONFLICT: 7"].payload) == mib == kept["CONFLICT: more"].size
+    assert len(kept["CONFLICT: more"].payload) == 4096
+    assert len(kept["CONFLICT: gw-1's"].payload) == mib  # another gateway's budget
 
 
 # --- hostile content -----------------------------------------------------------------------
@@ -693,3 +813,47 @@ def test_revoking_marks_every_live_identity_and_expiring_lists_the_newest_live_o
     store.add_identity(Identity("gw-2", "certificate", "05" * 32, T0 + 4 * DAY, T0 + 9 * DAY))
     assert store.revoked_gateways() == frozenset()
     assert store.revoke_identities("gw-unknown", T0) == 0
+
+
+def test_a_round_flags_a_conflict_keeps_the_message_whole_and_acks_it(store: Store) -> None:
+    """The round logic on each backend (PostgreSQL finds telemetry's conflicts only when
+    the round commits): a forgery first, then the real batch and alarm with its seqs."""
+    topics = Topics()
+
+    def message(channel: Channel, body: dict[str, Any]) -> Message:
+        return Message(topics.gw("gw-1", channel), json.dumps(body).encode(), qos=1)
+
+    def telemetry(values: list[float]) -> Message:
+        readings = [reading(T0 + i, v) for i, v in enumerate(values)]
+        return message(
+            Channel.TELEMETRY,
+            {
+                "gw": "gw-1",
+                "stream": "s1",
+                "seq_first": 1,
+                "seq_last": len(values),
+                "readings": readings,
+            },
+        )
+
+    alarm = event(1, "active", T0).to_json()
+    store_round(store, topics, [telemetry([0.0, 0.0])])
+    store_round(store, topics, [message(Channel.ALARMS, alarm | {"state": "cleared"})], Lane.ALARMS)
+    real = telemetry([1.0, 2.0, 3.0])
+    out = store_round(store, topics, [real, telemetry([1.0, 2.0, 3.0])])
+    assert [(c.seqs, c.alarm) for c in out.conflicts] == [(((1, 2),), False)] * 2
+    assert out.acks == [("gw-1", Ack("s1", telemetry=((1, 3),), alarms=()))]
+    assert (out.counts.readings_stored, out.counts.conflicts) == (1, 4)
+    real_alarm = message(Channel.ALARMS, alarm)
+    out = store_round(store, topics, [real_alarm], Lane.ALARMS)
+    assert out.acks == [("gw-1", Ack("s1", telemetry=(), alarms=((1, 1),)))]
+    assert out.alarms == [] and len(out.conflicts) == 1
+    letters = {d.topic.rsplit("/", 1)[1]: d for d in store.rejected("gw-1")}
+    assert letters["telemetry"].payload == real.payload and letters["telemetry"].times == 2
+    assert letters["alarms"].payload == real_alarm.payload
+    assert all(d.conflict and d.error.startswith("CONFLICT: ") for d in letters.values())
+    values = [r.value for r in store.readings(ReadingQuery(gateway="gw-1", oldest_first=True))]
+    assert values == [0.0, 0.0, 3.0]
+    # resent as it was: a plain duplicate, nothing flagged
+    out = store_round(store, topics, [telemetry([0.0, 0.0, 3.0])])
+    assert out.conflicts == [] and (out.counts.duplicates, out.counts.conflicts) == (3, 0)

@@ -21,6 +21,7 @@ from central.store.limits import (
     REJECTED_HEAD_BYTES,
     REJECTED_KEEP,
     REJECTED_MAX_BYTES,
+    REJECTED_WHOLE_BYTES,
 )
 from central.store.rows import StoredReading
 
@@ -50,6 +51,7 @@ __all__ = [
     "REJECTED_HEAD_BYTES",
     "REJECTED_KEEP",
     "REJECTED_MAX_BYTES",
+    "REJECTED_WHOLE_BYTES",
     "MessageRejected",
     "NotACentralStore",
     "Retention",

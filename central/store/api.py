@@ -22,6 +22,11 @@ Exactly-once: a reading is the gateway's ``(gateway, stream, seq)``; storing a b
 readings are (partly) stored already keeps each reading once, and counts the rest as
 duplicates. Every backend keeps that true with several writers at once.
 
+A resent seq is a duplicate only if its content is the stored one
+(``central.store.conflicts``); one that differs is not stored again either (the stored row
+stays) but counted in ``counts.conflicts`` and listed in ``rnd.conflicts``, complete once
+the round has committed, for the round logic to keep the message and flag it.
+
 Queries return typed rows (``central.store.rows``); the long ones are iterators that
 stream from the engine (a month of one point never sits in memory): consume them before
 the next call on the same store.
@@ -34,6 +39,7 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal, Protocol
 
+from central.store.conflicts import Conflict
 from central.store.rows import (
     AlarmRow,
     CommandRecord,
@@ -124,13 +130,19 @@ class RoundCounts:
 
     readings_stored: int = 0
     duplicates: int = 0
+    """Seqs resent with the content stored (the lost-ack case): not stored again."""
     alarms_stored: int = 0
+    conflicts: int = 0
+    """Seqs resent with content other than the stored (``central.store.conflicts``)."""
 
 
 class Round(Protocol):
     """One ingest round's unit of work (see the module's docstring)."""
 
     counts: RoundCounts
+    conflicts: list[Conflict]
+    """Seqs resent with other content than stored (complete once the round committed; a
+    message undone takes its own out)."""
 
     def message(self) -> AbstractContextManager[None]:
         """One message's writes: if anything in it fails because of the message, its writes
@@ -139,20 +151,30 @@ class Round(Protocol):
         ...
 
     def insert_telemetry(self, batch: TelemetryBatch) -> None:
-        """Store a batch's readings once each (and their 1-minute rollups)."""
+        """Store a batch's readings once each (and their 1-minute rollups); a seq stored
+        already is a duplicate, or a conflict if its content differs."""
         ...
 
     def insert_alarm(self, message: AlarmMessage) -> None:
         """Store an alarm event once, and the alarm's current state it implies (and a loss
-        an ``outbox.dropped`` event reports)."""
+        an ``outbox.dropped`` event reports); one whose seq is stored with other fields is
+        a conflict, and changes nothing."""
         ...
 
     def insert_rejected(
-        self, gateway: str, topic: str, payload: bytes, error: str, rows: NamedRows | None
+        self,
+        gateway: str,
+        topic: str,
+        payload: bytes,
+        error: str,
+        rows: NamedRows | None,
+        whole: bool = False,
     ) -> int:
         """Keep a dead letter (its head, size, digest; the same message again counts
-        ``times``); return how many older dead letters made room (caps per gateway and in
-        all)."""
+        ``times``); ``whole``: all of its payload, not only its head (a conflict's: what
+        it holds may be the real readings), while the gateway's dead letters hold less than
+        ``REJECTED_WHOLE_BYTES``. Return how many older dead letters made room (caps per
+        gateway and in all)."""
         ...
 
     def seen(self, gateways: Iterable[str], now: float | None = None) -> None:

@@ -14,3 +14,8 @@ REJECTED_ERROR_MAX = 1000
 REJECTED_MAX_BYTES = 64 * 1024 * 1024
 """Bytes of dead letters (topic, error, payload head) kept in all, the newest: gateway ids
 are many (anyone may make one up), so only a cap on the whole table bounds the disk."""
+REJECTED_WHOLE_BYTES = 8 * 1024 * 1024
+"""Bytes of payload a gateway's dead letters may hold before a conflict (kept whole: it may
+hold the real readings) is kept by its head only, as any other dead letter: so that a
+gateway whose seqs keep conflicting (or a forger under its topic) cannot push, with whole
+megabyte messages, every other gateway's dead letters out of ``REJECTED_MAX_BYTES``."""

@@ -20,8 +20,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from central.store.api import RoundCounts
+from central.store.conflicts import Conflict, conflict, reading_key, same_event
 from central.store.errors import StoreError, StoreUnavailable
-from central.store.limits import REJECTED_ERROR_MAX, REJECTED_HEAD_BYTES, REJECTED_KEEP
+from central.store.limits import (
+    REJECTED_ERROR_MAX,
+    REJECTED_HEAD_BYTES,
+    REJECTED_KEEP,
+    REJECTED_WHOLE_BYTES,
+)
 from edge_agent.contract import AlarmMessage, NamedRows, TelemetryBatch
 
 
@@ -126,15 +132,17 @@ class MemoryRound:
         self._store = store
         self.contents = contents
         self.counts = RoundCounts()
+        self.conflicts: list[Conflict] = []
         self.broken: StoreUnavailable | None = None
 
     @contextmanager
     def message(self) -> Iterator[None]:
-        saved = copy.deepcopy(self.contents), copy.copy(self.counts)
+        saved = copy.deepcopy(self.contents), copy.copy(self.counts), len(self.conflicts)
         try:
             yield
         except BaseException:
-            self.contents, self.counts = saved
+            self.contents, self.counts, n = saved
+            del self.conflicts[n:]
             raise
 
     def _write(self, write: str, gateway: str | None, seqs: range | None = None) -> None:
@@ -150,35 +158,58 @@ class MemoryRound:
         first = batch.seq_first
         self._write("insert_telemetry", batch.gw, range(first, batch.seq_last + 1))
         readings = self.contents.readings
+        differ = []
         for i, reading in enumerate(batch.readings):
             key = (batch.gw, batch.stream, first + i)
-            if key in readings:
-                self.counts.duplicates += 1
-            else:
+            stored = readings.get(key)
+            if stored is None:
                 readings[key] = dict(reading)
                 self.counts.readings_stored += 1
+            elif reading_key(stored) == reading_key(reading):
+                self.counts.duplicates += 1
+            else:
+                differ.append(first + i)
+        found = conflict(batch.gw, batch.stream, False, differ, batch)
+        if found is not None:
+            self.conflicts.append(found)
+            self.counts.conflicts += found.count
 
     def insert_alarm(self, message: AlarmMessage) -> None:
         self._write("insert_alarm", message.gw, range(message.seq, message.seq + 1))
         key = (message.gw, message.stream, message.seq)
-        if key in self.contents.alarm_events:
+        stored = self.contents.alarm_events.get(key)
+        if stored is not None:
+            if not same_event(stored.to_json(), message.to_json()):
+                self.conflicts.append(
+                    Conflict(message.gw, message.stream, True, ((message.seq,) * 2,), message)
+                )
+                self.counts.conflicts += 1
             return
         self.contents.alarm_events[key] = message
         self.contents.alarms[(message.gw, message.event.id)] = message
         self.counts.alarms_stored += 1
 
     def insert_rejected(
-        self, gateway: str, topic: str, payload: bytes, error: str, rows: NamedRows | None
+        self,
+        gateway: str,
+        topic: str,
+        payload: bytes,
+        error: str,
+        rows: NamedRows | None,
+        whole: bool = False,
     ) -> int:
         self._write("insert_rejected", gateway)
         letters = self.contents.dead_letters
         digest = hashlib.sha256(topic.encode() + b"\0" + payload).hexdigest()
+        if whole:
+            held = sum(len(d.head) for (gw, _), d in letters.items() if gw == gateway)
+            whole = held + len(payload) <= REJECTED_WHOLE_BYTES
         old = letters.pop((gateway, digest), None)
         letter = DeadLetter(
             gateway,
             topic,
             error[:REJECTED_ERROR_MAX],
-            payload[:REJECTED_HEAD_BYTES],
+            payload if whole else payload[:REJECTED_HEAD_BYTES],
             len(payload),
             rows,
             1 if old is None else old.times + 1,

@@ -11,6 +11,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from central.store.conflicts import CONFLICT_PREFIX
+
 
 def _json(row: Any) -> dict[str, Any]:
     return asdict(row)
@@ -154,10 +156,17 @@ class DeadLetter:
     last_seen: float
     times: int
 
+    @property
+    def conflict(self) -> bool:
+        """Kept because it resent seqs the store holds with other content
+        (``central.store.conflicts``): kept whole, its rows acked; an operator should look."""
+        return self.error.startswith(CONFLICT_PREFIX)
+
     def to_json(self) -> dict[str, Any]:
         """JSON has no bytes: the payload as text, undecodable bytes escaped."""
         out = _json(self)
         out["payload"] = self.payload.decode("utf-8", "backslashreplace")
+        out["conflict"] = self.conflict
         del out["digest"]
         return out
 

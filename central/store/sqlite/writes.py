@@ -25,12 +25,14 @@ from typing import Any
 
 from central.migrations import DEAD_LETTER_BYTES
 from central.store.api import RoundCounts
+from central.store.conflicts import Conflict, conflict, same_event
 from central.store.errors import MessageRejected, StoreUnavailable
 from central.store.limits import (
     REJECTED_ERROR_MAX,
     REJECTED_HEAD_BYTES,
     REJECTED_KEEP,
     REJECTED_MAX_BYTES,
+    REJECTED_WHOLE_BYTES,
 )
 from central.store.sqlite.cells import (
     INT64_MAX,
@@ -103,6 +105,7 @@ class SqliteRound:
     def __init__(self, conn: sqlite3.Connection) -> None:
         self.conn = conn
         self.counts = RoundCounts()
+        self.conflicts: list[Conflict] = []
 
     @contextmanager
     def message(self) -> Iterator[None]:
@@ -113,7 +116,9 @@ class SqliteRound:
             conn.execute("SAVEPOINT message")
         except sqlite3.Error as exc:
             raise translated(exc) from exc
-        counts = (self.counts.readings_stored, self.counts.duplicates, self.counts.alarms_stored)
+        c = self.counts
+        counts = (c.readings_stored, c.duplicates, c.alarms_stored, c.conflicts)
+        conflicts = len(self.conflicts)
         try:
             yield
         except BaseException as exc:
@@ -124,8 +129,8 @@ class SqliteRound:
                 conn.execute("RELEASE message")
             except sqlite3.Error as err:
                 raise StoreUnavailable(f"SQLite: {err}") from err
-            c = self.counts
-            c.readings_stored, c.duplicates, c.alarms_stored = counts
+            c.readings_stored, c.duplicates, c.alarms_stored, c.conflicts = counts
+            del self.conflicts[conflicts:]
             error = translated(exc)
             if error is exc:
                 raise
@@ -137,19 +142,26 @@ class SqliteRound:
 
     def insert_telemetry(self, batch: TelemetryBatch) -> None:
         """Store the batch's readings that are not stored yet, and roll them up. Which
-        are is asked first (one range lookup on the primary key): a resent batch, or one
-        that overlaps a stored one, must count in no rollup twice."""
+        are is asked first (one range lookup on the primary key, which holds the rows: a
+        batch not stored yet costs no more than before): a resent batch, or one that
+        overlaps a stored one, must count in no rollup twice; and a seq stored already
+        is a duplicate only if it holds what is stored (``central.store.conflicts``)."""
         gw, stream, first = batch.gw, batch.stream, batch.seq_first
         stored_before = {
-            seq
-            for (seq,) in self.conn.execute(
-                "SELECT seq FROM readings WHERE gateway = ? AND stream = ? AND seq BETWEEN ? AND ?",
+            row[0]: row[1:]
+            for row in self.conn.execute(
+                "SELECT seq, device, point, value, unit, quality, reason, ts, is_bool "
+                "FROM readings WHERE gateway = ? AND stream = ? AND seq BETWEEN ? AND ?",
                 (gw, stream, first, first + len(batch.readings) - 1),
             )
         }
         rows = []
+        differ = []
         for i, r in enumerate(batch.readings):
-            if first + i in stored_before:
+            stored = stored_before.get(first + i)
+            if stored is not None:
+                if not _same_reading(stored, r):
+                    differ.append(first + i)
                 continue
             v: Any = r.get("v")
             kind = v.__class__
@@ -170,7 +182,11 @@ class SqliteRound:
             )
             self.conn.executemany(ROLLUP_UPSERT, rollups(rows))
         self.counts.readings_stored += len(rows)
-        self.counts.duplicates += len(batch.readings) - len(rows)
+        self.counts.duplicates += len(batch.readings) - len(rows) - len(differ)
+        found = conflict(gw, stream, False, differ, batch)
+        if found is not None:
+            self.conflicts.append(found)
+            self.counts.conflicts += found.count
 
     def insert_alarm(self, message: AlarmMessage) -> None:
         dropped = message.event.dropped
@@ -179,7 +195,22 @@ class SqliteRound:
         stored = self._insert_alarm_event(message)
         if stored:
             self._update_alarm(message)
+        else:
+            self._compare_alarm_event(message)
         self.counts.alarms_stored += stored
+
+    def _compare_alarm_event(self, message: AlarmMessage) -> None:
+        """An event whose seq is stored: a duplicate, or a conflict if its fields differ."""
+        row = self.conn.execute(
+            "SELECT body FROM alarm_events WHERE gateway = ? AND stream = ? AND seq = ?",
+            (message.gw, message.stream, message.seq),
+        ).fetchone()
+        if row is None or same_event(json.loads(row[0]), message.to_json()):
+            return
+        self.conflicts.append(
+            Conflict(message.gw, message.stream, True, ((message.seq, message.seq),), message)
+        )
+        self.counts.conflicts += 1
 
     def _insert_loss(self, message: AlarmMessage, d: DroppedRows) -> None:
         """The gateway says exactly which readings it had to drop: keep that for operators."""
@@ -200,15 +231,27 @@ class SqliteRound:
         )
 
     def insert_rejected(
-        self, gateway: str, topic: str, payload: bytes, error: str, rows: NamedRows | None
+        self,
+        gateway: str,
+        topic: str,
+        payload: bytes,
+        error: str,
+        rows: NamedRows | None,
+        whole: bool = False,
     ) -> int:
         """Keep a message the store could not take as a dead letter for operators (``fleet
-        rejected``): its first ``REJECTED_HEAD_BYTES``, its size and the sha256 of all of
-        it; the same message sent again counts ``times``. A gateway keeps its newest
-        ``REJECTED_KEEP`` dead letters, and all of them together at most
-        ``REJECTED_MAX_BYTES``: return how many older ones made room."""
+        rejected``): its first ``REJECTED_HEAD_BYTES`` (all of it if ``whole``), its size
+        and the sha256 of all of it; the same message sent again counts ``times``. A
+        gateway keeps its newest ``REJECTED_KEEP`` dead letters, and all of them together
+        at most ``REJECTED_MAX_BYTES``: return how many older ones made room."""
         digest = hashlib.sha256(topic.encode() + b"\0" + payload).hexdigest()
         now = time.time()
+        if whole:  # the gateway's at most REJECTED_KEEP rows, by the primary key's prefix
+            ((held,),) = self.conn.execute(
+                "SELECT coalesce(sum(length(payload)), 0) FROM rejected WHERE gateway = ?",
+                (gateway,),
+            )
+            whole = held + len(payload) <= REJECTED_WHOLE_BYTES
         if len(error) > REJECTED_ERROR_MAX:
             error = error[: REJECTED_ERROR_MAX - 1] + "…"
         self.conn.execute(
@@ -221,7 +264,7 @@ class SqliteRound:
                 digest,
                 topic,
                 error.encode("utf-8", "backslashreplace").decode(),
-                payload[:REJECTED_HEAD_BYTES],
+                payload if whole else payload[:REJECTED_HEAD_BYTES],
                 len(payload),
                 rows.stream if rows else None,
                 rows.first if rows else None,
@@ -391,6 +434,23 @@ class SqliteRound:
                     if isinstance(body, dict)  # anything else says nothing of a device
                 ],
             )
+
+
+def _same_reading(stored: tuple[Any, ...], r: dict[str, Any]) -> bool:
+    """Whether a stored row (``device, point, value, unit, quality, reason, ts, is_bool``)
+    holds the reading ``r`` (``central.store.conflicts``): the value of the same type, a
+    boolean as its 0/1 and tag, a big integer as its digits."""
+    dev, pt, value, unit, quality, reason, ts, tag = stored
+    if (dev, pt, unit, quality, reason) != (r["dev"], r["pt"], r.get("u"), r["q"], r.get("r")):
+        return False
+    if ts != r["ts"]:  # a REAL column: an integer time was stored as its float
+        return False
+    v = r.get("v")
+    if tag == VALUE_BOOL:
+        return v.__class__ is bool and bool(value) is v
+    if tag == VALUE_BIG_INT:
+        return v.__class__ is int and value == str(v)
+    return v.__class__ is value.__class__ and v == value
 
 
 def device_fields(
