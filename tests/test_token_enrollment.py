@@ -39,6 +39,7 @@ class Center:
     port: int
     center_port: int
     enroll_port: int
+    password_port: int
     broker: Broker
     signer: Process
 
@@ -49,13 +50,14 @@ def center(tmp_path: Path) -> Iterator[Center]:
     assert run_cli("fleet", "ca", "init", "--dir", str(ca)).returncode == 0
     SqliteStore(db).close()
     port, center_port, enroll_port = free_port(), free_port(), free_port()
+    password_port = free_port()
     conf, data, run = tmp_path / "broker-config", tmp_path / "broker-data", tmp_path / "broker"
     data.mkdir()
     run.mkdir()
     made = run_cli(
         "fleet", "broker-config", "--out", str(conf), "--ca-dir", str(ca), "--port", str(port),
         "--center-port", str(center_port), "--enroll-port", str(enroll_port),
-        "--data-dir", str(data),
+        "--password-port", str(password_port), "--data-dir", str(data),
     )  # fmt: skip
     assert made.returncode == 0, made.stderr
     broker = Broker(run, port, config=conf / "mosquitto.conf").start()
@@ -70,7 +72,7 @@ def center(tmp_path: Path) -> Iterator[Center]:
     ).start()
     try:
         wait_for(lambda: "signing service" in signer.output(), 15, what="the signing service")
-        yield Center(ca, db, port, center_port, enroll_port, broker, signer)
+        yield Center(ca, db, port, center_port, enroll_port, password_port, broker, signer)
     finally:
         signer.stop()
         broker.stop()
@@ -238,21 +240,27 @@ def test_a_client_of_the_enrollment_listener_reaches_nothing_of_the_fleet(
             mid = client.publish(topic, b"forged", qos=1).mid
             code = wait_for(lambda m=mid: acked.get(m), 10, what=f"PUBACK of {topic}")
             assert code == NOT_AUTHORIZED, topic
-        # and the certificate listeners refuse it without a certificate
-        for port in (center.port, center.center_port):
+        # and the certificate listeners refuse it without a certificate; the password
+        # listener without a username or password, though the enrollment listener makes
+        # Mosquitto allow anonymous clients (a global setting)
+        for port in (center.port, center.center_port, center.password_port):
             assert not connects_without_certificate(center, port), port
+        assert not connects_without_certificate(center, center.password_port, user="gw-x")
     finally:
         client.loop_stop()
         client.disconnect()
     assert got == []
 
 
-def connects_without_certificate(center: Center, port: int) -> bool:
-    """Whether a client without a certificate gets a CONNACK on ``port`` within 3 s (TLS
-    1.3 lets the client finish its handshake before the broker reads that it has none)."""
+def connects_without_certificate(center: Center, port: int, user: str | None = None) -> bool:
+    """Whether a client without a certificate (and without a password: ``user`` alone, or
+    nothing) gets a CONNACK on ``port`` within 3 s (TLS 1.3 lets the client finish its
+    handshake before the broker reads that it has no certificate)."""
     ok = threading.Event()
     plain = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
     plain.tls_set(ca_certs=str(center.ca / "ca.crt"))
+    if user is not None:
+        plain.username_pw_set(user)
     plain.on_connect = lambda _c, _u, _f, rc, _p: ok.set() if rc.value == 0 else None
     try:
         plain.connect("127.0.0.1", port)
