@@ -28,6 +28,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from demo_secure import enroll_gateways, make_center  # beside this file
 from rich.console import Console
 from rich.live import Live
 
@@ -185,11 +186,17 @@ def _alarms(store: Store) -> list[AlarmRow]:
     ]
 
 
-def fleet_env(db: Path, broker_url: str, key: Path, bin_dir: Path = BIN) -> str:
+def fleet_env(
+    db: Path, broker_url: str, key: Path, bin_dir: Path = BIN, tls: list[str] | None = None
+) -> str:
     """The shell lines that point `fleet` at the demo: `fleet` itself on the PATH (it is
     in .venv, which a newcomer has not activated), and the variables that
-    cli/store_options.py and cli/broker_options.py (and `--key`) read."""
+    cli/store_options.py and cli/broker_options.py (and `--key`) read; with ``tls`` (the
+    ``--ca-file F --cert-file F --key-file F`` of the center), those files too."""
     values = {"EDGEFLEET_DB": str(db), "EDGEFLEET_BROKER": broker_url, "EDGEFLEET_KEY": str(key)}
+    for option, value in zip((tls or [])[::2], (tls or [])[1::2], strict=True):
+        name = option.removeprefix("--").replace("-", "_").upper()
+        values[f"EDGEFLEET_BROKER_{name}"] = value
     path = f'export PATH={shlex.quote(str(bin_dir))}:"$PATH"\n'
     return path + "".join(f"export {n}={shlex.quote(v)}\n" for n, v in values.items())
 
@@ -203,6 +210,11 @@ def main() -> int:
     ap.add_argument("--duration", type=float, help="stop after this many seconds")
     ap.add_argument("--workdir", type=Path, default=ROOT / ".demo")
     ap.add_argument("--speed", type=float, help="simulated seconds per second (default 4)")
+    ap.add_argument(
+        "--secure",
+        action="store_true",
+        help="the center behind TLS, with a CA and a certificate per gateway made on the fly",
+    )
     args = ap.parse_args()
     workdir: Path = args.workdir.resolve()
     shutil.rmtree(workdir, ignore_errors=True)
@@ -215,21 +227,30 @@ def main() -> int:
     # The center's signing key, as `fleet keys init` makes it: the gateways trust its .pub,
     # so `fleet alarms ack` works against the demo as the README shows, and they take only
     # the acks the center signs with it.
-    center_key = workdir / "center.key"
-    center_pub = generate_keys(center_key)
     db = workdir / "central.db"
+    secure = make_center(workdir, BIN) if args.secure else None
+    if secure is None:
+        center_key = workdir / "center.key"
+        center_pub = generate_keys(center_key)
+        center_url, center_tls = broker_url, []
+    else:  # the CA folder's command key, the center's listener and certificate
+        center_key, center_pub = secure.key, secure.key.with_suffix(".pub")
+        center_url, center_tls = secure.center_url, secure.center_tls
     env_file = workdir / "fleet.env"
-    env_file.write_text(fleet_env(db, broker_url, center_key))
+    env_file.write_text(fleet_env(db, center_url, center_key, tls=center_tls))
     stack = Stack(workdir)
     started = time.monotonic()
     signal.signal(signal.SIGTERM, _interrupt)
     try:
         broker = stack.spawn("mosquitto", [mosquitto(), "-c", "mosquitto.conf"])
         wait_port(broker_port, broker, "mosquitto")
+        if secure is not None:  # the center's broker: the config fleet broker-config wrote
+            tls_broker = stack.spawn("mosquitto-tls", [mosquitto(), "-c", str(secure.conf)])
+            wait_port(int(secure.center_url.rsplit(":", 1)[1]), tls_broker, "mosquitto (TLS)")
         stack.spawn(
             "central",
             [
-                *(str(BIN / "fleet"), "central", "run", "--broker", broker_url),
+                *(str(BIN / "fleet"), "central", "run", "--broker", center_url, *center_tls),
                 *("--db", str(db), "--key", str(center_key)),
             ],
         )
@@ -246,8 +267,12 @@ def main() -> int:
             ],
         )
         wait_file(configs / "endpoints.json", sim, "the device simulator")
+        if secure is not None:
+            enroll_gateways(secure, configs, db, BIN)
         for config in sorted(configs.glob("*.yaml")):
             stack.spawn("agent", [str(BIN / "edge-agent"), "run", "-c", str(config)])
+        if secure is not None:
+            print(f"demo: center behind TLS at {secure.gateway_url}, CA in {secure.ca}")
         print(f"demo: broker {broker_url}, logs and databases in {workdir}")
         print(f"demo: try `mosquitto_sub -p {broker_port} -t 'edgefleet/v1/#' -v` in another shell")
         print("demo: to point `fleet` at this demo, paste these lines in another shell:")

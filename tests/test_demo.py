@@ -42,6 +42,34 @@ def test_demo_runs_the_whole_stack_and_shows_readings(tmp_path: Path) -> None:
     assert "stopped" in (tmp_path / "demo" / "agent.log").read_text()
 
 
+def test_the_secure_demo_runs_over_tls_with_a_certificate_per_gateway(tmp_path: Path) -> None:
+    work = tmp_path / "demo"
+    demo = [sys.executable, str(ROOT / "scripts" / "demo.py"), "--secure"]
+    result = subprocess.run(
+        [*demo, "--duration", "8", "--workdir", str(work)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    m = re.search(r"demo: (\d+) readings stored at the center", result.stdout)
+    assert m and int(m.group(1)) >= 11, result.stdout
+    assert "center behind TLS at mqtts://" in result.stdout
+    # each gateway connected as its certificate's name, the center as its own
+    broker_log = (work / "mosquitto-tls.log").read_text()
+    for gw in ("demo-0001", "demo-0002", "demo-0003"):
+        assert f"u'{gw}'" in broker_log, broker_log
+        assert not (work / "configs" / f"{gw}.bundle").exists()  # the key's copy is gone
+    assert "u'edgefleet-central'" in broker_log
+    env = printed_env(result.stdout.splitlines())
+    assert env["EDGEFLEET_BROKER"].startswith("mqtts://")
+    assert Path(env["EDGEFLEET_BROKER_CERT_FILE"]).name == "central.crt"
+    for log in ("agent.log", "central.log"):
+        text = (work / log).read_text()
+        assert "Traceback" not in text and "not the center's" not in text, text
+
+
 def printed_env(lines: list[str]) -> dict[str, str]:
     """The ``export NAME=value`` lines the demo printed, as a shell would read them."""
     env = {}
