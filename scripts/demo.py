@@ -28,7 +28,6 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from demo_secure import enroll_gateways, make_center  # beside this file
 from rich.console import Console
 from rich.live import Live
 
@@ -228,7 +227,12 @@ def main() -> int:
     # so `fleet alarms ack` works against the demo as the README shows, and they take only
     # the acks the center signs with it.
     db = workdir / "central.db"
-    secure = make_center(workdir, BIN) if args.secure else None
+    secure = None
+    if args.secure:
+        # beside this file, which Python runs with its folder first on sys.path
+        from demo_secure import make_center  # noqa: PLC0415
+
+        secure = make_center(workdir, BIN)
     if secure is None:
         center_key = workdir / "center.key"
         center_pub = generate_keys(center_key)
@@ -268,6 +272,8 @@ def main() -> int:
         )
         wait_file(configs / "endpoints.json", sim, "the device simulator")
         if secure is not None:
+            from demo_secure import enroll_gateways  # noqa: PLC0415
+
             enroll_gateways(secure, configs, db, BIN)
         for config in sorted(configs.glob("*.yaml")):
             stack.spawn("agent", [str(BIN / "edge-agent"), "run", "-c", str(config)])

@@ -135,13 +135,16 @@ def starter_config(
     nothing until devices are added)."""
     if kind == PASSWORD:
         identity = [
+            ("ca_file", CA_FILE, "the fleet's CA: it signed the broker"),
             ("username", json.dumps(gateway), "this gateway's broker username: its id"),
             ("password_file", PASSWORD_FILE, "and its password (0600)"),
         ]
-    else:
+    else:  # central.tls: the bundle's files, beside this config
         identity = [
-            ("cert_file", CERT_FILE, "this gateway's certificate (CN = its id)"),
-            ("key_file", KEY_FILE, "and its key (0600)"),
+            ("tls", "", "the TLS files, beside this config:"),
+            ("  ca", CA_FILE, "the fleet's CA: it signed the broker"),
+            ("  cert", CERT_FILE, "this gateway's certificate (CN = its id)"),
+            ("  key", KEY_FILE, "and its key (0600)"),
         ]
     # JSON strings and objects are YAML flow scalars and mappings: quoted whatever the
     # site or a tag holds (a colon, a leading 0, "yes")
@@ -158,9 +161,8 @@ def starter_config(
         "central:\n"
         f"  url: {q(broker)}\n"
         + "".join(
-            f"  {key}: {value}".ljust(30) + f"# {why}\n"
+            f"  {key}:{' ' if value else ''}{value}".ljust(30) + f"# {why}\n"
             for key, value, why in (
-                ("ca_file", CA_FILE, "the fleet's CA: it signed the broker"),
                 *identity,
                 ("command_key", COMMAND_KEY_FILE, "the center's command-signing public key"),
             )
