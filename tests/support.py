@@ -27,9 +27,16 @@ from central.store import Store, StoredReading, open_store
 from central.store.api import ReadingQuery
 from central.store.sqlite import SqliteStore
 from drivers.simulated.modbus_server import SimulatedModbusDevice
+from tests.secret_scan import remember_output, remember_secret
 
 T = TypeVar("T")
 BIN = Path(sys.executable).parent
+
+
+def secret(value: str) -> str:
+    """``value``, a password or token a test makes: remembered, so that the session fails if
+    any log or central store of the run holds it (``tests.secret_scan``)."""
+    return remember_secret(value)
 
 
 def free_port() -> int:
@@ -178,7 +185,7 @@ class Process:
     ) -> None:
         self.name = name
         self.args = args
-        self.log = log
+        self.log = remember_output(log)
         self.env = {**os.environ, **(env or {})}
         self.cwd = cwd
         self.proc: subprocess.Popen[bytes] | None = None
