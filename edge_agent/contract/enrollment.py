@@ -18,7 +18,7 @@ config's folder), the outbox where the shipped systemd unit lets the agent write
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 FORMAT = "edgefleet-enrollment/1"
 
@@ -49,8 +49,9 @@ class BundleError(ValueError):
 class Bundle:
     gateway: str
     broker: str
-    files: dict[str, str]
-    """By file name (``FILES``): its text."""
+    files: dict[str, str] = field(repr=False)
+    """By file name (``FILES``): its text. Left out of the ``repr``: it holds the gateway's
+    private key, and a ``repr`` ends up in tracebacks, test reports and logs."""
 
     def encode(self) -> bytes:
         return json.dumps(
