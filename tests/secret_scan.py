@@ -158,13 +158,20 @@ def _scan_table(
 
 
 def scan_postgres(url: str, where: str) -> list[Finding]:
-    """The needles in any cell of a PostgreSQL database's tables, before the database is
-    dropped: one scan per table (a partitioned one with its partitions), one more per
-    column only where it found one. Remembered for the session's report, and returned."""
+    """``search_postgres`` for the session's secrets, before the test's database is
+    dropped: what it finds is remembered for the session's report, and returned."""
+    found = search_postgres(url, where, _secrets)
+    _early_findings.extend(found)
+    return found
+
+
+def search_postgres(url: str, where: str, secrets: Iterable[str]) -> list[Finding]:
+    """The needles in any cell of a PostgreSQL database's tables: one scan per table (a
+    partitioned one with its partitions), one more per column only where it found one."""
     import psycopg  # noqa: PLC0415 (loaded by the tests that use it)
     from psycopg import sql  # noqa: PLC0415
 
-    needles = _needles(_secrets)
+    needles = _needles(secrets)
     found: list[Finding] = []
     try:
         conn = psycopg.connect(url, autocommit=True, connect_timeout=5)
@@ -211,7 +218,6 @@ def scan_postgres(url: str, where: str) -> list[Finding]:
                 for n in every
                 if hits(name, [col], [n])
             ]
-    _early_findings.extend(found)
     return found
 
 

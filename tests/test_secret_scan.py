@@ -128,3 +128,24 @@ def test_a_session_whose_tests_log_a_secret_fails_and_says_where(outside: Path) 
     assert "secrets in logs or central stores" in out and "1 passed" in out
     assert "agent.log: the test secret inn…(15 characters)" in out
     assert "inner-pw-5b1d0e" not in out  # the report names a secret, never shows it
+
+
+def test_a_secret_in_a_postgresql_store_is_found_with_its_table(pg_url: str) -> None:
+    import psycopg  # noqa: PLC0415 (loaded by the tests that use it)
+
+    open_store(pg_url).close()
+    assert secret_scan.search_postgres(pg_url, "pg", [PASSWORD]) == []
+    with psycopg.connect(pg_url, autocommit=True) as conn:
+        conn.execute("CREATE TABLE planted (n int, note text, raw bytea)")
+        conn.execute("INSERT INTO planted VALUES (1, 'ok', %s)", [KEY.encode()])
+        conn.execute("INSERT INTO planted VALUES (2, %s, NULL)", [f"pw was {PASSWORD}"])
+        try:
+            found = {
+                (f.where, f.what) for f in secret_scan.search_postgres(pg_url, "pg", [PASSWORD])
+            }
+        finally:  # the session's own check searches this database when the test ends
+            conn.execute("DROP TABLE planted")
+    assert found == {
+        ("pg (table planted, column raw)", "a PEM private key"),
+        ("pg (table planted, column note)", "the test secret pw-…(16 characters)"),
+    }
