@@ -1,16 +1,18 @@
 """The session-wide check that no secret reached a log or a central store (issue 14).
 
-At the end of the session every log under pytest's base temp folder (``*.log``, and the
-files the test helpers of ``tests/support.py`` send a process's output to) and every
-central store there (SQLite files whose ``application_id`` is a central store's: all
-their text and blob cells) is searched for
+What each command run by ``tests.support.run_cli`` prints (its ``--json`` output and its
+messages) is searched when it ends. At the end of the session every log under pytest's
+base temp folder (``*.log``, and the files the test helpers of ``tests/support.py`` send
+a process's output to) and every central store there (SQLite files whose
+``application_id`` is a central store's: all their text and blob cells) is searched for
 
 - a PEM private key's marker (``PRIVATE KEY-----``: PKCS#8, ``EC``, ``RSA``,
-  ``OPENSSH``, encrypted): always forbidden in a log or a store;
+  ``OPENSSH``, encrypted): always forbidden in a log, an output or a store;
 - the passwords and tokens the tests made, registered with ``tests.support.secret``.
 
 A PostgreSQL central store is searched the same way when its test ends, before its
-database is dropped (``scan_postgres``, called by the ``pg_url`` fixture).
+database is dropped (``scan_postgres``, called by the ``pg_url`` fixture), and the
+PostgreSQL server's log before its folder goes (``scan_log_now``).
 
 A find fails the session (exit status 1) with a report naming the file (table and
 column for a store) and the secret. Key files, certificates and bundles that tests write
@@ -221,6 +223,20 @@ def search_postgres(url: str, where: str, secrets: Iterable[str]) -> list[Findin
     return found
 
 
+def search_text(where: str, text: str, secrets: Iterable[str]) -> list[Finding]:
+    data = text.encode(errors="replace")
+    return [Finding(where, what) for n, what in _needles(secrets).items() if n in data]
+
+
+def remember_output_text(command: str, text: str) -> list[Finding]:
+    """Search what a command printed (``tests.support.run_cli``: its ``--json`` output and
+    its messages); what it finds is remembered for the session's report, and returned."""
+    test = os.environ.get("PYTEST_CURRENT_TEST", "").split(" ")[0]
+    found = search_text(f"{test}: the output of `{command}`", text, _secrets)
+    _early_findings.extend(found)
+    return found
+
+
 def scan_log_now(path: Path) -> list[Finding]:
     """Search a log that will be gone by the end of the session (the PostgreSQL server's,
     in a folder of its own); remembered for the session's report, and returned."""
@@ -293,7 +309,9 @@ def pytest_terminal_summary(terminalreporter: Any) -> None:
         if _searched and terminalreporter.verbosity >= -1:
             terminalreporter.write_line(f"{_searched[0]}: none found")
         return
-    terminalreporter.write_sep("=", "secrets in logs or central stores (issue 14)", red=True)
+    terminalreporter.write_sep(
+        "=", "secrets in logs, command output or central stores (issue 14)", red=True
+    )
     for finding in _findings:
         terminalreporter.write_line(str(finding))
     terminalreporter.write_line(

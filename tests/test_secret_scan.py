@@ -86,6 +86,13 @@ def test_a_secret_in_any_cell_of_a_central_store_is_found_with_its_table(outside
     }
 
 
+def test_what_a_command_prints_is_searched_too() -> None:
+    printed = '{"gateway": "gw-1", "key": "' + KEY.replace("\n", "\\n") + '"}'
+    found = secret_scan.search_text("fleet x", printed + f" {PASSWORD}", [PASSWORD])
+    assert {f.what for f in found} == {"a PEM private key", "the test secret pw-…(16 characters)"}
+    assert secret_scan.search_text("fleet x", '{"gateway": "gw-1"}', [PASSWORD]) == []
+
+
 def test_a_short_secret_is_refused_as_it_would_match_by_chance() -> None:
     with pytest.raises(ValueError, match="at least 6"):
         secret_scan.remember_secret("pw")
@@ -125,7 +132,7 @@ def test_a_session_whose_tests_log_a_secret_fails_and_says_where(outside: Path) 
     leaked = run_session(outside, 'f"login as center with {pw}\\n"')
     assert leaked.returncode == 1, leaked.stdout + leaked.stderr
     out = leaked.stdout
-    assert "secrets in logs or central stores" in out and "1 passed" in out
+    assert "secrets in logs, command output or central stores" in out and "1 passed" in out
     assert "agent.log: the test secret inn…(15 characters)" in out
     assert "inner-pw-5b1d0e" not in out  # the report names a secret, never shows it
 

@@ -15,7 +15,7 @@ from edge_agent.config import ConfigError, load_config
 from edge_agent.contract.csr import EnrollRequest
 from edge_agent.contract.enrollment import FILES, KEY_FILE, Bundle
 from mqttlink.url import BrokerUrl, shown_url
-from tests.support import run_cli, secret
+from tests.support import Broker, PgCentral, run_cli, secret
 
 PW = secret("hunter2-5e61b0")
 KEY = "-----BEGIN EC PRIVATE KEY-----\nMHcCAQEEIFake\n-----END EC PRIVATE KEY-----\n"
@@ -113,3 +113,40 @@ def test_a_bundle_and_an_enrollment_request_keep_their_secrets_out_of_their_repr
     token = secret("tok-3f0c9d1b2a7e4f60")
     request = EnrollRequest("gw-1", token, "0" * 32, "-----BEGIN CERTIFICATE REQUEST-----")
     assert request.token == token and token not in repr(request) and "gw-1" in repr(request)
+
+
+@pytest.mark.hil
+def test_a_store_password_from_the_environment_is_in_no_log_and_no_worker_command_line(
+    tmp_path: Path, mqtt_broker: Broker, pg_url: str
+) -> None:
+    """The supervisor hands its workers its own command line and environment: a password
+    given in ``EDGEFLEET_DB`` stays out of every ``ps``, and the log names the store
+    without it. (The test server trusts loopback: the password is carried, never asked.)"""
+    pw = secret("pg-pass-8c2e71d0")
+    url = pg_url.replace("@", f":{pw}@", 1)
+    central = PgCentral(tmp_path, mqtt_broker.url, url, "--workers", "2")
+    at = central.args.index("--db")
+    del central.args[at : at + 2]
+    central.env["EDGEFLEET_DB"] = url
+    central.start(sessions=4)
+    try:
+        pids = [central.proc.pid if central.proc else 0, *central.worker_pids().values()]
+        assert len(pids) == 3
+        for pid in pids:
+            argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+            assert b"central" in argv and not any(pw.encode() in a for a in argv), argv
+    finally:
+        code = central.stop()
+    out = central.output()
+    assert code == 0 and out.count(f"store {pg_url.split(':', 1)[0]}://") >= 2, out
+    assert pw not in out
+
+
+def test_a_crash_of_either_program_shows_no_local_variables() -> None:
+    """A traceback's locals could hold a password read from its file, a URL with one or a
+    loaded key; older typer releases (pyproject.toml allows them) show them by default."""
+    from cli.agent import app as agent_app  # noqa: PLC0415
+    from cli.fleet import app as fleet_app  # noqa: PLC0415
+
+    assert fleet_app.pretty_exceptions_show_locals is False
+    assert agent_app.pretty_exceptions_show_locals is False
