@@ -105,12 +105,27 @@ def scan_file(path: Path, needles: dict[bytes, str]) -> list[Finding]:
 
 
 def is_central_store(path: Path) -> bool:
+    """By its ``application_id``: in the file's header, or (0 there) through SQLite, which
+    reads the WAL too: a store whose first commits were never checkpointed (its process
+    was killed) has it only there."""
     try:
         with path.open("rb") as f:
             head = f.read(100)
     except OSError:
         return False
-    return head[:16] == SQLITE_MAGIC and int.from_bytes(head[68:72], "big") == APPLICATION_ID
+    if head[:16] != SQLITE_MAGIC:
+        return False
+    found = int.from_bytes(head[68:72], "big")
+    if found == 0:
+        try:
+            db = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
+            try:
+                (found,) = db.execute("PRAGMA application_id").fetchone()
+            finally:
+                db.close()
+        except sqlite3.Error:
+            return False
+    return bool(found == APPLICATION_ID)
 
 
 def scan_store(path: Path, needles: dict[bytes, str]) -> list[Finding]:

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from central.migrations import APPLICATION_ID
 from central.store import open_store
 from tests import secret_scan
 from tests.secret_scan import scan
@@ -91,6 +92,23 @@ def test_what_a_command_prints_is_searched_too() -> None:
     found = secret_scan.search_text("fleet x", printed + f" {PASSWORD}", [PASSWORD])
     assert {f.what for f in found} == {"a PEM private key", "the test secret pw-…(16 characters)"}
     assert secret_scan.search_text("fleet x", '{"gateway": "gw-1"}', [PASSWORD]) == []
+
+
+def test_a_store_known_only_by_its_wal_is_searched(outside: Path) -> None:
+    """Killed before a checkpoint, a store's header (application_id) is only in its WAL."""
+    path = outside / "central.db"
+    keep = sqlite3.connect(path)
+    keep.execute("PRAGMA journal_mode = WAL")
+    keep.execute("PRAGMA wal_autocheckpoint = 0")
+    keep.execute(f"PRAGMA application_id = {APPLICATION_ID}")
+    keep.execute("CREATE TABLE rejected (head BLOB)")
+    keep.execute("INSERT INTO rejected VALUES (?)", [KEY.encode()])
+    keep.commit()
+    try:
+        assert path.read_bytes()[68:72] == b"\0\0\0\0"  # not in the main file yet
+        assert [f.what for f in scan(outside, [])] == ["a PEM private key"]
+    finally:
+        keep.close()
 
 
 def test_a_short_secret_is_refused_as_it_would_match_by_chance() -> None:
