@@ -306,6 +306,8 @@ def _secret_scan_base(tmp_path_factory: pytest.TempPathFactory) -> None:
 
 @pytest.hookimpl(tryfirst=True)  # before the temp folders may be cleaned away
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    if session.config.option.collectonly:
+        return  # nothing ran
     base = _factory[0].getbasetemp() if _factory else None
     start, counts = time.monotonic(), {"log": 0, "store": 0}
     found = [*_early_findings, *scan(base, _secrets, _outputs, counts)]
