@@ -6,6 +6,10 @@
 - Shell completion is on (``--install-completion``, ``--show-completion``): typer's
   completion code loads at start either way, and the completion script calls the program
   itself, so it completes as fast as ``--help`` starts.
+- A crash's traceback never shows local variables (``pretty_exceptions_show_locals``,
+  said here as older typer releases, which pyproject.toml allows, show them by default): a
+  local may hold a password read from its file, a ``postgresql://user:pw@…`` URL or a
+  loaded key (issue 14).
 - ``--version`` prints the package's version; ``edge-agent --version`` also the Python and
   the platform it runs on, and whether it is the single-file build, which is what a
   technician reads out on the phone.
@@ -30,6 +34,7 @@ def program(name: str, help_text: str, version: Callable[[], str]) -> typer.Type
         no_args_is_help=True,
         rich_markup_mode=None,
         add_completion=True,
+        pretty_exceptions_show_locals=False,
     )
 
     def show_version(wanted: bool) -> None:

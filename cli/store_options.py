@@ -29,11 +29,11 @@ def require_db(address: str) -> str:
     store's tables to another file (an agent's outbox, the config) named by mistake. A
     server's address is checked when it is opened (``open_db``)."""
     # loaded by the command that uses it: fleet --help loads nothing of central
-    from central.store import is_postgres  # noqa: PLC0415
+    from central.store import address_problem, is_postgres  # noqa: PLC0415
 
     if is_postgres(address):
         return address
-    problem = store_problem(Path(address))
+    problem = address_problem(address) or store_problem(Path(address))
     if problem is not None:
         typer.echo(f"error: {problem}", err=True)
         raise typer.Exit(1)

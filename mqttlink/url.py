@@ -10,11 +10,14 @@ Files are read when a connection is made, not when the value is built: a passwor
 rotated, or a certificate installed by enrolment after the agent started, is picked up by
 the next connect, and a missing file is one failed attempt (``BrokerFileError``, said
 once, tried again) rather than a process that will not start. The password is never kept
-in the value, so it cannot appear in a ``repr``, a log line or ``--json`` output.
+in the value, so it cannot appear in a ``repr``, a log line or ``--json`` output; a URL
+refused for holding one is shown with it masked (``shown_url``), as is any URL a message
+quotes.
 """
 
 from __future__ import annotations
 
+import re
 import ssl
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +25,21 @@ from typing import Literal
 from urllib.parse import urlsplit
 
 DEFAULT_PORTS = {"mqtt": 1883, "mqtts": 8883}
+
+_QUERY_PASSWORD = re.compile(r"(?i)((?:^|[?&;])(?:password|passwd|pwd|token)=)[^&;#]*")
+
+
+def shown_url(url: str) -> str:
+    """``url`` as an error message may quote it: a password in it (``scheme://user:pw@``,
+    or ``password=`` in the query) replaced by ``***``. Works on any text, a URL no parser
+    accepts included: everything up to the last ``@`` after ``://`` is taken for the
+    credentials, so a password holding ``@``, ``/`` or ``?`` is masked whole."""
+    scheme, sep, rest = url.partition("://")
+    if sep and "@" in rest:
+        info, _, rest = rest.rpartition("@")
+        user, colon, _ = info.partition(":")
+        rest = f"{user}{':***' if colon else ''}@{rest}"
+    return scheme + sep + _QUERY_PASSWORD.sub(r"\1***", rest)
 
 
 class BrokerFileError(Exception):
@@ -52,19 +70,26 @@ class BrokerUrl:
     @classmethod
     def parse(cls, url: str) -> BrokerUrl:
         """The URL checked; ``ValueError`` with a message fit for a config error."""
-        parts = urlsplit(url)
+        # each message quotes the URL with any password masked: it goes to the terminal,
+        # a config error and the journal
+        shown = repr(shown_url(url))
+        expected = f"{shown}: expected mqtt://host[:port] or mqtts://host[:port]"
+        try:
+            parts = urlsplit(url)
+        except ValueError:  # an unclosed [ of an IPv6 address
+            raise ValueError(expected) from None
         if parts.scheme not in DEFAULT_PORTS or not parts.hostname:
-            raise ValueError(f"{url!r}: expected mqtt://host[:port] or mqtts://host[:port]")
+            raise ValueError(expected)
         if parts.username or parts.password:
-            raise ValueError(f"{url!r}: put credentials in username and password_file, not the URL")
+            raise ValueError(f"{shown}: put credentials in username and password_file, not the URL")
         if parts.path not in ("", "/") or parts.query or parts.fragment:
-            raise ValueError(f"{url!r}: a broker URL has no path, query or fragment")
+            raise ValueError(f"{shown}: a broker URL has no path, query or fragment")
         try:
             port = parts.port
         except ValueError:
             port = -1
         if port is not None and not 1 <= port <= 65535:
-            raise ValueError(f"{url!r}: port must be a number from 1 to 65535")
+            raise ValueError(f"{shown}: port must be a number from 1 to 65535")
         scheme: Literal["mqtt", "mqtts"] = "mqtts" if parts.scheme == "mqtts" else "mqtt"
         return cls(scheme, parts.hostname, port or DEFAULT_PORTS[scheme])
 

@@ -8,6 +8,15 @@ import pytest
 from drivers.modbus.config import ModbusPoint
 from tests.pg import PgServer, pg_server
 from tests.rig import POINTS
+
+# the session-wide check that no secret reached a log or a central store: its hooks and
+# fixture, taken into this conftest so that every run has them
+from tests.secret_scan import (  # noqa: F401
+    _secret_scan_base,
+    pytest_sessionfinish,
+    pytest_terminal_summary,
+    scan_postgres,
+)
 from tests.support import Broker, ThreadedDevice, tmpfs
 
 
@@ -45,10 +54,13 @@ def postgres_server() -> Iterator[PgServer]:
 
 
 @pytest.fixture
-def pg_url(postgres_server: PgServer) -> Iterator[str]:
+def pg_url(request: pytest.FixtureRequest, postgres_server: PgServer) -> Iterator[str]:
     """A fresh, empty database of its own for this test: its ``postgresql://`` URL."""
     url = postgres_server.create_database()
     yield url
+    # searched before it goes: the PostgreSQL central store of the test (the session's
+    # report names what it held)
+    scan_postgres(url, f"the PostgreSQL store of {request.node.nodeid}")
     postgres_server.drop_database(url)
 
 

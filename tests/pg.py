@@ -21,6 +21,7 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
+from tests.secret_scan import scan_log_now
 from tests.support import free_port, wait_for
 
 SERVER_USER = "postgres"
@@ -152,6 +153,7 @@ class PgServer:
             with contextlib.suppress(RuntimeError, subprocess.TimeoutExpired):
                 self._run(pg_bin("pg_ctl"), "-D", str(self.data), "-m", "fast", "-w", "stop")
             self.running = False
+        scan_log_now(self.log)  # for secrets, before the folder goes (tests.secret_scan)
         shutil.rmtree(self.folder, ignore_errors=True)
 
 

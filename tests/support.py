@@ -27,9 +27,16 @@ from central.store import Store, StoredReading, open_store
 from central.store.api import ReadingQuery
 from central.store.sqlite import SqliteStore
 from drivers.simulated.modbus_server import SimulatedModbusDevice
+from tests.secret_scan import remember_output, remember_output_text, remember_secret
 
 T = TypeVar("T")
 BIN = Path(sys.executable).parent
+
+
+def secret(value: str) -> str:
+    """``value``, a password or token a test makes: remembered, so that the session fails if
+    any log or central store of the run holds it (``tests.secret_scan``)."""
+    return remember_secret(value)
 
 
 def free_port() -> int:
@@ -178,7 +185,7 @@ class Process:
     ) -> None:
         self.name = name
         self.args = args
-        self.log = log
+        self.log = remember_output(log)
         self.env = {**os.environ, **(env or {})}
         self.cwd = cwd
         self.proc: subprocess.Popen[bytes] | None = None
@@ -218,7 +225,9 @@ class Process:
 def run_cli(
     name: str, *args: str, env: dict[str, str] | None = None, timeout: float = 30
 ) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
+    """One of our commands run to its end, its output captured: searched for secrets too
+    (its ``--json`` output and its messages), for the session's check."""
+    done = subprocess.run(
         [str(BIN / name), *args],
         capture_output=True,
         text=True,
@@ -226,6 +235,8 @@ def run_cli(
         timeout=timeout,
         env={**os.environ, **(env or {})},
     )
+    remember_output_text(" ".join([name, *args[:2]]), done.stdout + done.stderr)
+    return done
 
 
 def agent_config(

@@ -16,11 +16,21 @@ from mqttlink.session import Refused, Session
 from mqttlink.url import Broker as BrokerSettings
 from mqttlink.url import BrokerUrl
 from tests.rig import GW, devices_yaml
-from tests.support import Agent, Broker, Central, ThreadedDevice, run_cli, stored_readings, wait_for
+from tests.support import (
+    Agent,
+    Broker,
+    Central,
+    ThreadedDevice,
+    run_cli,
+    secret,
+    stored_readings,
+    wait_for,
+)
 
 pytestmark = pytest.mark.hil
 
-USERS = {GW: "gw-secret", "center": "center-secret"}
+USERS = {GW: secret("gw-secret"), "center": secret("center-secret")}
+WRONG = secret("not-the-password")
 
 
 @pytest.fixture
@@ -41,7 +51,7 @@ def auth_broker(tmp_path: Path) -> Iterator[Broker]:
     broker.stop()
 
 
-def secret(folder: Path, name: str, password: str) -> Path:
+def password_file(folder: Path, name: str, password: str) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"{name}.pass"
     path.write_text(password + "\n")  # a trailing newline, as editors leave one
@@ -50,7 +60,7 @@ def secret(folder: Path, name: str, password: str) -> Path:
 
 def test_a_session_with_a_wrong_password_is_refused(tmp_path: Path, auth_broker: Broker) -> None:
     def session(user: str | None, password: str) -> Session:
-        pw = secret(tmp_path / "s", "x", password) if user else None
+        pw = password_file(tmp_path / "s", "x", password) if user else None
         return Session(
             BrokerSettings(url=BrokerUrl.parse(auth_broker.url), username=user, password_file=pw)
         )
@@ -70,8 +80,8 @@ def test_agent_center_and_fleet_log_in_with_the_right_password_and_not_a_wrong_o
     key = tmp_path / "keys" / "center.key"
     assert run_cli("fleet", "keys", "init", "--key", str(key)).returncode == 0
     secrets = tmp_path / "secrets"
-    center_pw = secret(secrets, "center", USERS["center"])
-    wrong_pw = secret(secrets, "wrong", "not-the-password")
+    center_pw = password_file(secrets, "center", USERS["center"])
+    wrong_pw = password_file(secrets, "wrong", WRONG)
 
     center_dir = tmp_path / "center"
     center_dir.mkdir()
@@ -84,7 +94,7 @@ def test_agent_center_and_fleet_log_in_with_the_right_password_and_not_a_wrong_o
 
     def agent(folder: Path, gw: str, password: str) -> Agent:
         folder.mkdir()
-        secret(folder, "broker", password)  # beside the config: a relative password_file
+        password_file(folder, "broker", password)  # beside the config: a relative password_file
         text = (
             f"gateway: {{id: {gw}}}\n"
             f"central: {{url: '{auth_broker.url}', keepalive_s: 2, username: {GW}, "
@@ -96,7 +106,7 @@ def test_agent_center_and_fleet_log_in_with_the_right_password_and_not_a_wrong_o
         return Agent(folder, text)
 
     good = agent(tmp_path / "gw", GW, USERS[GW])
-    bad = agent(tmp_path / "gw-wrong", "gw-wrong", "not-the-password")
+    bad = agent(tmp_path / "gw-wrong", "gw-wrong", WRONG)
     try:
         central.start()
         wrong_center.start()
@@ -136,7 +146,7 @@ def test_agent_center_and_fleet_log_in_with_the_right_password_and_not_a_wrong_o
         refused = ack(wrong_pw)
         assert refused.returncode == 1 and refused.stdout == "", refused
         assert "refused the connection" in refused.stderr, refused.stderr
-        assert "not-the-password" not in refused.stderr + refused.stdout
+        assert WRONG not in refused.stderr + refused.stdout
 
         wait_for(
             lambda: "refused the connection" in bad.output(),
@@ -149,7 +159,7 @@ def test_agent_center_and_fleet_log_in_with_the_right_password_and_not_a_wrong_o
             what="the center with a wrong password saying why",
         )
         for proc in (bad, wrong_center, good, central):
-            assert "not-the-password" not in proc.output()
+            assert WRONG not in proc.output()
             assert USERS[GW] not in proc.output() and USERS["center"] not in proc.output()
         wrong_store = wrong_center.store()
         try:

@@ -23,7 +23,7 @@ from drivers.opcua.pki import agent_identity
 from drivers.simulated.opcua_server import SimulatedPumpStation
 from edge_agent.polling import DevicePoller
 from tests.opcua_support import MakeDriver, driver_factory, has, latest, read_until
-from tests.support import free_port
+from tests.support import free_port, secret
 
 T = TypeVar("T")
 
@@ -120,7 +120,7 @@ def plain_station() -> Iterator[ThreadedStation]:
 @pytest.fixture(scope="module")
 def secure_station(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ThreadedStation]:
     pki_dir = tmp_path_factory.mktemp("plc-pki")
-    station = ThreadedStation(secure=True, pki_dir=pki_dir, users={"ops": "s3cret"})
+    station = ThreadedStation(secure=True, pki_dir=pki_dir, users={"ops": secret("s3cret")})
     yield station
     station.close()
 
@@ -602,7 +602,7 @@ async def test_a_wrong_password_names_the_user_and_never_the_password(
 ) -> None:
     caplog.set_level(logging.DEBUG)
     sim = secure_server
-    (tmp_path / "pass").write_text("wrong-staple\n")
+    (tmp_path / "pass").write_text(secret("wrong-staple") + "\n")
     pumps = driver(sim.endpoint, username="ops", password_file=tmp_path / "pass")
     seen = await read_until(pumps, has("level", quality=Quality.STALE))
     assert seen[0].reason == "disconnected (BadUserAccessDenied)"

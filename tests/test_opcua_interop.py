@@ -48,11 +48,11 @@ from tests.opcua_support import (
     latest,
     read_until,
 )
-from tests.support import free_port, run_cli, terminate
+from tests.support import free_port, run_cli, secret, terminate
 from tests.test_opcua_driver import ThreadedStation
 
 INTEROP = Path(__file__).resolve().parent / "interop"
-USER, PASSWORD = "ops", "s3cret"
+USER, PASSWORD = "ops", secret("s3cret")
 
 # browse name -> (node id in the server's own namespace, value it starts with, as a reading)
 PLANT: dict[str, tuple[str, Any]] = {
@@ -414,7 +414,7 @@ async def test_username_and_password_on_an_unsecured_channel(
 ) -> None:
     ns = await namespace_index(server.endpoint, server.namespace)
     (tmp_path / "good.pass").write_text(f"{PASSWORD}\n")
-    (tmp_path / "bad.pass").write_text("guess-again\n")
+    (tmp_path / "bad.pass").write_text(secret("guess-again") + "\n")
     points = plant_points(ns, ["Temperature"])
     common = {"username": USER, "mode": "poll"}
     ok = driver(server.endpoint, points, password_file=tmp_path / "good.pass", **common)

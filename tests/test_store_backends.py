@@ -36,7 +36,7 @@ from central.store.rows import CommandRecord, Identity
 from edge_agent.contract import Ack, Channel, TelemetryBatch, Topics
 from edge_agent.contract.alarms import AlarmEvent, AlarmMessage, AlarmState, Severity
 from mqttlink.session import Message
-from tests.support import free_port
+from tests.support import free_port, secret
 
 DAY = 86_400
 T0 = 1_764_000_000.0  # 2025-11-24, a day's start + 38 400 s
@@ -629,7 +629,7 @@ def test_a_foreign_postgresql_database_is_refused_untouched(pg_url: str) -> None
 
 
 def test_an_unreachable_server_is_unavailable_and_no_password_is_shown(pg_url: str) -> None:
-    url = f"postgresql://ops:s3cret-pw@127.0.0.1:{free_port()}/central"
+    url = f"postgresql://ops:{secret('s3cret-pw')}@127.0.0.1:{free_port()}/central"
     with pytest.raises(StoreUnavailable) as caught:
         open_store(url)
     assert "s3cret-pw" not in str(caught.value) and "127.0.0.1" in str(caught.value)

@@ -34,6 +34,7 @@ from drivers.host_files import (
     password_file_problem,
     private_key_problem,
 )
+from mqttlink.url import shown_url
 
 MAX_UINT32 = 2**32 - 1
 MAX_NAMESPACE = 65535
@@ -192,15 +193,19 @@ class OpcUaConnection(Frozen):
     @field_validator("endpoint")
     @classmethod
     def _endpoint(cls, v: str) -> str:
-        parts = urlsplit(v)
+        shown = repr(shown_url(v))  # a password put in the URL by mistake is not echoed
+        try:
+            parts = urlsplit(v)
+        except ValueError:  # an unclosed [ of an IPv6 address
+            raise ValueError(f"{shown}: expected opc.tcp://host[:port][/path]") from None
         if parts.scheme != "opc.tcp" or not parts.hostname:
-            raise ValueError(f"{v!r}: expected opc.tcp://host[:port][/path]")
+            raise ValueError(f"{shown}: expected opc.tcp://host[:port][/path]")
         try:
             parts.port  # noqa: B018  # urlsplit checks the port only when asked
         except ValueError:
-            raise ValueError(f"{v!r}: port must be a number from 1 to 65535") from None
+            raise ValueError(f"{shown}: port must be a number from 1 to 65535") from None
         if parts.username or parts.password:
-            raise ValueError(f"{v!r}: put credentials in username and password_file, not the URL")
+            raise ValueError(f"{shown}: put credentials in username and password_file, not the URL")
         return v
 
     @model_validator(mode="after")

@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from edge_agent.contract.topics import GATEWAY_ID, Topics
@@ -84,7 +84,8 @@ def check_nonce(nonce: str) -> str:
 @dataclass(frozen=True, slots=True)
 class EnrollRequest:
     gw: str
-    token: str
+    token: str = field(repr=False)
+    """The one-time secret: left out of the ``repr`` (tracebacks, test reports, logs)."""
     nonce: str
     csr: str
 

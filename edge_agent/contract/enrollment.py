@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 FORMAT = "edgefleet-enrollment/1"
 
@@ -70,8 +70,9 @@ class BundleError(ValueError):
 class Bundle:
     gateway: str
     broker: str
-    files: dict[str, str]
-    """By file name (``FILES_OF[kind]``): its text."""
+    files: dict[str, str] = field(repr=False)
+    """By file name (``FILES_OF[kind]``): its text. Left out of the ``repr``: it holds the
+    gateway's private key or password, and a ``repr`` ends up in tracebacks and logs."""
     kind: str = CERTIFICATE
 
     def __post_init__(self) -> None:
