@@ -87,9 +87,9 @@ def token_for(center: Center, gw: str) -> str:
     return out.stdout.splitlines()[1]
 
 
-def enroll_args(center: Center, gw: str, token: str, folder: Path) -> list[str]:
+def enroll_args(center: Center, gw: str, token: str, folder: Path, wait: str = "30s") -> list[str]:
     return [
-        "enroll", "--token", token, "--gateway", gw, "--dir", str(folder), "--wait", "30s",
+        "enroll", "--token", token, "--gateway", gw, "--dir", str(folder), "--wait", wait,
         "--broker", f"mqtts://127.0.0.1:{center.enroll_port}",
         "--ca-file", str(center.ca / "ca.crt"),
     ]  # fmt: skip
@@ -187,7 +187,8 @@ def test_a_request_no_token_vouches_for_waits_until_an_operator_approves_it(
     gw = "gw-walk-in"
     with (tmp_path / "enroll.log").open("w") as log:
         proc = subprocess.Popen(
-            [str(BIN / "edge-agent"), *enroll_args(center, gw, "B" * 32, etc)],
+            # it waits for an operator: long enough for two fleet commands on a loaded machine
+            [str(BIN / "edge-agent"), *enroll_args(center, gw, "B" * 32, etc, wait="90s")],
             stdout=log,
             stderr=subprocess.STDOUT,
             text=True,
@@ -206,7 +207,7 @@ def test_a_request_no_token_vouches_for_waits_until_an_operator_approves_it(
             "--db", str(center.db), "--broker", f"mqtts://127.0.0.1:{center.port}",
         )  # fmt: skip
         assert approved.returncode == 0, approved.stderr
-        assert proc.wait(30) == 0, (tmp_path / "enroll.log").read_text()
+        assert proc.wait(60) == 0, (tmp_path / "enroll.log").read_text()
     finally:
         if proc.poll() is None:
             proc.kill()
