@@ -24,7 +24,6 @@ Errors: ``BrokerConfigError`` (nothing was written) is the only one raised:
 
 from __future__ import annotations
 
-import contextlib
 import ipaddress
 import re
 from dataclasses import dataclass
@@ -32,6 +31,7 @@ from importlib import resources
 from pathlib import Path
 from string import Template
 
+from central.files import PUBLIC, replace_all
 from central.passwords import PASSWORDS, PasswordError, ensure
 from central.pki import (
     BROKER_CERT,
@@ -263,26 +263,9 @@ class BrokerConfig:
 
 
 def _write_all(folder: Path, texts: dict[str, str]) -> None:
-    """Both files or neither: each written beside its place, then both renamed in (and a
-    folder made for them removed again if that fails)."""
-    made = not folder.exists()
-    folder.mkdir(parents=True, exist_ok=True)
-    staged: list[Path] = []
-    try:
-        for name, text in texts.items():
-            tmp = folder / f"{name}.tmp"
-            staged.append(tmp)
-            tmp.write_text(text)
-            tmp.chmod(0o644)  # no secret inside; Mosquitto's own user must read them
-        for tmp, name in zip(staged, texts, strict=True):
-            tmp.replace(folder / name)
-    except OSError:
-        with contextlib.suppress(OSError):
-            for tmp in staged:
-                tmp.unlink(missing_ok=True)
-            if made:
-                folder.rmdir()
-        raise
+    """Both files or neither (``central.files``); no secret inside, and Mosquitto's own
+    user must read them: 0644."""
+    replace_all(folder, {name: (text.encode(), PUBLIC) for name, text in texts.items()})
 
 
 def _template(name: str) -> Template:

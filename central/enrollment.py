@@ -31,13 +31,13 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
-import os
 import secrets
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from central.files import PRIVATE, replace
 from central.pki import (
     CA_CERT,
     COMMAND_PUB,
@@ -323,10 +323,4 @@ def _write(path: Path, obj: dict[str, Any]) -> None:
     """``obj`` into ``path`` by a rename, 0600 (a token's hash is no secret, but the folder
     is the CA's)."""
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        json.dump(obj, f)
-        f.flush()
-        os.fsync(f.fileno())
-    tmp.replace(path)
+    replace(path, json.dumps(obj).encode(), PRIVATE)

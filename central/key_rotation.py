@@ -22,6 +22,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from central.files import replace
 from drivers.host_files import pem_blocks
 from edge_agent.contract.commands import load_private_key, new_key_pair
 
@@ -58,8 +59,8 @@ def begin(key: Path) -> Rotation:
         )
     private_pem, public_pem = new_key_pair()
     current_pub = _public_of(key)
-    _write(next_path(key), private_pem, 0o600)
-    _write(public_path(key), current_pub + public_pem, 0o644)
+    replace(next_path(key), private_pem, 0o600)
+    replace(public_path(key), current_pub + public_pem, 0o644)
     return Rotation(key, public_path(key), 2)
 
 
@@ -75,7 +76,7 @@ def finish(key: Path, *, forget_old: bool = False) -> Rotation:
         raise RotationError(f"no rotation under way: fleet keys rotate begins one for {key}")
     if forget_old:
         old_path(key).unlink(missing_ok=True)
-        _write(public_path(key), _public_of(key), 0o644)
+        replace(public_path(key), _public_of(key), 0o644)
         return Rotation(key, public_path(key), 1)
     blocks = pem_blocks(public_path(key).read_bytes())
     return Rotation(key, public_path(key), len(blocks))
@@ -96,13 +97,3 @@ def _public_of(key: Path) -> bytes:
         .public_key()
         .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
     )
-
-
-def _write(path: Path, data: bytes, mode: int) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.unlink(missing_ok=True)
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
-    with os.fdopen(fd, "wb") as f:
-        os.fchmod(f.fileno(), mode)
-        f.write(data)
-    tmp.replace(path)

@@ -25,7 +25,6 @@ failure leaves the folder as it was (and no folder, if it made it).
 
 from __future__ import annotations
 
-import contextlib
 import datetime
 import hashlib
 import ipaddress
@@ -42,6 +41,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from central.files import PRIVATE, PUBLIC, replace_all
 from edge_agent.contract.commands import new_key_pair
 
 if TYPE_CHECKING:
@@ -157,24 +157,8 @@ def _write_all(folder: Path, files: dict[str, bytes]) -> None:
     blocked = [n for n in files if (folder / n).exists() and not (folder / n).is_file()]
     if blocked:
         raise PkiError(f"{folder}: {', '.join(blocked)} is there and is not a file; move it away")
-    made = not folder.exists()
-    folder.mkdir(parents=True, exist_ok=True)
-    staged: list[Path] = []
-    try:
-        for name, data in files.items():
-            tmp = folder / f".{name}.tmp"
-            tmp.unlink(missing_ok=True)  # a stale one (or a link) is not written through
-            staged.append(tmp)
-            (_write_private if name in PRIVATE_FILES else _write_public)(tmp, data)
-        for tmp, name in zip(staged, files, strict=True):
-            tmp.replace(folder / name)
-    except OSError:
-        with contextlib.suppress(OSError):
-            for tmp in staged:
-                tmp.unlink(missing_ok=True)
-            if made:
-                folder.rmdir()
-        raise
+    modes = {n: (data, PRIVATE if n in PRIVATE_FILES else PUBLIC) for n, data in files.items()}
+    replace_all(folder, modes)
 
 
 def issue_client(
@@ -471,10 +455,4 @@ def _write_private(path: Path, data: bytes) -> Path:
     with os.fdopen(fd, "wb") as f:
         os.fchmod(fd, 0o600)
         f.write(data)
-    return path
-
-
-def _write_public(path: Path, data: bytes) -> Path:
-    path.write_bytes(data)
-    path.chmod(0o644)
     return path

@@ -19,7 +19,6 @@ defence in depth, also refuses what a revoked gateway publishes (``central.inges
 from __future__ import annotations
 
 import datetime
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,6 +26,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from central.files import replace
 from central.pki import BACKDATE, CA_CERT, CRL, PkiError, load_authority
 from edge_agent.contract.topics import check_gateway_id
 
@@ -52,7 +52,7 @@ def record_issued(folder: Path, gateway: str, cert_pem: bytes) -> Path:
     where = folder / ISSUED_DIR / check_gateway_id(gateway)
     where.mkdir(parents=True, exist_ok=True)
     path = where / f"{cert.serial_number:x}.pem"
-    _replace(path, cert_pem)
+    replace(path, cert_pem)
     reinstate(folder, gateway)
     return path
 
@@ -98,7 +98,7 @@ def revoke(folder: Path, gateway: str, now: datetime.datetime | None = None) -> 
                 .build()
             )
         signed = builder.sign(authority.key, hashes.SHA256())
-        _replace(folder / CRL, signed.public_bytes(serialization.Encoding.PEM))
+        replace(folder / CRL, signed.public_bytes(serialization.Encoding.PEM))
     revoked = revoked_gateways(folder)
     if gateway not in revoked:
         _write_revoked(folder, [*revoked, gateway])
@@ -163,7 +163,7 @@ def update_acl(path: Path, gateways: list[str]) -> None:
         raise PkiError(f"cannot read the broker's ACL {path}: {exc.strerror}") from None
     if "pattern write" not in text:
         raise PkiError(f"{path} is not an ACL fleet broker-config wrote; not changing it")
-    _replace(path, with_denials(text, gateways).encode(), mode=path.stat().st_mode & 0o777)
+    replace(path, with_denials(text, gateways).encode(), mode=path.stat().st_mode & 0o777)
 
 
 def _load_crl(folder: Path, ca: x509.Certificate) -> x509.CertificateRevocationList:
@@ -182,21 +182,4 @@ def _load_crl(folder: Path, ca: x509.Certificate) -> x509.CertificateRevocationL
 
 def _write_revoked(folder: Path, gateways: list[str]) -> None:
     text = "# gateways revoked by fleet revoke (fleet provision of one takes it off)\n"
-    _replace(folder / REVOKED_LIST, (text + "".join(f"{g}\n" for g in gateways)).encode())
-
-
-def _replace(path: Path, data: bytes, mode: int = 0o644) -> None:
-    """``data`` into ``path`` by a rename: a broker reading it at that moment reads the old
-    file or the new one, never half of one."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            os.fchmod(f.fileno(), mode)
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        tmp.replace(path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    replace(folder / REVOKED_LIST, (text + "".join(f"{g}\n" for g in gateways)).encode())
