@@ -61,7 +61,7 @@ class Fleet:
         """A client on the gateways' listener; the center's certificate on the center's."""
         if port is None:
             port = self.center_port if issued is self.ca.central else self.broker.port
-        c = Client(self, issued, name, port)
+        c = Client(self.ca.folder / "ca.crt", issued, name, port)
         self.clients.append(c)
         return c
 
@@ -69,11 +69,11 @@ class Fleet:
 class Client:
     """A paho MQTT v5 client over TLS, keeping every PUBACK's reason code and message."""
 
-    def __init__(self, fleet: Fleet, issued: Issued | None, name: str, port: int) -> None:
+    def __init__(self, ca_file: Path, issued: Issued | None, name: str, port: int) -> None:
         self.port = port
         self.paho = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=name, protocol=mqtt.MQTTv5)
         self.paho.tls_set(
-            ca_certs=str(fleet.ca.folder / "ca.crt"),
+            ca_certs=str(ca_file),
             certfile=str(issued.cert) if issued else None,
             keyfile=str(issued.key) if issued else None,
         )
