@@ -37,6 +37,7 @@ from central.pki import (
     BROKER_CERT,
     BROKER_KEY,
     CA_CERT,
+    CENTER_CA_CERT,
     CENTRAL_CN,
     CRL,
     PkiError,
@@ -53,7 +54,7 @@ TEMPLATES = resources.files("central") / "broker_templates"
 CONFIG_NAME = "mosquitto.conf"
 ACL_NAME = "edgefleet.acl"
 
-CA_FILES = (CA_CERT, CRL, BROKER_CERT, BROKER_KEY)
+CA_FILES = (CA_CERT, CENTER_CA_CERT, CRL, BROKER_CERT, BROKER_KEY)
 """What the broker reads from the CA folder (named as ``central.pki`` makes them)."""
 
 PACKET_HEADROOM = 65_536
@@ -170,6 +171,7 @@ class BrokerConfig:
             password_bind=self.password_bind,
             password_file=passwords,
             cafile=ca / CA_CERT,
+            center_cafile=ca / CENTER_CA_CERT,
             certfile=ca / BROKER_CERT,
             keyfile=ca / BROKER_KEY,
             crlfile=ca / CRL,
@@ -252,6 +254,12 @@ class BrokerConfig:
 
     def _check_ca_folder(self) -> None:
         missing = [name for name in CA_FILES if not (self.ca_dir / name).is_file()]
+        if missing == [CENTER_CA_CERT]:
+            raise CaFolderError(
+                f"{self.ca_dir} was made before the center had a CA of its own: fleet ca init "
+                f"--dir {self.ca_dir} --add-center-ca adds it (and issues the center's "
+                "certificate again; the gateways' stay as they are)"
+            )
         if missing:
             raise CaFolderError(
                 f"{self.ca_dir} has no {', '.join(missing)} (fleet ca init makes the CA folder)"

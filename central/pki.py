@@ -8,8 +8,10 @@ The folder, which ``fleet broker-config`` reads as well::
     crl.pem       the certificate revocation list, signed by the CA (empty at first)
     broker.crt    the broker's server certificate (names and addresses from options)
     broker.key    (0600)
-    central.crt   the center's MQTT client certificate, CN = edgefleet-central
-    central.key   (0600)
+    center-ca.crt the center's own CA: the broker's listener for the center trusts it alone,
+    center-ca.key so that no gateway's certificate gets in there (0600)
+    central.crt   the center's MQTT client certificate, CN = edgefleet-central, signed
+    central.key   by the center's CA (0600)
     command.key   the center's Ed25519 command-signing key (0600), as ``fleet keys init``
     command.pub   makes it; gateways get the .pub
 
@@ -55,9 +57,11 @@ BROKER_CERT = "broker.crt"
 BROKER_KEY = "broker.key"
 CENTRAL_CERT = "central.crt"
 CENTRAL_KEY = "central.key"
+CENTER_CA_CERT = "center-ca.crt"
+CENTER_CA_KEY = "center-ca.key"
 COMMAND_KEY = "command.key"
 COMMAND_PUB = "command.pub"
-PRIVATE_FILES = (CA_KEY, BROKER_KEY, CENTRAL_KEY, COMMAND_KEY)
+PRIVATE_FILES = (CA_KEY, CENTER_CA_KEY, BROKER_KEY, CENTRAL_KEY, COMMAND_KEY)
 
 CENTRAL_CN = "edgefleet-central"
 """The center's client certificate's common name: its MQTT username where the broker
@@ -115,39 +119,68 @@ def _ca_files(broker_cn: str, sans: list[x509.GeneralName], days: int) -> dict[s
     """Every file of a new CA folder by name, in memory (private keys as ``PRIVATE_FILES``
     names them)."""
     now = _now()
-    ca_key = _new_key()
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "EdgeFleet CA")])
-    ca_cert = (
+    authority = _self_signed("EdgeFleet CA", now, days)
+    files = {
+        CA_KEY: _key_pem(authority.key),
+        CA_CERT: _cert_pem(authority.cert),
+        CRL: _empty_crl(authority.cert, authority.key, now, days),
+    }
+    key = _new_key()
+    files[BROKER_KEY] = _key_pem(key)
+    broker = authority.issue(broker_cn, key, ExtendedKeyUsageOID.SERVER_AUTH, sans, days)
+    files[BROKER_CERT] = _cert_pem(broker)
+    files |= _center_files(days, now)
+    files[COMMAND_KEY], files[COMMAND_PUB] = new_key_pair()
+    return files
+
+
+def _center_files(days: int, now: datetime.datetime) -> dict[str, bytes]:
+    """The center's CA and the center's client certificate it signs."""
+    center_ca = _self_signed("EdgeFleet center CA", now, days)
+    key = _new_key()
+    sans: list[x509.GeneralName] = [x509.DNSName(CENTRAL_CN)]
+    cert = center_ca.issue(CENTRAL_CN, key, ExtendedKeyUsageOID.CLIENT_AUTH, sans, days)
+    return {
+        CENTER_CA_KEY: _key_pem(center_ca.key),
+        CENTER_CA_CERT: _cert_pem(center_ca.cert),
+        CENTRAL_KEY: _key_pem(key),
+        CENTRAL_CERT: _cert_pem(cert),
+    }
+
+
+def add_center_ca(folder: Path, days: int = DEFAULT_CA_DAYS) -> list[Path]:
+    """A CA folder made before the center had a CA of its own: the center's CA added and
+    the center's certificate issued again under it; the fleet's CA, the broker's files,
+    the command key and every gateway's certificate are left as they are. ``PkiError``
+    for a folder that is not a fleet CA, or has a center CA already."""
+    _Authority.load(folder)
+    if (folder / CENTER_CA_CERT).exists():
+        raise PkiError(f"{folder} has {CENTER_CA_CERT} already")
+    files = _center_files(days, _now())
+    replace_all(
+        folder,
+        {n: (data, PRIVATE if n in PRIVATE_FILES else PUBLIC) for n, data in files.items()},
+    )
+    return [folder / name for name in files]
+
+
+def _self_signed(common_name: str, now: datetime.datetime, days: int) -> _Authority:
+    key = _new_key()
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
+    cert = (
         x509.CertificateBuilder()
         .subject_name(name)
         .issuer_name(name)
-        .public_key(ca_key.public_key())
+        .public_key(key.public_key())
         .serial_number(x509.random_serial_number())
         .not_valid_before(now - BACKDATE)
         .not_valid_after(now + datetime.timedelta(days=days))
         .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
         .add_extension(_key_usage(cert_sign=True), critical=True)
-        .add_extension(
-            x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), critical=False
-        )
-        .sign(ca_key, hashes.SHA256())
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+        .sign(key, hashes.SHA256())
     )
-    files = {
-        CA_KEY: _key_pem(ca_key),
-        CA_CERT: _cert_pem(ca_cert),
-        CRL: _empty_crl(ca_cert, ca_key, now, days),
-    }
-    authority = _Authority(ca_cert, ca_key)
-    central_sans: list[x509.GeneralName] = [x509.DNSName(CENTRAL_CN)]
-    for cert_name, key_name, cn, usage, alt in (
-        (BROKER_CERT, BROKER_KEY, broker_cn, ExtendedKeyUsageOID.SERVER_AUTH, sans),
-        (CENTRAL_CERT, CENTRAL_KEY, CENTRAL_CN, ExtendedKeyUsageOID.CLIENT_AUTH, central_sans),
-    ):
-        key = _new_key()
-        files[key_name] = _key_pem(key)
-        files[cert_name] = _cert_pem(authority.issue(cn, key, usage, alt, days))
-    files[COMMAND_KEY], files[COMMAND_PUB] = new_key_pair()
-    return files
+    return _Authority(cert, key)
 
 
 def _write_all(folder: Path, files: dict[str, bytes]) -> None:
@@ -293,17 +326,19 @@ def load_authority(folder: Path) -> _Authority:
 
 
 def check_broker_files(folder: Path) -> None:
-    """What the broker reads of ``folder`` is what it claims: ``ca.crt`` a CA certificate,
+    """What the broker reads of ``folder`` is what it claims: ``ca.crt`` (and
+    ``center-ca.crt``) a CA certificate,
     ``broker.crt`` a certificate that CA signed, ``crl.pem`` a CRL it signed; ``PkiError``
     naming the file otherwise. A broker started on any of them wrong would refuse every
     client, or start and trust no one, with a message about TLS, not the file."""
     ca = _load_cert(folder / CA_CERT)
-    try:
-        is_ca = ca.extensions.get_extension_for_class(x509.BasicConstraints).value.ca
-    except x509.ExtensionNotFound:
-        is_ca = False
-    if not is_ca:
-        raise PkiError(f"{folder / CA_CERT} is a certificate but not a CA's")
+    for name, cert in ((CA_CERT, ca), (CENTER_CA_CERT, _load_cert(folder / CENTER_CA_CERT))):
+        try:
+            is_ca = cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca
+        except x509.ExtensionNotFound:
+            is_ca = False
+        if not is_ca:
+            raise PkiError(f"{folder / name} is a certificate but not a CA's")
     broker = _load_cert(folder / BROKER_CERT)
     try:
         broker.verify_directly_issued_by(ca)

@@ -86,6 +86,14 @@ def ca_init(
             help="replace an existing CA and its keys (every gateway must then be enrolled again)",
         ),
     ] = False,
+    add_center_ca: Annotated[
+        bool,
+        typer.Option(
+            "--add-center-ca",
+            help="to a folder made before the center had a CA of its own: add it and issue "
+            "the center's certificate again (the fleet's CA and the gateways' stay)",
+        ),
+    ] = False,
 ) -> None:
     """Create the fleet's CA in a folder: ca.crt/ca.key, an empty crl.pem, the broker's
     server certificate, the center's client certificate (CN edgefleet-central) and the
@@ -93,6 +101,9 @@ def ca_init(
     # cryptography loads for this command only
     from central.pki import DEFAULT_BROKER_IPS, DEFAULT_BROKER_NAMES, PkiError, init_ca  # noqa: PLC0415
 
+    if add_center_ca:
+        _add_center_ca(folder, days)
+        return
     if broker_name or broker_ip:  # given: the certificate holds exactly these
         names, ips = broker_name or [], broker_ip or []
     else:
@@ -110,6 +121,21 @@ def ca_init(
         f"broker certificate for {', '.join([*names, *ips])}; keep {folder} on the center "
         "(its .key files are secrets)"
     )
+
+
+def _add_center_ca(folder: Path, days: int) -> None:
+    from central.pki import PkiError, add_center_ca  # noqa: PLC0415
+
+    try:
+        written = add_center_ca(folder, days)
+    except PkiError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from None
+    except OSError as exc:
+        typer.echo(f"error: cannot write into {folder}: {exc.strerror or exc}", err=True)
+        raise typer.Exit(1) from None
+    typer.echo(f"center CA in {folder}: {', '.join(p.name for p in written)}")
+    typer.echo("now: fleet broker-config again, and restart the broker and the center")
 
 
 def tag_option(values: list[str] | None) -> list[str] | None:

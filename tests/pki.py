@@ -176,6 +176,10 @@ def fleet_ca(folder: Path) -> FleetCa:
     ca.write_key(folder / "ca.key")
     ca.write_crl(folder / "crl.pem")
     broker = ca.server("broker", stem="broker")
-    central = ca.client(CENTRAL, stem="central")
+    # the center's own CA, which alone the center's listener trusts, signs the center's
+    center_ca = Authority(folder / "center-ca", "EdgeFleet center CA")
+    center_ca.ca_file.rename(folder / "center-ca.crt")
+    center_ca.write_key(folder / "center-ca.key")
+    central = center_ca.client(CENTRAL, stem="central", folder=folder)
     generate_keys(folder / "command.key")
     return FleetCa(folder, ca, broker, central)

@@ -555,7 +555,7 @@ def test_the_agent_and_the_center_work_through_the_generated_config(
             "-g",
             GW,
             "--broker",
-            url,
+            center_url,  # the center's certificate is for the center's listener alone
             "--key",
             str(folder / "command.key"),
             "--json",

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 from cryptography import x509
+from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
@@ -32,8 +33,8 @@ from tests.support import (
     wait_for,
 )
 
-PRIVATE = ("ca.key", "broker.key", "central.key", "command.key")
-PUBLIC = ("ca.crt", "crl.pem", "broker.crt", "central.crt", "command.pub")
+PRIVATE = ("ca.key", "center-ca.key", "broker.key", "central.key", "command.key")
+PUBLIC = ("ca.crt", "center-ca.crt", "crl.pem", "broker.crt", "central.crt", "command.pub")
 
 
 def mode(path: Path) -> int:
@@ -89,8 +90,13 @@ def test_ca_init_makes_the_folder_with_private_keys_0600_and_never_overwrites_th
     assert isinstance(root.public_key(), ec.EllipticCurvePublicKey)
     assert root.public_key().curve.name == "secp256r1"  # type: ignore[union-attr]
     broker, central = cert(ca / "broker.crt"), cert(ca / "central.crt")
-    for issued in (broker, central):
-        issued.verify_directly_issued_by(root)
+    broker.verify_directly_issued_by(root)
+    # the center's certificate is its own CA's, which alone the center's listener trusts
+    center_ca = cert(ca / "center-ca.crt")
+    assert center_ca.extensions.get_extension_for_class(x509.BasicConstraints).value.ca
+    central.verify_directly_issued_by(center_ca)
+    with pytest.raises((InvalidSignature, ValueError)):
+        central.verify_directly_issued_by(root)
     sans = broker.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     assert sans.get_values_for_type(x509.DNSName) == ["broker.example"]
     assert [str(ip) for ip in sans.get_values_for_type(x509.IPAddress)] == ["10.0.0.5"]
@@ -128,6 +134,33 @@ def one_error(out: str) -> str:
     errors = [line for line in out.splitlines() if line.startswith(("error:", "Error:"))]
     assert len(errors) == 1, out
     return errors[0]
+
+
+def test_a_ca_folder_from_before_the_center_ca_gets_one_and_keeps_the_rest(
+    tmp_path: Path,
+) -> None:
+    ca = tmp_path / "ca"
+    assert ca_init(ca)[0] == 0
+    # as an older fleet ca init left it: no center CA, the center's certificate the fleet's
+    (ca / "center-ca.crt").unlink()
+    (ca / "center-ca.key").unlink()
+    kept = {name: (ca / name).read_bytes() for name in ("ca.key", "broker.key", "command.key")}
+    made = run_cli("fleet", "broker-config", "--out", str(tmp_path / "conf"), "--ca-dir", str(ca))
+    assert made.returncode == 1 and "--add-center-ca" in made.stderr, made.stderr
+    rc, out = ca_init(ca, "--add-center-ca")
+    assert rc == 0, out
+    assert {name: (ca / name).read_bytes() for name in kept} == kept
+    cert(ca / "central.crt").verify_directly_issued_by(cert(ca / "center-ca.crt"))
+    assert mode(ca / "center-ca.key") == 0o600
+    rc, out = ca_init(ca, "--add-center-ca")
+    assert rc == 1 and "already" in out, out
+    made = run_cli(
+        "fleet", "broker-config", "--out", str(tmp_path / "conf"), "--ca-dir", str(ca),
+        "--data-dir", str(tmp_path),
+    )  # fmt: skip
+    assert made.returncode == 0, made.stderr
+    conf = (tmp_path / "conf" / "mosquitto.conf").read_text()
+    assert f"cafile {(ca / 'center-ca.crt').resolve()}" in conf
 
 
 def test_ca_init_refuses_an_address_that_is_not_one(tmp_path: Path) -> None:
