@@ -199,6 +199,16 @@ class BrokerConfig:
             f"cafile {ca / CA_CERT}\ncertfile {ca / BROKER_CERT}\nkeyfile {ca / BROKER_KEY}\n"
             f"mount_point {ENROLL_MOUNT}\n"
         )
+        if self.password_port is None:
+            # with no password file, Mosquitto takes whatever username a client says:
+            # one saying edgefleet-central here would have the center's rights on the
+            # enrollment topics (read every token, answer with a CA of its own). With
+            # one (empty if no gateway has a password), a username must be in it
+            listener += (
+                "# a client that gives a username must be in this file (global, as\n"
+                "# per_listener_settings false makes it); one that gives none is anonymous\n"
+                f"password_file {self.passwords.resolve()}\n"
+            )
         # anonymous clients can only come in on the enrollment listener: the other two
         # refuse a client without a certificate at the TLS handshake
         return {"enroll_listener": listener, "allow_anonymous": "allow_anonymous true"}
@@ -235,7 +245,7 @@ class BrokerConfig:
         if there and not force:
             raise ExistingFiles(f"{', '.join(there)} exists; --force overwrites")
         made = False
-        if self.password_port is not None:
+        if self.password_port is not None or self.enroll_port is not None:
             # Mosquitto does not start on a password_file that is missing: an empty one
             # (left there if the config cannot be written: it is of no harm)
             try:

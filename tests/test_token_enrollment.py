@@ -6,6 +6,7 @@ vouches for waits until ``fleet provision approve``; the enrollment listener's c
 
 from __future__ import annotations
 
+import contextlib
 import json
 import ssl
 import stat
@@ -46,6 +47,16 @@ class Center:
 
 @pytest.fixture
 def center(tmp_path: Path) -> Iterator[Center]:
+    yield from start_center(tmp_path, password_listener=True)
+
+
+@pytest.fixture
+def center_without_passwords(tmp_path: Path) -> Iterator[Center]:
+    """The enrollment listener without the password listener: no password file at all."""
+    yield from start_center(tmp_path, password_listener=False)
+
+
+def start_center(tmp_path: Path, *, password_listener: bool) -> Iterator[Center]:
     ca, db = tmp_path / "ca", tmp_path / "central.db"
     assert run_cli("fleet", "ca", "init", "--dir", str(ca)).returncode == 0
     SqliteStore(db).close()
@@ -57,7 +68,8 @@ def center(tmp_path: Path) -> Iterator[Center]:
     made = run_cli(
         "fleet", "broker-config", "--out", str(conf), "--ca-dir", str(ca), "--port", str(port),
         "--center-port", str(center_port), "--enroll-port", str(enroll_port),
-        "--password-port", str(password_port), "--data-dir", str(data),
+        *(["--password-port", str(password_port)] if password_listener else []),
+        "--data-dir", str(data),
     )  # fmt: skip
     assert made.returncode == 0, made.stderr
     broker = Broker(run, port, config=conf / "mosquitto.conf").start()
@@ -272,3 +284,43 @@ def connects_without_certificate(center: Center, port: int, user: str | None = N
     finally:
         plain.loop_stop()
         plain.disconnect()
+
+
+@pytest.mark.parametrize("with_passwords", [True, False], ids=["passwords", "no-passwords"])
+def test_a_client_of_the_enrollment_listener_cannot_claim_the_centers_name(
+    request: pytest.FixtureRequest, with_passwords: bool, tmp_path: Path
+) -> None:
+    """Mosquitto takes the username a client says when nothing checks it (no password
+    file): a client claiming the center's name on the enrollment listener would have the
+    center's rights there, reading every request (and its token) and answering them with
+    a CA and a command key of its own. It is refused at CONNECT."""
+    center = request.getfixturevalue("center" if with_passwords else "center_without_passwords")
+    connected = threading.Event()
+    refused: list[int] = []
+    spy = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="spy", protocol=mqtt.MQTTv5)
+    spy.tls_set(ca_certs=str(center.ca / "ca.crt"), cert_reqs=ssl.CERT_REQUIRED)
+    spy.username_pw_set("edgefleet-central")
+    seen: list[bytes] = []
+    spy.on_message = lambda _c, _u, msg: seen.append(bytes(msg.payload))
+
+    def on_connect(_c: object, _u: object, _f: object, rc: object, _p: object) -> None:
+        code = getattr(rc, "value", 0)
+        if code == 0:
+            spy.subscribe(f"{TOPICS.root}/enroll/request", qos=1)
+            connected.set()
+        else:
+            refused.append(code)
+
+    spy.on_connect = on_connect
+    with contextlib.suppress(OSError, ssl.SSLError):  # refused at TLS or CONNECT: fine
+        spy.connect("127.0.0.1", center.enroll_port)
+    spy.loop_start()
+    try:
+        token = token_for(center, GW)
+        done = enroll(center, GW, token, tmp_path / "etc")
+        assert done.returncode == 0, done.stdout + done.stderr
+        assert not connected.is_set(), "the center's name was taken on the enrollment listener"
+        assert all(token.encode() not in payload for payload in seen)
+    finally:
+        spy.loop_stop()
+        spy.disconnect()
