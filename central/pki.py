@@ -203,15 +203,7 @@ def sign_request(
     own key: token enrollment, renewal), from the CA in ``folder``. Only the request's key
     is taken: the name is ``common_name``, whatever the request asks for. ``PkiError`` for
     a request that is not one, not signed by its own key, or not of an EC P-256 key."""
-    try:
-        csr = x509.load_pem_x509_csr(csr_pem)
-    except ValueError:
-        raise PkiError("not a PEM certificate request") from None
-    if not csr.is_signature_valid:
-        raise PkiError("the request is not signed by its own key")
-    public = csr.public_key()
-    if not isinstance(public, ec.EllipticCurvePublicKey) or public.curve.name != "secp256r1":
-        raise PkiError("the request's key must be EC P-256")
+    public = _request_key(csr_pem)
     authority = _Authority.load(folder)
     cert = authority.issue(
         common_name, public, ExtendedKeyUsageOID.CLIENT_AUTH, [x509.DNSName(common_name)], days
@@ -227,12 +219,23 @@ def sign_request(
 
 def request_key_fingerprint(csr_pem: bytes) -> str:
     """SHA-256 of a request's public key (DER SubjectPublicKeyInfo), hex: what an operator
-    compares with what the gateway printed before approving it."""
+    compares with what the gateway printed before approving it. ``PkiError``, as from
+    ``sign_request``, for a request that could not be signed: it is not left waiting."""
+    return hashlib.sha256(_spki(_request_key(csr_pem))).hexdigest()
+
+
+def _request_key(csr_pem: bytes) -> ec.EllipticCurvePublicKey:
+    """The key of a request that is one, signed by that key, and of an EC P-256 key."""
     try:
         csr = x509.load_pem_x509_csr(csr_pem)
     except ValueError:
         raise PkiError("not a PEM certificate request") from None
-    return hashlib.sha256(_spki(csr.public_key())).hexdigest()
+    if not csr.is_signature_valid:
+        raise PkiError("the request is not signed by its own key")
+    public = csr.public_key()
+    if not isinstance(public, ec.EllipticCurvePublicKey) or public.curve.name != "secp256r1":
+        raise PkiError("the request's key must be EC P-256")
+    return public
 
 
 def broker_sans(names: Sequence[str], ips: Sequence[str]) -> list[x509.GeneralName]:

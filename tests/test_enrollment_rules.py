@@ -158,3 +158,21 @@ def test_a_request_for_another_key_type_or_not_signed_by_its_key_is_refused(
     # the token is still good: a refused request does not use it up
     assert enrollment.enroll(ca, store, request("gw-1", token)).status == "signed"
     assert len(store.identities("gw-1")) == 1
+
+
+def test_a_request_that_cannot_be_signed_does_not_wait(ca: Path, store: SqliteStore) -> None:
+    from cryptography.hazmat.primitives import hashes, serialization  # noqa: PLC0415
+    from cryptography.hazmat.primitives.asymmetric import ec  # noqa: PLC0415
+    from cryptography.x509.oid import NameOID  # noqa: PLC0415
+
+    other_curve = ec.generate_private_key(ec.SECP384R1())
+    csr = (
+        x509.CertificateSigningRequestBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "gw-7")]))
+        .sign(other_curve, hashes.SHA256())
+        .public_bytes(serialization.Encoding.PEM)
+        .decode()
+    )
+    reply = enrollment.enroll(ca, store, request("gw-7", "t" * 32, csr), now=T0)
+    assert (reply.status, "P-256" in reply.reason) == ("refused", True)
+    assert enrollment.pending(ca) == []
