@@ -11,6 +11,8 @@ The CA folder (``central.pki``) keeps them, beside the CA key that signs::
 
 Rules, in order, for an enrollment request of gateway GW:
 
+- GW is a name of the center (``edgefleet-…``, whose certificate the broker's ACL gives
+  the center's rights): refused, and never left for an operator to approve;
 - a pending request of GW that an operator approved, for the same key: signed (the
   certificate made at approval, sent now);
 - GW has a token: the request's token must be it (compared in constant time), unused and
@@ -43,6 +45,7 @@ from central.pki import (
     COMMAND_PUB,
     DEFAULT_CERT_DAYS,
     PkiError,
+    is_center_name,
     request_key_fingerprint,
     sign_request,
 )
@@ -130,6 +133,8 @@ def approve(
 ) -> Pending:
     """Sign gateway ``gateway``'s pending request and record its identity; the gateway
     gets the certificate at its next try. ``EnrollmentError`` if none is pending."""
+    if is_center_name(gateway):
+        raise EnrollmentError(f"{gateway!r} is a name of the center, not a gateway's")
     path = folder / PENDING_DIR / f"{check_gateway_id(gateway)}.json"
     record = _pending(path)
     if record is None:
@@ -155,6 +160,8 @@ def enroll(
     """The answer to an enrollment request (see the module's rules)."""
     now = time.time() if now is None else now
     gw = request.gw
+    if is_center_name(gw):
+        return Reply(gw, "refused", reason=f"{gw!r} is a name of the center, not a gateway's")
     try:
         fingerprint = request_key_fingerprint(request.csr.encode())
     except PkiError as exc:

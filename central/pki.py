@@ -62,6 +62,8 @@ PRIVATE_FILES = (CA_KEY, BROKER_KEY, CENTRAL_KEY, COMMAND_KEY)
 CENTRAL_CN = "edgefleet-central"
 """The center's client certificate's common name: its MQTT username where the broker
 takes the certificate's identity as one (``use_identity_as_username``)."""
+CENTER_PREFIX = "edgefleet-"
+"""Names starting so are the center's (its processes', a watcher's): never a gateway's."""
 DEFAULT_BROKER_NAMES = ("localhost",)
 DEFAULT_BROKER_IPS = ("127.0.0.1",)
 BROKER_CN = "EdgeFleet broker"
@@ -215,6 +217,12 @@ def sign_request(
         not_before=cert.not_valid_before_utc.timestamp(),
         not_after=cert.not_valid_after_utc.timestamp(),
     )
+
+
+def is_center_name(name: str) -> bool:
+    """Whether ``name`` is one of the center's (the broker's ACL gives ``CENTRAL_CN`` the
+    center's rights), which no gateway certificate may carry."""
+    return name == CENTRAL_CN or name.startswith(CENTER_PREFIX)
 
 
 def request_key_fingerprint(csr_pem: bytes) -> str:

@@ -252,7 +252,7 @@ def provision(
     --token, a one-time token instead. `fleet provision pending` lists enrollment
     requests no token vouches for; `fleet provision approve GW` signs one."""
     # cryptography and the store load for this command only
-    from central.pki import CENTRAL_CN  # noqa: PLC0415
+    from central.pki import is_center_name  # noqa: PLC0415
     from mqttlink.url import BrokerUrl  # noqa: PLC0415
 
     tags = dict(t.partition("=")[::2] for t in tag or ())
@@ -262,7 +262,7 @@ def provision(
         return
     if approved is not None:
         raise typer.BadParameter(f"one gateway at a time: {approved!r} is one too many")
-    if gateway == CENTRAL_CN or gateway.startswith("edgefleet-"):
+    if is_center_name(gateway):
         # the broker's ACL gives the center's name the center's rights
         raise typer.BadParameter(
             f"{gateway!r}: ids starting edgefleet- are the center's, not a gateway's",

@@ -160,6 +160,20 @@ def test_a_request_for_another_key_type_or_not_signed_by_its_key_is_refused(
     assert len(store.identities("gw-1")) == 1
 
 
+def test_a_request_in_the_centers_name_is_refused_not_left_for_an_operator(
+    ca: Path, store: SqliteStore
+) -> None:
+    """The broker's ACL gives the name edgefleet-central the center's rights: no request
+    may wait for an operator to sign it (fleet provision refuses those names too)."""
+    for name in ("edgefleet-central", "edgefleet-watch"):
+        reply = enrollment.enroll(ca, store, request(name, "t" * 32), now=T0)
+        assert (reply.status, "center" in reply.reason) == ("refused", True), reply
+    assert enrollment.pending(ca) == []
+    with pytest.raises(EnrollmentError, match="center"):
+        enrollment.approve(ca, store, "edgefleet-central", broker=BROKER)
+    assert store.identities() == []
+
+
 def test_a_request_that_cannot_be_signed_does_not_wait(ca: Path, store: SqliteStore) -> None:
     from cryptography.hazmat.primitives import hashes, serialization  # noqa: PLC0415
     from cryptography.hazmat.primitives.asymmetric import ec  # noqa: PLC0415
