@@ -34,6 +34,7 @@ import hashlib
 import hmac
 import json
 import os
+import re
 import secrets
 import time
 from dataclasses import asdict, dataclass, field
@@ -61,6 +62,10 @@ PENDING_DIR = Path("enroll/pending")
 TOKEN_TTL_S = 7 * 86400
 PENDING_MAX = 1000
 RENEW_MIN_INTERVAL_S = 3600.0
+KEY_PREFIX_MIN = 16
+"""Hex digits of a key's SHA-256 an operator gives to approve it: 64 bits, which no one
+can match with a key of their own."""
+KEY_PREFIX = re.compile(rf"[0-9a-f]{{{KEY_PREFIX_MIN},64}}")
 
 
 class EnrollmentError(Exception):
@@ -125,6 +130,7 @@ def approve(
     store: Store,
     gateway: str,
     *,
+    key: str,
     site: str = "",
     tags: dict[str, str] | None = None,
     broker: str,
@@ -132,13 +138,28 @@ def approve(
     now: float | None = None,
 ) -> Pending:
     """Sign gateway ``gateway``'s pending request and record its identity; the gateway
-    gets the certificate at its next try. ``EnrollmentError`` if none is pending."""
+    gets the certificate at its next try. ``key`` is the key's SHA-256 the operator
+    compared with what the gateway printed (its first ``KEY_PREFIX_MIN`` hex digits at
+    least): anyone may ask in a gateway's name and the newest request waits, so one that
+    came after the operator looked is not signed. ``EnrollmentError`` if none is pending,
+    or the one pending is for another key."""
     if is_center_name(gateway):
         raise EnrollmentError(f"{gateway!r} is a name of the center, not a gateway's")
     path = folder / PENDING_DIR / f"{check_gateway_id(gateway)}.json"
     record = _pending(path)
     if record is None:
         raise EnrollmentError(f"no request of {gateway} is pending (fleet provision pending)")
+    wanted = key.strip().lower()
+    if not KEY_PREFIX.fullmatch(wanted):
+        raise EnrollmentError(
+            f"--key must be the key's sha256 as the gateway printed it "
+            f"(at least its first {KEY_PREFIX_MIN} hex digits)"
+        )
+    if not record.key_fingerprint.startswith(wanted):
+        raise EnrollmentError(
+            f"the request of {gateway} waiting now is for key sha256 {record.key_fingerprint}, "
+            f"not {wanted}: not signing it (a newer request, the gateway's or another's)"
+        )
     if record.approved is not None:
         return record
     now = time.time() if now is None else now

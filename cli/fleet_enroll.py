@@ -90,7 +90,8 @@ def show_pending(ca_dir: Path, json_out: bool) -> None:
         seen = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(p.last_seen))
         typer.echo(f"{p.gateway}  key sha256 {p.key_fingerprint}  last {seen}  {state}")
     typer.echo(
-        "compare the key with what edge-agent enroll printed, then: fleet provision approve GW"
+        "compare the key with what edge-agent enroll printed, then: "
+        "fleet provision approve GW --key SHA256"
     )
 
 
@@ -98,12 +99,14 @@ def approve(
     ca_dir: Path,
     db: str,
     gateway: str,
+    key: str,
     site: str,
     tags: dict[str, str],
     broker: str,
     days: int,
 ) -> None:
-    """``fleet provision approve GW``: sign its pending request."""
+    """``fleet provision approve GW --key SHA256``: sign its pending request, if it is
+    still the one for that key."""
     from central.enrollment import EnrollmentError  # noqa: PLC0415
     from central.enrollment import approve as approve_request  # noqa: PLC0415
     from central.pki import PkiError  # noqa: PLC0415
@@ -112,7 +115,7 @@ def approve(
     store = open_db(db, create=True)
     try:
         record = approve_request(
-            ca_dir, store, gateway, site=site, tags=tags, broker=broker, days=days
+            ca_dir, store, gateway, key=key, site=site, tags=tags, broker=broker, days=days
         )
     except (EnrollmentError, PkiError, StoreError) as exc:
         raise _fail(str(exc)) from None

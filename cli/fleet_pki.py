@@ -131,6 +131,7 @@ def _enrollment_request(
     broker: str,
     days: int,
     json_out: bool,
+    key: str | None,
 ) -> None:
     if verb == "pending":
         if gateway is not None:
@@ -140,8 +141,14 @@ def _enrollment_request(
     if gateway is None:
         raise typer.BadParameter("approve which gateway? fleet provision approve GW")
     gateway_option(gateway)
+    if key is None:
+        raise typer.BadParameter(
+            "the key's sha256 that edge-agent enroll printed on the gateway (fleet provision "
+            "pending shows the one waiting): only that key is signed",
+            param_hint="--key",
+        )
     require_named_store(ctx, db)
-    approve(ca_dir, db, gateway, site, tags, broker, days)
+    approve(ca_dir, db, gateway, key, site, tags, broker, days)
 
 
 def _ttl(text: str) -> float:
@@ -244,13 +251,23 @@ def provision(
         str, typer.Option("--token-ttl", help="how long the token stays good: 7d, 12h")
     ] = "7d",
     json_out: Annotated[bool, typer.Option("--json", help="pending: as JSON")] = False,
+    key: Annotated[
+        str | None,
+        typer.Option(
+            "--key",
+            metavar="SHA256",
+            help="approve: the key's sha256 as the gateway printed it (16 hex digits or "
+            "more); a request for another key is not signed",
+            show_default=False,
+        ),
+    ] = None,
     db: DbOpt = DEFAULT_DB,
 ) -> None:
     """Issue a gateway's client certificate (CN = GW), or with --password a random password
     for username GW (its hash into the broker's password file), record its identity in
     the registry and write one enrollment bundle (0600) for `edge-agent enroll`; with
     --token, a one-time token instead. `fleet provision pending` lists enrollment
-    requests no token vouches for; `fleet provision approve GW` signs one."""
+    requests no token vouches for; `fleet provision approve GW --key SHA256` signs one."""
     # cryptography and the store load for this command only
     from central.pki import is_center_name  # noqa: PLC0415
     from mqttlink.url import BrokerUrl  # noqa: PLC0415
@@ -258,7 +275,7 @@ def provision(
     tags = dict(t.partition("=")[::2] for t in tag or ())
     if gateway in ("approve", "pending"):
         to = broker or "mqtts://localhost:8883"
-        _enrollment_request(ctx, gateway, approved, ca_dir, db, site, tags, to, days, json_out)
+        _enrollment_request(ctx, gateway, approved, ca_dir, db, site, tags, to, days, json_out, key)
         return
     if approved is not None:
         raise typer.BadParameter(f"one gateway at a time: {approved!r} is one too many")

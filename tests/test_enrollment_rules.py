@@ -75,8 +75,8 @@ def test_a_request_without_a_token_waits_and_only_the_approved_key_is_signed(
     assert (waiting.key_fingerprint, waiting.requests) == (key.fingerprint, 2)
     assert store.identities("gw-9") == []
     with pytest.raises(EnrollmentError):
-        enrollment.approve(ca, store, "gw-unknown", broker=BROKER)
-    enrollment.approve(ca, store, "gw-9", broker=BROKER, site="south")
+        enrollment.approve(ca, store, "gw-unknown", key=key.fingerprint, broker=BROKER)
+    enrollment.approve(ca, store, "gw-9", key=key.fingerprint, broker=BROKER, site="south")
     # another key asking in its name after the approval is refused, the approved one signed
     stranger = enrollment.enroll(ca, store, request("gw-9", "t" * 32), now=T0 + 6)
     assert stranger.status == "refused"
@@ -170,8 +170,27 @@ def test_a_request_in_the_centers_name_is_refused_not_left_for_an_operator(
         assert (reply.status, "center" in reply.reason) == ("refused", True), reply
     assert enrollment.pending(ca) == []
     with pytest.raises(EnrollmentError, match="center"):
-        enrollment.approve(ca, store, "edgefleet-central", broker=BROKER)
+        enrollment.approve(ca, store, "edgefleet-central", key="0" * 64, broker=BROKER)
     assert store.identities() == []
+
+
+def test_approve_signs_only_the_key_the_operator_compared(ca: Path, store: SqliteStore) -> None:
+    """Anyone on the enrollment listener may ask in a gateway's name, and the newest
+    request waits: one sent between the operator's look and the approval must not be the
+    one signed."""
+    real, forged = new_key("gw-5"), new_key("gw-5")
+    enrollment.enroll(ca, store, request("gw-5", "t" * 32, real.csr_pem), now=T0)
+    enrollment.enroll(ca, store, request("gw-5", "t" * 32, forged.csr_pem), now=T0 + 1)
+    with pytest.raises(EnrollmentError, match=forged.fingerprint):
+        enrollment.approve(ca, store, "gw-5", key=real.fingerprint, broker=BROKER)
+    assert store.identities("gw-5") == []
+    (waiting,) = enrollment.pending(ca)
+    assert waiting.approved is None
+    # the key it shows is approved (a prefix is enough, if it is 16 hex digits or more)
+    enrollment.approve(ca, store, "gw-5", key=forged.fingerprint[:16], broker=BROKER)
+    assert len(store.identities("gw-5")) == 1
+    with pytest.raises(EnrollmentError, match="16"):
+        enrollment.approve(ca, store, "gw-5", key=forged.fingerprint[:8], broker=BROKER)
 
 
 def test_a_request_that_cannot_be_signed_does_not_wait(ca: Path, store: SqliteStore) -> None:
@@ -190,3 +209,23 @@ def test_a_request_that_cannot_be_signed_does_not_wait(ca: Path, store: SqliteSt
     reply = enrollment.enroll(ca, store, request("gw-7", "t" * 32, csr), now=T0)
     assert (reply.status, "P-256" in reply.reason) == ("refused", True)
     assert enrollment.pending(ca) == []
+
+
+def test_fleet_provision_approve_wants_the_key_and_refuses_another(
+    ca: Path, store: SqliteStore, tmp_path: Path
+) -> None:
+    from tests.support import run_cli  # noqa: PLC0415
+
+    real, forged = new_key("gw-6"), new_key("gw-6")
+    enrollment.enroll(ca, store, request("gw-6", "t" * 32, real.csr_pem), now=T0)
+    enrollment.enroll(ca, store, request("gw-6", "t" * 32, forged.csr_pem), now=T0 + 1)
+    base = ["fleet", "provision", "approve", "gw-6", "--ca-dir", str(ca)]
+    base += ["--db", str(tmp_path / "central.db")]
+    bare = run_cli(*base)
+    assert bare.returncode == 2 and "--key" in bare.stderr, bare.stderr
+    wrong = run_cli(*base, "--key", real.fingerprint)
+    assert wrong.returncode == 1 and forged.fingerprint in wrong.stderr, wrong.stderr
+    assert store.identities("gw-6") == []
+    right = run_cli(*base, "--key", forged.fingerprint.upper())
+    assert right.returncode == 0 and forged.fingerprint in right.stdout, right.stderr
+    assert len(store.identities("gw-6")) == 1

@@ -214,7 +214,7 @@ def test_a_request_no_token_vouches_for_waits_until_an_operator_approves_it(
         assert (waiting["gateway"], waiting["key_sha256"]) == (gw, fingerprint)
         assert not etc.exists()  # never signed by itself
         approved = run_cli(
-            "fleet", "provision", "approve", gw, "--ca-dir", str(center.ca),
+            "fleet", "provision", "approve", gw, "--key", fingerprint, "--ca-dir", str(center.ca),
             "--db", str(center.db), "--broker", f"mqtts://127.0.0.1:{center.port}",
         )  # fmt: skip
         assert approved.returncode == 0, approved.stderr
