@@ -118,6 +118,22 @@ def new_token(
     return token
 
 
+def withdraw(folder: Path, gateway: str) -> list[str]:
+    """Take back ``gateway``'s token and the request of it that waits (``fleet revoke``):
+    made before the revocation, either would enroll a new key after it, and so take the
+    gateway off the revoked list. What was taken back: ``token``, ``request``."""
+    gw = check_gateway_id(gateway)
+    gone = []
+    for what, path in (("token", TOKENS_DIR), ("request", PENDING_DIR)):
+        record = _read(folder / path / f"{gw}.json")
+        if record is None:
+            continue
+        (folder / path / f"{gw}.json").unlink(missing_ok=True)
+        if what == "request" or record.get("used") is None:
+            gone.append(what)
+    return gone
+
+
 def pending(folder: Path) -> list[Pending]:
     """The requests waiting for an operator, oldest first."""
     where = folder / PENDING_DIR

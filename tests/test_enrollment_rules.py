@@ -229,3 +229,31 @@ def test_fleet_provision_approve_wants_the_key_and_refuses_another(
     right = run_cli(*base, "--key", forged.fingerprint.upper())
     assert right.returncode == 0 and forged.fingerprint in right.stdout, right.stderr
     assert len(store.identities("gw-6")) == 1
+
+
+def test_a_token_or_a_request_waiting_does_not_outlive_fleet_revoke(
+    ca: Path, tmp_path: Path
+) -> None:
+    """A token made before the gateway was revoked (for a re-enrollment that did not
+    happen) would otherwise enroll a new key after it, and so take the gateway off the
+    revoked list: revoking undone by whoever holds the token."""
+    from tests.support import run_cli  # noqa: PLC0415
+
+    db = str(tmp_path / "central.db")
+    common = ["--ca-dir", str(ca), "--db", db]
+    made = run_cli("fleet", "provision", "gw-r", *common, "--out", str(tmp_path / "r.bundle"))
+    assert made.returncode == 0, made.stderr
+    minted = run_cli("fleet", "provision", "gw-r", "--token", "--ca-dir", str(ca))
+    token = minted.stdout.splitlines()[1]
+    revoked = run_cli("fleet", "revoke", "gw-r", *common)
+    assert revoked.returncode == 0, revoked.stderr
+    assert "token" in revoked.stdout, revoked.stdout
+    store = SqliteStore(tmp_path / "central.db")
+    try:
+        late = enrollment.enroll(ca, store, request("gw-r", token))
+        assert late.status == "pending", late  # no token vouches for it now: an operator
+        assert len(store.identities("gw-r")) == 1
+        assert all(i.revoked is not None for i in store.identities("gw-r"))
+    finally:
+        store.close()
+    assert (ca / "revoked.txt").read_text().splitlines()[-1] == "gw-r"
