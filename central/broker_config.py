@@ -219,9 +219,14 @@ class BrokerConfig:
         topics = Topics(self.topic_root)
         request = mounted(request_topic(topics))
         replies = mounted(f"{topics.root}/enroll/reply/+")
+        own_replies = mounted(f"{topics.root}/enroll/reply/%c")
         anonymous = (
             "# clients without a certificate (the enrollment listener's alone), as mounted\n"
-            f"topic write {request}\ntopic read {replies}\n\n"
+            f"topic write {request}\n"
+            "# and each reads only the answers to its own request, whose reply id is its\n"
+            "# client id (random, 128 bits): a client reading every answer would learn the\n"
+            "# ids of requests waiting, and could have them answered 'refused'\n"
+            f"pattern read {own_replies}\n\n"
         )
         center = f"topic read {request}\ntopic write {replies}\n"
         return {"enroll_acl": anonymous, "enroll_center": center}

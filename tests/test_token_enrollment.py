@@ -324,3 +324,29 @@ def test_a_client_of_the_enrollment_listener_cannot_claim_the_centers_name(
     finally:
         spy.loop_stop()
         spy.disconnect()
+
+
+def test_a_client_of_the_enrollment_listener_reads_no_answer_but_its_own(
+    center: Center, tmp_path: Path
+) -> None:
+    """An answer names its gateway, its site and tags, and the request's reply id: a
+    client reading every answer would learn each enrolling gateway's reply id, and could
+    then send a request of its own with it, answered ``refused`` where the gateway waits,
+    which ends that enrollment. Each client reads only the answers to its own id."""
+    got: list[str] = []
+    subscribed = threading.Event()
+    spy = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="spy-replies", protocol=mqtt.MQTTv5)
+    spy.tls_set(ca_certs=str(center.ca / "ca.crt"), cert_reqs=ssl.CERT_REQUIRED)
+    spy.on_message = lambda _c, _u, msg: got.append(msg.topic)
+    spy.on_subscribe = lambda *_: subscribed.set()
+    spy.on_connect = lambda c, *_: c.subscribe(f"{TOPICS.root}/enroll/reply/+", qos=1)
+    spy.connect("127.0.0.1", center.enroll_port)
+    spy.loop_start()
+    try:
+        assert subscribed.wait(10)
+        done = enroll(center, GW, token_for(center, GW), tmp_path / "etc")
+        assert done.returncode == 0, done.stdout + done.stderr
+    finally:
+        spy.loop_stop()
+        spy.disconnect()
+    assert got == []
