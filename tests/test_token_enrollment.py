@@ -350,3 +350,64 @@ def test_a_client_of_the_enrollment_listener_reads_no_answer_but_its_own(
         spy.loop_stop()
         spy.disconnect()
     assert got == []
+
+
+def test_a_flood_on_the_enrollment_listener_does_not_starve_renewals(
+    center: Center, tmp_path: Path
+) -> None:
+    """Anyone may reach the enrollment listener; only a gateway with a certificate may ask
+    for a renewal. A flood of the first must not take every answer the signing service
+    gives a second: a gateway must still hear back about its renewal."""
+    from central.pki import issue_client  # noqa: PLC0415
+    from edge_agent.contract.csr import RenewRequest  # noqa: PLC0415
+    from edge_agent.enroll_token import new_key  # noqa: PLC0415
+
+    gw = "gw-renewing"
+    issued = issue_client(center.ca, gw, 30)
+    (tmp_path / "gw.crt").write_bytes(issued.cert_pem)
+    (tmp_path / "gw.key").write_bytes(issued.key_pem)
+    answers: list[bytes] = []
+    gateway = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=gw, protocol=mqtt.MQTTv5)
+    gateway.tls_set(
+        ca_certs=str(center.ca / "ca.crt"),
+        certfile=str(tmp_path / "gw.crt"),
+        keyfile=str(tmp_path / "gw.key"),
+    )
+    subscribed = threading.Event()
+    gateway.on_message = lambda _c, _u, msg: answers.append(bytes(msg.payload))
+    gateway.on_subscribe = lambda *_: subscribed.set()
+    gateway.on_connect = lambda c, *_: c.subscribe(f"{TOPICS.root}/gw/{gw}/cert", qos=1)
+    gateway.connect("127.0.0.1", center.port)
+    gateway.loop_start()
+    flooder = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="flood", protocol=mqtt.MQTTv5)
+    flooder.tls_set(ca_certs=str(center.ca / "ca.crt"), cert_reqs=ssl.CERT_REQUIRED)
+    flooder.max_queued_messages_set(0)
+    flooder.connect("127.0.0.1", center.enroll_port)
+    flooder.loop_start()
+    stop = threading.Event()
+
+    def flood() -> None:
+        while not stop.is_set():
+            for _ in range(200):
+                flooder.publish(f"{TOPICS.root}/enroll/request", b"{}", qos=0)
+            stop.wait(0.01)
+
+    flooding = threading.Thread(target=flood, daemon=True)
+    try:
+        assert subscribed.wait(10)
+        flooding.start()
+        stop.wait(1.5)  # the signing service's burst is spent
+        ask = RenewRequest(gw, new_key(gw).csr_pem).encode()
+        for _ in range(4):
+            gateway.publish(f"{TOPICS.root}/gw/{gw}/csr", ask, qos=1)
+            if stop.wait(1.0) or answers:
+                break
+    finally:
+        stop.set()
+        flooding.join(5)
+        flooder.loop_stop()
+        flooder.disconnect()
+        gateway.loop_stop()
+        gateway.disconnect()
+    assert answers, center.signer.output()[-2000:]
+    assert "dropped" in center.signer.output()  # the flood was one
