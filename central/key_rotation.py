@@ -81,6 +81,20 @@ def finish(key: Path, *, forget_old: bool = False) -> Rotation:
     return Rotation(key, public_path(key), len(blocks))
 
 
+def forget(key: Path) -> Rotation:
+    """After step 2: the old key deleted, and ``KEY.pub`` the current key's alone.
+    ``RotationError`` while a rotation is only begun: the new key is not signing yet, and
+    forgetting now would make it sign alone before the gateways were given it (``finish``
+    with ``forget_old`` does both steps, when that is meant)."""
+    _current(key)
+    if next_path(key).exists():
+        raise RotationError(
+            f"a rotation is under way ({next_path(key)} exists): fleet keys rotate --finish "
+            "first, once every gateway has the .pub that holds both keys"
+        )
+    return finish(key, forget_old=True)
+
+
 def _current(key: Path) -> None:
     try:
         load_private_key(key)

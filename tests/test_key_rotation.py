@@ -122,3 +122,23 @@ def test_rotate_refuses_what_it_cannot_do_and_changes_nothing(tmp_path: Path) ->
     rc, out = rotate(key, "--finish")
     assert rc == 1 and "no rotation under way" in out, out
     assert key.with_suffix(".pub").read_bytes() == pub
+
+
+def test_forget_old_alone_does_not_finish_a_rotation_the_gateways_have_not_got(
+    tmp_path: Path,
+) -> None:
+    """--forget-old after a rotation cleans up the old key; while one is only begun, it
+    would make the new key sign alone at once, which the gateways do not know yet."""
+    key = tmp_path / "center.key"
+    assert run_cli("fleet", "keys", "init", "--key", str(key)).returncode == 0
+    current = key.read_bytes()
+    assert rotate(key)[0] == 0
+    both = key.with_suffix(".pub").read_bytes()
+    rc, out = rotate(key, "--forget-old")
+    assert rc == 1 and "--finish" in out, out
+    assert key.read_bytes() == current
+    assert key.with_suffix(".pub").read_bytes() == both
+    # with --finish it is asked for: both steps at once
+    rc, out = rotate(key, "--finish", "--forget-old")
+    assert rc == 0, out
+    assert len(load_public_keys(key.with_suffix(".pub"))) == 1
