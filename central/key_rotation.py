@@ -64,9 +64,14 @@ def begin(key: Path) -> Rotation:
 
 
 def finish(key: Path, *, forget_old: bool = False) -> Rotation:
-    """Step 2: the new key in ``key``'s place."""
-    _current(key)
+    """Step 2: the new key in ``key``'s place. Two renames; a stop between them leaves no
+    ``KEY``, only ``KEY.old`` and ``KEY.next``, and ``finish`` again completes them."""
     new = next_path(key)
+    if not key.exists() and new.exists() and old_path(key).exists():
+        load_private_key(new)
+        os.replace(new, key)  # the second rename of a finish a stop cut
+        return finish(key, forget_old=True) if forget_old else _rotation(key)
+    _current(key)
     if new.exists():
         load_private_key(new)  # a damaged file stops here, before anything moves
         os.replace(key, old_path(key))
@@ -77,6 +82,10 @@ def finish(key: Path, *, forget_old: bool = False) -> Rotation:
         old_path(key).unlink(missing_ok=True)
         _write(public_path(key), _public_of(key), 0o644)
         return Rotation(key, public_path(key), 1)
+    return _rotation(key)
+
+
+def _rotation(key: Path) -> Rotation:
     blocks = pem_blocks(public_path(key).read_bytes())
     return Rotation(key, public_path(key), len(blocks))
 

@@ -142,3 +142,19 @@ def test_forget_old_alone_does_not_finish_a_rotation_the_gateways_have_not_got(
     rc, out = rotate(key, "--finish", "--forget-old")
     assert rc == 0, out
     assert len(load_public_keys(key.with_suffix(".pub"))) == 1
+
+
+def test_a_finish_cut_between_its_renames_is_finished_by_finish_again(tmp_path: Path) -> None:
+    """A stop between KEY -> KEY.old and KEY.next -> KEY leaves no KEY: finish again puts
+    the new key in place, and does not send the operator to fleet keys init (a third key,
+    which no gateway holds)."""
+    key = tmp_path / "center.key"
+    assert run_cli("fleet", "keys", "init", "--key", str(key)).returncode == 0
+    assert rotate(key)[0] == 0
+    new = key.with_name("center.key.next").read_bytes()
+    key.replace(key.with_name("center.key.old"))  # the first rename, then the stop
+    rc, out = rotate(key, "--finish")
+    assert rc == 0 and "fleet keys init" not in out, out
+    assert key.read_bytes() == new
+    assert stat.S_IMODE(key.stat().st_mode) == 0o600
+    assert not key.with_name("center.key.next").exists()
