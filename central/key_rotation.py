@@ -52,12 +52,16 @@ def public_path(key: Path) -> Path:
 def begin(key: Path) -> Rotation:
     """Step 1; ``RotationError`` if a rotation is under way already or ``key`` is none."""
     _current(key)
+    current_pub = _public_of(key)
     if next_path(key).exists():
+        if _next_public(key) not in public_path(key).read_bytes():
+            # a stop after the new key was written, before KEY.pub was: this step again
+            _write(public_path(key), current_pub + _next_public(key), 0o644)
+            return Rotation(key, public_path(key), 2)
         raise RotationError(
             f"a rotation is under way ({next_path(key)} exists): fleet keys rotate --finish"
         )
     private_pem, public_pem = new_key_pair()
-    current_pub = _public_of(key)
     _write(next_path(key), private_pem, 0o600)
     _write(public_path(key), current_pub + public_pem, 0o644)
     return Rotation(key, public_path(key), 2)
@@ -73,7 +77,14 @@ def finish(key: Path, *, forget_old: bool = False) -> Rotation:
         return finish(key, forget_old=True) if forget_old else _rotation(key)
     _current(key)
     if new.exists():
-        load_private_key(new)  # a damaged file stops here, before anything moves
+        # a damaged file stops here, before anything moves; and so does a new key the
+        # gateways were never given (a stop in the first step before KEY.pub was written)
+        if _next_public(key) not in public_path(key).read_bytes():
+            raise RotationError(
+                f"{public_path(key)} does not hold the new key's public key: the gateways "
+                f"were not given it. fleet keys rotate --key {key} writes it, then give it "
+                "to every gateway"
+            )
         os.replace(key, old_path(key))
         os.replace(new, key)
     elif not forget_old:
@@ -109,6 +120,13 @@ def _current(key: Path) -> None:
         load_private_key(key)
     except ValueError as exc:
         raise RotationError(f"{exc} (fleet keys init makes one)") from None
+
+
+def _next_public(key: Path) -> bytes:
+    try:
+        return _public_of(next_path(key))
+    except ValueError as exc:
+        raise RotationError(f"{exc}: delete it and begin again") from None
 
 
 def _public_of(key: Path) -> bytes:

@@ -158,3 +158,22 @@ def test_a_finish_cut_between_its_renames_is_finished_by_finish_again(tmp_path: 
     assert key.read_bytes() == new
     assert stat.S_IMODE(key.stat().st_mode) == 0o600
     assert not key.with_name("center.key.next").exists()
+
+
+def test_finish_refuses_a_new_key_the_public_file_does_not_hold(tmp_path: Path) -> None:
+    """A stop in the first step after the new key was written and before KEY.pub was: the
+    gateways were never given the new key, and finish would make it sign."""
+    key = tmp_path / "center.key"
+    assert run_cli("fleet", "keys", "init", "--key", str(key)).returncode == 0
+    pub = key.with_suffix(".pub").read_bytes()
+    current = key.read_bytes()
+    assert rotate(key)[0] == 0
+    key.with_suffix(".pub").write_bytes(pub)  # as it was before the first step wrote it
+    rc, out = rotate(key, "--finish")
+    assert rc == 1 and "center.pub" in out, out
+    assert key.read_bytes() == current
+    # the first step again completes it: both public keys, and then finish works
+    rc, out = rotate(key)
+    assert rc == 0, out
+    assert len(load_public_keys(key.with_suffix(".pub"))) == 2
+    assert rotate(key, "--finish")[0] == 0
