@@ -147,7 +147,11 @@ class Renewer:
         check_certificate(cert_pem, key, self.gateway, self.files.ca)
         cert, key_path = self.files.cert, self.files.key
         _write_beside(key_path, key.key_pem.encode(), 0o600)
-        _write_beside(cert, cert_pem.encode(), _mode(cert, 0o644))
+        try:
+            _write_beside(cert, cert_pem.encode(), _mode(cert, 0o644))
+        except BaseException:
+            _new(key_path).unlink(missing_ok=True)  # the old pair stays, as it was
+            raise
         os.replace(_new(key_path), key_path)
         os.replace(_new(cert), cert)
 
@@ -209,19 +213,29 @@ def _mode(path: Path, default: int) -> int:
 
 
 def _write_beside(path: Path, data: bytes, mode: int) -> None:
-    tmp = _new(path)
+    """``data`` into ``path.new``, which exists only whole: written and synced under a
+    name of its own first (a full disk or a stop mid-write leaves no ``.new`` that
+    ``finish_swap`` would take for the new file)."""
+    new = _new(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    new.unlink(missing_ok=True)
     tmp.unlink(missing_ok=True)
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, mode)
-    with os.fdopen(fd, "wb") as f:
-        os.fchmod(f.fileno(), mode)
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    try:  # the old file's owner (the agent's user), where we may give it
-        st = path.stat()
-        os.chown(tmp, st.st_uid, st.st_gid)
-    except OSError:
-        pass
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, mode)
+        with os.fdopen(fd, "wb") as f:
+            os.fchmod(f.fileno(), mode)
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        try:  # the old file's owner (the agent's user), where we may give it
+            st = path.stat()
+            os.chown(tmp, st.st_uid, st.st_gid)
+        except OSError:
+            pass
+        os.replace(tmp, new)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def _not_after(cert: Path) -> float | None:

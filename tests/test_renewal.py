@@ -6,7 +6,9 @@ at the next start."""
 
 from __future__ import annotations
 
+import contextlib
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -16,7 +18,10 @@ from central.pki import issue_client
 from central.revocation import record_issued
 from central.store.rows import Identity
 from central.store.sqlite import SqliteStore
-from edge_agent.renewal import finish_swap
+from edge_agent.contract.csr import RenewRequest, Reply
+from edge_agent.contract.topics import Topics
+from edge_agent.renewal import CertFiles, Renewer, finish_swap
+from edge_agent.uplink import Inbound
 from tests.rig import GW, devices_yaml
 from tests.support import (
     Broker,
@@ -164,3 +169,68 @@ def test_a_swap_cut_between_its_renames_is_finished(tmp_path: Path) -> None:
     assert not finish_swap(cert, key)
     assert (cert.read_text(), key.read_text()) == ("newer cert", "newer key")
     assert not (tmp_path / "gateway.key.new").exists()
+
+
+class SigningUplink:
+    """The uplink as the renewer sees it, with the center's answer in memory: a renewal
+    request published is signed by the CA in ``ca`` and answered on the cert topic."""
+
+    def __init__(self, ca: Path, gateway: str) -> None:
+        import asyncio  # noqa: PLC0415
+
+        self.ca, self.gateway = ca, gateway
+        self.connected = asyncio.Event()
+        self.connected.set()
+        self.handlers: dict[str, Callable[[Inbound], None]] = {}
+
+    def subscribe(self, topic: str, handler: Callable[[Inbound], None]) -> None:
+        self.handlers[topic] = handler
+
+    def publish(self, topic: str, payload: bytes, *, qos: int = 1, retain: bool = False) -> bool:
+        import asyncio  # noqa: PLC0415
+
+        from central.pki import sign_request  # noqa: PLC0415
+
+        request = RenewRequest.decode(payload)
+        cert = sign_request(self.ca, self.gateway, request.csr.encode(), 30).cert_pem.decode()
+        answer = Reply(self.gateway, "signed", cert=cert).encode()
+        (handler,) = self.handlers.values()
+        asyncio.get_running_loop().call_soon(handler, Inbound(answer))
+        return True
+
+
+def test_a_full_disk_during_the_swap_leaves_the_pair_that_works(
+    tmp_path: Path, small_fs: Path
+) -> None:
+    """The new key is written, the new certificate's write fails (no space left): the old
+    pair must stay the one the next start uses, not the new key with an empty
+    certificate (no TLS, and a technician to send to the box)."""
+    import asyncio  # noqa: PLC0415
+
+    from central.pki import init_ca  # noqa: PLC0415
+
+    ca = tmp_path / "ca"
+    init_ca(ca)
+    old = issue_client(ca, GW, 30)
+    cert, key = small_fs / "gateway.crt", small_fs / "gateway.key"
+    cert.write_bytes(old.cert_pem)
+    key.write_bytes(old.key_pem)
+    filler = small_fs / "filler"
+    # the disk full, but for the new key
+    with filler.open("wb", buffering=0) as f, contextlib.suppress(OSError):
+        while True:
+            f.write(b"\0" * 4096)
+    filler.write_bytes(b"\0" * (filler.stat().st_size - 4096))
+    renewer = Renewer(
+        gateway=GW,
+        topics=Topics(),
+        uplink=SigningUplink(ca, GW),
+        files=CertFiles(cert, key, ca / "ca.crt"),
+        renew_before_s=60 * 86400,
+    )
+    outcome = asyncio.run(renewer.renew_once())
+    assert outcome == "refused"  # not installed: the disk is full
+    filler.unlink()  # space again, and the agent starts anew
+    finish_swap(cert, key)
+    assert (cert.read_bytes(), key.read_bytes()) == (old.cert_pem, old.key_pem)
+    assert sorted(p.name for p in small_fs.iterdir()) == ["gateway.crt", "gateway.key"]
