@@ -86,7 +86,7 @@ class Renewer:
 
     async def run(self) -> None:
         while True:
-            wait = self._due_in()
+            wait = self.due_in()
             if wait > 0:
                 await asyncio.sleep(min(wait, CHECK_S))
                 continue
@@ -95,12 +95,18 @@ class Renewer:
             if outcome == "refused":
                 await asyncio.sleep(REFUSED_RETRY_S)
 
-    def _due_in(self) -> float:
-        """Seconds until the certificate should be renewed (0: now)."""
-        expires = _not_after(self.files.cert)
-        if expires is None:
+    def due_in(self) -> float:
+        """Seconds until the certificate should be renewed (0: now): ``renew_before_s``
+        before it expires, or half its life before if that is later. A certificate that
+        lasts less than ``renew_before_s`` (``fleet provision --days 7``, and the default
+        30 days) would otherwise be due again the moment it is renewed: a new certificate
+        an hour, for ever, from every gateway."""
+        validity = _validity(self.files.cert)
+        if validity is None:
             return CHECK_S  # unreadable now: the host pass said so at start; look again
-        return max(0.0, expires - self.renew_before_s - time.time())
+        starts, expires = validity
+        before = min(self.renew_before_s, (expires - starts) / 2)
+        return max(0.0, expires - before - time.time())
 
     async def renew_once(self) -> str:
         """Ask once, wait ``ANSWER_S``: ``renewed``, ``refused`` or ``no answer``."""
@@ -238,13 +244,14 @@ def _write_beside(path: Path, data: bytes, mode: int) -> None:
         raise
 
 
-def _not_after(cert: Path) -> float | None:
+def _validity(cert: Path) -> tuple[float, float] | None:
     from cryptography import x509  # noqa: PLC0415
 
     try:
-        return x509.load_pem_x509_certificate(cert.read_bytes()).not_valid_after_utc.timestamp()
+        loaded = x509.load_pem_x509_certificate(cert.read_bytes())
     except (OSError, ValueError):
         return None
+    return loaded.not_valid_before_utc.timestamp(), loaded.not_valid_after_utc.timestamp()
 
 
 def _day(cert_pem: str) -> str:
