@@ -33,6 +33,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import logging
 import os
 import re
 import secrets
@@ -50,12 +51,14 @@ from central.pki import (
     request_key_fingerprint,
     sign_request,
 )
-from central.revocation import ISSUED_DIR, record_issued
+from central.revocation import ISSUED_DIR, record_issued, revoked_gateways
 from central.store.api import Store
 from central.store.rows import Identity
 from edge_agent.contract import enrollment
 from edge_agent.contract.csr import EnrollRequest, RenewRequest, Reply
 from edge_agent.contract.topics import check_gateway_id
+
+log = logging.getLogger(__name__)
 
 TOKENS_DIR = Path("enroll/tokens")
 PENDING_DIR = Path("enroll/pending")
@@ -273,7 +276,14 @@ def _issue(
     now: float,
 ) -> str:
     issued = sign_request(folder, gw, csr, days)
+    was_revoked = gw in revoked_gateways(folder)
     record_issued(folder, gw, issued.cert_pem)
+    if was_revoked:
+        log.warning(
+            "%s was revoked and has a new certificate now; the broker's ACL still denies it "
+            "every topic until it is written again (fleet broker-config --force)",
+            gw,
+        )
     store.add_identity(
         Identity(gw, "certificate", issued.fingerprint, now, issued.not_after),
         site=site or None,

@@ -111,7 +111,9 @@ def approve(
     from central.enrollment import approve as approve_request  # noqa: PLC0415
     from central.pki import PkiError  # noqa: PLC0415
     from central.store import StoreError  # noqa: PLC0415
+    from cli.fleet_pki import revoked_before, still_denied  # noqa: PLC0415
 
+    was_revoked = revoked_before(ca_dir, gateway)
     store = open_db(db, create=True)
     try:
         record = approve_request(
@@ -125,6 +127,8 @@ def approve(
         f"gateway {gateway}: key sha256 {record.key_fingerprint} approved and signed; "
         "it gets its certificate at its next request"
     )
+    if was_revoked:
+        typer.echo(still_denied(gateway))
 
 
 def central_enroll(

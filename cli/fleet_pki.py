@@ -316,6 +316,7 @@ def provision(
         typer.echo(f"error: {bundle_path} exists; not overwriting it (--force does)", err=True)
         raise typer.Exit(1)
     issue = _PasswordIssue(passwords) if password else _CertificateIssue(days)
+    was_revoked = revoked_before(ca_dir, gateway)
     issue.make(ca_dir, gateway, site, tags, broker)
     # the bundle is staged beside its place before the registry records the identity, and
     # renamed in after: a bundle that cannot be written records nothing, and a registry
@@ -330,6 +331,29 @@ def provision(
     issue.staged.replace(bundle_path)
     typer.echo(f"gateway {gateway}: {issue.said}; bundle {bundle_path} ({issue.held})")
     typer.echo(f"on the gateway: edge-agent enroll {bundle_path.name}")
+    if was_revoked:
+        typer.echo(still_denied(gateway))
+
+
+def revoked_before(ca_dir: Path, gateway: str) -> bool:
+    """Whether ``gateway`` is on the CA folder's revoked list (``fleet revoke``)."""
+    from central.pki import PkiError  # noqa: PLC0415
+    from central.revocation import revoked_gateways  # noqa: PLC0415
+
+    try:
+        return gateway in revoked_gateways(ca_dir)
+    except PkiError:
+        return False  # a list edited by hand: fleet revoke says what is wrong with it
+
+
+def still_denied(gateway: str) -> str:
+    """What an operator must do for a gateway revoked and now given a new identity: the
+    broker's ACL still denies its name every topic (``fleet revoke --acl``)."""
+    return (
+        f"note: {gateway} was revoked, and the broker's ACL still denies it every topic: "
+        "write the ACL again (fleet broker-config --force, with the options it was made "
+        "with) and reload the broker, or the new identity can publish nothing"
+    )
 
 
 DEFAULT_PASSWORD_PORT = 8886
