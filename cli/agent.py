@@ -62,7 +62,11 @@ def check(
     ] = False,
 ) -> None:
     """Validate a config file, and what it names on this host, without running anything;
-    exit 2 if it has problems (those ``run`` would refuse to start with)."""
+    exit 2 if it has problems (those ``run`` would refuse to start with). A certificate
+    renewal a stop cut short is finished first, as ``run`` does."""
+    if not schema_only:
+        # as run does first: a renewal a stop cut short is the pair run starts with
+        _finish_certificate_swap(config)
     loaded = load_config_or_exit(config, host=not schema_only)
     cfg = loaded.config
     if not schema_only:
