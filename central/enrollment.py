@@ -23,9 +23,9 @@ Rules, in order, for an enrollment request of gateway GW:
   ``PENDING_MAX`` gateways): the answer says so, with the key's fingerprint to compare.
 
 A renewal (over the gateway's own certificate, so the broker vouches for the name) is
-signed if the gateway has a live identity and the key is new; the same key again gets
-the same certificate again (an answer lost on the way), and a gateway renews at most once
-per ``RENEW_MIN_INTERVAL_S``.
+signed if the gateway is not on the revoked list, has a live identity and the key is
+new; the same key again gets the same certificate again (an answer lost on the way), and
+a gateway renews at most once per ``RENEW_MIN_INTERVAL_S``.
 """
 
 from __future__ import annotations
@@ -246,6 +246,10 @@ def renew(
     gw = topic_gateway
     if request.gw != gw:
         return Reply(gw, "refused", reason=f"the request names {request.gw!r}, not {gw!r}")
+    if gw in revoked_gateways(folder):
+        # fleet revoke writes the CA folder's list before it marks the registry: a
+        # renewal in between must not be taken for the gateway provisioned again
+        return Reply(gw, "refused", reason="revoked (fleet revoke)")
     live = [i for i in store.identities(gw) if i.revoked is None and i.kind == "certificate"]
     if not live:
         return Reply(gw, "refused", reason="no live identity in the registry (revoked?)")

@@ -257,3 +257,22 @@ def test_a_token_or_a_request_waiting_does_not_outlive_fleet_revoke(
     finally:
         store.close()
     assert (ca / "revoked.txt").read_text().splitlines()[-1] == "gw-r"
+
+
+def test_a_renewal_while_fleet_revoke_runs_is_refused_and_leaves_it_revoked(
+    ca: Path, store: SqliteStore
+) -> None:
+    """fleet revoke puts the gateway on the CRL and the revoked list first, and marks its
+    identities in the registry after; its live session may still ask for a renewal in
+    between. Signed then, the new certificate would be on no CRL, and taking it as a
+    gateway provisioned again would take it off the revoked list."""
+    from central.revocation import revoke, revoked_gateways  # noqa: PLC0415
+
+    token = enrollment.new_token(ca, "gw-1", broker=BROKER, now=T0)
+    assert enrollment.enroll(ca, store, request("gw-1", token), now=T0).status == "signed"
+    revoke(ca, "gw-1")  # the CA folder's part done; the registry's not yet
+    renewal = RenewRequest("gw-1", new_key("gw-1").csr_pem)
+    late = enrollment.renew(ca, store, "gw-1", renewal, now=T0 + 7200)
+    assert (late.status, "revoked" in late.reason) == ("refused", True)
+    assert revoked_gateways(ca) == ["gw-1"]
+    assert len(store.identities("gw-1")) == 1
