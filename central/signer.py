@@ -74,7 +74,8 @@ class Signer:
         self._lock = threading.Lock()
         self._enrollments = _Bucket()
         self._renewals = _Bucket()
-        self._dropped_logged = 0.0
+        self._dropped_logged = -DROPPED_LOG_S  # the first drop is said, whatever the clock
+        self._malformed_logged = -DROPPED_LOG_S
         self._session = Session(broker, client_id=client_id, name="central-enroll")
         self._session.on_up(lambda _present: self.ready.set())
         self._session.on_down(lambda _why: self.ready.clear())
@@ -112,8 +113,7 @@ class Signer:
             try:
                 request = EnrollRequest.decode(msg.payload)
             except CsrError as exc:
-                self.stats.malformed += 1
-                log.info("an enrollment request that is not one: %s", exc)
+                self._malformed(f"an enrollment request that is not one: {exc}")
                 return
             reply = self._answer(
                 lambda: enrollment.enroll(self.ca_dir, self.store, request, days=self.days)
@@ -134,14 +134,22 @@ class Signer:
             try:
                 request = RenewRequest.decode(msg.payload)
             except CsrError as exc:
-                self.stats.malformed += 1
-                log.info("a renewal request of %s that is not one: %s", gw, exc)
+                self._malformed(f"a renewal request of {gw} that is not one: {exc}")
                 return
             reply = self._answer(
                 lambda: enrollment.renew(self.ca_dir, self.store, gw, request, days=self.days)
             )
             if reply is not None:
                 self._session.publish(certificate_topic(self.topics, gw), reply.encode(), qos=1)
+
+    def _malformed(self, what: str) -> None:
+        """Counted; said once a minute (anyone may send them: a log line each would be
+        a way to fill the center's disk)."""
+        self.stats.malformed += 1
+        now = time.monotonic()
+        if now - self._malformed_logged > DROPPED_LOG_S:
+            self._malformed_logged = now
+            log.info("%s (%d not a request so far)", what, self.stats.malformed)
 
     def _answer(self, decide: Callable[[], Reply]) -> Reply | None:
         try:

@@ -411,3 +411,5 @@ def test_a_flood_on_the_enrollment_listener_does_not_starve_renewals(
         gateway.disconnect()
     assert answers, center.signer.output()[-2000:]
     assert "dropped" in center.signer.output()  # the flood was one
+    # what is not a request is counted, and said once a minute, not once each
+    assert center.signer.output().count("that is not one") == 1
