@@ -18,7 +18,8 @@ Rules, in order, for an enrollment request of gateway GW:
 - GW has a token: the request's token must be it (compared in constant time), unused and
   unexpired; then the request is signed, the token marked used (before the answer goes
   out: a second use is refused even if the first answer is lost), and the gateway
-  recorded in the registry with its new identity;
+  recorded in the registry with its new identity. The same key asking again with the
+  token, until it expires, gets the same answer (the first one was lost);
 - no token for GW: the request waits as pending (the newest one per gateway, at most
   ``PENDING_MAX`` gateways): the answer says so, with the key's fingerprint to compare.
 
@@ -220,6 +221,10 @@ def enroll(
     if not hmac.compare_digest(token.digest, _digest(request.token)):
         return Reply(gw, "refused", reason="not this gateway's token")
     if token.used is not None:
+        # the same key again, while the token is good: its answer was lost on the way
+        again = None if now > token.expires else _issued_for_key(folder, gw, fingerprint)
+        if again is not None:
+            return _signed(folder, gw, again, token.site, token.tags, token.broker)
         return Reply(gw, "refused", reason="the token was used already: it works once")
     if now > token.expires:
         return Reply(gw, "refused", reason="the token expired (fleet provision GW --token)")

@@ -276,3 +276,24 @@ def test_a_renewal_while_fleet_revoke_runs_is_refused_and_leaves_it_revoked(
     assert (late.status, "revoked" in late.reason) == ("refused", True)
     assert revoked_gateways(ca) == ["gw-1"]
     assert len(store.identities("gw-1")) == 1
+
+
+def test_a_token_asked_again_for_the_same_key_gets_the_same_answer(
+    ca: Path, store: SqliteStore
+) -> None:
+    """The token is used before the answer goes out; if that answer is lost (the gateway's
+    link dropped), the gateway asks again with the same key and must get its certificate,
+    not 'used already' (a technician sent back for a new token). Another key is refused."""
+    token = enrollment.new_token(ca, "gw-1", site="north", broker=BROKER, now=T0)
+    key = new_key("gw-1")
+    first = enrollment.enroll(ca, store, request("gw-1", token, key.csr_pem), now=T0 + 1)
+    assert first.status == "signed"
+    again = enrollment.enroll(ca, store, request("gw-1", token, key.csr_pem), now=T0 + 6)
+    assert again.status == "signed", again
+    assert again.files == first.files and again.broker == BROKER
+    assert len(store.identities("gw-1")) == 1
+    other = enrollment.enroll(ca, store, request("gw-1", token), now=T0 + 7)
+    assert (other.status, "used already" in other.reason) == ("refused", True)
+    # and a wrong token with the right key gets nothing
+    wrong = enrollment.enroll(ca, store, request("gw-1", "x" * 32, key.csr_pem), now=T0 + 8)
+    assert wrong.status == "refused"
