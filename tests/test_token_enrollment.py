@@ -413,3 +413,20 @@ def test_a_flood_on_the_enrollment_listener_does_not_starve_renewals(
     assert "dropped" in center.signer.output()  # the flood was one
     # what is not a request is counted, and said once a minute, not once each
     assert center.signer.output().count("that is not one") == 1
+
+
+def test_a_folder_enroll_would_not_write_into_is_said_before_the_token_is_spent(
+    center: Center, tmp_path: Path
+) -> None:
+    """The token works once and the key lives only in the enrolling process: refused at
+    install (a config there already, no --force), the token would be gone for nothing."""
+    token = token_for(center, GW)
+    etc = tmp_path / "etc"
+    etc.mkdir()
+    (etc / "agent.yaml").write_text("# the gateway's config of before\n")
+    refused = enroll(center, GW, token, etc)
+    assert refused.returncode == 1 and "--force" in refused.stderr, refused.stderr
+    assert "new key" not in refused.stdout  # nothing asked of the center
+    done = run_cli("edge-agent", *enroll_args(center, GW, token, etc), "--force", timeout=60)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert common_name(etc / "gateway.crt") == GW
