@@ -251,7 +251,11 @@ def renew(
     gw = topic_gateway
     if request.gw != gw:
         return Reply(gw, "refused", reason=f"the request names {request.gw!r}, not {gw!r}")
-    if gw in revoked_gateways(folder):
+    try:
+        revoked = gw in revoked_gateways(folder)
+    except PkiError as exc:  # a list edited by hand: not answered until it is put right
+        raise EnrollmentError(str(exc)) from None
+    if revoked:
         # fleet revoke writes the CA folder's list before it marks the registry: a
         # renewal in between must not be taken for the gateway provisioned again
         return Reply(gw, "refused", reason="revoked (fleet revoke)")

@@ -297,3 +297,15 @@ def test_a_token_asked_again_for_the_same_key_gets_the_same_answer(
     # and a wrong token with the right key gets nothing
     wrong = enrollment.enroll(ca, store, request("gw-1", "x" * 32, key.csr_pem), now=T0 + 8)
     assert wrong.status == "refused"
+
+
+def test_a_revoked_list_edited_by_hand_answers_no_renewal(ca: Path, store: SqliteStore) -> None:
+    """Not to be read, the revoked list cannot say the gateway is not on it: no answer
+    (the signing service says why; the gateway asks again), and no certificate."""
+    token = enrollment.new_token(ca, "gw-1", broker=BROKER, now=T0)
+    assert enrollment.enroll(ca, store, request("gw-1", token), now=T0).status == "signed"
+    (ca / "revoked.txt").write_text("gw-1 # lost the box\n")
+    renewal = RenewRequest("gw-1", new_key("gw-1").csr_pem)
+    with pytest.raises(EnrollmentError, match=r"revoked\.txt"):
+        enrollment.renew(ca, store, "gw-1", renewal, now=T0 + 7200)
+    assert len(store.identities("gw-1")) == 1
