@@ -430,3 +430,41 @@ def test_a_folder_enroll_would_not_write_into_is_said_before_the_token_is_spent(
     done = run_cli("edge-agent", *enroll_args(center, GW, token, etc), "--force", timeout=60)
     assert done.returncode == 0, done.stdout + done.stderr
     assert common_name(etc / "gateway.crt") == GW
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="open: Mosquitto 2.0 has no per-listener way to stop an anonymous client "
+    "choosing an id (use_username_as_clientid refuses clients without a username; "
+    "clientid_prefixes is global); the enrollment listener needs a broker of its own, "
+    "or an auth plugin, to close it",
+)
+def test_a_client_of_the_enrollment_listener_cannot_take_a_center_client_id(
+    center: Center,
+) -> None:
+    """Client ids are the broker's, not a listener's: an anonymous client asking for the
+    signing service's id (or ingest's, edgefleet-central, or a gateway's) closes that
+    session and wipes what the broker kept for it, the attack the gateways' listener
+    closes with use_username_as_clientid. It should be refused."""
+    outcome: list[int] = []
+    connected = threading.Event()
+    taker = mqtt.Client(
+        CallbackAPIVersion.VERSION2, client_id="edgefleet-central-enroll", protocol=mqtt.MQTTv5
+    )
+    taker.tls_set(ca_certs=str(center.ca / "ca.crt"), cert_reqs=ssl.CERT_REQUIRED)
+
+    def on_connect(_c: object, _u: object, _f: object, rc: object, _p: object) -> None:
+        outcome.append(getattr(rc, "value", -1))
+        connected.set()
+
+    taker.on_connect = on_connect
+    with contextlib.suppress(OSError, ssl.SSLError):
+        taker.connect("127.0.0.1", center.enroll_port)
+    taker.loop_start()
+    try:
+        connected.wait(5)
+    finally:
+        taker.loop_stop()
+        taker.disconnect()
+    assert 0 not in outcome, "the signing service's client id was taken"
+    assert "already connected, closing old connection" not in center.broker.output()
