@@ -8,13 +8,15 @@ The CA folder (``central.pki``) keeps them, beside the CA key that signs::
                              was used, and the site, tags and broker of its starter config
     enroll/pending/GW.json   a request no token vouches for: it waits for ``fleet
                              provision approve GW``, never signed by itself
+    enroll/fetched/GW.json   an approved request once its answer went out (the same key
+                             asking again gets it again); ``fleet revoke`` deletes it
 
 Rules, in order, for an enrollment request of gateway GW:
 
 - GW is a name of the center (``edgefleet-…``, whose certificate the broker's ACL gives
   the center's rights): refused, and never left for an operator to approve;
 - a pending request of GW that an operator approved, for the same key: signed (the
-  certificate made at approval, sent now);
+  certificate made at approval, sent now, and again to the same key if it asks again);
 - GW has a token: the request's token must be it (compared in constant time), unused and
   unexpired; then the request is signed, the token marked used (before the answer goes
   out: a second use is refused even if the first answer is lost), and the gateway
@@ -63,6 +65,9 @@ log = logging.getLogger(__name__)
 
 TOKENS_DIR = Path("enroll/tokens")
 PENDING_DIR = Path("enroll/pending")
+FETCHED_DIR = Path("enroll/fetched")
+"""An approved request once its answer went out: the same key asking again (the answer
+lost) gets it again."""
 TOKEN_TTL_S = 7 * 86400
 PENDING_MAX = 1000
 RENEW_MIN_INTERVAL_S = 3600.0
@@ -128,6 +133,7 @@ def withdraw(folder: Path, gateway: str) -> list[str]:
     gateway off the revoked list. What was taken back: ``token``, ``request``."""
     gw = check_gateway_id(gateway)
     gone = []
+    (folder / FETCHED_DIR / f"{gw}.json").unlink(missing_ok=True)
     for what, path in (("token", TOKENS_DIR), ("request", PENDING_DIR)):
         record = _read(folder / path / f"{gw}.json")
         if record is None:
@@ -212,11 +218,16 @@ def enroll(
     if waiting is not None and waiting.approved is not None:
         if waiting.key_fingerprint != fingerprint:
             return Reply(gw, "refused", reason="approved for another key: ask the operator")
+        # kept apart, for the same key asking again if this answer is lost on the way
+        _write(folder / FETCHED_DIR / f"{gw}.json", asdict(waiting))
         pending_path.unlink(missing_ok=True)
         return _signed(folder, gw, waiting.cert, waiting.site, waiting.tags, waiting.broker)
     token_path = folder / TOKENS_DIR / f"{gw}.json"
     token = _token(token_path)
     if token is None:
+        fetched = _pending(folder / FETCHED_DIR / f"{gw}.json")
+        if fetched is not None and fetched.key_fingerprint == fingerprint:
+            return _signed(folder, gw, fetched.cert, fetched.site, fetched.tags, fetched.broker)
         return _wait(folder, pending_path, waiting, request, fingerprint, now)
     if not hmac.compare_digest(token.digest, _digest(request.token)):
         return Reply(gw, "refused", reason="not this gateway's token")

@@ -309,3 +309,24 @@ def test_a_revoked_list_edited_by_hand_answers_no_renewal(ca: Path, store: Sqlit
     with pytest.raises(EnrollmentError, match=r"revoked\.txt"):
         enrollment.renew(ca, store, "gw-1", renewal, now=T0 + 7200)
     assert len(store.identities("gw-1")) == 1
+
+
+def test_an_approved_request_asked_again_for_the_same_key_gets_the_same_answer(
+    ca: Path, store: SqliteStore
+) -> None:
+    """The answer to an approved request can be lost on the way as a token's can: the
+    same key asking again must get it again, not wait for a second approval."""
+    key = new_key("gw-8")
+    ask = request("gw-8", "t" * 32, key.csr_pem)
+    assert enrollment.enroll(ca, store, ask, now=T0).status == "pending"
+    enrollment.approve(ca, store, "gw-8", key=key.fingerprint, broker=BROKER, site="east")
+    first = enrollment.enroll(ca, store, ask, now=T0 + 5)
+    assert first.status == "signed"
+    again = enrollment.enroll(ca, store, ask, now=T0 + 10)
+    assert (again.status, again.files) == ("signed", first.files)
+    assert enrollment.pending(ca) == []
+    assert len(store.identities("gw-8")) == 1
+    # another key waits for an operator, as any request no token vouches for
+    assert enrollment.enroll(ca, store, request("gw-8", "t" * 32), now=T0 + 11).status == (
+        "pending"
+    )
