@@ -61,6 +61,11 @@ PACKET_HEADROOM = 65_536
 short, MQTT allows 65,535 bytes) and its properties (a command's response topic and
 correlation data). ``max_packet_size`` is their sum."""
 
+ENROLL_MAX_CONNECTIONS = 200
+"""Clients the enrollment listener holds at once: anyone may connect there, and a flood
+of connections must not take the broker's file descriptors from the gateways' and the
+center's listeners (one gateway enrolls in seconds; 200 at once is a busy day)."""
+
 DEFAULT_PASSWORD_PORT = 8886
 """The password listener's port, shown (as a comment) where it is off."""
 
@@ -198,6 +203,9 @@ class BrokerConfig:
             f"listener {self.enroll_port} {self.enroll_bind}\n"
             f"cafile {ca / CA_CERT}\ncertfile {ca / BROKER_CERT}\nkeyfile {ca / BROKER_KEY}\n"
             f"mount_point {ENROLL_MOUNT}\n"
+            "# anyone may connect here: at most this many at once, so that a flood of\n"
+            "# connections leaves the other listeners their file descriptors\n"
+            f"max_connections {ENROLL_MAX_CONNECTIONS}\n"
         )
         if self.password_port is None:
             # with no password file, Mosquitto takes whatever username a client says:

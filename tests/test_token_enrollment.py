@@ -12,6 +12,7 @@ import ssl
 import stat
 import subprocess
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -468,3 +469,34 @@ def test_a_client_of_the_enrollment_listener_cannot_take_a_center_client_id(
         taker.disconnect()
     assert 0 not in outcome, "the signing service's client id was taken"
     assert "already connected, closing old connection" not in center.broker.log.read_text()
+
+
+def test_a_flood_of_connections_to_the_enrollment_listener_is_capped(center: Center) -> None:
+    """Anyone may connect to the enrollment listener; each connection holds one of the
+    broker's file descriptors, which the gateways' and the center's listeners need too.
+    Past the cap, the enrollment listener takes no more; the center's still does."""
+    import socket  # noqa: PLC0415
+
+    from central.broker_config import ENROLL_MAX_CONNECTIONS  # noqa: PLC0415
+
+    held = [
+        socket.create_connection(("127.0.0.1", center.enroll_port), timeout=5)
+        for _ in range(ENROLL_MAX_CONNECTIONS)
+    ]
+    try:
+        time.sleep(0.5)  # accepted, each waiting for a TLS handshake that never comes
+        assert not connects_without_certificate(center, center.enroll_port)
+        states: list[bytes] = []
+        watcher = center_client(center, states)  # the center's listener: still in
+        try:
+            wait_for(watcher.is_connected, 10, what="the center's client")
+        finally:
+            watcher.loop_stop()
+            watcher.disconnect()
+    finally:
+        for sock in held:
+            sock.close()
+    # once they are gone, an enrolling gateway gets in again
+    wait_for(
+        lambda: connects_without_certificate(center, center.enroll_port), 15, what="room again"
+    )
