@@ -62,6 +62,11 @@ PACKET_HEADROOM = 65_536
 short, MQTT allows 65,535 bytes) and its properties (a command's response topic and
 correlation data). ``max_packet_size`` is their sum."""
 
+ENROLL_MAX_CONNECTIONS = 200
+"""Clients the enrollment listener holds at once: anyone may connect there, and a flood
+of connections must not take the broker's file descriptors from the gateways' and the
+center's listeners (one gateway enrolls in seconds; 200 at once is a busy day)."""
+
 DEFAULT_PASSWORD_PORT = 8886
 """The password listener's port, shown (as a comment) where it is off."""
 
@@ -200,7 +205,20 @@ class BrokerConfig:
             f"listener {self.enroll_port} {self.enroll_bind}\n"
             f"cafile {ca / CA_CERT}\ncertfile {ca / BROKER_CERT}\nkeyfile {ca / BROKER_KEY}\n"
             f"mount_point {ENROLL_MOUNT}\n"
+            "# anyone may connect here: at most this many at once, so that a flood of\n"
+            "# connections leaves the other listeners their file descriptors\n"
+            f"max_connections {ENROLL_MAX_CONNECTIONS}\n"
         )
+        if self.password_port is None:
+            # with no password file, Mosquitto takes whatever username a client says:
+            # one saying edgefleet-central here would have the center's rights on the
+            # enrollment topics (read every token, answer with a CA of its own). With
+            # one (empty if no gateway has a password), a username must be in it
+            listener += (
+                "# a client that gives a username must be in this file (global, as\n"
+                "# per_listener_settings false makes it); one that gives none is anonymous\n"
+                f"password_file {self.passwords.resolve()}\n"
+            )
         # anonymous clients can only come in on the enrollment listener: the other two
         # refuse a client without a certificate at the TLS handshake
         return {"enroll_listener": listener, "allow_anonymous": "allow_anonymous true"}
@@ -211,9 +229,14 @@ class BrokerConfig:
         topics = Topics(self.topic_root)
         request = mounted(request_topic(topics))
         replies = mounted(f"{topics.root}/enroll/reply/+")
+        own_replies = mounted(f"{topics.root}/enroll/reply/%c")
         anonymous = (
             "# clients without a certificate (the enrollment listener's alone), as mounted\n"
-            f"topic write {request}\ntopic read {replies}\n\n"
+            f"topic write {request}\n"
+            "# and each reads only the answers to its own request, whose reply id is its\n"
+            "# client id (random, 128 bits): a client reading every answer would learn the\n"
+            "# ids of requests waiting, and could have them answered 'refused'\n"
+            f"pattern read {own_replies}\n\n"
         )
         center = f"topic read {request}\ntopic write {replies}\n"
         return {"enroll_acl": anonymous, "enroll_center": center}
@@ -237,7 +260,7 @@ class BrokerConfig:
         if there and not force:
             raise ExistingFiles(f"{', '.join(there)} exists; --force overwrites")
         made = False
-        if self.password_port is not None:
+        if self.password_port is not None or self.enroll_port is not None:
             # Mosquitto does not start on a password_file that is missing: an empty one
             # (left there if the config cannot be written: it is of no harm)
             try:

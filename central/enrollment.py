@@ -8,22 +8,27 @@ The CA folder (``central.pki``) keeps them, beside the CA key that signs::
                              was used, and the site, tags and broker of its starter config
     enroll/pending/GW.json   a request no token vouches for: it waits for ``fleet
                              provision approve GW``, never signed by itself
+    enroll/fetched/GW.json   an approved request once its answer went out (the same key
+                             asking again gets it again); ``fleet revoke`` deletes it
 
 Rules, in order, for an enrollment request of gateway GW:
 
+- GW is a name of the center (``edgefleet-…``, whose certificate the broker's ACL gives
+  the center's rights): refused, and never left for an operator to approve;
 - a pending request of GW that an operator approved, for the same key: signed (the
-  certificate made at approval, sent now);
+  certificate made at approval, sent now, and again to the same key if it asks again);
 - GW has a token: the request's token must be it (compared in constant time), unused and
   unexpired; then the request is signed, the token marked used (before the answer goes
   out: a second use is refused even if the first answer is lost), and the gateway
-  recorded in the registry with its new identity;
+  recorded in the registry with its new identity. The same key asking again with the
+  token, until it expires, gets the same answer (the first one was lost);
 - no token for GW: the request waits as pending (the newest one per gateway, at most
   ``PENDING_MAX`` gateways): the answer says so, with the key's fingerprint to compare.
 
 A renewal (over the gateway's own certificate, so the broker vouches for the name) is
-signed if the gateway has a live identity and the key is new; the same key again gets
-the same certificate again (an answer lost on the way), and a gateway renews at most once
-per ``RENEW_MIN_INTERVAL_S``.
+signed if the gateway is not on the revoked list, has a live identity and the key is
+new; the same key again gets the same certificate again (an answer lost on the way), and
+a gateway renews at most once per ``RENEW_MIN_INTERVAL_S``.
 """
 
 from __future__ import annotations
@@ -31,6 +36,8 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import logging
+import re
 import secrets
 import time
 from dataclasses import asdict, dataclass, field
@@ -43,21 +50,31 @@ from central.pki import (
     COMMAND_PUB,
     DEFAULT_CERT_DAYS,
     PkiError,
+    is_center_name,
     request_key_fingerprint,
     sign_request,
 )
-from central.revocation import ISSUED_DIR, record_issued
+from central.revocation import ISSUED_DIR, record_issued, revoked_gateways
 from central.store.api import Store
 from central.store.rows import Identity
 from edge_agent.contract import enrollment
 from edge_agent.contract.csr import EnrollRequest, RenewRequest, Reply
 from edge_agent.contract.topics import check_gateway_id
 
+log = logging.getLogger(__name__)
+
 TOKENS_DIR = Path("enroll/tokens")
 PENDING_DIR = Path("enroll/pending")
+FETCHED_DIR = Path("enroll/fetched")
+"""An approved request once its answer went out: the same key asking again (the answer
+lost) gets it again."""
 TOKEN_TTL_S = 7 * 86400
 PENDING_MAX = 1000
 RENEW_MIN_INTERVAL_S = 3600.0
+KEY_PREFIX_MIN = 16
+"""Hex digits of a key's SHA-256 an operator gives to approve it: 64 bits, which no one
+can match with a key of their own."""
+KEY_PREFIX = re.compile(rf"[0-9a-f]{{{KEY_PREFIX_MIN},64}}")
 
 
 class EnrollmentError(Exception):
@@ -110,6 +127,23 @@ def new_token(
     return token
 
 
+def withdraw(folder: Path, gateway: str) -> list[str]:
+    """Take back ``gateway``'s token and the request of it that waits (``fleet revoke``):
+    made before the revocation, either would enroll a new key after it, and so take the
+    gateway off the revoked list. What was taken back: ``token``, ``request``."""
+    gw = check_gateway_id(gateway)
+    gone = []
+    (folder / FETCHED_DIR / f"{gw}.json").unlink(missing_ok=True)
+    for what, path in (("token", TOKENS_DIR), ("request", PENDING_DIR)):
+        record = _read(folder / path / f"{gw}.json")
+        if record is None:
+            continue
+        (folder / path / f"{gw}.json").unlink(missing_ok=True)
+        if what == "request" or record.get("used") is None:
+            gone.append(what)
+    return gone
+
+
 def pending(folder: Path) -> list[Pending]:
     """The requests waiting for an operator, oldest first."""
     where = folder / PENDING_DIR
@@ -122,6 +156,7 @@ def approve(
     store: Store,
     gateway: str,
     *,
+    key: str,
     site: str = "",
     tags: dict[str, str] | None = None,
     broker: str,
@@ -129,11 +164,28 @@ def approve(
     now: float | None = None,
 ) -> Pending:
     """Sign gateway ``gateway``'s pending request and record its identity; the gateway
-    gets the certificate at its next try. ``EnrollmentError`` if none is pending."""
+    gets the certificate at its next try. ``key`` is the key's SHA-256 the operator
+    compared with what the gateway printed (its first ``KEY_PREFIX_MIN`` hex digits at
+    least): anyone may ask in a gateway's name and the newest request waits, so one that
+    came after the operator looked is not signed. ``EnrollmentError`` if none is pending,
+    or the one pending is for another key."""
+    if is_center_name(gateway):
+        raise EnrollmentError(f"{gateway!r} is a name of the center, not a gateway's")
     path = folder / PENDING_DIR / f"{check_gateway_id(gateway)}.json"
     record = _pending(path)
     if record is None:
         raise EnrollmentError(f"no request of {gateway} is pending (fleet provision pending)")
+    wanted = key.strip().lower()
+    if not KEY_PREFIX.fullmatch(wanted):
+        raise EnrollmentError(
+            f"--key must be the key's sha256 as the gateway printed it "
+            f"(at least its first {KEY_PREFIX_MIN} hex digits)"
+        )
+    if not record.key_fingerprint.startswith(wanted):
+        raise EnrollmentError(
+            f"the request of {gateway} waiting now is for key sha256 {record.key_fingerprint}, "
+            f"not {wanted}: not signing it (a newer request, the gateway's or another's)"
+        )
     if record.approved is not None:
         return record
     now = time.time() if now is None else now
@@ -155,6 +207,8 @@ def enroll(
     """The answer to an enrollment request (see the module's rules)."""
     now = time.time() if now is None else now
     gw = request.gw
+    if is_center_name(gw):
+        return Reply(gw, "refused", reason=f"{gw!r} is a name of the center, not a gateway's")
     try:
         fingerprint = request_key_fingerprint(request.csr.encode())
     except PkiError as exc:
@@ -164,15 +218,24 @@ def enroll(
     if waiting is not None and waiting.approved is not None:
         if waiting.key_fingerprint != fingerprint:
             return Reply(gw, "refused", reason="approved for another key: ask the operator")
+        # kept apart, for the same key asking again if this answer is lost on the way
+        _write(folder / FETCHED_DIR / f"{gw}.json", asdict(waiting))
         pending_path.unlink(missing_ok=True)
         return _signed(folder, gw, waiting.cert, waiting.site, waiting.tags, waiting.broker)
     token_path = folder / TOKENS_DIR / f"{gw}.json"
     token = _token(token_path)
     if token is None:
+        fetched = _pending(folder / FETCHED_DIR / f"{gw}.json")
+        if fetched is not None and fetched.key_fingerprint == fingerprint:
+            return _signed(folder, gw, fetched.cert, fetched.site, fetched.tags, fetched.broker)
         return _wait(folder, pending_path, waiting, request, fingerprint, now)
     if not hmac.compare_digest(token.digest, _digest(request.token)):
         return Reply(gw, "refused", reason="not this gateway's token")
     if token.used is not None:
+        # the same key again, while the token is good: its answer was lost on the way
+        again = None if now > token.expires else _issued_for_key(folder, gw, fingerprint)
+        if again is not None:
+            return _signed(folder, gw, again, token.site, token.tags, token.broker)
         return Reply(gw, "refused", reason="the token was used already: it works once")
     if now > token.expires:
         return Reply(gw, "refused", reason="the token expired (fleet provision GW --token)")
@@ -199,6 +262,14 @@ def renew(
     gw = topic_gateway
     if request.gw != gw:
         return Reply(gw, "refused", reason=f"the request names {request.gw!r}, not {gw!r}")
+    try:
+        revoked = gw in revoked_gateways(folder)
+    except PkiError as exc:  # a list edited by hand: not answered until it is put right
+        raise EnrollmentError(str(exc)) from None
+    if revoked:
+        # fleet revoke writes the CA folder's list before it marks the registry: a
+        # renewal in between must not be taken for the gateway provisioned again
+        return Reply(gw, "refused", reason="revoked (fleet revoke)")
     live = [i for i in store.identities(gw) if i.revoked is None and i.kind == "certificate"]
     if not live:
         return Reply(gw, "refused", reason="no live identity in the registry (revoked?)")
@@ -229,7 +300,14 @@ def _issue(
     now: float,
 ) -> str:
     issued = sign_request(folder, gw, csr, days)
+    was_revoked = gw in revoked_gateways(folder)
     record_issued(folder, gw, issued.cert_pem)
+    if was_revoked:
+        log.warning(
+            "%s was revoked and has a new certificate now; the broker's ACL still denies it "
+            "every topic until it is written again (fleet broker-config --force)",
+            gw,
+        )
     store.add_identity(
         Identity(gw, "certificate", issued.fingerprint, now, issued.not_after),
         site=site or None,

@@ -53,23 +53,39 @@ def public_path(key: Path) -> Path:
 def begin(key: Path) -> Rotation:
     """Step 1; ``RotationError`` if a rotation is under way already or ``key`` is none."""
     _current(key)
+    current_pub = _public_of(key)
     if next_path(key).exists():
+        if _next_public(key) not in public_path(key).read_bytes():
+            # a stop after the new key was written, before KEY.pub was: this step again
+            replace(public_path(key), current_pub + _next_public(key), 0o644)
+            return Rotation(key, public_path(key), 2)
         raise RotationError(
             f"a rotation is under way ({next_path(key)} exists): fleet keys rotate --finish"
         )
     private_pem, public_pem = new_key_pair()
-    current_pub = _public_of(key)
     replace(next_path(key), private_pem, 0o600)
     replace(public_path(key), current_pub + public_pem, 0o644)
     return Rotation(key, public_path(key), 2)
 
 
 def finish(key: Path, *, forget_old: bool = False) -> Rotation:
-    """Step 2: the new key in ``key``'s place."""
-    _current(key)
+    """Step 2: the new key in ``key``'s place. Two renames; a stop between them leaves no
+    ``KEY``, only ``KEY.old`` and ``KEY.next``, and ``finish`` again completes them."""
     new = next_path(key)
+    if not key.exists() and new.exists() and old_path(key).exists():
+        load_private_key(new)
+        os.replace(new, key)  # the second rename of a finish a stop cut
+        return finish(key, forget_old=True) if forget_old else _rotation(key)
+    _current(key)
     if new.exists():
-        load_private_key(new)  # a damaged file stops here, before anything moves
+        # a damaged file stops here, before anything moves; and so does a new key the
+        # gateways were never given (a stop in the first step before KEY.pub was written)
+        if _next_public(key) not in public_path(key).read_bytes():
+            raise RotationError(
+                f"{public_path(key)} does not hold the new key's public key: the gateways "
+                f"were not given it. fleet keys rotate --key {key} writes it, then give it "
+                "to every gateway"
+            )
         os.replace(key, old_path(key))
         os.replace(new, key)
     elif not forget_old:
@@ -78,8 +94,26 @@ def finish(key: Path, *, forget_old: bool = False) -> Rotation:
         old_path(key).unlink(missing_ok=True)
         replace(public_path(key), _public_of(key), 0o644)
         return Rotation(key, public_path(key), 1)
+    return _rotation(key)
+
+
+def _rotation(key: Path) -> Rotation:
     blocks = pem_blocks(public_path(key).read_bytes())
     return Rotation(key, public_path(key), len(blocks))
+
+
+def forget(key: Path) -> Rotation:
+    """After step 2: the old key deleted, and ``KEY.pub`` the current key's alone.
+    ``RotationError`` while a rotation is only begun: the new key is not signing yet, and
+    forgetting now would make it sign alone before the gateways were given it (``finish``
+    with ``forget_old`` does both steps, when that is meant)."""
+    _current(key)
+    if next_path(key).exists():
+        raise RotationError(
+            f"a rotation is under way ({next_path(key)} exists): fleet keys rotate --finish "
+            "first, once every gateway has the .pub that holds both keys"
+        )
+    return finish(key, forget_old=True)
 
 
 def _current(key: Path) -> None:
@@ -87,6 +121,13 @@ def _current(key: Path) -> None:
         load_private_key(key)
     except ValueError as exc:
         raise RotationError(f"{exc} (fleet keys init makes one)") from None
+
+
+def _next_public(key: Path) -> bytes:
+    try:
+        return _public_of(next_path(key))
+    except ValueError as exc:
+        raise RotationError(f"{exc}: delete it and begin again") from None
 
 
 def _public_of(key: Path) -> bytes:

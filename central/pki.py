@@ -66,6 +66,8 @@ PRIVATE_FILES = (CA_KEY, CENTER_CA_KEY, BROKER_KEY, CENTRAL_KEY, COMMAND_KEY)
 CENTRAL_CN = "edgefleet-central"
 """The center's client certificate's common name: its MQTT username where the broker
 takes the certificate's identity as one (``use_identity_as_username``)."""
+CENTER_PREFIX = "edgefleet-"
+"""Names starting so are the center's (its processes', a watcher's): never a gateway's."""
 DEFAULT_BROKER_NAMES = ("localhost",)
 DEFAULT_BROKER_IPS = ("127.0.0.1",)
 BROKER_CN = "EdgeFleet broker"
@@ -220,15 +222,7 @@ def sign_request(
     own key: token enrollment, renewal), from the CA in ``folder``. Only the request's key
     is taken: the name is ``common_name``, whatever the request asks for. ``PkiError`` for
     a request that is not one, not signed by its own key, or not of an EC P-256 key."""
-    try:
-        csr = x509.load_pem_x509_csr(csr_pem)
-    except ValueError:
-        raise PkiError("not a PEM certificate request") from None
-    if not csr.is_signature_valid:
-        raise PkiError("the request is not signed by its own key")
-    public = csr.public_key()
-    if not isinstance(public, ec.EllipticCurvePublicKey) or public.curve.name != "secp256r1":
-        raise PkiError("the request's key must be EC P-256")
+    public = _request_key(csr_pem)
     authority = _Authority.load(folder)
     cert = authority.issue(
         common_name, public, ExtendedKeyUsageOID.CLIENT_AUTH, [x509.DNSName(common_name)], days
@@ -242,14 +236,31 @@ def sign_request(
     )
 
 
+def is_center_name(name: str) -> bool:
+    """Whether ``name`` is one of the center's (the broker's ACL gives ``CENTRAL_CN`` the
+    center's rights), which no gateway certificate may carry."""
+    return name == CENTRAL_CN or name.startswith(CENTER_PREFIX)
+
+
 def request_key_fingerprint(csr_pem: bytes) -> str:
     """SHA-256 of a request's public key (DER SubjectPublicKeyInfo), hex: what an operator
-    compares with what the gateway printed before approving it."""
+    compares with what the gateway printed before approving it. ``PkiError``, as from
+    ``sign_request``, for a request that could not be signed: it is not left waiting."""
+    return hashlib.sha256(_spki(_request_key(csr_pem))).hexdigest()
+
+
+def _request_key(csr_pem: bytes) -> ec.EllipticCurvePublicKey:
+    """The key of a request that is one, signed by that key, and of an EC P-256 key."""
     try:
         csr = x509.load_pem_x509_csr(csr_pem)
     except ValueError:
         raise PkiError("not a PEM certificate request") from None
-    return hashlib.sha256(_spki(csr.public_key())).hexdigest()
+    if not csr.is_signature_valid:
+        raise PkiError("the request is not signed by its own key")
+    public = csr.public_key()
+    if not isinstance(public, ec.EllipticCurvePublicKey) or public.curve.name != "secp256r1":
+        raise PkiError("the request's key must be EC P-256")
+    return public
 
 
 def broker_sans(names: Sequence[str], ips: Sequence[str]) -> list[x509.GeneralName]:

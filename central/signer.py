@@ -6,7 +6,9 @@ It is a process of its own, apart from ingest: the CA's key is in memory only he
 session, on the center's listener; requests are answered one at a time, at most
 ``RATE_PER_S`` a second (a burst of ``BURST``): a flood of requests from clients without
 a certificate costs the center a bounded amount of work and disk, and the rest are
-dropped, counted and said once a minute.
+dropped, counted and said once a minute. Enrollments and renewals have a bucket each:
+anyone may reach the enrollment listener, and a flood there must not take the answers
+a gateway with a certificate waits for to renew it.
 """
 
 from __future__ import annotations
@@ -70,9 +72,10 @@ class Signer:
         self.stats = SignerStats()
         self.ready = threading.Event()
         self._lock = threading.Lock()
-        self._tokens = float(BURST)
-        self._refilled = time.monotonic()
-        self._dropped_logged = 0.0
+        self._enrollments = _Bucket()
+        self._renewals = _Bucket()
+        self._dropped_logged = -DROPPED_LOG_S  # the first drop is said, whatever the clock
+        self._malformed_logged = -DROPPED_LOG_S
         self._session = Session(broker, client_id=client_id, name="central-enroll")
         self._session.on_up(lambda _present: self.ready.set())
         self._session.on_down(lambda _why: self.ready.clear())
@@ -88,13 +91,10 @@ class Signer:
     def close(self) -> None:
         self._session.close()
 
-    def _admit(self) -> bool:
-        """The token bucket: whether this request may be answered now."""
+    def _admit(self, bucket: _Bucket) -> bool:
+        """Whether this request may be answered now, by its kind's bucket."""
         now = time.monotonic()
-        self._tokens = min(BURST, self._tokens + (now - self._refilled) * RATE_PER_S)
-        self._refilled = now
-        if self._tokens >= 1:
-            self._tokens -= 1
+        if bucket.take(now):
             return True
         self.stats.dropped += 1
         if now - self._dropped_logged > DROPPED_LOG_S:
@@ -108,13 +108,12 @@ class Signer:
 
     def _on_enroll(self, msg: Message) -> None:
         with self._lock:
-            if not self._admit():
+            if not self._admit(self._enrollments):
                 return
             try:
                 request = EnrollRequest.decode(msg.payload)
             except CsrError as exc:
-                self.stats.malformed += 1
-                log.info("an enrollment request that is not one: %s", exc)
+                self._malformed(f"an enrollment request that is not one: {exc}")
                 return
             reply = self._answer(
                 lambda: enrollment.enroll(self.ca_dir, self.store, request, days=self.days)
@@ -130,19 +129,27 @@ class Signer:
         if not GATEWAY_ID.fullmatch(gw):
             return
         with self._lock:
-            if not self._admit():
+            if not self._admit(self._renewals):
                 return
             try:
                 request = RenewRequest.decode(msg.payload)
             except CsrError as exc:
-                self.stats.malformed += 1
-                log.info("a renewal request of %s that is not one: %s", gw, exc)
+                self._malformed(f"a renewal request of {gw} that is not one: {exc}")
                 return
             reply = self._answer(
                 lambda: enrollment.renew(self.ca_dir, self.store, gw, request, days=self.days)
             )
             if reply is not None:
                 self._session.publish(certificate_topic(self.topics, gw), reply.encode(), qos=1)
+
+    def _malformed(self, what: str) -> None:
+        """Counted; said once a minute (anyone may send them: a log line each would be
+        a way to fill the center's disk)."""
+        self.stats.malformed += 1
+        now = time.monotonic()
+        if now - self._malformed_logged > DROPPED_LOG_S:
+            self._malformed_logged = now
+            log.info("%s (%d not a request so far)", what, self.stats.malformed)
 
     def _answer(self, decide: Callable[[], Reply]) -> Reply | None:
         try:
@@ -155,6 +162,22 @@ class Signer:
         why = f" ({reply.reason})" if reply.status == "refused" else ""
         log.info("certificate request of %s: %s%s", reply.gw, reply.status, why)
         return reply
+
+
+class _Bucket:
+    """A token bucket: ``RATE_PER_S`` a second, ``BURST`` at once."""
+
+    def __init__(self) -> None:
+        self._tokens = float(BURST)
+        self._refilled = time.monotonic()
+
+    def take(self, now: float) -> bool:
+        self._tokens = min(BURST, self._tokens + (now - self._refilled) * RATE_PER_S)
+        self._refilled = now
+        if self._tokens >= 1:
+            self._tokens -= 1
+            return True
+        return False
 
 
 def run_signer(signer: Signer, stop: threading.Event) -> int:

@@ -62,7 +62,11 @@ def check(
     ] = False,
 ) -> None:
     """Validate a config file, and what it names on this host, without running anything;
-    exit 2 if it has problems (those ``run`` would refuse to start with)."""
+    exit 2 if it has problems (those ``run`` would refuse to start with). A certificate
+    renewal a stop cut short is finished first, as ``run`` does."""
+    if not schema_only:
+        # as run does first: a renewal a stop cut short is the pair run starts with
+        _finish_certificate_swap(config)
     loaded = load_config_or_exit(config, host=not schema_only)
     cfg = loaded.config
     if not schema_only:
@@ -201,13 +205,22 @@ def enroll(
     agent.yaml. With --token instead, make the key here and have the center sign it (its
     answer is installed the same way)."""
     # loaded by the command that uses it: --help stays fast
+    from edge_agent.contract import enrollment as files  # noqa: PLC0415
     from edge_agent.contract.enrollment import KEY_FILE, PASSWORD, PASSWORD_FILE  # noqa: PLC0415
-    from edge_agent.enroll import EnrollError, install, read_bundle  # noqa: PLC0415
+    from edge_agent.enroll import (  # noqa: PLC0415
+        EnrollError,
+        check_destination,
+        install,
+        read_bundle,
+    )
 
     try:
         if token is not None:
             if bundle is not None:
                 raise typer.BadParameter("a bundle or --token, not both")
+            # said before the token is spent: the key lives in this process only
+            answer = (files.CA_FILE, files.CERT_FILE, KEY_FILE, files.COMMAND_KEY_FILE)
+            check_destination(folder, (*answer, files.CONFIG_FILE), force=force)
             read = _enroll_by_token(token, gateway, broker, ca_file, wait)
         elif bundle is not None:
             read = read_bundle(bundle)

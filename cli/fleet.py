@@ -392,11 +392,14 @@ def keys_rotate(
     one and a .pub holding both (give it to every gateway: they accept either); then,
     with --finish, the new key signs. No gateway is enrolled again."""
     # loaded by the command that uses it: fleet --help stays under 0.3 s
-    from central.key_rotation import RotationError, begin  # noqa: PLC0415
+    from central.key_rotation import RotationError, begin, forget  # noqa: PLC0415
     from central.key_rotation import finish as finish_rotation  # noqa: PLC0415
 
     try:
-        done = finish_rotation(key, forget_old=forget_old) if finish or forget_old else begin(key)
+        if finish:
+            done = finish_rotation(key, forget_old=forget_old)
+        else:
+            done = forget(key) if forget_old else begin(key)
     except (RotationError, OSError) as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(1) from None

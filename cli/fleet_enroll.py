@@ -90,7 +90,8 @@ def show_pending(ca_dir: Path, json_out: bool) -> None:
         seen = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(p.last_seen))
         typer.echo(f"{p.gateway}  key sha256 {p.key_fingerprint}  last {seen}  {state}")
     typer.echo(
-        "compare the key with what edge-agent enroll printed, then: fleet provision approve GW"
+        "compare the key with what edge-agent enroll printed, then: "
+        "fleet provision approve GW --key SHA256"
     )
 
 
@@ -98,21 +99,25 @@ def approve(
     ca_dir: Path,
     db: str,
     gateway: str,
+    key: str,
     site: str,
     tags: dict[str, str],
     broker: str,
     days: int,
 ) -> None:
-    """``fleet provision approve GW``: sign its pending request."""
+    """``fleet provision approve GW --key SHA256``: sign its pending request, if it is
+    still the one for that key."""
     from central.enrollment import EnrollmentError  # noqa: PLC0415
     from central.enrollment import approve as approve_request  # noqa: PLC0415
     from central.pki import PkiError  # noqa: PLC0415
     from central.store import StoreError  # noqa: PLC0415
+    from cli.fleet_pki import revoked_before, still_denied  # noqa: PLC0415
 
+    was_revoked = revoked_before(ca_dir, gateway)
     store = open_db(db, create=True)
     try:
         record = approve_request(
-            ca_dir, store, gateway, site=site, tags=tags, broker=broker, days=days
+            ca_dir, store, gateway, key=key, site=site, tags=tags, broker=broker, days=days
         )
     except (EnrollmentError, PkiError, StoreError) as exc:
         raise _fail(str(exc)) from None
@@ -122,6 +127,8 @@ def approve(
         f"gateway {gateway}: key sha256 {record.key_fingerprint} approved and signed; "
         "it gets its certificate at its next request"
     )
+    if was_revoked:
+        typer.echo(still_denied(gateway))
 
 
 def central_enroll(

@@ -157,6 +157,7 @@ def _enrollment_request(
     broker: str,
     days: int,
     json_out: bool,
+    key: str | None,
 ) -> None:
     if verb == "pending":
         if gateway is not None:
@@ -166,8 +167,14 @@ def _enrollment_request(
     if gateway is None:
         raise typer.BadParameter("approve which gateway? fleet provision approve GW")
     gateway_option(gateway)
+    if key is None:
+        raise typer.BadParameter(
+            "the key's sha256 that edge-agent enroll printed on the gateway (fleet provision "
+            "pending shows the one waiting): only that key is signed",
+            param_hint="--key",
+        )
     require_named_store(ctx, db)
-    approve(ca_dir, db, gateway, site, tags, broker, days)
+    approve(ca_dir, db, gateway, key, site, tags, broker, days)
 
 
 def _ttl(text: str) -> float:
@@ -270,25 +277,35 @@ def provision(
         str, typer.Option("--token-ttl", help="how long the token stays good: 7d, 12h")
     ] = "7d",
     json_out: Annotated[bool, typer.Option("--json", help="pending: as JSON")] = False,
+    key: Annotated[
+        str | None,
+        typer.Option(
+            "--key",
+            metavar="SHA256",
+            help="approve: the key's sha256 as the gateway printed it (16 hex digits or "
+            "more); a request for another key is not signed",
+            show_default=False,
+        ),
+    ] = None,
     db: DbOpt = DEFAULT_DB,
 ) -> None:
     """Issue a gateway's client certificate (CN = GW), or with --password a random password
     for username GW (its hash into the broker's password file), record its identity in
     the registry and write one enrollment bundle (0600) for `edge-agent enroll`; with
     --token, a one-time token instead. `fleet provision pending` lists enrollment
-    requests no token vouches for; `fleet provision approve GW` signs one."""
+    requests no token vouches for; `fleet provision approve GW --key SHA256` signs one."""
     # cryptography and the store load for this command only
-    from central.pki import CENTRAL_CN  # noqa: PLC0415
+    from central.pki import is_center_name  # noqa: PLC0415
     from mqttlink.url import BrokerUrl  # noqa: PLC0415
 
     tags = dict(t.partition("=")[::2] for t in tag or ())
     if gateway in ("approve", "pending"):
         to = broker or "mqtts://localhost:8883"
-        _enrollment_request(ctx, gateway, approved, ca_dir, db, site, tags, to, days, json_out)
+        _enrollment_request(ctx, gateway, approved, ca_dir, db, site, tags, to, days, json_out, key)
         return
     if approved is not None:
         raise typer.BadParameter(f"one gateway at a time: {approved!r} is one too many")
-    if gateway == CENTRAL_CN or gateway.startswith("edgefleet-"):
+    if is_center_name(gateway):
         # the broker's ACL gives the center's name the center's rights
         raise typer.BadParameter(
             f"{gateway!r}: ids starting edgefleet- are the center's, not a gateway's",
@@ -325,6 +342,7 @@ def provision(
         typer.echo(f"error: {bundle_path} exists; not overwriting it (--force does)", err=True)
         raise typer.Exit(1)
     issue = _PasswordIssue(passwords) if password else _CertificateIssue(days)
+    was_revoked = revoked_before(ca_dir, gateway)
     issue.make(ca_dir, gateway, site, tags, broker)
     # the bundle is staged beside its place before the registry records the identity, and
     # renamed in after: a bundle that cannot be written records nothing, and a registry
@@ -339,6 +357,29 @@ def provision(
     issue.staged.replace(bundle_path)
     typer.echo(f"gateway {gateway}: {issue.said}; bundle {bundle_path} ({issue.held})")
     typer.echo(f"on the gateway: edge-agent enroll {bundle_path.name}")
+    if was_revoked:
+        typer.echo(still_denied(gateway))
+
+
+def revoked_before(ca_dir: Path, gateway: str) -> bool:
+    """Whether ``gateway`` is on the CA folder's revoked list (``fleet revoke``)."""
+    from central.pki import PkiError  # noqa: PLC0415
+    from central.revocation import revoked_gateways  # noqa: PLC0415
+
+    try:
+        return gateway in revoked_gateways(ca_dir)
+    except PkiError:
+        return False  # a list edited by hand: fleet revoke says what is wrong with it
+
+
+def still_denied(gateway: str) -> str:
+    """What an operator must do for a gateway revoked and now given a new identity: the
+    broker's ACL still denies its name every topic (``fleet revoke --acl``)."""
+    return (
+        f"note: {gateway} was revoked, and the broker's ACL still denies it every topic: "
+        "write the ACL again (fleet broker-config --force, with the options it was made "
+        "with) and reload the broker, or the new identity can publish nothing"
+    )
 
 
 DEFAULT_PASSWORD_PORT = 8886

@@ -62,6 +62,7 @@ def revoke(
     broker reloads), and the center refuses what it sends."""
     # cryptography and the store load for this command only
     from central import passwords as password_file  # noqa: PLC0415
+    from central.enrollment import EnrollmentError, withdraw  # noqa: PLC0415
     from central.pki import PkiError  # noqa: PLC0415
     from central.revocation import revoke as revoke_in_ca  # noqa: PLC0415
     from central.revocation import revoked_gateways, update_acl  # noqa: PLC0415
@@ -89,6 +90,7 @@ def revoke(
             if pw_path.exists():
                 password_file.entries(pw_path)  # a file it would not change, before the CRL
             done = revoke_in_ca(ca_dir, gateway)
+            withdrawn = withdraw(ca_dir, gateway)
             # a password the file still has (of a gateway provisioned both ways) goes too
             removed = pw_path.exists() and password_file.remove(pw_path, gateway)
             if acl is not None:
@@ -96,7 +98,7 @@ def revoke(
         except password_file.PasswordError as exc:
             typer.echo(f"error: {exc}", err=True)
             raise typer.Exit(1) from None
-        except PkiError as exc:
+        except (PkiError, EnrollmentError) as exc:
             typer.echo(f"error: {exc}", err=True)
             raise typer.Exit(1) from None
         except OSError as exc:
@@ -114,6 +116,9 @@ def revoke(
         typer.echo(f"{gateway}: certificate serial {serials} on the CRL (number {done.crl_number})")
     elif any(i.kind == "certificate" for i in identities):
         typer.echo(f"{gateway}: no certificate of it on record in {ca_dir} not already revoked")
+    for what in withdrawn:
+        which = "unused enrollment token" if what == "token" else "enrollment request waiting"
+        typer.echo(f"{gateway}: its {which} taken back")
     if removed:
         typer.echo(f"{gateway}: its password taken out of {pw_path}")
     elif has_password:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import os
 import pwd
+from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -67,12 +68,7 @@ def install(
     may read it)."""
     ids = _user(owner) if owner is not None else None
     targets = [folder / name for name in bundle.names]
-    present = [p.name for p in targets if p.exists() or p.is_symlink()]
-    if present and not force:
-        raise EnrollError(
-            f"{folder} already holds {', '.join(present)}; not overwriting them "
-            "(--force does, for a gateway enrolled again)"
-        )
+    check_destination(folder, bundle.names, force=force)
     check_identity(bundle)
     try:
         config = parse_config(bundle.files[CONFIG_FILE], f"the bundle's {CONFIG_FILE}", folder)
@@ -96,6 +92,17 @@ def install(
     except OSError as exc:
         raise EnrollError(f"cannot write into {folder}: {exc.strerror or exc}") from None
     return targets
+
+
+def check_destination(folder: Path, names: Iterable[str], *, force: bool) -> None:
+    """``EnrollError`` if ``folder`` holds one of ``names`` and ``force`` is not given:
+    said by ``install``, and before a token is spent on an answer it would not write."""
+    present = [n for n in names if (folder / n).exists() or (folder / n).is_symlink()]
+    if present and not force:
+        raise EnrollError(
+            f"{folder} already holds {', '.join(present)}; not overwriting them "
+            "(--force does, for a gateway enrolled again)"
+        )
 
 
 def check_identity(bundle: Bundle) -> None:

@@ -109,7 +109,14 @@ def request_certificate(
         came.set()
 
     mine = reply_topic(topics, nonce)
-    session = Session(Broker(url=url, ca_file=ca_file), name="enroll", mount_point=ENROLL_MOUNT)
+    # the client id is the reply id: the broker's ACL lets a client of the enrollment
+    # listener read the answers to its own id only (pattern …/reply/%c)
+    session = Session(
+        Broker(url=url, ca_file=ca_file),
+        client_id=nonce,
+        name="enroll",
+        mount_point=ENROLL_MOUNT,
+    )
     session.subscribe(Subscription(mine, qos=1), on_reply)
     deadline = time.monotonic() + wait_s
     told = False

@@ -86,7 +86,7 @@ class Renewer:
 
     async def run(self) -> None:
         while True:
-            wait = self._due_in()
+            wait = self.due_in()
             if wait > 0:
                 await asyncio.sleep(min(wait, CHECK_S))
                 continue
@@ -95,12 +95,18 @@ class Renewer:
             if outcome == "refused":
                 await asyncio.sleep(REFUSED_RETRY_S)
 
-    def _due_in(self) -> float:
-        """Seconds until the certificate should be renewed (0: now)."""
-        expires = _not_after(self.files.cert)
-        if expires is None:
+    def due_in(self) -> float:
+        """Seconds until the certificate should be renewed (0: now): ``renew_before_s``
+        before it expires, or half its life before if that is later. A certificate that
+        lasts less than ``renew_before_s`` (``fleet provision --days 7``, and the default
+        30 days) would otherwise be due again the moment it is renewed: a new certificate
+        an hour, for ever, from every gateway."""
+        validity = _validity(self.files.cert)
+        if validity is None:
             return CHECK_S  # unreadable now: the host pass said so at start; look again
-        return max(0.0, expires - self.renew_before_s - time.time())
+        starts, expires = validity
+        before = min(self.renew_before_s, (expires - starts) / 2)
+        return max(0.0, expires - before - time.time())
 
     async def renew_once(self) -> str:
         """Ask once, wait ``ANSWER_S``: ``renewed``, ``refused`` or ``no answer``."""
@@ -147,7 +153,11 @@ class Renewer:
         check_certificate(cert_pem, key, self.gateway, self.files.ca)
         cert, key_path = self.files.cert, self.files.key
         _write_beside(key_path, key.key_pem.encode(), 0o600)
-        _write_beside(cert, cert_pem.encode(), _mode(cert, 0o644))
+        try:
+            _write_beside(cert, cert_pem.encode(), _mode(cert, 0o644))
+        except BaseException:
+            _new(key_path).unlink(missing_ok=True)  # the old pair stays, as it was
+            raise
         os.replace(_new(key_path), key_path)
         os.replace(_new(cert), cert)
 
@@ -209,28 +219,39 @@ def _mode(path: Path, default: int) -> int:
 
 
 def _write_beside(path: Path, data: bytes, mode: int) -> None:
-    tmp = _new(path)
+    """``data`` into ``path.new``, which exists only whole: written and synced under a
+    name of its own first (a full disk or a stop mid-write leaves no ``.new`` that
+    ``finish_swap`` would take for the new file)."""
+    new = _new(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    new.unlink(missing_ok=True)
     tmp.unlink(missing_ok=True)
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, mode)
-    with os.fdopen(fd, "wb") as f:
-        os.fchmod(f.fileno(), mode)
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    try:  # the old file's owner (the agent's user), where we may give it
-        st = path.stat()
-        os.chown(tmp, st.st_uid, st.st_gid)
-    except OSError:
-        pass
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, mode)
+        with os.fdopen(fd, "wb") as f:
+            os.fchmod(f.fileno(), mode)
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        try:  # the old file's owner (the agent's user), where we may give it
+            st = path.stat()
+            os.chown(tmp, st.st_uid, st.st_gid)
+        except OSError:
+            pass
+        os.replace(tmp, new)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
-def _not_after(cert: Path) -> float | None:
+def _validity(cert: Path) -> tuple[float, float] | None:
     from cryptography import x509  # noqa: PLC0415
 
     try:
-        return x509.load_pem_x509_certificate(cert.read_bytes()).not_valid_after_utc.timestamp()
+        loaded = x509.load_pem_x509_certificate(cert.read_bytes())
     except (OSError, ValueError):
         return None
+    return loaded.not_valid_before_utc.timestamp(), loaded.not_valid_after_utc.timestamp()
 
 
 def _day(cert_pem: str) -> str:

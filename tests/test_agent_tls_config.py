@@ -155,3 +155,23 @@ def test_a_key_the_agents_user_cannot_read_is_refused_at_its_line(folder: Path) 
         child.join(10)
     assert code == 2, out
     assert "agent.yaml:7: central.tls.key" in out and "permission denied" in out, out
+
+
+def test_check_takes_a_renewal_a_stop_cut_short_as_run_does(folder: Path) -> None:
+    """A stop between the renewal's two renames: the new key in place, the old certificate
+    beside the new one's .new file. run finishes the swap and starts; check must not
+    refuse the gateway for a key that is not its certificate's (a technician on site
+    would enroll it again for nothing)."""
+    ca = Authority(folder / "ca")
+    (folder / "ca").chmod(0o755)
+    ca.ca_file.chmod(0o644)
+    old = ca.client(GW, stem="gateway", folder=folder)
+    new = ca.client(GW, stem="renewed", folder=folder)
+    new.key.replace(old.key)  # the key's rename happened, the certificate's did not
+    new.cert.replace(folder / "gateway.crt.new")
+    config = write_config(folder, TLS)
+    code, out = check(config)
+    assert code == 0, out
+    assert (folder / "gateway.crt").read_bytes() != b"" and not (
+        folder / "gateway.crt.new"
+    ).exists()

@@ -75,8 +75,8 @@ def test_a_request_without_a_token_waits_and_only_the_approved_key_is_signed(
     assert (waiting.key_fingerprint, waiting.requests) == (key.fingerprint, 2)
     assert store.identities("gw-9") == []
     with pytest.raises(EnrollmentError):
-        enrollment.approve(ca, store, "gw-unknown", broker=BROKER)
-    enrollment.approve(ca, store, "gw-9", broker=BROKER, site="south")
+        enrollment.approve(ca, store, "gw-unknown", key=key.fingerprint, broker=BROKER)
+    enrollment.approve(ca, store, "gw-9", key=key.fingerprint, broker=BROKER, site="south")
     # another key asking in its name after the approval is refused, the approved one signed
     stranger = enrollment.enroll(ca, store, request("gw-9", "t" * 32), now=T0 + 6)
     assert stranger.status == "refused"
@@ -158,3 +158,175 @@ def test_a_request_for_another_key_type_or_not_signed_by_its_key_is_refused(
     # the token is still good: a refused request does not use it up
     assert enrollment.enroll(ca, store, request("gw-1", token)).status == "signed"
     assert len(store.identities("gw-1")) == 1
+
+
+def test_a_request_in_the_centers_name_is_refused_not_left_for_an_operator(
+    ca: Path, store: SqliteStore
+) -> None:
+    """The broker's ACL gives the name edgefleet-central the center's rights: no request
+    may wait for an operator to sign it (fleet provision refuses those names too)."""
+    for name in ("edgefleet-central", "edgefleet-watch"):
+        reply = enrollment.enroll(ca, store, request(name, "t" * 32), now=T0)
+        assert (reply.status, "center" in reply.reason) == ("refused", True), reply
+    assert enrollment.pending(ca) == []
+    with pytest.raises(EnrollmentError, match="center"):
+        enrollment.approve(ca, store, "edgefleet-central", key="0" * 64, broker=BROKER)
+    assert store.identities() == []
+
+
+def test_approve_signs_only_the_key_the_operator_compared(ca: Path, store: SqliteStore) -> None:
+    """Anyone on the enrollment listener may ask in a gateway's name, and the newest
+    request waits: one sent between the operator's look and the approval must not be the
+    one signed."""
+    real, forged = new_key("gw-5"), new_key("gw-5")
+    enrollment.enroll(ca, store, request("gw-5", "t" * 32, real.csr_pem), now=T0)
+    enrollment.enroll(ca, store, request("gw-5", "t" * 32, forged.csr_pem), now=T0 + 1)
+    with pytest.raises(EnrollmentError, match=forged.fingerprint):
+        enrollment.approve(ca, store, "gw-5", key=real.fingerprint, broker=BROKER)
+    assert store.identities("gw-5") == []
+    (waiting,) = enrollment.pending(ca)
+    assert waiting.approved is None
+    # the key it shows is approved (a prefix is enough, if it is 16 hex digits or more)
+    enrollment.approve(ca, store, "gw-5", key=forged.fingerprint[:16], broker=BROKER)
+    assert len(store.identities("gw-5")) == 1
+    with pytest.raises(EnrollmentError, match="16"):
+        enrollment.approve(ca, store, "gw-5", key=forged.fingerprint[:8], broker=BROKER)
+
+
+def test_a_request_that_cannot_be_signed_does_not_wait(ca: Path, store: SqliteStore) -> None:
+    from cryptography.hazmat.primitives import hashes, serialization  # noqa: PLC0415
+    from cryptography.hazmat.primitives.asymmetric import ec  # noqa: PLC0415
+    from cryptography.x509.oid import NameOID  # noqa: PLC0415
+
+    other_curve = ec.generate_private_key(ec.SECP384R1())
+    csr = (
+        x509.CertificateSigningRequestBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "gw-7")]))
+        .sign(other_curve, hashes.SHA256())
+        .public_bytes(serialization.Encoding.PEM)
+        .decode()
+    )
+    reply = enrollment.enroll(ca, store, request("gw-7", "t" * 32, csr), now=T0)
+    assert (reply.status, "P-256" in reply.reason) == ("refused", True)
+    assert enrollment.pending(ca) == []
+
+
+def test_fleet_provision_approve_wants_the_key_and_refuses_another(
+    ca: Path, store: SqliteStore, tmp_path: Path
+) -> None:
+    from tests.support import run_cli  # noqa: PLC0415
+
+    real, forged = new_key("gw-6"), new_key("gw-6")
+    enrollment.enroll(ca, store, request("gw-6", "t" * 32, real.csr_pem), now=T0)
+    enrollment.enroll(ca, store, request("gw-6", "t" * 32, forged.csr_pem), now=T0 + 1)
+    base = ["fleet", "provision", "approve", "gw-6", "--ca-dir", str(ca)]
+    base += ["--db", str(tmp_path / "central.db")]
+    bare = run_cli(*base)
+    assert bare.returncode == 2 and "--key" in bare.stderr, bare.stderr
+    wrong = run_cli(*base, "--key", real.fingerprint)
+    assert wrong.returncode == 1 and forged.fingerprint in wrong.stderr, wrong.stderr
+    assert store.identities("gw-6") == []
+    right = run_cli(*base, "--key", forged.fingerprint.upper())
+    assert right.returncode == 0 and forged.fingerprint in right.stdout, right.stderr
+    assert len(store.identities("gw-6")) == 1
+
+
+def test_a_token_or_a_request_waiting_does_not_outlive_fleet_revoke(
+    ca: Path, tmp_path: Path
+) -> None:
+    """A token made before the gateway was revoked (for a re-enrollment that did not
+    happen) would otherwise enroll a new key after it, and so take the gateway off the
+    revoked list: revoking undone by whoever holds the token."""
+    from tests.support import run_cli  # noqa: PLC0415
+
+    db = str(tmp_path / "central.db")
+    common = ["--ca-dir", str(ca), "--db", db]
+    made = run_cli("fleet", "provision", "gw-r", *common, "--out", str(tmp_path / "r.bundle"))
+    assert made.returncode == 0, made.stderr
+    minted = run_cli("fleet", "provision", "gw-r", "--token", "--ca-dir", str(ca))
+    token = minted.stdout.splitlines()[1]
+    revoked = run_cli("fleet", "revoke", "gw-r", *common)
+    assert revoked.returncode == 0, revoked.stderr
+    assert "token" in revoked.stdout, revoked.stdout
+    store = SqliteStore(tmp_path / "central.db")
+    try:
+        late = enrollment.enroll(ca, store, request("gw-r", token))
+        assert late.status == "pending", late  # no token vouches for it now: an operator
+        assert len(store.identities("gw-r")) == 1
+        assert all(i.revoked is not None for i in store.identities("gw-r"))
+    finally:
+        store.close()
+    assert (ca / "revoked.txt").read_text().splitlines()[-1] == "gw-r"
+
+
+def test_a_renewal_while_fleet_revoke_runs_is_refused_and_leaves_it_revoked(
+    ca: Path, store: SqliteStore
+) -> None:
+    """fleet revoke puts the gateway on the CRL and the revoked list first, and marks its
+    identities in the registry after; its live session may still ask for a renewal in
+    between. Signed then, the new certificate would be on no CRL, and taking it as a
+    gateway provisioned again would take it off the revoked list."""
+    from central.revocation import revoke, revoked_gateways  # noqa: PLC0415
+
+    token = enrollment.new_token(ca, "gw-1", broker=BROKER, now=T0)
+    assert enrollment.enroll(ca, store, request("gw-1", token), now=T0).status == "signed"
+    revoke(ca, "gw-1")  # the CA folder's part done; the registry's not yet
+    renewal = RenewRequest("gw-1", new_key("gw-1").csr_pem)
+    late = enrollment.renew(ca, store, "gw-1", renewal, now=T0 + 7200)
+    assert (late.status, "revoked" in late.reason) == ("refused", True)
+    assert revoked_gateways(ca) == ["gw-1"]
+    assert len(store.identities("gw-1")) == 1
+
+
+def test_a_token_asked_again_for_the_same_key_gets_the_same_answer(
+    ca: Path, store: SqliteStore
+) -> None:
+    """The token is used before the answer goes out; if that answer is lost (the gateway's
+    link dropped), the gateway asks again with the same key and must get its certificate,
+    not 'used already' (a technician sent back for a new token). Another key is refused."""
+    token = enrollment.new_token(ca, "gw-1", site="north", broker=BROKER, now=T0)
+    key = new_key("gw-1")
+    first = enrollment.enroll(ca, store, request("gw-1", token, key.csr_pem), now=T0 + 1)
+    assert first.status == "signed"
+    again = enrollment.enroll(ca, store, request("gw-1", token, key.csr_pem), now=T0 + 6)
+    assert again.status == "signed", again
+    assert again.files == first.files and again.broker == BROKER
+    assert len(store.identities("gw-1")) == 1
+    other = enrollment.enroll(ca, store, request("gw-1", token), now=T0 + 7)
+    assert (other.status, "used already" in other.reason) == ("refused", True)
+    # and a wrong token with the right key gets nothing
+    wrong = enrollment.enroll(ca, store, request("gw-1", "x" * 32, key.csr_pem), now=T0 + 8)
+    assert wrong.status == "refused"
+
+
+def test_a_revoked_list_edited_by_hand_answers_no_renewal(ca: Path, store: SqliteStore) -> None:
+    """Not to be read, the revoked list cannot say the gateway is not on it: no answer
+    (the signing service says why; the gateway asks again), and no certificate."""
+    token = enrollment.new_token(ca, "gw-1", broker=BROKER, now=T0)
+    assert enrollment.enroll(ca, store, request("gw-1", token), now=T0).status == "signed"
+    (ca / "revoked.txt").write_text("gw-1 # lost the box\n")
+    renewal = RenewRequest("gw-1", new_key("gw-1").csr_pem)
+    with pytest.raises(EnrollmentError, match=r"revoked\.txt"):
+        enrollment.renew(ca, store, "gw-1", renewal, now=T0 + 7200)
+    assert len(store.identities("gw-1")) == 1
+
+
+def test_an_approved_request_asked_again_for_the_same_key_gets_the_same_answer(
+    ca: Path, store: SqliteStore
+) -> None:
+    """The answer to an approved request can be lost on the way as a token's can: the
+    same key asking again must get it again, not wait for a second approval."""
+    key = new_key("gw-8")
+    ask = request("gw-8", "t" * 32, key.csr_pem)
+    assert enrollment.enroll(ca, store, ask, now=T0).status == "pending"
+    enrollment.approve(ca, store, "gw-8", key=key.fingerprint, broker=BROKER, site="east")
+    first = enrollment.enroll(ca, store, ask, now=T0 + 5)
+    assert first.status == "signed"
+    again = enrollment.enroll(ca, store, ask, now=T0 + 10)
+    assert (again.status, again.files) == ("signed", first.files)
+    assert enrollment.pending(ca) == []
+    assert len(store.identities("gw-8")) == 1
+    # another key waits for an operator, as any request no token vouches for
+    assert enrollment.enroll(ca, store, request("gw-8", "t" * 32), now=T0 + 11).status == (
+        "pending"
+    )

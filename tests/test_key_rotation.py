@@ -122,3 +122,58 @@ def test_rotate_refuses_what_it_cannot_do_and_changes_nothing(tmp_path: Path) ->
     rc, out = rotate(key, "--finish")
     assert rc == 1 and "no rotation under way" in out, out
     assert key.with_suffix(".pub").read_bytes() == pub
+
+
+def test_forget_old_alone_does_not_finish_a_rotation_the_gateways_have_not_got(
+    tmp_path: Path,
+) -> None:
+    """--forget-old after a rotation cleans up the old key; while one is only begun, it
+    would make the new key sign alone at once, which the gateways do not know yet."""
+    key = tmp_path / "center.key"
+    assert run_cli("fleet", "keys", "init", "--key", str(key)).returncode == 0
+    current = key.read_bytes()
+    assert rotate(key)[0] == 0
+    both = key.with_suffix(".pub").read_bytes()
+    rc, out = rotate(key, "--forget-old")
+    assert rc == 1 and "--finish" in out, out
+    assert key.read_bytes() == current
+    assert key.with_suffix(".pub").read_bytes() == both
+    # with --finish it is asked for: both steps at once
+    rc, out = rotate(key, "--finish", "--forget-old")
+    assert rc == 0, out
+    assert len(load_public_keys(key.with_suffix(".pub"))) == 1
+
+
+def test_a_finish_cut_between_its_renames_is_finished_by_finish_again(tmp_path: Path) -> None:
+    """A stop between KEY -> KEY.old and KEY.next -> KEY leaves no KEY: finish again puts
+    the new key in place, and does not send the operator to fleet keys init (a third key,
+    which no gateway holds)."""
+    key = tmp_path / "center.key"
+    assert run_cli("fleet", "keys", "init", "--key", str(key)).returncode == 0
+    assert rotate(key)[0] == 0
+    new = key.with_name("center.key.next").read_bytes()
+    key.replace(key.with_name("center.key.old"))  # the first rename, then the stop
+    rc, out = rotate(key, "--finish")
+    assert rc == 0 and "fleet keys init" not in out, out
+    assert key.read_bytes() == new
+    assert stat.S_IMODE(key.stat().st_mode) == 0o600
+    assert not key.with_name("center.key.next").exists()
+
+
+def test_finish_refuses_a_new_key_the_public_file_does_not_hold(tmp_path: Path) -> None:
+    """A stop in the first step after the new key was written and before KEY.pub was: the
+    gateways were never given the new key, and finish would make it sign."""
+    key = tmp_path / "center.key"
+    assert run_cli("fleet", "keys", "init", "--key", str(key)).returncode == 0
+    pub = key.with_suffix(".pub").read_bytes()
+    current = key.read_bytes()
+    assert rotate(key)[0] == 0
+    key.with_suffix(".pub").write_bytes(pub)  # as it was before the first step wrote it
+    rc, out = rotate(key, "--finish")
+    assert rc == 1 and "center.pub" in out, out
+    assert key.read_bytes() == current
+    # the first step again completes it: both public keys, and then finish works
+    rc, out = rotate(key)
+    assert rc == 0, out
+    assert len(load_public_keys(key.with_suffix(".pub"))) == 2
+    assert rotate(key, "--finish")[0] == 0

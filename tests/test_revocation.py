@@ -193,6 +193,9 @@ def test_provisioning_a_revoked_gateway_again_lets_it_back_in(setup: Setup) -> N
         "--out", str(setup.db.parent / "again.bundle"),
     )  # fmt: skip
     assert rc == 0, out
+    # the ACL the broker has still denies it: provision says so, and what to do
+    assert "user gw-a" in setup.acl.read_text()
+    assert "still denies it" in out and "fleet broker-config --force" in out, out
     assert "user gw-a" not in fleet_acl_after_revoking(setup, B)
     store = SqliteStore(setup.db)
     try:

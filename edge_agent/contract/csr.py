@@ -4,7 +4,7 @@ own key, which never leaves it), and a gateway renewing its certificate before i
 Enrollment goes through the broker's enrollment listener, which takes clients without a
 certificate and mounts them under ``ENROLL_MOUNT`` (so that nothing they publish can reach
 a topic of the fleet; the broker's ACL lets them write only the request topic and read
-only replies)::
+only the replies to their own client id, which a gateway makes its request's reply id)::
 
     edgefleet/v1/enroll/request          gateway -> center
       {"format": "edgefleet-csr/1", "gw": "jingan-0001", "token": "…",
