@@ -111,7 +111,6 @@ def approve(
     from central.enrollment import approve as approve_request  # noqa: PLC0415
     from central.pki import PkiError  # noqa: PLC0415
     from central.store import StoreError  # noqa: PLC0415
-    from cli.fleet_pki import revoked_before, still_denied  # noqa: PLC0415
 
     was_revoked = revoked_before(ca_dir, gateway)
     store = open_db(db, create=True)
@@ -181,3 +180,24 @@ def central_enroll(
         run_signer(signer, stop)
     finally:
         store.close()
+
+
+def revoked_before(ca_dir: Path, gateway: str) -> bool:
+    """Whether ``gateway`` is on the CA folder's revoked list (``fleet revoke``)."""
+    from central.pki import PkiError  # noqa: PLC0415
+    from central.revocation import revoked_gateways  # noqa: PLC0415
+
+    try:
+        return gateway in revoked_gateways(ca_dir)
+    except PkiError:
+        return False  # a list edited by hand: fleet revoke says what is wrong with it
+
+
+def still_denied(gateway: str) -> str:
+    """What an operator must do for a gateway revoked and now given a new identity: the
+    broker's ACL still denies its name every topic (``fleet revoke --acl``)."""
+    return (
+        f"note: {gateway} was revoked, and the broker's ACL still denies it every topic: "
+        "write the ACL again (fleet broker-config --force, with the options it was made "
+        "with) and reload the broker, or the new identity can publish nothing"
+    )

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from cli.apps import group
-from cli.fleet_enroll import approve, issue_token, show_pending
+from cli.fleet_enroll import approve, issue_token, revoked_before, show_pending, still_denied
 from cli.store_options import DEFAULT_DB, DbOpt, open_db
 from cli.topic_options import gateway_option
 
@@ -359,27 +359,6 @@ def provision(
     typer.echo(f"on the gateway: edge-agent enroll {bundle_path.name}")
     if was_revoked:
         typer.echo(still_denied(gateway))
-
-
-def revoked_before(ca_dir: Path, gateway: str) -> bool:
-    """Whether ``gateway`` is on the CA folder's revoked list (``fleet revoke``)."""
-    from central.pki import PkiError  # noqa: PLC0415
-    from central.revocation import revoked_gateways  # noqa: PLC0415
-
-    try:
-        return gateway in revoked_gateways(ca_dir)
-    except PkiError:
-        return False  # a list edited by hand: fleet revoke says what is wrong with it
-
-
-def still_denied(gateway: str) -> str:
-    """What an operator must do for a gateway revoked and now given a new identity: the
-    broker's ACL still denies its name every topic (``fleet revoke --acl``)."""
-    return (
-        f"note: {gateway} was revoked, and the broker's ACL still denies it every topic: "
-        "write the ACL again (fleet broker-config --force, with the options it was made "
-        "with) and reload the broker, or the new identity can publish nothing"
-    )
 
 
 DEFAULT_PASSWORD_PORT = 8886
