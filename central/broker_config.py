@@ -44,9 +44,15 @@ from central.pki import (
     check_broker_files,
 )
 from central.revocation import revoked_gateways, with_denials
-from edge_agent.contract.csr import ENROLL_MOUNT, mounted, request_topic
+from edge_agent.contract.csr import (
+    ENROLL_MOUNT,
+    acl_patterns,
+    mounted,
+    replies_filter,
+    requests_filter,
+)
 from edge_agent.contract.limits import MESSAGE_MAX_BYTES
-from edge_agent.contract.topics import DEFAULT_ROOT, Topics
+from edge_agent.contract.topics import CLIENT_ID_PREFIX, DEFAULT_ROOT, Topics
 
 TEMPLATES = resources.files("central") / "broker_templates"
 """The templates, package data of ``central`` (``pyproject.toml``'s package-data)."""
@@ -182,6 +188,7 @@ class BrokerConfig:
             crlfile=ca / CRL,
             acl_file=out / ACL_NAME,
             data_dir=data,  # Mosquitto 2 puts the "/" before the file's name
+            client_id_prefix=CLIENT_ID_PREFIX,
             message_size_limit=MESSAGE_MAX_BYTES,
             max_packet_size=MESSAGE_MAX_BYTES + PACKET_HEADROOM,
             **self._enroll_conf(ca),
@@ -195,51 +202,49 @@ class BrokerConfig:
 
     def _enroll_conf(self, ca: Path) -> dict[str, str]:
         if self.enroll_port is None:
-            return {"enroll_listener": "", "allow_anonymous": "allow_anonymous false"}
+            return {"enroll_listener": ""}
         listener = (
             "# the enrollment listener (fleet provision --token): TLS that proves the broker,\n"
-            "# no client certificate. Its clients are mounted under "
-            f"{ENROLL_MOUNT}: nothing they\n"
-            "# publish reaches a fleet topic, and the ACL lets them write only enrollment\n"
-            "# requests and read only the answers\n"
+            "# no client certificate. A client logs in as a gateway's one-time enrollment\n"
+            "# identity, enroll-GW, with GW's token for password (its hash in the password\n"
+            "# file), and that name is its client id, whatever id it asks for: no one here\n"
+            "# takes over another's session, the center's nor a gateway's. Its topics are\n"
+            f"# mounted under {ENROLL_MOUNT}: nothing it publishes reaches a fleet topic, and\n"
+            "# the ACL lets it write only its own request and read only its own answers\n"
             f"listener {self.enroll_port} {self.enroll_bind}\n"
             f"cafile {ca / CA_CERT}\ncertfile {ca / BROKER_CERT}\nkeyfile {ca / BROKER_KEY}\n"
             f"mount_point {ENROLL_MOUNT}\n"
-            "# anyone may connect here: at most this many at once, so that a flood of\n"
-            "# connections leaves the other listeners their file descriptors\n"
+            "use_username_as_clientid true\n"
+            "# at most this many connections at once (each holds a file descriptor until\n"
+            "# it logs in or times out): a flood leaves the other listeners theirs\n"
             f"max_connections {ENROLL_MAX_CONNECTIONS}\n"
         )
         if self.password_port is None:
-            # with no password file, Mosquitto takes whatever username a client says:
-            # one saying edgefleet-central here would have the center's rights on the
-            # enrollment topics (read every token, answer with a CA of its own). With
-            # one (empty if no gateway has a password), a username must be in it
+            # the password listener's lines name the file otherwise
             listener += (
-                "# a client that gives a username must be in this file (global, as\n"
-                "# per_listener_settings false makes it); one that gives none is anonymous\n"
+                "# the enrollment identities' hashed tokens (global, as per_listener_settings\n"
+                "# false makes it; the certificate listeners never consult it)\n"
                 f"password_file {self.passwords.resolve()}\n"
             )
-        # anonymous clients can only come in on the enrollment listener: the other two
-        # refuse a client without a certificate at the TLS handshake
-        return {"enroll_listener": listener, "allow_anonymous": "allow_anonymous true"}
+        return {"enroll_listener": listener}
 
     def _enroll_acl(self) -> dict[str, str]:
         if self.enroll_port is None:
             return {"enroll_acl": "", "enroll_center": ""}
         topics = Topics(self.topic_root)
-        request = mounted(request_topic(topics))
-        replies = mounted(f"{topics.root}/enroll/reply/+")
-        own_replies = mounted(f"{topics.root}/enroll/reply/%c")
-        anonymous = (
-            "# clients without a certificate (the enrollment listener's alone), as mounted\n"
-            f"topic write {request}\n"
-            "# and each reads only the answers to its own request, whose reply id is its\n"
-            "# client id (random, 128 bits): a client reading every answer would learn the\n"
-            "# ids of requests waiting, and could have them answered 'refused'\n"
+        own_request, own_replies = (mounted(t) for t in acl_patterns(topics))
+        identity = (
+            "# an enrollment identity (enroll-GW, the enrollment listener's), as mounted:\n"
+            "# it writes only its own request and reads only its own answers (a client\n"
+            "# reading others' would learn which gateways enroll, and their sites)\n"
+            f"pattern write {own_request}\n"
             f"pattern read {own_replies}\n\n"
         )
-        center = f"topic read {request}\ntopic write {replies}\n"
-        return {"enroll_acl": anonymous, "enroll_center": center}
+        center = (
+            f"topic read {mounted(requests_filter(topics))}\n"
+            f"topic write {mounted(replies_filter(topics))}\n"
+        )
+        return {"enroll_acl": identity, "enroll_center": center}
 
     def write(self, force: bool = False) -> list[Path]:
         """Write both files into ``out`` (made if missing); the paths written.

@@ -5,25 +5,31 @@ The CA folder (``central.pki``) keeps them, beside the CA key that signs::
 
     enroll/tokens/GW.json    a one-time token for gateway GW (``fleet provision GW
                              --token``): its SHA-256 only, when it expires, whether it
-                             was used, and the site, tags and broker of its starter config
-    enroll/pending/GW.json   a request no token vouches for: it waits for ``fleet
+                             was used, whether its request waits for an operator
+                             (``--review``), and the site, tags and broker of its
+                             starter config
+    enroll/pending/GW.json   the request of a ``--review`` token: it waits for ``fleet
                              provision approve GW``, never signed by itself
-    enroll/fetched/GW.json   an approved request once its answer went out (the same key
-                             asking again gets it again); ``fleet revoke`` deletes it
 
-Rules, in order, for an enrollment request of gateway GW:
+The broker lets a client onto the enrollment listener only as GW's enrollment identity
+(``enroll-GW``) with GW's token for password, and the signing service answers only what
+came on that identity's topic for GW: a request reaching these rules was sent by someone
+holding GW's token. The rules check the token again, in order, for a request of GW:
 
 - GW is a name of the center (``edgefleet-…``, whose certificate the broker's ACL gives
-  the center's rights): refused, and never left for an operator to approve;
-- a pending request of GW that an operator approved, for the same key: signed (the
-  certificate made at approval, sent now, and again to the same key if it asks again);
-- GW has a token: the request's token must be it (compared in constant time), unused and
-  unexpired; then the request is signed, the token marked used (before the answer goes
-  out: a second use is refused even if the first answer is lost), and the gateway
-  recorded in the registry with its new identity. The same key asking again with the
-  token, until it expires, gets the same answer (the first one was lost);
-- no token for GW: the request waits as pending (the newest one per gateway, at most
-  ``PENDING_MAX`` gateways): the answer says so, with the key's fingerprint to compare.
+  the center's rights): refused;
+- GW has no token (withdrawn by ``fleet revoke``, or the folder's copy lost): refused;
+- the request's token is not GW's (compared in constant time): refused;
+- the token was used: the same key asking again until the token expires gets the same
+  answer (the first one was lost on the way); another key is refused;
+- the token expired: refused;
+- a ``--review`` token: the request waits as pending (the newest key asking), the answer
+  says so with the key's fingerprint, which the operator compares with what the gateway
+  printed before ``fleet provision approve GW --key SHA256`` signs it; the request of
+  that key after approval gets the certificate, and the token is marked used then;
+- otherwise the request is signed, the token marked used (before the answer goes out: a
+  second use is refused even if the first answer is lost), and the gateway recorded in
+  the registry with its new identity.
 
 A renewal (over the gateway's own certificate, so the broker vouches for the name) is
 signed if the gateway is not on the revoked list, has a live identity and the key is
@@ -66,10 +72,8 @@ log = logging.getLogger(__name__)
 TOKENS_DIR = Path("enroll/tokens")
 PENDING_DIR = Path("enroll/pending")
 FETCHED_DIR = Path("enroll/fetched")
-"""An approved request once its answer went out: the same key asking again (the answer
-lost) gets it again."""
+"""Where an earlier release kept approved requests once fetched; ``withdraw`` clears it."""
 TOKEN_TTL_S = 7 * 86400
-PENDING_MAX = 1000
 RENEW_MIN_INTERVAL_S = 3600.0
 KEY_PREFIX_MIN = 16
 """Hex digits of a key's SHA-256 an operator gives to approve it: 64 bits, which no one
@@ -91,6 +95,8 @@ class TokenRecord:
     tags: dict[str, str] = field(default_factory=dict)
     broker: str = ""
     used: float | None = None
+    review: bool = False
+    """Its request waits for ``fleet provision approve`` (``--review``)."""
 
 
 @dataclass
@@ -116,15 +122,43 @@ def new_token(
     tags: dict[str, str] | None = None,
     broker: str,
     ttl_s: float = TOKEN_TTL_S,
+    review: bool = False,
+    token: str | None = None,
     now: float | None = None,
 ) -> str:
-    """A new one-time token for ``gateway`` (one it had before is replaced); the token,
-    which is shown once and kept nowhere."""
-    token = secrets.token_urlsafe(24)  # 192 bits
+    """A new one-time token for ``gateway`` (one it had before is replaced, and a request
+    of it waiting is dropped); the token (``token``, default ``make_token()``), which is
+    shown once and kept nowhere."""
+    token = make_token() if token is None else token
     now = time.time() if now is None else now
-    record = TokenRecord(gateway, _digest(token), now + ttl_s, site, dict(tags or {}), broker)
-    _write(folder / TOKENS_DIR / f"{check_gateway_id(gateway)}.json", asdict(record))
+    record = TokenRecord(
+        gateway, _digest(token), now + ttl_s, site, dict(tags or {}), broker, review=review
+    )
+    gw = check_gateway_id(gateway)
+    (folder / PENDING_DIR / f"{gw}.json").unlink(missing_ok=True)
+    _write(folder / TOKENS_DIR / f"{gw}.json", asdict(record))
     return token
+
+
+def make_token() -> str:
+    """192 random bits, URL-safe (also the enrollment identity's password: no ``:``)."""
+    return secrets.token_urlsafe(24)
+
+
+def live_tokens(folder: Path, now: float | None = None) -> set[str]:
+    """The gateways whose token is still good (unexpired; a used one too, for the same
+    key asking again): their enrollment identities keep their password lines."""
+    now = time.time() if now is None else now
+    where = folder / TOKENS_DIR
+    out = set()
+    for path in sorted(where.glob("*.json")) if where.is_dir() else ():
+        try:
+            token = _token(path)
+        except (EnrollmentError, TypeError):
+            continue  # not one of ours: its line is not kept for it
+        if token is not None and now <= token.expires:
+            out.add(token.gateway)
+    return out
 
 
 def withdraw(folder: Path, gateway: str) -> list[str]:
@@ -159,16 +193,17 @@ def approve(
     key: str,
     site: str = "",
     tags: dict[str, str] | None = None,
-    broker: str,
+    broker: str = "",
     days: int = DEFAULT_CERT_DAYS,
     now: float | None = None,
 ) -> Pending:
     """Sign gateway ``gateway``'s pending request and record its identity; the gateway
     gets the certificate at its next try. ``key`` is the key's SHA-256 the operator
     compared with what the gateway printed (its first ``KEY_PREFIX_MIN`` hex digits at
-    least): anyone may ask in a gateway's name and the newest request waits, so one that
-    came after the operator looked is not signed. ``EnrollmentError`` if none is pending,
-    or the one pending is for another key."""
+    least): whoever holds the token may ask and the newest request waits, so one that
+    came after the operator looked is not signed. ``site``, ``tags`` and ``broker``
+    default to the token's. ``EnrollmentError`` if none is pending, the one pending is
+    for another key, or the token is no longer good."""
     if is_center_name(gateway):
         raise EnrollmentError(f"{gateway!r} is a name of the center, not a gateway's")
     path = folder / PENDING_DIR / f"{check_gateway_id(gateway)}.json"
@@ -189,9 +224,16 @@ def approve(
     if record.approved is not None:
         return record
     now = time.time() if now is None else now
+    token = _token(folder / TOKENS_DIR / f"{gateway}.json")
+    if token is None or token.used is not None or now > token.expires:
+        raise EnrollmentError(
+            f"{gateway}'s token is gone, used or expired: fleet provision {gateway} --token "
+            "makes a new one"
+        )
+    site, tags, broker = site or token.site, tags or token.tags, broker or token.broker
     issued = _issue(folder, store, gateway, record.csr.encode(), days, site, tags, now)
     record.approved, record.cert = now, issued
-    record.site, record.tags, record.broker = site, dict(tags or {}), broker
+    record.site, record.tags, record.broker = site, dict(tags), broker
     _write(path, asdict(record))
     return record
 
@@ -213,22 +255,10 @@ def enroll(
         fingerprint = request_key_fingerprint(request.csr.encode())
     except PkiError as exc:
         return Reply(gw, "refused", reason=str(exc))
-    pending_path = folder / PENDING_DIR / f"{gw}.json"
-    waiting = _pending(pending_path)
-    if waiting is not None and waiting.approved is not None:
-        if waiting.key_fingerprint != fingerprint:
-            return Reply(gw, "refused", reason="approved for another key: ask the operator")
-        # kept apart, for the same key asking again if this answer is lost on the way
-        _write(folder / FETCHED_DIR / f"{gw}.json", asdict(waiting))
-        pending_path.unlink(missing_ok=True)
-        return _signed(folder, gw, waiting.cert, waiting.site, waiting.tags, waiting.broker)
     token_path = folder / TOKENS_DIR / f"{gw}.json"
     token = _token(token_path)
     if token is None:
-        fetched = _pending(folder / FETCHED_DIR / f"{gw}.json")
-        if fetched is not None and fetched.key_fingerprint == fingerprint:
-            return _signed(folder, gw, fetched.cert, fetched.site, fetched.tags, fetched.broker)
-        return _wait(folder, pending_path, waiting, request, fingerprint, now)
+        return Reply(gw, "refused", reason="no token for this gateway (fleet provision --token)")
     if not hmac.compare_digest(token.digest, _digest(request.token)):
         return Reply(gw, "refused", reason="not this gateway's token")
     if token.used is not None:
@@ -239,6 +269,19 @@ def enroll(
         return Reply(gw, "refused", reason="the token was used already: it works once")
     if now > token.expires:
         return Reply(gw, "refused", reason="the token expired (fleet provision GW --token)")
+    if token.review:
+        pending_path = folder / PENDING_DIR / f"{gw}.json"
+        waiting = _pending(pending_path)
+        if waiting is None or waiting.approved is None:
+            return _wait(pending_path, waiting, request, fingerprint, now)
+        if waiting.key_fingerprint != fingerprint:
+            return Reply(gw, "refused", reason="approved for another key: ask the operator")
+        # what the operator approved is what the same key asking again gets
+        token.site, token.tags, token.broker = waiting.site, waiting.tags, waiting.broker
+        token.used = now
+        _write(token_path, asdict(token))
+        pending_path.unlink(missing_ok=True)
+        return _signed(folder, gw, waiting.cert, token.site, token.tags, token.broker)
     try:
         cert = _issue(folder, store, gw, request.csr.encode(), days, token.site, token.tags, now)
     except PkiError as exc:
@@ -329,7 +372,6 @@ def _signed(
 
 
 def _wait(
-    folder: Path,
     path: Path,
     waiting: Pending | None,
     request: EnrollRequest,
@@ -338,9 +380,6 @@ def _wait(
 ) -> Reply:
     gw = request.gw
     if waiting is None:
-        where = folder / PENDING_DIR
-        if where.is_dir() and sum(1 for _ in where.glob("*.json")) >= PENDING_MAX:
-            return Reply(gw, "refused", reason="too many requests wait for an operator")
         waiting = Pending(gw, request.csr, fingerprint, now, now, requests=0)
     if waiting.key_fingerprint != fingerprint:  # a newer request: the newest waits
         waiting.csr, waiting.key_fingerprint = request.csr, fingerprint

@@ -216,6 +216,7 @@ class Ingest:
             manual_ack=True,
             backoff=Backoff(first_s=1.0, cap_s=4.0),
         )
+        log.info("%s: client id %s", name, session.client_id)
         outage = OutageLog(log, f"{name} at {self._broker}", UNREACHABLE_REMIND_S)
         session.on_up(lambda present: self._on_connect(name, outage, present))
         session.on_down(lambda reason: self._on_disconnect(name, outage, reason))

@@ -2,7 +2,8 @@
 of a client certificate (``fleet provision GW --password``, the password listener of
 ``fleet broker-config --password-port``).
 
-The file is Mosquitto's own (``password_file``): one ``GW:HASH`` line per gateway, hashed
+The file is Mosquitto's own (``password_file``): one ``GW:HASH`` line per gateway (and one
+``enroll-GW:HASH`` per enrollment token, whose hash it is: ``fleet provision GW --token``), hashed
 by Mosquitto's ``mosquitto_passwd`` (``$7$``: PBKDF2-SHA512), never the password. The
 password itself exists in three places only: in this process's memory, in the gateway's
 enrollment bundle, and for the moment ``mosquitto_passwd -U`` hashes it, in a 0600 file of
@@ -32,7 +33,8 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-from edge_agent.contract.topics import check_gateway_id
+from edge_agent.contract.csr import CsrError, identity_gateway
+from edge_agent.contract.topics import TopicError, check_gateway_id
 
 PASSWORDS = "passwords"
 """The password file's default name, in the CA folder."""
@@ -70,11 +72,22 @@ def find_program(search: str | None = None) -> str:
     return found
 
 
+def check_user(name: str) -> str:
+    """``name`` if it may have a line: a gateway's id, or an enrollment identity
+    (``enroll-GW``); ``PasswordError`` otherwise."""
+    if identity_gateway(name) is not None:
+        return name
+    try:
+        return check_gateway_id(name)
+    except (TopicError, CsrError) as exc:
+        raise PasswordError(str(exc)) from None
+
+
 def hash_line(gateway: str, password: str, program: str | None = None) -> str:
-    """``GW:HASH``, the password file's line for ``gateway``, hashed by ``mosquitto_passwd``
-    (``program``, default ``find_program()``): the password goes to it in a file, never in
-    its arguments."""
-    check_gateway_id(gateway)
+    """``GW:HASH``, the password file's line for ``gateway`` (or an enrollment identity),
+    hashed by ``mosquitto_passwd`` (``program``, default ``find_program()``): the password
+    goes to it in a file, never in its arguments."""
+    check_user(gateway)
     if not password or any(c.isspace() for c in password):
         raise PasswordError("a password of no characters, or with spaces, is not one")
     exe = program or find_program()
@@ -150,13 +163,25 @@ def set_line(path: Path, line: str) -> None:
 
 
 def remove(path: Path, gateway: str) -> bool:
-    """Take ``gateway``'s line out of the password file; whether there was one."""
+    """Take ``gateway``'s line (or an enrollment identity's) out of the password file;
+    whether there was one."""
     with _locked(path):
         lines = entries(path)
-        if lines.pop(check_gateway_id(gateway), None) is None:
+        if lines.pop(check_user(gateway), None) is None:
             return False
         _replace(path, lines)
     return True
+
+
+def keep_enrollments(path: Path, live: set[str]) -> list[str]:
+    """Take out the lines of enrollment identities not in ``live`` (their tokens used up,
+    expired or withdrawn); the identities taken out. Gateways' lines stay."""
+    with _locked(path):
+        lines = entries(path)
+        gone = [u for u in lines if identity_gateway(u) is not None and u not in live]
+        if gone:
+            _replace(path, {u: line for u, line in lines.items() if u not in gone})
+    return gone
 
 
 @contextlib.contextmanager

@@ -7,8 +7,12 @@ session, on the center's listener; requests are answered one at a time, at most
 ``RATE_PER_S`` a second (a burst of ``BURST``): a flood of requests from clients without
 a certificate costs the center a bounded amount of work and disk, and the rest are
 dropped, counted and said once a minute. Enrollments and renewals have a bucket each:
-anyone may reach the enrollment listener, and a flood there must not take the answers
-a gateway with a certificate waits for to renew it.
+anyone holding a token may reach the enrollment listener, and a flood there must not
+take the answers a gateway with a certificate waits for to renew it.
+
+An enrollment request is answered only if the topic it came on is its gateway's
+enrollment identity's (``enroll-GW``, which only GW's token logs in as: the broker's ACL
+confines each identity to its own topic), and the answer goes to that identity alone.
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from central import enrollment
@@ -30,11 +34,13 @@ from edge_agent.contract.csr import (
     RenewRequest,
     Reply,
     certificate_topic,
+    enrollment_identity,
     mounted,
     reply_topic,
-    request_topic,
+    requests_filter,
+    topic_identity,
 )
-from edge_agent.contract.topics import GATEWAY_ID, Topics
+from edge_agent.contract.topics import Topics, is_gateway_id
 from mqttlink.session import Message, Session, Subscription
 from mqttlink.url import Broker
 
@@ -80,7 +86,7 @@ class Signer:
         self._session.on_up(lambda _present: self.ready.set())
         self._session.on_down(lambda _why: self.ready.clear())
         self._session.subscribe(
-            Subscription(mounted(request_topic(topics)), qos=1), self._on_enroll
+            Subscription(mounted(requests_filter(topics)), qos=1), self._on_enroll
         )
         renewals = f"{topics.root}/gw/+/csr"
         self._session.subscribe(Subscription(renewals, qos=1), self._on_renew)
@@ -107,6 +113,9 @@ class Signer:
         return False
 
     def _on_enroll(self, msg: Message) -> None:
+        identity = topic_identity(self.topics, msg.topic)
+        if identity is None:
+            return  # a gateway's own name (the ACL's patterns are everyone's): not one
         with self._lock:
             if not self._admit(self._enrollments):
                 return
@@ -115,18 +124,21 @@ class Signer:
             except CsrError as exc:
                 self._malformed(f"an enrollment request that is not one: {exc}")
                 return
+            if enrollment_identity(request.gw) != identity:
+                self._malformed(f"{identity} asked in the name of {request.gw}")
+                return
             reply = self._answer(
                 lambda: enrollment.enroll(self.ca_dir, self.store, request, days=self.days)
             )
             if reply is None:
                 return
-            topic = mounted(reply_topic(self.topics, request.nonce))
-            self._session.publish(topic, reply.encode(), qos=1)
+            topic = mounted(reply_topic(self.topics, identity))
+            self._session.publish(topic, replace(reply, nonce=request.nonce).encode(), qos=1)
 
     def _on_renew(self, msg: Message) -> None:
         parts = msg.topic.split("/")
         gw = parts[-2] if len(parts) >= 2 else ""
-        if not GATEWAY_ID.fullmatch(gw):
+        if not is_gateway_id(gw):
             return
         with self._lock:
             if not self._admit(self._renewals):

@@ -264,7 +264,7 @@ def _enroll_by_token(
     token: str, gateway: str | None, broker: str | None, ca_file: Path | None, wait: str
 ) -> Bundle:
     from edge_agent.contract.csr import TOKEN  # noqa: PLC0415
-    from edge_agent.contract.topics import GATEWAY_ID  # noqa: PLC0415
+    from edge_agent.contract.topics import is_gateway_id  # noqa: PLC0415
     from edge_agent.durations import parse_duration  # noqa: PLC0415
     from edge_agent.enroll_token import new_key, request_certificate  # noqa: PLC0415
 
@@ -272,7 +272,7 @@ def _enroll_by_token(
         if value is None:
             raise typer.BadParameter(f"--token needs {name}")
     assert gateway is not None and broker is not None and ca_file is not None
-    if not GATEWAY_ID.fullmatch(gateway):
+    if not is_gateway_id(gateway):
         raise typer.BadParameter(f"{gateway!r} is not a gateway id", param_hint="--gateway")
     if not TOKEN.fullmatch(token):
         raise typer.BadParameter("not a token of fleet provision --token", param_hint="--token")

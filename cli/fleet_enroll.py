@@ -25,6 +25,7 @@ from cli.broker_options import (
     UsernameOpt,
     broker_settings,
 )
+from cli.broker_reload import reload_broker
 from cli.store_options import DEFAULT_DB, DbOpt, open_db, require_db
 from cli.topic_options import RootOpt
 from edge_agent.contract.topics import DEFAULT_ROOT
@@ -38,26 +39,58 @@ def _fail(message: str) -> typer.Exit:
 
 
 def issue_token(
-    ca_dir: Path, gateway: str, site: str, tags: dict[str, str], broker: str, ttl_s: float
+    ca_dir: Path,
+    gateway: str,
+    site: str,
+    tags: dict[str, str],
+    broker: str,
+    ttl_s: float,
+    *,
+    review: bool,
+    passwords: Path | None,
+    pid: int | None,
 ) -> None:
-    """``fleet provision GW --token``: the token is printed once and kept nowhere."""
-    from central.enrollment import new_token  # noqa: PLC0415
+    """``fleet provision GW --token``: the token is printed once and kept nowhere; its
+    hash goes into the broker's password file as the password of ``enroll-GW``, the
+    identity the gateway logs in as on the enrollment listener."""
+    from central import passwords as password_file  # noqa: PLC0415
+    from central.enrollment import live_tokens, make_token, new_token  # noqa: PLC0415
     from central.pki import CA_CERT  # noqa: PLC0415
+    from edge_agent.contract.csr import enrollment_identity  # noqa: PLC0415
 
     if not (ca_dir / CA_CERT).is_file():
         raise _fail(f"{ca_dir} is not a fleet CA (no {CA_CERT}; fleet ca init makes one)")
+    pw_path = passwords if passwords is not None else ca_dir / password_file.PASSWORDS
+    identity = enrollment_identity(gateway)
+    token = make_token()
     try:
-        token = new_token(ca_dir, gateway, site=site, tags=tags, broker=broker, ttl_s=ttl_s)
+        password_file.entries(pw_path)  # a file we would refuse to change, refused first
+        line = password_file.hash_line(identity, token)
+        new_token(
+            ca_dir, gateway, site=site, tags=tags, broker=broker, ttl_s=ttl_s, review=review,
+            token=token,
+        )  # fmt: skip
+        password_file.set_line(pw_path, line)
+        live = {enrollment_identity(gw) for gw in live_tokens(ca_dir)}
+        password_file.keep_enrollments(pw_path, live | {identity})
+    except password_file.PasswordError as exc:
+        raise _fail(str(exc)) from None
     except OSError as exc:
         raise _fail(f"cannot write into {ca_dir}: {exc.strerror or exc}") from None
     until = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(time.time() + ttl_s))
     typer.echo(f"gateway {gateway}: one-time enrollment token (works once, until {until}):")
     typer.echo(token)
     typer.echo(
+        f"its hash is in {pw_path}, the password of {identity} on the broker's "
+        "enrollment listener"
+        + ("; its request waits for fleet provision approve" if review else "")
+    )
+    typer.echo(
         "on the gateway (with the fleet's ca.crt; the center must run fleet central enroll): "
         f"edge-agent enroll --token {token} --gateway {gateway} "
         "--broker mqtts://BROKER:8885 --ca-file ca.crt"
     )
+    reload_broker(pid)
 
 
 def show_pending(ca_dir: Path, json_out: bool) -> None:

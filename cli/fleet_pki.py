@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from cli.apps import group
+from cli.broker_reload import BrokerPidFileOpt, broker_pid, reload_broker
 from cli.fleet_enroll import approve, issue_token, revoked_before, show_pending, still_denied
 from cli.store_options import DEFAULT_DB, DbOpt, open_db
 from cli.topic_options import gateway_option
@@ -260,10 +261,12 @@ def provision(
         Path | None,
         typer.Option(
             "--passwords",
-            help="with --password: the broker's password file, where the password's hash "
-            "goes (mosquitto_passwd) [default: CA-DIR/passwords]",
+            help="with --password or --token: the broker's password file, where the "
+            "password's or the token's hash goes (mosquitto_passwd) "
+            "[default: CA-DIR/passwords]",
         ),
     ] = None,
+    broker_pid_file: BrokerPidFileOpt = None,
     force: ForceOpt = False,
     token: Annotated[
         bool,
@@ -276,6 +279,14 @@ def provision(
     token_ttl: Annotated[
         str, typer.Option("--token-ttl", help="how long the token stays good: 7d, 12h")
     ] = "7d",
+    review: Annotated[
+        bool,
+        typer.Option(
+            "--review",
+            help="with --token: the gateway's request waits until fleet provision approve "
+            "GW --key SHA256 signs the key the gateway printed",
+        ),
+    ] = False,
     json_out: Annotated[bool, typer.Option("--json", help="pending: as JSON")] = False,
     key: Annotated[
         str | None,
@@ -300,7 +311,7 @@ def provision(
 
     tags = dict(t.partition("=")[::2] for t in tag or ())
     if gateway in ("approve", "pending"):
-        to = broker or "mqtts://localhost:8883"
+        to = broker or ""  # the token's
         _enrollment_request(ctx, gateway, approved, ca_dir, db, site, tags, to, days, json_out, key)
         return
     if approved is not None:
@@ -311,10 +322,20 @@ def provision(
             f"{gateway!r}: ids starting edgefleet- are the center's, not a gateway's",
             param_hint="GW",
         )
-    if passwords is not None and not password:
+    if passwords is not None and not (password or token):
         raise typer.BadParameter(
-            "is for a gateway provisioned --password", param_hint="--passwords"
+            "is for a gateway provisioned --password or --token", param_hint="--passwords"
         )
+    if review and not token:
+        raise typer.BadParameter("is for a gateway provisioned --token", param_hint="--review")
+    if password and token:
+        raise typer.BadParameter("one of --password and --token", param_hint="--token")
+    if broker_pid_file is not None and not (password or token):
+        raise typer.BadParameter(
+            "is for --password or --token: a certificate changes nothing the broker reads",
+            param_hint="--broker-pid-file",
+        )
+    pid = broker_pid(broker_pid_file) if broker_pid_file is not None else None
     # by name: Typer's own copy of click (0.2x) has its own ParameterSource class
     if password and getattr(ctx.get_parameter_source("days"), "name", None) != "DEFAULT":
         raise typer.BadParameter(
@@ -334,7 +355,11 @@ def provision(
             param_hint="--broker",
         )
     if token:
-        issue_token(ca_dir, gateway, site, tags, broker, _ttl(token_ttl))
+        ttl_s = _ttl(token_ttl)
+        issue_token(
+            ca_dir, gateway, site, tags, broker, ttl_s, review=review, passwords=passwords,
+            pid=pid,
+        )  # fmt: skip
         return
     require_named_store(ctx, db)
     bundle_path = out if out is not None else Path(f"{gateway}.bundle")
@@ -359,6 +384,8 @@ def provision(
     typer.echo(f"on the gateway: edge-agent enroll {bundle_path.name}")
     if was_revoked:
         typer.echo(still_denied(gateway))
+    if password:
+        reload_broker(pid)  # the password listener knows the new line once it reloads
 
 
 DEFAULT_PASSWORD_PORT = 8886

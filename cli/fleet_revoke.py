@@ -5,23 +5,16 @@ the center refuses what it still sends (``central.revocation``, ``central.passwo
 
 from __future__ import annotations
 
-import os
-import signal
 import time
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
+from cli.broker_reload import BrokerPidFileOpt, broker_pid, reload_broker
 from cli.fleet_pki import DEFAULT_CA_DIR
 from cli.store_options import DEFAULT_DB, DbOpt, open_db, require_db
 from cli.topic_options import gateway_option
-
-RELOAD_HINT = (
-    "tell the broker to reload (it re-reads the CRL, the password file and the ACL on "
-    "SIGHUP): "
-    "systemctl reload mosquitto, or kill -HUP <its pid>"
-)
 
 
 def revoke(
@@ -47,13 +40,7 @@ def revoke(
             "line is taken out [default: CA-DIR/passwords, if it is there]",
         ),
     ] = None,
-    broker_pid_file: Annotated[
-        Path | None,
-        typer.Option(
-            "--broker-pid-file",
-            help="Mosquitto's pid file: the broker is sent SIGHUP, to reload the CRL and ACL",
-        ),
-    ] = None,
+    broker_pid_file: BrokerPidFileOpt = None,
     db: DbOpt = DEFAULT_DB,
 ) -> None:
     """Revoke a gateway: its certificates go on the CRL and its password out of the
@@ -67,6 +54,7 @@ def revoke(
     from central.revocation import revoke as revoke_in_ca  # noqa: PLC0415
     from central.revocation import revoked_gateways, update_acl  # noqa: PLC0415
     from central.store import StoreError  # noqa: PLC0415
+    from edge_agent.contract.csr import enrollment_identity  # noqa: PLC0415
 
     store = open_db(require_db(db))
     pw_path = passwords if passwords is not None else ca_dir / password_file.PASSWORDS
@@ -85,7 +73,7 @@ def revoke(
                 err=True,
             )
             raise typer.Exit(1)
-        pid = _broker_pid(broker_pid_file) if broker_pid_file is not None else None
+        pid = broker_pid(broker_pid_file) if broker_pid_file is not None else None
         try:
             if pw_path.exists():
                 password_file.entries(pw_path)  # a file it would not change, before the CRL
@@ -93,6 +81,10 @@ def revoke(
             withdrawn = withdraw(ca_dir, gateway)
             # a password the file still has (of a gateway provisioned both ways) goes too
             removed = pw_path.exists() and password_file.remove(pw_path, gateway)
+            # and its token's login to the enrollment listener
+            unlisted = pw_path.exists() and password_file.remove(
+                pw_path, enrollment_identity(gateway)
+            )
             if acl is not None:
                 update_acl(acl, revoked_gateways(ca_dir))
         except password_file.PasswordError as exc:
@@ -123,31 +115,11 @@ def revoke(
         typer.echo(f"{gateway}: its password taken out of {pw_path}")
     elif has_password:
         typer.echo(f"{gateway}: no password of it in {pw_path} (taken out before)")
+    if unlisted:
+        typer.echo(f"{gateway}: its enrollment login taken out of {pw_path}")
     typer.echo(f"{gateway}: {marked} identit{'y' if marked == 1 else 'ies'} marked revoked")
     if acl is not None:
         typer.echo(f"{gateway}: denied every topic in {acl}")
     else:
         typer.echo("no --acl given: its live session is cut only by a broker restart")
-    if pid is not None:
-        try:
-            os.kill(pid, signal.SIGHUP)
-        except OSError as exc:
-            typer.echo(f"error: cannot signal the broker (pid {pid}): {exc.strerror}", err=True)
-            typer.echo(RELOAD_HINT, err=True)
-            raise typer.Exit(1) from None
-        typer.echo(f"broker (pid {pid}) told to reload")
-    else:
-        typer.echo(RELOAD_HINT)
-
-
-def _broker_pid(path: Path) -> int:
-    """The pid in Mosquitto's pid file, read before anything changes."""
-    try:
-        text = path.read_text(errors="replace").strip()
-    except OSError as exc:
-        raise typer.BadParameter(
-            f"{path}: {exc.strerror}", param_hint="--broker-pid-file"
-        ) from None
-    if not text.isdigit() or not 1 < int(text) < 2**22:
-        raise typer.BadParameter(f"{path} holds no pid", param_hint="--broker-pid-file")
-    return int(text)
+    reload_broker(pid)

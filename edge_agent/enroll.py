@@ -36,7 +36,7 @@ from edge_agent.contract.enrollment import (
     Bundle,
     BundleError,
 )
-from edge_agent.contract.topics import GATEWAY_ID
+from edge_agent.contract.topics import is_gateway_id
 
 if TYPE_CHECKING:
     from cryptography import x509
@@ -55,7 +55,7 @@ def read_bundle(path: Path) -> Bundle:
         bundle = Bundle.decode(data)
     except BundleError as exc:
         raise EnrollError(f"{path}: {exc}") from None
-    if not GATEWAY_ID.fullmatch(bundle.gateway):
+    if not is_gateway_id(bundle.gateway):
         raise EnrollError(f"{path}: {bundle.gateway!r} is not a gateway id")
     return bundle
 

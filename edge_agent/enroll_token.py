@@ -3,16 +3,19 @@ box), asks the center to sign it with a one-time token, and installs what comes 
 (``edge_agent.contract.csr``), as a bundle would be (``edge_agent.enroll``).
 
 The gateway trusts the broker by the fleet's CA certificate given to it (``--ca-file``,
-public), connects to the broker's enrollment listener without a certificate, and asks
-again every ``RETRY_S`` until the answer is signed or refused, or ``wait_s`` passes: a
-request no token vouches for waits for an operator (``fleet provision approve GW``),
+public), connects to the broker's enrollment listener without a certificate, as its
+one-time enrollment identity ``enroll-GW`` with the token for password, and asks again
+every ``RETRY_S`` until the answer is signed or refused, or ``wait_s`` passes: a token
+made ``--review`` has the request wait for an operator (``fleet provision approve GW``),
 and the key's fingerprint printed here is what the operator compares.
 """
 
 from __future__ import annotations
 
 import hashlib
+import os
 import secrets
+import tempfile
 import threading
 import time
 from collections.abc import Callable
@@ -26,13 +29,14 @@ from edge_agent.contract.csr import (
     CsrError,
     EnrollRequest,
     Reply,
+    enrollment_identity,
     reply_topic,
     request_topic,
 )
 from edge_agent.contract.enrollment import Bundle
-from edge_agent.contract.topics import Topics
+from edge_agent.contract.topics import CLIENT_ID_PREFIX, Topics
 from edge_agent.enroll import EnrollError
-from mqttlink.session import Message, Session, SessionError, Subscription
+from mqttlink.session import Message, Refused, Session, SessionError, Subscription
 from mqttlink.url import Broker, BrokerUrl
 
 if TYPE_CHECKING:
@@ -108,41 +112,81 @@ def request_certificate(
             return
         came.set()
 
-    mine = reply_topic(topics, nonce)
-    # the client id is the reply id: the broker's ACL lets a client of the enrollment
-    # listener read the answers to its own id only (pattern …/reply/%c)
-    session = Session(
-        Broker(url=url, ca_file=ca_file),
-        client_id=nonce,
-        name="enroll",
-        mount_point=ENROLL_MOUNT,
-    )
-    session.subscribe(Subscription(mine, qos=1), on_reply)
-    deadline = time.monotonic() + wait_s
-    told = False
-    try:
+    identity = enrollment_identity(gateway)
+    # the token is the identity's password, which Session reads from a file at each
+    # connect: one of this process's own, for as long as it asks
+    with tempfile.TemporaryDirectory(prefix="edgefleet-enroll-") as folder:  # 0700
+        password = Path(folder) / "token"
+        fd = os.open(password, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(token)
+        broker_at = Broker(url=url, ca_file=ca_file, username=identity, password_file=password)
+        session = _connect(broker_at, identity, reply_topic(topics, identity), on_reply, wait_s)
+        deadline = time.monotonic() + wait_s
+        told = False
         try:
-            session.open(min(30.0, wait_s), patient=True)
+            while time.monotonic() < deadline:
+                came.clear()
+                topic = request_topic(topics, identity)
+                session.publish(topic, request.encode(), qos=1, queue_offline=True)
+                came.wait(min(retry_s, max(0.0, deadline - time.monotonic())))
+                while replies:
+                    reply = replies.pop(0)
+                    if reply.gw != gateway or reply.nonce != nonce:
+                        continue
+                    if reply.status == "signed":
+                        return _bundle(gateway, reply, key, ca_file)
+                    if reply.status == "refused":
+                        raise EnrollError(f"the center refused: {reply.reason}")
+                    if not told:
+                        on_pending(reply.reason)
+                        told = True
+            raise EnrollError(
+                f"no certificate within {wait_s:g} s (is fleet central enroll running?)"
+            )
+        finally:
+            session.close()
+
+
+CONNECT_TRIES_S = 30.0
+"""How long an unreachable enrollment listener is tried (a broker restarting)."""
+
+
+def _connect(
+    broker: Broker,
+    identity: str,
+    replies: str,
+    on_reply: Callable[[Message], None],
+    wait_s: float,
+) -> Session:
+    """A session as ``identity``, subscribed to its replies; ``EnrollError`` at once if the
+    broker refuses the token, or after ``CONNECT_TRIES_S`` of not reaching it."""
+    deadline = time.monotonic() + min(CONNECT_TRIES_S, wait_s)
+    while True:
+        # the broker makes the identity the client id (use_username_as_clientid), whatever
+        # this one asks for; ask for one in the broker's prefix, which it refuses others
+        session = Session(
+            broker,
+            client_id=CLIENT_ID_PREFIX + identity,
+            name="enroll",
+            mount_point=ENROLL_MOUNT,
+        )
+        session.subscribe(Subscription(replies, qos=1), on_reply)
+        try:
+            session.open(max(1.0, min(10.0, deadline - time.monotonic())))
+            return session
+        except Refused as exc:
+            raise EnrollError(
+                f"the enrollment listener {broker.url} refused {identity} ({exc}): the token "
+                "is wrong, expired or revoked, or the broker was not reloaded since fleet "
+                "provision --token made it"
+            ) from None
         except SessionError as exc:
-            raise EnrollError(f"cannot reach the enrollment listener {broker}: {exc}") from None
-        while time.monotonic() < deadline:
-            came.clear()
-            session.publish(request_topic(topics), request.encode(), qos=1, queue_offline=True)
-            came.wait(min(retry_s, max(0.0, deadline - time.monotonic())))
-            while replies:
-                reply = replies.pop(0)
-                if reply.gw != gateway:
-                    continue
-                if reply.status == "signed":
-                    return _bundle(gateway, reply, key, ca_file)
-                if reply.status == "refused":
-                    raise EnrollError(f"the center refused: {reply.reason}")
-                if not told:
-                    on_pending(reply.reason)
-                    told = True
-        raise EnrollError(f"no certificate within {wait_s:g} s (is fleet central enroll running?)")
-    finally:
-        session.close()
+            if time.monotonic() >= deadline:
+                raise EnrollError(
+                    f"cannot reach the enrollment listener {broker.url}: {exc}"
+                ) from None
+            time.sleep(1.0)
 
 
 def _bundle(gateway: str, reply: Reply, key: NewKey, ca_file: Path) -> Bundle:

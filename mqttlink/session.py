@@ -241,9 +241,11 @@ class Session:
         self._logged: set[str] = set()
         self.handler_errors = 0
         """Handlers that raised on paho's thread (the first is logged)."""
+        self.client_id = broker.client_id(client_id)
+        """What the broker is asked to call this session (``Broker.client_id``)."""
         client = mqtt.Client(
             CallbackAPIVersion.VERSION2,
-            client_id=client_id,
+            client_id=self.client_id,
             protocol=mqtt.MQTTv5 if self._v5 else mqtt.MQTTv311,
             clean_session=None if self._v5 else clean_start,
             reconnect_on_failure=False,

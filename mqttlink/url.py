@@ -17,6 +17,8 @@ quotes.
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import re
 import ssl
 from dataclasses import dataclass
@@ -171,6 +173,24 @@ class Broker:
             except (OSError, ssl.SSLError) as exc:
                 raise BrokerFileError("cert_file", self.cert_file, _why(exc)) from None
         return context
+
+    def client_id(self, name: str) -> str:
+        """The client id to ask the broker for, for a session called ``name`` (kept as it
+        is when empty: the broker assigns one). With a key or a password file, ``name``
+        and a secret of 80 bits from it (the same at each start, so a persistent session
+        is found again): a client that can name a session can, on some brokers, harm it
+        (Mosquitto 2.0.11 unlinks the session whose id a refused anonymous client asked
+        for), and no one without our key or password can name this one. Without either,
+        or with the file unreadable (the connect will say so), ``name`` itself."""
+        secret_file = self.key_file or self.password_file
+        if not name or secret_file is None:
+            return name
+        try:
+            secret = secret_file.read_bytes()
+        except OSError:
+            return name
+        tag = hmac.new(secret, b"edgefleet client id\0" + name.encode(), hashlib.sha256)
+        return f"{name}-{tag.hexdigest()[:20]}"
 
     def missing_files(self) -> list[tuple[str, Path]]:
         """The files named here that do not exist, as ``(key, path)``: for a check that

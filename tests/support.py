@@ -470,3 +470,11 @@ def tmpfs(mnt: Path, size: str = "4m") -> Iterator[Path]:
         yield mnt
     finally:
         subprocess.run(["umount", "-l", str(mnt)], check=False, timeout=30)
+
+
+def asked_id(name: str) -> str:
+    """The client id a test client asks the fleet's broker for, for ``name``: in the
+    broker's prefix (``clientid_prefixes``), which it refuses every other id without."""
+    from edge_agent.contract.topics import CLIENT_ID_PREFIX  # noqa: PLC0415
+
+    return name if name.startswith(CLIENT_ID_PREFIX) else CLIENT_ID_PREFIX + name

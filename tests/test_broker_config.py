@@ -33,6 +33,7 @@ from tests.support import (
     Broker,
     Central,
     ThreadedDevice,
+    asked_id,
     free_port,
     port_open,
     produced_keys,
@@ -71,7 +72,9 @@ class Client:
 
     def __init__(self, ca_file: Path, issued: Issued | None, name: str, port: int) -> None:
         self.port = port
-        self.paho = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=name, protocol=mqtt.MQTTv5)
+        self.paho = mqtt.Client(
+            CallbackAPIVersion.VERSION2, client_id=asked_id(name), protocol=mqtt.MQTTv5
+        )
         self.paho.tls_set(
             ca_certs=str(ca_file),
             certfile=str(issued.cert) if issued else None,
@@ -453,7 +456,7 @@ def test_a_stock_mosquitto_pub_with_a_gateways_certificate_is_refused_on_another
             "--key",
             str(a.key),
         ]
-        what = ["-q", "1", "-i", "stock-a", "-t", topic, "-m", "from mosquitto_pub"]
+        what = ["-q", "1", "-i", "edgefleet-stock-a", "-t", topic, "-m", "from mosquitto_pub"]
         return subprocess.run(
             [pub, "-V", "mqttv5", "-d", *where, *tls, *what],
             capture_output=True,

@@ -57,43 +57,54 @@ def test_a_token_is_good_once_and_until_it_expires(ca: Path, store: SqliteStore)
     second = enrollment.enroll(ca, store, request("gw-1", token), now=T0 + 2)
     assert (second.status, "used already" in second.reason) == ("refused", True)
     assert [i.gateway for i in store.identities()] == ["gw-1"]
-    # another gateway's token is not this one's
+    # another gateway's token is not this one's, and a gateway with none gets nothing
     other = enrollment.new_token(ca, "gw-2", broker=BROKER, now=T0)
-    assert enrollment.enroll(ca, store, request("gw-3", other), now=T0).status == "pending"
+    stranger = enrollment.enroll(ca, store, request("gw-3", other), now=T0)
+    assert (stranger.status, "no token" in stranger.reason) == ("refused", True)
+    assert enrollment.pending(ca) == []
     wrong = enrollment.enroll(ca, store, request("gw-2", "x" * 32), now=T0)
     assert (wrong.status, wrong.reason) == ("refused", "not this gateway's token")
 
 
-def test_a_request_without_a_token_waits_and_only_the_approved_key_is_signed(
+def review_token(ca: Path, gw: str, site: str = "") -> str:
+    """A ``--review`` token: its request waits for ``fleet provision approve``."""
+    return enrollment.new_token(ca, gw, site=site, broker=BROKER, review=True, now=T0)
+
+
+def test_a_review_token_waits_and_only_the_approved_key_is_signed(
     ca: Path, store: SqliteStore
 ) -> None:
     key = new_key("gw-9")
-    ask = request("gw-9", "t" * 32, key.csr_pem)
+    ask = request("gw-9", review_token(ca, "gw-9"), key.csr_pem)
     assert enrollment.enroll(ca, store, ask, now=T0).status == "pending"
     assert enrollment.enroll(ca, store, ask, now=T0 + 5).status == "pending"
     (waiting,) = enrollment.pending(ca)
     assert (waiting.key_fingerprint, waiting.requests) == (key.fingerprint, 2)
     assert store.identities("gw-9") == []
     with pytest.raises(EnrollmentError):
-        enrollment.approve(ca, store, "gw-unknown", key=key.fingerprint, broker=BROKER)
-    enrollment.approve(ca, store, "gw-9", key=key.fingerprint, broker=BROKER, site="south")
-    # another key asking in its name after the approval is refused, the approved one signed
-    stranger = enrollment.enroll(ca, store, request("gw-9", "t" * 32), now=T0 + 6)
+        enrollment.approve(ca, store, "gw-unknown", key=key.fingerprint, now=T0)
+    enrollment.approve(ca, store, "gw-9", key=key.fingerprint, site="south", now=T0 + 5)
+    # another key asking with the token after the approval is refused, the approved one
+    # signed, with the broker of the token
+    stranger = enrollment.enroll(ca, store, request("gw-9", ask.token), now=T0 + 6)
     assert stranger.status == "refused"
     signed = enrollment.enroll(ca, store, ask, now=T0 + 7)
-    assert signed.status == "signed"
+    assert (signed.status, signed.broker) == ("signed", BROKER)
     assert enrollment.pending(ca) == []
     assert [i.gateway for i in store.identities()] == ["gw-9"]
 
 
-def test_requests_waiting_are_capped(
-    ca: Path, store: SqliteStore, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setattr(enrollment, "PENDING_MAX", 3)
+def test_nothing_waits_without_a_token(ca: Path, store: SqliteStore) -> None:
+    """Only a token's holder gets a request to wait, one per token (the newest key's):
+    no flood of names fills the operator's list or the CA folder."""
     csr = new_key("x").csr_pem
     replies = [enrollment.enroll(ca, store, request(f"gw-{i}", "t" * 32, csr)) for i in range(5)]
-    assert [r.status for r in replies] == ["pending"] * 3 + ["refused"] * 2
-    assert len(enrollment.pending(ca)) == 3
+    assert {r.status for r in replies} == {"refused"}
+    token = review_token(ca, "gw-1")
+    for _ in range(3):
+        assert enrollment.enroll(ca, store, request("gw-1", token), now=T0).status == "pending"
+    (waiting,) = enrollment.pending(ca)
+    assert waiting.requests == 3
 
 
 def test_a_renewal_needs_a_live_identity_a_new_key_and_an_hour(
@@ -179,18 +190,19 @@ def test_approve_signs_only_the_key_the_operator_compared(ca: Path, store: Sqlit
     request waits: one sent between the operator's look and the approval must not be the
     one signed."""
     real, forged = new_key("gw-5"), new_key("gw-5")
-    enrollment.enroll(ca, store, request("gw-5", "t" * 32, real.csr_pem), now=T0)
-    enrollment.enroll(ca, store, request("gw-5", "t" * 32, forged.csr_pem), now=T0 + 1)
+    token = review_token(ca, "gw-5")
+    enrollment.enroll(ca, store, request("gw-5", token, real.csr_pem), now=T0)
+    enrollment.enroll(ca, store, request("gw-5", token, forged.csr_pem), now=T0 + 1)
     with pytest.raises(EnrollmentError, match=forged.fingerprint):
-        enrollment.approve(ca, store, "gw-5", key=real.fingerprint, broker=BROKER)
+        enrollment.approve(ca, store, "gw-5", key=real.fingerprint, now=T0 + 2)
     assert store.identities("gw-5") == []
     (waiting,) = enrollment.pending(ca)
     assert waiting.approved is None
     # the key it shows is approved (a prefix is enough, if it is 16 hex digits or more)
-    enrollment.approve(ca, store, "gw-5", key=forged.fingerprint[:16], broker=BROKER)
+    enrollment.approve(ca, store, "gw-5", key=forged.fingerprint[:16], now=T0 + 2)
     assert len(store.identities("gw-5")) == 1
     with pytest.raises(EnrollmentError, match="16"):
-        enrollment.approve(ca, store, "gw-5", key=forged.fingerprint[:8], broker=BROKER)
+        enrollment.approve(ca, store, "gw-5", key=forged.fingerprint[:8], now=T0 + 2)
 
 
 def test_a_request_that_cannot_be_signed_does_not_wait(ca: Path, store: SqliteStore) -> None:
@@ -206,7 +218,8 @@ def test_a_request_that_cannot_be_signed_does_not_wait(ca: Path, store: SqliteSt
         .public_bytes(serialization.Encoding.PEM)
         .decode()
     )
-    reply = enrollment.enroll(ca, store, request("gw-7", "t" * 32, csr), now=T0)
+    token = review_token(ca, "gw-7")
+    reply = enrollment.enroll(ca, store, request("gw-7", token, csr), now=T0)
     assert (reply.status, "P-256" in reply.reason) == ("refused", True)
     assert enrollment.pending(ca) == []
 
@@ -217,8 +230,9 @@ def test_fleet_provision_approve_wants_the_key_and_refuses_another(
     from tests.support import run_cli  # noqa: PLC0415
 
     real, forged = new_key("gw-6"), new_key("gw-6")
-    enrollment.enroll(ca, store, request("gw-6", "t" * 32, real.csr_pem), now=T0)
-    enrollment.enroll(ca, store, request("gw-6", "t" * 32, forged.csr_pem), now=T0 + 1)
+    token = enrollment.new_token(ca, "gw-6", broker=BROKER, review=True)
+    enrollment.enroll(ca, store, request("gw-6", token, real.csr_pem))
+    enrollment.enroll(ca, store, request("gw-6", token, forged.csr_pem))
     base = ["fleet", "provision", "approve", "gw-6", "--ca-dir", str(ca)]
     base += ["--db", str(tmp_path / "central.db")]
     bare = run_cli(*base)
@@ -251,7 +265,7 @@ def test_a_token_or_a_request_waiting_does_not_outlive_fleet_revoke(
     store = SqliteStore(tmp_path / "central.db")
     try:
         late = enrollment.enroll(ca, store, request("gw-r", token))
-        assert late.status == "pending", late  # no token vouches for it now: an operator
+        assert (late.status, "no token" in late.reason) == ("refused", True), late
         assert len(store.identities("gw-r")) == 1
         assert all(i.revoked is not None for i in store.identities("gw-r"))
     finally:
@@ -317,16 +331,15 @@ def test_an_approved_request_asked_again_for_the_same_key_gets_the_same_answer(
     """The answer to an approved request can be lost on the way as a token's can: the
     same key asking again must get it again, not wait for a second approval."""
     key = new_key("gw-8")
-    ask = request("gw-8", "t" * 32, key.csr_pem)
+    ask = request("gw-8", review_token(ca, "gw-8"), key.csr_pem)
     assert enrollment.enroll(ca, store, ask, now=T0).status == "pending"
-    enrollment.approve(ca, store, "gw-8", key=key.fingerprint, broker=BROKER, site="east")
+    enrollment.approve(ca, store, "gw-8", key=key.fingerprint, site="east", now=T0 + 1)
     first = enrollment.enroll(ca, store, ask, now=T0 + 5)
     assert first.status == "signed"
     again = enrollment.enroll(ca, store, ask, now=T0 + 10)
     assert (again.status, again.files) == ("signed", first.files)
     assert enrollment.pending(ca) == []
     assert len(store.identities("gw-8")) == 1
-    # another key waits for an operator, as any request no token vouches for
-    assert enrollment.enroll(ca, store, request("gw-8", "t" * 32), now=T0 + 11).status == (
-        "pending"
-    )
+    # another key, with the token now used, is refused
+    other = enrollment.enroll(ca, store, request("gw-8", ask.token), now=T0 + 11)
+    assert (other.status, "used already" in other.reason) == ("refused", True)

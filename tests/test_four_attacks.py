@@ -128,7 +128,7 @@ class Rig:
             [
                 pub, "-V", "mqttv5", "-d", "-h", "127.0.0.1", "-p", str(self.broker.port),
                 "--cafile", str(self.ca_file), "--cert", str(cert.cert), "--key", str(cert.key),
-                "-q", "1", "-i", "stock", "-t", topic, "-m", payload.decode(), *flags,
+                "-q", "1", "-i", "edgefleet-stock", "-t", topic, "-m", payload.decode(), *flags,
             ],
             capture_output=True, text=True, timeout=20, check=False,
         )  # fmt: skip

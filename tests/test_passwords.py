@@ -34,6 +34,7 @@ from tests.support import (
     Central,
     Process,
     ThreadedDevice,
+    asked_id,
     free_port,
     port_open,
     run_cli,
@@ -328,7 +329,7 @@ class Client:
     ) -> None:
         self.port = port
         self.paho = mqtt.Client(
-            CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5
+            CallbackAPIVersion.VERSION2, client_id=asked_id(client_id), protocol=mqtt.MQTTv5
         )
         certfile = keyfile = None
         if cert is not None:  # a certificate gateway's bundle, or the center's files

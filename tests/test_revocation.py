@@ -23,7 +23,7 @@ from central.rounds import store_round
 from central.store.sqlite import SqliteStore
 from edge_agent.contract.topics import Channel, Topics
 from mqttlink.session import Message
-from tests.support import Broker, free_port, port_open, run_cli, stored_readings, wait_for
+from tests.support import Broker, asked_id, free_port, port_open, run_cli, stored_readings, wait_for
 
 pytestmark = pytest.mark.hil
 
@@ -90,7 +90,9 @@ class Gateway:
     def __init__(self, setup: Setup, gw: str) -> None:
         cert, key = setup.certs[gw]
         self.port = setup.broker.port
-        self.paho = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=gw, protocol=mqtt.MQTTv5)
+        self.paho = mqtt.Client(
+            CallbackAPIVersion.VERSION2, client_id=asked_id(gw), protocol=mqtt.MQTTv5
+        )
         self.paho.tls_set(ca_certs=str(setup.ca / "ca.crt"), certfile=str(cert), keyfile=str(key))
         self.connected = threading.Event()
         self.acked: dict[int, int] = {}

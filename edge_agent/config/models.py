@@ -30,7 +30,7 @@ from drivers.modbus.config import ModbusDevice, bus_conflicts
 from drivers.mqtt.config import MqttDevice, broker_of, tls_file_problems
 from drivers.opcua.config import OpcUaDevice
 from edge_agent.bind_address import DEFAULT_HOST, bind_host_problem
-from edge_agent.contract.topics import DEFAULT_ROOT, GATEWAY_ID, Topics
+from edge_agent.contract.topics import DEFAULT_ROOT, GATEWAY_ID, Topics, reserved_prefix
 from edge_agent.durations import parse_duration
 from edge_agent.rules.compile import CompiledRule, Loc, RuleErrors, compile_rules
 from edge_agent.rules.model import Rule
@@ -69,6 +69,14 @@ class GatewayConfig(Frozen):
     )
     site: str = ""
     tags: dict[str, str] = Field(default_factory=dict)
+
+    @field_validator("id")
+    @classmethod
+    def _not_reserved(cls, value: str) -> str:
+        reserved = reserved_prefix(value)
+        if reserved is not None:
+            raise ValueError(f"{reserved}, not a gateway's")
+        return value
 
 
 def _duration(value: object) -> object:

@@ -2,18 +2,27 @@
 own key, which never leaves it), and a gateway renewing its certificate before it expires.
 
 Enrollment goes through the broker's enrollment listener, which takes clients without a
-certificate and mounts them under ``ENROLL_MOUNT`` (so that nothing they publish can reach
-a topic of the fleet; the broker's ACL lets them write only the request topic and read
-only the replies to their own client id, which a gateway makes its request's reply id)::
+certificate. Each logs in as GW's one-time enrollment identity, ``enroll-GW``
+(``enrollment_identity``), whose password is GW's token (``fleet provision GW --token``
+puts its hash in the broker's password file); the broker makes that name its client id,
+so no one there can take another client's id. Its topics are mounted under
+``ENROLL_MOUNT`` (nothing it publishes can reach a topic of the fleet), and the broker's
+ACL lets it write only its own request topic and read only its own replies::
 
-    edgefleet/v1/enroll/request          gateway -> center
+    edgefleet/v1/enroll/enroll-<gw>/request     gateway -> center
       {"format": "edgefleet-csr/1", "gw": "jingan-0001", "token": "…",
        "reply": "<32 hex digits, random>", "csr": "-----BEGIN CERTIFICATE REQUEST-----…"}
-    edgefleet/v1/enroll/reply/<reply>    center -> gateway
-      {"format": "edgefleet-csr/1", "gw": "jingan-0001", "status": "signed",
-       "broker": "mqtts://…:8883", "files": {"ca.crt": PEM, "gateway.crt": PEM,
-       "command.pub": PEM, "agent.yaml": TEXT}}
-      or {"format": …, "gw": …, "status": "pending" | "refused", "reason": "…"}
+    edgefleet/v1/enroll/enroll-<gw>/reply       center -> gateway
+      {"format": "edgefleet-csr/1", "gw": "jingan-0001", "reply": "<the request's>",
+       "status": "signed", "broker": "mqtts://…:8883", "files": {"ca.crt": PEM,
+       "gateway.crt": PEM, "command.pub": PEM, "agent.yaml": TEXT}}
+      or {"format": …, "gw": …, "reply": …, "status": "pending" | "refused",
+          "reason": "…"}
+
+The center answers a request only on the topic of the identity that sent it, and only if
+that identity is the request's gateway's (``enroll-`` + ``gw``); ``reply`` is the
+request's random id, which the gateway matches (an answer to an earlier request of its is
+not taken for this one's).
 
 A renewal goes over the gateway's own certificate listener, where the broker knows who
 it is (``…/gw/G/csr`` only G may write, ``…/gw/G/cert`` only G may read)::
@@ -32,7 +41,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from edge_agent.contract.topics import GATEWAY_ID, Topics
+from edge_agent.contract.topics import ENROLL_PREFIX, Topics, is_gateway_id
 
 FORMAT = "edgefleet-csr/1"
 ENROLL_MOUNT = "enrollment/"
@@ -53,13 +62,58 @@ class CsrError(ValueError):
     """Not a request or reply of this contract; the message says what is wrong."""
 
 
-def request_topic(topics: Topics) -> str:
-    """Where a gateway sends its enrollment request (as it names it, on its listener)."""
-    return f"{topics.root}/enroll/request"
+def enrollment_identity(gateway: str) -> str:
+    """The broker's name (username and client id) of ``gateway``'s enrollment."""
+    return ENROLL_PREFIX + _gw(gateway)
 
 
-def reply_topic(topics: Topics, nonce: str) -> str:
-    return f"{topics.root}/enroll/reply/{check_nonce(nonce)}"
+def identity_gateway(identity: str) -> str | None:
+    """The gateway whose enrollment identity ``identity`` is, or None if it is none."""
+    gw = identity.removeprefix(ENROLL_PREFIX)
+    return gw if gw != identity and is_gateway_id(gw) else None
+
+
+def request_topic(topics: Topics, identity: str) -> str:
+    """Where enrollment identity ``identity`` sends its request (as it names it, on its
+    listener)."""
+    return f"{topics.root}/enroll/{_identity(identity)}/request"
+
+
+def reply_topic(topics: Topics, identity: str) -> str:
+    return f"{topics.root}/enroll/{_identity(identity)}/reply"
+
+
+def acl_patterns(topics: Topics) -> tuple[str, str]:
+    """The request and reply topics with Mosquitto's ``%u`` (the client's username) for
+    the identity: what the broker's ACL lets each identity write and read."""
+    return f"{topics.root}/enroll/%u/request", f"{topics.root}/enroll/%u/reply"
+
+
+def requests_filter(topics: Topics) -> str:
+    """Every identity's request topic (the center's subscription, unmounted)."""
+    return f"{topics.root}/enroll/+/request"
+
+
+def replies_filter(topics: Topics) -> str:
+    return f"{topics.root}/enroll/+/reply"
+
+
+def topic_identity(topics: Topics, topic: str) -> str | None:
+    """The enrollment identity a request's topic (as the rest of the broker sees it,
+    mounted) names, or None if it is not a request topic of one."""
+    prefix = mounted(f"{topics.root}/enroll/")
+    if not topic.startswith(prefix):
+        return None
+    rest = topic[len(prefix) :].split("/")
+    if len(rest) != 2 or rest[1] != "request" or identity_gateway(rest[0]) is None:
+        return None
+    return rest[0]
+
+
+def _identity(identity: str) -> str:
+    if identity_gateway(identity) is None:
+        raise CsrError(f"{identity[:80]!r} is not an enrollment identity (enroll-GW)")
+    return identity
 
 
 def mounted(topic: str) -> str:
@@ -127,9 +181,13 @@ class Reply:
     cert: str = ""
     broker: str = ""
     files: dict[str, str] | None = None
+    nonce: str = ""
+    """The enrollment request's ``reply`` id it answers (none for a renewal)."""
 
     def encode(self) -> bytes:
         obj: dict[str, Any] = {"format": FORMAT, "gw": self.gw, "status": self.status}
+        if self.nonce:
+            obj["reply"] = self.nonce
         if self.reason:
             obj["reason"] = self.reason
         if self.cert:
@@ -155,7 +213,9 @@ class Reply:
         texts = {k: obj.get(k, "") for k in ("reason", "cert", "broker")}
         if not all(isinstance(v, str) for v in texts.values()):
             raise CsrError("reason, cert and broker must be text")
-        return cls(_gw(_text(obj, "gw")), status, files=files, **texts)
+        nonce = obj.get("reply")
+        nonce = "" if nonce is None else check_nonce(nonce if isinstance(nonce, str) else "")
+        return cls(_gw(_text(obj, "gw")), status, files=files, nonce=nonce, **texts)
 
 
 def _object(payload: bytes, limit: int) -> dict[str, Any]:
@@ -178,7 +238,7 @@ def _text(obj: dict[str, Any], name: str) -> str:
 
 
 def _gw(gateway: str) -> str:
-    if not GATEWAY_ID.fullmatch(gateway):
+    if not is_gateway_id(gateway):
         raise CsrError(f"{gateway[:80]!r} is not a gateway id")
     return gateway
 
