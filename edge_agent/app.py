@@ -32,6 +32,7 @@ from edge_agent.polling import DevicePoller
 from edge_agent.renewal import CertFiles, Renewer
 from edge_agent.runtime import AgentRun, Presence
 from edge_agent.sender import Sender
+from edge_agent.service_notify import Notifier
 from edge_agent.uplink import Uplink
 
 if TYPE_CHECKING:
@@ -201,6 +202,7 @@ async def _run(
         health=health,
         first_closed=() if metrics is None else (metrics,),
         more=more,
+        service=Notifier.from_env(),
     )
     await run.run(stop)
     return gateway_commands.restart_requested

@@ -30,6 +30,7 @@ from edge_agent.health import HealthReporter
 from edge_agent.outbox import AgentOutbox
 from edge_agent.polling import DevicePoller
 from edge_agent.sender import Sender
+from edge_agent.service_notify import Notifier
 from edge_agent.uplink import Inbound
 
 log = logging.getLogger(__name__)
@@ -165,9 +166,12 @@ class AgentRun:
         health: HealthReporter,
         first_closed: Sequence[Closes] = (),
         more: Sequence[Runs] = (),
+        service: Notifier | None = None,
     ) -> None:
         """``first_closed``: what reads the other parts from outside (the metrics
-        endpoint), closed before anything else stops."""
+        endpoint), closed before anything else stops. ``service``: the service manager
+        to tell (``READY`` once the outbox is open and the polls are scheduled, watchdog
+        pings from the loop, ``STOPPING``)."""
         self.gateway = gateway
         self._first_closed = list(first_closed)
         self._outbox = outbox
@@ -179,6 +183,7 @@ class AgentRun:
         self._alarms = alarms
         self._health = health
         self._more = list(more)
+        self._service = service
 
     async def run(self, stop: asyncio.Event) -> None:
         """Until ``stop`` is set, or a task fails (raised as ``RuntimeError``)."""
@@ -191,6 +196,10 @@ class AgentRun:
             asyncio.create_task(self._alarms.run(), name="alarms"),
             *(asyncio.create_task(part.run(), name=type(part).__name__) for part in self._more),
         ]
+        if self._service is not None:
+            if self._service.watchdog_s is not None:
+                services.append(asyncio.create_task(self._service.keep_alive(), name="watchdog"))
+            self._service.ready(f"{len(polls)} device(s) polled")
         stop_task = asyncio.create_task(stop.wait(), name="stop")
         try:
             done, _ = await asyncio.wait(
@@ -205,6 +214,8 @@ class AgentRun:
     async def _stop(
         self, polls: list[asyncio.Task[None]], services: list[asyncio.Task[Any]]
     ) -> None:
+        if self._service is not None:
+            self._service.stopping()
         for part in self._first_closed:
             await part.aclose()
         await cancel_all(polls)
