@@ -147,6 +147,41 @@ def run(
 
 
 @app.command()
+def doctor(
+    config: ConfigOpt,
+    json_out: Annotated[bool, typer.Option("--json", help="the findings as JSON")] = False,
+    timeout: Annotated[
+        float, typer.Option(min=0.5, max=60, help="seconds for each device and the broker")
+    ] = 5.0,
+) -> None:
+    """The technician's check on site, one line a finding (ok / warn / fail, with what to
+    do): config, the files and ports it names, clock, disk and outbox, one read of each
+    device, the broker (TLS, login, subscriptions). Exit 1 if anything failed, else 0."""
+    import asyncio  # noqa: PLC0415
+    import json  # noqa: PLC0415
+
+    from edge_agent.config import ConfigError, load_config  # noqa: PLC0415
+    from edge_agent.doctor import Finding, diagnose  # noqa: PLC0415
+
+    logging.basicConfig(level=logging.CRITICAL)  # findings say it; drivers' logs would not
+    try:
+        findings = asyncio.run(diagnose(load_config(config), timeout))
+    except ConfigError as exc:
+        fix = f"edge-agent check -c {config} shows each at its line"
+        findings = [Finding("config", "fail", f"{config}: {p}", fix) for p in exc.problems]
+    if json_out:
+        typer.echo(json.dumps([f.as_dict() for f in findings], indent=2))
+    else:
+        for finding in findings:
+            typer.echo(finding.line())
+    failed = sum(f.level == "fail" for f in findings)
+    if not json_out:
+        warned = sum(f.level == "warn" for f in findings)
+        typer.echo(f"{failed} failed, {warned} warning(s), {len(findings)} check(s)")
+    raise typer.Exit(1 if failed else 0)
+
+
+@app.command()
 def enroll(
     bundle: Annotated[
         Path | None,
