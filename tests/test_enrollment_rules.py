@@ -139,9 +139,14 @@ def test_the_contract_refuses_what_is_not_a_request() -> None:
         b"not json",
         b'{"format": "edgefleet-csr/1", "gw": "a/b", "token": "t", "reply": "0", "csr": ""}',
         b"x" * 100_000,
+        # nested past the parser's depth, under the size limit: a RecursionError before
+        b'{"format": "edgefleet-csr/1", "gw": ' + b"[" * 20_000 + b"]" * 20_000 + b"}",
+        b"[1]",
     ):
         with pytest.raises(CsrError):
             EnrollRequest.decode(payload)
+        with pytest.raises(CsrError):
+            RenewRequest.decode(payload)
     good = request("gw-1", "t" * 32)
     assert EnrollRequest.decode(good.encode()) == good
     with pytest.raises(CsrError):

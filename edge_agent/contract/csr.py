@@ -41,6 +41,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from edge_agent.contract.payloads import PayloadError, loads
 from edge_agent.contract.topics import ENROLL_PREFIX, Topics, is_gateway_id
 
 FORMAT = "edgefleet-csr/1"
@@ -222,10 +223,10 @@ def _object(payload: bytes, limit: int) -> dict[str, Any]:
     if len(payload) > limit:
         raise CsrError(f"larger than {limit} bytes")
     try:
-        obj = json.loads(payload)
-    except (ValueError, UnicodeDecodeError):
+        obj = loads(payload, max_bytes=limit)  # nested past the parser's depth included
+    except PayloadError:
         raise CsrError("not JSON") from None
-    if not isinstance(obj, dict) or obj.get("format") != FORMAT:
+    if obj.get("format") != FORMAT:
         raise CsrError(f"not a message of format {FORMAT}")
     return obj
 

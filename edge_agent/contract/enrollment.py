@@ -27,6 +27,8 @@ import json
 import re
 from dataclasses import dataclass, field
 
+from edge_agent.contract.payloads import PayloadError, loads
+
 FORMAT = "edgefleet-enrollment/1"
 
 CERTIFICATE = "certificate"
@@ -105,10 +107,10 @@ class Bundle:
         if len(data) > BUNDLE_MAX:
             raise BundleError(f"larger than {BUNDLE_MAX} bytes: not an enrollment bundle")
         try:
-            obj = json.loads(data)
-        except (ValueError, UnicodeDecodeError):
+            obj = loads(data, max_bytes=BUNDLE_MAX)  # nested past the parser's depth included
+        except PayloadError:
             raise BundleError("not JSON: not an enrollment bundle") from None
-        if not isinstance(obj, dict) or obj.get("format") != FORMAT:
+        if obj.get("format") != FORMAT:
             raise BundleError(f"not an enrollment bundle of format {FORMAT}")
         gateway, broker, files = obj.get("gateway"), obj.get("broker"), obj.get("files")
         kind = obj.get("kind", CERTIFICATE)  # the first bundles had no kind
