@@ -32,7 +32,7 @@ from pathlib import Path
 from string import Template
 
 from central.files import PUBLIC, replace_all
-from central.passwords import PASSWORDS, PasswordError, ensure
+from central.passwords import ENROLL_PASSWORDS, PASSWORDS, PasswordError, ensure
 from central.pki import (
     BROKER_CERT,
     BROKER_KEY,
@@ -159,6 +159,11 @@ class BrokerConfig:
         """The password file the password listener reads."""
         return self.password_file if self.password_file is not None else self.ca_dir / PASSWORDS
 
+    @property
+    def enroll_passwords(self) -> Path:
+        """The enrollment listener's: the one-time identities' hashed tokens."""
+        return self.ca_dir / ENROLL_PASSWORDS
+
     def render(self) -> dict[str, str]:
         """The two files' texts by name (``mosquitto.conf``, ``edgefleet.acl``)."""
         ca, out, data, passwords = (
@@ -191,7 +196,7 @@ class BrokerConfig:
             client_id_prefix=CLIENT_ID_PREFIX,
             message_size_limit=MESSAGE_MAX_BYTES,
             max_packet_size=MESSAGE_MAX_BYTES + PACKET_HEADROOM,
-            **self._enroll_conf(ca),
+            **self._enroll_conf(ca, out / ACL_NAME),
         )
         acl = _template(ACL_NAME).substitute(
             root=self.topic_root, center=CENTRAL_CN, **self._enroll_acl()
@@ -200,14 +205,16 @@ class BrokerConfig:
         acl = with_denials(acl, revoked_gateways(ca))
         return {CONFIG_NAME: conf, ACL_NAME: acl}
 
-    def _enroll_conf(self, ca: Path) -> dict[str, str]:
+    def _enroll_conf(self, ca: Path, acl_file: Path) -> dict[str, str]:
         if self.enroll_port is None:
             return {"enroll_listener": ""}
         listener = (
             "# the enrollment listener (fleet provision --token): TLS that proves the broker,\n"
             "# no client certificate. A client logs in as a gateway's one-time enrollment\n"
-            "# identity, enroll-GW, with GW's token for password (its hash in the password\n"
-            "# file), and that name is its client id, whatever id it asks for: no one here\n"
+            "# identity, enroll-GW, with GW's token for password (its hash in the listener's\n"
+            "# own password file: those identities log in nowhere else, and no gateway's\n"
+            "# password logs in here), and that name is its client id, whatever id it asks\n"
+            "# for: no one here\n"
             "# takes over another's session, the center's nor a gateway's. Its topics are\n"
             f"# mounted under {ENROLL_MOUNT}: nothing it publishes reaches a fleet topic, and\n"
             "# the ACL lets it write only its own request and read only its own answers\n"
@@ -218,14 +225,11 @@ class BrokerConfig:
             "# at most this many connections at once (each holds a file descriptor until\n"
             "# it logs in or times out): a flood leaves the other listeners theirs\n"
             f"max_connections {ENROLL_MAX_CONNECTIONS}\n"
+            f"password_file {self.enroll_passwords.resolve()}\n"
+            "allow_anonymous false\n"
+            f"acl_file {acl_file}\n"
+            f"auto_id_prefix {CLIENT_ID_PREFIX}auto-\n"
         )
-        if self.password_port is None:
-            # the password listener's lines name the file otherwise
-            listener += (
-                "# the enrollment identities' hashed tokens (global, as per_listener_settings\n"
-                "# false makes it; the certificate listeners never consult it)\n"
-                f"password_file {self.passwords.resolve()}\n"
-            )
         return {"enroll_listener": listener}
 
     def _enroll_acl(self) -> dict[str, str]:
@@ -264,12 +268,15 @@ class BrokerConfig:
         there = [str(p) for p in paths if p.exists() or p.is_symlink()]
         if there and not force:
             raise ExistingFiles(f"{', '.join(there)} exists; --force overwrites")
-        made = False
-        if self.password_port is not None or self.enroll_port is not None:
+        made: list[Path] = []
+        needed = [self.passwords] if self.password_port is not None else []
+        needed += [self.enroll_passwords] if self.enroll_port is not None else []
+        for path in needed:
             # Mosquitto does not start on a password_file that is missing: an empty one
             # (left there if the config cannot be written: it is of no harm)
             try:
-                made = ensure(self.passwords)
+                if ensure(path):
+                    made.append(path)
             except PasswordError as exc:
                 raise BrokerConfigError(str(exc)) from None
         try:
@@ -278,7 +285,7 @@ class BrokerConfig:
             raise BrokerConfigError(
                 f"cannot write into {self.out}: {exc.strerror or exc}"
             ) from None
-        return [*paths, self.passwords] if made else paths
+        return [*paths, *made]
 
     def _check_ca_folder(self) -> None:
         missing = [name for name in CA_FILES if not (self.ca_dir / name).is_file()]

@@ -38,6 +38,9 @@ from edge_agent.contract.topics import TopicError, check_gateway_id
 
 PASSWORDS = "passwords"
 """The password file's default name, in the CA folder."""
+ENROLL_PASSWORDS = "enroll-passwords"
+"""The enrollment listener's password file (the one-time identities' hashed tokens), in
+the CA folder: apart from the gateways', so that neither logs in on the other's listener."""
 PROGRAM = "mosquitto_passwd"
 FALLBACK_DIRS = ("/usr/bin", "/usr/local/bin", "/usr/sbin")
 """Searched after PATH: Debian's package (``mosquitto``) puts it in /usr/bin."""

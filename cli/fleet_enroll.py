@@ -51,8 +51,8 @@ def issue_token(
     pid: int | None,
 ) -> None:
     """``fleet provision GW --token``: the token is printed once and kept nowhere; its
-    hash goes into the broker's password file as the password of ``enroll-GW``, the
-    identity the gateway logs in as on the enrollment listener."""
+    hash goes into the enrollment listener's password file as the password of
+    ``enroll-GW``, the identity the gateway logs in as there."""
     from central import passwords as password_file  # noqa: PLC0415
     from central.enrollment import live_tokens, make_token, new_token  # noqa: PLC0415
     from central.pki import CA_CERT  # noqa: PLC0415
@@ -60,7 +60,7 @@ def issue_token(
 
     if not (ca_dir / CA_CERT).is_file():
         raise _fail(f"{ca_dir} is not a fleet CA (no {CA_CERT}; fleet ca init makes one)")
-    pw_path = passwords if passwords is not None else ca_dir / password_file.PASSWORDS
+    pw_path = passwords if passwords is not None else ca_dir / password_file.ENROLL_PASSWORDS
     identity = enrollment_identity(gateway)
     token = make_token()
     try:

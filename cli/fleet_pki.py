@@ -263,7 +263,7 @@ def provision(
             "--passwords",
             help="with --password or --token: the broker's password file, where the "
             "password's or the token's hash goes (mosquitto_passwd) "
-            "[default: CA-DIR/passwords]",
+            "[default: CA-DIR/passwords; with --token, CA-DIR/enroll-passwords]",
         ),
     ] = None,
     broker_pid_file: BrokerPidFileOpt = None,

@@ -75,15 +75,17 @@ def revoke(
             raise typer.Exit(1)
         pid = broker_pid(broker_pid_file) if broker_pid_file is not None else None
         try:
-            if pw_path.exists():
-                password_file.entries(pw_path)  # a file it would not change, before the CRL
+            enroll_path = ca_dir / password_file.ENROLL_PASSWORDS
+            for path in (pw_path, enroll_path):
+                if path.exists():
+                    password_file.entries(path)  # a file it would not change, before the CRL
             done = revoke_in_ca(ca_dir, gateway)
             withdrawn = withdraw(ca_dir, gateway)
             # a password the file still has (of a gateway provisioned both ways) goes too
             removed = pw_path.exists() and password_file.remove(pw_path, gateway)
             # and its token's login to the enrollment listener
-            unlisted = pw_path.exists() and password_file.remove(
-                pw_path, enrollment_identity(gateway)
+            unlisted = enroll_path.exists() and password_file.remove(
+                enroll_path, enrollment_identity(gateway)
             )
             if acl is not None:
                 update_acl(acl, revoked_gateways(ca_dir))
@@ -116,7 +118,7 @@ def revoke(
     elif has_password:
         typer.echo(f"{gateway}: no password of it in {pw_path} (taken out before)")
     if unlisted:
-        typer.echo(f"{gateway}: its enrollment login taken out of {pw_path}")
+        typer.echo(f"{gateway}: its enrollment login taken out of {enroll_path}")
     typer.echo(f"{gateway}: {marked} identit{'y' if marked == 1 else 'ies'} marked revoked")
     if acl is not None:
         typer.echo(f"{gateway}: denied every topic in {acl}")

@@ -313,7 +313,12 @@ def test_a_client_of_the_enrollment_listener_reaches_nothing_of_the_fleet(
 
 
 def enrollment_client(
-    center: Center, user: str | None, password: str | None, *, client_id: str = ""
+    center: Center,
+    user: str | None,
+    password: str | None,
+    *,
+    client_id: str = "",
+    port: int | None = None,
 ) -> tuple[mqtt.Client, int | None]:
     """A client of the enrollment listener, connected as ``user`` (or trying to), and the
     CONNACK's reason code (None: no answer within 5 s, or refused at TLS)."""
@@ -330,7 +335,7 @@ def enrollment_client(
 
     client.on_connect = on_connect
     try:
-        client.connect("127.0.0.1", center.enroll_port)
+        client.connect("127.0.0.1", port or center.enroll_port)
     except (OSError, ssl.SSLError):
         return client, None
     client.loop_start()
@@ -579,8 +584,33 @@ def test_a_flood_of_connections_to_the_enrollment_listener_is_capped(center: Cen
     wait_for(lambda: logs_in(center, f"enroll-{GW}", token), 15, what="room again")
 
 
-def logs_in(center: Center, user: str, password: str) -> bool:
-    client, code = enrollment_client(center, user, password)
+def logs_in(center: Center, user: str, password: str, port: int | None = None) -> bool:
+    """Whether ``user`` gets in with ``password`` on ``port`` (the enrollment listener's)."""
+    client, code = enrollment_client(center, user, password, port=port)
     client.loop_stop()
     client.disconnect()
     return code == 0
+
+
+def test_a_token_logs_in_on_the_enrollment_listener_only(center: Center, tmp_path: Path) -> None:
+    """The password listener mounts nothing, and there an enrollment identity would have
+    the rights every name has on its own gateway topics (the attacker pass: it wrote
+    telemetry, state and command replies there). Each listener has its own password
+    file: a token is no login there, and a gateway's password none here."""
+    token = token_for(center, GW)
+    assert logs_in(center, f"enroll-{GW}", token)
+    assert not logs_in(center, f"enroll-{GW}", token, port=center.password_port)
+    provisioned = run_cli(
+        "fleet", "provision", "gw-pass", "--password", "--ca-dir", str(center.ca),
+        "--db", str(center.db), "--out", str(tmp_path / "gw-pass.bundle"),
+        "--broker-pid-file", str(center.pid_file),
+    )  # fmt: skip
+    assert provisioned.returncode == 0, provisioned.stdout + provisioned.stderr
+    bundle = json.loads((tmp_path / "gw-pass.bundle").read_text())
+    secret = bundle["files"]["gateway.pass"].strip()
+    wait_for(
+        lambda: logs_in(center, "gw-pass", secret, port=center.password_port),
+        10,
+        what="the password gateway in on its listener",
+    )
+    assert not logs_in(center, "gw-pass", secret)  # and not on the enrollment listener
